@@ -1,0 +1,68 @@
+"""fastgrad: tape-based reverse-mode automatic differentiation, replayed by Numba kernels.
+
+>>> import fastgrad as fg
+>>> x = fg.tensor(2.0, requires_grad=True); y = fg.tensor(-3.0, requires_grad=True)
+>>> z = fg.tensor(4.0, requires_grad=True)
+>>> f = (x + y) * z
+>>> f.backward()
+>>> float(x.grad), float(y.grad), float(z.grad)
+(4.0, 4.0, -1.0)
+"""
+
+from .anomaly import AnomalyError, detect_anomaly
+from .errors import FastgradError
+from .functional import (
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    leaky_relu,
+    log_softmax,
+    mse_loss,
+    relu,
+    sigmoid,
+    softmax,
+    softplus,
+    tanh,
+)
+from .gradcheck import GradcheckError, gradcheck
+from .opcodes import Op
+from .tape import Tape
+from .tensor import (
+    Tensor,
+    arange,
+    as_tensor,
+    broadcast_to,
+    concatenate,
+    enable_grad,
+    from_numpy,
+    get_default_dtype,
+    is_grad_enabled,
+    matmul,
+    no_grad,
+    ones,
+    randn,
+    set_default_dtype,
+    stack,
+    take,
+    tensor,
+    transpose,
+    where,
+    zeros,
+)
+
+__version__ = "0.1.0"
+
+
+def _method(name):
+    def fn(x, *args, **kwargs):
+        return getattr(as_tensor(x), name)(*args, **kwargs)
+
+    fn.__name__ = name
+    fn.__doc__ = f"fg.{name}(x, ...) is x.{name}(...); see Tensor.{name}."
+    return fn
+
+
+exp, log, sqrt, abs, clip, sum, mean, max, reshape, maximum, minimum = (  # noqa: A001
+    _method(n) for n in
+    ["exp", "log", "sqrt", "abs", "clip", "sum", "mean", "max", "reshape", "maximum", "minimum"]
+)
+concat = concatenate

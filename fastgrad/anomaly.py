@@ -1,0 +1,70 @@
+"""NaN/Inf tracing: ``with fg.detect_anomaly():`` makes every replay check each op's output.
+
+Off by default; when off the replay kernels skip the check entirely (one branch per row).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+from .errors import FastgradError
+
+_state = threading.local()
+
+
+class AnomalyError(FastgradError, FloatingPointError):
+    """A NaN or Inf appeared; the message names the op, its tape row and its inputs' statistics."""
+
+
+def anomaly_enabled() -> bool:
+    return getattr(_state, "on", False)
+
+
+@contextlib.contextmanager
+def detect_anomaly(enabled: bool = True):
+    """Check every op's output (forward) and input gradients (backward) for NaN/Inf.
+
+    >>> import fastgrad as fg
+    >>> x = fg.tensor([1.0, 0.0], requires_grad=True)
+    >>> with fg.detect_anomaly():
+    ...     y = fg.log(x).sum()
+    ...     y.item()
+    Traceback (most recent call last):
+    fastgrad.anomaly.AnomalyError: forward: row 0 (log) produced -inf ...
+    """
+    prev = anomaly_enabled()
+    _state.on = enabled
+    try:
+        yield
+    finally:
+        _state.on = prev
+
+
+def _stats(a):
+    a = np.asarray(a, dtype=np.float64)
+    if a.size == 0:
+        return "empty"
+    fin = a[np.isfinite(a)]
+    rng = f"min {fin.min():.4g} max {fin.max():.4g}" if fin.size else "no finite values"
+    return f"shape {a.shape}, {rng}, nan {int(np.isnan(a).sum())}, inf {int(np.isinf(a).sum())}"
+
+
+def describe_anomaly(tape, row, direction) -> AnomalyError:
+    r, name, ins, out = next(x for x in tape.rows() if x[0] == row)
+    if direction == "forward":
+        y = tape.node_values(out)
+        what = "nan" if np.isnan(y).any() else ("-inf" if np.isneginf(y).any() else "inf")
+        lines = [f"forward: row {r} ({name}) produced {what} in %{out} {tape.shapes[out]}"]
+        for i in ins:
+            lines.append(f"  input %{i}: {_stats(tape.node_values(i))}")
+    else:
+        lines = [f"backward: row {r} ({name}) produced a NaN/Inf gradient for its inputs"]
+        for i in ins:
+            if tape.node_need.a[i]:
+                lines.append(f"  grad of %{i}: {_stats(tape.node_grad(i))}")
+        lines.append(f"  incoming grad of %{out}: {_stats(tape.node_grad(out))}")
+    lines.append("  print the tape (print(tensor.tape)) to see where these nodes come from")
+    return AnomalyError("\n".join(lines))

@@ -1,0 +1,305 @@
+"""The tape: a recorded computation as flat NumPy arrays, replayed by fastgrad.kernels.
+
+Format (R rows, N nodes; every integer array is int64):
+
+    rows     ops[r]         op code (fastgrad.opcodes.Op)
+             outs[r]        node id the row writes
+             in_ptr[r:r+2]  the row's operands are in_idx[in_ptr[r]:in_ptr[r+1]]  (node ids)
+             ip_ptr[r:r+2]  its integer attributes are iparams[ip_ptr[r]:ip_ptr[r+1]]
+             fp_ptr[r:r+2]  its float attributes are fparams[fp_ptr[r]:fp_ptr[r+1]] (tape dtype)
+    nodes    node_off[v]    offset of node v in its arena
+             node_size[v]   number of elements
+             node_kind[v]   0: float node in ``values``; 1: integer node (indices, labels) in ``ivalues``
+             node_need[v]   1 if a gradient must flow to v
+             shapes[v]      its shape (Python tuple; also node_shape / node_ndim arrays on demand)
+    arenas   values         one contiguous buffer of the tape's float dtype; grads mirrors it
+             ivalues        one int64 buffer for integer nodes
+
+Nodes without a producing row are inputs: leaves imported from tensors (their values are
+copied in), constants, or compile-time input slots. Rows are in recording order, which is a
+topological order, so a forward replay runs rows 0..R-1 and a backward replay runs them in reverse.
+A RESHAPE row's output shares its input's slot (same offset), so it costs nothing to replay.
+
+Example, f = (x + y) * z on scalars:
+
+    %0 = leaf f64[]        x
+    %1 = leaf f64[]        y
+    %2 = add %0 %1 : f64[]
+    %3 = leaf f64[]        z
+    %4 = mul %2 %3 : f64[]
+
+Arrays grow by amortised doubling. A tape holds one float dtype; mixing float32 and float64
+operands is an error at record time (no silent promotion).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import kernels
+from .errors import FastgradError
+from .opcodes import Op
+
+
+class _Grow:
+    """An int64 or float array with amortised-doubling append."""
+
+    __slots__ = ("a", "n")
+
+    def __init__(self, dtype, cap=16):
+        self.a = np.zeros(cap, dtype)
+        self.n = 0
+
+    def reserve(self, k):
+        need = self.n + k
+        if need > self.a.size:
+            cap = max(need, 2 * self.a.size)
+            b = np.zeros(cap, self.a.dtype)
+            b[: self.n] = self.a[: self.n]
+            self.a = b
+
+    def extend(self, items):
+        k = len(items)
+        self.reserve(k)
+        self.a[self.n : self.n + k] = items
+        self.n += k
+
+    def append(self, item):
+        self.reserve(1)
+        self.a[self.n] = item
+        self.n += 1
+
+    @property
+    def view(self):
+        return self.a[: self.n]
+
+
+class Tape:
+    """A recorded computation in flat arrays. See the module docstring for the format."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.ops = _Grow(np.int64)
+        self.outs = _Grow(np.int64)
+        self.in_ptr = _Grow(np.int64)
+        self.in_idx = _Grow(np.int64)
+        self.ip_ptr = _Grow(np.int64)
+        self.iparams = _Grow(np.int64)
+        self.fp_ptr = _Grow(np.int64)
+        self.fparams = _Grow(self.dtype)
+        for ptr in (self.in_ptr, self.ip_ptr, self.fp_ptr):
+            ptr.append(0)
+        self.node_off = _Grow(np.int64)
+        self.node_size = _Grow(np.int64)
+        self.node_kind = _Grow(np.int8)
+        self.node_need = _Grow(np.int8)
+        self.shapes: list[tuple] = []
+        self.labels: dict[int, str] = {}  # node -> "leaf", "const", "input 0", ...
+        self.producer: dict[int, int] = {}  # node -> row
+        self.values = _Grow(self.dtype, 64)
+        self.ivalues = _Grow(np.int64, 8)
+        self.grads: np.ndarray | None = None
+        self.leaves: list = []  # (leaf Tensor, node) pairs that receive gradients
+        self.imported: dict[int, int] = {}  # id(leaf tensor) -> node
+        self.int_bounds: dict[int, tuple] = {}  # integer input node -> (lo, hi) valid range
+        self.n_done = 0  # rows whose values are computed
+        self.merged_into: Tape | None = None
+        self.node_shift = 0
+
+    # ------------------------------------------------------------------ building
+    @property
+    def n_rows(self) -> int:
+        return self.ops.n
+
+    @property
+    def n_nodes(self) -> int:
+        return self.node_off.n
+
+    def add_node(self, shape, kind=0, need=False, alias_of=None, label=None) -> int:
+        shape = tuple(int(s) for s in shape)
+        size = math.prod(shape)
+        if alias_of is not None:
+            off = int(self.node_off.a[alias_of])
+        elif kind == 0:
+            off = self.values.n
+            self.values.reserve(size)
+            self.values.n += size
+        else:
+            off = self.ivalues.n
+            self.ivalues.reserve(size)
+            self.ivalues.n += size
+        v = self.n_nodes
+        self.node_off.append(off)
+        self.node_size.append(size)
+        self.node_kind.append(kind)
+        self.node_need.append(1 if need else 0)
+        self.shapes.append(shape)
+        if label:
+            self.labels[v] = label
+        return v
+
+    def node_values(self, v) -> np.ndarray:
+        """The node's values as an array of its shape (a view into the arena)."""
+        arena = self.values.a if self.node_kind.a[v] == 0 else self.ivalues.a
+        off = int(self.node_off.a[v])
+        return arena[off : off + int(self.node_size.a[v])].reshape(self.shapes[v])
+
+    def add_input(self, array, kind=0, need=False, label="input") -> int:
+        """A node without a producing row, holding a copy of ``array``."""
+        array = np.asarray(array)
+        v = self.add_node(array.shape, kind=kind, need=need, label=label)
+        self.node_values(v)[...] = array
+        return v
+
+    def record(self, op: Op, inputs, out_shape, iparams, fparams, need) -> int:
+        alias = inputs[0] if op == Op.RESHAPE else None
+        out = self.add_node(out_shape, need=need, alias_of=alias)
+        self.ops.append(int(op))
+        self.outs.append(out)
+        self.in_idx.extend(inputs)
+        self.in_ptr.append(self.in_idx.n)
+        self.iparams.extend(iparams)
+        self.ip_ptr.append(self.iparams.n)
+        self.fparams.extend(fparams)
+        self.fp_ptr.append(self.fparams.n)
+        self.producer[out] = self.n_rows - 1
+        return out
+
+    # ------------------------------------------------------------------ replay
+    def arrays(self):
+        """The tape as the tuple the replay kernels take."""
+        return (self.ops.view, self.outs.view, self.in_ptr.view, self.in_idx.view,
+                self.ip_ptr.view, self.iparams.view, self.fp_ptr.view, self.fparams.a,
+                self.node_off.view, self.node_size.view)
+
+    def flush(self, check=False):
+        """Compute every row not yet computed (one native call)."""
+        if self.n_done < self.n_rows:
+            bad = kernels.replay_forward(self.arrays(), self.values.a, self.ivalues.a,
+                                         self.n_done, self.n_rows, check or _anomaly_on())
+            if bad >= 0:
+                self.n_done = bad + 1
+                raise _anomaly_error(self, bad, "forward")
+            self.n_done = self.n_rows
+
+    def backward(self, node, seed):
+        """Reverse sweep from ``node`` seeded with ``seed``; returns the gradient arena."""
+        self.flush()
+        if self.grads is None or self.grads.size < self.values.a.size:
+            self.grads = np.zeros(self.values.a.size, self.dtype)
+        else:
+            self.grads[: self.values.n] = 0
+        off = int(self.node_off.a[node])
+        self.grads[off : off + int(self.node_size.a[node])] = np.asarray(seed).ravel()
+        stop = self.producer.get(node, -1) + 1
+        bad = kernels.replay_backward(self.arrays(), self.values.a, self.ivalues.a, self.grads,
+                                      self.node_need.view, 0, stop, _anomaly_on())
+        if bad >= 0:
+            raise _anomaly_error(self, bad, "backward")
+        return self.grads
+
+    def node_grad(self, v) -> np.ndarray:
+        off = int(self.node_off.a[v])
+        return self.grads[off : off + int(self.node_size.a[v])].reshape(self.shapes[v])
+
+    # ------------------------------------------------------------------ merging
+    def absorb(self, other: "Tape"):
+        """Append ``other``'s rows and nodes to this tape; ``other`` then forwards to it."""
+        if other.dtype != self.dtype:
+            raise FastgradError("internal: cannot merge tapes of different dtypes")
+        self.flush()
+        other.flush()
+        nshift, vshift, ishift = self.n_nodes, self.values.n, self.ivalues.n
+        kinds = other.node_kind.view
+        self.node_off.extend(other.node_off.view + np.where(kinds == 0, vshift, ishift))
+        self.node_size.extend(other.node_size.view)
+        self.node_kind.extend(kinds)
+        self.node_need.extend(other.node_need.view)
+        self.shapes += other.shapes
+        self.values.extend(other.values.view)
+        self.ivalues.extend(other.ivalues.view)
+        rshift = self.n_rows
+        self.ops.extend(other.ops.view)
+        self.outs.extend(other.outs.view + nshift)
+        self.in_ptr.extend(other.in_ptr.view[1:] + self.in_idx.n)
+        self.in_idx.extend(other.in_idx.view + nshift)
+        self.ip_ptr.extend(other.ip_ptr.view[1:] + self.iparams.n)
+        self.iparams.extend(other.iparams.view)
+        self.fp_ptr.extend(other.fp_ptr.view[1:] + self.fparams.n)
+        self.fparams.extend(other.fparams.view)
+        self.labels.update({v + nshift: s for v, s in other.labels.items()})
+        self.producer.update({v + nshift: r + rshift for v, r in other.producer.items()})
+        self.int_bounds.update({v + nshift: b for v, b in other.int_bounds.items()})
+        self.leaves += [(leaf, v + nshift) for leaf, v in other.leaves]
+        for key, (t, v) in other.imported.items():
+            self.imported.setdefault(key, (t, v + nshift))
+        self.n_done = self.n_rows
+        other.merged_into, other.node_shift = self, nshift
+        other.leaves, other.imported = [], {}
+
+    # ------------------------------------------------------------------ seeing it
+    def _type(self, v):
+        kind = "i64" if self.node_kind.a[v] else {4: "f32", 8: "f64"}[self.dtype.itemsize]
+        return f"{kind}[{','.join(str(s) for s in self.shapes[v])}]"
+
+    def rows(self):
+        """(row, op name, input nodes, output node) in recording order."""
+        ptr, idx = self.in_ptr.view, self.in_idx.view
+        for r in range(self.n_rows):
+            ins = [int(i) for i in idx[ptr[r] : ptr[r + 1]]]
+            yield r, Op(int(self.ops.a[r])).name.lower(), ins, int(self.outs.a[r])
+
+    def __str__(self):
+        lines = [f"Tape({self.dtype.name}, {self.n_rows} rows, {self.n_nodes} nodes)"]
+        made = {o: (name, ins) for _, name, ins, o in self.rows()}
+        for v in range(self.n_nodes):
+            if v in made:
+                name, ins = made[v]
+                args = " ".join(f"%{i}" for i in ins)
+                lines.append(f"  %{v} = {name} {args} : {self._type(v)}")
+            else:
+                lines.append(f"  %{v} = {self.labels.get(v, 'input')} : {self._type(v)}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def to_dot(self, values=False, grads=False) -> str:
+        """Graphviz source of the computational graph (optionally with values and gradients)."""
+
+        def brief(a):
+            a = np.asarray(a)
+            return np.array2string(a, precision=4, threshold=6) if a.size <= 6 else f"{a.shape}"
+
+        out = ["digraph tape {", "  rankdir=LR;", "  node [fontname=monospace];"]
+        if values:
+            self.flush()
+        for v in range(self.n_nodes):
+            label = f"%{v} {self.labels.get(v, '')} {self._type(v)}".replace("  ", " ")
+            if values:
+                label += f"\\nvalue {brief(self.node_values(v))}"
+            if grads and self.grads is not None and self.node_need.a[v]:
+                label += f"\\ngrad {brief(self.node_grad(v))}"
+            shape = "box" if v in self.producer else "ellipse"
+            out.append(f'  n{v} [shape={shape}, label="{label}"];')
+        for r, name, ins, o in self.rows():
+            out.append(f'  op{r} [shape=circle, label="{name}"];')
+            for i in ins:
+                out.append(f"  n{i} -> op{r};")
+            out.append(f"  op{r} -> n{o};")
+        out.append("}")
+        return "\n".join(out)
+
+
+# anomaly mode lives in autodiff; imported lazily to keep this module the format's owner
+def _anomaly_on():
+    from .anomaly import anomaly_enabled
+
+    return anomaly_enabled()
+
+
+def _anomaly_error(tape, row, direction):
+    from .anomaly import describe_anomaly
+
+    return describe_anomaly(tape, row, direction)

@@ -1,0 +1,703 @@
+"""Tensor: a value that records every op on it into a flat tape.
+
+A *leaf* tensor (made by ``fg.tensor``, ``fg.randn``, parameters) owns a NumPy array. An op on
+tensors records one row into a tape and returns a non-leaf tensor naming (tape, node). Forward
+values are computed lazily, in one native call per batch of rows, when something reads them
+(``.numpy()``, ``.item()``, ``print``, ``backward()``). ``backward()`` is one native call into
+``replay_backward`` and then accumulates into each leaf's ``.grad`` as PyTorch does.
+
+Every op method is one line calling ``apply`` with a row of the op table (fastgrad/ops.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import threading
+
+import numpy as np
+
+from .errors import FastgradError, fail
+from .opcodes import Op
+from .ops import TABLE, fmt
+from .tape import Tape
+
+_state = threading.local()
+_DEFAULT_DTYPE = [np.dtype(np.float64)]
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def get_default_dtype():
+    """The float dtype for tensors made from Python numbers (float64, as NumPy)."""
+    return _DEFAULT_DTYPE[0]
+
+
+def set_default_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise fail("set_default_dtype", f"unsupported dtype {dtype}", "use float32 or float64")
+    _DEFAULT_DTYPE[0] = dtype
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_state, "grad", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Ops inside compute values but record nothing for backward (like torch.no_grad)."""
+    prev = is_grad_enabled()
+    _state.grad = False
+    try:
+        yield
+    finally:
+        _state.grad = prev
+
+
+@contextlib.contextmanager
+def enable_grad():
+    prev = is_grad_enabled()
+    _state.grad = True
+    try:
+        yield
+    finally:
+        _state.grad = prev
+
+
+def _scalar(x):
+    return isinstance(x, numbers.Number) and not isinstance(x, bool) or (
+        isinstance(x, np.generic) and x.dtype.kind in "fiu")
+
+
+class Tensor:
+    """An n-dimensional array that records the ops applied to it.
+
+    >>> import fastgrad as fg
+    >>> x = fg.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    >>> y = (x * x).sum()
+    >>> y.backward()
+    >>> x.grad
+    array([[2., 4.],
+           [6., 8.]])
+    """
+
+    __slots__ = ("_data", "_tape", "_node", "shape", "dtype", "requires_grad", "grad",
+                 "__weakref__")
+    __array_priority__ = 100  # numpy_array * tensor -> Tensor.__rmul__
+
+    def __init__(self, data, requires_grad=False):
+        data = np.asarray(data)
+        self._data = data
+        self._tape = None
+        self._node = -1
+        self.shape = data.shape
+        self.dtype = data.dtype
+        self.grad = None
+        if requires_grad and data.dtype not in FLOAT_DTYPES:
+            raise fail("tensor", f"a {data.dtype} tensor cannot require grad",
+                       "make it float32 or float64 (dtype=np.float64)")
+        self.requires_grad = bool(requires_grad)
+
+    @classmethod
+    def _on_tape(cls, tape, node, requires_grad):
+        t = cls.__new__(cls)
+        t._data = None
+        t._tape = tape
+        t._node = node
+        t.shape = tape.shapes[node]
+        t.dtype = tape.dtype if tape.node_kind.a[node] == 0 else np.dtype(np.int64)
+        t.requires_grad = requires_grad
+        t.grad = None
+        return t
+
+    # ---------------------------------------------------------------- identity
+    @property
+    def is_leaf(self) -> bool:
+        return self._tape is None or not self.requires_grad
+
+    @property
+    def tape(self) -> Tape | None:
+        """The tape this tensor was recorded on (None for a leaf)."""
+        if self._tape is None:
+            return None
+        while self._tape.merged_into is not None:
+            self._node += self._tape.node_shift
+            self._tape = self._tape.merged_into
+        return self._tape
+
+    @property
+    def node(self) -> int:
+        self.tape  # noqa: B018 - resolves merges
+        return self._node
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    # ---------------------------------------------------------------- values out
+    def numpy(self) -> np.ndarray:
+        """The values as a NumPy array: a leaf's own array, or a read-only view into the tape."""
+        if self._tape is None:
+            return self._data
+        tape = self.tape
+        tape.flush()
+        v = tape.node_values(self._node).view()
+        v.flags.writeable = False
+        return v
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a.astype(dtype) if dtype is not None else a
+
+    def item(self):
+        if self.size != 1:
+            raise fail("item", f"tensor of shape {fmt(self.shape)} has {self.size} elements",
+                       "item() needs exactly one element; index or reduce first")
+        return self.numpy().reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __bool__(self):
+        return bool(self.item())
+
+    def __repr__(self):
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        extra = "" if self.dtype == get_default_dtype() or self.dtype.kind != "f" else \
+            f", dtype={self.dtype.name}"
+        return f"tensor({body}{extra}{', requires_grad=True' if self.requires_grad else ''})"
+
+    __hash__ = object.__hash__
+
+    def detach(self) -> "Tensor":
+        """A leaf holding a copy of the values, cut from the graph."""
+        return Tensor(np.array(self.numpy()))
+
+    def astype(self, dtype) -> "Tensor":
+        dtype = np.dtype(dtype)
+        if self._tape is not None and self.requires_grad and dtype != self.dtype:
+            raise fail("astype", f"cannot cast a recorded {self.dtype} tensor to {dtype}",
+                       "a tape holds one dtype: build the graph in the dtype you need, or "
+                       "detach() first")
+        return Tensor(self.numpy().astype(dtype), requires_grad=self.requires_grad
+                      and dtype in FLOAT_DTYPES and self._tape is None)
+
+    def requires_grad_(self, flag=True) -> "Tensor":
+        if self._tape is not None:
+            raise fail("requires_grad_", "only leaf tensors can be switched",
+                       "call it on a tensor made by fg.tensor, or detach() first")
+        if flag and self.dtype not in FLOAT_DTYPES:
+            raise fail("requires_grad_", f"a {self.dtype} tensor cannot require grad",
+                       "make it float32 or float64")
+        self.requires_grad = bool(flag)
+        return self
+
+    def zero_grad(self):
+        self.grad = None
+
+    # ---------------------------------------------------------------- backward
+    def backward(self, grad=None, retain_graph=None):
+        """Reverse sweep from this tensor: one native call, then ``.grad`` of each leaf += its part.
+
+        ``grad`` is the seed (dL/dself); it may be omitted only for a one-element tensor.
+        """
+        if not self.requires_grad:
+            raise fail("backward", "this tensor does not require grad (no input had "
+                       "requires_grad=True, or it was made under no_grad())",
+                       "create the inputs with fg.tensor(..., requires_grad=True)")
+        if grad is None:
+            if self.size != 1:
+                raise fail("backward", f"called on a tensor of shape {fmt(self.shape)} "
+                           "without a seed gradient",
+                           "reduce to a scalar first (.sum() / .mean()) or pass grad= of the "
+                           "same shape")
+            seed = np.ones(self.shape, self.dtype)
+        else:
+            seed = np.asarray(grad.numpy() if isinstance(grad, Tensor) else grad, self.dtype)
+            if seed.shape != self.shape:
+                raise fail("backward", f"seed gradient of shape {fmt(seed.shape)} for a tensor "
+                           f"of shape {fmt(self.shape)}", "pass grad with the tensor's shape")
+        if self._tape is None:  # a leaf: d self / d self = seed
+            _accumulate(self, seed)
+            return
+        tape = self.tape
+        tape.backward(self._node, seed)
+        for leaf, v in tape.leaves:
+            if v < self._node and leaf.requires_grad:
+                _accumulate(leaf, tape.node_grad(v))
+
+    # ---------------------------------------------------------------- ops (one line each)
+    def __add__(self, o):
+        return unary(Op.ADD_SCALAR, self, o) if _scalar(o) else apply(Op.ADD, self, o)
+
+    def __radd__(self, o):
+        return unary(Op.ADD_SCALAR, self, o) if _scalar(o) else apply(Op.ADD, o, self)
+
+    def __sub__(self, o):
+        return unary(Op.ADD_SCALAR, self, -o) if _scalar(o) else apply(Op.SUB, self, o)
+
+    def __rsub__(self, o):
+        return unary(Op.ADD_SCALAR, -self, o) if _scalar(o) else apply(Op.SUB, o, self)
+
+    def __mul__(self, o):
+        return unary(Op.MUL_SCALAR, self, o) if _scalar(o) else apply(Op.MUL, self, o)
+
+    def __rmul__(self, o):
+        return unary(Op.MUL_SCALAR, self, o) if _scalar(o) else apply(Op.MUL, o, self)
+
+    def __truediv__(self, o):
+        return unary(Op.DIV_SCALAR, self, o) if _scalar(o) else apply(Op.DIV, self, o)
+
+    def __rtruediv__(self, o):
+        return unary(Op.RDIV_SCALAR, self, o) if _scalar(o) else apply(Op.DIV, o, self)
+
+    def __pow__(self, o):
+        return unary(Op.POW_SCALAR, self, o) if _scalar(o) else apply(Op.POW, self, o)
+
+    def __rpow__(self, o):
+        return unary(Op.RPOW_SCALAR, self, o) if _scalar(o) else apply(Op.POW, o, self)
+
+    def __neg__(self):
+        return apply(Op.NEG, self)
+
+    def __abs__(self):
+        return apply(Op.ABS, self)
+
+    def __gt__(self, o):
+        return apply(Op.GT, self, o)
+
+    def __ge__(self, o):
+        return apply(Op.GE, self, o)
+
+    def __lt__(self, o):
+        return apply(Op.LT, self, o)
+
+    def __le__(self, o):
+        return apply(Op.LE, self, o)
+
+    def __eq__(self, o):
+        return apply(Op.EQ, self, o)
+
+    def __ne__(self, o):
+        return apply(Op.NE, self, o)
+
+    def __matmul__(self, o):
+        return matmul(self, o)
+
+    def __rmatmul__(self, o):
+        return matmul(o, self)
+
+    def abs(self):
+        return apply(Op.ABS, self)
+
+    def exp(self):
+        return apply(Op.EXP, self)
+
+    def log(self):
+        return apply(Op.LOG, self)
+
+    def sqrt(self):
+        return apply(Op.SQRT, self)
+
+    def tanh(self):
+        return apply(Op.TANH, self)
+
+    def sigmoid(self):
+        return apply(Op.SIGMOID, self)
+
+    def relu(self):
+        return apply(Op.RELU, self)
+
+    def leaky_relu(self, negative_slope=0.01):
+        return unary(Op.LEAKY_RELU, self, negative_slope)
+
+    def softplus(self):
+        return apply(Op.SOFTPLUS, self)
+
+    def clip(self, min=None, max=None):  # noqa: A002 - NumPy's / PyTorch's names
+        lo = -np.inf if min is None else float(min)
+        hi = np.inf if max is None else float(max)
+        if lo > hi:
+            raise fail("clip", f"min {lo} is greater than max {hi}", "pass min <= max")
+        return unary(Op.CLIP, self, lo, hi)
+
+    clamp = clip
+
+    def maximum(self, o):
+        return apply(Op.MAXIMUM, self, o)
+
+    def minimum(self, o):
+        return apply(Op.MINIMUM, self, o)
+
+    def softmax(self, axis=-1):
+        return apply(Op.SOFTMAX, self, axis=axis)
+
+    def log_softmax(self, axis=-1):
+        return apply(Op.LOG_SOFTMAX, self, axis=axis)
+
+    def sum(self, axis=None, keepdims=False):
+        return _reduce(Op.SUM, self, axis, keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return _reduce(Op.MAX, self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        total = self.sum(axis, keepdims)
+        return total / (self.size // total.size if total.size else 0)
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return apply(Op.RESHAPE, self, shape=tuple(shape))
+
+    def flatten(self):
+        return self.reshape(-1)
+
+    def transpose(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return transpose(self, axes or None)
+
+    @property
+    def T(self):  # noqa: N802 - NumPy's name
+        return transpose(self, None)
+
+    def broadcast_to(self, shape):
+        return broadcast_to(self, shape)
+
+    def __getitem__(self, key):
+        return getitem(self, key)
+
+
+def _accumulate(leaf, g):
+    g = np.asarray(g, leaf.dtype)
+    if leaf.grad is None:
+        leaf.grad = np.array(g, copy=True)
+    else:
+        leaf.grad += g
+
+
+# -------------------------------------------------------------------------- making tensors
+def tensor(data, dtype=None, requires_grad=False) -> Tensor:
+    """A leaf tensor holding a copy of ``data`` (Python floats become the default dtype).
+
+    >>> import fastgrad as fg
+    >>> fg.tensor([1.0, 2.0], requires_grad=True)
+    tensor([1., 2.], requires_grad=True)
+    """
+    if isinstance(data, Tensor):
+        data = data.numpy()
+    a = np.array(data, dtype=dtype, copy=True)
+    if dtype is None and a.dtype.kind == "f" and a.dtype not in FLOAT_DTYPES:
+        a = a.astype(get_default_dtype())
+    if dtype is None and not isinstance(data, np.ndarray) and a.dtype == np.float64:
+        a = a.astype(get_default_dtype())
+    if a.dtype.kind not in "fiub":
+        raise fail("tensor", f"unsupported dtype {a.dtype}", "pass numbers (float32/float64 "
+                   "values, integer indices or labels)")
+    return Tensor(a, requires_grad=requires_grad)
+
+
+def from_numpy(array) -> Tensor:
+    """A leaf sharing ``array``'s memory (no copy), like torch.from_numpy."""
+    return Tensor(np.asarray(array))
+
+
+def as_tensor(x, dtype=None) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return Tensor(x if dtype is None or x.dtype == dtype else x.astype(dtype))
+    return tensor(x, dtype=dtype)
+
+
+def zeros(*shape, dtype=None, requires_grad=False) -> Tensor:
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return Tensor(np.zeros(shape, dtype or get_default_dtype()), requires_grad)
+
+
+def ones(*shape, dtype=None, requires_grad=False) -> Tensor:
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return Tensor(np.ones(shape, dtype or get_default_dtype()), requires_grad)
+
+
+def randn(*shape, dtype=None, requires_grad=False, seed=None) -> Tensor:
+    """Standard normal samples; ``seed`` (int or np.random.Generator) makes them reproducible."""
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return Tensor(rng.standard_normal(shape).astype(dtype or get_default_dtype()), requires_grad)
+
+
+def arange(*args, dtype=None, requires_grad=False) -> Tensor:
+    """np.arange; float unless every argument is an int and no dtype is given (then int64)."""
+    a = np.arange(*args, dtype=dtype)
+    if dtype is None and a.dtype.kind == "f":
+        a = a.astype(get_default_dtype())
+    return Tensor(a, requires_grad)
+
+
+# -------------------------------------------------------------------------- recording
+def unary(op, x, c0=0.0, c1=0.0) -> Tensor:
+    """Record an elementwise op with scalar constants (x + 2, x ** 3, leaky_relu(x, 0.1))."""
+    return apply(op, x, c0=float(c0), c1=float(c1))
+
+
+def _import(tape, t, kind, need_values):
+    """Node id of tensor ``t`` on ``tape``, copying a leaf's (or foreign tensor's) values in."""
+    if t._tape is not None and not need_values and t.tape is tape:
+        return t._node
+    key = id(t)
+    if key in tape.imported and kind == 0:
+        return tape.imported[key][1]
+    values = t.numpy()
+    if kind == 0 and values.dtype != tape.dtype:
+        values = values.astype(tape.dtype)
+    need = t.requires_grad and t._tape is None and kind == 0 and is_grad_enabled()
+    v = tape.add_input(values, kind=kind, need=need, label="leaf" if need else "const")
+    if kind == 0:
+        tape.imported[key] = (t, v)
+    if need:
+        tape.leaves.append((t, v))
+    return v
+
+
+def apply(op: Op, *operands, **attrs) -> Tensor:
+    """Validate operands with the op's shape rule, record one row, return the output tensor."""
+    d = TABLE[op]
+    name = d.name
+    ts = [as_tensor(o) for o in operands]
+    if d.arity >= 0 and len(ts) != d.arity:
+        raise fail(name, f"takes {d.arity} operand(s), got {len(ts)}")
+    floats = {t.dtype for i, t in enumerate(ts) if i not in d.int_inputs and t.dtype.kind == "f"}
+    for t in ts:
+        if t.dtype.kind == "f" and t.dtype not in FLOAT_DTYPES:
+            raise fail(name, f"unsupported dtype {t.dtype}", "use float32 or float64")
+    if len(floats) > 1:
+        raise fail(
+            name,
+            "operands have dtypes " + " and ".join(sorted(x.name for x in floats)) + " with shapes "
+            + ", ".join(fmt(t.shape) for t in ts),
+            "fastgrad does not promote silently: cast one side with .astype(np.float64) or "
+            ".astype(np.float32)",
+        )
+    dtype = floats.pop() if floats else get_default_dtype()
+    for i in d.int_inputs:
+        if ts[i].dtype.kind not in "iu":
+            raise fail(name, f"operand {i} must hold integers (indices/labels), got {ts[i].dtype} "
+                       f"of shape {fmt(ts[i].shape)}", "pass an integer array (np.int64)")
+    shapes = [t.shape for t in ts]
+    out_shape, ip, fp = d.rule(name, shapes, **attrs)
+    grad_on = is_grad_enabled()
+    need = grad_on and d.differentiable and any(
+        t.requires_grad for i, t in enumerate(ts) if i not in d.int_inputs)
+    # Choose the tape: the operands' own (merging independent graphs), else a fresh one.
+    tapes = []
+    if grad_on:
+        for t in ts:
+            if t._tape is not None and t.tape not in tapes:
+                tapes.append(t.tape)
+    folding = not tapes and not need  # constants only: compute now and return a leaf
+    if tapes:
+        tape = max(tapes, key=lambda tp: tp.n_rows)
+        if tape.dtype != dtype:
+            raise fail(name, f"operands recorded in {tape.dtype} mixed with {dtype}",
+                       "cast the inputs to one dtype")
+        for other in tapes:
+            if other is not tape:
+                tape.absorb(other)
+    else:
+        tape = Tape(dtype)
+    nodes = []
+    for i, t in enumerate(ts):
+        kind = 1 if i in d.int_inputs else 0
+        if kind and t._tape is None:
+            lo, hi = d.int_bound(shapes, **attrs)
+            idx = np.asarray(t.numpy(), np.int64)
+            if idx.size and (idx.min() < lo or idx.max() >= hi):
+                bad = idx[(idx < lo) | (idx >= hi)][0]
+                raise fail(name, f"index {bad} is out of range [{lo}, {hi}) for operand shapes "
+                           + ", ".join(fmt(s) for s in shapes),
+                           "check the labels/indices against the size of the indexed axis")
+            idx = np.where(idx < 0, idx + hi, idx) if lo < 0 else idx
+            nodes.append(tape.add_input(idx, kind=1, label="const"))
+        else:
+            v = _import(tape, t, kind, need_values=not grad_on)
+            if kind and t._tape is not None:
+                lo, hi = d.int_bound(shapes, **attrs)
+                old = tape.int_bounds.get(v, (0, hi))
+                tape.int_bounds[v] = (0, min(old[1], hi))
+            nodes.append(v)
+    out = tape.record(op, nodes, out_shape, ip, fp, need)
+    result = Tensor._on_tape(tape, out, need)
+    if folding:
+        return Tensor(np.array(result.numpy()))
+    return result
+
+
+# -------------------------------------------------------------------------- composite front end
+def _reduce(op, x, axis, keepdims):
+    x = as_tensor(x)
+    if isinstance(axis, (tuple, list)):
+        axes = sorted({a % max(x.ndim, 1) for a in axis}, reverse=True)
+        for a in axes:
+            x = apply(op, x, axis=a, keepdims=keepdims)
+        return x
+    return apply(op, x, axis=axis, keepdims=keepdims)
+
+
+def matmul(a, b) -> Tensor:
+    """Matrix product with NumPy's rules: 2-D, batched leading dims (broadcast), 1-D operands."""
+    a, b = as_tensor(a), as_tensor(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise fail("matmul", f"operands must be at least 1-D, got {fmt(a.shape)} and "
+                   f"{fmt(b.shape)}", "use * for scalars")
+    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
+    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
+    y = apply(Op.MATMUL, a2, b2)
+    if a.ndim == 1 and b.ndim == 1:
+        return y.reshape(())
+    if a.ndim == 1:
+        return y.reshape(y.shape[:-2] + y.shape[-1:])
+    if b.ndim == 1:
+        return y.reshape(y.shape[:-1])
+    return y
+
+
+def transpose(x, axes=None) -> Tensor:
+    x = as_tensor(x)
+    nd = x.ndim
+    axes = tuple(reversed(range(nd))) if axes is None else tuple(axes)
+    if sorted(a % max(nd, 1) for a in axes) != list(range(nd)) or len(axes) != nd:
+        raise fail("transpose", f"axes {axes} are not a permutation of {nd} axes of "
+                   f"{fmt(x.shape)}", f"pass a permutation of range({nd})")
+    axes = tuple(a % nd for a in axes)
+    cs = _contig(x.shape)
+    return apply(Op.STRIDED, x, out_shape=tuple(x.shape[a] for a in axes), base=0,
+                 strides=tuple(cs[a] for a in axes))
+
+
+def broadcast_to(x, shape) -> Tensor:
+    from .ops import broadcast_shapes, broadcast_strides
+
+    x = as_tensor(x)
+    shape = tuple(shape)
+    if broadcast_shapes("broadcast_to", x.shape, shape) != shape:
+        raise fail("broadcast_to", f"cannot broadcast {fmt(x.shape)} to {fmt(shape)}",
+                   "the target must keep every non-1 size of the input")
+    return apply(Op.STRIDED, x, out_shape=shape, base=0, strides=tuple(broadcast_strides(x.shape,
+                                                                                          shape)))
+
+
+def _contig(shape):
+    from .ops import contiguous_strides
+
+    return contiguous_strides(shape)
+
+
+def getitem(x, key) -> Tensor:
+    """Basic indexing (ints, slices, None, ...) as a strided view; an integer array gathers."""
+    if isinstance(key, (Tensor, np.ndarray, list)):
+        idx = as_tensor(np.asarray(key) if isinstance(key, list) else key)
+        if idx.dtype.kind == "b":
+            raise fail("getitem", "boolean masks give data-dependent shapes",
+                       "use fg.where(mask, x, 0) or index with np.nonzero(mask)[0]")
+        return apply(Op.GATHER, x, idx, axis=0)
+    key = key if isinstance(key, tuple) else (key,)
+    if any(isinstance(k, (Tensor, np.ndarray, list)) for k in key):
+        raise fail("getitem", "mixing integer-array and basic indices is not supported",
+                   "index in two steps, e.g. x[:, 1:][idx], or use fg.take(x, idx, axis)")
+    n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+    if sum(1 for k in key if k is Ellipsis) > 1:
+        raise fail("getitem", "an index can only have one Ellipsis", "remove the extra ...")
+    if n_real > x.ndim:
+        raise fail("getitem", f"too many indices ({n_real}) for shape {fmt(x.shape)}",
+                   "use at most one index per axis")
+    expanded = []
+    for k in key:
+        if k is Ellipsis:
+            expanded += [slice(None)] * (x.ndim - n_real)
+        else:
+            expanded.append(k)
+    expanded += [slice(None)] * (x.ndim - sum(1 for k in expanded if k is not None))
+    cs = _contig(x.shape)
+    base, shape, strides, d = 0, [], [], 0
+    for k in expanded:
+        if k is None:
+            shape.append(1)
+            strides.append(0)
+            continue
+        n = x.shape[d]
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            cnt = len(range(start, stop, step))
+            base += start * cs[d] if cnt else 0
+            shape.append(cnt)
+            strides.append(step * cs[d])
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            if not -n <= k < n:
+                raise fail("getitem", f"index {k} is out of bounds for axis {d} with size {n} "
+                           f"(shape {fmt(x.shape)})", f"use an index in [{-n}, {n - 1}]")
+            base += (int(k) % n) * cs[d]
+        else:
+            raise fail("getitem", f"unsupported index {k!r}", "use ints, slices, None, ... or "
+                       "an integer array")
+        d += 1
+    return apply(Op.STRIDED, x, out_shape=tuple(shape), base=base, strides=tuple(strides))
+
+
+def take(x, indices, axis=0) -> Tensor:
+    """Gather along ``axis`` (np.take): out shape = x.shape[:axis] + idx.shape + x.shape[axis+1:]."""
+    return apply(Op.GATHER, x, indices, axis=axis)
+
+
+def concatenate(tensors, axis=0) -> Tensor:
+    tensors = list(tensors)
+    if not tensors:
+        raise fail("concat", "needs at least one tensor", "pass a non-empty list")
+    return apply(Op.CONCAT, *tensors, axis=axis)
+
+
+def stack(tensors, axis=0) -> Tensor:
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise fail("stack", "needs at least one tensor", "pass a non-empty list")
+    nd = tensors[0].ndim + 1
+    if not -nd <= axis < nd:
+        raise fail("stack", f"axis {axis} out of range for {nd}-d result", f"use [{-nd}, {nd-1}]")
+    ax = axis % nd
+    for t in tensors:
+        if t.shape != tensors[0].shape:
+            raise fail("stack", "shapes " + ", ".join(fmt(u.shape) for u in tensors) + " differ",
+                       "stack tensors of one shape")
+    return concatenate([t.reshape(t.shape[:ax] + (1,) + t.shape[ax:]) for t in tensors], axis=ax)
+
+
+def where(cond, a, b) -> Tensor:
+    """Elementwise a where cond else b (with broadcasting); gradients flow to the chosen side."""
+    return apply(Op.WHERE, cond, a, b)
+
+
+def placeholder(tape: Tape, array, label="input") -> Tensor:
+    """A tensor on ``tape`` holding ``array`` as an input slot (no producing row).
+
+    Ops on it are recorded on ``tape`` even when nothing requires grad, so the tape can be
+    replayed after new values are written into the slot (what ``fg.compile`` does).
+    """
+    array = np.asarray(array)
+    kind = 1 if array.dtype.kind in "iu" else 0
+    node = tape.add_input(array if kind else array.astype(tape.dtype, copy=False), kind=kind,
+                          label=label)
+    return Tensor._on_tape(tape, node, False)

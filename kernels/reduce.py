@@ -1,0 +1,130 @@
+"""Reductions and normalisations along one axis.
+
+The input is seen as (outer, n, inner) with the reduced axis in the middle (computed at record
+time), so one kernel serves every axis: the output is (outer, inner). Reducing "all" is
+(1, size, 1). Broadcasting gradients back over the reduced axis is the VJP of SUM.
+"""
+
+import numpy as np
+
+from ..opcodes import Op
+from ._jit import jit
+
+
+@jit
+def reduce_forward(code, x, y, outer, n, inner):
+    if code == Op.SUM:
+        if inner == 1:
+            for o in range(outer):
+                s = 0.0
+                base = o * n
+                for k in range(n):
+                    s += x[base + k]
+                y[o] = s
+        else:
+            for o in range(outer):
+                for j in range(inner):
+                    y[o * inner + j] = 0.0
+                for k in range(n):
+                    base = (o * n + k) * inner
+                    for j in range(inner):
+                        y[o * inner + j] += x[base + j]
+    elif code == Op.MAX:  # NaN propagates, as np.max
+        for o in range(outer):
+            for j in range(inner):
+                base = o * n * inner + j
+                m = x[base]
+                for k in range(1, n):
+                    v = x[base + k * inner]
+                    if v > m or v != v:
+                        m = v
+                        if v != v:
+                            break
+                y[o * inner + j] = m
+    elif code == Op.SOFTMAX or code == Op.LOG_SOFTMAX:
+        for o in range(outer):
+            for j in range(inner):
+                base = o * n * inner + j
+                m = x[base]
+                for k in range(1, n):
+                    m = max(m, x[base + k * inner])
+                s = 0.0
+                for k in range(n):
+                    s += np.exp(x[base + k * inner] - m)
+                if code == Op.SOFTMAX:
+                    for k in range(n):
+                        y[base + k * inner] = np.exp(x[base + k * inner] - m) / s
+                else:
+                    lse = m + np.log(s)
+                    for k in range(n):
+                        y[base + k * inner] = x[base + k * inner] - lse
+
+
+@jit
+def reduce_vjp(code, x, y, gy, gx, outer, n, inner):
+    if code == Op.SUM:
+        for o in range(outer):
+            for k in range(n):
+                base = (o * n + k) * inner
+                for j in range(inner):
+                    gx[base + j] += gy[o * inner + j]
+    elif code == Op.MAX:  # the first maximal element takes the gradient, as torch.max(dim)
+        for o in range(outer):
+            for j in range(inner):
+                base = o * n * inner + j
+                m = y[o * inner + j]
+                for k in range(n):
+                    v = x[base + k * inner]
+                    if v == m or (v != v and m != m):
+                        gx[base + k * inner] += gy[o * inner + j]
+                        break
+    elif code == Op.SOFTMAX:  # gx = y * (g - <g, y>)
+        for o in range(outer):
+            for j in range(inner):
+                base = o * n * inner + j
+                dot = 0.0
+                for k in range(n):
+                    dot += gy[base + k * inner] * y[base + k * inner]
+                for k in range(n):
+                    p = base + k * inner
+                    gx[p] += y[p] * (gy[p] - dot)
+    elif code == Op.LOG_SOFTMAX:  # gx = g - softmax * sum(g)
+        for o in range(outer):
+            for j in range(inner):
+                base = o * n * inner + j
+                s = 0.0
+                for k in range(n):
+                    s += gy[base + k * inner]
+                for k in range(n):
+                    p = base + k * inner
+                    gx[p] += gy[p] - np.exp(y[p]) * s
+
+
+@jit
+def cross_entropy_forward(x, labels, y, nrows, ncls):
+    """Per-row loss logsumexp(x_i) - x_i[label_i] for logits (nrows, ncls)."""
+    for i in range(nrows):
+        base = i * ncls
+        m = x[base]
+        for c in range(1, ncls):
+            m = max(m, x[base + c])
+        s = 0.0
+        for c in range(ncls):
+            s += np.exp(x[base + c] - m)
+        y[i] = m + np.log(s) - x[base + labels[i]]
+
+
+@jit
+def cross_entropy_vjp(x, labels, gy, gx, nrows, ncls):
+    for i in range(nrows):
+        base = i * ncls
+        m = x[base]
+        for c in range(1, ncls):
+            m = max(m, x[base + c])
+        s = 0.0
+        for c in range(ncls):
+            s += np.exp(x[base + c] - m)
+        g = gy[i]
+        for c in range(ncls):
+            gx[base + c] += g * np.exp(x[base + c] - m) / s
+        gx[base + labels[i]] -= g

@@ -1,0 +1,42 @@
+"""Test session setup: a fresh Numba cache directory per session, set before fastgrad loads.
+
+Numba keys each cached kernel on its own file, so after an edit in another kernel file a stale
+cache could serve old machine code; a fresh directory makes every test session compile what is
+on disk now.
+"""
+
+import os
+import shutil
+import tempfile
+
+_CACHE = tempfile.mkdtemp(prefix="fastgrad-test-cache-")
+os.environ["FASTGRAD_CACHE_DIR"] = _CACHE
+os.environ.pop("NUMBA_CACHE_DIR", None)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def sample_array(rng, shape, domain, dtype=np.float64):
+    """Test inputs for an op's domain: real, positive, nonzero, distinct (no ties), cond (0/1)."""
+    if domain == "positive":
+        a = rng.uniform(0.5, 2.0, shape)
+    elif domain == "nonzero":
+        a = rng.uniform(0.3, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+    elif domain == "distinct":
+        n = int(np.prod(shape, dtype=np.int64))
+        a = (rng.permutation(n) * 0.37 - n * 0.15).reshape(shape)
+    elif domain == "cond":
+        a = (rng.uniform(size=shape) > 0.5).astype(np.float64)
+    else:
+        a = rng.standard_normal(shape)
+    return np.asarray(a, dtype=dtype)
