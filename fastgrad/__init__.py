@@ -49,6 +49,10 @@ from .tensor import (
     zeros,
 )
 
+from . import nn, optim  # noqa: E402
+from .compile import Compiled, History, compile, fit  # noqa: E402
+from .nn import manual_seed  # noqa: E402
+
 __version__ = "0.1.0"
 
 

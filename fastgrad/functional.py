@@ -66,6 +66,15 @@ def binary_cross_entropy_with_logits(logits, targets, reduction="mean"):
                    "binary_cross_entropy_with_logits")
 
 
+def linear(x, weight, bias=None):
+    """y = x @ weight.T + bias, weight (out, in): x (..., in) -> (..., out), no transpose copy."""
+    x = as_tensor(x)
+    if x.ndim == 1:
+        return linear(x.reshape(1, -1), weight, bias).reshape(-1)
+    y = apply(Op.MATMUL, x, weight, trans_b=True)
+    return y if bias is None else y + bias
+
+
 def relu(x):
     return as_tensor(x).relu()
 
@@ -101,5 +110,5 @@ def identity(x):
 ACTIVATIONS = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid, "leaky_relu": leaky_relu,
                "softplus": softplus, "identity": identity, "linear": identity}
 
-__all__ = ["mse_loss", "cross_entropy", "binary_cross_entropy_with_logits", *ACTIVATIONS,
+__all__ = ["linear", "mse_loss", "cross_entropy", "binary_cross_entropy_with_logits", *ACTIVATIONS,
            "softmax", "log_softmax", "np"]

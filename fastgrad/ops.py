@@ -142,13 +142,14 @@ def softmax_rule(name, shapes, axis=-1):
     return shape, list(split_axis(shape, ax)), []
 
 
-def matmul_rule(name, shapes):
+def matmul_rule(name, shapes, trans_b=False):
+    """A (..., m, k) @ B (..., k, n); with trans_b, B is given as (..., n, k) and used as B^T."""
     sa, sb = shapes
     if len(sa) < 2 or len(sb) < 2:
         raise fail(name, f"operands need 2 or more dims, got {fmt(sa)} and {fmt(sb)}",
                    "use x @ w with 1-D operands through Tensor.__matmul__, which adds the axis")
     m, k = sa[-2:]
-    k2, n = sb[-2:]
+    n, k2 = sb[-2:] if trans_b else sb[-2:][::-1]
     if k != k2:
         raise fail(
             name,
@@ -164,7 +165,7 @@ def matmul_rule(name, shapes):
         offsets += [sum(i * s for i, s in zip(idx, ba)) * m * k,
                     sum(i * s for i, s in zip(idx, bb)) * k * n]
     nb = math.prod(batch)
-    return batch + (m, n), [m, k, n, nb, *offsets], []
+    return batch + (m, n), [m, k, n, nb, int(bool(trans_b)), *offsets], []
 
 
 def reshape_rule(name, shapes, shape):
@@ -367,7 +368,8 @@ _ROWS = [
     OpDef(Op.MATMUL, MATMUL, 2, matmul_rule,
           samples=[([(3, 4), (4, 5)], {}, "real"), ([(1, 6), (6, 1)], {}, "real"),
                    ([(2, 3, 4), (4, 2)], {}, "real"), ([(2, 1, 3, 4), (3, 4, 2)], {}, "real"),
-                   ([(40, 30), (30, 20)], {}, "real")]),
+                   ([(40, 30), (30, 20)], {}, "real"), ([(3, 4), (5, 4)], {"trans_b": True}, "real"),
+                   ([(40, 30), (20, 30)], {"trans_b": True}, "real")]),
     OpDef(Op.RESHAPE, SHAPE, 1, reshape_rule,
           samples=[([(3, 4)], {"shape": (4, 3)}, "real"), ([(2, 3, 4)], {"shape": (-1,)}, "real"),
                    ([()], {"shape": (1, 1)}, "real")]),

@@ -75,7 +75,7 @@ class Reference:
             lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
             return (np.exp(z - lse) if op == Op.SOFTMAX else z - lse).reshape(out_shape)
         if fam == MATMUL:
-            return np.matmul(xs[0], xs[1])
+            return np.matmul(xs[0], np.swapaxes(xs[1], -1, -2) if ip[4] else xs[1])
         if op == Op.RESHAPE:
             return xs[0].reshape(out_shape)
         if op == Op.STRIDED:
@@ -144,8 +144,10 @@ class Reference:
             return [(g3 - np.exp(y3) * g3.sum(axis=1, keepdims=True)).reshape(xs[0].shape)]
         if fam == MATMUL:
             a, b = xs
-            ga = np.matmul(g, np.swapaxes(b, -1, -2))
+            bt = np.swapaxes(b, -1, -2) if ip[4] else b
+            ga = np.matmul(g, np.swapaxes(bt, -1, -2))
             gb = np.matmul(np.swapaxes(a, -1, -2), g)
+            gb = np.swapaxes(gb, -1, -2) if ip[4] else gb
             return [_unbroadcast(ga, a.shape), _unbroadcast(gb, b.shape)]
         if op == Op.RESHAPE:
             return [None]

@@ -1,0 +1,324 @@
+"""Trace once, replay natively: ``fg.compile`` and ``fg.fit``.
+
+``compile(fn, optimizer)`` records ``fn`` on its first call into a tape whose inputs are slots,
+then every call writes the new inputs into the slots and runs forward + backward (+ clipping,
++ the optimizer update) in ONE native call (kernels/train.py). Like ``jax.jit``, Python control
+flow that depends on values is frozen at trace time; arrays captured by ``fn`` that are not
+inputs or parameters are constants frozen at trace time too. A call with new input shapes or
+dtypes traces again (once per signature, logged on the "fastgrad" logger).
+
+>>> import fastgrad as fg, numpy as np
+>>> w = fg.nn.Parameter(np.array([1.0, 2.0]))
+>>> loss_and_grad = fg.compile(lambda x: ((x @ w) ** 2).sum())
+>>> loss, (gw,) = loss_and_grad(np.array([[1.0, 1.0]]))
+>>> float(loss), gw
+(9.0, array([6., 6.]))
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import numpy as np
+
+from .anomaly import anomaly_enabled, describe_anomaly
+from .errors import fail
+from .kernels import train as _train
+from .ops import fmt
+from .tape import Tape
+from .tensor import FLOAT_DTYPES, Tensor, get_default_dtype, placeholder
+
+log = logging.getLogger("fastgrad")
+_EMPTY_F = {dt: np.zeros((0, 1), dt) for dt in FLOAT_DTYPES}
+_EMPTY_I = np.zeros(0, np.int64)
+
+
+class Program:
+    """One traced signature: the tape, its input slots, and where parameters live in it."""
+
+    def __init__(self, fn, inputs, optimizer, params, dtype):
+        self.tape = tape = Tape(dtype)
+        self.slots = [placeholder(tape, x, label=f"input {i}") for i, x in enumerate(inputs)]
+        out = fn(*self.slots)
+        if not isinstance(out, Tensor) or out.size != 1:
+            raise fail("compile", "the function must return a one-element loss tensor, got "
+                       + (f"shape {fmt(out.shape)}" if isinstance(out, Tensor) else repr(out)),
+                       "return a scalar loss (.mean() / .sum())")
+        if not out.requires_grad:
+            raise fail("compile", "the loss does not depend on any parameter that requires grad",
+                       "use model parameters (fg.nn.Parameter) inside the function")
+        tape = self.tape = out.tape  # merges may have moved the graph to another tape
+        self.slot_nodes = [s.node for s in self.slots]
+        self.loss_node = out.node
+        self.loss_off = int(tape.node_off.a[self.loss_node])
+        leaves = {id(leaf): (leaf, v) for leaf, v in tape.leaves}
+        self.params = list(params) if params is not None else [leaf for leaf, _ in tape.leaves]
+        index = {id(p): i for i, p in enumerate(self.params)}
+        flat_off = np.concatenate([[0], np.cumsum([p.size for p in self.params])])
+        self.flat_size = int(flat_off[-1])
+        p_off, p_flat, p_size = [], [], []
+        for leaf, v in tape.leaves:
+            if id(leaf) in index:
+                p_off.append(tape.node_off.a[v])
+                p_flat.append(flat_off[index[id(leaf)]])
+                p_size.append(leaf.size)
+        self.frozen = [(leaf, v) for key, (leaf, v) in leaves.items() if key not in index]
+        self.p_off = np.array(p_off, np.int64)
+        self.p_flat = np.array(p_flat, np.int64)
+        self.p_size = np.array(p_size, np.int64)
+        need = np.flatnonzero(tape.node_need.view)
+        offs = tape.node_off.view[need]
+        sizes = tape.node_size.view[need]
+        self.zero_off, self.zero_size = offs.astype(np.int64), sizes.astype(np.int64)
+        tape.grads = np.zeros(tape.values.a.size, tape.dtype)
+        self.arrays = tape.arrays()
+        self.logits_off, self.ncls = self._find_logits()
+        self.int_checks = [(i, tape.int_bounds.get(v)) for i, v in enumerate(self.slot_nodes)
+                           if tape.node_kind.a[v] == 1]
+
+    def _find_logits(self):
+        """Logits node of the cross-entropy row the loss comes from (for accuracy), if any."""
+        from .opcodes import Op
+
+        tape = self.tape
+        for r, name, ins, out in tape.rows():
+            if Op(int(tape.ops.a[r])) == Op.CROSS_ENTROPY:
+                return int(tape.node_off.a[ins[0]]), tape.shapes[ins[0]][1]
+        return 0, 0
+
+    def load_inputs(self, inputs):
+        tape = self.tape
+        for (i, bound), x in ((c, inputs[c[0]]) for c in self.int_checks):
+            if bound and x.size and (x.min() < bound[0] or x.max() >= bound[1]):
+                raise fail("compile", f"input {i} holds indices outside [{bound[0]}, {bound[1]})",
+                           "check labels/indices against the class count or axis size")
+        for v, x in zip(self.slot_nodes, inputs):
+            tape.node_values(v)[...] = x
+        for leaf, v in self.frozen:
+            tape.node_values(v)[...] = leaf.numpy()
+
+    def run(self, flat, flat_grad, kind, state, hyper, t, max_norm, max_value):
+        tape = self.tape
+        loss, norm, bad, direction = _train.train_step(
+            self.arrays, tape.values.a, tape.ivalues.a, tape.grads, tape.node_need.view,
+            self.zero_off, self.zero_size, self.loss_off, self.p_off, self.p_flat, self.p_size,
+            flat, flat_grad, kind, state[0], state[1], state[2], hyper, t, max_norm, max_value,
+            anomaly_enabled())
+        if bad >= 0:
+            raise describe_anomaly(tape, bad, "backward" if direction else "forward")
+        return float(loss), float(norm)
+
+
+class Compiled:
+    """A traced training step (with an optimizer) or value-and-grad function (without).
+
+    Call it with arrays: with an optimizer it returns the loss (a float) after updating the
+    parameters; without, it returns ``(loss, [gradient per parameter])`` as NumPy arrays.
+    """
+
+    def __init__(self, fn, optimizer=None, params=None, clip_grad_norm=None,
+                 clip_grad_value=None):
+        self.fn = fn
+        self.optimizer = optimizer
+        self.params = optimizer.params if optimizer is not None else params
+        self.max_norm = float(clip_grad_norm or 0.0)
+        self.max_value = float(clip_grad_value or 0.0)
+        self.programs: dict = {}
+        self.last_grad_norm = 0.0
+        self._scratch = None
+
+    def _dtype(self, inputs):
+        if self.optimizer is not None:
+            return self.optimizer.dtype
+        if self.params:
+            return self.params[0].dtype
+        floats = [x.dtype for x in inputs if x.dtype in FLOAT_DTYPES]
+        return floats[0] if floats else get_default_dtype()
+
+    def _arrays(self, inputs):
+        out = []
+        for x in inputs:
+            a = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+            if a.dtype.kind == "f" and a.dtype not in FLOAT_DTYPES:
+                a = a.astype(get_default_dtype())
+            out.append(a)
+        return out
+
+    def program(self, *inputs) -> Program:
+        """The traced program for these inputs' shapes and dtypes (tracing if new)."""
+        arrays = self._arrays(inputs)
+        dtype = self._dtype(arrays)
+        arrays = [a.astype(dtype) if a.dtype.kind == "f" else a.astype(np.int64, copy=False)
+                  if a.dtype.kind in "iub" else a for a in arrays]
+        key = tuple((a.shape, a.dtype.str) for a in arrays)
+        prog = self.programs.get(key)
+        if prog is None:
+            if self.programs:
+                log.info("fastgrad.compile: tracing again for new input signature %s "
+                         "(previous: %s)", key, list(self.programs))
+            prog = Program(self.fn, arrays, self.optimizer, self.params, dtype)
+            self.programs[key] = prog
+        return prog, arrays
+
+    def __call__(self, *inputs):
+        prog, arrays = self.program(*inputs)
+        prog.load_inputs(arrays)
+        opt = self.optimizer
+        if opt is not None:
+            opt.t += 1
+            loss, self.last_grad_norm = prog.run(opt.flat, opt.flat_grad, opt.kind, opt.state,
+                                                 opt.hyper(), opt.t, self.max_norm,
+                                                 self.max_value)
+            return loss
+        flat = np.concatenate([p.numpy().ravel() for p in prog.params]) if prog.params else \
+            np.zeros(0, prog.tape.dtype)
+        flat_grad = np.zeros_like(flat)
+        state = [flat_grad] * 3
+        loss, self.last_grad_norm = prog.run(flat, flat_grad, -1, state, np.zeros(8), 1,
+                                             self.max_norm, self.max_value)
+        offs = np.concatenate([[0], np.cumsum([p.size for p in prog.params])])
+        grads = [flat_grad[a:b].reshape(p.shape).copy()
+                 for p, a, b in zip(prog.params, offs[:-1], offs[1:])]
+        return loss, grads
+
+    @property
+    def parameters(self):
+        return self.params
+
+
+def compile(fn, optimizer=None, params=None, clip_grad_norm=None, clip_grad_value=None):  # noqa: A001
+    """Trace ``fn(*inputs) -> scalar loss`` once per input signature and replay it natively.
+
+    With ``optimizer``: each call runs forward, backward, optional clipping (``clip_grad_value``
+    then ``clip_grad_norm``, PyTorch's rules) and the optimizer update in one native call and
+    returns the loss. Without: returns ``(loss, grads)``, the gradients of ``params`` (default:
+    every parameter the function uses, in order of first use).
+    """
+    return Compiled(fn, optimizer, params, clip_grad_norm, clip_grad_value)
+
+
+class History(dict):
+    """Per-epoch results of ``fit``: ``loss`` (mean over batches), ``accuracy`` (if classes),
+    ``seconds``, and ``lr``."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(name) from e
+
+
+def _progress(total, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, unit="epoch", leave=True)
+    except ImportError:
+        return "text"
+
+
+def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, drop_last=False,
+        scheduler=None, progress=True):
+    """Train ``step`` (a compiled step with an optimizer) over minibatches of (X, Y).
+
+    Each epoch of full batches is ONE native call (kernels/train.fit_epoch): minibatch
+    gathering, forward, backward, clipping and updates, with no Python per batch. A final
+    partial batch (unless ``drop_last``) is one more compiled call, traced once. Shuffling is
+    seeded. Returns a History with per-epoch ``loss`` and, when Y holds integer classes and the
+    loss is a cross-entropy, ``accuracy``.
+
+    X: (N, ...) inputs; Y: (N,) integer labels or (N, ...) float targets.
+    """
+    if not isinstance(step, Compiled) or step.optimizer is None:
+        raise fail("fit", "needs a compiled step with an optimizer",
+                   "step = fg.compile(loss_fn, optimizer=opt)")
+    X = X.numpy() if isinstance(X, Tensor) else np.asarray(X)
+    Y = Y.numpy() if isinstance(Y, Tensor) else np.asarray(Y)
+    n = X.shape[0]
+    if Y.shape[0] != n:
+        raise fail("fit", f"X has {n} rows but Y has {Y.shape[0]}", "pass matching X and Y")
+    if batch_size <= 0 or batch_size > n:
+        raise fail("fit", f"batch_size {batch_size} for {n} samples", f"use 1..{n}")
+    opt = step.optimizer
+    dtype = opt.dtype
+    Xc = np.ascontiguousarray(X, dtype=dtype)
+    int_labels = Y.dtype.kind in "iu"
+    Yc = np.ascontiguousarray(Y, dtype=np.int64 if int_labels else dtype)
+    prog, _ = step.program(Xc[:batch_size], Yc[:batch_size])
+    x_off = int(prog.tape.node_off.a[prog.slot_nodes[0]])
+    y_off = int(prog.tape.node_off.a[prog.slot_nodes[1]])
+    if int_labels:
+        for _, bound in prog.int_checks:
+            if bound and (Yc.min() < bound[0] or Yc.max() >= bound[1]):
+                raise fail("fit", f"labels outside [{bound[0]}, {bound[1]})",
+                           "check the labels against the number of classes")
+    X2 = Xc.reshape(n, -1)
+    Yf = _EMPTY_F[np.dtype(dtype)] if int_labels else Yc.reshape(n, -1)
+    Yi = Yc if int_labels else _EMPTY_I
+    ncls = prog.ncls if int_labels else 0
+    nfull = n // batch_size
+    rest = 0 if drop_last else n - nfull * batch_size
+    rng = np.random.default_rng(seed)
+    history = History(loss=[], accuracy=[], seconds=[], lr=[])
+    bar = _progress(epochs, progress)
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        perm = rng.permutation(n) if shuffle else np.arange(n)
+        for leaf, v in prog.frozen:
+            prog.tape.node_values(v)[...] = leaf.numpy()
+        total, correct = _train.fit_epoch(
+            prog.arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads,
+            prog.tape.node_need.view, prog.zero_off, prog.zero_size, prog.loss_off, prog.p_off,
+            prog.p_flat, prog.p_size, opt.flat, opt.flat_grad, opt.kind, opt.state[0],
+            opt.state[1], opt.state[2], opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
+            X2, x_off, Yf, Yi, y_off, perm, batch_size, nfull, prog.logits_off, ncls)
+        opt.t += nfull
+        seen = nfull * batch_size
+        total *= batch_size
+        if rest:
+            idx = perm[seen:]
+            total += step(Xc[idx], Yc[idx]) * rest
+            if ncls:
+                logits = _logits_of(step, Xc[idx], Yc[idx])
+                correct += int((logits.argmax(axis=1) == Yc[idx]).sum())
+            seen += rest
+        if not np.isfinite(total):
+            log.warning("fastgrad.fit: loss is not finite at epoch %d; rerun inside "
+                        "fg.detect_anomaly() to find the op", epoch + 1)
+        history["loss"].append(total / seen)
+        if ncls:
+            history["accuracy"].append(correct / seen)
+        history["seconds"].append(time.perf_counter() - start)
+        history["lr"].append(opt.lr)
+        if scheduler is not None:
+            scheduler.step()
+        _report(bar, epoch, epochs, history)
+    if bar not in (None, "text"):
+        bar.close()
+    if not history["accuracy"]:
+        del history["accuracy"]
+    return history
+
+
+def _logits_of(step, x, y):
+    prog, _ = step.program(x, y)
+    off, ncls = prog.logits_off, prog.ncls
+    return prog.tape.values.a[off : off + len(y) * ncls].reshape(len(y), ncls)
+
+
+def _report(bar, epoch, epochs, history):
+    msg = f"loss {history['loss'][-1]:.4f}"
+    if history.get("accuracy"):
+        msg += f" acc {history['accuracy'][-1]:.4f}"
+    if bar is None:
+        return
+    if bar == "text":
+        print(f"epoch {epoch + 1}/{epochs}: {msg} ({history['seconds'][-1]:.2f}s)",
+              file=sys.stderr)
+    else:
+        bar.set_postfix_str(msg)
+        bar.update(1)

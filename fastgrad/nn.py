@@ -1,0 +1,362 @@
+"""Neural-network building blocks: Module, Parameter, Linear, MLP, activations, initialisers.
+
+Layouts follow PyTorch (a Linear weight is (out_features, in_features); y = x W^T + b), so
+state dicts and weights compare one to one. Initialisers are seeded: ``fg.manual_seed(n)`` or a
+``seed=`` argument makes a model reproducible.
+
+>>> import fastgrad as fg, numpy as np
+>>> model = fg.nn.MLP([4, 8, 3], activation="tanh", seed=0)
+>>> model(np.ones((2, 4))).shape
+(2, 3)
+>>> [name for name, _ in model.named_parameters()]
+['layers.0.weight', 'layers.0.bias', 'layers.1.weight', 'layers.1.bias']
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from . import functional
+from .errors import fail
+from .tensor import Tensor, get_default_dtype
+
+_RNG = [np.random.default_rng(0)]
+
+
+def manual_seed(seed: int):
+    """Seed the generator that initialisers use when no ``seed=`` is given."""
+    _RNG[0] = np.random.default_rng(seed)
+
+
+def _rng(seed):
+    if seed is None:
+        return _RNG[0]
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+class Parameter(Tensor):
+    """A leaf tensor that requires grad and is registered by the Module holding it."""
+
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad=True):
+        data = np.array(data, copy=True)
+        if data.dtype.kind != "f":
+            data = data.astype(get_default_dtype())
+        super().__init__(data, requires_grad=requires_grad)
+
+
+class Module:
+    """Base class: attribute Parameters and Modules are registered in assignment order."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise fail(type(self).__name__, "Module.__init__() was not called",
+                       "call super().__init__() first in your __init__")
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def forward(self, *args):
+        raise NotImplementedError
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def named_parameters(self, prefix=""):
+        for name, p in self._parameters.items():
+            yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(prefix + name + ".")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def modules(self):
+        yield self
+        for m in self._modules.values():
+            yield from m.modules()
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter's values, by dotted name."""
+        return OrderedDict((n, np.array(p.numpy(), copy=True)) for n, p in self.named_parameters())
+
+    def load_state_dict(self, state, strict=True):
+        """Copy values in place (an optimizer's flat buffer keeps seeing them)."""
+        mine = dict(self.named_parameters())
+        missing, unexpected = set(mine) - set(state), set(state) - set(mine)
+        if strict and (missing or unexpected):
+            raise fail("load_state_dict", f"missing keys {sorted(missing)}, unexpected keys "
+                       f"{sorted(unexpected)}", "load a state dict of the same architecture, "
+                       "or pass strict=False")
+        for name, value in state.items():
+            if name in mine:
+                p = mine[name]
+                value = np.asarray(value)
+                if value.shape != p.shape:
+                    raise fail("load_state_dict", f"{name}: saved shape {value.shape} vs "
+                               f"model shape {p.shape}", "build the model with the same sizes")
+                p.numpy()[...] = value
+
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def astype(self, dtype):
+        """Cast every parameter to ``dtype`` (before building an optimizer over them)."""
+        for m in self.modules():
+            for name, p in list(m._parameters.items()):
+                setattr(m, name, Parameter(p.numpy().astype(dtype)))
+        return self
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({n}): {m!r}".replace("\n", "\n  ") for n, m in self._modules.items())
+        return f"{type(self).__name__}({self.extra_repr()}{inner}{chr(10) if inner else ''})"
+
+    def extra_repr(self):
+        return ""
+
+
+# ----------------------------------------------------------------------------- initialisers
+class init:  # noqa: N801 - a namespace, spelled as torch.nn.init
+    """Seeded initialisers returning arrays for a weight of shape (fan_out, fan_in, ...)."""
+
+    @staticmethod
+    def fans(shape):
+        if len(shape) < 2:
+            return shape[0] if shape else 1, shape[0] if shape else 1
+        receptive = math.prod(shape[2:])
+        return shape[1] * receptive, shape[0] * receptive
+
+    @staticmethod
+    def gain(activation):
+        return {"relu": math.sqrt(2.0), "tanh": 5.0 / 3, "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)),
+                "selu": 0.75}.get(activation, 1.0)
+
+    @staticmethod
+    def normal(shape, std=0.01, seed=None):
+        return _rng(seed).normal(0.0, std, shape)
+
+    @staticmethod
+    def xavier_uniform(shape, gain=1.0, seed=None):
+        fan_in, fan_out = init.fans(shape)
+        bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+        return _rng(seed).uniform(-bound, bound, shape)
+
+    @staticmethod
+    def xavier_normal(shape, gain=1.0, seed=None):
+        fan_in, fan_out = init.fans(shape)
+        return _rng(seed).normal(0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), shape)
+
+    @staticmethod
+    def kaiming_uniform(shape, gain=math.sqrt(2.0), seed=None):
+        fan_in, _ = init.fans(shape)
+        bound = gain * math.sqrt(3.0 / fan_in)
+        return _rng(seed).uniform(-bound, bound, shape)
+
+    @staticmethod
+    def kaiming_normal(shape, gain=math.sqrt(2.0), seed=None):
+        fan_in, _ = init.fans(shape)
+        return _rng(seed).normal(0.0, gain / math.sqrt(fan_in), shape)
+
+    @staticmethod
+    def orthogonal(shape, gain=1.0, seed=None):
+        rows, cols = shape[0], math.prod(shape[1:])
+        a = _rng(seed).normal(0.0, 1.0, (max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q *= np.sign(np.diag(r))  # makes the distribution uniform (Mezzadri 2007)
+        if rows < cols:
+            q = q.T
+        return gain * q.reshape(shape)
+
+    @staticmethod
+    def pytorch_default(shape, fan_in, seed=None):
+        """torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        return _rng(seed).uniform(-bound, bound, shape)
+
+
+INITS = ("default", "normal", "xavier_uniform", "xavier_normal", "kaiming_uniform",
+         "kaiming_normal", "orthogonal")
+
+
+def make_weight(shape, method="default", activation=None, std=0.01, seed=None):
+    if method == "default":
+        return init.pytorch_default(shape, shape[1], seed)
+    if method == "normal":
+        return init.normal(shape, std, seed)
+    if method in ("xavier_uniform", "xavier_normal", "orthogonal"):
+        return getattr(init, method)(shape, init.gain(activation), seed=seed)
+    if method in ("kaiming_uniform", "kaiming_normal"):
+        return getattr(init, method)(shape, init.gain(activation or "relu"), seed=seed)
+    raise fail("init", f"unknown initialiser {method!r}", f"use one of {INITS}")
+
+
+# ----------------------------------------------------------------------------- layers
+class Linear(Module):
+    """y = x W^T + b, W of shape (out_features, in_features), as torch.nn.Linear."""
+
+    def __init__(self, in_features, out_features, bias=True, init="default", activation=None,
+                 std=0.01, seed=None, dtype=None):
+        super().__init__()
+        if in_features <= 0 or out_features <= 0:
+            raise fail("Linear", f"sizes must be positive, got {in_features} -> {out_features}",
+                       "pass positive layer sizes")
+        dtype = np.dtype(dtype or get_default_dtype())
+        rng = _rng(seed)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(
+            make_weight((out_features, in_features), init, activation, std, rng).astype(dtype))
+        if bias:
+            b = init_default_bias(out_features, in_features, rng) if init == "default" \
+                else np.zeros(out_features)
+            self.bias = Parameter(np.asarray(b).astype(dtype))
+        else:
+            self.bias = None
+
+    def forward(self, x):
+        return functional.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+def init_default_bias(out_features, in_features, rng):
+    return init.pytorch_default((out_features,), in_features, rng)
+
+
+class Activation(Module):
+    def __init__(self, name, **kwargs):
+        super().__init__()
+        if name not in functional.ACTIVATIONS:
+            raise fail("activation", f"unknown activation {name!r}",
+                       f"use one of {sorted(functional.ACTIVATIONS)}")
+        self.name, self.kwargs = name, kwargs
+
+    def forward(self, x):
+        return functional.ACTIVATIONS[self.name](x, **self.kwargs)
+
+    def extra_repr(self):
+        return self.name
+
+
+def ReLU():  # noqa: N802 - PyTorch's names
+    return Activation("relu")
+
+
+def Tanh():  # noqa: N802
+    return Activation("tanh")
+
+
+def Sigmoid():  # noqa: N802
+    return Activation("sigmoid")
+
+
+def LeakyReLU(negative_slope=0.01):  # noqa: N802
+    return Activation("leaky_relu", negative_slope=negative_slope)
+
+
+def Softplus():  # noqa: N802
+    return Activation("softplus")
+
+
+def Identity():  # noqa: N802
+    return Activation("identity")
+
+
+class Sequential(Module):
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+
+class MLP(Module):
+    """A multilayer perceptron: Linear layers of ``sizes`` with ``activation`` between them.
+
+    ``bias=False`` gives the lecture's unbiased MLP y = g(W2 f(W1 x)). ``init`` is one of
+    default (PyTorch's), normal (``std``), xavier_uniform/normal, kaiming_uniform/normal,
+    orthogonal; gains follow the activation.
+    """
+
+    def __init__(self, sizes, activation="relu", bias=True, init="default", std=0.01,
+                 out_activation=None, seed=None, dtype=None):
+        super().__init__()
+        if len(sizes) < 2:
+            raise fail("MLP", f"needs at least input and output sizes, got {sizes}",
+                       "pass e.g. [784, 128, 10]")
+        rng = _rng(seed)
+        self.layers = Sequential(*[
+            Linear(a, b, bias=bias, init=init, activation=activation, std=std, seed=rng,
+                   dtype=dtype) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.activation = activation
+        self.out_activation = out_activation
+        self.sizes = list(sizes)
+        if activation not in functional.ACTIVATIONS:
+            raise fail("MLP", f"unknown activation {activation!r}",
+                       f"use one of {sorted(functional.ACTIVATIONS)}")
+
+    def forward(self, x, return_hidden=False):
+        act = functional.ACTIVATIONS[self.activation]
+        hidden = []
+        n = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < n - 1:
+                x = act(x)
+                hidden.append(x)
+            elif self.out_activation:
+                x = functional.ACTIVATIONS[self.out_activation](x)
+        return (x, hidden) if return_hidden else x
+
+    def extra_repr(self):
+        return f"sizes={self.sizes}, activation={self.activation!r}"
+
+
+# ----------------------------------------------------------------------------- utils
+class utils:  # noqa: N801 - spelled as torch.nn.utils
+    @staticmethod
+    def clip_grad_norm_(parameters, max_norm):
+        """Scale grads by max_norm / (total_norm + 1e-6) when that is < 1; return total_norm."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        total = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads))
+        coef = max_norm / (total + 1e-6)
+        if coef < 1:
+            for g in grads:
+                g *= coef
+        return total
+
+    @staticmethod
+    def clip_grad_value_(parameters, clip_value):
+        for p in parameters:
+            if p.grad is not None:
+                np.clip(p.grad, -clip_value, clip_value, out=p.grad)

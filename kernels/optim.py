@@ -1,0 +1,98 @@
+"""Fused optimizer updates and gradient clipping over the flat parameter/gradient buffers.
+
+Each rule is PyTorch's documented torch.optim algorithm (default options: no maximize, no
+foreach). ``hyper`` holds the options as float64, ``t`` is the 1-based step count, and s1..s3
+are per-parameter state buffers laid out like the parameters:
+
+    SGD      hyper = [lr, momentum, dampening, nesterov, weight_decay]      s1 = momentum buffer
+    ADAGRAD  hyper = [lr, lr_decay, weight_decay, eps]                      s1 = sum of squares
+    RMSPROP  hyper = [lr, alpha, eps, weight_decay, momentum, centered]     s1 = square avg,
+                                                                            s2 = momentum, s3 = grad avg
+    ADAM     hyper = [lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled]
+                                                                            s1 = m, s2 = v, s3 = max v
+    (AdamW is ADAM with decoupled = 1.)
+"""
+
+import numpy as np
+
+from ._jit import jit
+
+SGD, ADAGRAD, RMSPROP, ADAM = 0, 1, 2, 3
+
+
+@jit
+def optimizer_update(kind, p, g, s1, s2, s3, hyper, t):
+    lr = hyper[0]
+    n = p.size
+    if kind == SGD:
+        mom, damp, nesterov, wd = hyper[1], hyper[2], hyper[3], hyper[4]
+        for i in range(n):
+            d = g[i] + wd * p[i]
+            if mom != 0.0:
+                if t > 1:
+                    s1[i] = mom * s1[i] + (1.0 - damp) * d
+                else:
+                    s1[i] = d
+                d = d + mom * s1[i] if nesterov != 0.0 else s1[i]
+            p[i] -= lr * d
+    elif kind == ADAGRAD:
+        decay, wd, eps = hyper[1], hyper[2], hyper[3]
+        clr = lr / (1.0 + (t - 1) * decay)
+        for i in range(n):
+            d = g[i] + wd * p[i]
+            s1[i] += d * d
+            p[i] -= clr * d / (np.sqrt(s1[i]) + eps)
+    elif kind == RMSPROP:
+        alpha, eps, wd, mom, centered = hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
+        for i in range(n):
+            d = g[i] + wd * p[i]
+            s1[i] = alpha * s1[i] + (1.0 - alpha) * d * d
+            if centered != 0.0:
+                s3[i] = alpha * s3[i] + (1.0 - alpha) * d
+                avg = np.sqrt(s1[i] - s3[i] * s3[i]) + eps
+            else:
+                avg = np.sqrt(s1[i]) + eps
+            if mom > 0.0:
+                s2[i] = mom * s2[i] + d / avg
+                p[i] -= lr * s2[i]
+            else:
+                p[i] -= lr * d / avg
+    elif kind == ADAM:
+        b1, b2, eps, wd, amsgrad, decoupled = hyper[1], hyper[2], hyper[3], hyper[4], hyper[5], hyper[6]
+        bc1 = 1.0 - b1**t
+        bc2_sqrt = np.sqrt(1.0 - b2**t)
+        step = lr / bc1
+        for i in range(n):
+            if decoupled != 0.0:
+                p[i] *= 1.0 - lr * wd
+                d = g[i]
+            else:
+                d = g[i] + wd * p[i]
+            s1[i] = b1 * s1[i] + (1.0 - b1) * d
+            s2[i] = b2 * s2[i] + (1.0 - b2) * d * d
+            if amsgrad != 0.0:
+                s3[i] = max(s3[i], s2[i])
+                denom = np.sqrt(s3[i]) / bc2_sqrt + eps
+            else:
+                denom = np.sqrt(s2[i]) / bc2_sqrt + eps
+            p[i] -= step * s1[i] / denom
+
+
+@jit
+def clip_gradients(g, max_norm, max_value):
+    """Clip by value (if max_value > 0), then by total 2-norm as torch.nn.utils.clip_grad_norm_
+    (scale by max_norm / (norm + 1e-6) when that is below 1; if max_norm > 0). Returns the norm
+    measured before norm-clipping."""
+    if max_value > 0.0:
+        for i in range(g.size):
+            g[i] = min(max(g[i], -max_value), max_value)
+    s = 0.0
+    for i in range(g.size):
+        s += g[i] * g[i]
+    norm = np.sqrt(s)
+    if max_norm > 0.0:
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1.0:
+            for i in range(g.size):
+                g[i] *= coef
+    return norm

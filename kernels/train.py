@@ -1,0 +1,79 @@
+"""Training entry kernels: one compiled step (forward + backward + clip + update) and one whole
+epoch of minibatches, each a single native call over a recorded tape.
+
+Parameters live in one flat buffer ``flat`` (gradients in ``flat_grad``); param i occupies
+flat[p_flat[i] : p_flat[i] + p_size[i]] and is read by the tape at values[p_off[i] : ...].
+``zero_off``/``zero_size`` list the gradient slots to clear before a backward sweep (only nodes
+that need a gradient: big input slots are never touched).
+"""
+
+import numpy as np
+
+from ._jit import jit
+from .optim import clip_gradients, optimizer_update
+from .replay import replay_backward, replay_forward
+
+
+@jit
+def train_step(tape, values, ivalues, grads, need, zero_off, zero_size, loss_off,
+               p_off, p_flat, p_size, flat, flat_grad,
+               kind, s1, s2, s3, hyper, t, max_norm, max_value, check):
+    """Returns (loss, gradient norm, anomaly row or -1, 0 forward / 1 backward)."""
+    nrows = tape[0].size
+    for i in range(p_off.size):
+        values[p_off[i] : p_off[i] + p_size[i]] = flat[p_flat[i] : p_flat[i] + p_size[i]]
+    bad = replay_forward(tape, values, ivalues, 0, nrows, check)
+    if bad >= 0:
+        return values[loss_off], 0.0, bad, 0
+    loss = values[loss_off]
+    for i in range(zero_off.size):
+        grads[zero_off[i] : zero_off[i] + zero_size[i]] = 0.0
+    grads[loss_off] = 1.0
+    bad = replay_backward(tape, values, ivalues, grads, need, 0, nrows, check)
+    if bad >= 0:
+        return loss, 0.0, bad, 1
+    flat_grad[:] = 0.0
+    for i in range(p_off.size):
+        flat_grad[p_flat[i] : p_flat[i] + p_size[i]] += grads[p_off[i] : p_off[i] + p_size[i]]
+    norm = 0.0
+    if max_norm > 0.0 or max_value > 0.0:
+        norm = clip_gradients(flat_grad, max_norm, max_value)
+    if kind >= 0:
+        optimizer_update(kind, flat, flat_grad, s1, s2, s3, hyper, t)
+    return loss, norm, -1, 0
+
+
+@jit
+def fit_epoch(tape, values, ivalues, grads, need, zero_off, zero_size, loss_off,
+              p_off, p_flat, p_size, flat, flat_grad,
+              kind, s1, s2, s3, hyper, t0, max_norm, max_value,
+              X, x_off, Yf, Yi, y_off, perm, batch, nbatches, logits_off, ncls):
+    """Run ``nbatches`` minibatches of rows perm[b*batch : (b+1)*batch] of X (N, row) and
+    Yf (N, row) or Yi (N,). Returns (sum of batch losses, correct predictions)."""
+    row = X.shape[1]
+    yrow = Yf.shape[1]
+    total = 0.0
+    correct = 0
+    for b in range(nbatches):
+        for r in range(batch):
+            src = perm[b * batch + r]
+            values[x_off + r * row : x_off + (r + 1) * row] = X[src]
+            if Yi.size > 0:
+                ivalues[y_off + r] = Yi[src]
+            else:
+                values[y_off + r * yrow : y_off + (r + 1) * yrow] = Yf[src]
+        loss, norm, bad, direction = train_step(
+            tape, values, ivalues, grads, need, zero_off, zero_size, loss_off,
+            p_off, p_flat, p_size, flat, flat_grad, kind, s1, s2, s3, hyper, t0 + b,
+            max_norm, max_value, False)
+        total += loss
+        if ncls > 0:
+            for r in range(batch):
+                base = logits_off + r * ncls
+                best = 0
+                for c in range(1, ncls):
+                    if values[base + c] > values[base + best]:
+                        best = c
+                if best == ivalues[y_off + r]:
+                    correct += 1
+    return total, correct
