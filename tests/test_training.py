@@ -1,0 +1,318 @@
+"""Compiled training: trace once, replay natively, update with PyTorch's optimizer rules."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import fastgrad as fg
+from fastgrad.datasets import load_digits
+
+
+def small_problem(seed=0, n=40):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5))
+    Y = np.sin(X @ rng.normal(size=(5, 2)))
+    return X, Y
+
+
+def test_compiled_step_equals_eager_engine_over_several_steps():
+    X, Y = small_problem()
+    eager = fg.nn.MLP([5, 8, 2], activation="tanh", seed=1)
+    comp = fg.nn.MLP([5, 8, 2], activation="tanh", seed=1)
+    opt_e = fg.optim.SGD(eager.parameters(), lr=0.1, momentum=0.9)
+    opt_c = fg.optim.SGD(comp.parameters(), lr=0.1, momentum=0.9)
+    step = fg.compile(lambda x, y: fg.mse_loss(comp(x), y), optimizer=opt_c)
+    for k in range(5):
+        xb, yb = X[8 * k : 8 * k + 8], Y[8 * k : 8 * k + 8]
+        opt_e.zero_grad()
+        loss_e = fg.mse_loss(eager(xb), yb)
+        loss_e.backward()
+        grads_e = [p.grad.copy() for p in eager.parameters()]
+        opt_e.step()
+        loss_c = step(xb, yb)
+        assert loss_c == pytest.approx(loss_e.item(), rel=1e-12)
+        np.testing.assert_allclose(opt_c.flat_grad, np.concatenate([g.ravel() for g in grads_e]),
+                                   rtol=1e-12, atol=1e-14)
+        for pe, pc in zip(eager.parameters(), comp.parameters()):
+            np.testing.assert_allclose(pc.numpy(), pe.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_value_and_grad_without_optimizer_matches_backward():
+    X, Y = small_problem(1)
+    model = fg.nn.MLP([5, 4, 2], activation="sigmoid", seed=2)
+    f = fg.compile(lambda x, y: fg.mse_loss(model(x), y))
+    loss, grads = f(X, Y)
+    fg.mse_loss(model(X), Y).backward()
+    assert loss == pytest.approx(fg.mse_loss(model(X), Y).item(), rel=1e-13)
+    for g, p in zip(grads, model.parameters()):
+        np.testing.assert_allclose(g, p.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_parameters_are_views_of_one_flat_buffer():
+    model = fg.nn.MLP([3, 4, 2], seed=0)
+    opt = fg.optim.Adam(model.parameters())
+    for p in model.parameters():
+        assert np.shares_memory(p.numpy(), opt.flat)
+    opt.flat[:] = 0.5
+    assert all((p.numpy() == 0.5).all() for p in model.parameters())
+
+
+def test_changing_the_batch_size_retraces_once_and_stays_correct(caplog):
+    X, Y = small_problem(2)
+    model = fg.nn.MLP([5, 6, 2], activation="tanh", seed=3)
+    f = fg.compile(lambda x, y: fg.mse_loss(model(x), y))
+    with caplog.at_level(logging.INFO, logger="fastgrad"):
+        for n in (8, 8, 5, 5, 8):
+            loss, _ = f(X[:n], Y[:n])
+            assert loss == pytest.approx(fg.mse_loss(model(X[:n]), Y[:n]).item(), rel=1e-13)
+    assert len(f.programs) == 2
+    assert sum("tracing again" in r.message for r in caplog.records) == 1
+
+
+def test_python_control_flow_is_frozen_at_trace_time_like_jax_jit():
+    w = fg.nn.Parameter(np.array([1.0]))
+    f = fg.compile(lambda x: (w * x).sum() if x.numpy()[0] > 0 else (w * x * 100).sum())
+    assert f(np.array([1.0]))[0] == 1.0
+    assert f(np.array([-1.0]))[0] == -1.0  # the traced branch, not the *100 one
+
+
+def test_compiled_step_rejects_out_of_range_labels():
+    model = fg.nn.MLP([4, 3], seed=0)
+    f = fg.compile(lambda x, y: fg.cross_entropy(model(x), y))
+    f(np.ones((2, 4)), np.array([0, 2]))
+    with pytest.raises(fg.FastgradError, match=r"indices outside \[0, 3\)"):
+        f(np.ones((2, 4)), np.array([0, 3]))
+
+
+def test_float32_end_to_end():
+    X, Y = small_problem(3)
+    model = fg.nn.MLP([5, 8, 2], activation="relu", seed=4, dtype=np.float32)
+    opt = fg.optim.AdamW(model.parameters(), lr=1e-2)
+    step = fg.compile(lambda x, y: fg.mse_loss(model(x), y), optimizer=opt)
+    losses = [step(X.astype(np.float32), Y.astype(np.float32)) for _ in range(50)]
+    assert opt.flat.dtype == np.float32 and losses[-1] < losses[0]
+
+
+# ----------------------------------------------------------------------------- optimizer rules
+def numpy_rule(name, o):
+    """PyTorch's documented update rules, written out in NumPy (float64)."""
+    state = {}
+
+    def sgd(p, g, t):
+        g = g + o.get("weight_decay", 0) * p
+        mu = o.get("momentum", 0)
+        if mu:
+            b = g if t == 1 else mu * state["b"] + (1 - o.get("dampening", 0)) * g
+            state["b"] = b
+            g = g + mu * b if o.get("nesterov") else b
+        return p - o["lr"] * g
+
+    def adagrad(p, g, t):
+        g = g + o.get("weight_decay", 0) * p
+        clr = o["lr"] / (1 + (t - 1) * o.get("lr_decay", 0))
+        state["s"] = state.get("s", 0) + g * g
+        return p - clr * g / (np.sqrt(state["s"]) + o.get("eps", 1e-10))
+
+    def rmsprop(p, g, t):
+        g = g + o.get("weight_decay", 0) * p
+        a = o.get("alpha", 0.99)
+        state["v"] = a * state.get("v", 0) + (1 - a) * g * g
+        if o.get("centered"):
+            state["ga"] = a * state.get("ga", 0) + (1 - a) * g
+            avg = np.sqrt(state["v"] - state["ga"] ** 2) + o.get("eps", 1e-8)
+        else:
+            avg = np.sqrt(state["v"]) + o.get("eps", 1e-8)
+        if o.get("momentum", 0) > 0:
+            state["b"] = o["momentum"] * state.get("b", 0) + g / avg
+            return p - o["lr"] * state["b"]
+        return p - o["lr"] * g / avg
+
+    def adam(p, g, t, decoupled=False):
+        b1, b2 = o.get("betas", (0.9, 0.999))
+        wd = o.get("weight_decay", 1e-2 if decoupled else 0.0)
+        if decoupled:
+            p = p * (1 - o["lr"] * wd)
+        else:
+            g = g + wd * p
+        state["m"] = b1 * state.get("m", 0) + (1 - b1) * g
+        state["v"] = b2 * state.get("v", 0) + (1 - b2) * g * g
+        v = state["v"]
+        if o.get("amsgrad"):
+            state["vmax"] = np.maximum(state.get("vmax", 0), v)
+            v = state["vmax"]
+        denom = np.sqrt(v) / np.sqrt(1 - b2**t) + o.get("eps", 1e-8)
+        return p - o["lr"] / (1 - b1**t) * state["m"] / denom
+
+    return {"SGD": sgd, "Adagrad": adagrad, "RMSprop": rmsprop, "Adam": adam,
+            "AdamW": lambda p, g, t: adam(p, g, t, decoupled=True)}[name]
+
+
+OPTIMIZER_CASES = [
+    ("SGD", dict(lr=0.05)),
+    ("SGD", dict(lr=0.05, momentum=0.9)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=1e-2)),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-3)),
+    ("Adagrad", dict(lr=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=1e-2, weight_decay=1e-2, eps=1e-6)),
+    ("RMSprop", dict(lr=1e-2)),
+    ("RMSprop", dict(lr=1e-2, alpha=0.9, eps=1e-6, weight_decay=1e-2, momentum=0.5)),
+    ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.9)),
+    ("Adam", dict(lr=1e-2)),
+    ("Adam", dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2)),
+    ("Adam", dict(lr=1e-2, amsgrad=True)),
+    ("AdamW", dict(lr=1e-2)),
+    ("AdamW", dict(lr=1e-2, weight_decay=0.1, amsgrad=True, betas=(0.85, 0.95))),
+]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("name,options", OPTIMIZER_CASES,
+                         ids=[f"{n}-{i}" for i, (n, _) in enumerate(OPTIMIZER_CASES)])
+def test_optimizer_follows_pytorch_rule_for_300_steps(name, options, compiled):
+    rng = np.random.default_rng(5)
+    A = rng.normal(size=(6, 3))
+    b = rng.normal(size=6)
+    w = fg.nn.Parameter(rng.normal(size=3))
+    opt = getattr(fg.optim, name)([w], **options)
+    rule = numpy_rule(name, options)
+    step = fg.compile(lambda: ((fg.tensor(A) @ w - b) ** 2).sum(), optimizer=opt)
+    for t in range(1, 301):
+        before = w.numpy().copy()
+        if compiled:
+            step()
+            g = opt.flat_grad.copy()
+        else:
+            opt.zero_grad()
+            ((fg.tensor(A) @ w - b) ** 2).sum().backward()
+            g = w.grad.copy()
+            opt.step()
+        np.testing.assert_allclose(g, 2 * A.T @ (A @ before - b), rtol=1e-10, atol=1e-12)
+        # the rule, fed the same parameters and gradient, gives the same update
+        np.testing.assert_allclose(w.numpy(), rule(before, g, t), rtol=1e-13, atol=1e-15,
+                                   err_msg=f"step {t}")
+
+
+def test_clip_grad_norm_follows_pytorch_and_works_inside_a_compiled_step():
+    w = fg.nn.Parameter(np.array([3.0, 4.0]))
+    (w * fg.tensor([1.0, 1.0])).sum().backward()  # grad [1, 1], norm sqrt 2
+    total = fg.nn.utils.clip_grad_norm_([w], 0.5)
+    assert total == pytest.approx(np.sqrt(2))
+    np.testing.assert_allclose(w.grad, np.array([1.0, 1.0]) * 0.5 / (np.sqrt(2) + 1e-6))
+    w.grad = np.array([5.0, -0.1])
+    fg.nn.utils.clip_grad_value_([w], 1.0)
+    np.testing.assert_allclose(w.grad, [1.0, -0.1])
+    # compiled: SGD lr=1 moves the parameter by exactly the clipped gradient
+    v = fg.nn.Parameter(np.array([0.0, 0.0]))
+    opt = fg.optim.SGD([v], lr=1.0)
+    step = fg.compile(lambda: (v * fg.tensor([30.0, 40.0])).sum(), optimizer=opt,
+                      clip_grad_norm=5.0)
+    step()
+    assert step.last_grad_norm == pytest.approx(50.0)
+    np.testing.assert_allclose(v.numpy(), -np.array([30.0, 40.0]) * 5.0 / (50.0 + 1e-6))
+
+
+def test_lr_schedules():
+    w = fg.nn.Parameter(np.zeros(1))
+    opt = fg.optim.SGD([w], lr=1.0)
+    sched = fg.optim.StepLR(opt, step_size=2, gamma=0.5)
+    lrs = []
+    for _ in range(5):
+        sched.step()
+        lrs.append(opt.lr)
+    assert lrs == [1.0, 0.5, 0.5, 0.25, 0.25]
+    opt2 = fg.optim.SGD([fg.nn.Parameter(np.zeros(1))], lr=1.0)
+    cos = fg.optim.CosineAnnealingLR(opt2, T_max=4)
+    got = []
+    for _ in range(4):
+        cos.step()
+        got.append(opt2.lr)
+    np.testing.assert_allclose(got, [(1 + np.cos(np.pi * e / 4)) / 2 for e in range(1, 5)])
+
+
+def test_optimizer_state_dict_round_trips_and_resumes_the_same_trajectory():
+    def run(steps, resume_at=None):
+        w = fg.nn.Parameter(np.array([1.0, -2.0, 0.5]))
+        opt = fg.optim.Adam([w], lr=0.05, amsgrad=True)
+        for t in range(steps):
+            if t == resume_at:
+                saved_w, saved = w.numpy().copy(), opt.state_dict()
+                w = fg.nn.Parameter(saved_w)
+                opt = fg.optim.Adam([w], lr=0.05)
+                opt.load_state_dict(saved)
+            opt.zero_grad()
+            (w**4).sum().backward()
+            opt.step()
+        return w.numpy()
+
+    np.testing.assert_array_equal(run(20), run(20, resume_at=7))
+
+
+# ----------------------------------------------------------------------------- initialisers
+def test_initialisers_are_seeded_and_have_their_documented_scale():
+    shape = (400, 300)
+    init = fg.nn.init
+    a = init.kaiming_uniform(shape, seed=0)
+    np.testing.assert_array_equal(a, init.kaiming_uniform(shape, seed=0))
+    assert np.abs(a).max() <= np.sqrt(2) * np.sqrt(3 / 300)
+    assert init.kaiming_normal(shape, seed=1).std() == pytest.approx(np.sqrt(2 / 300), rel=0.02)
+    assert init.xavier_normal(shape, seed=2).std() == pytest.approx(np.sqrt(2 / 700), rel=0.02)
+    assert np.abs(init.xavier_uniform(shape, seed=3)).max() <= np.sqrt(6 / 700)
+    assert init.normal(shape, std=0.3, seed=4).std() == pytest.approx(0.3, rel=0.02)
+    q = init.orthogonal((50, 80), seed=5)
+    np.testing.assert_allclose(q @ q.T, np.eye(50), atol=1e-12)
+    m1 = fg.nn.MLP([3, 5, 2], init="orthogonal", seed=9)
+    m2 = fg.nn.MLP([3, 5, 2], init="orthogonal", seed=9)
+    for (n1, p1), (n2, p2) in zip(m1.named_parameters(), m2.named_parameters()):
+        assert n1 == n2
+        np.testing.assert_array_equal(p1.numpy(), p2.numpy())
+
+
+def test_module_state_dict_round_trip_and_unbiased_mlp():
+    m = fg.nn.MLP([4, 6, 3], bias=False, seed=0)
+    assert [n for n, _ in m.named_parameters()] == ["layers.0.weight", "layers.1.weight"]
+    assert m.layers[0].weight.shape == (6, 4)  # PyTorch layout (out, in)
+    other = fg.nn.MLP([4, 6, 3], bias=False, seed=1)
+    other.load_state_dict(m.state_dict())
+    x = np.random.default_rng(0).normal(size=(2, 4))
+    np.testing.assert_array_equal(other(x).numpy(), m(x).numpy())
+    with pytest.raises(fg.FastgradError, match="missing keys"):
+        other.load_state_dict({})
+
+
+# ----------------------------------------------------------------------------- fit
+def test_fit_trains_an_mlp_on_real_handwritten_digits_to_95_percent():
+    Xtr, ytr, Xte, yte = load_digits()
+    model = fg.nn.MLP([64, 64, 10], activation="relu", seed=0, dtype=np.float32)
+    opt = fg.optim.Adam(model.parameters(), lr=3e-3)
+    step = fg.compile(lambda xb, yb: fg.cross_entropy(model(xb), yb), optimizer=opt)
+    hist = fg.fit(step, Xtr, ytr, epochs=15, batch_size=32, seed=0, progress=False)
+    assert hist.loss[-1] < hist.loss[0] and hist.accuracy[-1] > 0.95
+    with fg.no_grad():
+        acc = (model(Xte).numpy().argmax(axis=1) == yte).mean()
+    assert acc >= 0.95, acc
+
+
+def test_fit_equals_the_same_steps_taken_one_call_at_a_time():
+    X, Y = small_problem(4, n=50)
+    runs = []
+    for mode in ("fit", "loop"):
+        model = fg.nn.MLP([5, 7, 2], activation="tanh", seed=5)
+        opt = fg.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        step = fg.compile(lambda x, y: fg.mse_loss(model(x), y), optimizer=opt)
+        if mode == "fit":
+            hist = fg.fit(step, X, Y, epochs=3, batch_size=16, seed=11, progress=False)
+            losses = hist.loss
+        else:
+            rng = np.random.default_rng(11)
+            losses = []
+            for _ in range(3):
+                perm = rng.permutation(50)
+                total = 0.0
+                for k in range(0, 50, 16):
+                    idx = perm[k : k + 16]
+                    total += step(X[idx], Y[idx]) * len(idx)
+                losses.append(total / 50)
+        runs.append((losses, opt.flat.copy()))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-12)
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-12)
