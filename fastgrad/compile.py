@@ -26,6 +26,7 @@ import numpy as np
 from .anomaly import anomaly_enabled, describe_anomaly
 from .errors import fail
 from .kernels import train as _train
+from .opcodes import Op
 from .ops import fmt
 from .tape import Tape
 from .tensor import FLOAT_DTYPES, Tensor, get_default_dtype, placeholder
@@ -53,35 +54,45 @@ class Program:
         self.slot_nodes = [s.node for s in self.slots]
         self.loss_node = out.node
         self.loss_off = int(tape.node_off.a[self.loss_node])
-        leaves = {id(leaf): (leaf, v) for leaf, v in tape.leaves}
-        self.params = list(params) if params is not None else [leaf for leaf, _ in tape.leaves]
+        self.params = list(params) if params is not None else list(
+            {id(leaf): leaf for leaf, _ in tape.leaves}.values())
         index = {id(p): i for i, p in enumerate(self.params)}
         flat_off = np.concatenate([[0], np.cumsum([p.size for p in self.params])])
         self.flat_size = int(flat_off[-1])
-        p_off, p_flat, p_size = [], [], []
+        # Parameter nodes move into the flat parameter buffer (kind 2): replay reads and writes
+        # the optimizer's memory directly. Leaves that are not parameters stay copies (frozen).
+        modes = tape.grad_modes()
+        seen = {}
+        self.frozen = []
         for leaf, v in tape.leaves:
             if id(leaf) in index:
-                p_off.append(tape.node_off.a[v])
-                p_flat.append(flat_off[index[id(leaf)]])
-                p_size.append(leaf.size)
-        self.frozen = [(leaf, v) for key, (leaf, v) in leaves.items() if key not in index]
-        self.p_off = np.array(p_off, np.int64)
-        self.p_flat = np.array(p_flat, np.int64)
-        self.p_size = np.array(p_size, np.int64)
-        need = np.flatnonzero(tape.node_need.view)
-        offs = tape.node_off.view[need]
-        sizes = tape.node_size.view[need]
-        self.zero_off, self.zero_size = offs.astype(np.int64), sizes.astype(np.int64)
+                tape.node_kind.a[v] = 2
+                tape.node_off.a[v] = flat_off[index[id(leaf)]]
+                seen.setdefault(id(leaf), []).append(v)
+            else:
+                self.frozen.append((leaf, v))
+        for r, name, ins, out in tape.rows():  # a RESHAPE output shares its input's slot
+            if tape.ops.a[r] == Op.RESHAPE and tape.node_kind.a[ins[0]] == 2:
+                tape.node_kind.a[out] = 2
+                tape.node_off.a[out] = tape.node_off.a[ins[0]]
+        for nodes in seen.values():
+            if len(nodes) > 1:  # one parameter, several nodes: their gradients must add up
+                modes[nodes] = np.minimum(modes[nodes], 1)
+        self.modes = modes
+        kinds = tape.node_kind.view
+        need = np.flatnonzero((tape.node_need.view != 0) & (kinds == 0))
+        self.zero_off = tape.node_off.view[need].astype(np.int64)
+        self.zero_size = tape.node_size.view[need].astype(np.int64)
         tape.grads = np.zeros(tape.values.a.size, tape.dtype)
         self.arrays = tape.arrays()
+        self.scratch = tape.scratch()
         self.logits_off, self.ncls = self._find_logits()
         self.int_checks = [(i, tape.int_bounds.get(v)) for i, v in enumerate(self.slot_nodes)
                            if tape.node_kind.a[v] == 1]
+        self.slot_views = [tape.node_values(v) for v in self.slot_nodes]
 
     def _find_logits(self):
         """Logits node of the cross-entropy row the loss comes from (for accuracy), if any."""
-        from .opcodes import Op
-
         tape = self.tape
         for r, name, ins, out in tape.rows():
             if Op(int(tape.ops.a[r])) == Op.CROSS_ENTROPY:
@@ -89,22 +100,23 @@ class Program:
         return 0, 0
 
     def load_inputs(self, inputs):
-        tape = self.tape
-        for (i, bound), x in ((c, inputs[c[0]]) for c in self.int_checks):
+        """Copy new input arrays into their slots (casting floats to the tape dtype)."""
+        for i, bound in self.int_checks:
+            x = inputs[i]
             if bound and x.size and (x.min() < bound[0] or x.max() >= bound[1]):
                 raise fail("compile", f"input {i} holds indices outside [{bound[0]}, {bound[1]})",
                            "check labels/indices against the class count or axis size")
-        for v, x in zip(self.slot_nodes, inputs):
-            tape.node_values(v)[...] = x
+        for view, x in zip(self.slot_views, inputs):
+            np.copyto(view, x, casting="unsafe")
         for leaf, v in self.frozen:
-            tape.node_values(v)[...] = leaf.numpy()
+            self.tape.node_values(v)[...] = leaf.numpy()
 
     def run(self, flat, flat_grad, kind, state, hyper, t, max_norm, max_value):
         tape = self.tape
+        tape.param_arena, tape.param_grads = flat, flat_grad
         loss, norm, bad, direction = _train.train_step(
-            self.arrays, tape.values.a, tape.ivalues.a, tape.grads, tape.node_need.view,
-            self.zero_off, self.zero_size, self.loss_off, self.p_off, self.p_flat, self.p_size,
-            flat, flat_grad, kind, state[0], state[1], state[2], hyper, t, max_norm, max_value,
+            self.arrays, tape.values.a, tape.ivalues.a, tape.grads, self.modes, self.scratch,
+            self.zero_off, self.zero_size, self.loss_off, flat, flat_grad, kind, state[0], state[1], state[2], hyper, t, max_norm, max_value,
             anomaly_enabled())
         if bad >= 0:
             raise describe_anomaly(tape, bad, "backward" if direction else "forward")
@@ -134,32 +146,26 @@ class Compiled:
             return self.optimizer.dtype
         if self.params:
             return self.params[0].dtype
-        floats = [x.dtype for x in inputs if x.dtype in FLOAT_DTYPES]
-        return floats[0] if floats else get_default_dtype()
+        floats = [x.dtype for x in inputs if x.dtype.kind == "f"]
+        return floats[0] if floats and floats[0] in FLOAT_DTYPES else get_default_dtype()
 
-    def _arrays(self, inputs):
-        out = []
-        for x in inputs:
-            a = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
-            if a.dtype.kind == "f" and a.dtype not in FLOAT_DTYPES:
-                a = a.astype(get_default_dtype())
-            out.append(a)
-        return out
-
-    def program(self, *inputs) -> Program:
-        """The traced program for these inputs' shapes and dtypes (tracing if new)."""
-        arrays = self._arrays(inputs)
-        dtype = self._dtype(arrays)
-        arrays = [a.astype(dtype) if a.dtype.kind == "f" else a.astype(np.int64, copy=False)
-                  if a.dtype.kind in "iub" else a for a in arrays]
-        key = tuple((a.shape, a.dtype.str) for a in arrays)
-        prog = self.programs.get(key)
+    def program(self, *inputs) -> tuple[Program, list]:
+        """The traced program for these inputs' shapes and dtypes (tracing if new), and the
+        inputs as arrays."""
+        arrays = [x.numpy() if isinstance(x, Tensor) else x if isinstance(x, np.ndarray)
+                  else np.asarray(x) for x in inputs]
+        sig = tuple((a.shape, a.dtype) for a in arrays)
+        prog = self.programs.get(sig)
         if prog is None:
+            dtype = self._dtype(arrays)
+            cast = [a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(dtype)
+                    for a in arrays]
             if self.programs:
                 log.info("fastgrad.compile: tracing again for new input signature %s "
-                         "(previous: %s)", key, list(self.programs))
-            prog = Program(self.fn, arrays, self.optimizer, self.params, dtype)
-            self.programs[key] = prog
+                         "(previous: %s)", [(a.shape, a.dtype.name) for a in arrays],
+                         [[(s, d.name) for s, d in k] for k in self.programs])
+            prog = Program(self.fn, cast, self.optimizer, self.params, dtype)
+            self.programs[sig] = prog
         return prog, arrays
 
     def __call__(self, *inputs):
@@ -271,10 +277,9 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
         for leaf, v in prog.frozen:
             prog.tape.node_values(v)[...] = leaf.numpy()
         total, correct = _train.fit_epoch(
-            prog.arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads,
-            prog.tape.node_need.view, prog.zero_off, prog.zero_size, prog.loss_off, prog.p_off,
-            prog.p_flat, prog.p_size, opt.flat, opt.flat_grad, opt.kind, opt.state[0],
-            opt.state[1], opt.state[2], opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
+            prog.arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads, prog.modes,
+            prog.scratch, prog.zero_off, prog.zero_size, prog.loss_off, opt.flat, opt.flat_grad,
+            opt.kind, opt.state[0], opt.state[1], opt.state[2], opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
             X2, x_off, Yf, Yi, y_off, perm, batch_size, nfull, prog.logits_off, ncls)
         opt.t += nfull
         seen = nfull * batch_size

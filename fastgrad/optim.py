@@ -60,6 +60,7 @@ class Optimizer:
         self.flat_grad = np.zeros_like(self.flat)
         self.state = [np.zeros_like(self.flat) for _ in range(3)]
         self.t = 0  # steps taken
+        self._hyper_key = None
 
     @property
     def lr(self):
@@ -69,12 +70,19 @@ class Optimizer:
     def lr(self, value):
         self.options["lr"] = float(value)
 
+    def hyper(self) -> np.ndarray:
+        """The options as the float64 array the update kernel reads (rebuilt when they change)."""
+        key = tuple(self.options.values())
+        if key != self._hyper_key:
+            self._hyper_key, self._hyper = key, self._hyper_array()
+        return self._hyper
+
     def _check_options(self):
         if self.options["lr"] < 0:
             raise fail(type(self).__name__, f"invalid learning rate {self.options['lr']}",
                        "use lr >= 0")
 
-    def hyper(self) -> np.ndarray:
+    def _hyper_array(self) -> np.ndarray:
         raise NotImplementedError
 
     def zero_grad(self, set_to_none=True):
@@ -123,7 +131,7 @@ class SGD(Optimizer):
             raise fail("SGD", "nesterov needs momentum > 0 and dampening = 0",
                        "set momentum or drop nesterov")
 
-    def hyper(self):
+    def _hyper_array(self):
         o = self.options
         return np.array([o["lr"], o["momentum"], o["dampening"], float(o["nesterov"]),
                          o["weight_decay"]])
@@ -135,7 +143,7 @@ class Adagrad(Optimizer):
     kind = _k.ADAGRAD
     defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10)
 
-    def hyper(self):
+    def _hyper_array(self):
         o = self.options
         return np.array([o["lr"], o["lr_decay"], o["weight_decay"], o["eps"]])
 
@@ -147,7 +155,7 @@ class RMSprop(Optimizer):
     defaults = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                     centered=False)
 
-    def hyper(self):
+    def _hyper_array(self):
         o = self.options
         return np.array([o["lr"], o["alpha"], o["eps"], o["weight_decay"], o["momentum"],
                          float(o["centered"])])
@@ -160,7 +168,7 @@ class Adam(Optimizer):
     decoupled = False
     defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False)
 
-    def hyper(self):
+    def _hyper_array(self):
         o = self.options
         return np.array([o["lr"], o["betas"][0], o["betas"][1], o["eps"], o["weight_decay"],
                          float(o["amsgrad"]), float(self.decoupled)])

@@ -9,7 +9,8 @@ Format (R rows, N nodes; every integer array is int64):
              fp_ptr[r:r+2]  its float attributes are fparams[fp_ptr[r]:fp_ptr[r+1]] (tape dtype)
     nodes    node_off[v]    offset of node v in its arena
              node_size[v]   number of elements
-             node_kind[v]   0: float node in ``values``; 1: integer node (indices, labels) in ``ivalues``
+             node_kind[v]   0: float node in ``values``; 1: integer node (indices, labels) in
+                            ``ivalues``; 2: parameter of a compiled program, in its flat buffer
              node_need[v]   1 if a gradient must flow to v
              shapes[v]      its shape (Python tuple; also node_shape / node_ndim arrays on demand)
     arenas   values         one contiguous buffer of the tape's float dtype; grads mirrors it
@@ -101,6 +102,10 @@ class Tape:
         self.values = _Grow(self.dtype, 64)
         self.ivalues = _Grow(np.int64, 8)
         self.grads: np.ndarray | None = None
+        self._scratch: np.ndarray | None = None
+        # the arena of kind-2 (parameter) nodes, set by fg.compile; empty for eager tapes
+        self.param_arena = np.zeros(0, self.dtype)
+        self.param_grads = np.zeros(0, self.dtype)
         self.leaves: list = []  # (leaf Tensor, node) pairs that receive gradients
         self.imported: dict[int, int] = {}  # id(leaf tensor) -> node
         self.int_bounds: dict[int, tuple] = {}  # integer input node -> (lo, hi) valid range
@@ -140,9 +145,15 @@ class Tape:
             self.labels[v] = label
         return v
 
+    def _arena(self, v, grads=False):
+        kind = self.node_kind.a[v]
+        if grads:
+            return self.grads if kind == 0 else self.param_grads
+        return (self.values.a, self.ivalues.a, self.param_arena)[kind]
+
     def node_values(self, v) -> np.ndarray:
-        """The node's values as an array of its shape (a view into the arena)."""
-        arena = self.values.a if self.node_kind.a[v] == 0 else self.ivalues.a
+        """The node's values as an array of its shape (a view into its arena)."""
+        arena = self._arena(v)
         off = int(self.node_off.a[v])
         return arena[off : off + int(self.node_size.a[v])].reshape(self.shapes[v])
 
@@ -172,13 +183,14 @@ class Tape:
         """The tape as the tuple the replay kernels take."""
         return (self.ops.view, self.outs.view, self.in_ptr.view, self.in_idx.view,
                 self.ip_ptr.view, self.iparams.view, self.fp_ptr.view, self.fparams.a,
-                self.node_off.view, self.node_size.view)
+                self.node_off.view, self.node_size.view, self.node_kind.view)
 
     def flush(self, check=False):
         """Compute every row not yet computed (one native call)."""
         if self.n_done < self.n_rows:
             bad = kernels.replay_forward(self.arrays(), self.values.a, self.ivalues.a,
-                                         self.n_done, self.n_rows, check or _anomaly_on())
+                                         self.param_arena, self.n_done, self.n_rows,
+                                         check or _anomaly_on())
             if bad >= 0:
                 self.n_done = bad + 1
                 raise _anomaly_error(self, bad, "forward")
@@ -194,15 +206,33 @@ class Tape:
         off = int(self.node_off.a[node])
         self.grads[off : off + int(self.node_size.a[node])] = np.asarray(seed).ravel()
         stop = self.producer.get(node, -1) + 1
-        bad = kernels.replay_backward(self.arrays(), self.values.a, self.ivalues.a, self.grads,
-                                      self.node_need.view, 0, stop, _anomaly_on())
+        bad = kernels.replay_backward(self.arrays(), self.values.a, self.ivalues.a,
+                                      self.param_arena, self.grads, self.param_grads,
+                                      self.grad_modes(), self.scratch(), 0, stop, _anomaly_on())
         if bad >= 0:
             raise _anomaly_error(self, bad, "backward")
         return self.grads
 
+    def grad_modes(self) -> np.ndarray:
+        """Per node: 0 no gradient, 1 accumulate, 2 sole consumer (its VJP may overwrite)."""
+        need = self.node_need.view.astype(np.int8)
+        uses = np.bincount(self.in_idx.view, minlength=self.n_nodes)[: self.n_nodes]
+        reshapes = self.ops.view == Op.RESHAPE
+        aliased = np.zeros(self.n_nodes, bool)  # a RESHAPE output shares its input's slot
+        aliased[self.outs.view[reshapes]] = True
+        aliased[self.in_idx.view[self.in_ptr.view[:-1][reshapes]]] = True
+        return np.where((need == 1) & (uses == 1) & ~aliased, 2, need).astype(np.int8)
+
+    def scratch(self) -> np.ndarray:
+        """A work buffer as large as the largest node (kept: kernels must not allocate)."""
+        size = int(self.node_size.view.max()) if self.n_nodes else 1
+        if self._scratch is None or self._scratch.size < size:
+            self._scratch = np.zeros(max(size, 1), self.dtype)
+        return self._scratch
+
     def node_grad(self, v) -> np.ndarray:
         off = int(self.node_off.a[v])
-        return self.grads[off : off + int(self.node_size.a[v])].reshape(self.shapes[v])
+        return self._arena(v, True)[off : off + int(self.node_size.a[v])].reshape(self.shapes[v])
 
     # ------------------------------------------------------------------ merging
     def absorb(self, other: "Tape"):
@@ -241,7 +271,7 @@ class Tape:
 
     # ------------------------------------------------------------------ seeing it
     def _type(self, v):
-        kind = "i64" if self.node_kind.a[v] else {4: "f32", 8: "f64"}[self.dtype.itemsize]
+        kind = "i64" if self.node_kind.a[v] == 1 else {4: "f32", 8: "f64"}[self.dtype.itemsize]
         return f"{kind}[{','.join(str(s) for s in self.shapes[v])}]"
 
     def rows(self):

@@ -13,6 +13,10 @@ import numpy as np
 
 from ._jit import jit
 
+# Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
+# blocks vectorisation of strided loops (4x on a bias add, bench/README.md).
+U = np.uintp
+
 BLAS_MIN_WORK = 16384  # m*k*n above which BLAS beats the register loops (bench/bench_matmul.py)
 
 
@@ -23,18 +27,18 @@ def _small_matmul(A, ao, B, bo, C, co, m, k, n, tb):
             for j in range(n):
                 s = 0.0
                 for p in range(k):
-                    s += A[ao + i * k + p] * B[bo + j * k + p]
-                C[co + i * n + j] = s
+                    s += A[U(ao + i * k + p)] * B[U(bo + j * k + p)]
+                C[U(co + i * n + j)] = s
         return
     for i in range(m):
         crow = co + i * n
         for j in range(n):
-            C[crow + j] = 0.0
+            C[U(crow + j)] = 0.0
         for p in range(k):
-            a = A[ao + i * k + p]
+            a = A[U(ao + i * k + p)]
             brow = bo + p * n
             for j in range(n):
-                C[crow + j] += a * B[brow + j]
+                C[U(crow + j)] += a * B[U(brow + j)]
 
 
 @jit
@@ -42,8 +46,8 @@ def matmul_forward(A, B, C, ip):
     m, k, n, nb, tb = ip[0], ip[1], ip[2], ip[3], ip[4]
     big = m * k * n >= BLAS_MIN_WORK and m > 1 and n > 1
     for bi in range(nb):
-        ao = ip[5 + 2 * bi]
-        bo = ip[6 + 2 * bi]
+        ao = ip[U(5 + 2 * bi)]
+        bo = ip[U(6 + 2 * bi)]
         co = bi * m * n
         if big:
             Am = A[ao : ao + m * k].reshape((m, k))
@@ -57,8 +61,19 @@ def matmul_forward(A, B, C, ip):
 
 
 @jit
-def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip):
-    """gA += gC @ B^T (if na); gB += A^T @ gC (if nb_); with B stored transposed when trans_b."""
+def _add_into(dst, off, src):
+    for i in range(src.size):
+        dst[U(off + i)] += src[i]
+
+
+@jit
+def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch):
+    """gA += gC @ B^T (if na); gB += A^T @ gC (if nb_); with B stored transposed when trans_b.
+
+    na / nb_ are gradient modes: 0 none, 1 accumulate, 2 this row is the only consumer, so BLAS
+    may write the gradient in place. Otherwise BLAS writes into ``scratch`` and we add: never an
+    allocation per call (a fresh 400 KB buffer costs more than the product on this VM).
+    """
     m, k, n, nb, tb = ip[0], ip[1], ip[2], ip[3], ip[4]
     big = m * k * n >= BLAS_MIN_WORK and m > 1 and n > 1
     for bi in range(nb):
@@ -68,16 +83,22 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip):
         if big:
             Cg = gC[co : co + m * n].reshape((m, n))
             if na:
+                out = gA[ao : ao + m * k] if na == 2 and nb == 1 else scratch[: m * k]
                 if tb:
-                    gA[ao : ao + m * k] += np.dot(Cg, B[bo : bo + k * n].reshape((n, k))).ravel()
+                    np.dot(Cg, B[bo : bo + k * n].reshape((n, k)), out.reshape((m, k)))
                 else:
-                    gA[ao : ao + m * k] += np.dot(Cg, B[bo : bo + k * n].reshape((k, n)).T).ravel()
+                    np.dot(Cg, B[bo : bo + k * n].reshape((k, n)).T, out.reshape((m, k)))
+                if not (na == 2 and nb == 1):
+                    _add_into(gA, ao, out)
             if nb_:
+                out = gB[bo : bo + k * n] if nb_ == 2 and nb == 1 else scratch[: k * n]
                 Am = A[ao : ao + m * k].reshape((m, k))
                 if tb:
-                    gB[bo : bo + k * n] += np.dot(Cg.T, Am).ravel()
+                    np.dot(Cg.T, Am, out.reshape((n, k)))
                 else:
-                    gB[bo : bo + k * n] += np.dot(Am.T, Cg).ravel()
+                    np.dot(Am.T, Cg, out.reshape((k, n)))
+                if not (nb_ == 2 and nb == 1):
+                    _add_into(gB, bo, out)
             continue
         if na:
             for i in range(m):
@@ -85,21 +106,21 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip):
                     s = 0.0
                     if tb:
                         for j in range(n):
-                            s += gC[co + i * n + j] * B[bo + j * k + p]
+                            s += gC[U(co + i * n + j)] * B[U(bo + j * k + p)]
                     else:
                         for j in range(n):
-                            s += gC[co + i * n + j] * B[bo + p * n + j]
-                    gA[ao + i * k + p] += s
+                            s += gC[U(co + i * n + j)] * B[U(bo + p * n + j)]
+                    gA[U(ao + i * k + p)] += s
         if nb_:
             if tb:
                 for i in range(m):
                     for j in range(n):
-                        g = gC[co + i * n + j]
+                        g = gC[U(co + i * n + j)]
                         for p in range(k):
-                            gB[bo + j * k + p] += g * A[ao + i * k + p]
+                            gB[U(bo + j * k + p)] += g * A[U(ao + i * k + p)]
             else:
                 for i in range(m):
                     for p in range(k):
-                        a = A[ao + i * k + p]
+                        a = A[U(ao + i * k + p)]
                         for j in range(n):
-                            gB[bo + p * n + j] += a * gC[co + i * n + j]
+                            gB[U(bo + p * n + j)] += a * gC[U(co + i * n + j)]

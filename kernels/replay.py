@@ -1,10 +1,12 @@
 """The two replay loops: one native call walks the whole tape forward or backward.
 
 The tape arrives as a tuple of flat arrays (see fastgrad/tape.py for the format):
-    (ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size)
+    (ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, node_kind)
 Row r computes node outs[r] by op ops[r] from nodes in_idx[in_ptr[r]:in_ptr[r+1]], with integer
 attributes iparams[ip_ptr[r]:ip_ptr[r+1]] and float attributes fparams[fp_ptr[r]:fp_ptr[r+1]].
-Node v lives at values[node_off[v] : node_off[v] + node_size[v]] (ivalues for integer nodes).
+Node v lives at _view(v, values, params, kind, node_off, node_size); integer nodes (kind 1) live in
+ivalues, and parameter nodes of a compiled program (kind 2) live in the optimizer's flat
+parameter buffer ``params`` (their gradients in ``pgrads``), so no copy is made per step.
 Dispatch is on the family (code // 100), then on the code inside the family kernel.
 """
 
@@ -19,6 +21,14 @@ from .reduce import cross_entropy_forward, cross_entropy_vjp, reduce_forward, re
 
 
 @jit
+def _view(v, arena, param_arena, node_kind, node_off, node_size):
+    o = node_off[v]
+    if node_kind[v] == 2:
+        return param_arena[o : o + node_size[v]]
+    return arena[o : o + node_size[v]]
+
+
+@jit
 def _all_finite(y):
     for i in range(y.size):
         if not np.isfinite(y[i]):
@@ -27,39 +37,39 @@ def _all_finite(y):
 
 
 @jit
-def replay_forward(tape, values, ivalues, start, stop, check):
+def replay_forward(tape, values, ivalues, params, start, stop, check):
     """Compute rows [start, stop) into ``values``.
 
     Returns -1, or with ``check`` the first row whose output holds a NaN or Inf (and stops there).
     """
-    ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size = tape
+    ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, kind = tape
     for r in range(start, stop):
         code = ops[r]
         fam = code // 100
         o = outs[r]
-        y = values[node_off[o] : node_off[o] + node_size[o]]
+        y = _view(o, values, params, kind, node_off, node_size)
         i0 = in_ptr[r]
         a = in_idx[i0]
-        A = values[node_off[a] : node_off[a] + node_size[a]]
+        A = _view(a, values, params, kind, node_off, node_size)
         ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
         if fam == UNARY:
             f0 = fp_ptr[r]
             unary_forward(code, A, y, fparams[f0], fparams[f0 + 1])
         elif fam == BINARY:
             b = in_idx[i0 + 1]
-            B = values[node_off[b] : node_off[b] + node_size[b]]
+            B = _view(b, values, params, kind, node_off, node_size)
             broadcast_walk(code, A, B, y, ip, True, A, False, B, False, y)
         elif fam == WHERE:
             b = in_idx[i0 + 1]
             c = in_idx[i0 + 2]
-            B = values[node_off[b] : node_off[b] + node_size[b]]
-            C = values[node_off[c] : node_off[c] + node_size[c]]
+            B = _view(b, values, params, kind, node_off, node_size)
+            C = _view(c, values, params, kind, node_off, node_size)
             where_forward(A, B, C, y, ip)
         elif fam == REDUCE:
             reduce_forward(code, A, y, ip[0], ip[1], ip[2])
         elif fam == MATMUL:
             b = in_idx[i0 + 1]
-            B = values[node_off[b] : node_off[b] + node_size[b]]
+            B = _view(b, values, params, kind, node_off, node_size)
             matmul_forward(A, B, y, ip)
         elif fam == SHAPE:
             if code == Op.STRIDED:
@@ -75,7 +85,7 @@ def replay_forward(tape, values, ivalues, start, stop, check):
                     v = in_idx[i0 + t]
                     width = ip[2 + t]
                     concat_piece(
-                        values[node_off[v] : node_off[v] + node_size[v]],
+                        _view(v, values, params, kind, node_off, node_size),
                         y, outer, width, total, pos, True,
                     )
                     pos += width
@@ -90,27 +100,30 @@ def replay_forward(tape, values, ivalues, start, stop, check):
 
 
 @jit
-def replay_backward(tape, values, ivalues, grads, need, start, stop, check):
+def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, start, stop,
+                    check):
     """Accumulate vector-Jacobian products for rows [stop-1 .. start] into ``grads``.
 
     ``grads`` must hold the seed gradient at the output node and zeros (or gradients to
-    accumulate onto) elsewhere. ``need[v]`` says whether node v wants a gradient; rows whose
-    output needs none are skipped and no VJP is computed for inputs that need none.
+    accumulate onto) elsewhere. ``need[v]`` says whether node v wants a gradient (0: no,
+    1: accumulate, 2: its only consumer may overwrite it); rows whose output needs none are
+    skipped and no VJP is computed for inputs that need none. ``scratch`` is a work buffer at
+    least as large as the largest node.
     Returns -1, or with ``check`` the first row (walking backward) that wrote a NaN/Inf gradient.
     """
-    ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size = tape
+    ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, kind = tape
     for r in range(stop - 1, start - 1, -1):
         o = outs[r]
         if not need[o]:
             continue
         code = ops[r]
         fam = code // 100
-        y = values[node_off[o] : node_off[o] + node_size[o]]
-        gy = grads[node_off[o] : node_off[o] + node_size[o]]
+        y = _view(o, values, params, kind, node_off, node_size)
+        gy = _view(o, grads, pgrads, kind, node_off, node_size)
         i0 = in_ptr[r]
         a = in_idx[i0]
-        A = values[node_off[a] : node_off[a] + node_size[a]]
-        gA = grads[node_off[a] : node_off[a] + node_size[a]]
+        A = _view(a, values, params, kind, node_off, node_size)
+        gA = _view(a, grads, pgrads, kind, node_off, node_size)
         na = need[a] != 0
         ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
         if fam == UNARY:
@@ -119,23 +132,23 @@ def replay_backward(tape, values, ivalues, grads, need, start, stop, check):
                 unary_vjp(code, A, y, gy, gA, fparams[f0], fparams[f0 + 1])
         elif fam == BINARY:
             b = in_idx[i0 + 1]
-            B = values[node_off[b] : node_off[b] + node_size[b]]
-            gB = grads[node_off[b] : node_off[b] + node_size[b]]
+            B = _view(b, values, params, kind, node_off, node_size)
+            gB = _view(b, grads, pgrads, kind, node_off, node_size)
             broadcast_walk(code, A, B, y, ip, False, gA, na, gB, need[b] != 0, gy)
         elif fam == WHERE:
             b = in_idx[i0 + 1]
             c = in_idx[i0 + 2]
-            gB = grads[node_off[b] : node_off[b] + node_size[b]]
-            gC = grads[node_off[c] : node_off[c] + node_size[c]]
+            gB = _view(b, grads, pgrads, kind, node_off, node_size)
+            gC = _view(c, grads, pgrads, kind, node_off, node_size)
             where_vjp(A, gy, gB, need[b] != 0, gC, need[c] != 0, ip)
         elif fam == REDUCE:
             if na:
                 reduce_vjp(code, A, y, gy, gA, ip[0], ip[1], ip[2])
         elif fam == MATMUL:
             b = in_idx[i0 + 1]
-            B = values[node_off[b] : node_off[b] + node_size[b]]
-            gB = grads[node_off[b] : node_off[b] + node_size[b]]
-            matmul_vjp(A, B, gy, gA, na, gB, need[b] != 0, ip)
+            B = _view(b, values, params, kind, node_off, node_size)
+            gB = _view(b, grads, pgrads, kind, node_off, node_size)
+            matmul_vjp(A, B, gy, gA, need[a], gB, need[b], ip, scratch)
         elif fam == SHAPE:
             if code == Op.STRIDED:
                 if na:
@@ -153,7 +166,7 @@ def replay_backward(tape, values, ivalues, grads, need, start, stop, check):
                     width = ip[2 + t]
                     if need[v]:
                         concat_piece(
-                            grads[node_off[v] : node_off[v] + node_size[v]],
+                            _view(v, grads, pgrads, kind, node_off, node_size),
                             gy, outer, width, total, pos, False,
                         )
                     pos += width
@@ -165,6 +178,6 @@ def replay_backward(tape, values, ivalues, grads, need, start, stop, check):
         if check:
             for t in range(in_ptr[r + 1] - i0):
                 v = in_idx[i0 + t]
-                if need[v] and not _all_finite(grads[node_off[v] : node_off[v] + node_size[v]]):
+                if need[v] and not _all_finite(_view(v, grads, pgrads, kind, node_off, node_size)):
                     return r
     return -1

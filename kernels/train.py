@@ -1,10 +1,10 @@
 """Training entry kernels: one compiled step (forward + backward + clip + update) and one whole
 epoch of minibatches, each a single native call over a recorded tape.
 
-Parameters live in one flat buffer ``flat`` (gradients in ``flat_grad``); param i occupies
-flat[p_flat[i] : p_flat[i] + p_size[i]] and is read by the tape at values[p_off[i] : ...].
-``zero_off``/``zero_size`` list the gradient slots to clear before a backward sweep (only nodes
-that need a gradient: big input slots are never touched).
+Parameters live in one flat buffer ``flat`` (gradients in ``flat_grad``) that the tape reads
+directly: parameter nodes have kind 2 and offsets into ``flat``, so a step copies no
+parameters. ``zero_off``/``zero_size`` list the value-arena gradient slots to clear before a
+backward sweep (only nodes that need a gradient: big input slots are never touched).
 """
 
 import numpy as np
@@ -15,26 +15,22 @@ from .replay import replay_backward, replay_forward
 
 
 @jit
-def train_step(tape, values, ivalues, grads, need, zero_off, zero_size, loss_off,
-               p_off, p_flat, p_size, flat, flat_grad,
-               kind, s1, s2, s3, hyper, t, max_norm, max_value, check):
+def train_step(tape, values, ivalues, grads, need, scratch, zero_off, zero_size, loss_off,
+               flat, flat_grad, kind, s1, s2, s3, hyper, t, max_norm, max_value, check):
     """Returns (loss, gradient norm, anomaly row or -1, 0 forward / 1 backward)."""
     nrows = tape[0].size
-    for i in range(p_off.size):
-        values[p_off[i] : p_off[i] + p_size[i]] = flat[p_flat[i] : p_flat[i] + p_size[i]]
-    bad = replay_forward(tape, values, ivalues, 0, nrows, check)
+    bad = replay_forward(tape, values, ivalues, flat, 0, nrows, check)
     if bad >= 0:
         return values[loss_off], 0.0, bad, 0
     loss = values[loss_off]
     for i in range(zero_off.size):
         grads[zero_off[i] : zero_off[i] + zero_size[i]] = 0.0
+    flat_grad[:] = 0.0
     grads[loss_off] = 1.0
-    bad = replay_backward(tape, values, ivalues, grads, need, 0, nrows, check)
+    bad = replay_backward(tape, values, ivalues, flat, grads, flat_grad, need, scratch, 0, nrows,
+                          check)
     if bad >= 0:
         return loss, 0.0, bad, 1
-    flat_grad[:] = 0.0
-    for i in range(p_off.size):
-        flat_grad[p_flat[i] : p_flat[i] + p_size[i]] += grads[p_off[i] : p_off[i] + p_size[i]]
     norm = 0.0
     if max_norm > 0.0 or max_value > 0.0:
         norm = clip_gradients(flat_grad, max_norm, max_value)
@@ -44,8 +40,8 @@ def train_step(tape, values, ivalues, grads, need, zero_off, zero_size, loss_off
 
 
 @jit
-def fit_epoch(tape, values, ivalues, grads, need, zero_off, zero_size, loss_off,
-              p_off, p_flat, p_size, flat, flat_grad,
+def fit_epoch(tape, values, ivalues, grads, need, scratch, zero_off, zero_size, loss_off,
+              flat, flat_grad,
               kind, s1, s2, s3, hyper, t0, max_norm, max_value,
               X, x_off, Yf, Yi, y_off, perm, batch, nbatches, logits_off, ncls):
     """Run ``nbatches`` minibatches of rows perm[b*batch : (b+1)*batch] of X (N, row) and
@@ -63,8 +59,8 @@ def fit_epoch(tape, values, ivalues, grads, need, zero_off, zero_size, loss_off,
             else:
                 values[y_off + r * yrow : y_off + (r + 1) * yrow] = Yf[src]
         loss, norm, bad, direction = train_step(
-            tape, values, ivalues, grads, need, zero_off, zero_size, loss_off,
-            p_off, p_flat, p_size, flat, flat_grad, kind, s1, s2, s3, hyper, t0 + b,
+            tape, values, ivalues, grads, need, scratch, zero_off, zero_size, loss_off,
+            flat, flat_grad, kind, s1, s2, s3, hyper, t0 + b,
             max_norm, max_value, False)
         total += loss
         if ncls > 0:
