@@ -323,7 +323,7 @@ def _report(bar, epoch, epochs, history):
         return
     if bar == "text":
         print(f"epoch {epoch + 1}/{epochs}: {msg} ({history['seconds'][-1]:.2f}s)",
-              file=sys.stderr)
+              file=sys.stderr, flush=True)
     else:
         bar.set_postfix_str(msg)
         bar.update(1)
