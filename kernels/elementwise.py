@@ -10,6 +10,7 @@ import numpy as np
 
 from ..opcodes import Op
 from ._jit import jit
+from .vecmath import exp64, sigmoid64, tanh64
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, bench/README.md).
@@ -18,7 +19,7 @@ U = np.uintp
 
 # float32 tanh as a rational polynomial (Eigen's generic_fast_tanh_float, also used by XLA):
 # it vectorises, where np.tanh inside Numba is a scalar libm call ~6x slower than NumPy's SIMD
-# loop. Max error 6 ulp (3.4e-7 relative) on float32, pinned by a test. float64 keeps np.tanh.
+# loop. Max error 6 ulp (3.4e-7 relative) on float32, pinned by a test. float64: vecmath.tanh64.
 _TANH_CLAMP = np.float32(7.90531110763549805)
 _A1 = np.float32(4.89352455891786e-03)
 _A3 = np.float32(6.37261928875436e-04)
@@ -53,16 +54,13 @@ def tanh_f32(x, y):
 
 @jit
 def _sigmoid(v):
-    if v >= 0:
-        return 1.0 / (1.0 + np.exp(-v))
-    e = np.exp(v)
-    return e / (1.0 + e)
+    return sigmoid64(np.float64(v))
 
 
 @jit
 def _softplus(v):
     # log(1 + e^v) without overflow: max(v, 0) + log1p(e^-|v|)
-    return max(v, 0.0) + np.log1p(np.exp(-abs(v)))
+    return max(v, 0.0) + np.log1p(exp64(-abs(np.float64(v))))
 
 
 @jit
@@ -76,7 +74,7 @@ def unary_forward(code, x, y, c0, c1):
             y[i] = abs(x[i])
     elif code == Op.EXP:
         for i in range(n):
-            y[i] = np.exp(x[i])
+            y[i] = exp64(np.float64(x[i]))
     elif code == Op.LOG:
         for i in range(n):
             y[i] = np.log(x[i])
@@ -88,7 +86,7 @@ def unary_forward(code, x, y, c0, c1):
             tanh_f32(x, y)
         else:
             for i in range(n):
-                y[i] = np.tanh(x[i])
+                y[i] = tanh64(np.float64(x[i]))
     elif code == Op.SIGMOID:
         for i in range(n):
             y[i] = _sigmoid(x[i])

@@ -9,10 +9,16 @@ import numpy as np
 
 from ..opcodes import Op
 from ._jit import jit
+from .vecmath import exp64
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, bench/README.md).
 U = np.uintp
+
+
+@jit
+def _exp(v):
+    return exp64(np.float64(v))
 
 
 @jit
@@ -54,10 +60,10 @@ def reduce_forward(code, x, y, outer, n, inner):
                     m = max(m, x[U(base + k * inner)])
                 s = 0.0
                 for k in range(n):
-                    s += np.exp(x[U(base + k * inner)] - m)
+                    s += _exp(x[U(base + k * inner)] - m)
                 if code == Op.SOFTMAX:
                     for k in range(n):
-                        y[U(base + k * inner)] = np.exp(x[U(base + k * inner)] - m) / s
+                        y[U(base + k * inner)] = _exp(x[U(base + k * inner)] - m) / s
                 else:
                     lse = m + np.log(s)
                     for k in range(n):
@@ -101,7 +107,7 @@ def reduce_vjp(code, x, y, gy, gx, outer, n, inner):
                     s += gy[U(base + k * inner)]
                 for k in range(n):
                     p = base + k * inner
-                    gx[p] += gy[p] - np.exp(y[p]) * s
+                    gx[p] += gy[p] - _exp(y[p]) * s
 
 
 @jit
@@ -114,7 +120,7 @@ def cross_entropy_forward(x, labels, y, nrows, ncls):
             m = max(m, x[U(base + c)])
         s = 0.0
         for c in range(ncls):
-            s += np.exp(x[U(base + c)] - m)
+            s += _exp(x[U(base + c)] - m)
         y[i] = m + np.log(s) - x[base + labels[i]]
 
 
@@ -127,8 +133,8 @@ def cross_entropy_vjp(x, labels, gy, gx, nrows, ncls):
             m = max(m, x[U(base + c)])
         s = 0.0
         for c in range(ncls):
-            s += np.exp(x[U(base + c)] - m)
+            s += _exp(x[U(base + c)] - m)
         g = gy[i]
         for c in range(ncls):
-            gx[U(base + c)] += g * np.exp(x[U(base + c)] - m) / s
+            gx[U(base + c)] += g * _exp(x[U(base + c)] - m) / s
         gx[base + labels[i]] -= g

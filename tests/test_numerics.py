@@ -1,0 +1,57 @@
+"""Numerical accuracy and stability of the kernels' math, pinned against NumPy."""
+
+import numpy as np
+import pytest
+
+import fastgrad as fg
+
+
+def ulps(got, ref):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    finite = np.isfinite(ref) & (ref != 0)
+    assert np.array_equal(got[~finite], ref[~finite], equal_nan=True)
+    return (np.abs(got[finite] - ref[finite]) / np.spacing(np.abs(ref[finite]))).max()
+
+
+X64 = np.concatenate([np.linspace(-750, 750, 200_001), np.linspace(-3, 3, 100_001),
+                      np.logspace(-300, 2, 2001), -np.logspace(-300, 2, 2001),
+                      [np.inf, -np.inf, np.nan, 0.0]])
+
+
+def test_float64_exp_tanh_sigmoid_within_two_ulp_of_numpy():
+    with np.errstate(over="ignore"):
+        assert ulps(fg.exp(X64).numpy(), np.exp(X64)) <= 2
+    assert ulps(fg.tanh(X64).numpy(), np.tanh(X64)) <= 2
+    e = np.exp(-np.abs(X64))
+    ref = np.where(X64 >= 0, 1 / (1 + e), e / (1 + e))
+    assert ulps(fg.sigmoid(X64).numpy(), ref) <= 2
+
+
+def test_float32_tanh_and_exp_are_accurate():
+    x = X64[np.abs(X64) < 80].astype(np.float32)
+    assert np.abs(fg.tanh(x).numpy() - np.tanh(x.astype(np.float64))).max() <= 4e-7
+    assert ulps(fg.exp(x).numpy().astype(np.float32),
+                np.exp(x.astype(np.float64)).astype(np.float32)) <= 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stable_at_plus_minus_1e4(dtype):
+    x = np.array([[-1e4, 0.0, 1e4], [1e4, 1e4 - 1, -1e4]], dtype)
+    t = fg.tensor(x, requires_grad=True)
+    sm = t.softmax().numpy()
+    np.testing.assert_allclose(sm, [[0, 0, 1], [1 / (1 + np.exp(-1.0)), np.exp(-1.0) / (1 + np.exp(-1.0)), 0]],
+                               atol=1e-6)
+    lsm = t.log_softmax().numpy()
+    assert np.isfinite(lsm).all() and lsm[0, 0] == pytest.approx(-2e4, rel=1e-6)
+    assert np.isfinite(fg.softplus(t).numpy()).all()
+    assert fg.softplus(t).numpy()[0, 2] == pytest.approx(1e4)
+    assert np.array_equal(fg.sigmoid(t).numpy()[0], np.array([0, 0.5, 1], dtype))
+    ce = fg.cross_entropy(t, np.array([0, 2]))
+    assert ce.item() == pytest.approx((2e4 + 2e4 + np.log1p(np.exp(-1.0))) / 2, rel=1e-6)
+    ce.backward()
+    assert np.isfinite(t.grad).all()
+    z = fg.tensor(np.array([-1e4, 1e4, 0.0], dtype), requires_grad=True)
+    bce = fg.binary_cross_entropy_with_logits(z, np.array([1.0, 0.0, 1.0], dtype), "none")
+    np.testing.assert_allclose(bce.numpy(), [1e4, 1e4, np.log(2)], rtol=1e-6)
+    bce.sum().backward()
+    np.testing.assert_allclose(z.grad, [-1, 1, -0.5], atol=1e-6)
