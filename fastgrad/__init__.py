@@ -52,6 +52,7 @@ from .tensor import (
 from . import nn, optim  # noqa: E402
 from .compile import Compiled, History, compile, fit  # noqa: E402
 from .nn import manual_seed  # noqa: E402
+from .scan import scan, set_memory_limit  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -360,3 +360,170 @@ class utils:  # noqa: N801 - spelled as torch.nn.utils
         for p in parameters:
             if p.grad is not None:
                 np.clip(p.grad, -clip_value, clip_value, out=p.grad)
+
+
+# ----------------------------------------------------------------------------- recurrent layers
+class _Recurrent(Module):
+    """Shared by RNN, LSTM, GRU: PyTorch's parameter names, layout and default init
+    U(-1/sqrt(H), 1/sqrt(H)); input (T, B, I) or (B, T, I) with batch_first, or unbatched (T, I).
+
+    forward(xs, h0=None) -> (outputs (T, B, H), final state). The loop is one ``fg.scan``: the
+    step is recorded once, and the input projection x W_ih^T for all T steps is one matrix
+    product outside the loop. With ``checkpoint`` ("sqrt" keeps ~sqrt(T) states, see fg.scan)
+    the projection moves inside the loop, so no buffer grows with T but the input itself; with
+    ``stack_outputs=False`` the outputs are not kept either (returned as None): this is how a
+    10^7-step unroll fits in memory.
+    """
+
+    gates = 1
+
+    def __init__(self, input_size, hidden_size, bias=True, batch_first=False, checkpoint=None,
+                 seed=None, dtype=None, stack_outputs=True):
+        super().__init__()
+        self.stack_outputs = stack_outputs
+        if input_size <= 0 or hidden_size <= 0:
+            raise fail(type(self).__name__, f"sizes must be positive, got input {input_size}, "
+                       f"hidden {hidden_size}", "pass positive sizes")
+        dtype = np.dtype(dtype or get_default_dtype())
+        rng = _rng(seed)
+        bound = 1.0 / math.sqrt(hidden_size)
+        g = self.gates * hidden_size
+
+        def uniform(*shape):
+            return Parameter(rng.uniform(-bound, bound, shape).astype(dtype))
+
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.batch_first, self.checkpoint = batch_first, checkpoint
+        self.weight_ih_l0 = uniform(g, input_size)
+        self.weight_hh_l0 = uniform(g, hidden_size)
+        self.bias_ih_l0 = uniform(g) if bias else None
+        self.bias_hh_l0 = uniform(g) if bias else None
+
+    def _inputs(self, xs):
+        from .tensor import as_tensor
+
+        xs = as_tensor(xs)
+        unbatched = xs.ndim == 2
+        if unbatched:
+            xs = xs.reshape(xs.shape[0], 1, xs.shape[1])
+        elif self.batch_first:
+            xs = xs.transpose(1, 0, 2)
+        if xs.ndim != 3 or xs.shape[2] != self.input_size:
+            raise fail(type(self).__name__, f"expects input (T, B, {self.input_size}) "
+                       f"{'(batch_first: (B, T, I))' if self.batch_first else ''}, got "
+                       f"{tuple(xs.shape)}", "reshape the input sequence")
+        T, B, _ = xs.shape
+        if self.checkpoint is not None:  # project inside the loop: nothing of size T x H kept
+            return xs, B, unbatched
+        proj = functional.linear(xs.reshape(T * B, self.input_size), self.weight_ih_l0,
+                                 self.bias_ih_l0)
+        return proj.reshape(T, B, self.gates * self.hidden_size), B, unbatched
+
+    def _project(self, x):
+        """The input projection of one step when it runs inside the loop, else x itself."""
+        if self.checkpoint is None:
+            return x
+        return functional.linear(x, self.weight_ih_l0, self.bias_ih_l0)
+
+    def _scan(self, step, init, seq):
+        from .scan import scan
+
+        out = scan(step, init, seq, checkpoint=self.checkpoint, stack=self.stack_outputs)
+        return out if self.stack_outputs else (None, out)
+
+    def _zeros(self, B):
+        from .tensor import zeros
+
+        return zeros(B, self.hidden_size, dtype=self.weight_hh_l0.dtype)
+
+    def _outputs(self, hs, final, unbatched):
+        if hs is None:
+            pass
+        elif unbatched:
+            hs = hs.reshape(hs.shape[0], self.hidden_size)
+        elif self.batch_first:
+            hs = hs.transpose(1, 0, 2)
+        if unbatched:
+            final = tuple(f.reshape(self.hidden_size) for f in final) if isinstance(
+                final, tuple) else final.reshape(self.hidden_size)
+        return hs, final
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}"
+
+
+class RNN(_Recurrent):
+    """Elman RNN, as torch.nn.RNN: h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh).
+
+    >>> import fastgrad as fg, numpy as np
+    >>> rnn = fg.nn.RNN(input_size=3, hidden_size=4, seed=0)
+    >>> hs, h_T = rnn(np.ones((5, 2, 3)))
+    >>> hs.shape, h_T.shape
+    ((5, 2, 4), (2, 4))
+    """
+
+    def __init__(self, input_size, hidden_size, nonlinearity="tanh", bias=True,
+                 batch_first=False, checkpoint=None, seed=None, dtype=None, stack_outputs=True):
+        if nonlinearity not in ("tanh", "relu"):
+            raise fail("RNN", f"unknown nonlinearity {nonlinearity!r}", "use 'tanh' or 'relu'")
+        super().__init__(input_size, hidden_size, bias, batch_first, checkpoint, seed, dtype,
+                         stack_outputs)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, xs, h0=None):
+        proj, B, unbatched = self._inputs(xs)
+        act = functional.ACTIVATIONS[self.nonlinearity]
+        W, b = self.weight_hh_l0, self.bias_hh_l0
+
+        def step(h, xp):
+            return act(self._project(xp) + functional.linear(h, W, b))
+
+        h0 = self._zeros(B) if h0 is None else h0
+        hs, h_T = self._scan(step, h0, proj)
+        return self._outputs(hs, h_T, unbatched)
+
+
+class LSTM(_Recurrent):
+    """LSTM, as torch.nn.LSTM (gates i, f, g, o in that order in the 4H rows of the weights):
+    c_t = f * c_{t-1} + i * g, h_t = o * tanh(c_t). forward(xs, (h0, c0)) -> (hs, (h_T, c_T))."""
+
+    gates = 4
+
+    def forward(self, xs, state=None):
+        proj, B, unbatched = self._inputs(xs)
+        H, W, b = self.hidden_size, self.weight_hh_l0, self.bias_hh_l0
+
+        def step(carry, xp):
+            h, c = carry
+            z = self._project(xp) + functional.linear(h, W, b)
+            i, f = z[:, 0:H].sigmoid(), z[:, H : 2 * H].sigmoid()
+            g, o = z[:, 2 * H : 3 * H].tanh(), z[:, 3 * H : 4 * H].sigmoid()
+            c = f * c + i * g
+            return o * c.tanh(), c
+
+        state = (self._zeros(B), self._zeros(B)) if state is None else tuple(state)
+        hs, final = self._scan(step, state, proj)
+        return self._outputs(hs, final, unbatched)
+
+
+class GRU(_Recurrent):
+    """GRU, as torch.nn.GRU (gates r, z, n): n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn)),
+    h_t = (1 - z) * n + z * h_{t-1}."""
+
+    gates = 3
+
+    def forward(self, xs, h0=None):
+        proj, B, unbatched = self._inputs(xs)
+        H, W, b = self.hidden_size, self.weight_hh_l0, self.bias_hh_l0
+
+        def step(h, xp):
+            xp = self._project(xp)
+            hp = functional.linear(h, W, b)
+            r = (xp[:, 0:H] + hp[:, 0:H]).sigmoid()
+            z = (xp[:, H : 2 * H] + hp[:, H : 2 * H]).sigmoid()
+            n = (xp[:, 2 * H :] + r * hp[:, 2 * H :]).tanh()
+            return n + z * (h - n)
+
+        h0 = self._zeros(B) if h0 is None else h0
+        hs, h_T = self._scan(step, h0, proj)
+        return self._outputs(hs, h_T, unbatched)

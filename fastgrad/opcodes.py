@@ -6,7 +6,7 @@ on the code. Never renumber; add new ops at the end of their family.
 
 from enum import IntEnum
 
-UNARY, BINARY, WHERE, REDUCE, MATMUL, SHAPE, LOSS = 0, 1, 2, 3, 4, 5, 6
+UNARY, BINARY, WHERE, REDUCE, MATMUL, SHAPE, LOSS, CONTROL = 0, 1, 2, 3, 4, 5, 6, 7
 
 
 class Op(IntEnum):
@@ -59,3 +59,7 @@ class Op(IntEnum):
     CONCAT = 503
     # fused losses
     CROSS_ENTROPY = 600
+    # control: a loop over a recorded body (fg.scan). SCAN_BEGIN marks the first body row and
+    # points at its SCAN row; the replay loops skip the body and run it T times from the SCAN row.
+    SCAN_BEGIN = 700
+    SCAN = 701

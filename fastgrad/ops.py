@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import fail
-from .opcodes import BINARY, LOSS, MATMUL, REDUCE, SHAPE, UNARY, WHERE, Op
+from .opcodes import BINARY, CONTROL, LOSS, MATMUL, REDUCE, SHAPE, UNARY, WHERE, Op
 
 MAX_NDIM = 32
 
@@ -250,6 +250,10 @@ def cross_entropy_rule(name, shapes):
     return (logits[0],), [logits[0], logits[1]], []
 
 
+def control_rule(name, shapes, **attrs):
+    raise fail(name, "is recorded by fg.scan, not by apply()", "call fg.scan")
+
+
 def cross_entropy_bound(shapes):
     return 0, shapes[0][1]
 
@@ -274,6 +278,7 @@ class OpDef:
     np_forward: Callable | None = None  # elementwise reference forward
     np_vjp: Callable | None = None  # elementwise reference local gradient(s)
     samples: list = field(default_factory=list)
+    checked_by: str = ""  # control ops are tested by their own suite instead of samples
 
     @property
     def name(self) -> str:
@@ -387,6 +392,9 @@ _ROWS = [
     OpDef(Op.CROSS_ENTROPY, LOSS, 2, cross_entropy_rule, int_inputs=(1,),
           int_bound=lambda shapes: cross_entropy_bound(shapes),
           samples=[([(4, 3), (4,)], {}, "real"), ([(1, 5), (1,)], {}, "real")]),
+    OpDef(Op.SCAN_BEGIN, CONTROL, -1, control_rule, differentiable=False,
+          checked_by="tests/test_scan.py"),
+    OpDef(Op.SCAN, CONTROL, -1, control_rule, checked_by="tests/test_scan.py"),
 ]
 
 TABLE: dict[Op, OpDef] = {row.op: row for row in _ROWS}

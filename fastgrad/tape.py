@@ -110,6 +110,8 @@ class Tape:
         self.imported: dict[int, int] = {}  # id(leaf tensor) -> node
         self.int_bounds: dict[int, tuple] = {}  # integer input node -> (lo, hi) valid range
         self.n_done = 0  # rows whose values are computed
+        self.recording_scan = False  # a scan body is being recorded: no merges, no nesting
+        self.scan_rows: list[int] = []
         self.merged_into: Tape | None = None
         self.node_shift = 0
 
@@ -221,7 +223,14 @@ class Tape:
         aliased = np.zeros(self.n_nodes, bool)  # a RESHAPE output shares its input's slot
         aliased[self.outs.view[reshapes]] = True
         aliased[self.in_idx.view[self.in_ptr.view[:-1][reshapes]]] = True
-        return np.where((need == 1) & (uses == 1) & ~aliased, 2, need).astype(np.int8)
+        modes = np.where((need == 1) & (uses == 1) & ~aliased, 2, need).astype(np.int8)
+        for r in self.scan_rows:  # nodes a scan body reads from outside run T times: accumulate
+            ip = self.iparams.a[self.ip_ptr.a[r] : self.ip_ptr.a[r + 1]]
+            b0, b1 = int(ip[2]), int(ip[3])
+            used = self.in_idx.a[self.in_ptr.a[b0] : self.in_ptr.a[b1]]
+            modes[used] = np.minimum(modes[used], 1)
+            modes[self.outs.a[b0:b1]] = np.minimum(modes[self.outs.a[b0:b1]], 1)
+        return modes
 
     def scratch(self) -> np.ndarray:
         """A work buffer as large as the largest node (kept: kernels must not allocate)."""
@@ -239,6 +248,11 @@ class Tape:
         """Append ``other``'s rows and nodes to this tape; ``other`` then forwards to it."""
         if other.dtype != self.dtype:
             raise FastgradError("internal: cannot merge tapes of different dtypes")
+        if self.recording_scan or other.recording_scan or other.scan_rows:
+            raise FastgradError(
+                "scan: the step function combines a tensor recorded on another graph (or a "
+                "graph holding a scan is being merged into another). Fix: compute such "
+                "tensors before calling fg.scan on the same graph, or pass them through xs")
         self.flush()
         other.flush()
         nshift, vshift, ishift = self.n_nodes, self.values.n, self.ivalues.n

@@ -39,6 +39,17 @@ def set_default_dtype(dtype):
     _DEFAULT_DTYPE[0] = dtype
 
 
+@contextlib.contextmanager
+def recording_into(tape):
+    """Record every op inside onto ``tape`` (fg.scan uses it for the loop body)."""
+    prev = getattr(_state, "body_tape", None)
+    _state.body_tape = tape
+    try:
+        yield
+    finally:
+        _state.body_tape = prev
+
+
 def is_grad_enabled() -> bool:
     return getattr(_state, "grad", True)
 
@@ -509,9 +520,13 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
         for t in ts:
             if t._tape is not None and t.tape not in tapes:
                 tapes.append(t.tape)
+    body = getattr(_state, "body_tape", None)
+    if body is not None and grad_on and body not in tapes:
+        tapes.insert(0, body)  # inside a scan body every op is recorded on the scan's tape
     folding = not tapes and not need  # constants only: compute now and return a leaf
     if tapes:
-        tape = max(tapes, key=lambda tp: tp.n_rows)
+        tape = body if body is not None and grad_on else max(
+            tapes, key=lambda tp: (bool(tp.scan_rows), tp.n_rows))
         if tape.dtype != dtype:
             raise fail(name, f"operands recorded in {tape.dtype} mixed with {dtype}",
                        "cast the inputs to one dtype")

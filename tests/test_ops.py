@@ -47,7 +47,9 @@ def make_inputs(op, sample_index, rng, dtype=np.float64):
 
 
 def test_every_op_has_samples_to_check():
-    missing = [d.name for d in TABLE.values() if not d.samples]
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    missing = [d.name for d in TABLE.values()
+               if not d.samples and not (d.checked_by and (root / d.checked_by).exists())]
     assert not missing, f"ops without gradcheck samples in the op table: {missing}"
 
 
@@ -146,6 +148,7 @@ def _front_end_calls(tape):
         x @ x.T, x.reshape(4, 3), x[1:, ::2], x[np.array([2, 0])],
         fg.concatenate([x, x], axis=1), fg.cross_entropy(x, labels), fg.mse_loss(x, x * 0),
         fg.stack([v, v]), x.mean(), fg.take(x, np.array([1, 1]), axis=1), x.T,
+        fg.scan(lambda h, xt: h * xt, v, x),
     ]
 
 

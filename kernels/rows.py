@@ -1,0 +1,145 @@
+"""One tape row at a time: the forward and the VJP of every op, dispatched on its family.
+
+The replay loops (replay.py) and the scan loop (scan.py) call these; see replay.py for the
+tape tuple and fastgrad/tape.py for the format.
+"""
+
+import numpy as np  # noqa: F401
+
+from ..opcodes import BINARY, LOSS, MATMUL, REDUCE, SHAPE, UNARY, WHERE, Op
+from ._jit import jit
+from .elementwise import broadcast_walk, unary_forward, unary_vjp, where_forward, where_vjp
+from .linalg import matmul_forward, matmul_vjp
+from .movement import concat_piece, gather_forward, gather_vjp, strided_forward, strided_vjp
+from .reduce import cross_entropy_forward, cross_entropy_vjp, reduce_forward, reduce_vjp
+
+
+@jit
+def view(v, arena, param_arena, node_kind, node_off, node_size):
+    """Node v's slice of ``arena`` (or of ``param_arena`` for parameter nodes, kind 2)."""
+    o = node_off[v]
+    if node_kind[v] == 2:
+        return param_arena[o : o + node_size[v]]
+    return arena[o : o + node_size[v]]
+
+
+@jit
+def forward_row(tape, values, ivalues, params, r):
+    """Compute row r (any op but the scan control rows) into its output slot."""
+    ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, kind = tape
+    code = ops[r]
+    fam = code // 100
+    o = outs[r]
+    y = view(o, values, params, kind, node_off, node_size)
+    i0 = in_ptr[r]
+    a = in_idx[i0]
+    A = view(a, values, params, kind, node_off, node_size)
+    ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
+    if fam == UNARY:
+        f0 = fp_ptr[r]
+        unary_forward(code, A, y, fparams[f0], fparams[f0 + 1])
+    elif fam == BINARY:
+        b = in_idx[i0 + 1]
+        B = view(b, values, params, kind, node_off, node_size)
+        broadcast_walk(code, A, B, y, ip, True, A, False, B, False, y)
+    elif fam == WHERE:
+        b = in_idx[i0 + 1]
+        c = in_idx[i0 + 2]
+        B = view(b, values, params, kind, node_off, node_size)
+        C = view(c, values, params, kind, node_off, node_size)
+        where_forward(A, B, C, y, ip)
+    elif fam == REDUCE:
+        reduce_forward(code, A, y, ip[0], ip[1], ip[2])
+    elif fam == MATMUL:
+        b = in_idx[i0 + 1]
+        B = view(b, values, params, kind, node_off, node_size)
+        matmul_forward(A, B, y, ip)
+    elif fam == SHAPE:
+        if code == Op.STRIDED:
+            strided_forward(A, y, ip)
+        elif code == Op.GATHER:
+            b = in_idx[i0 + 1]
+            index = ivalues[node_off[b] : node_off[b] + node_size[b]]
+            gather_forward(A, index, y, ip[0], ip[1], ip[2])
+        elif code == Op.CONCAT:
+            outer, total = ip[0], ip[1]
+            pos = 0
+            for t in range(in_ptr[r + 1] - i0):
+                v = in_idx[i0 + t]
+                width = ip[2 + t]
+                concat_piece(
+                    view(v, values, params, kind, node_off, node_size),
+                    y, outer, width, total, pos, True,
+                )
+                pos += width
+        # RESHAPE: the output aliases the input's slot; nothing to do
+    elif fam == LOSS:
+        b = in_idx[i0 + 1]
+        labels = ivalues[node_off[b] : node_off[b] + node_size[b]]
+        cross_entropy_forward(A, labels, y, ip[0], ip[1])
+
+
+@jit
+def backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r):
+    """Add row r's vector-Jacobian products into its inputs' gradients (need[out] must be set)."""
+    ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, kind = tape
+    o = outs[r]
+    code = ops[r]
+    fam = code // 100
+    y = view(o, values, params, kind, node_off, node_size)
+    gy = view(o, grads, pgrads, kind, node_off, node_size)
+    i0 = in_ptr[r]
+    a = in_idx[i0]
+    A = view(a, values, params, kind, node_off, node_size)
+    gA = view(a, grads, pgrads, kind, node_off, node_size)
+    na = need[a] != 0
+    ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
+    if fam == UNARY:
+        if na:
+            f0 = fp_ptr[r]
+            unary_vjp(code, A, y, gy, gA, fparams[f0], fparams[f0 + 1])
+    elif fam == BINARY:
+        b = in_idx[i0 + 1]
+        B = view(b, values, params, kind, node_off, node_size)
+        gB = view(b, grads, pgrads, kind, node_off, node_size)
+        broadcast_walk(code, A, B, y, ip, False, gA, na, gB, need[b] != 0, gy)
+    elif fam == WHERE:
+        b = in_idx[i0 + 1]
+        c = in_idx[i0 + 2]
+        gB = view(b, grads, pgrads, kind, node_off, node_size)
+        gC = view(c, grads, pgrads, kind, node_off, node_size)
+        where_vjp(A, gy, gB, need[b] != 0, gC, need[c] != 0, ip)
+    elif fam == REDUCE:
+        if na:
+            reduce_vjp(code, A, y, gy, gA, ip[0], ip[1], ip[2])
+    elif fam == MATMUL:
+        b = in_idx[i0 + 1]
+        B = view(b, values, params, kind, node_off, node_size)
+        gB = view(b, grads, pgrads, kind, node_off, node_size)
+        matmul_vjp(A, B, gy, gA, need[a], gB, need[b], ip, scratch)
+    elif fam == SHAPE:
+        if code == Op.STRIDED:
+            if na:
+                strided_vjp(gy, gA, ip)
+        elif code == Op.GATHER:
+            if na:
+                b = in_idx[i0 + 1]
+                index = ivalues[node_off[b] : node_off[b] + node_size[b]]
+                gather_vjp(index, gy, gA, ip[0], ip[1], ip[2])
+        elif code == Op.CONCAT:
+            outer, total = ip[0], ip[1]
+            pos = 0
+            for t in range(in_ptr[r + 1] - i0):
+                v = in_idx[i0 + t]
+                width = ip[2 + t]
+                if need[v]:
+                    concat_piece(
+                        view(v, grads, pgrads, kind, node_off, node_size),
+                        gy, outer, width, total, pos, False,
+                    )
+                pos += width
+    elif fam == LOSS:
+        if na:
+            b = in_idx[i0 + 1]
+            labels = ivalues[node_off[b] : node_off[b] + node_size[b]]
+            cross_entropy_vjp(A, labels, gy, gA, ip[0], ip[1])
