@@ -163,7 +163,7 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
                         or (x is not None and x.requires_grad))
     # --- buffers, after the memory guard
     k = _interval(checkpoint, T)
-    size = reg_end - reg_start
+    size = int(sum(tape.node_size.a[v] for v in own))  # the body state saved per step
     csize = sum(c.size for c in carries)
     stored = (k * size + ((T + k - 1) // k) * csize) if k else T * size
     stacked_size = T * carries[0].size if stack else 0

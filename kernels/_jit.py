@@ -70,3 +70,15 @@ OPTIONS = dict(cache=CACHE_ENABLED, nogil=True, error_model="numpy", fastmath=Fa
 def jit(fn):
     """Compile ``fn`` with fastgrad's Numba options (cached, nogil, numpy error model)."""
     return numba.njit(**OPTIONS)(fn)
+
+
+# Reassociation lets LLVM vectorise a dot-product reduction (it must reorder the sum to use
+# SIMD lanes). Only the small-matrix loops use it: results are deterministic run to run, but
+# rounded differently from a sequential sum (well inside the gradcheck and NumPy tolerances).
+# NaN and Inf semantics are kept (no nnan/ninf).
+REDUCE_OPTIONS = dict(OPTIONS, fastmath={"reassoc", "nsz", "contract", "arcp"})
+
+
+def jit_reduce(fn):
+    """``jit`` plus floating-point reassociation, for dot-product loops (see above)."""
+    return numba.njit(**REDUCE_OPTIONS)(fn)

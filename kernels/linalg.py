@@ -11,7 +11,7 @@ of an RNN step or a narrow MLP the call overhead dominates and a loop that stays
 
 import numpy as np
 
-from ._jit import jit
+from ._jit import jit, jit_reduce
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, bench/README.md).
@@ -20,7 +20,7 @@ U = np.uintp
 BLAS_MIN_WORK = 16384  # m*k*n above which BLAS beats the register loops (bench/bench_matmul.py)
 
 
-@jit
+@jit_reduce
 def _small_matmul(A, ao, B, bo, C, co, m, k, n, tb):
     if tb:  # C[i, j] = <A[i, :], B[j, :]>: both rows contiguous
         for i in range(m):
@@ -100,27 +100,35 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch):
                 if not (nb_ == 2 and nb == 1):
                     _add_into(gB, bo, out)
             continue
-        if na:
+        _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb)
+
+
+@jit_reduce
+def _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb):
+    if na:
+        if tb:  # gA[i, :] += sum_j gC[i, j] B[j, :]: contiguous rows, no reduction
+            for i in range(m):
+                for j in range(n):
+                    g = gC[U(co + i * n + j)]
+                    for p in range(k):
+                        gA[U(ao + i * k + p)] += g * B[U(bo + j * k + p)]
+        else:
             for i in range(m):
                 for p in range(k):
                     s = 0.0
-                    if tb:
-                        for j in range(n):
-                            s += gC[U(co + i * n + j)] * B[U(bo + j * k + p)]
-                    else:
-                        for j in range(n):
-                            s += gC[U(co + i * n + j)] * B[U(bo + p * n + j)]
-                    gA[U(ao + i * k + p)] += s
-        if nb_:
-            if tb:
-                for i in range(m):
                     for j in range(n):
-                        g = gC[U(co + i * n + j)]
-                        for p in range(k):
-                            gB[U(bo + j * k + p)] += g * A[U(ao + i * k + p)]
-            else:
-                for i in range(m):
+                        s += gC[U(co + i * n + j)] * B[U(bo + p * n + j)]
+                    gA[U(ao + i * k + p)] += s
+    if nb_:
+        if tb:
+            for i in range(m):
+                for j in range(n):
+                    g = gC[U(co + i * n + j)]
                     for p in range(k):
-                        a = A[U(ao + i * k + p)]
-                        for j in range(n):
-                            gB[U(bo + p * n + j)] += a * gC[U(co + i * n + j)]
+                        gB[U(bo + j * k + p)] += g * A[U(ao + i * k + p)]
+        else:
+            for i in range(m):
+                for p in range(k):
+                    a = A[U(ao + i * k + p)]
+                    for j in range(n):
+                        gB[U(bo + p * n + j)] += a * gC[U(co + i * n + j)]

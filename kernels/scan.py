@@ -8,10 +8,10 @@ SCAN row integer attributes (node ids and row indices; see fastgrad/scan.py):
               n_stack x (body node, stacked output)          stacked output[t] = body node at t
               n_own   body-owned nodes (gradients cleared each step)
 
-The body reads and writes one contiguous region of the value arena, values[reg_off : reg_off +
-reg_size]. Without checkpointing (k == 0) the forward sweep saves that region after every step
-into node ``store`` (T x reg_size) and the backward sweep restores step t's region before running
-the body's VJPs. With checkpointing every k-th step's carries go to node ``ckpt`` and the backward
+The body's own nodes (carry and x slots, every value it computes; reg_size values in all, not
+the parameters it reads) are its state. Without checkpointing (k == 0) the forward sweep saves
+that state after every step into node ``store`` (T x reg_size) and the backward sweep restores
+step t's state before running the body's VJPs. With checkpointing every k-th step's carries go to node ``ckpt`` and the backward
 sweep recomputes each segment of k steps into ``store`` (k x reg_size) before walking it back:
 the same arithmetic in the same order, so gradients are bit-identical.
 """
@@ -32,6 +32,21 @@ def _copy(dst, src):
 def _add(dst, src):
     for i in range(src.size):
         dst[i] += src[i]
+
+
+@jit
+def _state(values, ip, node_off, node_size, pos, save):
+    """Save the body's own nodes to values[pos:] (save) or restore them from there."""
+    own0 = HEADER + 4 * ip[4] + 2 * ip[5]
+    for i in range(ip[15]):
+        v = ip[own0 + i]
+        n = node_size[v]
+        o = node_off[v]
+        if save:
+            _copy(values[pos : pos + n], values[o : o + n])
+        else:
+            _copy(values[o : o + n], values[pos : pos + n])
+        pos += n
 
 
 @jit
@@ -87,7 +102,7 @@ def scan_forward(tape, values, ivalues, params, r):
     ip_ptr, iparams, node_off, node_size = tape[4], tape[5], tape[8], tape[9]
     ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
     T, nc, k = ip[0], ip[4], ip[11]
-    store, ckpt, reg, size = node_off[ip[10]], node_off[ip[12]], ip[13], ip[14]
+    store, ckpt, size = node_off[ip[10]], node_off[ip[12]], ip[14]
     csize = 0
     for c in range(nc):
         init, cin = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 1]
@@ -99,7 +114,7 @@ def scan_forward(tape, values, ivalues, params, r):
             _save_carries(values, ip, node_off, node_size, ckpt + (t // k) * csize)
         _body_forward(tape, values, ivalues, params, ip, t)
         if k == 0:
-            _copy(values[store + t * size : store + (t + 1) * size], values[reg : reg + size])
+            _state(values, ip, node_off, node_size, store + t * size, True)
         _carry_step(values, ip, node_off, node_size, t, T)
     for c in range(nc):
         cin, final = ip[HEADER + 4 * c + 1], ip[HEADER + 4 * c + 3]
@@ -145,11 +160,11 @@ def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r
     ip_ptr, iparams, node_off, node_size = tape[4], tape[5], tape[8], tape[9]
     ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
     T, nc, k = ip[0], ip[4], ip[11]
-    store, ckpt, reg, size = node_off[ip[10]], node_off[ip[12]], ip[13], ip[14]
+    store, ckpt, size = node_off[ip[10]], node_off[ip[12]], ip[14]
     # the final node's forward value is consumed; keep carry values right for recomputation
     if k == 0:
         for t in range(T - 1, -1, -1):
-            _copy(values[reg : reg + size], values[store + t * size : store + (t + 1) * size])
+            _state(values, ip, node_off, node_size, store + t * size, False)
             _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t)
     else:
         csize = 0
@@ -163,14 +178,14 @@ def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r
             for t in range(t0, t1):  # recompute the segment, saving each step's region
                 _body_forward(tape, values, ivalues, params, ip, t)
                 j = t - t0
-                _copy(values[store + j * size : store + (j + 1) * size], values[reg : reg + size])
+                _state(values, ip, node_off, node_size, store + j * size, True)
                 for c in range(nc):
                     cin, cout = ip[HEADER + 4 * c + 1], ip[HEADER + 4 * c + 2]
                     _copy(values[node_off[cin] : node_off[cin] + node_size[cin]],
                           values[node_off[cout] : node_off[cout] + node_size[cout]])
             for t in range(t1 - 1, t0 - 1, -1):
                 j = t - t0
-                _copy(values[reg : reg + size], values[store + j * size : store + (j + 1) * size])
+                _state(values, ip, node_off, node_size, store + j * size, False)
                 _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t)
     for c in range(nc):
         init, final = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 3]
