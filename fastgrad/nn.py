@@ -376,6 +376,7 @@ class _Recurrent(Module):
     """
 
     gates = 1
+    fold_hh_bias = False  # b_hh can join b_ih outside the loop only where it is added to x W_ih
 
     def __init__(self, input_size, hidden_size, bias=True, batch_first=False, checkpoint=None,
                  seed=None, dtype=None, stack_outputs=True):
@@ -415,9 +416,15 @@ class _Recurrent(Module):
         T, B, _ = xs.shape
         if self.checkpoint is not None:  # project inside the loop: nothing of size T x H kept
             return xs, B, unbatched
-        proj = functional.linear(xs.reshape(T * B, self.input_size), self.weight_ih_l0,
-                                 self.bias_ih_l0)
+        bias = self.bias_ih_l0
+        if self.fold_hh_bias and bias is not None:  # one bias add outside the loop, not T
+            bias = bias + self.bias_hh_l0
+        proj = functional.linear(xs.reshape(T * B, self.input_size), self.weight_ih_l0, bias)
         return proj.reshape(T, B, self.gates * self.hidden_size), B, unbatched
+
+    def _hh_bias(self):
+        """b_hh inside the loop, unless it was folded into the projection outside."""
+        return None if self.fold_hh_bias and self.checkpoint is None else self.bias_hh_l0
 
     def _project(self, x):
         """The input projection of one step when it runs inside the loop, else x itself."""
@@ -462,6 +469,8 @@ class RNN(_Recurrent):
     ((5, 2, 4), (2, 4))
     """
 
+    fold_hh_bias = True
+
     def __init__(self, input_size, hidden_size, nonlinearity="tanh", bias=True,
                  batch_first=False, checkpoint=None, seed=None, dtype=None, stack_outputs=True):
         if nonlinearity not in ("tanh", "relu"):
@@ -473,7 +482,7 @@ class RNN(_Recurrent):
     def forward(self, xs, h0=None):
         proj, B, unbatched = self._inputs(xs)
         act = functional.ACTIVATIONS[self.nonlinearity]
-        W, b = self.weight_hh_l0, self.bias_hh_l0
+        W, b = self.weight_hh_l0, self._hh_bias()
 
         def step(h, xp):
             return act(self._project(xp) + functional.linear(h, W, b))
@@ -488,10 +497,11 @@ class LSTM(_Recurrent):
     c_t = f * c_{t-1} + i * g, h_t = o * tanh(c_t). forward(xs, (h0, c0)) -> (hs, (h_T, c_T))."""
 
     gates = 4
+    fold_hh_bias = True
 
     def forward(self, xs, state=None):
         proj, B, unbatched = self._inputs(xs)
-        H, W, b = self.hidden_size, self.weight_hh_l0, self.bias_hh_l0
+        H, W, b = self.hidden_size, self.weight_hh_l0, self._hh_bias()
 
         def step(carry, xp):
             h, c = carry
