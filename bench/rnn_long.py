@@ -7,10 +7,8 @@ T = 10^6 and 10^7 with checkpoint="sqrt", reporting time per unrolled step and p
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 CHILD = r"""
 import json, resource, sys, time

@@ -7,13 +7,12 @@ installed.
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 import fastgrad as fg
+from fastgrad.timing import median_time
 from bench.baselines import NumbaStep, numpy_step
 
 
@@ -168,25 +167,8 @@ def available(name):
 
 
 def time_step(step, x, y, repeat=7, min_time=0.2):
-    """Median seconds per call over ``repeat`` rounds of enough calls to last ``min_time``."""
-    for _ in range(3):
-        step(x, y)  # warm-up: compile/trace/caches
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            step(x, y)
-        dt = time.perf_counter() - t0
-        if dt >= min_time / 4 or n > 1_000_000:
-            break
-        n *= 4
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            step(x, y)
-        times.append((time.perf_counter() - t0) / n)
-    return statistics.median(times)
+    """Median seconds per step (fastgrad.timing.median_time, shared with ``fastgrad demo``)."""
+    return median_time(step, x, y, repeat=repeat, min_time=min_time)
 
 
 def run(workloads=None, dtypes=("float32", "float64"), impls=None, repeat=7, min_time=0.2,

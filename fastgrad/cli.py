@@ -11,31 +11,11 @@ import time
 
 import numpy as np
 
+from .timing import median_time
+
 
 def _say(text=""):
     print(text, flush=True)
-
-
-def _median_time(fn, repeat=5, min_time=0.05):
-    import statistics
-
-    for _ in range(2):
-        fn()
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        if time.perf_counter() - t0 >= min_time / 4 or n >= 4096:
-            break
-        n *= 4
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        times.append((time.perf_counter() - t0) / n)
-    return statistics.median(times)
 
 
 def demo_lecture():
@@ -81,8 +61,9 @@ def demo_mlp(quick, seed):
     fg_step = fg.compile(lambda a, b: fg.cross_entropy(m2(a), b), optimizer=sgd)
     params = [p.numpy().copy() for p in fg.nn.MLP([64, 64, 10], seed=seed,
                                                     dtype=np.float32).parameters()]
-    t_fg = _median_time(lambda: fg_step(xb, yb))
-    t_np = _median_time(lambda: numpy_step(params, xb, yb, "relu", "ce", 0.01))
+    t_fg = median_time(fg_step, xb, yb, repeat=5, min_time=0.05)
+    t_np = median_time(numpy_step, params, xb, yb, "relu", "ce", 0.01, repeat=5,
+                       min_time=0.05)
     _say(f"   one training step (batch 32, forward + backward + SGD): fastgrad "
          f"{t_fg * 1e6:.1f} us, hand-written NumPy {t_np * 1e6:.1f} us "
          f"(NumPy / fastgrad = {t_np / t_fg:.2f}x)")

@@ -154,8 +154,8 @@ def matmul_rule(name, shapes, trans_b=False):
         raise fail(
             name,
             f"shapes {fmt(sa)} @ {fmt(sb)}: inner sizes {k} and {k2} differ",
-            f"the last axis of the left operand must equal the second-to-last of the right; "
-            f"transpose one operand (w.T) or fix the layer size",
+            "the last axis of the left operand must equal the second-to-last of the right; "
+            "transpose one operand (w.T) or fix the layer size",
         )
     batch = broadcast_shapes(name, sa[:-2], sb[:-2])
     ba = broadcast_strides(sa[:-2], batch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .opcodes import BINARY, LOSS, MATMUL, REDUCE, SHAPE, UNARY, WHERE, Op
+from .opcodes import BINARY, LOSS, MATMUL, REDUCE, UNARY, WHERE, Op
 from .ops import TABLE
 
 

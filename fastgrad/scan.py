@@ -147,7 +147,6 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     finally:
         tape.recording_scan = False
     body_end = tape.n_rows
-    reg_end = tape.values.n
     captured = set()
     own = []
     for v in range(first_node, tape.n_nodes):

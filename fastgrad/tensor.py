@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from .errors import FastgradError, fail
+from .errors import fail
 from .opcodes import Op
 from .ops import TABLE, fmt
 from .tape import Tape

@@ -344,43 +344,24 @@ def broadcast_walk(code, a, b, y, ip, forward, ga, na, gb, nb, gy):
 
 
 @jit
-def where_forward(c, a, b, y, ip):
-    """y = a where c != 0 else b; ip = [ndim, shape..., strides_c..., strides_a..., strides_b...]."""
+def where_walk(c, a, b, y, ip, forward, ga, na, gb, nb):
+    """Forward: y = a where c != 0 else b. Backward (y = gy): ga += gy where c, gb += gy elsewhere.
+
+    ip = [ndim, shape..., strides_c..., strides_a..., strides_b...].
+    """
     nd = ip[0]
     idx = np.zeros(nd, np.int64)
     oc = 0
     oa = 0
     ob = 0
     for i in range(y.size):
-        y[i] = a[oa] if c[oc] != 0 else b[ob]
-        d = nd - 1
-        while d >= 0:
-            idx[d] += 1
-            oc += ip[U(1 + nd + d)]
-            oa += ip[U(1 + 2 * nd + d)]
-            ob += ip[U(1 + 3 * nd + d)]
-            if idx[d] < ip[U(1 + d)]:
-                break
-            oc -= ip[U(1 + nd + d)] * ip[U(1 + d)]
-            oa -= ip[U(1 + 2 * nd + d)] * ip[U(1 + d)]
-            ob -= ip[U(1 + 3 * nd + d)] * ip[U(1 + d)]
-            idx[d] = 0
-            d -= 1
-
-
-@jit
-def where_vjp(c, gy, ga, na, gb, nb, ip):
-    nd = ip[0]
-    idx = np.zeros(nd, np.int64)
-    oc = 0
-    oa = 0
-    ob = 0
-    for i in range(gy.size):
-        if c[oc] != 0:
+        if forward:
+            y[i] = a[oa] if c[oc] != 0 else b[ob]
+        elif c[oc] != 0:
             if na:
-                ga[oa] += gy[i]
+                ga[oa] += y[i]
         elif nb:
-            gb[ob] += gy[i]
+            gb[ob] += y[i]
         d = nd - 1
         while d >= 0:
             idx[d] += 1

@@ -14,31 +14,19 @@ U = np.uintp
 
 
 @jit
-def strided_forward(x, y, ip):
-    """y[i] = x[U(base + sum_d idx_d * stride_d)]; ip = [ndim, base, shape..., strides...]."""
+def strided_copy(x, y, ip, forward):
+    """Forward: y[i] = x[base + sum_d idx_d * stride_d]. Backward (x, y = gx, gy): gx[...] += gy[i].
+
+    ip = [ndim, base, shape..., strides...]; the multi-index advances like an odometer.
+    """
     nd = ip[0]
     idx = np.zeros(nd, np.int64)
     off = ip[1]
     for i in range(y.size):
-        y[i] = x[off]
-        d = nd - 1
-        while d >= 0:
-            idx[d] += 1
-            off += ip[U(2 + nd + d)]
-            if idx[d] < ip[U(2 + d)]:
-                break
-            off -= ip[U(2 + nd + d)] * ip[U(2 + d)]
-            idx[d] = 0
-            d -= 1
-
-
-@jit
-def strided_vjp(gy, gx, ip):
-    nd = ip[0]
-    idx = np.zeros(nd, np.int64)
-    off = ip[1]
-    for i in range(gy.size):
-        gx[off] += gy[i]
+        if forward:
+            y[i] = x[off]
+        else:
+            x[off] += y[i]
         d = nd - 1
         while d >= 0:
             idx[d] += 1

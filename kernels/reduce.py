@@ -111,16 +111,23 @@ def reduce_vjp(code, x, y, gy, gx, outer, n, inner):
 
 
 @jit
+def _log_sum_exp_parts(x, base, ncls):
+    """(max, sum of exp(x - max)) of one row of logits: log-sum-exp without overflow."""
+    m = x[base]
+    for c in range(1, ncls):
+        m = max(m, x[U(base + c)])
+    s = 0.0
+    for c in range(ncls):
+        s += _exp(x[U(base + c)] - m)
+    return m, s
+
+
+@jit
 def cross_entropy_forward(x, labels, y, nrows, ncls):
     """Per-row loss logsumexp(x_i) - x_i[label_i] for logits (nrows, ncls)."""
     for i in range(nrows):
         base = i * ncls
-        m = x[base]
-        for c in range(1, ncls):
-            m = max(m, x[U(base + c)])
-        s = 0.0
-        for c in range(ncls):
-            s += _exp(x[U(base + c)] - m)
+        m, s = _log_sum_exp_parts(x, base, ncls)
         y[i] = m + np.log(s) - x[base + labels[i]]
 
 
@@ -128,12 +135,7 @@ def cross_entropy_forward(x, labels, y, nrows, ncls):
 def cross_entropy_vjp(x, labels, gy, gx, nrows, ncls):
     for i in range(nrows):
         base = i * ncls
-        m = x[base]
-        for c in range(1, ncls):
-            m = max(m, x[U(base + c)])
-        s = 0.0
-        for c in range(ncls):
-            s += _exp(x[U(base + c)] - m)
+        m, s = _log_sum_exp_parts(x, base, ncls)
         g = gy[i]
         for c in range(ncls):
             gx[U(base + c)] += g * _exp(x[U(base + c)] - m) / s

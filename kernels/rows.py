@@ -8,9 +8,9 @@ import numpy as np  # noqa: F401
 
 from ..opcodes import BINARY, LOSS, MATMUL, REDUCE, SHAPE, UNARY, WHERE, Op
 from ._jit import jit
-from .elementwise import broadcast_walk, unary_forward, unary_vjp, where_forward, where_vjp
+from .elementwise import broadcast_walk, unary_forward, unary_vjp, where_walk
 from .linalg import matmul_forward, matmul_vjp
-from .movement import concat_piece, gather_forward, gather_vjp, strided_forward, strided_vjp
+from .movement import concat_piece, gather_forward, gather_vjp, strided_copy
 from .reduce import cross_entropy_forward, cross_entropy_vjp, reduce_forward, reduce_vjp
 
 
@@ -47,7 +47,7 @@ def forward_row(tape, values, ivalues, params, r):
         c = in_idx[i0 + 2]
         B = view(b, values, params, kind, node_off, node_size)
         C = view(c, values, params, kind, node_off, node_size)
-        where_forward(A, B, C, y, ip)
+        where_walk(A, B, C, y, ip, True, B, False, C, False)
     elif fam == REDUCE:
         reduce_forward(code, A, y, ip[0], ip[1], ip[2])
     elif fam == MATMUL:
@@ -56,7 +56,7 @@ def forward_row(tape, values, ivalues, params, r):
         matmul_forward(A, B, y, ip)
     elif fam == SHAPE:
         if code == Op.STRIDED:
-            strided_forward(A, y, ip)
+            strided_copy(A, y, ip, True)
         elif code == Op.GATHER:
             b = in_idx[i0 + 1]
             index = ivalues[node_off[b] : node_off[b] + node_size[b]]
@@ -108,7 +108,7 @@ def backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
         c = in_idx[i0 + 2]
         gB = view(b, grads, pgrads, kind, node_off, node_size)
         gC = view(c, grads, pgrads, kind, node_off, node_size)
-        where_vjp(A, gy, gB, need[b] != 0, gC, need[c] != 0, ip)
+        where_walk(A, gB, gC, gy, ip, False, gB, need[b] != 0, gC, need[c] != 0)
     elif fam == REDUCE:
         if na:
             reduce_vjp(code, A, y, gy, gA, ip[0], ip[1], ip[2])
@@ -120,7 +120,7 @@ def backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
     elif fam == SHAPE:
         if code == Op.STRIDED:
             if na:
-                strided_vjp(gy, gA, ip)
+                strided_copy(gA, gy, ip, False)
         elif code == Op.GATHER:
             if na:
                 b = in_idx[i0 + 1]

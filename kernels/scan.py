@@ -3,7 +3,7 @@
 SCAN row integer attributes (node ids and row indices; see fastgrad/scan.py):
 
     ip[0:16]  T, begin_row, body_start, body_end, n_carry, n_stack, has_x, xs, x_slot, x_step,
-              store, k, ckpt, reg_off, reg_size, n_own
+              store, k, ckpt, first_value_offset (informational), reg_size, n_own
     then      n_carry x (init, carry_in, carry_out, final)   carry c flows carry_out -> carry_in
               n_stack x (body node, stacked output)          stacked output[t] = body node at t
               n_own   body-owned nodes (gradients cleared each step)
@@ -52,7 +52,7 @@ def _state(values, ip, node_off, node_size, pos, save):
 @jit
 def _body_forward(tape, values, ivalues, params, ip, t):
     """Load x_t into the x slot and run the body rows once."""
-    node_off, node_size = tape[8], tape[9]
+    node_off = tape[8]
     if ip[6]:
         xs, xslot, step = ip[7], ip[8], ip[9]
         src = node_off[xs] + t * step
@@ -78,22 +78,15 @@ def _carry_step(values, ip, node_off, node_size, stack_t, T):
 
 
 @jit
-def _save_carries(values, ip, node_off, node_size, dst):
-    pos = 0
+def _carries(values, ip, node_off, node_size, pos, save):
+    """Save the carry_in slots to values[pos:] (save) or restore them from there."""
     for c in range(ip[4]):
         cin = ip[HEADER + 4 * c + 1]
         n = node_size[cin]
-        _copy(values[dst + pos : dst + pos + n], values[node_off[cin] : node_off[cin] + n])
-        pos += n
-
-
-@jit
-def _load_carries(values, ip, node_off, node_size, src):
-    pos = 0
-    for c in range(ip[4]):
-        cin = ip[HEADER + 4 * c + 1]
-        n = node_size[cin]
-        _copy(values[node_off[cin] : node_off[cin] + n], values[src + pos : src + pos + n])
+        if save:
+            _copy(values[pos : pos + n], values[node_off[cin] : node_off[cin] + n])
+        else:
+            _copy(values[node_off[cin] : node_off[cin] + n], values[pos : pos + n])
         pos += n
 
 
@@ -111,7 +104,7 @@ def scan_forward(tape, values, ivalues, params, r):
               view(init, values, params, tape[10], node_off, node_size))
     for t in range(T):
         if k > 0 and t % k == 0:
-            _save_carries(values, ip, node_off, node_size, ckpt + (t // k) * csize)
+            _carries(values, ip, node_off, node_size, ckpt + (t // k) * csize, True)
         _body_forward(tape, values, ivalues, params, ip, t)
         if k == 0:
             _state(values, ip, node_off, node_size, store + t * size, True)
@@ -174,7 +167,7 @@ def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r
         for s in range(nseg - 1, -1, -1):
             t0 = s * k
             t1 = min(T, t0 + k)
-            _load_carries(values, ip, node_off, node_size, ckpt + s * csize)
+            _carries(values, ip, node_off, node_size, ckpt + s * csize, False)
             for t in range(t0, t1):  # recompute the segment, saving each step's region
                 _body_forward(tape, values, ivalues, params, ip, t)
                 j = t - t0

@@ -7,7 +7,6 @@ parameters. ``zero_off``/``zero_size`` list the value-arena gradient slots to cl
 backward sweep (only nodes that need a gradient: big input slots are never touched).
 """
 
-import numpy as np
 
 from ._jit import jit
 from .optim import clip_gradients, optimizer_update
