@@ -79,9 +79,17 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     """
     single = not isinstance(init, (tuple, list))
     carries = [as_tensor(c) for c in ([init] if single else init)]
+    for c in carries:
+        if c.dtype.kind != "f":
+            raise fail("scan", f"carries must hold floats, got {c.dtype}", "cast init to float")
     if not carries:
         raise fail("scan", "init is empty", "pass a tensor or a tuple of tensors")
     x = None if xs is None else as_tensor(xs)
+    if x is not None and x.dtype.kind != "f":
+        raise fail("scan", f"xs must hold floats, got {x.dtype}",
+                   "cast xs (xs.astype(np.float32)); index an embedding table inside the step")
+    if x is not None and x._tape is None and x.requires_grad:
+        x = x + 0.0  # a parameter as xs: loop over a copy (a compiled step remaps parameters)
     if x is not None and x.ndim == 0:
         raise fail("scan", "xs must have a leading time axis", "pass xs of shape (T, ...)")
     T = x.shape[0] if x is not None else length
@@ -148,12 +156,15 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
         tape.recording_scan = False
     body_end = tape.n_rows
     captured = set()
-    own = []
     for v in range(first_node, tape.n_nodes):
         if tape.labels.get(v) in ("leaf", "const") or tape.node_kind.a[v] != 0:
             captured.add(v)
-        elif tape.node_size.a[v] > 0:
-            own.append(v)
+    for r in range(body_start, body_end):  # a RESHAPE of an outside tensor shares its slot
+        src = int(tape.in_idx.a[tape.in_ptr.a[r]])
+        if tape.ops.a[r] == Op.RESHAPE and (src < first_node or src in captured):
+            captured.add(int(tape.outs.a[r]))
+    own = [v for v in range(first_node, tape.n_nodes)
+           if v not in captured and tape.node_size.a[v] > 0]
     ptr, idx = tape.in_ptr.view, tape.in_idx.view
     body_inputs = set(idx[ptr[body_start] : ptr[body_end]].tolist()) if body_end > body_start \
         else set()

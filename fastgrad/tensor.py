@@ -550,6 +550,10 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
             nodes.append(tape.add_input(idx, kind=1, label="const"))
         else:
             v = _import(tape, t, kind, need_values=not grad_on)
+            if tape.node_kind.a[v] == 1 and kind == 0:
+                raise fail(name, f"operand {i} (shape {fmt(t.shape)}) is an integer input of a "
+                           "compiled function, used in float arithmetic",
+                           "pass that input as floats, e.g. y.astype(np.float32)")
             if kind and t._tape is not None:
                 lo, hi = d.int_bound(shapes, **attrs)
                 old = tape.int_bounds.get(v, (0, hi))

@@ -51,7 +51,7 @@ def reduce_forward(code, x, y, outer, n, inner):
                         if v != v:
                             break
                 y[U(o * inner + j)] = m
-    elif code == Op.SOFTMAX or code == Op.LOG_SOFTMAX:
+    elif (code == Op.SOFTMAX or code == Op.LOG_SOFTMAX) and n > 0:
         for o in range(outer):
             for j in range(inner):
                 base = o * n * inner + j

@@ -77,3 +77,8 @@ def test_anomaly_mode_names_the_op_that_made_a_nan():
             fg.sqrt(x * 2).sum().item()
     y = fg.sqrt(x).sum()  # off by default: no error, NaN result
     assert np.isnan(y.item())
+
+
+def test_softmax_over_an_empty_axis_gives_an_empty_result():
+    assert fg.tensor(np.ones((2, 0))).softmax(axis=-1).shape == (2, 0)
+    assert fg.tensor(np.ones((2, 0))).log_softmax(axis=-1).numpy().size == 0

@@ -203,3 +203,29 @@ def test_scan_inside_compile_and_fit_trains_a_many_to_one_rnn():
     assert step(X[:16], Y[:16]) == pytest.approx(eager, rel=1e-12)
     hist = fg.fit(step, X, Y, epochs=60, batch_size=16, seed=0, progress=False)
     assert hist.loss[-1] < 0.2 * hist.loss[0]
+
+
+def test_reshaping_an_outside_tensor_inside_the_body_keeps_its_gradient():
+    w0, xs = np.array([0.5, -0.3, 0.8]), np.arange(12.0).reshape(4, 3) / 10
+    grads = []
+    for reshape in (False, True):
+        w = fg.tensor(w0, requires_grad=True)
+        h_T = fg.scan((lambda h, x: h * w.reshape(3) + x) if reshape else (lambda h, x: h * w + x),
+                      fg.tensor(np.ones(3)), fg.tensor(xs))
+        h_T.sum().backward()
+        grads.append(w.grad)
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-14)
+    assert fg.gradcheck(lambda v: fg.scan(lambda h, x: (h @ v).tanh() + x, fg.tensor(np.ones(2)),
+                                          fg.tensor(xs[:, :2])), [np.array([0.3, -0.2])]) <= 1
+
+
+def test_a_parameter_as_xs_under_compile_matches_eager():
+    P0 = np.arange(6.0).reshape(3, 2) / 10 + 1
+    c = np.array([0.5, 0.5])
+    P = fg.nn.Parameter(P0.copy())
+    loss, (g,) = fg.compile(lambda cc: fg.scan(lambda h, xt: h * cc + xt, cc * 2.0, P).sum())(c)
+    Q = fg.nn.Parameter(P0.copy())
+    eager = fg.scan(lambda h, xt: h * fg.tensor(c) + xt, fg.tensor(c) * 2.0, Q).sum()
+    eager.backward()
+    assert loss == pytest.approx(eager.item(), rel=1e-14)
+    np.testing.assert_allclose(g, Q.grad, rtol=1e-14)

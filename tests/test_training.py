@@ -316,3 +316,12 @@ def test_fit_equals_the_same_steps_taken_one_call_at_a_time():
         runs.append((losses, opt.flat.copy()))
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-12)
     np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-12)
+
+
+def test_integer_input_used_as_floats_in_a_compiled_function_is_refused():
+    w = fg.nn.Parameter(np.array([1.0, 2.0]))
+    f = fg.compile(lambda x, y: ((x @ w - y) ** 2).sum())
+    with pytest.raises(fg.FastgradError, match="integer input of a compiled function.*astype"):
+        f(np.array([[1.0, 1.0], [2.0, 0.0]]), np.array([3, 5]))
+    loss, (g,) = f(np.array([[1.0, 1.0], [2.0, 0.0]]), np.array([3.0, 5.0]))
+    assert loss == 9.0 and g.tolist() == [-12.0, 0.0]
