@@ -15,6 +15,7 @@ import numba
 import numpy as np
 
 import fastgrad as fg
+from bench.workloads import jax_sgd_step, torch_dtype
 
 H, I = 64, 8
 
@@ -160,8 +161,7 @@ def make_numpy(w, dtype):
 def make_torch_eager(w, dtype):
     import torch
 
-    torch.set_num_threads(2)
-    tdt = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+    tdt = torch_dtype(dtype)
     ps = [torch.tensor(p, dtype=tdt, requires_grad=True) for p in weights(dtype)]
     opt = torch.optim.SGD(ps, lr=w.lr)
 
@@ -183,8 +183,7 @@ def make_torch_eager(w, dtype):
 def make_torch_rnn(w, dtype):
     import torch
 
-    torch.set_num_threads(2)
-    tdt = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+    tdt = torch_dtype(dtype)
     rnn = torch.nn.RNN(I, H).to(tdt)
     head = torch.nn.Linear(H, 1).to(tdt)
     with torch.no_grad():
@@ -220,18 +219,7 @@ def make_jax(w, dtype):
         h, _ = jax.lax.scan(cell, jnp.zeros((xs.shape[1], H), xs.dtype), xs)
         return jnp.mean((h @ Wo.T + bo - y) ** 2)
 
-    @jax.jit
-    def update(ps, xs, y):
-        value, grads = jax.value_and_grad(loss_fn)(ps, xs, y)
-        return value, [p - w.lr * g for p, g in zip(ps, grads)]
-
-    state = {"p": params}
-
-    def step(xs, y):
-        value, state["p"] = update(state["p"], xs, y)
-        return float(value)
-
-    return step
+    return jax_sgd_step(loss_fn, params, w.lr)
 
 
 RNN_IMPLEMENTATIONS = {

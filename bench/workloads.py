@@ -83,8 +83,7 @@ def make_numba(w, dtype):
 def make_torch(w, dtype):
     import torch
 
-    torch.set_num_threads(2)
-    tdt = {np.float32: torch.float32, np.float64: torch.float64}[np.dtype(dtype).type]
+    tdt = torch_dtype(dtype)
     layers = []
     for i, (a, b) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
         layers.append(torch.nn.Linear(a, b).to(tdt))
@@ -128,10 +127,17 @@ def make_jax(w, dtype):
             return jnp.mean((h - y) ** 2)
         return -jnp.mean(jax.nn.log_softmax(h)[jnp.arange(h.shape[0]), y])
 
+    return jax_sgd_step(loss_fn, params, w.lr)
+
+
+def jax_sgd_step(loss_fn, params, lr):
+    """A jitted value-and-grad + SGD update of ``loss_fn(params, x, y)``, called with (x, y)."""
+    import jax
+
     @jax.jit
     def update(ps, x, y):
         value, grads = jax.value_and_grad(loss_fn)(ps, x, y)
-        return value, [p - w.lr * g for p, g in zip(ps, grads)]
+        return value, [p - lr * g for p, g in zip(ps, grads)]
 
     state = {"p": params}
 
@@ -140,6 +146,14 @@ def make_jax(w, dtype):
         return float(value)
 
     return step
+
+
+def torch_dtype(dtype):
+    """The torch dtype for a NumPy float dtype (and 2 threads, as the machine has 2 cores)."""
+    import torch
+
+    torch.set_num_threads(2)
+    return torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
 
 
 IMPLEMENTATIONS = {
