@@ -1,15 +1,17 @@
 """Test session setup: a fresh Numba cache directory per session, set before fastgrad loads.
 
-Numba keys each cached kernel on its own file, so after an edit in another kernel file a stale
-cache could serve old machine code; a fresh directory makes every test session compile what is
-on disk now.
+A fresh directory makes every test session (and CI) measure and exercise a cold compile of what
+is on disk now. Set FASTGRAD_TEST_CACHE_DIR to reuse one directory across sessions while
+developing: that is safe because kernels/_jit.py keys the cache on a digest of every kernel
+source, so an edit never serves stale machine code.
 """
 
 import os
 import shutil
 import tempfile
 
-_CACHE = tempfile.mkdtemp(prefix="fastgrad-test-cache-")
+_REUSED = os.environ.get("FASTGRAD_TEST_CACHE_DIR")
+_CACHE = _REUSED or tempfile.mkdtemp(prefix="fastgrad-test-cache-")
 os.environ["FASTGRAD_CACHE_DIR"] = _CACHE
 os.environ.pop("NUMBA_CACHE_DIR", None)
 
@@ -18,7 +20,8 @@ import pytest  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    if not _REUSED:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture
