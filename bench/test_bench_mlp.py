@@ -4,7 +4,7 @@ fastgrad (compiled) against hand-written NumPy and Numba, and PyTorch / JAX when
 import numpy as np
 import pytest
 
-from bench import workloads as W
+from fastgrad.benchmarks import workloads as W
 
 IMPLS = ["fastgrad", "fastgrad-eager", "numpy", "numba", "torch", "jax"]
 

@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from bench import rnn_workloads as R
-from bench.workloads import available
+from fastgrad.benchmarks import rnn_workloads as R
+from fastgrad.benchmarks.workloads import available
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("workload", R.RNN_WORKLOADS, ids=lambda w: w.name)
 @pytest.mark.parametrize("impl", list(R.RNN_IMPLEMENTATIONS))
 def test_bptt_step(benchmark, impl, workload, dtype):
-    if not available(impl.split(".")[0]):
+    if not available(impl):
         pytest.skip(f"{impl} is not installed")
     step = R.RNN_IMPLEMENTATIONS[impl](workload, np.dtype(dtype))
     xs, y = R.data(workload, np.dtype(dtype))

@@ -53,6 +53,10 @@ from . import nn, optim  # noqa: E402
 from .compile import Compiled, History, compile, fit  # noqa: E402
 from .nn import manual_seed  # noqa: E402
 from .scan import scan, set_memory_limit  # noqa: E402
+from .io import load, save  # noqa: E402
+from .scan import Binomial, truncated_bptt  # noqa: E402, F401
+from .jvp import jvp, linearize  # noqa: E402
+from . import study  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -74,6 +78,7 @@ concat = concatenate
 
 __all__ = [
     "AnomalyError",
+    "Binomial",
     "Compiled",
     "FastgradError",
     "GradcheckError",
@@ -100,7 +105,10 @@ __all__ = [
     "get_default_dtype",
     "gradcheck",
     "is_grad_enabled",
+    "jvp",
     "leaky_relu",
+    "linearize",
+    "load",
     "log",
     "log_softmax",
     "manual_seed",
@@ -117,6 +125,7 @@ __all__ = [
     "randn",
     "relu",
     "reshape",
+    "save",
     "scan",
     "set_default_dtype",
     "set_memory_limit",
@@ -125,11 +134,13 @@ __all__ = [
     "softplus",
     "sqrt",
     "stack",
+    "study",
     "sum",
     "take",
     "tanh",
     "tensor",
     "transpose",
+    "truncated_bptt",
     "where",
     "zeros",
 ]

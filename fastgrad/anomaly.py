@@ -63,6 +63,7 @@ def describe_anomaly(tape, row, direction) -> AnomalyError:
     else:
         lines = [f"backward: row {r} ({name}) produced a NaN/Inf gradient for its inputs"]
         for i in ins:
+            lines.append(f"  input %{i}: {_stats(tape.node_values(i))}")
             if tape.node_need.a[i]:
                 lines.append(f"  grad of %{i}: {_stats(tape.node_grad(i))}")
         lines.append(f"  incoming grad of %{out}: {_stats(tape.node_grad(out))}")

@@ -28,6 +28,7 @@ from .errors import fail
 from .kernels import train as _train
 from .opcodes import Op
 from .ops import fmt
+from .scan import check_memory
 from .tape import Tape
 from .tensor import FLOAT_DTYPES, Tensor, get_default_dtype, placeholder
 
@@ -79,10 +80,12 @@ class Program:
             if len(nodes) > 1:  # one parameter, several nodes: their gradients must add up
                 modes[nodes] = np.minimum(modes[nodes], 1)
         self.modes = modes
-        kinds = tape.node_kind.view
-        need = np.flatnonzero((tape.node_need.view != 0) & (kinds == 0))
-        self.zero_off = tape.node_off.view[need].astype(np.int64)
-        self.zero_size = tape.node_size.view[need].astype(np.int64)
+        self.zero_spans = self._zero_spans(modes)
+        # the memory guard (fg.set_memory_limit): refuse before allocating gradients + scratch
+        check_memory("compile", (tape.values.a.size + int(tape.node_size.view.max(initial=1)))
+                     * tape.dtype.itemsize, f"the program traced for inputs "
+                     f"{[fmt(x.shape) for x in inputs]} needs a gradient buffer as large as its "
+                     "values; use a smaller batch, or checkpoint= in fg.scan for long loops")
         tape.grads = np.zeros(tape.values.a.size, tape.dtype)
         self.arrays = tape.arrays()
         self.scratch = tape.scratch()
@@ -90,6 +93,29 @@ class Program:
         self.int_checks = [(i, tape.int_bounds.get(v)) for i, v in enumerate(self.slot_nodes)
                            if tape.node_kind.a[v] == 1]
         self.slot_views = [tape.node_values(v) for v in self.slot_nodes]
+        # the tape's buffers, fixed from here on: built once, not per step
+        self.kernel_args = (self.arrays, tape.values.a, tape.ivalues.a, tape.grads, self.modes,
+                            self.scratch, self.zero_spans, self.loss_off)
+        self.signature = None  # the caller's (shape, dtype) per input, set by Compiled.program
+
+    def _zero_spans(self, modes) -> np.ndarray:
+        """Gradient spans a step clears before its backward sweep, as rows (0 value arena /
+        1 flat parameter gradients, offset, size).
+
+        A gradient that its only consumer, an unbatched matmul, overwrites (mode 2) is not
+        cleared: for an MLP that is every weight gradient, most of the flat buffer.
+        """
+        tape = self.tape
+        kinds = tape.node_kind.view
+        overwritten = overwritten_by_vjp(tape, modes)
+        spans = [(0, int(tape.node_off.a[v]), int(tape.node_size.a[v])) for v in
+                 np.flatnonzero((tape.node_need.view != 0) & (kinds == 0) & ~overwritten)]
+        clear = np.ones(self.flat_size, bool)
+        for v in np.flatnonzero((kinds == 2) & overwritten):
+            clear[tape.node_off.a[v] : tape.node_off.a[v] + tape.node_size.a[v]] = False
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], clear.view(np.int8), [0]])))
+        spans += [(1, int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+        return np.array(spans, np.int64).reshape(-1, 3)
 
     def _find_logits(self):
         """Logits node of the cross-entropy row the loss comes from (for accuracy), if any."""
@@ -115,9 +141,8 @@ class Program:
         tape = self.tape
         tape.param_arena, tape.param_grads = flat, flat_grad
         loss, norm, bad, direction = _train.train_step(
-            self.arrays, tape.values.a, tape.ivalues.a, tape.grads, self.modes, self.scratch,
-            self.zero_off, self.zero_size, self.loss_off, flat, flat_grad, kind, state[0], state[1], state[2], hyper, t, max_norm, max_value,
-            anomaly_enabled())
+            *self.kernel_args, flat, flat_grad, kind, state[0], state[1], state[2], hyper, t,
+            max_norm, max_value, anomaly_enabled())
         if bad >= 0:
             raise describe_anomaly(tape, bad, "backward" if direction else "forward")
         return float(loss), float(norm)
@@ -140,6 +165,7 @@ class Compiled:
         self.programs: dict = {}
         self.last_grad_norm = 0.0
         self._scratch = None
+        self._last = None  # the program of the last call
 
     def _dtype(self, inputs):
         if self.optimizer is not None:
@@ -165,11 +191,17 @@ class Compiled:
                          "(previous: %s)", [(a.shape, a.dtype.name) for a in arrays],
                          [[(s, d.name) for s, d in k] for k in self.programs])
             prog = Program(self.fn, cast, self.optimizer, self.params, dtype)
+            prog.signature = sig
             self.programs[sig] = prog
         return prog, arrays
 
     def __call__(self, *inputs):
-        prog, arrays = self.program(*inputs)
+        prog = self._last
+        if prog is not None and _same_signature(prog.signature, inputs):
+            arrays = inputs  # the per-step fast path: arrays of the last call's signature
+        else:
+            prog, arrays = self.program(*inputs)
+            self._last = prog
         prog.load_inputs(arrays)
         opt = self.optimizer
         if opt is not None:
@@ -192,6 +224,27 @@ class Compiled:
     @property
     def parameters(self):
         return self.params
+
+
+def _same_signature(signature, inputs) -> bool:
+    if len(signature) != len(inputs):
+        return False
+    for (shape, dtype), x in zip(signature, inputs):
+        if type(x) is not np.ndarray or x.shape != shape or x.dtype != dtype:
+            return False
+    return True
+
+
+def overwritten_by_vjp(tape, modes) -> np.ndarray:
+    """Per node: True when its gradient is written whole by its only consumer's VJP (mode 2
+    and an unbatched MATMUL or a LINEAR row, kernels/linalg.py), so nothing needs to clear it
+    first."""
+    out = np.zeros(tape.n_nodes, bool)
+    for r in np.flatnonzero((tape.ops.view == Op.MATMUL) | (tape.ops.view == Op.LINEAR)):
+        if tape.iparams.a[tape.ip_ptr.a[r] + 3] == 1:  # one product (nbatch == 1)
+            for v in tape.in_idx.a[tape.in_ptr.a[r] : tape.in_ptr.a[r + 1]]:
+                out[v] |= modes[v] == 2
+    return out
 
 
 def compile(fn, optimizer=None, params=None, clip_grad_norm=None, clip_grad_value=None):  # noqa: A001
@@ -278,7 +331,7 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
             prog.tape.node_values(v)[...] = leaf.numpy()
         total, correct = _train.fit_epoch(
             prog.arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads, prog.modes,
-            prog.scratch, prog.zero_off, prog.zero_size, prog.loss_off, opt.flat, opt.flat_grad,
+            prog.scratch, prog.zero_spans, prog.loss_off, opt.flat, opt.flat_grad,
             opt.kind, opt.state[0], opt.state[1], opt.state[2], opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
             X2, x_off, Yf, Yi, y_off, perm, batch_size, nfull, prog.logits_off, ncls)
         opt.t += nfull

@@ -67,8 +67,18 @@ def binary_cross_entropy_with_logits(logits, targets, reduction="mean"):
 
 
 def linear(x, weight, bias=None):
-    """y = x @ weight.T + bias, weight (out, in): x (..., in) -> (..., out), no transpose copy."""
+    """y = x @ weight.T + bias, weight (out, in): x (..., in) -> (..., out), no transpose copy.
+
+    With a bias of shape (out,) this is one LINEAR row (product and bias add fused).
+
+    >>> import fastgrad as fg, numpy as np
+    >>> y = fg.nn.functional.linear(np.ones((2, 3)), fg.tensor(np.ones((4, 3))), fg.tensor(np.arange(4.0)))
+    >>> y.shape, y.numpy()[0]
+    ((2, 4), array([3., 4., 5., 6.]))
+    """
     x = as_tensor(x)
+    if bias is not None and as_tensor(bias).ndim == 1:
+        return apply(Op.LINEAR, x, weight, bias)
     if x.ndim == 1:
         return linear(x.reshape(1, -1), weight, bias).reshape(-1)
     y = apply(Op.MATMUL, x, weight, trans_b=True)
@@ -76,30 +86,75 @@ def linear(x, weight, bias=None):
 
 
 def relu(x):
+    """max(x, 0) elementwise; the result has the shape of ``x``. Same as ``x.relu()``.
+
+    >>> import fastgrad as fg
+    >>> fg.relu(fg.tensor([-1.0, 0.0, 2.0])).numpy()
+    array([0., 0., 2.])
+    """
     return as_tensor(x).relu()
 
 
 def sigmoid(x):
+    """1 / (1 + exp(-x)) elementwise; the result has the shape of ``x``. Same as ``x.sigmoid()``.
+
+    >>> import fastgrad as fg
+    >>> fg.sigmoid(fg.tensor([-1.0, 0.0, 1.0])).numpy().round(4)
+    array([0.2689, 0.5   , 0.7311])
+    """
     return as_tensor(x).sigmoid()
 
 
 def tanh(x):
+    """Hyperbolic tangent elementwise; the result has the shape of ``x``. Same as ``x.tanh()``.
+
+    >>> import fastgrad as fg
+    >>> fg.tanh(fg.tensor([0.0, 1.0])).numpy().round(4)
+    array([0.    , 0.7616])
+    """
     return as_tensor(x).tanh()
 
 
 def leaky_relu(x, negative_slope=0.01):
+    """x where x > 0, else ``negative_slope`` * x, elementwise; the result has the shape of ``x``.
+
+    >>> import fastgrad as fg
+    >>> fg.leaky_relu(fg.tensor([-2.0, 3.0]), negative_slope=0.1).numpy()
+    array([-0.2,  3. ])
+    """
     return as_tensor(x).leaky_relu(negative_slope)
 
 
 def softplus(x):
+    """log(1 + exp(x)) elementwise, computed stably; the result has the shape of ``x``.
+
+    >>> import fastgrad as fg
+    >>> fg.softplus(fg.tensor([0.0, 1.0])).numpy().round(4)
+    array([0.6931, 1.3133])
+    """
     return as_tensor(x).softplus()
 
 
 def softmax(x, axis=-1):
+    """exp(x) / sum(exp(x)) along ``axis``, stably; same shape as ``x``, each slice sums to 1.
+
+    For logits (N, C) the default ``axis=-1`` gives one distribution over C classes per row.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> fg.softmax(fg.tensor([[0.0, 0.0], [0.0, np.log(3.0)]])).numpy()
+    array([[0.5 , 0.5 ],
+           [0.25, 0.75]])
+    """
     return as_tensor(x).softmax(axis)
 
 
 def log_softmax(x, axis=-1):
+    """x - logsumexp(x) along ``axis``: log(softmax(x)) without overflow; same shape as ``x``.
+
+    >>> import fastgrad as fg
+    >>> fg.log_softmax(fg.tensor([0.0, 0.0])).numpy().round(6)
+    array([-0.693147, -0.693147])
+    """
     return as_tensor(x).log_softmax(axis)
 
 

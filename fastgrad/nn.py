@@ -141,6 +141,16 @@ class init:  # noqa: N801 - a namespace, spelled as torch.nn.init
 
     @staticmethod
     def fans(shape):
+        """(fan_in, fan_out) of a weight of ``shape`` (out, in, *kernel), as PyTorch counts them.
+
+        fan_in = in * prod(kernel), fan_out = out * prod(kernel); a 1-d shape (n,) gives (n, n).
+
+        >>> import fastgrad as fg
+        >>> fg.nn.init.fans((4, 3))
+        (3, 4)
+        >>> fg.nn.init.fans((8, 3, 5))
+        (15, 40)
+        """
         if len(shape) < 2:
             return shape[0] if shape else 1, shape[0] if shape else 1
         receptive = math.prod(shape[2:])
@@ -148,37 +158,100 @@ class init:  # noqa: N801 - a namespace, spelled as torch.nn.init
 
     @staticmethod
     def gain(activation):
+        """The recommended init gain for ``activation`` (as torch.nn.init.calculate_gain).
+
+        relu sqrt(2), tanh 5/3, leaky_relu sqrt(2 / (1 + 0.01^2)), selu 3/4, anything else 1.
+
+        >>> import fastgrad as fg
+        >>> fg.nn.init.gain("tanh"), fg.nn.init.gain(None)
+        (1.6666666666666667, 1.0)
+        """
         return {"relu": math.sqrt(2.0), "tanh": 5.0 / 3, "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)),
                 "selu": 0.75}.get(activation, 1.0)
 
     @staticmethod
     def normal(shape, std=0.01, seed=None):
+        """An array of ``shape`` drawn from N(0, std^2).
+
+        ``seed``: an int, an np.random.Generator, or None for the ``fg.manual_seed`` generator.
+
+        >>> import fastgrad as fg
+        >>> w = fg.nn.init.normal((10000,), std=0.1, seed=0)
+        >>> w.shape, round(float(w.std()), 2)
+        ((10000,), 0.1)
+        """
         return _rng(seed).normal(0.0, std, shape)
 
     @staticmethod
     def xavier_uniform(shape, gain=1.0, seed=None):
+        """An array of ``shape`` drawn from U(-b, b), b = gain * sqrt(6 / (fan_in + fan_out)).
+
+        Glorot & Bengio (2010); fans as ``init.fans``, ``seed`` as ``init.normal``.
+
+        >>> import fastgrad as fg, numpy as np
+        >>> w = fg.nn.init.xavier_uniform((4, 3), seed=0)
+        >>> w.shape, bool(np.abs(w).max() <= np.sqrt(6 / (3 + 4)))
+        ((4, 3), True)
+        """
         fan_in, fan_out = init.fans(shape)
         bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
         return _rng(seed).uniform(-bound, bound, shape)
 
     @staticmethod
     def xavier_normal(shape, gain=1.0, seed=None):
+        """An array of ``shape`` drawn from N(0, s^2), s = gain * sqrt(2 / (fan_in + fan_out)).
+
+        Glorot & Bengio (2010); fans as ``init.fans``, ``seed`` as ``init.normal``.
+
+        >>> import fastgrad as fg
+        >>> w = fg.nn.init.xavier_normal((200, 300), seed=0)  # s = sqrt(2 / 500) = 0.063
+        >>> w.shape, round(float(w.std()), 2)
+        ((200, 300), 0.06)
+        """
         fan_in, fan_out = init.fans(shape)
         return _rng(seed).normal(0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), shape)
 
     @staticmethod
     def kaiming_uniform(shape, gain=math.sqrt(2.0), seed=None):
+        """An array of ``shape`` drawn from U(-b, b), b = gain * sqrt(3 / fan_in).
+
+        He et al. (2015); the default gain is relu's; ``seed`` as ``init.normal``.
+
+        >>> import fastgrad as fg, numpy as np
+        >>> w = fg.nn.init.kaiming_uniform((4, 6), seed=0)
+        >>> w.shape, bool(np.abs(w).max() <= np.sqrt(2.0) * np.sqrt(3 / 6))
+        ((4, 6), True)
+        """
         fan_in, _ = init.fans(shape)
         bound = gain * math.sqrt(3.0 / fan_in)
         return _rng(seed).uniform(-bound, bound, shape)
 
     @staticmethod
     def kaiming_normal(shape, gain=math.sqrt(2.0), seed=None):
+        """An array of ``shape`` drawn from N(0, s^2), s = gain / sqrt(fan_in).
+
+        He et al. (2015); the default gain is relu's; ``seed`` as ``init.normal``.
+
+        >>> import fastgrad as fg
+        >>> w = fg.nn.init.kaiming_normal((100, 400), seed=0)  # s = sqrt(2 / 400) = 0.0707
+        >>> w.shape, round(float(w.std()), 2)
+        ((100, 400), 0.07)
+        """
         fan_in, _ = init.fans(shape)
         return _rng(seed).normal(0.0, gain / math.sqrt(fan_in), shape)
 
     @staticmethod
     def orthogonal(shape, gain=1.0, seed=None):
+        """A random (semi-)orthogonal array of ``shape`` times ``gain`` (Saxe et al. 2014).
+
+        Seen as a matrix (shape[0], prod(shape[1:])), its rows (if fewer) or its columns are
+        orthonormal; ``seed`` as ``init.normal``.
+
+        >>> import fastgrad as fg, numpy as np
+        >>> q = fg.nn.init.orthogonal((3, 5), seed=0)
+        >>> q.shape, np.allclose(q @ q.T, np.eye(3))
+        ((3, 5), True)
+        """
         rows, cols = shape[0], math.prod(shape[1:])
         a = _rng(seed).normal(0.0, 1.0, (max(rows, cols), min(rows, cols)))
         q, r = np.linalg.qr(a)
@@ -199,6 +272,17 @@ INITS = ("default", "normal", "xavier_uniform", "xavier_normal", "kaiming_unifor
 
 
 def make_weight(shape, method="default", activation=None, std=0.01, seed=None):
+    """A float64 weight array of ``shape`` (out_features, in_features, ...) from one of INITS.
+
+    "default" is PyTorch's U(-1/sqrt(in), 1/sqrt(in)); "normal" is N(0, std^2); the xavier,
+    kaiming and orthogonal initialisers take their gain from ``activation`` (kaiming: relu's when
+    None, the others 1). ``seed``: an int, an np.random.Generator, or None for ``fg.manual_seed``.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> w = fg.nn.make_weight((4, 3), "xavier_uniform", activation="tanh", seed=0)
+    >>> w.shape, bool(np.abs(w).max() <= 5 / 3 * np.sqrt(6 / (3 + 4)))
+    ((4, 3), True)
+    """
     if method == "default":
         return init.pytorch_default(shape, shape[1], seed)
     if method == "normal":
@@ -240,10 +324,31 @@ class Linear(Module):
 
 
 def init_default_bias(out_features, in_features, rng):
+    """Linear's default bias, as PyTorch: (out_features,) draws of U(-1/sqrt(in), 1/sqrt(in)).
+
+    >>> import fastgrad as fg, numpy as np
+    >>> b = fg.nn.init_default_bias(4, 16, np.random.default_rng(0))
+    >>> b.shape, bool(np.abs(b).max() <= 1 / np.sqrt(16))
+    ((4,), True)
+    """
     return init.pytorch_default((out_features,), in_features, rng)
 
 
 class Activation(Module):
+    """A Module applying the elementwise activation ``name``; ``kwargs`` go to the function.
+
+    ``name`` is a key of ``fg.nn.functional.ACTIVATIONS`` (relu, tanh, sigmoid, leaky_relu,
+    softplus, identity, linear). The output has the input's shape. ``fg.nn.ReLU()`` and its
+    siblings build one.
+
+    >>> import fastgrad as fg
+    >>> act = fg.nn.Activation("leaky_relu", negative_slope=0.1)
+    >>> act
+    Activation(leaky_relu)
+    >>> act(fg.tensor([-1.0, 2.0])).numpy()
+    array([-0.1,  2. ])
+    """
+
     def __init__(self, name, **kwargs):
         super().__init__()
         if name not in functional.ACTIVATIONS:
@@ -259,30 +364,80 @@ class Activation(Module):
 
 
 def ReLU():  # noqa: N802 - PyTorch's names
+    """An ``Activation`` computing max(x, 0), as torch.nn.ReLU; output shape = input shape.
+
+    >>> import fastgrad as fg
+    >>> fg.nn.ReLU()(fg.tensor([-1.0, 2.0])).numpy()
+    array([0., 2.])
+    """
     return Activation("relu")
 
 
 def Tanh():  # noqa: N802
+    """An ``Activation`` computing tanh(x), as torch.nn.Tanh; output shape = input shape.
+
+    >>> import fastgrad as fg
+    >>> fg.nn.Tanh()(fg.tensor([0.0, 1.0])).numpy().round(4)
+    array([0.    , 0.7616])
+    """
     return Activation("tanh")
 
 
 def Sigmoid():  # noqa: N802
+    """An ``Activation`` computing 1 / (1 + exp(-x)), as torch.nn.Sigmoid; same shape out.
+
+    >>> import fastgrad as fg
+    >>> fg.nn.Sigmoid()(fg.tensor([0.0])).numpy()
+    array([0.5])
+    """
     return Activation("sigmoid")
 
 
 def LeakyReLU(negative_slope=0.01):  # noqa: N802
+    """An ``Activation`` computing x if x > 0 else negative_slope * x, as torch.nn.LeakyReLU.
+
+    >>> import fastgrad as fg
+    >>> fg.nn.LeakyReLU(0.1)(fg.tensor([-1.0, 2.0])).numpy()
+    array([-0.1,  2. ])
+    """
     return Activation("leaky_relu", negative_slope=negative_slope)
 
 
 def Softplus():  # noqa: N802
+    """An ``Activation`` computing log(1 + exp(x)), as torch.nn.Softplus; same shape out.
+
+    >>> import fastgrad as fg
+    >>> fg.nn.Softplus()(fg.tensor([0.0])).numpy().round(4)
+    array([0.6931])
+    """
     return Activation("softplus")
 
 
 def Identity():  # noqa: N802
+    """An ``Activation`` returning its input unchanged, as torch.nn.Identity.
+
+    >>> import fastgrad as fg
+    >>> fg.nn.Identity()(fg.tensor([-1.0, 2.0])).numpy()
+    array([-1.,  2.])
+    """
     return Activation("identity")
 
 
 class Sequential(Module):
+    """Modules applied in order, each to the previous one's output, as torch.nn.Sequential.
+
+    They are registered under the names "0", "1", ...; ``model[i]`` and ``len(model)`` work.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> model = fg.nn.Sequential(fg.nn.Linear(3, 2, seed=0), fg.nn.Tanh())
+    >>> model(np.ones((4, 3))).shape  # (batch, 3) -> (batch, 2)
+    (4, 2)
+    >>> len(model), model[1]
+    (2, Activation(tanh))
+    >>> [name for name, _ in model.named_parameters()]
+    ['0.weight', '0.bias']
+    """
+
     def __init__(self, *modules):
         super().__init__()
         for i, m in enumerate(modules):
@@ -344,6 +499,17 @@ class MLP(Module):
 
 # ----------------------------------------------------------------------------- utils
 class utils:  # noqa: N801 - spelled as torch.nn.utils
+    """Gradient clipping, spelled as torch.nn.utils: these change each ``p.grad`` in place.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> p = fg.nn.Parameter([0.0, 0.0])
+    >>> p.grad = np.array([3.0, 4.0])
+    >>> fg.nn.utils.clip_grad_norm_([p], max_norm=1.0)  # returns the norm before clipping
+    5.0
+    >>> p.grad.round(3)
+    array([0.6, 0.8])
+    """
+
     @staticmethod
     def clip_grad_norm_(parameters, max_norm):
         """Scale grads by max_norm / (total_norm + 1e-6) when that is < 1; return total_norm."""
@@ -357,6 +523,17 @@ class utils:  # noqa: N801 - spelled as torch.nn.utils
 
     @staticmethod
     def clip_grad_value_(parameters, clip_value):
+        """Clip every gradient elementwise into [-clip_value, clip_value], in place.
+
+        Parameters whose ``.grad`` is None are skipped; returns None.
+
+        >>> import fastgrad as fg, numpy as np
+        >>> p = fg.nn.Parameter([0.0, 0.0, 0.0])
+        >>> p.grad = np.array([-3.0, 0.5, 2.0])
+        >>> fg.nn.utils.clip_grad_value_([p], 1.0)
+        >>> p.grad
+        array([-1. ,  0.5,  1. ])
+        """
         for p in parameters:
             if p.grad is not None:
                 np.clip(p.grad, -clip_value, clip_value, out=p.grad)
@@ -369,10 +546,11 @@ class _Recurrent(Module):
 
     forward(xs, h0=None) -> (outputs (T, B, H), final state). The loop is one ``fg.scan``: the
     step is recorded once, and the input projection x W_ih^T for all T steps is one matrix
-    product outside the loop. With ``checkpoint`` ("sqrt" keeps ~sqrt(T) states, see fg.scan)
-    the projection moves inside the loop, so no buffer grows with T but the input itself; with
-    ``stack_outputs=False`` the outputs are not kept either (returned as None): this is how a
-    10^7-step unroll fits in memory.
+    product outside the loop. With ``checkpoint`` ("sqrt" keeps ~sqrt(T) states,
+    fg.Binomial(slots=s) keeps s carries; see fg.scan) the projection moves inside the loop, so
+    no buffer grows with T but the input itself; with ``stack_outputs=False`` the outputs are
+    not kept either (returned as None): this is how a 10^7-step unroll fits in memory. To train
+    on a stream in windows (truncated BPTT), pass the layer to fg.truncated_bptt.
     """
 
     gates = 1

@@ -10,6 +10,15 @@ UNARY, BINARY, WHERE, REDUCE, MATMUL, SHAPE, LOSS, CONTROL = 0, 1, 2, 3, 4, 5, 6
 
 
 class Op(IntEnum):
+    """The op codes, one per row of the op table (fastgrad/ops.py): code = 100 * family + index.
+
+    >>> import fastgrad as fg
+    >>> fg.Op.TANH, int(fg.Op.MATMUL) // 100  # MATMUL is in family 4, the matrix products
+    (<Op.TANH: 6>, 4)
+    >>> fg.Op(503).name
+    'CONCAT'
+    """
+
     # unary elementwise: y = f(x) (fparams hold the scalar constants)
     NEG = 1
     ABS = 2
@@ -52,6 +61,7 @@ class Op(IntEnum):
     LOG_SOFTMAX = 303
     # (batched) matrix product
     MATMUL = 400
+    LINEAR = 401  # x @ W.T + b in one row: the bias add fused into the product (bench: linear)
     # data movement
     RESHAPE = 500
     STRIDED = 501

@@ -17,6 +17,7 @@ new inputs without rewriting them.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -81,15 +82,46 @@ def coalesce(shape, *strides):
 
 
 def normalize_axis(name, axis, ndim):
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+    """axis in [-k, k) with k = max(ndim, 1), as a non-negative int (a 0-d tensor is seen as
+    having one axis of size 1, so axis 0 and -1 both name it)."""
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, (bool, np.bool_)):
         raise fail(name, f"axis must be an int or None, got {axis!r}", "pass axis=int")
-    if not -ndim <= axis < max(ndim, 1):
+    k = max(ndim, 1)
+    if not -k <= axis < k:
         raise fail(
             name,
             f"axis {axis} is out of range for a tensor with {ndim} dimension(s)",
-            f"use an axis in [{-ndim}, {ndim - 1}]",
+            f"use an axis in [{-k}, {k - 1}]",
         )
-    return int(axis) % max(ndim, 1)
+    return int(axis) % k
+
+
+def int_tuple(name, what, values, minimum=None):
+    """``values`` as a tuple of Python ints (refusing floats, bools, strings, ...)."""
+    if isinstance(values, (int, np.integer)) and not isinstance(values, (bool, np.bool_)):
+        values = (values,)
+    try:
+        items = tuple(values)
+    except TypeError:
+        raise fail(name, f"{what} must be a sequence of ints, got {values!r}",
+                   f"pass {what} as a tuple of ints") from None
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
+           for v in items):
+        raise fail(name, f"{what} must be ints, got {items!r}", f"pass {what} as a tuple of ints")
+    items = tuple(int(v) for v in items)
+    if minimum is not None and any(v < minimum for v in items):
+        raise fail(name, f"{what} {items} has entries below {minimum}",
+                   f"use entries >= {minimum}")
+    if len(items) > MAX_NDIM:
+        raise fail(name, f"{what} has {len(items)} entries", f"use at most {MAX_NDIM} axes")
+    return items
+
+
+def real(name, what, value) -> float:
+    """``value`` as a float, refusing strings, None, sequences and complex numbers."""
+    if not isinstance(value, (numbers.Real, np.integer, np.floating)):
+        raise fail(name, f"{what} must be a real number, got {value!r}", f"pass a float {what}")
+    return float(value)
 
 
 def split_axis(shape, axis):
@@ -99,7 +131,7 @@ def split_axis(shape, axis):
 
 # ----------------------------------------------------------------------------- shape rules
 def unary_rule(name, shapes, c0=0.0, c1=0.0):
-    return shapes[0], [], [float(c0), float(c1)]
+    return shapes[0], [], [real(name, "the constant", c0), real(name, "the constant", c1)]
 
 
 def binary_rule(name, shapes):
@@ -136,9 +168,9 @@ def reduce_rule(name, shapes, axis=None, keepdims=False):
 
 def softmax_rule(name, shapes, axis=-1):
     shape = shapes[0]
+    ax = normalize_axis(name, axis, len(shape))
     if not shape:
         return (), [1, 1, 1], []
-    ax = normalize_axis(name, axis, len(shape))
     return shape, list(split_axis(shape, ax)), []
 
 
@@ -160,6 +192,12 @@ def matmul_rule(name, shapes, trans_b=False):
     batch = broadcast_shapes(name, sa[:-2], sb[:-2])
     ba = broadcast_strides(sa[:-2], batch)
     bb = broadcast_strides(sb[:-2], batch)
+    if math.prod(batch) > 1 << 16:  # the offsets below are a Python loop: refuse absurd batches
+        from .tape import guard_memory
+
+        guard_memory(name, math.prod(batch) * (72 + 8 * m * n),
+                     f"shapes {fmt(sa)} @ {fmt(sb)} broadcast to {math.prod(batch)} products; "
+                     "use smaller batch axes")
     offsets = []
     for idx in np.ndindex(*batch):
         offsets += [sum(i * s for i, s in zip(idx, ba)) * m * k,
@@ -168,10 +206,26 @@ def matmul_rule(name, shapes, trans_b=False):
     return batch + (m, n), [m, k, n, nb, int(bool(trans_b)), *offsets], []
 
 
+def linear_rule(name, shapes):
+    """x (..., k), W (n, k), b (n,) -> (..., n): one unbatched x2 @ W.T product plus a bias row.
+
+    Same integer attributes as an unbatched trans_b matmul (x seen as an (m, k) matrix), so the
+    matmul kernels run it."""
+    sx, sw, sb = shapes
+    if len(sx) < 1 or len(sw) != 2 or len(sb) != 1:
+        raise fail(name, f"needs x (..., k), weight (n, k) and bias (n,), got {fmt(sx)}, "
+                   f"{fmt(sw)} and {fmt(sb)}", "use fg.nn.functional.linear(x, weight, bias)")
+    (n, k), m = sw, math.prod(sx[:-1])
+    if sx[-1] != k or sb[0] != n:
+        raise fail(name, f"x {fmt(sx)}, weight {fmt(sw)}, bias {fmt(sb)}: x's last axis must be "
+                   f"{k} and the bias size {n}", "fix the layer sizes (weight is (out, in))")
+    return tuple(sx[:-1]) + (n,), [m, k, n, 1, 1, 0, 0], []
+
+
 def reshape_rule(name, shapes, shape):
     src = shapes[0]
     size = math.prod(src)
-    shape = tuple(int(s) for s in shape)
+    shape = int_tuple(name, "the target shape", shape)
     if shape.count(-1) > 1 or any(s < -1 for s in shape):
         raise fail(name, f"bad target shape {fmt(shape)}", "use non-negative sizes and at most one -1")
     if -1 in shape:
@@ -189,9 +243,12 @@ def reshape_rule(name, shapes, shape):
 def strided_rule(name, shapes, out_shape, base, strides):
     """A view of the input: out[i...] = x[base + sum(i_d * strides_d)]. Every offset is checked."""
     size = math.prod(shapes[0])
-    out_shape = tuple(int(s) for s in out_shape)
+    out_shape = int_tuple(name, "the view shape", out_shape, minimum=0)
+    strides = int_tuple(name, "the view strides", strides)
+    (base,) = int_tuple(name, "the view offset", (base,))
     if len(strides) != len(out_shape):
-        raise fail(name, "internal: view strides and shape differ in length")
+        raise fail(name, f"view shape {fmt(out_shape)} and strides {strides} differ in length",
+                   "give one stride per axis")
     if math.prod(out_shape) > 0:
         lo = base + sum(min(0, (n - 1) * s) for n, s in zip(out_shape, strides))
         hi = base + sum(max(0, (n - 1) * s) for n, s in zip(out_shape, strides))
@@ -375,6 +432,10 @@ _ROWS = [
                    ([(2, 3, 4), (4, 2)], {}, "real"), ([(2, 1, 3, 4), (3, 4, 2)], {}, "real"),
                    ([(40, 30), (30, 20)], {}, "real"), ([(3, 4), (5, 4)], {"trans_b": True}, "real"),
                    ([(40, 30), (20, 30)], {"trans_b": True}, "real")]),
+    OpDef(Op.LINEAR, MATMUL, 3, linear_rule,
+          samples=[([(3, 4), (5, 4), (5,)], {}, "real"), ([(4,), (3, 4), (3,)], {}, "real"),
+                   ([(2, 3, 4), (5, 4), (5,)], {}, "real"), ([(1, 6), (1, 6), (1,)], {}, "real"),
+                   ([(40, 30), (20, 30), (20,)], {}, "real")]),
     OpDef(Op.RESHAPE, SHAPE, 1, reshape_rule,
           samples=[([(3, 4)], {"shape": (4, 3)}, "real"), ([(2, 3, 4)], {"shape": (-1,)}, "real"),
                    ([()], {"shape": (1, 1)}, "real")]),

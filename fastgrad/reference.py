@@ -74,6 +74,8 @@ class Reference:
             z = x3 - x3.max(axis=1, keepdims=True)
             lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
             return (np.exp(z - lse) if op == Op.SOFTMAX else z - lse).reshape(out_shape)
+        if op == Op.LINEAR:
+            return xs[0] @ xs[1].T + xs[2]
         if fam == MATMUL:
             return np.matmul(xs[0], np.swapaxes(xs[1], -1, -2) if ip[4] else xs[1])
         if op == Op.RESHAPE:
@@ -142,6 +144,10 @@ class Reference:
             if op == Op.SOFTMAX:
                 return [(y3 * (g3 - (g3 * y3).sum(axis=1, keepdims=True))).reshape(xs[0].shape)]
             return [(g3 - np.exp(y3) * g3.sum(axis=1, keepdims=True)).reshape(xs[0].shape)]
+        if op == Op.LINEAR:
+            x, w, _ = xs
+            g2, x2 = g.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
+            return [(g2 @ w).reshape(x.shape), g2.T @ x2, g2.sum(axis=0)]
         if fam == MATMUL:
             a, b = xs
             bt = np.swapaxes(b, -1, -2) if ip[4] else b

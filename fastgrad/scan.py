@@ -1,6 +1,7 @@
 """``fg.scan``: a loop on the tape. The step function is recorded once, as body rows between a
 SCAN_BEGIN marker and a SCAN row; the replay kernels run the body T times forward and backward
-(kernels/scan.py). Recording time and tape length do not depend on T.
+(kernels/scan.py). Recording time and tape length do not depend on T. ``truncated_bptt`` trains
+on a stream in windows of compiled scans.
 
 >>> import fastgrad as fg, numpy as np
 >>> w = fg.tensor(0.5, requires_grad=True)
@@ -19,11 +20,11 @@ import os
 import numpy as np
 
 from .errors import fail
+from .kernels.scan import HEADER
 from .opcodes import Op
 from .ops import fmt
 from .tape import Tape
-from .tensor import Tensor, _import, as_tensor, is_grad_enabled, recording_into
-from .kernels.scan import HEADER
+from .tensor import Tensor, _import, as_tensor, concatenate, is_grad_enabled, recording_into, tensor
 
 _LIMIT = [None]  # user memory limit in bytes for buffers a tape allocates
 
@@ -52,15 +53,111 @@ def check_memory(what, nbytes, fix):
                    f"{limit / 2**30:.2f} GiB are {'allowed' if _LIMIT[0] else 'available'}", fix)
 
 
+class Binomial:
+    """Binomial checkpointing for ``fg.scan`` (Griewank & Walther's revolve schedule):
+    ``checkpoint=fg.Binomial(slots=s)`` keeps at most ``s`` carries, the initial one included,
+    whatever the number of steps T, and recomputes forward from them in the backward sweep.
+
+    With r the least integer such that C(s + r, s) >= T, no step runs more than r + 1 times
+    and the backward sweep runs ``extra_steps(T)`` = r T - C(s + r, s + 1) forward steps, the
+    fewest any schedule with s slots can (Griewank 1992). The sweep follows ``schedule(T)``; it
+    is computed on the fly inside the scan kernel, so nothing of size T is stored.
+
+    >>> import fastgrad as fg
+    >>> ck = fg.Binomial(slots=10)
+    >>> ck.repetitions(1000), ck.extra_steps(1000)   # T = 1000 with 10 carries kept
+    (4, 3636)
+    >>> fg.Binomial(slots=2).schedule(4)  # doctest: +NORMALIZE_WHITESPACE
+    [('store', 0, 0), ('forward', 0, 1), ('store', 1, 1), ('forward', 1, 4), ('backward', 3),
+     ('restore', 1, 1), ('advance', 1, 3), ('backward', 2), ('restore', 1, 1), ('advance', 1, 2),
+     ('backward', 1), ('restore', 0, 0), ('advance', 0, 1), ('backward', 0)]
+    """
+
+    def __init__(self, slots):
+        if isinstance(slots, bool) or not isinstance(slots, (int, np.integer)) or slots < 1:
+            raise fail("Binomial", f"slots must be an integer >= 1, got {slots!r}",
+                       "pass the number of carries to keep, e.g. fg.Binomial(slots=32)")
+        self.slots = int(slots)
+
+    def __repr__(self):
+        return f"Binomial(slots={self.slots})"
+
+    def __eq__(self, other):
+        return isinstance(other, Binomial) and other.slots == self.slots
+
+    def __hash__(self):
+        return hash(("Binomial", self.slots))
+
+    def repetitions(self, T) -> int:
+        """r: the least integer with C(slots + r, slots) >= T (each step runs at most r + 1
+        times: once in the forward sweep, at most r times in the backward sweep)."""
+        r = 0
+        while math.comb(self.slots + r, self.slots) < T:
+            r += 1
+        return r
+
+    def extra_steps(self, T) -> int:
+        """Forward steps the backward sweep runs for a T-step scan: Griewank's binomial
+        optimum r T - C(s + r, s + 1) (T - 1 with a slot for every step; 0 for T = 1)."""
+        r = self.repetitions(T)
+        return r * T - math.comb(self.slots + r, self.slots + 1) if r > 0 else 0
+
+    def schedule(self, T) -> list:
+        """The actions of a T-step scan, as the kernel runs them:
+        ('store', slot, t): keep the carry entering step t in a slot; ('restore', slot, t):
+        put it back; ('forward', t0, t1): the forward sweep's steps t0..t1-1; ('advance', t0,
+        t1): recompute steps t0..t1-1 in the backward sweep; ('backward', t): the VJP of step t,
+        whose values the step just run left in place. The advances add up to extra_steps(T).
+        """
+        from .kernels.scan import binomial_advance
+
+        T, slots = int(T), max(1, min(self.slots, T - 1))
+        acts, held = [], []
+        t = 0
+        while t < T - 1:
+            acts.append(("store", len(held), t))
+            held.append(t)
+            nxt = t + int(binomial_advance(T - t, slots - len(held) + 1))
+            acts.append(("forward", t, nxt))
+            t = nxt
+        if acts:  # the forward sweep runs on to step T-1 after its last store
+            acts[-1] = ("forward", acts[-1][1], T)
+        else:
+            acts.append(("forward", 0, T))
+        acts.append(("backward", T - 1))
+        for t in range(T - 2, -1, -1):
+            at = held[-1]
+            acts.append(("restore", len(held) - 1, at))
+            if at == t:
+                held.pop()
+            n = at
+            while n < t:
+                if n > at:
+                    acts.append(("store", len(held), n))
+                    held.append(n)
+                stop = n + int(binomial_advance(t + 1 - n, slots - len(held) + 1))
+                acts.append(("advance", n, stop))
+                n = stop
+            if n > at:  # the advance runs on through step t itself
+                acts[-1] = ("advance", acts[-1][1], t + 1)
+            else:
+                acts.append(("advance", t, t + 1))
+            acts.append(("backward", t))
+        return acts
+
+
 def _interval(checkpoint, T):
+    """k for the SCAN row: 0 keeps every step, k > 0 segments of k, -s binomial with s slots."""
     if checkpoint is None:
         return 0
+    if isinstance(checkpoint, Binomial):
+        return -max(1, min(checkpoint.slots, T - 1))  # more than T - 1 slots are never used
     if checkpoint == "sqrt":
         return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
-    if isinstance(checkpoint, int) and checkpoint > 0:
+    if isinstance(checkpoint, int) and not isinstance(checkpoint, bool) and checkpoint > 0:
         return int(checkpoint)
     raise fail("scan", f"unknown checkpoint {checkpoint!r}",
-               "use checkpoint=None, 'sqrt' or a segment length k > 0")
+               "use checkpoint=None, 'sqrt', a segment length k > 0 or fg.Binomial(slots=s)")
 
 
 def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
@@ -70,9 +167,12 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
             shapes of ``init`` and x_t = xs[t]. It is called ONCE, to record the loop body.
     init:   tensor or tuple of tensors.
     xs:     tensor of shape (T, ...) or None (then give ``length``).
-    checkpoint: None (keep every step's body values: memory T x body), "sqrt" (keep every
-            ceil(sqrt(T))-th carry and recompute segments in the backward sweep), or an int k.
-            Gradients are bit-identical either way.
+    checkpoint: what the backward sweep keeps (gradients are bit-identical in every mode):
+            None      every step's body values: memory T x body, no recomputation;
+            "sqrt"    every ceil(sqrt(T))-th carry plus one segment's body values; each step
+                      is recomputed once (an int k: segments of k steps);
+            fg.Binomial(slots=s)  at most s carries, recomputing with the binomial schedule
+                      (fewest recomputations for s slots; see fg.Binomial, docs/recurrence.md).
     stack:  also return the first carry component stacked over time, shape (T, ...).
 
     Returns the final carry (same structure as init), or (stacked, final carry) with stack=True.
@@ -121,7 +221,6 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     marker = tape.record(Op.SCAN_BEGIN, [init_nodes[0]], (0,), [-1], [], False)
     marker_row = tape.n_rows - 1
     first_node = tape.n_nodes
-    reg_start = tape.values.n
     slots = []
     for c, v in zip(carries, init_nodes):
         s = tape.add_node(c.shape, need=grad_on, label="carry")
@@ -175,18 +274,26 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     k = _interval(checkpoint, T)
     size = int(sum(tape.node_size.a[v] for v in own))  # the body state saved per step
     csize = sum(c.size for c in carries)
-    stored = (k * size + ((T + k - 1) // k) * csize) if k else T * size
+    if k < 0:  # binomial: -k carries; the body nodes hold the step being reversed
+        n_store, n_ckpt = 0, -k * csize
+    elif k > 0:  # segments: one carry per segment, one segment's states
+        n_store, n_ckpt = k * size, ((T + k - 1) // k) * csize
+    else:
+        n_store, n_ckpt = T * size, 0
     stacked_size = T * carries[0].size if stack else 0
-    check_memory("scan", (stored + stacked_size) * tape.dtype.itemsize * (2 if need else 1),
+    check_memory("scan", (n_store + n_ckpt + stacked_size) * tape.dtype.itemsize
+                 * (2 if need else 1) + (8 * (4 - k) if k < 0 else 0),
                  f"T={T} steps keep {size} values each; pass checkpoint='sqrt' (or a smaller "
-                 "segment k) to keep about sqrt(T) steps, or shorten T")
-    store = tape.add_node(((k if k else T) * size,), label="scan store")
-    ckpt = tape.add_node((((T + k - 1) // k) * csize if k else 0,), label="scan checkpoints")
+                 "segment k) to keep about sqrt(T) steps, or checkpoint=fg.Binomial(slots=s) "
+                 "to keep s carries, or shorten T")
+    store = tape.add_node((n_store,), label="scan store")
+    ckpt = tape.add_node((n_ckpt,), label="scan checkpoints")
+    sched = tape.add_node((4 - k,), kind=1, label="scan schedule") if k < 0 else -1
     finals = [tape.add_node(c.shape, need=need, label="carry T") for c in carries]
     stacked = tape.add_node((T, *carries[0].shape), need=need, label="stacked") if stack else -1
     ip = [T, marker_row, body_start, body_end, len(carries), 1 if stack else 0,
           1 if x is not None else 0, x_node, x_slot, int(np.prod(x.shape[1:])) if x is not None
-          else 0, store, k, ckpt, reg_start, size, len(own)]
+          else 0, store, k, ckpt, sched, size, len(own)]
     assert len(ip) == HEADER
     for v, s, co, f in zip(init_nodes, slots, couts, finals):
         ip += [v, s, co, f]
@@ -207,3 +314,123 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     if stack:
         return Tensor._on_tape(tape, stacked, need), final
     return final
+
+
+def truncated_bptt(model, init, xs, targets, k1, k2, loss, optimizer, clip_grad_norm=None,
+                   clip_grad_value=None):
+    """Train a recurrent model on one long stream with truncated backpropagation through time,
+    TBPTT(k1, k2) of Williams & Peng (1990): every k1 steps, backpropagate the loss of those k1
+    steps through the last k2 >= k1 steps and take one optimizer step. The carry flows forward
+    across updates; gradients stop at the start of each k2-step window.
+
+    model:     (xs (n, ...), carry) -> (outputs (n, ...), carry), time first: an fg.nn.RNN, LSTM
+               or GRU (batch_first=False), or ``lambda xs, h: fg.scan(step, h, xs, stack=True)``.
+    init:      the carry entering step 0: an array or tensor, or a tuple of them (LSTM: (h0, c0)).
+    xs:        (T, ...) the input stream.
+    targets:   (T, ...) one target per step, aligned with xs.
+    k1, k2:    integers, 1 <= k1 <= k2: update every k1 steps, backpropagate through k2 steps.
+    loss:      (outputs (n, ...), targets (n, ...)) -> one-element tensor, for the n <= k1 steps
+               an update is about.
+    optimizer: an fg.optim optimizer over the model's parameters (clip_grad_norm and
+               clip_grad_value clip each update's gradients, as in fg.compile).
+
+    Returns ``(losses, carry)``: losses, shape (ceil(T / k1),), one per update, and the carry
+    after step T-1 (tensors without gradient, the structure of ``init``) to continue the stream.
+
+    Update u = 1 .. ceil(T / k1) ends at step e = min(u k1, T): it runs steps max(0, e - k2) ..
+    e-1 from the carry kept for that step, with the current parameters, takes ``loss`` over
+    steps e_prev .. e-1 (the last update gets the T mod k1 steps left, if any) and applies one
+    update; the carry at the start of the next window is kept. Each update is one call of an
+    ``fg.compile``d step, traced once per window shape (at most k2 / k1 + 3 shapes). With
+    k1 = k2 = T it is one step of full BPTT.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> rnn = fg.nn.RNN(input_size=2, hidden_size=8, seed=0)
+    >>> head = fg.nn.Linear(8, 1, seed=1)
+    >>> opt = fg.optim.Adam(rnn.parameters() + head.parameters(), lr=1e-2)
+    >>> xs = np.random.default_rng(0).normal(size=(100, 4, 2))     # (T, batch, input)
+    >>> ys = np.cumsum(xs[..., :1], axis=0) * 0.1                   # (T, batch, 1)
+    >>> losses, h = fg.truncated_bptt(rnn, np.zeros((4, 8)), xs, ys, k1=10, k2=20,
+    ...                               loss=lambda hs, t: fg.mse_loss(head(hs), t), optimizer=opt)
+    >>> losses.shape, h.shape                                       # 10 updates, h_100
+    ((10,), (4, 8))
+    """
+    from .compile import compile as _compile
+    from .optim import Optimizer
+
+    op = "truncated_bptt"
+    for name, k in (("k1", k1), ("k2", k2)):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise fail(op, f"{name} must be an integer >= 1, got {k!r}",
+                       "update every k1 >= 1 steps and backpropagate through k2 >= k1 steps")
+    k1, k2 = int(k1), int(k2)
+    if k2 < k1:
+        raise fail(op, f"k2={k2} < k1={k1}: the k1 steps an update's loss covers must lie "
+                   f"within the k2 steps it backpropagates through",
+                   f"pass k2 >= k1 (k2={k1}: windows that do not overlap)")
+    if not isinstance(optimizer, Optimizer):
+        raise fail(op, f"needs an fg.optim optimizer, got {type(optimizer).__name__}",
+                   "pass e.g. fg.optim.Adam(model.parameters(), lr=1e-3)")
+    if getattr(model, "batch_first", False) or getattr(model, "stack_outputs", True) is False:
+        raise fail(op, "the model must take (T, B, ...) inputs and return per-step outputs",
+                   "build it with batch_first=False and stack_outputs=True; pass xs time first")
+    xs, ys = (a.numpy() if isinstance(a, Tensor) else np.asarray(a) for a in (xs, targets))
+    if xs.ndim == 0 or xs.shape[0] < 1:
+        raise fail(op, f"xs of shape {fmt(xs.shape)} has no time axis with steps",
+                   "pass xs of shape (T, ...) with T >= 1")
+    T = xs.shape[0]
+    if ys.ndim == 0 or ys.shape[0] != T:
+        raise fail(op, f"{T} inputs but targets of shape {fmt(ys.shape)}",
+                   "pass one target per step: targets of shape (T, ...)")
+    single = not isinstance(init, (tuple, list))
+    carry = [np.array(c.numpy() if isinstance(c, Tensor) else c, dtype=optimizer.dtype)
+             for c in ([init] if single else init)]
+    traced = []  # per trace: the carry tensors where the window splits (the next one starts)
+
+    def window(has_a, has_b):
+        """A compiled update over a window split in two scans at the next window's start."""
+
+        def fn(*args):
+            h = args[0] if single else tuple(args[: len(carry)])
+            parts, outs = list(args[len(carry) : -1]), []
+            mid = h
+            for i, part in enumerate(parts):
+                res = model(part, h)
+                if not (isinstance(res, tuple) and len(res) == 2 and isinstance(res[0], Tensor)
+                        and res[0].ndim >= 1 and res[0].shape[0] == part.shape[0]
+                        and isinstance(res[1], (tuple, list)) != single):
+                    raise fail(op, "the model must return (outputs (n, ...), carry) for n "
+                               "input steps, the carry with init's structure", "wrap a step "
+                               "function as lambda xs, h: fg.scan(step, h, xs, stack=True)")
+                outs.append(res[0])
+                h = res[1]
+                if i == 0 and has_a:
+                    mid = h
+            y = args[-1]
+            out = outs[-1] if outs[-1].shape[0] >= y.shape[0] else concatenate(outs)
+            traced.append([mid] if single else list(mid))
+            return loss(out[out.shape[0] - y.shape[0] :], y)
+
+        return _compile(fn, optimizer=optimizer, clip_grad_norm=clip_grad_norm,
+                        clip_grad_value=clip_grad_value)
+
+    steps, kept, losses = {}, {}, []
+    start, done = 0, 0  # the window's first step (its carry is ``carry``); steps with a loss
+    while done < T:
+        end = min(done + k1, T)
+        nxt = max(0, min(end + k1, T) - k2) if end < T else end  # where the next window starts
+        layout = (nxt > start, end > nxt)
+        if layout not in steps:
+            steps[layout] = window(*layout)
+        step = steps[layout]
+        args = carry + [a for a, keep in ((xs[start:nxt], layout[0]), (xs[nxt:end], layout[1]))
+                        if keep] + [ys[done:end]]
+        losses.append(step(*args))
+        prog = step.program(*args)[0]
+        if prog not in kept:
+            kept[prog] = traced.pop()
+        if layout[0]:  # the carry entering step nxt, computed by this update's forward sweep
+            carry = [t.tape.node_values(t.node).copy() for t in kept[prog]]
+        start, done = nxt, end
+    final = [tensor(c) for c in carry]
+    return np.array(losses), final[0] if single else tuple(final)

@@ -30,7 +30,9 @@ Example, f = (x + y) * z on scalars:
     %4 = mul %2 %3 : f64[]
 
 Arrays grow by amortised doubling. A tape holds one float dtype; mixing float32 and float64
-operands is an error at record time (no silent promotion).
+operands is an error at record time (no silent promotion). Growing past fg.set_memory_limit (or
+the available memory) is an error before the allocation. ``fg.save`` writes these arrays, and
+``fastgrad.io.validate_tape`` checks every invariant above before a loaded tape reaches a kernel.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import numpy as np
 from . import kernels
 from .errors import FastgradError
 from .opcodes import Op
+from .ops import fmt
 
 
 class _Grow:
@@ -124,19 +127,20 @@ class Tape:
     def n_nodes(self) -> int:
         return self.node_off.n
 
-    def add_node(self, shape, kind=0, need=False, alias_of=None, label=None) -> int:
+    def add_node(self, shape, kind=0, need=False, alias_of=None, label=None, what=None) -> int:
         shape = tuple(int(s) for s in shape)
         size = math.prod(shape)
         if alias_of is not None:
             off = int(self.node_off.a[alias_of])
-        elif kind == 0:
-            off = self.values.n
-            self.values.reserve(size)
-            self.values.n += size
         else:
-            off = self.ivalues.n
-            self.ivalues.reserve(size)
-            self.ivalues.n += size
+            arena = self.values if kind == 0 else self.ivalues
+            if arena.n + size > arena.a.size:  # growing: refuse what cannot fit, before allocating
+                guard_memory(what or label or "tape", (arena.n + size) * arena.a.itemsize,
+                             f"a result of shape {fmt(shape)} does not fit; use smaller shapes "
+                             "or batches (or raise fg.set_memory_limit)")
+            off = arena.n
+            arena.reserve(size)
+            arena.n += size
         v = self.n_nodes
         self.node_off.append(off)
         self.node_size.append(size)
@@ -159,16 +163,16 @@ class Tape:
         off = int(self.node_off.a[v])
         return arena[off : off + int(self.node_size.a[v])].reshape(self.shapes[v])
 
-    def add_input(self, array, kind=0, need=False, label="input") -> int:
+    def add_input(self, array, kind=0, need=False, label="input", what=None) -> int:
         """A node without a producing row, holding a copy of ``array``."""
         array = np.asarray(array)
-        v = self.add_node(array.shape, kind=kind, need=need, label=label)
+        v = self.add_node(array.shape, kind=kind, need=need, label=label, what=what)
         self.node_values(v)[...] = array
         return v
 
     def record(self, op: Op, inputs, out_shape, iparams, fparams, need) -> int:
         alias = inputs[0] if op == Op.RESHAPE else None
-        out = self.add_node(out_shape, need=need, alias_of=alias)
+        out = self.add_node(out_shape, need=need, alias_of=alias, what=Op(op).name.lower())
         self.ops.append(int(op))
         self.outs.append(out)
         self.in_idx.extend(inputs)
@@ -202,6 +206,9 @@ class Tape:
         """Reverse sweep from ``node`` seeded with ``seed``; returns the gradient arena."""
         self.flush()
         if self.grads is None or self.grads.size < self.values.a.size:
+            guard_memory("backward", self.values.a.size * self.dtype.itemsize,
+                         "the gradient buffer mirrors the tape's values; use smaller batches, "
+                         "or checkpoint= in fg.scan for long loops")
             self.grads = np.zeros(self.values.a.size, self.dtype)
         else:
             self.grads[: self.values.n] = 0
@@ -334,6 +341,19 @@ class Tape:
             out.append(f"  op{r} -> n{o};")
         out.append("}")
         return "\n".join(out)
+
+
+_CHECK_FROM = 1 << 26  # below 64 MiB only a user limit (fg.set_memory_limit) is checked
+
+
+def guard_memory(what, nbytes, fix):
+    """Raise FastgradError before an allocation of ``nbytes`` that exceeds fg.set_memory_limit
+    or the available memory (fg.scan's check). Small requests skip reading /proc/meminfo."""
+    from .scan import _LIMIT, check_memory
+
+    if _LIMIT[0] is None and nbytes < _CHECK_FROM:
+        return
+    check_memory(what, nbytes, fix)
 
 
 # anomaly mode lives in autodiff; imported lazily to keep this module the format's owner

@@ -12,6 +12,8 @@ Every op method is one line calling ``apply`` with a row of the op table (fastgr
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 import numbers
 import threading
 
@@ -19,8 +21,8 @@ import numpy as np
 
 from .errors import fail
 from .opcodes import Op
-from .ops import TABLE, fmt
-from .tape import Tape
+from .ops import TABLE, fmt, int_tuple, normalize_axis, real
+from .tape import Tape, guard_memory
 
 _state = threading.local()
 _DEFAULT_DTYPE = [np.dtype(np.float64)]
@@ -33,6 +35,18 @@ def get_default_dtype():
 
 
 def set_default_dtype(dtype):
+    """Set the float dtype (float32 or float64) of tensors made from Python numbers.
+
+    It is also the dtype of ``zeros``, ``ones``, ``randn`` and new layers when none is given.
+
+    >>> import fastgrad as fg
+    >>> fg.set_default_dtype("float32")
+    >>> fg.tensor([1.0, 2.0]).dtype
+    dtype('float32')
+    >>> fg.set_default_dtype("float64")  # back to the default
+    >>> fg.get_default_dtype()
+    dtype('float64')
+    """
     dtype = np.dtype(dtype)
     if dtype not in FLOAT_DTYPES:
         raise fail("set_default_dtype", f"unsupported dtype {dtype}", "use float32 or float64")
@@ -51,6 +65,15 @@ def recording_into(tape):
 
 
 def is_grad_enabled() -> bool:
+    """Whether ops are recorded for backward (False inside ``fg.no_grad()``).
+
+    >>> import fastgrad as fg
+    >>> fg.is_grad_enabled()
+    True
+    >>> with fg.no_grad():
+    ...     fg.is_grad_enabled()
+    False
+    """
     return getattr(_state, "grad", True)
 
 
@@ -67,6 +90,17 @@ def no_grad():
 
 @contextlib.contextmanager
 def enable_grad():
+    """Turn recording back on inside a ``no_grad`` block (like torch.enable_grad).
+
+    >>> import fastgrad as fg
+    >>> x = fg.tensor([1.0, 2.0], requires_grad=True)
+    >>> with fg.no_grad():
+    ...     with fg.enable_grad():
+    ...         y = (x * x).sum()
+    >>> y.backward()
+    >>> x.grad
+    array([2., 4.])
+    """
     prev = is_grad_enabled()
     _state.grad = True
     try:
@@ -341,8 +375,8 @@ class Tensor:
         return apply(Op.SOFTPLUS, self)
 
     def clip(self, min=None, max=None):  # noqa: A002 - NumPy's / PyTorch's names
-        lo = -np.inf if min is None else float(min)
-        hi = np.inf if max is None else float(max)
+        lo = -np.inf if min is None else real("clip", "min", min)
+        hi = np.inf if max is None else real("clip", "max", max)
         if lo > hi:
             raise fail("clip", f"min {lo} is greater than max {hi}", "pass min <= max")
         return unary(Op.CLIP, self, lo, hi)
@@ -379,7 +413,8 @@ class Tensor:
         return self.reshape(-1)
 
     def transpose(self, *axes):
-        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            return transpose(self, axes[0])  # an explicit sequence, even empty, as NumPy
         return transpose(self, axes or None)
 
     @property
@@ -428,6 +463,22 @@ def from_numpy(array) -> Tensor:
 
 
 def as_tensor(x, dtype=None) -> Tensor:
+    """``x`` as a Tensor of the same shape, copying only when needed (like torch.as_tensor).
+
+    A Tensor is returned as it is; a NumPy array is wrapped without a copy unless ``dtype`` asks
+    for a cast; anything else (numbers, nested lists) goes through ``fg.tensor``.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> a = np.zeros(3)
+    >>> t = fg.as_tensor(a)
+    >>> a[0] = 5.0
+    >>> t.numpy()
+    array([5., 0., 0.])
+    >>> fg.as_tensor(t) is t
+    True
+    >>> fg.as_tensor([[1, 2]], dtype=np.float32).shape
+    (1, 2)
+    """
     if isinstance(x, Tensor):
         return x
     if isinstance(x, np.ndarray):
@@ -435,19 +486,48 @@ def as_tensor(x, dtype=None) -> Tensor:
     return tensor(x, dtype=dtype)
 
 
+def _check_new(what, shape, dtype):
+    """The memory guard for a new array (NumPy reports malformed shapes itself)."""
+    try:
+        n = math.prod(int(s) for s in shape)
+    except (TypeError, ValueError):
+        return
+    guard_memory(what, n * np.dtype(dtype or get_default_dtype()).itemsize,
+                 f"shape {fmt(tuple(shape))} does not fit; use a smaller shape")
+
+
 def zeros(*shape, dtype=None, requires_grad=False) -> Tensor:
+    """A leaf tensor of zeros; ``shape`` as separate ints or one tuple, default dtype unless given.
+
+    >>> import fastgrad as fg
+    >>> fg.zeros(2, 3).shape
+    (2, 3)
+    >>> fg.zeros((2,), requires_grad=True)
+    tensor([0., 0.], requires_grad=True)
+    """
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    _check_new("zeros", shape, dtype)
     return Tensor(np.zeros(shape, dtype or get_default_dtype()), requires_grad)
 
 
 def ones(*shape, dtype=None, requires_grad=False) -> Tensor:
+    """A leaf tensor of ones; ``shape`` as separate ints or one tuple, default dtype unless given.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> fg.ones(2, 3).shape
+    (2, 3)
+    >>> fg.ones((2,), dtype=np.float32).numpy()
+    array([1., 1.], dtype=float32)
+    """
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    _check_new("ones", shape, dtype)
     return Tensor(np.ones(shape, dtype or get_default_dtype()), requires_grad)
 
 
 def randn(*shape, dtype=None, requires_grad=False, seed=None) -> Tensor:
     """Standard normal samples; ``seed`` (int or np.random.Generator) makes them reproducible."""
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    _check_new("randn", shape, dtype)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     return Tensor(rng.standard_normal(shape).astype(dtype or get_default_dtype()), requires_grad)
 
@@ -461,12 +541,24 @@ def arange(*args, dtype=None, requires_grad=False) -> Tensor:
 
 
 # -------------------------------------------------------------------------- recording
+_ATTR_NAMES: dict = {}
+
+
+def _attr_names(op):
+    """The keyword attributes op's shape rule takes (None: any, for rules taking **attrs)."""
+    if op not in _ATTR_NAMES:
+        params = list(inspect.signature(TABLE[op].rule).parameters.values())[2:]
+        _ATTR_NAMES[op] = None if any(p.kind == p.VAR_KEYWORD for p in params) else \
+            frozenset(p.name for p in params)
+    return _ATTR_NAMES[op]
+
+
 def unary(op, x, c0=0.0, c1=0.0) -> Tensor:
     """Record an elementwise op with scalar constants (x + 2, x ** 3, leaky_relu(x, 0.1))."""
-    return apply(op, x, c0=float(c0), c1=float(c1))
+    return apply(op, x, c0=c0, c1=c1)  # the shape rule checks they are real numbers
 
 
-def _import(tape, t, kind, need_values):
+def _import(tape, t, kind, need_values, what=None):
     """Node id of tensor ``t`` on ``tape``, copying a leaf's (or foreign tensor's) values in."""
     if t._tape is not None and not need_values and t.tape is tape:
         return t._node
@@ -477,7 +569,8 @@ def _import(tape, t, kind, need_values):
     if kind == 0 and values.dtype != tape.dtype:
         values = values.astype(tape.dtype)
     need = t.requires_grad and t._tape is None and kind == 0 and is_grad_enabled()
-    v = tape.add_input(values, kind=kind, need=need, label="leaf" if need else "const")
+    v = tape.add_input(values, kind=kind, need=need, label="leaf" if need else "const",
+                       what=what)
     if kind == 0:
         tape.imported[key] = (t, v)
     if need:
@@ -489,13 +582,19 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
     """Validate operands with the op's shape rule, record one row, return the output tensor."""
     d = TABLE[op]
     name = d.name
+    allowed = _attr_names(op)
+    if allowed is not None and not allowed.issuperset(attrs):
+        raise fail(name, f"unknown attribute(s) {sorted(set(attrs) - allowed)}",
+                   f"{name} takes " + (", ".join(sorted(allowed)) or "no attributes"))
     ts = [as_tensor(o) for o in operands]
-    if d.arity >= 0 and len(ts) != d.arity:
-        raise fail(name, f"takes {d.arity} operand(s), got {len(ts)}")
+    if (d.arity >= 0 and len(ts) != d.arity) or not ts:
+        raise fail(name, f"takes {d.arity if d.arity >= 0 else 'one or more'} operand(s), got "
+                   f"{len(ts)}")
     floats = {t.dtype for i, t in enumerate(ts) if i not in d.int_inputs and t.dtype.kind == "f"}
-    for t in ts:
-        if t.dtype.kind == "f" and t.dtype not in FLOAT_DTYPES:
-            raise fail(name, f"unsupported dtype {t.dtype}", "use float32 or float64")
+    for i, t in enumerate(ts):
+        if t.dtype.kind not in "fiub" or (t.dtype.kind == "f" and t.dtype not in FLOAT_DTYPES):
+            raise fail(name, f"unsupported dtype {t.dtype} (operand {i}, shape {fmt(t.shape)})",
+                       "use float32 or float64 values, or integer indices/labels")
     if len(floats) > 1:
         raise fail(
             name,
@@ -540,16 +639,21 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
         kind = 1 if i in d.int_inputs else 0
         if kind and t._tape is None:
             lo, hi = d.int_bound(shapes, **attrs)
-            idx = np.asarray(t.numpy(), np.int64)
+            raw = np.asarray(t.numpy())
+            if raw.dtype.kind == "u" and raw.size and int(raw.max()) >= hi:  # before int64 wraps
+                raise fail(name, f"index {int(raw.max())} is out of range [{lo}, {hi}) for operand "
+                           "shapes " + ", ".join(fmt(s) for s in shapes),
+                           "check the labels/indices against the size of the indexed axis")
+            idx = raw.astype(np.int64)
             if idx.size and (idx.min() < lo or idx.max() >= hi):
                 bad = idx[(idx < lo) | (idx >= hi)][0]
                 raise fail(name, f"index {bad} is out of range [{lo}, {hi}) for operand shapes "
                            + ", ".join(fmt(s) for s in shapes),
                            "check the labels/indices against the size of the indexed axis")
             idx = np.where(idx < 0, idx + hi, idx) if lo < 0 else idx
-            nodes.append(tape.add_input(idx, kind=1, label="const"))
+            nodes.append(tape.add_input(idx, kind=1, label="const", what=name))
         else:
-            v = _import(tape, t, kind, need_values=not grad_on)
+            v = _import(tape, t, kind, need_values=not grad_on, what=name)
             if tape.node_kind.a[v] == 1 and kind == 0:
                 raise fail(name, f"operand {i} (shape {fmt(t.shape)}) is an integer input of a "
                            "compiled function, used in float arithmetic",
@@ -570,8 +674,12 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
 def _reduce(op, x, axis, keepdims):
     x = as_tensor(x)
     if isinstance(axis, (tuple, list)):
-        axes = sorted({a % max(x.ndim, 1) for a in axis}, reverse=True)
-        for a in axes:
+        name = TABLE[op].name
+        axes = [normalize_axis(name, a, x.ndim) for a in axis]
+        if len(set(axes)) != len(axes):
+            raise fail(name, f"axis {tuple(axis)} names an axis twice for shape {fmt(x.shape)}",
+                       "list each axis once")
+        for a in sorted(axes, reverse=True):
             x = apply(op, x, axis=a, keepdims=keepdims)
         return x
     return apply(op, x, axis=axis, keepdims=keepdims)
@@ -596,10 +704,25 @@ def matmul(a, b) -> Tensor:
 
 
 def transpose(x, axes=None) -> Tensor:
+    """Permute the axes of ``x`` as np.transpose: axis i of the result is axis ``axes[i]`` of x.
+
+    ``axes=None`` reverses them, so a matrix (m, n) becomes (n, m). The result is a strided view
+    of ``x``; ``x.transpose(*axes)`` and ``x.T`` are the same op.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> x = fg.tensor(np.arange(6.0).reshape(2, 3))
+    >>> fg.transpose(x).numpy()
+    array([[0., 3.],
+           [1., 4.],
+           [2., 5.]])
+    >>> fg.transpose(fg.zeros(2, 3, 4), (1, 0, 2)).shape
+    (3, 2, 4)
+    """
     x = as_tensor(x)
     nd = x.ndim
-    axes = tuple(reversed(range(nd))) if axes is None else tuple(axes)
-    if sorted(a % max(nd, 1) for a in axes) != list(range(nd)) or len(axes) != nd:
+    axes = tuple(reversed(range(nd))) if axes is None else int_tuple("transpose", "axes", axes)
+    if len(axes) != nd or sorted(normalize_axis("transpose", a, nd) for a in axes) != list(
+            range(nd)):
         raise fail("transpose", f"axes {axes} are not a permutation of {nd} axes of "
                    f"{fmt(x.shape)}", f"pass a permutation of range({nd})")
     axes = tuple(a % nd for a in axes)
@@ -609,6 +732,22 @@ def transpose(x, axes=None) -> Tensor:
 
 
 def broadcast_to(x, shape) -> Tensor:
+    """``x`` repeated to ``shape`` by NumPy's broadcasting rules, as np.broadcast_to.
+
+    ``shape`` must keep every non-1 size of ``x.shape`` (new leading axes are allowed). In
+    backward the gradient is summed back over the broadcast axes to ``x.shape``.
+
+    >>> import fastgrad as fg
+    >>> x = fg.tensor([1.0, 2.0], requires_grad=True)  # (2,)
+    >>> y = fg.broadcast_to(x, (3, 2))  # (3, 2)
+    >>> y.numpy()
+    array([[1., 2.],
+           [1., 2.],
+           [1., 2.]])
+    >>> y.sum().backward()
+    >>> x.grad
+    array([3., 3.])
+    """
     from .ops import broadcast_shapes, broadcast_strides
 
     x = as_tensor(x)
@@ -629,7 +768,9 @@ def _contig(shape):
 def getitem(x, key) -> Tensor:
     """Basic indexing (ints, slices, None, ...) as a strided view; an integer array gathers."""
     if isinstance(key, (Tensor, np.ndarray, list)):
-        idx = as_tensor(np.asarray(key) if isinstance(key, list) else key)
+        if isinstance(key, list):
+            key = np.asarray(key) if key else np.zeros(0, np.int64)
+        idx = as_tensor(key)
         if idx.dtype.kind == "b":
             raise fail("getitem", "boolean masks give data-dependent shapes",
                        "use fg.where(mask, x, 0) or index with np.nonzero(mask)[0]")
@@ -660,7 +801,11 @@ def getitem(x, key) -> Tensor:
             continue
         n = x.shape[d]
         if isinstance(k, slice):
-            start, stop, step = k.indices(n)
+            try:
+                start, stop, step = k.indices(n)
+            except (TypeError, ValueError) as e:
+                raise fail("getitem", f"bad slice {k!r} for axis {d} of shape {fmt(x.shape)} "
+                           f"({e})", "use integer start/stop and a non-zero step") from None
             cnt = len(range(start, stop, step))
             base += start * cs[d] if cnt else 0
             shape.append(cnt)
@@ -683,6 +828,17 @@ def take(x, indices, axis=0) -> Tensor:
 
 
 def concatenate(tensors, axis=0) -> Tensor:
+    """Join tensors along an existing ``axis``, as np.concatenate; ``fg.concat`` is this function.
+
+    Shapes must agree except along ``axis``, where the sizes add: (2, 3) and (4, 3) on axis 0
+    give (6, 3). The gradient is split back into the inputs' slices.
+
+    >>> import fastgrad as fg
+    >>> fg.concatenate([fg.ones(2, 3), fg.zeros(4, 3)]).shape
+    (6, 3)
+    >>> fg.concat([fg.tensor([1.0]), fg.tensor([2.0, 3.0])]).numpy()
+    array([1., 2., 3.])
+    """
     tensors = list(tensors)
     if not tensors:
         raise fail("concat", "needs at least one tensor", "pass a non-empty list")
@@ -690,6 +846,19 @@ def concatenate(tensors, axis=0) -> Tensor:
 
 
 def stack(tensors, axis=0) -> Tensor:
+    """Join k tensors of one shape along a new ``axis``, as np.stack.
+
+    The result has size k at ``axis``: three (2,) tensors give (3, 2) on axis 0, (2, 3) on axis 1.
+
+    >>> import fastgrad as fg
+    >>> a, b, c = fg.tensor([1.0, 2.0]), fg.tensor([3.0, 4.0]), fg.tensor([5.0, 6.0])
+    >>> fg.stack([a, b, c]).numpy()
+    array([[1., 2.],
+           [3., 4.],
+           [5., 6.]])
+    >>> fg.stack([a, b, c], axis=1).shape
+    (2, 3)
+    """
     tensors = [as_tensor(t) for t in tensors]
     if not tensors:
         raise fail("stack", "needs at least one tensor", "pass a non-empty list")

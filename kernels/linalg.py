@@ -70,9 +70,11 @@ def _add_into(dst, off, src):
 def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch):
     """gA += gC @ B^T (if na); gB += A^T @ gC (if nb_); with B stored transposed when trans_b.
 
-    na / nb_ are gradient modes: 0 none, 1 accumulate, 2 this row is the only consumer, so BLAS
-    may write the gradient in place. Otherwise BLAS writes into ``scratch`` and we add: never an
-    allocation per call (a fresh 400 KB buffer costs more than the product on this VM).
+    na / nb_ are gradient modes: 0 none, 1 accumulate, 2 this row is the only consumer: with a
+    single (unbatched) product the gradient is then overwritten, not added to, on both paths, so
+    a training step skips clearing it (fastgrad/compile.py, ``overwritten_by_vjp``). Otherwise
+    BLAS writes into ``scratch`` and we add: never an allocation per call (a fresh 400 KB
+    buffer costs more than the product on this VM).
     """
     m, k, n, nb, tb = ip[0], ip[1], ip[2], ip[3], ip[4]
     big = m * k * n >= BLAS_MIN_WORK and m > 1 and n > 1
@@ -100,11 +102,19 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch):
                 if not (nb_ == 2 and nb == 1):
                     _add_into(gB, bo, out)
             continue
-        _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb)
+        _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb, nb == 1)
 
 
 @jit_reduce
-def _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb):
+def _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb, single):
+    # Mode 2 with a single product: this row is the gradient's only writer, so it overwrites
+    # (like the BLAS path) and the training step need not clear that slot beforehand.
+    if na == 2 and single:
+        for i in range(m * k):
+            gA[U(ao + i)] = 0.0
+    if nb_ == 2 and single:
+        for i in range(k * n):
+            gB[U(bo + i)] = 0.0
     if na:
         if tb:  # gA[i, :] += sum_j gC[i, j] B[j, :]: contiguous rows, no reduction
             for i in range(m):
@@ -132,3 +142,26 @@ def _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb):
                     a = A[U(ao + i * k + p)]
                     for j in range(n):
                         gB[U(bo + p * n + j)] += a * gC[U(co + i * n + j)]
+
+
+@jit
+def linear_forward(X, W, b, Y, ip):
+    """Y (m, n) = X (m, k) @ W.T + b: the matmul, then the bias row added while Y is hot."""
+    matmul_forward(X, W, Y, ip)
+    m, n = ip[0], ip[2]
+    for i in range(m):
+        for j in range(n):
+            Y[U(i * n + j)] += b[j]
+
+
+@jit
+def linear_vjp(X, W, gY, gX, nx, gW, nw, gb, nbias, ip, scratch):
+    """The matmul VJPs, and gb (+)= column sums of gY (overwritten in mode 2, as matmul)."""
+    matmul_vjp(X, W, gY, gX, nx, gW, nw, ip, scratch)
+    if nbias:
+        m, n = ip[0], ip[2]
+        if nbias == 2:
+            gb[:] = 0.0
+        for i in range(m):
+            for j in range(n):
+                gb[j] += gY[U(i * n + j)]

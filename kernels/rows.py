@@ -9,7 +9,7 @@ import numpy as np  # noqa: F401
 from ..opcodes import BINARY, LOSS, MATMUL, REDUCE, SHAPE, UNARY, WHERE, Op
 from ._jit import jit
 from .elementwise import broadcast_walk, unary_forward, unary_vjp, where_walk
-from .linalg import matmul_forward, matmul_vjp
+from .linalg import linear_forward, linear_vjp, matmul_forward, matmul_vjp
 from .movement import concat_piece, gather_forward, gather_vjp, strided_copy
 from .reduce import cross_entropy_forward, cross_entropy_vjp, reduce_forward, reduce_vjp
 
@@ -53,7 +53,11 @@ def forward_row(tape, values, ivalues, params, r):
     elif fam == MATMUL:
         b = in_idx[i0 + 1]
         B = view(b, values, params, kind, node_off, node_size)
-        matmul_forward(A, B, y, ip)
+        if code == Op.LINEAR:
+            C = view(in_idx[i0 + 2], values, params, kind, node_off, node_size)
+            linear_forward(A, B, C, y, ip)
+        else:
+            matmul_forward(A, B, y, ip)
     elif fam == SHAPE:
         if code == Op.STRIDED:
             strided_copy(A, y, ip, True)
@@ -116,7 +120,12 @@ def backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
         b = in_idx[i0 + 1]
         B = view(b, values, params, kind, node_off, node_size)
         gB = view(b, grads, pgrads, kind, node_off, node_size)
-        matmul_vjp(A, B, gy, gA, need[a], gB, need[b], ip, scratch)
+        if code == Op.LINEAR:
+            c = in_idx[i0 + 2]
+            gC = view(c, grads, pgrads, kind, node_off, node_size)
+            linear_vjp(A, B, gy, gA, need[a], gB, need[b], gC, need[c], ip, scratch)
+        else:
+            matmul_vjp(A, B, gy, gA, need[a], gB, need[b], ip, scratch)
     elif fam == SHAPE:
         if code == Op.STRIDED:
             if na:

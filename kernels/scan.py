@@ -3,17 +3,27 @@
 SCAN row integer attributes (node ids and row indices; see fastgrad/scan.py):
 
     ip[0:16]  T, begin_row, body_start, body_end, n_carry, n_stack, has_x, xs, x_slot, x_step,
-              store, k, ckpt, first_value_offset (informational), reg_size, n_own
+              store, k, ckpt, schedule, reg_size, n_own
     then      n_carry x (init, carry_in, carry_out, final)   carry c flows carry_out -> carry_in
               n_stack x (body node, stacked output)          stacked output[t] = body node at t
               n_own   body-owned nodes (gradients cleared each step)
 
 The body's own nodes (carry and x slots, every value it computes; reg_size values in all, not
-the parameters it reads) are its state. Without checkpointing (k == 0) the forward sweep saves
-that state after every step into node ``store`` (T x reg_size) and the backward sweep restores
-step t's state before running the body's VJPs. With checkpointing every k-th step's carries go to node ``ckpt`` and the backward
-sweep recomputes each segment of k steps into ``store`` (k x reg_size) before walking it back:
-the same arithmetic in the same order, so gradients are bit-identical.
+the parameters it reads) are its state. Three ways to have step t's state in place for its VJPs,
+all running the same arithmetic in the same order, so gradients are bit-identical:
+
+- k == 0, store everything: the forward sweep saves the state after every step into node
+  ``store`` (T x reg_size) and the backward sweep restores step t's state.
+- k > 0, segments: every k-th step's carries go to node ``ckpt``; the backward sweep recomputes
+  each segment of k steps into ``store`` (k x reg_size) before walking it back.
+- k < 0, binomial (Griewank & Walther's revolve): ``ckpt`` holds S = -k carries. Which steps
+  they hold follows the binomial rule ``binomial_advance``: the forward sweep stores the first
+  checkpoints, and the backward sweep restores the most recent one, advances (storing more while
+  slots are free) up to the step to reverse, runs that step once more and reverses it. Integer
+  node ``schedule`` holds [forward state valid, checkpoints held, forward steps run by the last
+  backward sweep, most slots used, then the step each slot holds x S]. ``store`` is empty: the
+  body nodes themselves hold the step being reversed, and the forward sweep leaves step T-1
+  there. A second backward sweep without a forward one in between redoes the forward sweep.
 """
 
 from ._jit import jit
@@ -32,6 +42,36 @@ def _copy(dst, src):
 def _add(dst, src):
     for i in range(src.size):
         dst[i] += src[i]
+
+
+@jit
+def binomial_advance(n, slots):
+    """Steps to advance from a checkpointed state before storing the next checkpoint, when the
+    n >= 2 steps from it are still to be reversed and ``slots`` checkpoints (counting the one
+    holding it) are free. Griewank & Walther (2000), Algorithm 799 (revolve): with r the least
+    repetition count whose binomial range beta(slots, r) = C(slots + r, r) covers n, every step
+    is recomputed at most r times and the total is minimal.
+    """
+    if slots <= 1:
+        return n - 1  # one slot: restart from it for every step
+    if slots >= n - 1:
+        return 1  # a slot for every state
+    r = 0
+    b = 1  # beta(slots, r)
+    while b < n:
+        r += 1
+        b = b * (slots + r) // r
+    c = slots  # r >= 2 here; each ratio below is an exact binomial identity
+    b1 = b * r // (c + r)  # beta(c, r-1)
+    b2 = b1 * c // (c + r - 1)  # beta(c-1, r-1)
+    b3 = b2 * (c - 1) // (c + r - 2)  # beta(c-2, r-1)
+    b4 = b2 * (r - 1) // c  # beta(c, r-2)
+    b5 = b3 * (c - 2) // r  # beta(c-3, r), 0 for c == 2
+    if n <= b1 + b3:
+        return b4
+    if n >= b - b5:
+        return b1
+    return n - b2 - b3
 
 
 @jit
@@ -62,16 +102,17 @@ def _body_forward(tape, values, ivalues, params, ip, t):
 
 
 @jit
-def _carry_step(values, ip, node_off, node_size, stack_t, T):
-    """After step t: stacked outputs take the body values, carry_in takes carry_out."""
+def _carry_step(values, ip, node_off, node_size, t, stack, move):
+    """After step t: stacked outputs take the body values (stack), carry_in takes carry_out
+    (move)."""
     nc, ns = ip[4], ip[5]
     base = HEADER + 4 * nc
-    for s in range(ns):
+    for s in range(ns if stack else 0):
         v, out = ip[base + 2 * s], ip[base + 2 * s + 1]
         n = node_size[v]
-        _copy(values[node_off[out] + stack_t * n : node_off[out] + (stack_t + 1) * n],
+        _copy(values[node_off[out] + t * n : node_off[out] + (t + 1) * n],
               values[node_off[v] : node_off[v] + n])
-    for c in range(nc):
+    for c in range(nc if move else 0):
         cin, cout = ip[HEADER + 4 * c + 1], ip[HEADER + 4 * c + 2]
         _copy(values[node_off[cin] : node_off[cin] + node_size[cin]],
               values[node_off[cout] : node_off[cout] + node_size[cout]])
@@ -91,28 +132,75 @@ def _carries(values, ip, node_off, node_size, pos, save):
 
 
 @jit
+def _carry_size(ip, node_size):
+    csize = 0
+    for c in range(ip[4]):
+        csize += node_size[ip[HEADER + 4 * c + 1]]
+    return csize
+
+
+@jit
+def _load_init(tape, values, params, ip):
+    node_off, node_size = tape[8], tape[9]
+    for c in range(ip[4]):
+        init, cin = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 1]
+        _copy(values[node_off[cin] : node_off[cin] + node_size[cin]],
+              view(init, values, params, tape[10], node_off, node_size))
+
+
+@jit
+def _advance(tape, values, ivalues, params, ip, t0, t1):
+    """Recompute steps t0 .. t1-1 from the carries in place (nothing stacked or saved)."""
+    for t in range(t0, t1):
+        _body_forward(tape, values, ivalues, params, ip, t)
+        _carry_step(values, ip, tape[8], tape[9], t, False, True)
+
+
+@jit
+def _binomial_forward(tape, values, ivalues, params, ip, stack):
+    """All T steps from the carries in place, storing the binomial schedule's first checkpoints;
+    step T-1's state is left in the body nodes (its carry_in is not overwritten)."""
+    node_off, node_size = tape[8], tape[9]
+    T, slots = ip[0], -ip[11]
+    ckpt, csize = node_off[ip[12]], _carry_size(ip, node_size)
+    sched = ivalues[node_off[ip[13]] : node_off[ip[13]] + node_size[ip[13]]]
+    held = 0
+    store_at = 0
+    for t in range(T):
+        if t == store_at and t < T - 1:
+            _carries(values, ip, node_off, node_size, ckpt + held * csize, True)
+            sched[4 + held] = t
+            held += 1
+            store_at = t + binomial_advance(T - t, slots - held + 1)
+        _body_forward(tape, values, ivalues, params, ip, t)
+        _carry_step(values, ip, node_off, node_size, t, stack, t < T - 1)
+    sched[0] = 1
+    sched[1] = held
+    sched[3] = max(sched[3], held)
+
+
+@jit
 def scan_forward(tape, values, ivalues, params, r):
     ip_ptr, iparams, node_off, node_size = tape[4], tape[5], tape[8], tape[9]
     ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
     T, nc, k = ip[0], ip[4], ip[11]
     store, ckpt, size = node_off[ip[10]], node_off[ip[12]], ip[14]
-    csize = 0
-    for c in range(nc):
-        init, cin = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 1]
-        csize += node_size[cin]
-        _copy(values[node_off[cin] : node_off[cin] + node_size[cin]],
-              view(init, values, params, tape[10], node_off, node_size))
-    for t in range(T):
-        if k > 0 and t % k == 0:
-            _carries(values, ip, node_off, node_size, ckpt + (t // k) * csize, True)
-        _body_forward(tape, values, ivalues, params, ip, t)
-        if k == 0:
-            _state(values, ip, node_off, node_size, store + t * size, True)
-        _carry_step(values, ip, node_off, node_size, t, T)
-    for c in range(nc):
-        cin, final = ip[HEADER + 4 * c + 1], ip[HEADER + 4 * c + 3]
+    _load_init(tape, values, params, ip)
+    if k < 0:
+        _binomial_forward(tape, values, ivalues, params, ip, True)
+    else:
+        csize = _carry_size(ip, node_size)
+        for t in range(T):
+            if k > 0 and t % k == 0:
+                _carries(values, ip, node_off, node_size, ckpt + (t // k) * csize, True)
+            _body_forward(tape, values, ivalues, params, ip, t)
+            if k == 0:
+                _state(values, ip, node_off, node_size, store + t * size, True)
+            _carry_step(values, ip, node_off, node_size, t, True, t < T - 1)
+    for c in range(nc):  # the last step's carry_out is the final carry
+        cout, final = ip[HEADER + 4 * c + 2], ip[HEADER + 4 * c + 3]
         _copy(values[node_off[final] : node_off[final] + node_size[final]],
-              values[node_off[cin] : node_off[cin] + node_size[cin]])
+              values[node_off[cout] : node_off[cout] + node_size[cout]])
 
 
 @jit
@@ -149,6 +237,45 @@ def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, 
 
 
 @jit
+def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip):
+    """Reverse steps T-1 .. 0 following the binomial schedule (see the module docstring)."""
+    node_off, node_size = tape[8], tape[9]
+    T, slots = ip[0], -ip[11]
+    ckpt, csize = node_off[ip[12]], _carry_size(ip, node_size)
+    sched = ivalues[node_off[ip[13]] : node_off[ip[13]] + node_size[ip[13]]]
+    advanced = 0
+    if sched[0] == 0:  # an earlier backward sweep reused the slots: redo the forward sweep
+        _load_init(tape, values, params, ip)
+        _binomial_forward(tape, values, ivalues, params, ip, False)
+        advanced = T
+    sched[0] = 0  # the slots and body nodes are about to stop holding what the forward left
+    held = sched[1]
+    _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, T - 1)
+    for t in range(T - 2, -1, -1):  # reverse step t: restore the latest checkpoint <= t
+        at = sched[4 + held - 1]
+        _carries(values, ip, node_off, node_size, ckpt + (held - 1) * csize, False)
+        if at == t:
+            held -= 1  # its slot is free once step t is reversed
+        else:
+            n = at
+            while n < t:
+                if n > at:  # a slot is free: store the state reached
+                    _carries(values, ip, node_off, node_size, ckpt + held * csize, True)
+                    sched[4 + held] = n
+                    held += 1
+                    sched[3] = max(sched[3], held)
+                stop = n + binomial_advance(t + 1 - n, slots - held + 1)
+                _advance(tape, values, ivalues, params, ip, n, stop)
+                advanced += stop - n
+                n = stop
+        _body_forward(tape, values, ivalues, params, ip, t)  # step t once more, then its VJP
+        advanced += 1
+        _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t)
+    sched[1] = held
+    sched[2] = advanced
+
+
+@jit
 def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r):
     ip_ptr, iparams, node_off, node_size = tape[4], tape[5], tape[8], tape[9]
     ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
@@ -159,10 +286,10 @@ def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r
         for t in range(T - 1, -1, -1):
             _state(values, ip, node_off, node_size, store + t * size, False)
             _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t)
+    elif k < 0:
+        _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip)
     else:
-        csize = 0
-        for c in range(nc):
-            csize += node_size[ip[HEADER + 4 * c + 1]]
+        csize = _carry_size(ip, node_size)
         nseg = (T + k - 1) // k
         for s in range(nseg - 1, -1, -1):
             t0 = s * k
@@ -170,15 +297,10 @@ def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r
             _carries(values, ip, node_off, node_size, ckpt + s * csize, False)
             for t in range(t0, t1):  # recompute the segment, saving each step's region
                 _body_forward(tape, values, ivalues, params, ip, t)
-                j = t - t0
-                _state(values, ip, node_off, node_size, store + j * size, True)
-                for c in range(nc):
-                    cin, cout = ip[HEADER + 4 * c + 1], ip[HEADER + 4 * c + 2]
-                    _copy(values[node_off[cin] : node_off[cin] + node_size[cin]],
-                          values[node_off[cout] : node_off[cout] + node_size[cout]])
+                _state(values, ip, node_off, node_size, store + (t - t0) * size, True)
+                _carry_step(values, ip, node_off, node_size, t, False, True)
             for t in range(t1 - 1, t0 - 1, -1):
-                j = t - t0
-                _state(values, ip, node_off, node_size, store + j * size, False)
+                _state(values, ip, node_off, node_size, store + (t - t0) * size, False)
                 _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t)
     for c in range(nc):
         init, final = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 3]

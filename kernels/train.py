@@ -3,8 +3,9 @@ epoch of minibatches, each a single native call over a recorded tape.
 
 Parameters live in one flat buffer ``flat`` (gradients in ``flat_grad``) that the tape reads
 directly: parameter nodes have kind 2 and offsets into ``flat``, so a step copies no
-parameters. ``zero_off``/``zero_size`` list the value-arena gradient slots to clear before a
-backward sweep (only nodes that need a gradient: big input slots are never touched).
+parameters. ``zero_spans`` rows (0 value arena / 1 flat gradients, offset, size) list the
+gradient slots to clear before a backward sweep: only nodes that need a gradient and that no
+VJP overwrites whole (big input slots and most weight gradients are never touched).
 """
 
 
@@ -14,7 +15,7 @@ from .replay import replay_backward, replay_forward
 
 
 @jit
-def train_step(tape, values, ivalues, grads, need, scratch, zero_off, zero_size, loss_off,
+def train_step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
                flat, flat_grad, kind, s1, s2, s3, hyper, t, max_norm, max_value, check):
     """Returns (loss, gradient norm, anomaly row or -1, 0 forward / 1 backward)."""
     nrows = tape[0].size
@@ -22,9 +23,13 @@ def train_step(tape, values, ivalues, grads, need, scratch, zero_off, zero_size,
     if bad >= 0:
         return values[loss_off], 0.0, bad, 0
     loss = values[loss_off]
-    for i in range(zero_off.size):
-        grads[zero_off[i] : zero_off[i] + zero_size[i]] = 0.0
-    flat_grad[:] = 0.0
+    for i in range(zero_spans.shape[0]):
+        a = zero_spans[i, 1]
+        b = a + zero_spans[i, 2]
+        if zero_spans[i, 0] == 0:
+            grads[a:b] = 0.0
+        else:
+            flat_grad[a:b] = 0.0
     grads[loss_off] = 1.0
     bad = replay_backward(tape, values, ivalues, flat, grads, flat_grad, need, scratch, 0, nrows,
                           check)
@@ -39,7 +44,7 @@ def train_step(tape, values, ivalues, grads, need, scratch, zero_off, zero_size,
 
 
 @jit
-def fit_epoch(tape, values, ivalues, grads, need, scratch, zero_off, zero_size, loss_off,
+def fit_epoch(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
               flat, flat_grad,
               kind, s1, s2, s3, hyper, t0, max_norm, max_value,
               X, x_off, Yf, Yi, y_off, perm, batch, nbatches, logits_off, ncls):
@@ -58,7 +63,7 @@ def fit_epoch(tape, values, ivalues, grads, need, scratch, zero_off, zero_size, 
             else:
                 values[y_off + r * yrow : y_off + (r + 1) * yrow] = Yf[src]
         loss, norm, bad, direction = train_step(
-            tape, values, ivalues, grads, need, scratch, zero_off, zero_size, loss_off,
+            tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
             flat, flat_grad, kind, s1, s2, s3, hyper, t0 + b,
             max_norm, max_value, False)
         total += loss

@@ -82,3 +82,69 @@ def test_anomaly_mode_names_the_op_that_made_a_nan():
 def test_softmax_over_an_empty_axis_gives_an_empty_result():
     assert fg.tensor(np.ones((2, 0))).softmax(axis=-1).shape == (2, 0)
     assert fg.tensor(np.ones((2, 0))).log_softmax(axis=-1).numpy().size == 0
+
+
+# Found by fuzzing (tests/test_fuzz.py): each used to escape as a raw TypeError/ValueError from
+# inside the recorder, to be accepted silently, or (huge shapes) to reach the OOM killer.
+def test_unknown_attributes_are_refused_naming_the_op_and_its_attributes():
+    from fastgrad.tensor import apply
+
+    x = fg.tensor(np.ones((2, 3)))
+    with raises(r"softmax: unknown attribute\(s\) \['dim'\]. Fix: softmax takes axis"):
+        apply(fg.Op.SOFTMAX, x, dim=1)
+    with raises(r"add: unknown attribute\(s\) \['axis'\]. Fix: add takes no attributes"):
+        apply(fg.Op.ADD, x, x, axis=0)
+
+
+def test_unsupported_operand_dtypes_are_refused_not_cast():
+    x = fg.tensor(np.ones(2))
+    for bad in (np.array([1 + 2j, 3j]), np.array(["a", "b"]), np.array([None, 1.0]),
+                np.ones(2, np.float16)):
+        with raises(rf"mul: unsupported dtype {bad.dtype} \(operand 1, shape \(2,\)\)"):
+            x * bad
+
+
+def test_scalar_constants_must_be_real_numbers():
+    x = fg.tensor(np.ones(2))
+    with raises(r"leaky_relu: the constant must be a real number, got None"):
+        x.leaky_relu(None)
+    with raises(r"clip: min must be a real number|clip: the constant must be a real number"):
+        x.clip("low", 1.0)
+
+
+def test_bad_slices_and_axis_lists_are_refused_as_in_numpy():
+    x = fg.tensor(np.ones((2, 3)))
+    with raises(r"getitem: bad slice slice\(None, None, 0\) for axis 1 of shape \(2, 3\)"):
+        x[:, ::0]
+    with raises(r"transpose: axes \(0, 5\) are not a permutation|transpose: axis 5 is out"):
+        x.transpose(0, 5)
+    with raises(r"transpose: axes \(\) are not a permutation of 2 axes"):
+        x.transpose(())
+    with raises(r"sum: axis 4 is out of range for a tensor with 2 dimension"):
+        x.sum(axis=(0, 4))
+    with raises(r"max: axis \(1, -1\) names an axis twice"):
+        x.max(axis=(1, -1))
+    with raises(r"reshape: the target shape must be ints, got \(3, 2.0\)"):
+        x.reshape(3, 2.0)
+
+
+def test_views_are_validated_entry_by_entry():
+    from fastgrad.tensor import apply
+
+    x = fg.tensor(np.ones(6))
+    with raises(r"strided: the view shape \(2, -1\) has entries below 0"):
+        apply(fg.Op.STRIDED, x, out_shape=(2, -1), base=0, strides=(1, 1))
+    with raises(r"strided: view shape \(2,\) and strides \(1, 1\) differ in length"):
+        apply(fg.Op.STRIDED, x, out_shape=(2,), base=0, strides=(1, 1))
+    with raises(r"strided: view of \(6,\) reads outside the tensor"):
+        apply(fg.Op.STRIDED, x, out_shape=(3,), base=4, strides=(1,))
+    with raises(r"strided: the view offset must be ints, got \(0.5,\)"):
+        apply(fg.Op.STRIDED, x, out_shape=(3,), base=0.5, strides=(1,))
+
+
+def test_a_zero_dimensional_tensor_has_one_axis_for_axis_arguments():
+    s = fg.tensor(2.0)
+    assert s.softmax(axis=-1).item() == 1.0 and s.sum(axis=0).item() == 2.0
+    with raises(r"softmax: axis 1 is out of range for a tensor with 0 dimension\(s\). Fix: use an "
+                r"axis in \[-1, 0\]"):
+        s.softmax(axis=1)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.special
 
 import fastgrad as fg
 
@@ -55,3 +56,68 @@ def test_stable_at_plus_minus_1e4(dtype):
     np.testing.assert_allclose(bce.numpy(), [1e4, 1e4, np.log(2)], rtol=1e-6)
     bce.sum().backward()
     np.testing.assert_allclose(z.grad, [-1, 1, -0.5], atol=1e-6)
+
+
+# Values and gradients at +-1e4, against float64 closed forms (scipy's stable softmax/expit):
+# each function is seeded with weights w, so every output element's gradient is checked.
+X_EXTREME = np.array([[-1e4, 0.0, 1e4], [1e4, 1e4 - 1, -1e4], [-1e4, -1e4 + 2, -1e4 + 1]])
+LABELS = np.array([0, 1, 2])
+
+
+def _logsumexp(t):
+    """log-sum-exp as users write it from the public ops: max-shifted, so it cannot overflow."""
+    m = t.max(axis=1, keepdims=True)
+    return m + fg.log(fg.exp(t - m).sum(axis=1, keepdims=True))
+
+
+def _softmax64(x):
+    return scipy.special.softmax(x, axis=1)
+
+
+def _sig64(x):
+    return scipy.special.expit(x)
+
+
+STABLE = {
+    # name: (fastgrad f(t, w-shaped target), float64 value, float64 gradient given seed w)
+    "log-sum-exp": (_logsumexp,
+                    lambda x: np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True))
+                    + x.max(1, keepdims=True),
+                    lambda x, w: _softmax64(x) * w),
+    "softmax": (lambda t: t.softmax(), _softmax64,
+                lambda x, w: _softmax64(x) * (w - (w * _softmax64(x)).sum(1, keepdims=True))),
+    "log_softmax": (lambda t: t.log_softmax(),
+                    lambda x: x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True))
+                    - x.max(1, keepdims=True),
+                    lambda x, w: w - _softmax64(x) * w.sum(1, keepdims=True)),
+    "sigmoid": (lambda t: fg.sigmoid(t), lambda x: _sig64(x),
+                lambda x, w: _sig64(x) * (1 - _sig64(x)) * w),
+    "softplus": (lambda t: fg.softplus(t), lambda x: np.maximum(x, 0) + np.log1p(np.exp(-abs(x))),
+                 lambda x, w: _sig64(x) * w),
+    "bce_with_logits": (
+        lambda t: fg.binary_cross_entropy_with_logits(t, np.full(t.shape, 0.25, t.dtype), "none"),
+        lambda x: np.maximum(x, 0) + np.log1p(np.exp(-abs(x))) - 0.25 * x,
+        lambda x, w: (_sig64(x) - 0.25) * w),
+    "cross_entropy": (
+        lambda t: fg.cross_entropy(t, LABELS, "none"),
+        lambda x: np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
+        - x[np.arange(3), LABELS],
+        lambda x, w: (_softmax64(x) - np.eye(3)[LABELS]) * w[:, None]),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(STABLE))
+def test_values_and_gradients_stay_finite_and_accurate_at_plus_minus_1e4(name, dtype):
+    f, value64, grad64 = STABLE[name]
+    x = X_EXTREME.astype(dtype)
+    t = fg.tensor(x, requires_grad=True)
+    y = f(t)
+    w = np.random.default_rng(0).uniform(0.5, 1.5, y.shape).astype(dtype)
+    (y * w).sum().backward()
+    want = value64(x.astype(np.float64))
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    assert np.isfinite(y.numpy()).all() and np.isfinite(t.grad).all()
+    np.testing.assert_allclose(y.numpy(), want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(t.grad, grad64(x.astype(np.float64), w.astype(np.float64)),
+                               rtol=tol * 10, atol=tol * 10)

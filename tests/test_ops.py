@@ -145,7 +145,7 @@ def _front_end_calls(tape):
         x**2, 2**x, x + v, x - v, x * v, x / v, x**v, fg.maximum(x, v), fg.minimum(x, v),
         fg.binary_cross_entropy_with_logits(x, v), x > v, x >= v, x < v, x <= v, x == v, x != v,
         fg.where(x > 1, x, v), x.sum(axis=0), x.max(axis=1), x.softmax(), x.log_softmax(),
-        x @ x.T, x.reshape(4, 3), x[1:, ::2], x[np.array([2, 0])],
+        x @ x.T, fg.nn.functional.linear(x, x, v[:3]), x.reshape(4, 3), x[1:, ::2], x[np.array([2, 0])],
         fg.concatenate([x, x], axis=1), fg.cross_entropy(x, labels), fg.mse_loss(x, x * 0),
         fg.stack([v, v]), x.mean(), fg.take(x, np.array([1, 1]), axis=1), x.T,
         fg.scan(lambda h, xt: h * xt, v, x),

@@ -1,5 +1,8 @@
 """fg.scan and the recurrent layers: a loop recorded once, run natively T times."""
 
+import functools
+import math
+
 import numpy as np
 import pytest
 
@@ -173,7 +176,7 @@ def test_scan_supports_tuple_carries_and_no_xs():
 
 def test_memory_guard_refuses_before_allocating_and_suggests_checkpointing():
     rnn = fg.nn.RNN(2, 16, seed=0, stack_outputs=False)
-    fg.set_memory_limit(4 << 20)
+    fg.set_memory_limit(32 << 20)  # room for the input projection (13 MB), not 128 MB of steps
     try:
         with pytest.raises(fg.FastgradError, match="scan: needs .* GiB.*checkpoint='sqrt'"):
             rnn(np.zeros((100_000, 1, 2)))
@@ -229,3 +232,276 @@ def test_a_parameter_as_xs_under_compile_matches_eager():
     eager.backward()
     assert loss == pytest.approx(eager.item(), rel=1e-14)
     np.testing.assert_allclose(g, Q.grad, rtol=1e-14)
+
+
+# ----------------------------------------------------------------------------- binomial checkpoints
+def griewank_extra_steps(T, s):
+    """Griewank (1992): with r the least integer with C(s + r, s) >= T, reversing T steps with
+    s checkpoints reruns at least r T - C(s + r, s + 1) forward steps besides the T of the
+    forward sweep."""
+    r = 0
+    while math.comb(s + r, s) < T:
+        r += 1
+    return r * T - math.comb(s + r, s + 1) if r else 0
+
+
+@functools.cache
+def fewest_extra_steps(T, s):
+    """Brute force over every split: advance m steps, keep a checkpoint there, reverse the
+    T - m steps after it with s - 1 slots, then the m steps before it with s."""
+    if T <= 1:
+        return 0
+    if s == 1:
+        return T * (T - 1) // 2
+    return min(m + fewest_extra_steps(T - m, s - 1) + fewest_extra_steps(m, s)
+               for m in range(1, T))
+
+
+def scan_buffers(tape):
+    """The values a tape's scan keeps for its backward sweep, by node label."""
+    return {label: tape.node_values(v) for v, label in tape.labels.items()
+            if label.startswith("scan ")}
+
+
+def elman_scan(T, checkpoint, seed=0, H=8):
+    rng = np.random.default_rng(seed)
+    w = fg.tensor(rng.normal(size=(H, H)) * 0.4, requires_grad=True)
+    u = fg.tensor(rng.normal(size=(H, 4)) * 0.4, requires_grad=True)
+    xs = fg.tensor(rng.normal(size=(T, 1, 4)), requires_grad=True)
+    h_T = fg.scan(lambda h, xt: (h @ w.T + xt @ u.T).tanh(), fg.zeros(1, H), xs,
+                  checkpoint=checkpoint)
+    return h_T, (w, u, xs)
+
+
+def test_binomial_checkpointing_gives_bit_identical_gradients_on_1000_steps():
+    results = []
+    for ck in (None, fg.Binomial(slots=2), fg.Binomial(slots=3), fg.Binomial(slots=32),
+               fg.Binomial(slots=5000)):
+        h_T, leaves = elman_scan(1000, ck)
+        (h_T * h_T).sum().backward()
+        results.append([h_T.numpy()] + [t.grad for t in leaves])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_binomial_checkpointing_of_tuple_carries_with_stacked_outputs_is_bit_identical():
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(200, 2, 3))
+    g = rng.normal(size=(200, 2, 5))
+    results = []
+    for ck in ("sqrt", fg.Binomial(slots=4)):  # both project the input inside the loop
+        lstm = fg.nn.LSTM(3, 5, seed=12, checkpoint=ck)
+        xt = fg.tensor(x, requires_grad=True)
+        hs, (_, c) = lstm(xt)
+        ((hs * g).sum() + (c * c).sum()).backward()
+        results.append([hs.numpy(), c.numpy(), xt.grad] + [p.grad for p in lstm.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("T,s", [(2, 1), (50, 1), (50, 2), (50, 3), (120, 4), (1000, 3),
+                                 (1000, 32), (1000, 999), (1000, 5000)])
+def test_binomial_backward_sweep_runs_griewanks_optimal_number_of_forward_steps(T, s):
+    h_T, _ = elman_scan(T, fg.Binomial(slots=s))
+    (h_T * h_T).sum().backward()
+    counters = scan_buffers(h_T.tape)["scan schedule"]
+    ran, most_slots = counters[2], counters[3]
+    assert ran == griewank_extra_steps(T, s) == fg.Binomial(slots=s).extra_steps(T)
+    if T <= 120:
+        assert ran == fewest_extra_steps(T, min(s, T - 1))
+    assert most_slots == min(s, T - 1)
+    actions = fg.Binomial(slots=s).schedule(T)  # the same schedule, spelled out in Python
+    assert sum(b - a for kind, a, b in (x for x in actions if x[0] == "advance")) == ran
+    runs = np.zeros(T, int)
+    for kind, *args in actions:
+        if kind in ("forward", "advance"):
+            runs[args[0] : args[1]] += 1
+    assert runs.max() <= fg.Binomial(slots=s).repetitions(T) + 1
+
+
+def test_binomial_keeps_at_most_s_carries_whatever_T():
+    H = 16
+    for T in (10, 100_000):
+        rnn = fg.nn.RNN(2, H, seed=0, checkpoint=fg.Binomial(slots=8), stack_outputs=False)
+        _, h_T = rnn(np.zeros((T, 1, 2)))
+        buffers = scan_buffers(h_T.tape)
+        assert buffers["scan store"].size == 0
+        assert buffers["scan checkpoints"].size == 8 * H  # 8 carries of (1, 16)
+        assert buffers["scan schedule"].size == 4 + 8  # counters and the step each slot holds
+    sqrt = fg.nn.RNN(2, H, seed=0, checkpoint="sqrt", stack_outputs=False)
+    _, h_T = sqrt(np.zeros((100_000, 1, 2)))
+    assert scan_buffers(h_T.tape)["scan checkpoints"].size == 316 * H  # ceil(T / 317) carries
+
+
+def test_memory_guard_covers_the_binomial_checkpoints():
+    rnn = fg.nn.RNN(2, 16, seed=0, stack_outputs=False, checkpoint=fg.Binomial(slots=100_000))
+    fg.set_memory_limit(4 << 20)
+    try:
+        with pytest.raises(fg.FastgradError, match=r"scan: needs .* GiB.*Binomial\(slots=s\)"):
+            rnn(np.zeros((100_000, 1, 2)))  # 99,999 carries x 16 values x 8 bytes x 2 > 4 MiB
+        rnn.checkpoint = fg.Binomial(slots=32)
+        _, h = rnn(np.zeros((100_000, 1, 2)))
+        assert h.shape == (1, 16)
+    finally:
+        fg.set_memory_limit(None)
+
+
+def test_a_second_backward_through_a_binomial_scan_redoes_the_forward_sweep():
+    h_T, (w, _, _) = elman_scan(300, fg.Binomial(slots=5))
+    loss = (h_T * h_T).sum()
+    loss.backward()
+    first = w.grad.copy()
+    w.grad = None
+    loss.backward()  # the scan's backward sweep again, without a forward sweep in between
+    np.testing.assert_array_equal(w.grad, first)
+    ran = scan_buffers(h_T.tape)["scan schedule"][2]
+    assert ran == 300 + fg.Binomial(slots=5).extra_steps(300)  # its slots were reused
+
+
+def test_binomial_schedule_matches_checkpoint_schedules_revolve():
+    cs = pytest.importorskip("checkpoint_schedules")
+    for s in range(1, 5):
+        for T in range(s + 1, 40):
+            theirs = cs.MultistageCheckpointSchedule(T, s, 0, trajectory="revolve")
+            stores, extra = [], 0
+            for action in theirs:
+                if isinstance(action, cs.Forward):
+                    extra += 0 if action.write_adj_deps else action.n1 - action.n0
+                    stores += [action.n0] if action.write_ics else []
+                if isinstance(action, cs.EndReverse):
+                    break
+            ours = fg.Binomial(slots=s).schedule(T)
+            assert [a[2] for a in ours if a[0] == "store"] == stores
+            assert fg.Binomial(slots=s).extra_steps(T) == extra == \
+                cs.optimal_steps_binomial(T, s) - T
+
+
+@pytest.mark.parametrize("slots", [0, -3, 2.5, True, "32"])
+def test_binomial_refuses_slots_that_are_not_a_positive_integer(slots):
+    with pytest.raises(fg.FastgradError, match=r"Binomial: slots must be an integer >= 1.*Fix"):
+        fg.Binomial(slots)
+
+
+# ----------------------------------------------------------------------------- truncated BPTT
+def readout_loss(head):
+    return lambda hs, ys: fg.mse_loss(head(hs), ys)
+
+
+def test_truncated_bptt_covering_the_whole_sequence_is_one_step_of_full_bptt():
+    rng = np.random.default_rng(20)
+    T, B = 30, 2
+    xs, ys = rng.normal(size=(T, B, 3)), rng.normal(size=(T, B, 1))
+    h0 = rng.normal(size=(B, 6)) * 0.1
+    models = []
+    for _ in range(2):
+        rnn, head = fg.nn.RNN(3, 6, seed=21), fg.nn.Linear(6, 1, seed=22)
+        models.append((rnn, head, fg.optim.Adam(rnn.parameters() + head.parameters(), lr=0.1)))
+    (rnn, head, opt), (ref_rnn, ref_head, ref_opt) = models
+    losses, h_T = fg.truncated_bptt(rnn, h0, xs, ys, k1=T, k2=T, loss=readout_loss(head),
+                                    optimizer=opt)
+    hs, ref_h_T = ref_rnn(xs, fg.tensor(h0))  # full BPTT: one loss over all T steps
+    ref_loss = readout_loss(ref_head)(hs, ys)
+    ref_loss.backward()
+    ref_opt.step()
+    assert losses.tolist() == [ref_loss.item()]
+    np.testing.assert_array_equal(h_T.numpy(), ref_h_T.numpy())
+    for p, q in zip(rnn.parameters() + head.parameters(),
+                    ref_rnn.parameters() + ref_head.parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+
+
+def tbptt_by_hand(model, head, opt, init, xs, ys, k1, k2):
+    """TBPTT(k1, k2) one step at a time, eagerly: the update ending at step e runs steps
+    max(0, e - k2) .. e-1 from the carry last computed for that step, and backpropagates the
+    loss of the steps since the previous update."""
+    carry_at = {0: init}
+    losses, done = [], 0
+    while done < len(xs):
+        end = min(done + k1, len(xs))
+        h = carry_at[max(0, end - k2)]
+        outputs = []
+        for t in range(max(0, end - k2), end):
+            out, h = model(xs[t : t + 1], h)
+            outputs.append(out)
+            carry_at[t + 1] = tuple(fg.tensor(c.numpy()) for c in h)  # detached
+        loss = readout_loss(head)(fg.concatenate(outputs[len(outputs) - (end - done) :]),
+                                  ys[done:end])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+        done = end
+    return np.array(losses), carry_at[len(xs)]
+
+
+def test_truncated_bptt_with_overlapping_windows_matches_the_windows_done_by_hand():
+    rng = np.random.default_rng(23)
+    T, B, k1, k2 = 23, 2, 3, 7  # windows overlap by 4 steps; the last update has 2 steps
+    xs, ys = rng.normal(size=(T, B, 2)), rng.normal(size=(T, B, 1))
+    init = (np.zeros((B, 4)), rng.normal(size=(B, 4)) * 0.1)  # an LSTM's (h0, c0)
+    runs = []
+    for _ in range(2):
+        lstm, head = fg.nn.LSTM(2, 4, seed=24), fg.nn.Linear(4, 1, seed=25)
+        runs.append((lstm, head, fg.optim.SGD(lstm.parameters() + head.parameters(), lr=0.2,
+                                              momentum=0.9)))
+    (lstm, head, opt), (ref_lstm, ref_head, ref_opt) = runs
+    losses, (h, c) = fg.truncated_bptt(lstm, init, xs, ys, k1, k2, readout_loss(head), opt)
+    ref_losses, (ref_h, ref_c) = tbptt_by_hand(ref_lstm, ref_head, ref_opt,
+                                               tuple(fg.tensor(a) for a in init), xs, ys, k1, k2)
+    assert losses.shape == (8,)  # ceil(23 / 3) updates
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-12)
+    np.testing.assert_allclose(h.numpy(), ref_h.numpy(), rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(c.numpy(), ref_c.numpy(), rtol=1e-11, atol=1e-14)
+    for p, q in zip(lstm.parameters() + head.parameters(),
+                    ref_lstm.parameters() + ref_head.parameters()):
+        np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-11, atol=1e-14)
+    untrained = fg.nn.LSTM(2, 4, seed=24).weight_hh_l0.numpy()
+    assert not np.allclose(lstm.weight_hh_l0.numpy(), untrained)  # the updates did something
+
+
+def test_truncated_bptt_takes_a_step_function_through_scan():
+    w = fg.nn.Parameter(np.array([0.5]))
+    xs = np.ones((5, 1))
+
+    def model(x, h):
+        return fg.scan(lambda c, xt: c * w + xt, h, x, stack=True)
+
+    opt = fg.optim.SGD([w], lr=0.0)  # lr 0: the losses show the carry flowing across windows
+    losses, h = fg.truncated_bptt(model, np.zeros(1), xs, xs * 0, k1=2, k2=2,
+                                  loss=lambda hs, ys: (hs - ys).sum(), optimizer=opt)
+    hs = [1.0, 1.5, 1.75, 1.875, 1.9375]  # h_t = 0.5 h_{t-1} + 1
+    assert losses.tolist() == [hs[0] + hs[1], hs[2] + hs[3], hs[4]]
+    assert h.tolist() == [hs[4]]
+
+
+@pytest.mark.parametrize("k1,k2,fix", [
+    (4, 2, r"k2=2 < k1=4.*Fix: pass k2 >= k1"),
+    (0, 3, r"k1 must be an integer >= 1, got 0.*Fix"),
+    (2.5, 3, r"k1 must be an integer >= 1, got 2.5.*Fix"),
+    (2, None, r"k2 must be an integer >= 1, got None.*Fix"),
+])
+def test_truncated_bptt_refuses_bad_window_lengths(k1, k2, fix):
+    rnn = fg.nn.RNN(1, 2, seed=0)
+    opt = fg.optim.SGD(rnn.parameters(), lr=0.1)
+    with pytest.raises(fg.FastgradError, match="truncated_bptt: " + fix):
+        fg.truncated_bptt(rnn, np.zeros((1, 2)), np.zeros((8, 1, 1)), np.zeros((8, 1, 2)), k1, k2,
+                          fg.mse_loss, opt)
+
+
+def test_truncated_bptt_refuses_mismatched_streams_and_models():
+    rnn = fg.nn.RNN(1, 2, seed=0)
+    opt = fg.optim.SGD(rnn.parameters(), lr=0.1)
+    xs, h0 = np.zeros((8, 1, 1)), np.zeros((1, 2))
+    cases = [
+        ({"targets": np.zeros((7, 1, 2))}, r"8 inputs but targets of shape \(7, 1, 2\).*Fix"),
+        ({"optimizer": None}, r"needs an fg.optim optimizer.*Fix"),
+        ({"model": fg.nn.RNN(1, 2, batch_first=True)},
+         r"take \(T, B, ...\).*Fix: build it with batch_first=False"),
+        ({"model": lambda x, h: h}, r"must return \(outputs \(n, ...\), carry\).*Fix"),
+    ]
+    for change, message in cases:
+        args = {"model": rnn, "init": h0, "xs": xs, "targets": np.zeros((8, 1, 2)), "k1": 2,
+                "k2": 4, "loss": fg.mse_loss, "optimizer": opt, **change}
+        with pytest.raises(fg.FastgradError, match="truncated_bptt: .*" + message):
+            fg.truncated_bptt(**args)

@@ -1,19 +1,21 @@
-"""The benchmark workloads (from the training issue) and the implementations timed on them.
+"""The MLP benchmark workloads (from the training issue) and the implementations timed on them.
 
 Each workload is one training step (forward + backward + SGD update) of an MLP. Every
 implementation starts from the same weights and data. Peers (PyTorch, JAX) are used only when
-installed.
+installed. ``fastgrad bench`` (``runner.py``) times them; so do the pytest-benchmark suites in
+the project's ``bench/`` folder.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 import fastgrad as fg
-from fastgrad.timing import median_time
-from bench.baselines import NumbaStep, numpy_step
+
+from .baselines import NumbaStep, numpy_step
 
 
 @dataclass
@@ -25,6 +27,18 @@ class Workload:
     batch: int
     lr: float = 0.01
 
+    kind = "mlp"
+    steps = 1  # steps per training step (an RNN's is its unroll length T)
+    repeat = 7  # rounds of ``median_time`` by default
+    min_time = 0.2  # each round lasts about min_time / 4 (fastgrad.timing.median_time)
+    warmup = 2  # untimed calls after the first (which traces or compiles this shape)
+    dtypes = ("float32", "float64")
+
+    def tiny(self):
+        """A tiny workload on the same code paths: run first, so that compiling or loading an
+        implementation's kernels is not part of this workload's measurement."""
+        return QUICK_MLP_WORKLOADS[0]
+
 
 MLP_WORKLOADS = [
     Workload("tiny-2-16-16-1-tanh-b100", [2, 16, 16, 1], "tanh", "mse", 100),
@@ -32,6 +46,10 @@ MLP_WORKLOADS = [
     Workload("mlp-784-128-10-relu-b1024", [784, 128, 10], "relu", "ce", 1024),
     Workload("deep-64-8x64-10-sigmoid-b32", [64] + [64] * 8 + [10], "sigmoid", "ce", 32),
 ]
+
+# ``fastgrad bench --quick`` (the test suite) and the warm-up that compiles or loads every
+# implementation's kernels before a measurement: tiny, but the same code paths.
+QUICK_MLP_WORKLOADS = [Workload("quick-mlp-8-16-4-tanh-b8", [8, 16, 4], "tanh", "ce", 8)]
 
 
 def data(w: Workload, dtype, seed=0):
@@ -94,15 +112,23 @@ def make_torch(w, dtype):
     with torch.no_grad():
         for p, v in zip(model.parameters(), weights(w, dtype)):
             p.copy_(torch.from_numpy(v))
-    opt = torch.optim.SGD(model.parameters(), lr=w.lr)
     lossf = torch.nn.functional.mse_loss if w.loss == "mse" else torch.nn.functional.cross_entropy
+    return torch_sgd_step(model.parameters(), w.lr, lambda x, y: lossf(model(x), y))
+
+
+def torch_sgd_step(params, lr, loss_of):
+    """A PyTorch eager SGD step called with NumPy (x, y): ``loss_of(x, y)`` on tensors, then
+    zero_grad, backward and the update; returns the loss as a float."""
+    import torch
+
+    opt = torch.optim.SGD(list(params), lr=lr)
 
     def step(x, y):
         opt.zero_grad()
-        out = lossf(model(torch.from_numpy(x)), torch.from_numpy(y))
-        out.backward()
+        loss = loss_of(torch.from_numpy(x), torch.from_numpy(y))
+        loss.backward()
         opt.step()
-        return out.item()
+        return loss.item()
 
     return step
 
@@ -149,11 +175,20 @@ def jax_sgd_step(loss_fn, params, lr):
 
 
 def torch_dtype(dtype):
-    """The torch dtype for a NumPy float dtype (and 2 threads, as the machine has 2 cores)."""
+    """The torch dtype for a NumPy float dtype; also gives torch one thread per usable core,
+    as NumPy's BLAS and Numba have."""
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(usable_cores())
     return torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+
+
+def usable_cores():
+    """The cores this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 IMPLEMENTATIONS = {
@@ -166,43 +201,17 @@ IMPLEMENTATIONS = {
 }
 
 
+def implementations(w: Workload):
+    """name -> factory ``make(w, dtype)`` returning ``step(x, y) -> loss`` for workload ``w``."""
+    return IMPLEMENTATIONS
+
+
 def available(name):
-    if name == "torch":
+    """Whether an implementation's library can be imported ("torch.nn.RNN" needs torch)."""
+    lib = name.split(".")[0]
+    if lib in ("torch", "jax"):
         try:
-            import torch  # noqa: F401
-        except ImportError:
-            return False
-    if name == "jax":
-        try:
-            import jax  # noqa: F401
+            __import__(lib)
         except ImportError:
             return False
     return True
-
-
-def time_step(step, x, y, repeat=7, min_time=0.2):
-    """Median seconds per step (fastgrad.timing.median_time, shared with ``fastgrad demo``)."""
-    return median_time(step, x, y, repeat=repeat, min_time=min_time)
-
-
-def run(workloads=None, dtypes=("float32", "float64"), impls=None, repeat=7, min_time=0.2,
-        log=print):
-    """Time every implementation on every workload; returns rows with ratios to fastgrad."""
-    rows = []
-    for w in workloads or MLP_WORKLOADS:
-        for dt in dtypes:
-            dtype = np.dtype(dt)
-            x, y = data(w, dtype)
-            times = {}
-            for name in impls or IMPLEMENTATIONS:
-                if not available(name):
-                    continue
-                step = IMPLEMENTATIONS[name](w, dtype)
-                times[name] = time_step(step, x, y, repeat, min_time)
-            base = times["fastgrad"]
-            for name, t in times.items():
-                rows.append(dict(workload=w.name, dtype=dt, impl=name, median_us=t * 1e6,
-                                 ratio_to_fastgrad=t / base))
-            log(f"{w.name} {dt}: " + ", ".join(
-                f"{k} {v * 1e6:.1f}us ({v / base:.2f}x)" for k, v in times.items()))
-    return rows

@@ -5,6 +5,10 @@ readout of the last state and an MSE loss, by BPTT over T steps; batch 1 and 16;
 References: a fused hand-written Numba BPTT with small-matrix loops (an honest, tuned
 baseline), hand-written NumPy, and PyTorch (eager autograd over a Python loop, and
 torch.nn.RNN) and JAX (jit + lax.scan) when installed.
+
+The long unrolls (T = 10^6 and 10^7, batch 1, float32) run fastgrad alone with
+``checkpoint="sqrt"`` and ``stack_outputs=False``: one step, no repeats (a step takes seconds to
+minutes). They run only when asked for by name (``fastgrad bench --workload 'long-*'``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import numba
 import numpy as np
 
 import fastgrad as fg
-from bench.workloads import jax_sgd_step, torch_dtype
+
+from .workloads import available, jax_sgd_step, torch_dtype, torch_sgd_step  # noqa: F401
+# (available: re-exported for the bench suites)
 
 H, I = 64, 8
 
@@ -25,13 +31,44 @@ class RNNWorkload:
     T: int
     batch: int
     lr: float = 1e-3
+    long: bool = False  # checkpointed fastgrad only, one timed step
+    quick: bool = False  # a smoke-test size
+
+    kind = "rnn"
 
     @property
     def name(self):
-        return f"rnn-h64-T{self.T}-b{self.batch}"
+        prefix = ("quick-" if self.quick else "") + ("long-" if self.long else "")
+        return f"{prefix}rnn-h64-T{self.T}-b{self.batch}"
+
+    @property
+    def steps(self):
+        return self.T
+
+    @property
+    def repeat(self):
+        return 1 if self.long else 5
+
+    @property
+    def min_time(self):
+        return 0.0 if self.long else 0.05
+
+    @property
+    def warmup(self):
+        return 0 if self.long else 2
+
+    @property
+    def dtypes(self):
+        return ("float32",) if self.long else ("float32", "float64")
+
+    def tiny(self):
+        """A short unroll on the same code paths (see ``Workload.tiny``)."""
+        return RNNWorkload(50, 2, long=self.long, quick=True)
 
 
 RNN_WORKLOADS = [RNNWorkload(T, B) for B in (1, 16) for T in (1000, 10_000)]
+RNN_LONG_WORKLOADS = [RNNWorkload(T, 1, long=True) for T in (1_000_000, 10_000_000)]
+QUICK_RNN_WORKLOADS = [RNNWorkload(50, 2, quick=True)]
 
 
 def data(w, dtype, seed=0):
@@ -48,7 +85,8 @@ def weights(dtype, seed=1):
 
 
 def make_fastgrad(w, dtype):
-    rnn = fg.nn.RNN(I, H, seed=1, dtype=dtype, stack_outputs=False)
+    checkpoint = "sqrt" if w.long else None
+    rnn = fg.nn.RNN(I, H, seed=1, dtype=dtype, stack_outputs=False, checkpoint=checkpoint)
     head = fg.nn.Linear(H, 1, seed=2, dtype=dtype)
     opt = fg.optim.SGD(rnn.parameters() + head.parameters(), lr=w.lr)
 
@@ -163,21 +201,15 @@ def make_torch_eager(w, dtype):
 
     tdt = torch_dtype(dtype)
     ps = [torch.tensor(p, dtype=tdt, requires_grad=True) for p in weights(dtype)]
-    opt = torch.optim.SGD(ps, lr=w.lr)
 
-    def step(xs, y):
+    def loss_of(x, y):
         Wih, Whh, bih, bhh, Wo, bo = ps
-        x = torch.from_numpy(xs)
-        h = torch.zeros(xs.shape[1], H, dtype=tdt)
-        for t in range(xs.shape[0]):
+        h = torch.zeros(x.shape[1], H, dtype=tdt)
+        for t in range(x.shape[0]):
             h = torch.tanh(x[t] @ Wih.T + bih + h @ Whh.T + bhh)
-        loss = torch.nn.functional.mse_loss(h @ Wo.T + bo, torch.from_numpy(y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return torch.nn.functional.mse_loss(h @ Wo.T + bo, y)
 
-    return step
+    return torch_sgd_step(ps, w.lr, loss_of)
 
 
 def make_torch_rnn(w, dtype):
@@ -189,17 +221,12 @@ def make_torch_rnn(w, dtype):
     with torch.no_grad():
         for p, v in zip(list(rnn.parameters()) + list(head.parameters()), weights(dtype)):
             p.copy_(torch.from_numpy(v))
-    opt = torch.optim.SGD(list(rnn.parameters()) + list(head.parameters()), lr=w.lr)
 
-    def step(xs, y):
-        _, h = rnn(torch.from_numpy(xs))
-        loss = torch.nn.functional.mse_loss(head(h[0]), torch.from_numpy(y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
+    def loss_of(x, y):
+        _, h = rnn(x)
+        return torch.nn.functional.mse_loss(head(h[0]), y)
 
-    return step
+    return torch_sgd_step(list(rnn.parameters()) + list(head.parameters()), w.lr, loss_of)
 
 
 def make_jax(w, dtype):
@@ -232,23 +259,6 @@ RNN_IMPLEMENTATIONS = {
 }
 
 
-def run(workloads=None, dtypes=("float32", "float64"), repeat=5, log=print):
-    from bench.workloads import available, time_step
-
-    rows = []
-    for w in workloads or RNN_WORKLOADS:
-        for dt in dtypes:
-            dtype = np.dtype(dt)
-            xs, y = data(w, dtype)
-            times = {}
-            for name, make in RNN_IMPLEMENTATIONS.items():
-                if not available(name.split(".")[0]):
-                    continue
-                times[name] = time_step(make(w, dtype), xs, y, repeat=repeat, min_time=0.05)
-            base = times["fastgrad"]
-            for name, t in times.items():
-                rows.append(dict(workload=w.name, dtype=dt, impl=name, median_us=t * 1e6,
-                                 us_per_step=t * 1e6 / w.T, ratio_to_fastgrad=t / base))
-            log(f"{w.name} {dt}: " + ", ".join(
-                f"{k} {v * 1e6 / w.T:.2f}us/step ({v / base:.2f}x)" for k, v in times.items()))
-    return rows
+def implementations(w: RNNWorkload):
+    """name -> factory ``make(w, dtype)`` returning ``step(xs, y) -> loss`` for workload ``w``."""
+    return {"fastgrad": make_fastgrad} if w.long else RNN_IMPLEMENTATIONS

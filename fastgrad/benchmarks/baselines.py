@@ -1,16 +1,19 @@
 """Honest hand-written baselines for an MLP training step (forward + backward + SGD update).
 
-``numpy_step``: plain NumPy, the way one writes it by hand (fastgrad/baselines.py, shared with
-``fastgrad demo``).
-``numba_step``: one fused @njit function over a flat parameter buffer, BLAS for the matmuls,
+``numpy_step``: plain NumPy, the way one writes it by hand (``fastgrad/baselines.py``, shared
+with ``fastgrad demo``).
+``NumbaStep``: one fused @njit function over a flat parameter buffer, BLAS for the matmuls,
 fused activation/gradient loops and the SGD update; compiled once, cached.
-Both compute exactly the same function as the fastgrad workloads in bench/workloads.py.
+Both compute exactly the same function as the fastgrad workloads in ``workloads.py``.
+
+This module imports Numba directly on purpose: it is what a user would write by hand without
+fastgrad, not part of the engine (which reaches Numba only through ``fastgrad.kernels``).
 """
 
 import numba
 import numpy as np
 
-from fastgrad.baselines import numpy_step  # noqa: F401 - re-exported for the suites
+from ..baselines import numpy_step  # noqa: F401 - re-exported for the suites
 
 ACT = {"relu": 0, "tanh": 1, "sigmoid": 2}
 LOSS = {"mse": 0, "ce": 1}
@@ -120,5 +123,6 @@ class NumbaStep:
     def __call__(self, x, y):
         yf = y if y.dtype.kind == "f" else self.empty_f
         yi = y if y.dtype.kind != "f" else self.empty_i
-        return _numba_step(self.flat, self.sizes, x, yf, yi, self.act, self.loss, self.lr,
-                           self.acts, self.grads)
+        return _numba_step(
+            self.flat, self.sizes, x, yf, yi, self.act, self.loss, self.lr, self.acts, self.grads
+        )

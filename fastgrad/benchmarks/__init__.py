@@ -1,0 +1,10 @@
+"""The benchmark workloads, the hand-written baselines and the runner behind ``fastgrad bench``.
+
+``workloads``      MLP training steps and every implementation timed on them
+``rnn_workloads``  Elman-RNN BPTT steps (and the opt-in long unrolls)
+``baselines``      the fused hand-written Numba MLP step (NumPy's is ``fastgrad.baselines``)
+``runner``         cells in fresh processes, the table, bench.json / bench.md / bench.png
+
+Importing this package imports nothing heavy; the submodules import fastgrad (and PyTorch or
+JAX only inside the factories that need them). See docs/benchmarks.md.
+"""

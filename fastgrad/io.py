@@ -1,0 +1,486 @@
+"""Saving work: ``fg.save(obj, path)`` and ``fg.load(path)``, and the check a loaded tape passes.
+
+What can be saved: NumPy arrays and scalars, Python numbers, strings, booleans and None, tensors,
+dicts / lists / tuples of these, a ``Module`` (stored as its ``state_dict()``), an ``Optimizer``
+(its ``state_dict()``) and a recorded ``Tape``. ``load`` gives back the same structure, with
+modules and optimizers as their state dicts (pass them to ``load_state_dict``) and tapes as
+``Tape`` objects.
+
+Invariants:
+- The file is a NumPy ``.npz`` read with ``allow_pickle=False``: a JSON header (structure, format
+  version, a SHA-256 digest of the header and every array) plus one array per leaf. Loading never
+  runs code from the file.
+- Writing goes to a temporary file in the target's directory, which is flushed, fsynced and then
+  renamed over the target: a crash leaves the old file or the new one, never half of one.
+- Round trips are bit-exact, dtypes included.
+- A truncated or modified file raises ``FastgradError``; a loaded tape is checked row by row
+  (``validate_tape``) before any kernel can see it, because the replay kernels trust the tape.
+
+>>> import fastgrad as fg, numpy as np, os, tempfile
+>>> model = fg.nn.Linear(3, 2, seed=0)
+>>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+>>> fg.save({"model": model, "epoch": 3}, path)
+>>> ck = fg.load(path)
+>>> ck["epoch"], list(ck["model"])
+(3, ['weight', 'bias'])
+>>> model.load_state_dict(ck["model"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import math
+import os
+import tempfile
+from collections import OrderedDict
+
+import numpy as np
+
+from .errors import FastgradError, fail
+from .opcodes import CONTROL, UNARY, Op
+from .ops import MAX_NDIM, TABLE, fmt
+from .tape import Tape, _Grow
+
+FORMAT, VERSION = "fastgrad", 1
+HEADER = "__fastgrad__"
+_FIX_DAMAGED = "the file is truncated or was modified; load an earlier copy or save it again"
+
+
+# ----------------------------------------------------------------------------- save
+def save(obj, path) -> None:
+    """Write ``obj`` to ``path`` (an ``.npz`` file) atomically: temp file, fsync, rename.
+
+    ``obj``: an array, number, string, tensor, Module, Optimizer, Tape, or a dict/list/tuple
+    of these. The file is written exactly at ``path`` (no suffix is added).
+    """
+    from .nn import Module
+    from .optim import Optimizer
+    from .tensor import Tensor
+
+    arrays: dict[str, np.ndarray] = {}
+
+    def put(a) -> str:
+        a = np.asarray(a)
+        if a.dtype.hasobject or a.dtype.kind == "V":
+            raise fail("save", f"cannot save an array of dtype {a.dtype}",
+                       "save numeric, boolean or string arrays (no Python objects)")
+        key = f"a{len(arrays)}"
+        arrays[key] = a
+        return key
+
+    def enc(x, depth=0):
+        if depth > 100:
+            raise fail("save", "the object is nested more than 100 levels deep",
+                       "save a flatter structure")
+        if isinstance(x, np.ndarray):
+            return {"$array": put(x)}
+        if isinstance(x, np.generic):  # before float: np.float64 is a float subclass
+            return {"$scalar": put(x)}
+        if x is None or isinstance(x, (bool, str, int, float)):
+            return x
+        if isinstance(x, Tensor):
+            return {"$tensor": put(np.array(x.numpy())), "requires_grad": bool(x.requires_grad)}
+        if isinstance(x, Module):
+            return enc(x.state_dict(), depth + 1)
+        if isinstance(x, Optimizer):
+            return enc(x.state_dict(), depth + 1)
+        if isinstance(x, Tape):
+            return {"$tape": _tape_to(x, put)}
+        if isinstance(x, dict):
+            tag = "$odict" if isinstance(x, OrderedDict) else "$dict"
+            return {tag: [[enc(k, depth + 1), enc(v, depth + 1)] for k, v in x.items()]}
+        if isinstance(x, (list, tuple)):
+            return {"$list" if isinstance(x, list) else "$tuple": [enc(v, depth + 1) for v in x]}
+        raise fail("save", f"cannot save an object of type {type(x).__name__}",
+                   "save arrays, numbers, strings, tensors, a Module, an Optimizer, a Tape, or "
+                   "dicts/lists/tuples of these")
+
+    tree = enc(obj)
+    header = {"format": FORMAT, "version": VERSION, "tree": tree,
+              "digest": _digest(tree, arrays)}
+    text = json.dumps(header, allow_nan=True).encode()
+    _atomic_write(path, {HEADER: np.frombuffer(text, np.uint8), **arrays})
+
+
+def _atomic_write(path, arrays):
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _digest(tree, arrays) -> str:
+    h = hashlib.sha256(json.dumps(tree, sort_keys=True, allow_nan=True).encode())
+    for key in sorted(arrays):
+        a = arrays[key]
+        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- load
+def load(path):
+    """Read what ``save`` wrote. Modules and optimizers come back as their state dicts,
+    tapes as validated ``Tape`` objects. A damaged file raises ``FastgradError``."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - any parse failure of a damaged file
+        raise fail("load", f"{os.fspath(path)} is not a readable .npz file "
+                   f"({type(e).__name__}: {e})", _FIX_DAMAGED) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise fail("load", f"{os.fspath(path)} is a single .npy array, not a fastgrad file",
+                   "load it with np.load, or save with fg.save")
+    try:
+        with z:
+            if HEADER not in z.files:
+                raise fail("load", f"{os.fspath(path)} has no fastgrad header",
+                           "this .npz was not written by fg.save; read it with np.load")
+            header = json.loads(z[HEADER].tobytes().decode())
+            arrays = {k: z[k] for k in z.files if k != HEADER}
+    except FastgradError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated members, bad CRC, bad JSON, ...
+        raise fail("load", f"{os.fspath(path)} is damaged ({type(e).__name__}: {e})",
+                   _FIX_DAMAGED) from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise fail("load", f"{os.fspath(path)} has no fastgrad header", _FIX_DAMAGED)
+    if header.get("version") != VERSION:
+        raise fail("load", f"{os.fspath(path)} has format version {header.get('version')!r}; "
+                   f"this fastgrad reads version {VERSION}", "upgrade fastgrad")
+    tree = header.get("tree")
+    if header.get("digest") != _digest(tree, arrays):
+        raise fail("load", f"{os.fspath(path)}: checksum mismatch, the contents were changed "
+                   "after saving", _FIX_DAMAGED)
+    try:
+        return _decode(tree, arrays)
+    except FastgradError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a structure that passes the digest but not decode
+        raise fail("load", f"{os.fspath(path)} has a malformed structure "
+                   f"({type(e).__name__}: {e})", _FIX_DAMAGED) from None
+
+
+def _decode(tree, arrays):
+    used = set()
+
+    def get(key):
+        if not isinstance(key, str) or key not in arrays:
+            raise fail("load", f"the header names a missing array {key!r}", _FIX_DAMAGED)
+        used.add(key)
+        return arrays[key]
+
+    def dec(x):
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        if isinstance(x, dict) and len(x) >= 1:
+            tag = next(iter(x))
+            if tag == "$array":
+                return get(x[tag])
+            if tag == "$scalar":
+                a = get(x[tag])
+                if a.shape != ():
+                    raise fail("load", "a saved scalar is not 0-d", _FIX_DAMAGED)
+                return a[()]
+            if tag == "$tensor":
+                from .tensor import Tensor
+
+                return Tensor(get(x[tag]), requires_grad=bool(x.get("requires_grad", False)))
+            if tag in ("$dict", "$odict"):
+                d = OrderedDict() if tag == "$odict" else {}
+                for k, v in x[tag]:
+                    d[dec(k)] = dec(v)
+                return d
+            if tag == "$list":
+                return [dec(v) for v in x[tag]]
+            if tag == "$tuple":
+                return tuple(dec(v) for v in x[tag])
+            if tag == "$tape":
+                return _tape_from(x[tag], get)
+        raise fail("load", f"unknown entry {str(x)[:60]!r} in the header", _FIX_DAMAGED)
+
+    out = dec(tree)
+    if used != set(arrays):
+        raise fail("load", f"arrays {sorted(set(arrays) - used)} are not named by the header",
+                   _FIX_DAMAGED)
+    return out
+
+
+# ----------------------------------------------------------------------------- tapes
+_TAPE_INTS = ("ops", "outs", "in_ptr", "in_idx", "ip_ptr", "iparams", "fp_ptr", "node_off",
+              "node_size")
+
+
+def _tape_to(tape: Tape, put) -> dict:
+    if tape.merged_into is not None:
+        raise fail("save", "this tape was merged into another one",
+                   "save the tape of the result (tensor.tape)")
+    if tape.scan_rows or np.any(tape.ops.view // 100 == CONTROL):
+        raise fail("save", "tapes holding an fg.scan loop cannot be saved yet",
+                   "save the model and optimizer state (fg.save(model) / fg.save(optimizer)) "
+                   "and record the loop again")
+    tape.flush()
+    shapes = tape.shapes
+    doc = {"dtype": tape.dtype.name, "n_done": int(tape.n_done),
+           "labels": [[int(v), s] for v, s in tape.labels.items()],
+           "int_bounds": [[int(v), int(lo), int(hi)] for v, (lo, hi) in tape.int_bounds.items()],
+           "shape_ptr": put(np.cumsum([0] + [len(s) for s in shapes]).astype(np.int64)),
+           "shape_dims": put(np.array([d for s in shapes for d in s], np.int64)),
+           "fparams": put(tape.fparams.view.copy()),
+           "node_kind": put(tape.node_kind.view.copy()),
+           "node_need": put(tape.node_need.view.copy()),
+           "values": put(tape.values.view.copy()),
+           "ivalues": put(tape.ivalues.view.copy()),
+           "param_arena": put(np.array(tape.param_arena, copy=True))}
+    for name in _TAPE_INTS:
+        doc[name] = put(getattr(tape, name).view.copy())
+    return doc
+
+
+def _grow(a, dtype):
+    g = _Grow(dtype, max(1, a.size))
+    g.a[: a.size] = a
+    g.n = a.size
+    return g
+
+
+def _tape_from(doc, get) -> Tape:
+    dtype = np.dtype(doc["dtype"])
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise fail("load", f"tape dtype {dtype} is not float32 or float64", _FIX_DAMAGED)
+
+    def arr(name, want):
+        a = get(doc[name])
+        if a.ndim != 1 or a.dtype != want:
+            raise fail("load", f"tape array {name} is {a.dtype}{list(a.shape)}, expected a 1-D "
+                       f"{np.dtype(want)} array", _FIX_DAMAGED)
+        return a
+
+    tape = Tape(dtype)
+    for name in _TAPE_INTS:
+        setattr(tape, name, _grow(arr(name, np.int64), np.int64))
+    tape.fparams = _grow(arr("fparams", dtype), dtype)
+    tape.node_kind = _grow(arr("node_kind", np.int8), np.int8)
+    tape.node_need = _grow(arr("node_need", np.int8), np.int8)
+    tape.values = _grow(arr("values", dtype), dtype)
+    tape.ivalues = _grow(arr("ivalues", np.int64), np.int64)
+    tape.param_arena = np.array(arr("param_arena", dtype), copy=True)
+    tape.param_grads = np.zeros_like(tape.param_arena)
+    ptr, dims = arr("shape_ptr", np.int64), arr("shape_dims", np.int64)
+    n = tape.node_off.n
+    if ptr.size != n + 1 or ptr[0] != 0 or np.any(np.diff(ptr) < 0) or ptr[-1] != dims.size:
+        raise fail("load", "the tape's shape table is inconsistent", _FIX_DAMAGED)
+    tape.shapes = [tuple(int(d) for d in dims[ptr[v] : ptr[v + 1]]) for v in range(n)]
+    tape.labels = {int(v): str(s) for v, s in doc["labels"]}
+    tape.int_bounds = {int(v): (int(lo), int(hi)) for v, lo, hi in doc["int_bounds"]}
+    tape.producer = {int(o): r for r, o in enumerate(tape.outs.view)}
+    validate_tape(tape, "load")
+    n_done = doc["n_done"]
+    tape.n_done = n_done if isinstance(n_done, int) and 0 <= n_done <= tape.n_rows else 0
+    return tape
+
+
+def _attr_names(d) -> list[str]:
+    """The attributes a shape rule takes after (name, shapes)."""
+    return list(inspect.signature(d.rule).parameters)[2:]
+
+
+def _row_attrs(op: Op, shapes, out_shape, ip, fp):
+    """The attribute sets a row of ``op`` could have been recorded with (None: no rule to check
+    it by). Each is re-run through the op's shape rule and must reproduce the row exactly."""
+    fam = op // 100
+    nd = len(shapes[0]) if shapes else 0
+    if fam == UNARY:
+        return [dict(c0=float(fp[0]), c1=float(fp[1]))] if len(fp) == 2 else []
+    if not _attr_names(TABLE[op]):  # a rule without attributes: the shapes decide everything
+        return [{}]
+    if op in (Op.SUM, Op.MAX):
+        return [dict(axis=a, keepdims=k) for a in [None, *range(max(nd, 1))]
+                for k in (False, True)]
+    if op in (Op.SOFTMAX, Op.LOG_SOFTMAX, Op.GATHER, Op.CONCAT):
+        return [dict(axis=a) for a in range(max(nd, 1))]
+    if op == Op.MATMUL:
+        return [dict(trans_b=False), dict(trans_b=True)]
+    if op == Op.RESHAPE:
+        return [dict(shape=out_shape)]
+    if op == Op.STRIDED:
+        k = int(ip[0]) if len(ip) else -1
+        if k < 1 or len(ip) != 2 + 2 * k:
+            return []
+        strides = tuple(int(s) for s in ip[2 + k :]) if out_shape else ()
+        return [dict(out_shape=out_shape, base=int(ip[1]), strides=strides)]
+    return None  # control rows (fg.scan) and ops this checker does not know
+
+
+def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
+    """Check everything the replay kernels assume of ``tape``; raise ``FastgradError`` naming
+    the first violation. Run on every loaded tape.
+
+    Checked: array dtypes and lengths; pointer arrays (start at 0, non-decreasing, end at
+    their array's length); op codes are in the op table; operand and output node ids are in
+    range, every node is written by at most one row and only read by later rows; node kinds
+    (float/integer/parameter) match each operand position; node sizes equal their shapes'
+    products and lie inside their arena; written slots do not overlap; each row's integer and
+    float attributes and output shape are exactly what the op's shape rule (the recorder's own
+    validation) gives for its operand shapes; integer operands (indices, labels) hold values
+    inside the range the row reads.
+    """
+
+    def bad(problem):
+        return fail(what, f"invalid tape: {problem}", _FIX_DAMAGED if what == "load" else
+                    "this tape was not produced by the recorder; record it again")
+
+    dtype = tape.dtype
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise bad(f"dtype {dtype}")
+    grows = {"ops": np.int64, "outs": np.int64, "in_ptr": np.int64, "in_idx": np.int64,
+             "ip_ptr": np.int64, "iparams": np.int64, "fp_ptr": np.int64, "fparams": dtype,
+             "node_off": np.int64, "node_size": np.int64, "node_kind": np.int8,
+             "node_need": np.int8, "values": dtype, "ivalues": np.int64}
+    for name, want in grows.items():
+        g = getattr(tape, name)
+        if not isinstance(g, _Grow) or g.a.ndim != 1 or g.a.dtype != want or \
+                not 0 <= g.n <= g.a.size:
+            raise bad(f"array {name} is not a 1-D {np.dtype(want)} buffer")
+    params = tape.param_arena
+    if not isinstance(params, np.ndarray) or params.ndim != 1 or params.dtype != dtype:
+        raise bad("the parameter arena is not a 1-D array of the tape dtype")
+    R, N = tape.ops.n, tape.node_off.n
+    if tape.outs.n != R:
+        raise bad(f"{tape.outs.n} output ids for {R} rows")
+    for name, target in (("in_ptr", tape.in_idx), ("ip_ptr", tape.iparams),
+                         ("fp_ptr", tape.fparams)):
+        p = getattr(tape, name).view
+        if p.size != R + 1 or p[0] != 0 or np.any(np.diff(p) < 0) or p[-1] != target.n:
+            raise bad(f"{name} does not partition its array over {R} rows")
+    for name in ("node_size", "node_kind", "node_need"):
+        if getattr(tape, name).n != N:
+            raise bad(f"{name} has {getattr(tape, name).n} entries for {N} nodes")
+    if len(tape.shapes) != N:
+        raise bad(f"{len(tape.shapes)} shapes for {N} nodes")
+
+    # nodes: shapes, sizes, kinds, places in their arenas
+    off, size = tape.node_off.view, tape.node_size.view
+    kind, need = tape.node_kind.view, tape.node_need.view
+    if np.any((kind < 0) | (kind > 2)) or np.any((need != 0) & (need != 1)):
+        raise bad("a node kind is not 0/1/2 or a gradient flag is not 0/1")
+    if np.any((need == 1) & (kind == 1)):
+        raise bad(f"integer node %{int(np.flatnonzero((need == 1) & (kind == 1))[0])} is "
+                  "marked as needing a gradient")
+    for v, s in enumerate(tape.shapes):
+        if not isinstance(s, tuple) or len(s) > MAX_NDIM or \
+                any(not isinstance(d, int) or d < 0 for d in s):
+            raise bad(f"node %{v} has shape {s!r}")
+        if math.prod(s) != size[v]:
+            raise bad(f"node %{v} of shape {fmt(s)} has size {int(size[v])}")
+    limits = np.array([tape.values.n, tape.ivalues.n, params.size], np.int64)
+    outside = (off < 0) | (off + size > limits[kind.astype(np.int64)])
+    if np.any(outside):
+        v = int(np.flatnonzero(outside)[0])
+        raise bad(f"node %{v} (offset {int(off[v])}, size {int(size[v])}, kind {int(kind[v])}) "
+                  "lies outside its arena")
+
+    # rows: codes, operand ids, order, kinds
+    ops, outs = tape.ops.view, tape.outs.view
+    in_ptr, in_idx = tape.in_ptr.view, tape.in_idx.view
+    ip_ptr, iparams = tape.ip_ptr.view, tape.iparams.view
+    fp_ptr, fparams = tape.fp_ptr.view, tape.fparams.view
+    if np.any((in_idx < 0) | (in_idx >= N)) or np.any((outs < 0) | (outs >= N)):
+        raise bad("an operand or output node id is out of range")
+    producer = {}
+    for r in range(R):
+        o = int(outs[r])
+        if o in producer:
+            raise bad(f"node %{o} is written by rows {producer[o]} and {r}")
+        producer[o] = r
+    codes = {int(op) for op in TABLE}
+    aliases = set()
+    for r in range(R):
+        code = int(ops[r])
+        if code not in codes:
+            raise bad(f"row {r} has op code {code}, which is not in the op table")
+        op = Op(code)
+        d = TABLE[op]
+        ins = [int(v) for v in in_idx[in_ptr[r] : in_ptr[r + 1]]]
+        o = int(outs[r])
+        where = f"row {r} ({d.name})"
+        if d.family == CONTROL:
+            raise bad(f"{where} is part of an fg.scan loop; tapes holding scans cannot be "
+                      "loaded yet")
+        if (d.arity >= 0 and len(ins) != d.arity) or not ins:
+            raise bad(f"{where} has {len(ins)} operands")
+        for pos, v in enumerate(ins):
+            if producer.get(v, -1) >= r:
+                raise bad(f"{where} reads %{v} before row {producer[v]} writes it")
+            want_int = pos in d.int_inputs
+            if (kind[v] == 1) != want_int:
+                raise bad(f"{where}: operand {pos} (%{v}) is "
+                          f"{'an integer' if kind[v] == 1 else 'a float'} node")
+        if op == Op.RESHAPE:
+            if kind[o] != kind[ins[0]] or off[o] != off[ins[0]]:
+                raise bad(f"{where}: the output does not share its input's slot")
+            aliases.add(o)
+        elif kind[o] != 0:
+            raise bad(f"{where}: the output %{o} is not a float node of the value arena")
+        shapes = [tape.shapes[v] for v in ins]
+        out_shape = tape.shapes[o]
+        ip = [int(x) for x in iparams[ip_ptr[r] : ip_ptr[r + 1]]]
+        fp = fparams[fp_ptr[r] : fp_ptr[r + 1]]
+        candidates = _row_attrs(op, shapes, out_shape, ip, fp)
+        if candidates is None:
+            raise bad(f"{where}: this op's rows cannot be checked")
+        matched = None
+        for attrs in candidates:
+            try:
+                shape2, ip2, fp2 = d.rule(d.name, shapes, **attrs)
+            except FastgradError:
+                continue
+            if tuple(shape2) == out_shape and [int(x) for x in ip2] == ip and \
+                    np.array_equal(np.asarray(fp2, dtype), fp, equal_nan=True):
+                matched = attrs
+                break
+        if matched is None:
+            raise bad(f"{where}: operand shapes {', '.join(fmt(s) for s in shapes)}, output "
+                      f"{fmt(out_shape)} and attributes {ip} do not agree with the op's "
+                      "shape rule")
+        for pos in d.int_inputs:
+            v = ins[pos]
+            _, hi = d.int_bound(shapes, **matched)
+            vals = tape.ivalues.view[off[v] : off[v] + size[v]]
+            if vals.size and (vals.min() < 0 or vals.max() >= hi):
+                raise bad(f"{where}: integer operand %{v} holds values outside [0, {hi})")
+
+    # slots that rows write must not overlap anything else in their arena
+    for k in (0, 1):
+        vs = np.flatnonzero((kind == k) & (size > 0))
+        vs = np.array([v for v in vs if v not in aliases], np.int64)
+        if vs.size > 1:
+            order = vs[np.argsort(off[vs], kind="stable")]
+            ends = off[order] + size[order]
+            clash = np.flatnonzero(off[order][1:] < ends[:-1])
+            if clash.size:
+                a, b = int(order[clash[0]]), int(order[clash[0] + 1])
+                raise bad(f"nodes %{a} and %{b} overlap in the {'value' if k == 0 else 'index'}"
+                          " arena")

@@ -1,0 +1,204 @@
+"""``fastgrad bench``: the quick run end to end (every cell in its own process), what it prints
+and writes, and the pieces it is made of (workload selection, the peak-memory probe, the
+command's options). No timing is asserted: only that the numbers exist and are consistent."""
+
+import contextlib
+import io
+import json
+import pathlib
+import runpy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastgrad.benchmarks import runner
+from fastgrad.cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+QUICK = ["quick-mlp-8-16-4-tanh-b8", "quick-rnn-h64-T50-b2"]
+
+
+def run_cli(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code, stdout, stderr = run_cli(["bench", "--quick", "--out", str(out)])
+    result = json.loads((out / "bench.json").read_text())
+    return dict(code=code, stdout=stdout, stderr=stderr, out=out, result=result)
+
+
+def expected_impls(workload):
+    peers = runner.peer_versions()
+    impls = {"fastgrad", "numpy", "numba"}
+    impls |= {"fastgrad-eager"} if workload.startswith("quick-mlp") else set()
+    if peers["torch"]:
+        impls |= {"torch"} | ({"torch.nn.RNN"} if "-rnn-" in workload else set())
+    if peers["jax"]:
+        impls |= {"jax"}
+    return impls
+
+
+def test_quick_run_succeeds_and_writes_json_markdown_and_png(quick):
+    assert quick["code"] == 0, quick["stdout"] + quick["stderr"]
+    out = quick["out"]
+    assert (out / "bench.json").is_file() and (out / "bench.md").is_file()
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (out / "bench.png").exists()
+        assert "matplotlib is not installed" in quick["stdout"]
+    else:
+        assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one progress line per cell on stderr, the table alone on stdout
+    progress = [ln for ln in quick["stderr"].splitlines() if ln.startswith("[")]
+    assert len(progress) == len(quick["result"]["rows"])
+
+
+def test_every_quick_workload_runs_every_available_implementation(quick):
+    rows = quick["result"]["rows"]
+    assert sorted({r["workload"] for r in rows}) == sorted(QUICK)
+    for w in QUICK:
+        assert {r["impl"] for r in rows if r["workload"] == w} == expected_impls(w)
+    assert all(r["dtype"] == "float64" and r["error"] is None for r in rows)
+
+
+def test_table_has_the_columns_and_one_line_per_cell(quick):
+    lines = quick["stdout"].splitlines()
+    header = lines[0]
+    for column in ["workload", "dtype", "implementation", "time/step", "us/unrolled step",
+                   "ratio", "peak MiB"]:
+        assert column in header
+    for r in quick["result"]["rows"]:
+        line = [ln for ln in lines if ln.split()[:3] == [r["workload"], r["dtype"], r["impl"]]]
+        assert len(line) == 1, r
+        cells = line[0].split()
+        assert cells[-2] == f"{r['ratio_to_fastgrad']:.2f}"
+        assert cells[-1] == f"{r['peak_mib']:.1f}"
+        unrolled = cells[-3]
+        assert unrolled == ("-" if r["kind"] == "mlp" else f"{r['us_per_unrolled_step']:.2f}")
+    assert "ratio: time / fastgrad's time" in quick["stdout"]
+    assert "peak MiB: peak RSS growth" in quick["stdout"]
+
+
+def test_json_rows_are_consistent(quick):
+    result = quick["result"]
+    for r in result["rows"]:
+        base = next(b for b in result["rows"]
+                    if (b["workload"], b["dtype"], b["impl"]) == (r["workload"], r["dtype"],
+                                                                  "fastgrad"))
+        assert r["seconds"] > 0 and r["median_us"] == pytest.approx(r["seconds"] * 1e6)
+        assert r["ratio_to_fastgrad"] == pytest.approx(r["seconds"] / base["seconds"])
+        if r["kind"] == "rnn":
+            assert r["us_per_unrolled_step"] == pytest.approx(r["median_us"] / 50)
+        else:
+            assert r["us_per_unrolled_step"] is None
+        if sys.platform.startswith("linux"):
+            assert r["peak_mib"] >= 0 and r["rss_before_mib"] > 0
+    assert {"platform", "cpu", "cores", "python", "numpy", "numba"} <= set(result["machine"])
+    assert set(result["peers"]) == {"torch", "jax"}
+    for r in result["rows"]:  # every documented field is in every row
+        assert set(result["columns"]) <= set(r)
+
+
+def test_every_implementation_computes_the_same_loss(quick):
+    """Same weights, same data: the first step's loss agrees with fastgrad's everywhere."""
+    rows = quick["result"]["rows"]
+    for w in QUICK:
+        losses = {r["impl"]: r["loss"] for r in rows if r["workload"] == w}
+        for impl, loss in losses.items():
+            assert loss == pytest.approx(losses["fastgrad"], rel=1e-9), impl
+    assert quick["result"]["warnings"] == []
+
+
+def test_markdown_has_the_readme_layout(quick):
+    md = (quick["out"] / "bench.md").read_text()
+    assert "| workload | dtype | fastgrad µs | NumPy | Numba (hand-written) |" in md
+    assert "| quick-rnn-h64-T50-b2 | f64 |" in md
+    assert "Peak memory" in md and "Machine:" in md
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_peak_rss_counts_an_allocation_inside_the_block_and_not_an_earlier_peak():
+    big = np.ones(2**24)  # 128 MiB, touched, then freed: an earlier peak
+    del big
+    with runner.PeakRSS() as m:
+        a = np.ones(2**22)  # 32 MiB inside the block
+    if not m.reset:
+        pytest.skip("this kernel does not allow resetting the peak RSS mark")
+    assert 30 <= m.mib < 100
+    with runner.PeakRSS() as m:
+        a.sum()
+    assert m.mib < 16
+
+
+def test_workload_selection():
+    def names(ws):
+        return [w.name for w in ws]
+
+    default = names(runner.select_workloads())
+    assert "mlp-784-128-10-relu-b64" in default and "rnn-h64-T10000-b16" in default
+    assert not any("long" in n or "quick" in n for n in default)
+    assert names(runner.select_workloads(quick=True)) == QUICK
+    assert names(runner.select_workloads(["rnn-*"])) == [
+        "rnn-h64-T1000-b1", "rnn-h64-T10000-b1", "rnn-h64-T1000-b16", "rnn-h64-T10000-b16"]
+    assert names(runner.select_workloads(["long-*"])) == [
+        "long-rnn-h64-T1000000-b1", "long-rnn-h64-T10000000-b1"]
+    assert names(runner.select_workloads(["quick-mlp*"], quick=True)) == QUICK[:1]
+    with pytest.raises(SystemExit, match="no workload matches 'nope'"):
+        runner.select_workloads(["nope"])
+
+
+def canned_result(error=None):
+    row = dict(workload="quick-rnn-h64-T50-b2", kind="rnn", dtype="float64", seconds=1e-3,
+               median_us=1e3, us_per_unrolled_step=20.0, peak_mib=1.5, rss_before_mib=100.0,
+               input_mib=0.01, loss=0.5, error=None)
+    rows = [dict(row, impl="fastgrad"), dict(row, impl="numpy", seconds=3e-3, median_us=3e3,
+                                              us_per_unrolled_step=60.0, error=error)]
+    runner._add_ratios(rows)
+    return dict(machine=runner.machine_info(), peers={"torch": None, "jax": None},
+                settings={}, columns=runner.COLUMNS, rows=rows, warnings=[], seconds=0.0)
+
+
+def test_json_option_and_missing_matplotlib(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run", lambda *a, **k: canned_result())
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "matplotlib.ticker", None)
+    path = tmp_path / "elsewhere" / "r.json"
+    code, stdout, _ = run_cli(["bench", "--quick", "--out", str(tmp_path / "o"), "--json",
+                               str(path)])
+    assert code == 0
+    assert json.loads(path.read_text())["rows"][1]["ratio_to_fastgrad"] == pytest.approx(3.0)
+    assert not (tmp_path / "o" / "bench.json").exists()
+    assert not (tmp_path / "o" / "bench.png").exists()
+    assert "matplotlib is not installed" in stdout
+
+
+def test_a_failed_cell_is_shown_and_fails_the_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run", lambda *a, **k: canned_result(error="ImportError: x"))
+    code, stdout, _ = run_cli(["bench", "--quick", "--out", str(tmp_path)])
+    assert code == 1
+    assert "quick-rnn-h64-T50-b2  float64  numpy  failed: ImportError: x" in stdout
+
+
+def test_bench_folder_uses_the_installed_package(monkeypatch, capsys):
+    """The pytest-benchmark suites collect and the compare scripts run (listing only)."""
+    collect = subprocess.run([sys.executable, "-m", "pytest", "bench", "--collect-only", "-q",
+                              "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True,
+                             text=True, check=False)
+    assert collect.returncode == 0, collect.stdout + collect.stderr
+    assert "test_bench_rnn.py::test_bptt_step" in collect.stdout
+    for script in ["compare.py", "compare_rnn.py", "rnn_long.py"]:
+        path = str(ROOT / "bench" / script)
+        monkeypatch.setattr(sys, "argv", [path, "--list"])
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(path, run_name="__main__")
+        assert done.value.code == 0
+        assert "long-rnn-h64-T1000000-b1" in capsys.readouterr().out
