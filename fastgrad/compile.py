@@ -79,6 +79,9 @@ class Program:
         for nodes in seen.values():
             if len(nodes) > 1:  # one parameter, several nodes: their gradients must add up
                 modes[nodes] = np.minimum(modes[nodes], 1)
+        # The loss's gradient is the seed: a row recorded after the loss that reads it must add
+        # to it, not overwrite it (the step's backward sweep runs every row).
+        modes[self.loss_node] = min(modes[self.loss_node], 1)
         self.modes = modes
         self.zero_spans = self._zero_spans(modes)
         # the memory guard (fg.set_memory_limit): refuse before allocating gradients + scratch

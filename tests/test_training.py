@@ -325,3 +325,24 @@ def test_integer_input_used_as_floats_in_a_compiled_function_is_refused():
         f(np.array([[1.0, 1.0], [2.0, 0.0]]), np.array([3, 5]))
     loss, (g,) = f(np.array([[1.0, 1.0], [2.0, 0.0]]), np.array([3.0, 5.0]))
     assert loss == 9.0 and g.tolist() == [-12.0, 0.0]
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["small-matmul", "blas-matmul"])
+def test_a_row_after_the_loss_that_reads_it_keeps_the_seed_gradient(big):
+    """A diagnostic recorded after the loss (aux = loss @ V) must not overwrite the loss's
+    seed gradient in the compiled backward sweep (both matmul paths)."""
+    rng = np.random.default_rng(0)
+    n = 200 if big else 2
+    W = fg.nn.Parameter(rng.standard_normal((3, 1)))
+    V = fg.nn.Parameter(rng.standard_normal((1, n)))
+    U = fg.nn.Parameter(rng.standard_normal((n, 200)))
+
+    def f(x):
+        loss = x @ W
+        _aux = (loss @ V) @ U  # unused, recorded after the loss
+        return loss
+
+    x = rng.standard_normal((1, 3))
+    loss, (gW, gV, gU) = fg.compile(f, params=[W, V, U])(x)
+    np.testing.assert_allclose(gW.ravel(), x.ravel(), rtol=1e-12)
+    assert not gV.any() and not gU.any()
