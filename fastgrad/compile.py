@@ -358,7 +358,7 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
         if scheduler is not None:
             scheduler.step()
         _report(bar, epoch, epochs, history)
-    if bar not in (None, "text"):
+    if bar is not None and not isinstance(bar, str):
         bar.close()
     if not history["accuracy"]:
         del history["accuracy"]
@@ -377,7 +377,7 @@ def _report(bar, epoch, epochs, history):
         msg += f" acc {history['accuracy'][-1]:.4f}"
     if bar is None:
         return
-    if bar == "text":
+    if isinstance(bar, str):  # "text": no tqdm (whose __eq__ refuses a str)
         print(f"epoch {epoch + 1}/{epochs}: {msg} ({history['seconds'][-1]:.2f}s)",
               file=sys.stderr, flush=True)
     else:

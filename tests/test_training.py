@@ -346,3 +346,29 @@ def test_a_row_after_the_loss_that_reads_it_keeps_the_seed_gradient(big):
     loss, (gW, gV, gU) = fg.compile(f, params=[W, V, U])(x)
     np.testing.assert_allclose(gW.ravel(), x.ravel(), rtol=1e-12)
     assert not gV.any() and not gU.any()
+
+
+@pytest.mark.parametrize("with_tqdm", [True, False], ids=["tqdm", "plain-text"])
+def test_fit_reports_progress_per_epoch_with_and_without_tqdm(with_tqdm, monkeypatch, capsys):
+    import builtins
+
+    if not with_tqdm:
+        real_import = builtins.__import__
+
+        def no_tqdm(name, *args, **kwargs):
+            if name.startswith("tqdm"):
+                raise ImportError(name)
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    else:
+        pytest.importorskip("tqdm")
+    model = fg.nn.MLP([4, 8, 3], seed=0)
+    step = fg.compile(lambda x, y: fg.cross_entropy(model(x), y),
+                      optimizer=fg.optim.SGD(model.parameters(), lr=0.1))
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    Y = np.arange(20) % 3
+    history = fg.fit(step, X, Y, epochs=2, batch_size=8, seed=0, progress=True)
+    assert len(history.loss) == 2
+    err = capsys.readouterr().err
+    assert ("2/2" in err) if with_tqdm else ("epoch 2/2: loss" in err)
