@@ -336,7 +336,7 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
             prog.arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads, prog.modes,
             prog.scratch, prog.zero_spans, prog.loss_off, opt.flat, opt.flat_grad,
             opt.kind, opt.state[0], opt.state[1], opt.state[2], opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
-            X2, x_off, Yf, Yi, y_off, perm, batch_size, nfull, prog.logits_off, ncls)
+            X2, x_off, Yf, Yi, y_off, perm, batch_size, nfull, prog.logits_off, ncls, False)
         opt.t += nfull
         seen = nfull * batch_size
         total *= batch_size

@@ -26,7 +26,7 @@ all running the same arithmetic in the same order, so gradients are bit-identica
   there. A second backward sweep without a forward one in between redoes the forward sweep.
 """
 
-from ._jit import jit
+from ._jit import jit, jit_inline
 from .rows import backward_row, forward_row, view
 
 HEADER = 16
@@ -89,7 +89,7 @@ def _state(values, ip, node_off, node_size, pos, save):
         pos += n
 
 
-@jit
+@jit_inline
 def _body_forward(tape, values, ivalues, params, ip, t):
     """Load x_t into the x slot and run the body rows once."""
     node_off = tape[8]
@@ -148,7 +148,7 @@ def _load_init(tape, values, params, ip):
               view(init, values, params, tape[10], node_off, node_size))
 
 
-@jit
+@jit_inline
 def _advance(tape, values, ivalues, params, ip, t0, t1):
     """Recompute steps t0 .. t1-1 from the carries in place (nothing stacked or saved)."""
     for t in range(t0, t1):
@@ -156,7 +156,7 @@ def _advance(tape, values, ivalues, params, ip, t0, t1):
         _carry_step(values, ip, tape[8], tape[9], t, False, True)
 
 
-@jit
+@jit_inline
 def _binomial_forward(tape, values, ivalues, params, ip, stack):
     """All T steps from the carries in place, storing the binomial schedule's first checkpoints;
     step T-1's state is left in the body nodes (its carry_in is not overwritten)."""
@@ -179,7 +179,7 @@ def _binomial_forward(tape, values, ivalues, params, ip, stack):
     sched[3] = max(sched[3], held)
 
 
-@jit
+@jit_inline
 def scan_forward(tape, values, ivalues, params, r):
     ip_ptr, iparams, node_off, node_size = tape[4], tape[5], tape[8], tape[9]
     ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
@@ -203,7 +203,7 @@ def scan_forward(tape, values, ivalues, params, r):
               values[node_off[cout] : node_off[cout] + node_size[cout]])
 
 
-@jit
+@jit_inline
 def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t):
     """One step of the reverse sweep with the body's values for step t already in place."""
     outs, node_off, node_size = tape[1], tape[8], tape[9]
@@ -236,7 +236,7 @@ def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, 
         _add(grads[dst : dst + step], grads[node_off[xslot] : node_off[xslot] + step])
 
 
-@jit
+@jit_inline
 def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip):
     """Reverse steps T-1 .. 0 following the binomial schedule (see the module docstring)."""
     node_off, node_size = tape[8], tape[9]
@@ -275,7 +275,7 @@ def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scrat
     sched[2] = advanced
 
 
-@jit
+@jit_inline
 def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r):
     ip_ptr, iparams, node_off, node_size = tape[4], tape[5], tape[8], tape[9]
     ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]

@@ -9,17 +9,25 @@ VJP overwrites whole (big input slots and most weight gradients are never touche
 """
 
 
-from ._jit import jit
+import numpy as np
+
+from ._jit import jit, jit_inline
 from .optim import clip_gradients, optimizer_update
 from .replay import replay_backward, replay_forward
 
 
-@jit
-def train_step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
-               flat, flat_grad, kind, s1, s2, s3, hyper, t, max_norm, max_value, check):
-    """Returns (loss, gradient norm, anomaly row or -1, 0 forward / 1 backward)."""
+# Why no constants in the calls below: Numba types a constant argument (0, False) as a literal
+# and compiles a separate copy of the callee for it, which for the replay loops means compiling
+# every kernel a second time (about 50 s cold, measured). np.int64(0) and the caller's ``check``
+# are plain int64 and bool, so the eager replay's compiled code is reused.
+
+
+@jit_inline
+def _step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
+          flat, flat_grad, kind, s1, s2, s3, hyper, t, max_norm, max_value, check):
     nrows = tape[0].size
-    bad = replay_forward(tape, values, ivalues, flat, 0, nrows, check)
+    first = np.int64(0)
+    bad = replay_forward(tape, values, ivalues, flat, first, nrows, check)
     if bad >= 0:
         return values[loss_off], 0.0, bad, 0
     loss = values[loss_off]
@@ -31,8 +39,8 @@ def train_step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off
         else:
             flat_grad[a:b] = 0.0
     grads[loss_off] = 1.0
-    bad = replay_backward(tape, values, ivalues, flat, grads, flat_grad, need, scratch, 0, nrows,
-                          check)
+    bad = replay_backward(tape, values, ivalues, flat, grads, flat_grad, need, scratch, first,
+                          nrows, check)
     if bad >= 0:
         return loss, 0.0, bad, 1
     norm = 0.0
@@ -44,12 +52,21 @@ def train_step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off
 
 
 @jit
+def train_step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
+               flat, flat_grad, kind, s1, s2, s3, hyper, t, max_norm, max_value, check):
+    """Returns (loss, gradient norm, anomaly row or -1, 0 forward / 1 backward)."""
+    return _step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
+                 flat, flat_grad, kind, s1, s2, s3, hyper, t, max_norm, max_value, check)
+
+
+@jit
 def fit_epoch(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
               flat, flat_grad,
               kind, s1, s2, s3, hyper, t0, max_norm, max_value,
-              X, x_off, Yf, Yi, y_off, perm, batch, nbatches, logits_off, ncls):
+              X, x_off, Yf, Yi, y_off, perm, batch, nbatches, logits_off, ncls, check):
     """Run ``nbatches`` minibatches of rows perm[b*batch : (b+1)*batch] of X (N, row) and
-    Yf (N, row) or Yi (N,). Returns (sum of batch losses, correct predictions)."""
+    Yf (N, row) or Yi (N,). ``check`` must be False (an argument, not a constant: see above).
+    Returns (sum of batch losses, correct predictions)."""
     row = X.shape[1]
     yrow = Yf.shape[1]
     total = 0.0
@@ -62,10 +79,10 @@ def fit_epoch(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
                 ivalues[y_off + r] = Yi[src]
             else:
                 values[y_off + r * yrow : y_off + (r + 1) * yrow] = Yf[src]
-        loss, norm, bad, direction = train_step(
+        loss, norm, bad, direction = _step(
             tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
             flat, flat_grad, kind, s1, s2, s3, hyper, t0 + b,
-            max_norm, max_value, False)
+            max_norm, max_value, check)
         total += loss
         if ncls > 0:
             for r in range(batch):
