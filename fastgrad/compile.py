@@ -26,6 +26,7 @@ import numpy as np
 from .anomaly import anomaly_enabled, describe_anomaly
 from .errors import fail
 from .kernels import train as _train
+from .kernels.movement import indices_within
 from .opcodes import Op
 from .ops import fmt
 from .scan import check_memory
@@ -93,9 +94,9 @@ class Program:
         self.arrays = tape.arrays()
         self.scratch = tape.scratch()
         self.logits_off, self.ncls = self._find_logits()
-        self.int_checks = [(i, tape.int_bounds.get(v)) for i, v in enumerate(self.slot_nodes)
-                           if tape.node_kind.a[v] == 1]
         self.slot_views = [tape.node_values(v) for v in self.slot_nodes]
+        self.int_checks = [(i, tape.int_bounds.get(v), self.slot_views[i].reshape(-1))
+                           for i, v in enumerate(self.slot_nodes) if tape.node_kind.a[v] == 1]
         # the tape's buffers, fixed from here on: built once, not per step
         self.kernel_args = (self.arrays, tape.values.a, tape.ivalues.a, tape.grads, self.modes,
                             self.scratch, self.zero_spans, self.loss_off)
@@ -130,13 +131,12 @@ class Program:
 
     def load_inputs(self, inputs):
         """Copy new input arrays into their slots (casting floats to the tape dtype)."""
-        for i, bound in self.int_checks:
-            x = inputs[i]
-            if bound and x.size and (x.min() < bound[0] or x.max() >= bound[1]):
-                raise fail("compile", f"input {i} holds indices outside [{bound[0]}, {bound[1]})",
-                           "check labels/indices against the class count or axis size")
         for view, x in zip(self.slot_views, inputs):
             np.copyto(view, x, casting="unsafe")
+        for i, bound, flat in self.int_checks:  # checked in the slot: what kernels index with
+            if bound and not indices_within(flat, bound[0], bound[1]):
+                raise fail("compile", f"input {i} holds indices outside [{bound[0]}, {bound[1]})",
+                           "check labels/indices against the class count or axis size")
         for leaf, v in self.frozen:
             self.tape.node_values(v)[...] = leaf.numpy()
 
@@ -314,7 +314,7 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
     x_off = int(prog.tape.node_off.a[prog.slot_nodes[0]])
     y_off = int(prog.tape.node_off.a[prog.slot_nodes[1]])
     if int_labels:
-        for _, bound in prog.int_checks:
+        for _, bound, _ in prog.int_checks:
             if bound and (Yc.min() < bound[0] or Yc.max() >= bound[1]):
                 raise fail("fit", f"labels outside [{bound[0]}, {bound[1]})",
                            "check the labels against the number of classes")
