@@ -15,6 +15,8 @@ Invariants:
 - Round trips are bit-exact, dtypes included.
 - A truncated or modified file raises ``FastgradError``; a loaded tape is checked row by row
   (``validate_tape``) before any kernel can see it, because the replay kernels trust the tape.
+  That includes tapes holding ``fg.scan`` loops: each loop's SCAN header is checked against the
+  layout ``fg.scan`` records (``_check_scan``).
 
 >>> import fastgrad as fg, numpy as np, os, tempfile
 >>> model = fg.nn.Linear(3, 2, seed=0)
@@ -36,10 +38,13 @@ import math
 import os
 import tempfile
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
 from .errors import FastgradError, fail
+from .kernels.scan import HEADER as SCAN_HEADER
+from .kernels.scan import binomial_advance
 from .opcodes import CONTROL, UNARY, Op
 from .ops import MAX_NDIM, TABLE, fmt
 from .tape import Tape, _Grow
@@ -237,11 +242,11 @@ def _tape_to(tape: Tape, put) -> dict:
     if tape.merged_into is not None:
         raise fail("save", "this tape was merged into another one",
                    "save the tape of the result (tensor.tape)")
-    if tape.scan_rows or np.any(tape.ops.view // 100 == CONTROL):
-        raise fail("save", "tapes holding an fg.scan loop cannot be saved yet",
-                   "save the model and optimizer state (fg.save(model) / fg.save(optimizer)) "
-                   "and record the loop again")
+    if tape.recording_scan:
+        raise fail("save", "an fg.scan body is being recorded on this tape",
+                   "save the tape after fg.scan returns")
     tape.flush()
+    validate_tape(tape, "save")  # never write a file that load would refuse
     shapes = tape.shapes
     doc = {"dtype": tape.dtype.name, "n_done": int(tape.n_done),
            "labels": [[int(v), s] for v, s in tape.labels.items()],
@@ -299,6 +304,13 @@ def _tape_from(doc, get) -> Tape:
     validate_tape(tape, "load")
     n_done = doc["n_done"]
     tape.n_done = n_done if isinstance(n_done, int) and 0 <= n_done <= tape.n_rows else 0
+    tape.scan_rows = [int(r) for r in np.flatnonzero(tape.ops.view == Op.SCAN)]
+    for r in tape.scan_rows:  # as fg.scan leaves them: its results are the SCAN row's
+        ip = _ints(tape.iparams.view[tape.ip_ptr.view[r] : tape.ip_ptr.view[r + 1]])
+        for v in _scan_results(ip):
+            tape.producer[v] = r
+        if ip[1] < tape.n_done <= r:  # never half a loop: replay it from its SCAN_BEGIN row
+            tape.n_done = ip[1]
     return tape
 
 
@@ -331,7 +343,264 @@ def _row_attrs(op: Op, shapes, out_shape, ip, fp):
             return []
         strides = tuple(int(s) for s in ip[2 + k :]) if out_shape else ()
         return [dict(out_shape=out_shape, base=int(ip[1]), strides=strides)]
-    return None  # control rows (fg.scan) and ops this checker does not know
+    return None  # ops this checker does not know (fg.scan's control rows: _check_scan)
+
+
+def _ints(a) -> list[int]:
+    return [int(x) for x in a]
+
+
+def _scan_results(ip) -> list[int]:
+    """The nodes a (checked) SCAN row writes for the rows after it: the final carries, then the
+    stacked output if any."""
+    nc, ns = ip[4], ip[5]
+    return [ip[SCAN_HEADER + 4 * c + 3] for c in range(nc)] + \
+        ([ip[SCAN_HEADER + 4 * nc + 1]] if ns else [])
+
+
+def _body_own(tape: Tape, first: int, end: int, b0: int, b1: int) -> list[int]:
+    """The body's own nodes as fastgrad/scan.py picks them from the nodes first..end-1 recorded
+    for the body: all but the captured ones (leaves and constants imported in the body, integer
+    and parameter nodes, reshapes of those or of outer nodes, which share their slot) and the
+    empty ones."""
+    kind, size, labels = tape.node_kind.view, tape.node_size.view, tape.labels
+    ops, outs = tape.ops.view, tape.outs.view
+    in_ptr, in_idx = tape.in_ptr.view, tape.in_idx.view
+    captured = {v for v in range(first, end) if labels.get(v) in ("leaf", "const") or kind[v]}
+    for r in range(b0, b1):
+        if ops[r] == Op.RESHAPE and in_ptr[r + 1] > in_ptr[r]:
+            src = int(in_idx[in_ptr[r]])
+            if src < first or src in captured:
+                captured.add(int(outs[r]))
+    return [v for v in range(first, end) if v not in captured and size[v] > 0]
+
+
+def _binomial_stores(T: int, slots: int) -> list[int]:
+    """The steps whose carries the binomial forward sweep checkpoints (kernels/scan.py,
+    ``_binomial_forward``): at most ``slots`` of them, so this never loops T times."""
+    steps = []
+    t = 0
+    while t < T - 1 and len(steps) < slots:
+        steps.append(t)
+        t += max(1, int(binomial_advance(T - t, slots - len(steps) + 1)))
+    return steps
+
+
+class _Scan(NamedTuple):
+    """One checked fg.scan loop, as validate_tape uses it."""
+
+    begin: int  # its SCAN_BEGIN row; the body is rows begin+1 .. row-1
+    row: int  # its SCAN row
+    results: list  # nodes the SCAN row writes for later rows (final carries, stacked output)
+    internal: list  # nodes no row may read: the two markers, store, checkpoints, schedule
+
+
+def _check_scans(tape: Tape, producer: dict, bad) -> list[_Scan]:
+    """Every fg.scan loop of the tape, each checked by ``_check_scan``; every SCAN_BEGIN row
+    must start one of them."""
+    ops = tape.ops.view
+    scans = [_check_scan(tape, int(r), producer, bad) for r in np.flatnonzero(ops == Op.SCAN)]
+    begins = {s.begin for s in scans}
+    for b in np.flatnonzero(ops == Op.SCAN_BEGIN):
+        if int(b) not in begins:
+            raise bad(f"row {int(b)} (scan_begin) starts no scan loop")
+    return scans
+
+
+def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
+    """Check the SCAN row ``r`` and its SCAN_BEGIN row against the layout fastgrad/scan.py
+    records; kernels/scan.py indexes arenas with every integer checked here.
+
+    ``producer`` maps each node to the row listed as writing it (node ids and operand lists are
+    already known to be in range). Header (kernels/scan.py): T, begin_row, body_start, body_end,
+    n_carry, n_stack, has_x, xs, x_slot, x_step, store, k, ckpt, schedule, reg_size, n_own, then
+    n_carry x (init, carry_in, carry_out, final), n_stack x (body node, stacked output), n_own
+    own nodes.
+    """
+    ops, outs = tape.ops.view, tape.outs.view
+    shapes, size, kind = tape.shapes, tape.node_size.view, tape.node_kind.view
+    in_ptr, in_idx = tape.in_ptr.view, tape.in_idx.view
+    ip_ptr, iparams, fp_ptr = tape.ip_ptr.view, tape.iparams.view, tape.fp_ptr.view
+    N = tape.n_nodes
+    where = f"row {r} (scan)"
+    ip = _ints(iparams[ip_ptr[r] : ip_ptr[r + 1]])
+    if len(ip) < SCAN_HEADER:
+        raise bad(f"{where} has {len(ip)} integer attributes, fewer than its {SCAN_HEADER}-entry "
+                  "header")
+    T, begin, b0, b1, nc, ns, has_x, xs, x_slot, x_step, store, k, ckpt, sched, reg, n_own = \
+        ip[:SCAN_HEADER]
+    if T < 1:
+        raise bad(f"{where}: T={T} steps; a scan runs T >= 1")
+    if nc < 1 or ns not in (0, 1) or has_x not in (0, 1) or n_own < 0:
+        raise bad(f"{where}: n_carry={nc}, n_stack={ns}, has_x={has_x}, n_own={n_own}; fg.scan "
+                  "records n_carry >= 1, n_stack and has_x 0 or 1, n_own >= 0")
+    want = SCAN_HEADER + 4 * nc + 2 * ns + n_own
+    if len(ip) != want:
+        raise bad(f"{where} has {len(ip)} integer attributes; n_carry={nc}, n_stack={ns} and "
+                  f"n_own={n_own} make {want}")
+    carries = [ip[SCAN_HEADER + 4 * c : SCAN_HEADER + 4 * c + 4] for c in range(nc)]
+    inits, cins, couts, finals = (list(col) for col in zip(*carries))
+    own0 = SCAN_HEADER + 4 * nc + 2 * ns
+    stack = ip[SCAN_HEADER + 4 * nc : own0]
+    own = ip[own0:]
+
+    # node ids: in range, -1 exactly where unused
+    if not has_x and (xs, x_slot, x_step) != (-1, -1, 0):
+        raise bad(f"{where}: has_x=0 but xs={xs}, x_slot={x_slot}, x_step={x_step} "
+                  "(fg.scan records -1, -1, 0)")
+    if k >= 0 and sched != -1:
+        raise bad(f"{where}: k={k} has no schedule but its schedule node id is {sched}")
+    ids = [("store", store), ("ckpt", ckpt)] + ([("schedule", sched)] if k < 0 else []) + \
+        ([("xs", xs), ("x_slot", x_slot)] if has_x else []) + \
+        [(f"carry {c} {name}", v) for c in range(nc)
+         for name, v in zip(("init", "carry_in", "carry_out", "final"), carries[c])] + \
+        [(f"stacked {name}", v) for name, v in zip(("body node", "output"), stack)] + \
+        [("own", v) for v in own]
+    for name, v in ids:
+        if not 0 <= v < N:
+            raise bad(f"{where}: its {name} node id {v} is out of range [0, {N})")
+
+    # rows: SCAN_BEGIN .. body .. SCAN, pointing at each other, nothing nested
+    if not 0 <= begin < r or ops[begin] != Op.SCAN_BEGIN:
+        raise bad(f"{where}: begin_row {begin} is not a scan_begin row before it")
+    target = _ints(iparams[ip_ptr[begin] : ip_ptr[begin + 1]])
+    if target != [r]:
+        at = target[0] if len(target) == 1 else target
+        raise bad(f"row {begin} (scan_begin) points at row {at}, not at its scan row {r}")
+    if b0 != begin + 1:
+        raise bad(f"{where}: body_start {b0} is not row {begin + 1}, the row after its scan_begin "
+                  f"row {begin}")
+    if b1 != r:
+        raise bad(f"{where}: body_end {b1} is not row {r}: the body runs up to the scan row")
+    inner = np.flatnonzero(ops[b0:b1] // 100 == CONTROL)
+    if inner.size:
+        raise bad(f"{where}: row {b0 + int(inner[0])} inside its body is a scan control row; "
+                  "scans do not nest")
+    if fp_ptr[begin + 1] != fp_ptr[begin] or fp_ptr[r + 1] != fp_ptr[r]:
+        raise bad(f"{where}: the scan rows carry float attributes")
+    if _ints(in_idx[in_ptr[begin] : in_ptr[begin + 1]]) != inits[:1]:
+        raise bad(f"row {begin} (scan_begin) does not read carry 0's init %{inits[0]}")
+    if _ints(in_idx[in_ptr[r] : in_ptr[r + 1]]) != inits + ([xs] if has_x else []):
+        raise bad(f"{where}: its operands are not the carries' inits"
+                  + (" and xs" if has_x else ""))
+
+    # nodes in recording order: marker, carry slots, x slot, the body's nodes, then store,
+    # checkpoints, schedule, final carries, stacked output and the SCAN row's own output
+    M, out = int(outs[begin]), int(outs[r])
+    for v, name in ((M, f"row {begin} (scan_begin)"), (out, where)):
+        if shapes[v] != (0,) or kind[v] != 0:
+            raise bad(f"{name}: its output %{v} is not an empty marker node")
+    first = M + 1
+    tail = out - 2 - (k < 0) - nc - ns  # where fg.scan puts the store node
+    layout = [("carry_in", cins, list(range(first, first + nc)))]
+    if has_x:
+        layout.append(("x_slot", [x_slot], [first + nc]))
+    layout += [("store", [store], [tail]), ("ckpt", [ckpt], [tail + 1])]
+    if k < 0:
+        layout.append(("schedule", [sched], [tail + 2]))
+    layout.append(("final", finals, list(range(tail + 2 + (k < 0), tail + 2 + (k < 0) + nc))))
+    if ns:
+        layout.append(("stacked output", stack[1:], [out - 1]))
+    for name, got, want_ids in layout:
+        if got != want_ids:
+            raise bad(f"{where}: its {name} node(s) {', '.join(f'%{v}' for v in got)} are not "
+                      f"{', '.join(f'%{v}' for v in want_ids)}, where fg.scan records them")
+    if tail < first + nc + has_x:
+        raise bad(f"{where}: no room for its slots between %{M} and %{out}")
+    body_outs = outs[b0:b1]
+    stray = np.flatnonzero((body_outs < first) | (body_outs >= tail))
+    if stray.size:
+        raise bad(f"row {b0 + int(stray[0])} in the body of {where} writes "
+                  f"%{int(body_outs[stray[0]])}, not a node of the body (%{first}..%{tail - 1})")
+    if np.any(outs[:begin] >= M) or np.any(outs[r + 1 :] <= out):
+        raise bad(f"a row outside the body of {where} writes one of its nodes %{M}..%{out}")
+
+    # carries: init -> carry_in, carry_out -> carry_in / final, all of one shape
+    for c, (init, cin, cout, fin) in enumerate(carries):
+        if kind[init] == 1 or init >= M:
+            raise bad(f"{where}: carry {c}'s init %{init} is not a float node recorded before "
+                      "the loop")
+        for name, v in (("carry_in", cin), ("carry_out", cout), ("final", fin)):
+            if shapes[v] != shapes[init] or kind[v] != 0:
+                raise bad(f"{where}: carry {c}'s {name} %{v} is not a float node of its init's "
+                          f"shape {fmt(shapes[init])}")
+        if cin in producer:
+            raise bad(f"{where}: carry {c}'s carry_in %{cin} is written by row {producer[cin]}")
+        p = producer.get(cout, -1)
+        if not b0 <= p < b1 or ops[p] == Op.RESHAPE:
+            raise bad(f"{where}: carry {c}'s carry_out %{cout} is not computed by a body row "
+                      "(other than a reshape)")
+
+    # xs: T steps of x_step values each, loaded into the x slot
+    if has_x:
+        if kind[xs] != 0 or xs >= M:
+            raise bad(f"{where}: xs %{xs} is not a float node recorded before the loop")
+        xshape = shapes[xs]
+        if not xshape or xshape[0] != T:
+            raise bad(f"{where}: xs %{xs} of shape {fmt(xshape)} does not hold T={T} steps")
+        if shapes[x_slot] != xshape[1:] or kind[x_slot] != 0 or x_slot in producer:
+            raise bad(f"{where}: x_slot %{x_slot} is not an input slot of shape {fmt(xshape[1:])}")
+        if x_step != size[x_slot]:
+            raise bad(f"{where}: x_step {x_step} is not the {int(size[x_slot])} values of one step "
+                      f"of xs %{xs}")
+
+    # stacked output: carry 0's carry_out at every step
+    if ns:
+        v, st = stack
+        if v != couts[0]:
+            raise bad(f"{where}: the stacked body node %{v} is not carry 0's carry_out "
+                      f"%{couts[0]}")
+        if shapes[st] != (T, *shapes[v]) or kind[st] != 0:
+            raise bad(f"{where}: the stacked output %{st} has shape {fmt(shapes[st])}, not "
+                      f"{fmt((T, *shapes[v]))}")
+
+    # the body's state: the own nodes saved and restored per step, reg_size values in all
+    want_own = _body_own(tape, first, tail, b0, b1)
+    if own != want_own:
+        raise bad(f"{where}: its {n_own} own nodes are not the body's {len(want_own)} "
+                  f"(%{first}..%{tail - 1} less captured and empty ones)")
+    values = int(sum(int(size[v]) for v in own))
+    if reg != values:
+        raise bad(f"{where}: reg_size {reg} is not the {values} values of its {n_own} own nodes")
+
+    # checkpointing: what store, checkpoints and schedule hold for k
+    csize = int(sum(int(size[v]) for v in cins))
+    if k < 0:
+        slots = -k
+        if slots > max(1, T - 1):
+            raise bad(f"{where}: {slots} binomial slots for T={T} steps; fg.scan keeps at most "
+                      f"{max(1, T - 1)}")
+        n_store, n_ckpt = 0, slots * csize
+    elif k > 0:
+        n_store, n_ckpt = k * reg, -(-T // k) * csize
+    else:
+        n_store, n_ckpt = T * reg, 0
+    if shapes[ckpt] != (n_ckpt,) or kind[ckpt] != 0:
+        raise bad(f"{where}: its checkpoint node %{ckpt} has shape {fmt(shapes[ckpt])}; k={k} for "
+                  f"T={T} steps of carries of {csize} values needs ({n_ckpt},)")
+    if shapes[store] != (n_store,) or kind[store] != 0:
+        raise bad(f"{where}: its store node %{store} has shape {fmt(shapes[store])}; k={k} for "
+                  f"T={T} steps with reg_size {reg} needs ({n_store},)")
+    internal = [M, out, store, ckpt]
+    if k < 0:
+        if kind[sched] != 1:
+            raise bad(f"{where}: its schedule node %{sched} is a "
+                      f"{'float' if kind[sched] == 0 else 'parameter'} node, not an integer node")
+        if shapes[sched] != (4 + slots,):
+            raise bad(f"{where}: its schedule node %{sched} has shape {fmt(shapes[sched])}, not "
+                      f"({4 + slots},) for {slots} slots")
+        off = int(tape.node_off.view[sched])
+        held = _ints(tape.ivalues.view[off : off + 4 + slots])
+        if held[0] not in (0, 1):
+            raise bad(f"{where}: schedule %{sched} has forward flag {held[0]}, not 0 or 1")
+        if held[0]:  # the next backward sweep starts from these checkpoints
+            steps = _binomial_stores(T, slots)
+            if held[1] != len(steps) or held[4 : 4 + len(steps)] != steps:
+                raise bad(f"{where}: schedule %{sched} holds {held[1]} checkpoints at steps "
+                          f"{held[4 : 4 + max(0, min(held[1], slots))]}; the binomial forward "
+                          f"sweep stores {len(steps)} at {steps}")
+        internal.append(sched)
+    return _Scan(begin, r, _scan_results(ip), internal)
 
 
 def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
@@ -345,7 +614,12 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
     products and lie inside their arena; written slots do not overlap; each row's integer and
     float attributes and output shape are exactly what the op's shape rule (the recorder's own
     validation) gives for its operand shapes; integer operands (indices, labels) hold values
-    inside the range the row reads.
+    inside the range the row reads. For each ``fg.scan`` loop, ``_check_scan``: every node id
+    of its SCAN header in range and of the right kind, the row indices (SCAN_BEGIN, body, SCAN)
+    pointing at each other, nothing nested, the node layout, carry/xs/stacked/store/checkpoint/
+    schedule sizes against T, k and reg_size, the own nodes, and the binomial schedule's
+    checkpoints; body rows read only nodes recorded before them, and no row reads a loop's
+    internal nodes.
     """
 
     def bad(problem):
@@ -415,6 +689,16 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
         if o in producer:
             raise bad(f"node %{o} is written by rows {producer[o]} and {r}")
         producer[o] = r
+
+    # fg.scan loops, before any of their body rows
+    in_body = np.zeros(R, bool)
+    internal = set()
+    for s in _check_scans(tape, producer, bad):
+        in_body[s.begin + 1 : s.row] = True
+        internal.update(s.internal)
+        for v in s.results:
+            producer[v] = s.row
+
     codes = {int(op) for op in TABLE}
     aliases = set()
     for r in range(R):
@@ -427,13 +711,16 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
         o = int(outs[r])
         where = f"row {r} ({d.name})"
         if d.family == CONTROL:
-            raise bad(f"{where} is part of an fg.scan loop; tapes holding scans cannot be "
-                      "loaded yet")
+            continue  # checked with its loop above
         if (d.arity >= 0 and len(ins) != d.arity) or not ins:
             raise bad(f"{where} has {len(ins)} operands")
         for pos, v in enumerate(ins):
             if producer.get(v, -1) >= r:
                 raise bad(f"{where} reads %{v} before row {producer[v]} writes it")
+            if v in internal:
+                raise bad(f"{where} reads %{v}, a node internal to an fg.scan loop")
+            if in_body[r] and v >= o:  # a body row runs T times: it reads what existed before
+                raise bad(f"{where} in an fg.scan body reads %{v}, recorded after its output")
             want_int = pos in d.int_inputs
             if (kind[v] == 1) != want_int:
                 raise bad(f"{where}: operand {pos} (%{v}) is "

@@ -1,6 +1,7 @@
-"""fg.save / fg.load: bit-exact round trips of module state, optimizer state and tapes; atomic
-writes; truncated, modified and malicious files are refused with a FastgradError; a run resumed
-from a checkpoint continues the uninterrupted trajectory bit for bit."""
+"""fg.save / fg.load: bit-exact round trips of module state, optimizer state and tapes (also
+tapes holding fg.scan loops, in every checkpoint mode); atomic writes; truncated, modified and
+malicious files (and tampered scan headers) are refused with a FastgradError; a run resumed from
+a checkpoint continues the uninterrupted trajectory bit for bit."""
 
 import json
 import os
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 import fastgrad as fg
+import fastgrad.io
 from fastgrad import FastgradError
-from fastgrad.io import HEADER, _digest
+from fastgrad.io import _TAPE_INTS, HEADER, _digest, validate_tape
 from fastgrad.opcodes import Op
 
 
@@ -250,10 +252,293 @@ def test_save_refuses_what_it_cannot_write_faithfully(tmp_path):
         fg.save({"x": np.array([object()])}, tmp_path / "x.npz")
     with raises(r"save: cannot save an object of type function"):
         fg.save({"f": lambda: 0}, tmp_path / "x.npz")
-    h = fg.scan(lambda c, x: c * x, fg.tensor(1.0, requires_grad=True), fg.tensor(np.ones(3)))
-    with raises(r"save: tapes holding an fg.scan loop cannot be saved yet"):
-        fg.save(h.tape, tmp_path / "x.npz")
+
+    def step(c, x):  # the loop body is still being recorded: its tape is not a whole one
+        fg.save(c.tape, tmp_path / "x.npz")
+        return c * x
+
+    with raises(r"save: an fg.scan body is being recorded on this tape"):
+        fg.scan(step, fg.tensor(1.0, requires_grad=True), fg.tensor(np.ones(3)))
     assert not any(tmp_path.iterdir())  # nothing written, not even a temporary file
+
+
+# ----------------------------------------------------------------------------- fg.scan loops
+CHECKPOINTS = {"store-all": None, "sqrt": "sqrt", "segments of 2": 2, "binomial": fg.Binomial(2)}
+H = 16  # the SCAN header; then (init, carry_in, carry_out, final) per carry, stacked, own nodes
+
+
+def _scan_loss(checkpoint, dtype=np.float64):
+    """A loop of T=6 steps over xs (6, 3) with a tuple carry (h (3,), s ()) and h stacked over
+    time; the loss reads the stacked output and both final carries. With checkpoint=2 it keeps
+    3 carries of 4 values; fg.Binomial(2) stores steps 0 and 3 in its forward sweep."""
+    rng = np.random.default_rng(5)
+    w = fg.tensor((rng.standard_normal((3, 3)) * 0.5).astype(dtype), requires_grad=True)
+    b = fg.tensor(rng.standard_normal(3).astype(dtype), requires_grad=True)
+    xs = fg.tensor(rng.standard_normal((6, 3)).astype(dtype))
+
+    def step(carry, x):
+        h, s = carry
+        h = (h @ w + x + b).tanh()
+        return h, s + (h * h).sum()
+
+    hs, (h, s) = fg.scan(step, (fg.zeros(3, dtype=dtype), fg.zeros((), dtype=dtype)), xs,
+                         checkpoint=checkpoint, stack=True)
+    return hs.sum() * 0.5 + s + h.sum(), (w, b)
+
+
+def _state(tape):
+    return tape.values.view.tobytes(), tape.ivalues.view.tobytes()
+
+
+@pytest.mark.parametrize("mode, dtype", [(m, np.float64) for m in CHECKPOINTS]
+                         + [("binomial", np.float32)])
+def test_a_tape_holding_a_scan_round_trips_and_replays_bit_exactly(tmp_path, mode, dtype):
+    """Saved after its forward sweep and loaded, then the same replays on the original and the
+    loaded tape: backward from the saved state (binomial: from the checkpoints the forward sweep
+    left), a fresh forward sweep, backward again. Values, schedule and gradients agree bit for
+    bit at every stage."""
+    loss, params = _scan_loss(CHECKPOINTS[mode], dtype)
+    tape = loss.tape
+    fg.save(tape, tmp_path / "scan.npz")
+    back = fg.load(tmp_path / "scan.npz")
+    assert str(back) == str(tape) and back.shapes == tape.shapes and back.labels == tape.labels
+    for name in (*_TAPE_INTS, "fparams", "node_kind", "node_need", "values", "ivalues"):
+        a, b = getattr(tape, name).view, getattr(back, name).view
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
+    assert back.scan_rows == tape.scan_rows == [_row_of({"ops": tape.ops.view}, Op.SCAN)]
+    assert back.producer == tape.producer  # final carries and stacked output: the SCAN row's
+    assert back.n_done == tape.n_done == tape.n_rows
+
+    loss.backward()
+    back.backward(loss.node, np.ones((), dtype))
+    assert back.grads[: back.values.n].tobytes() == tape.grads[: tape.values.n].tobytes()
+    assert _state(back) == _state(tape)
+    for p in params:
+        (v,) = [v for leaf, v in tape.leaves if leaf is p]
+        assert back.node_grad(v).tobytes() == p.grad.tobytes() and np.all(p.grad != 0)
+    for t in (tape, back):
+        t.n_done = 0
+        t.flush()
+    assert _state(back) == _state(tape)
+    for t in (tape, back):
+        t.backward(loss.node, np.ones((), dtype))
+    assert back.grads[: back.values.n].tobytes() == tape.grads[: tape.values.n].tobytes()
+    assert _state(back) == _state(tape)
+
+
+def test_a_loaded_tape_never_resumes_inside_a_loop(tmp_path):
+    loss, _ = _scan_loss("sqrt")
+    path = tmp_path / "scan.npz"
+    fg.save(loss.tape, path)
+    begin = _row_of({"ops": loss.tape.ops.view}, Op.SCAN_BEGIN)
+    _rewrite(path, lambda arrays, header: header["tree"]["$tape"].update(n_done=begin + 2))
+    back = fg.load(path)
+    assert back.n_done == begin  # not a body row: the replay starts with the whole loop
+    back.flush()
+    assert _state(back) == _state(loss.tape)
+
+
+def _scan_ip(t, op=Op.SCAN):
+    """The integer attributes of the first ``op`` row, as a writable view."""
+    r = _row_of(t, op)
+    return t["iparams"][t["ip_ptr"][r] : t["ip_ptr"][r + 1]]
+
+
+def _add(i, delta):
+    def change(t):
+        _scan_ip(t)[i] += delta
+    return change
+
+
+def _put(i, value):
+    def change(t):
+        _scan_ip(t)[i] = value
+    return change
+
+
+def _copy(dst, src):
+    def change(t):
+        ip = _scan_ip(t)
+        ip[dst] = ip[src]
+    return change
+
+
+def _schedule(i, value):
+    """Entry i of the binomial schedule node: [forward valid, held, advanced, most used, the
+    step of each slot...]; the saved forward sweep left [1, 2, ., ., 0, 3]."""
+    def change(t):
+        t["ivalues"][t["node_off"][_scan_ip(t)[13]] + i] = value
+    return change
+
+
+def _operand(op, node_of):
+    """Make the first ``op`` row read the node ``node_of(scan header)`` as its operand 0."""
+    def change(t):
+        t["in_idx"][t["in_ptr"][_row_of(t, op)]] = node_of(_scan_ip(t))
+    return change
+
+
+def _op(row_of, code):
+    def change(t):
+        t["ops"][row_of(t)] = code
+    return change
+
+
+# name: (checkpoint mode, edit, message, the checks of other rows would have let it through)
+SCAN_TAMPERINGS = {
+    "T one step more than xs holds": (
+        "sqrt", _add(0, 1), r"xs %\d+ of shape \(6, 3\) does not hold T=7 steps", True),
+    "T = 0": ("store-all", _put(0, 0), r"T=0 steps; a scan runs T >= 1", True),
+    "body_start one row late": (
+        "store-all", _add(2, 1), r"body_start \d+ is not row \d+, the row after its scan_begin",
+        True),
+    "body_start on the scan_begin row": (
+        "binomial", _add(2, -1), r"body_start \d+ is not row \d+, the row after its scan_begin",
+        True),
+    "body_end past the scan row": (
+        "store-all", _add(3, 1), r"body_end \d+ is not row \d+: the body runs up to the scan row",
+        True),
+    "one carry more": (
+        "sqrt", _add(4, 1), r"has \d+ integer attributes; n_carry=3, n_stack=1 and n_own=\d+ make",
+        True),
+    "a carry node id past the last node": (
+        "store-all", _put(H + 1, 10**6), r"its carry 0 carry_in node id 1000000 is out of range",
+        True),
+    "a negative carry node id": (
+        "binomial", _put(H + 4 + 2, -1), r"its carry 1 carry_out node id -1 is out of range", True),
+    "x_step one more": (
+        "store-all", _add(9, 1), r"x_step 4 is not the 3 values of one step of xs", True),
+    "the store node id pointing at the checkpoints": (
+        "sqrt", _copy(10, 12), r"its store node\(s\) %\d+ are not %\d+, where fg.scan records",
+        True),
+    "reg_size one more": (
+        "segments of 2", _add(14, 1), r"reg_size \d+ is not the \d+ values of its \d+ own nodes",
+        True),
+    "own nodes shifted": (
+        "store-all", lambda t: _scan_ip(t).__setitem__(slice(-1, None), _scan_ip(t)[-1] + 1),
+        r"its \d+ own nodes are not the body's", True),
+    "k disagreeing with the checkpoint size": (
+        "segments of 2", _put(11, 3),
+        (r"its checkpoint node %\d+ has shape \(12,\); k=3 for T=6 steps of carries of 4 values "
+         r"needs \(8,\)"), True),
+    "binomial slots disagreeing with the checkpoint size": (
+        "binomial", _put(11, -3),
+        r"its checkpoint node %\d+ has shape \(8,\); k=-3 .* needs \(12,\)", True),
+    "the schedule node made a float node": (  # the overlap check would also refuse it, later
+        "binomial", lambda t: t["node_kind"].__setitem__(_scan_ip(t)[13], 0),
+        r"its schedule node %\d+ is a float node, not an integer node", False),
+    "a checkpoint at a step before the loop": (
+        "binomial", _schedule(4, -100_000),
+        (r"holds 2 checkpoints at steps \[-100000, 3\]; the binomial forward sweep stores 2 at "
+         r"\[0, 3\]"), True),
+    "more checkpoints held than slots": (
+        "binomial", _schedule(1, 50), r"holds 50 checkpoints at steps \[0, 3\]", True),
+    "a forward flag other than 0 or 1": (
+        "binomial", _schedule(0, 7), r"has forward flag 7, not 0 or 1", True),
+    "the stacked output fed by carry 1": (
+        "sqrt", _copy(H + 8, H + 4 + 2), r"the stacked body node %\d+ is not carry 0's carry_out",
+        True),
+    "the scan_begin row pointing at itself": (  # the forward replay would loop forever
+        "store-all",
+        lambda t: _scan_ip(t, Op.SCAN_BEGIN).__setitem__(0, _row_of(t, Op.SCAN_BEGIN)),
+        r"row \d+ \(scan_begin\) points at row \d+, not at its scan row \d+", True),
+    "the scan_begin row pointing past its scan row": (
+        "binomial",
+        lambda t: _scan_ip(t, Op.SCAN_BEGIN).__setitem__(0, _row_of(t, Op.SCAN) + 1),
+        r"row \d+ \(scan_begin\) points at row \d+, not at its scan row \d+", True),
+    "begin_row off by one": (
+        "sqrt", _add(1, 1), r"begin_row \d+ is not a scan_begin row before it", True),
+    "a scan_begin row nested in the body": (
+        "store-all", _op(lambda t: _row_of(t, Op.TANH), Op.SCAN_BEGIN),
+        r"row \d+ inside its body is a scan control row; scans do not nest", True),
+    "a stray scan_begin row after the loop": (  # the forward replay would loop forever
+        "store-all", _op(lambda t: len(t["ops"]) - 1, Op.SCAN_BEGIN),
+        r"row \d+ \(scan_begin\) starts no scan loop", True),
+    "a body row reading the final carry": (
+        "sqrt", _operand(Op.TANH, lambda ip: ip[H + 3]),
+        r"\(tanh\) reads %\d+ before row \d+ writes it", True),
+    "a row reading the loop's store": (  # its shape rule would also refuse it, later
+        "store-all", _operand(Op.SUM, lambda ip: ip[10]),
+        r"\(sum\) reads %\d+, a node internal to an fg.scan loop", False),
+}
+
+
+@pytest.mark.parametrize("what", list(SCAN_TAMPERINGS))
+def test_a_tampered_scan_header_is_refused_by_name(tmp_path, monkeypatch, what):
+    """One field of a saved loop changed and the checksum recomputed: loading refuses it with a
+    message naming the field; the same edit made in memory is refused by validate_tape, and
+    (where marked) the checks of other rows alone would have passed it on to the kernels."""
+    mode, change, message, others_miss = SCAN_TAMPERINGS[what]
+    loss, _ = _scan_loss(CHECKPOINTS[mode])
+    path = tmp_path / "scan.npz"
+    fg.save(loss.tape, path)
+    tape = fg.load(path)
+    _rewrite(path, lambda arrays, header: change(_tape_arrays(arrays, header)))
+    with raises(r"^load: invalid tape: .*" + message + r".*\. Fix: the file is truncated or"):
+        fg.load(path)
+
+    change({name: getattr(tape, name).view for name in (*_TAPE_INTS, "node_kind", "ivalues")})
+    with raises(r"^validate_tape: invalid tape: .*" + message):
+        validate_tape(tape)
+    if others_miss:
+        monkeypatch.setattr(fastgrad.io, "_check_scans", lambda tape, producer, bad: [])
+        validate_tape(tape)
+
+
+@pytest.mark.parametrize("mode", list(CHECKPOINTS))
+def test_every_one_integer_change_of_the_scan_rows_is_refused_or_harmless(mode):
+    """Each integer attribute of the SCAN and SCAN_BEGIN rows, and each entry of the binomial
+    schedule, set to each of 8 or 9 other values: validate_tape refuses the tape with a
+    FastgradError (never another exception), except for three kinds of change that leave a tape
+    the kernels run safely: carry 1's carry_out moved to the other () node the body computes
+    (the loop of another step function), the schedule's two counters (written, never read), and
+    its forward flag cleared (the next backward sweep redoes the forward sweep)."""
+    loss, _ = _scan_loss(CHECKPOINTS[mode])
+    tape = loss.tape
+    tape.flush()
+    scan, begin = (_row_of({"ops": tape.ops.view}, op) for op in (Op.SCAN, Op.SCAN_BEGIN))
+    ip0 = int(tape.ip_ptr.a[scan])
+    places = [(tape.iparams, i) for r in (scan, begin)
+              for i in range(tape.ip_ptr.a[r], tape.ip_ptr.a[r + 1])]
+    sched = int(tape.node_off.a[tape.iparams.a[ip0 + 13]]) if mode == "binomial" else -1
+    if mode == "binomial":
+        places += [(tape.ivalues, sched + i) for i in range(6)]
+    body_sum = int(tape.outs.a[_row_of({"ops": tape.ops.view}, Op.SUM)])  # (h * h).sum()
+    tried, accepted = [], []
+    for arr, i in places:
+        orig = int(arr.a[i])
+        for new in sorted({-1, 0, 1, 2, orig - 1, orig + 1, orig + 2, 2**31, -(2**40)} - {orig}):
+            tried.append((arr, i, new))
+            arr.a[i] = new
+            try:
+                validate_tape(tape)
+                accepted.append((arr, i, new))
+            except FastgradError:
+                pass
+            finally:
+                arr.a[i] = orig
+    harmless = [(tape.iparams, ip0 + H + 4 + 2, body_sum)] + [
+        (arr, i, new) for arr, i, new in tried if arr is tape.ivalues
+        and (i in (sched + 2, sched + 3) or (i, new) == (sched, 0))]
+    assert accepted == harmless
+    assert len(tried) > 300
+    clean = tape.backward(loss.node, np.ones(()))[: tape.values.n].copy()
+    for arr, i, new in accepted:  # each replays from its forward state, forward and backward
+        tape.n_done = 0
+        tape.flush()
+        orig = int(arr.a[i])
+        arr.a[i] = new
+        try:
+            validate_tape(tape)
+            if arr is tape.iparams:
+                tape.n_done = 0
+                tape.flush()
+            grads = tape.backward(loss.node, np.ones(()))[: tape.values.n]
+            if arr is tape.ivalues:  # the same loop: the same gradients
+                assert grads.tobytes() == clean.tobytes()
+            assert np.all(np.isfinite(grads))
+        finally:
+            arr.a[i] = orig
 
 
 # ----------------------------------------------------------------------------- atomic writes
