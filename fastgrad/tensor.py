@@ -620,11 +620,13 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
             if t._tape is not None and t.tape not in tapes:
                 tapes.append(t.tape)
     body = getattr(_state, "body_tape", None)
-    if body is not None and grad_on and body not in tapes:
-        tapes.insert(0, body)  # inside a scan body every op is recorded on the scan's tape
+    if body is not None and body not in tapes:
+        # inside a scan body every op is recorded on the scan's tape, under no_grad too: the
+        # loop replays these rows T times (without them it would return its initial carry)
+        tapes.insert(0, body)
     folding = not tapes and not need  # constants only: compute now and return a leaf
     if tapes:
-        tape = body if body is not None and grad_on else max(
+        tape = body if body is not None else max(
             tapes, key=lambda tp: (bool(tp.scan_rows), tp.n_rows))
         if tape.dtype != dtype:
             raise fail(name, f"operands recorded in {tape.dtype} mixed with {dtype}",
@@ -653,7 +655,7 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
             idx = np.where(idx < 0, idx + hi, idx) if lo < 0 else idx
             nodes.append(tape.add_input(idx, kind=1, label="const", what=name))
         else:
-            v = _import(tape, t, kind, need_values=not grad_on, what=name)
+            v = _import(tape, t, kind, need_values=not grad_on and body is None, what=name)
             if tape.node_kind.a[v] == 1 and kind == 0:
                 raise fail(name, f"operand {i} (shape {fmt(t.shape)}) is an integer input of a "
                            "compiled function, used in float arithmetic",

@@ -505,3 +505,28 @@ def test_truncated_bptt_refuses_mismatched_streams_and_models():
                 "k2": 4, "loss": fg.mse_loss, "optimizer": opt, **change}
         with pytest.raises(fg.FastgradError, match="truncated_bptt: .*" + message):
             fg.truncated_bptt(**args)
+
+
+@pytest.mark.parametrize("cls", [fg.nn.RNN, fg.nn.LSTM, fg.nn.GRU])
+def test_recurrent_layers_under_no_grad_give_the_recorded_values(cls):
+    # evaluation under no_grad must still run the loop, not return the initial state
+    layer = cls(input_size=3, hidden_size=4, seed=0, dtype=np.float64)
+    xs = np.random.default_rng(0).normal(size=(6, 2, 3))
+    hs, _ = layer(xs)
+    with fg.no_grad():
+        hs_eval, _ = layer(xs)
+    assert not hs_eval.requires_grad
+    np.testing.assert_array_equal(hs_eval.numpy(), hs.numpy())
+
+
+def test_scan_under_no_grad_matches_a_numpy_loop():
+    W = np.array([[0.5, -0.2], [0.1, 0.9]])
+    x = np.random.default_rng(1).normal(size=(4, 2))
+    w = fg.tensor(W, requires_grad=True)
+    with fg.no_grad():
+        h = fg.scan(lambda h, x_t: (h @ w + x_t).tanh(), fg.tensor(np.ones(2)), fg.tensor(x))
+    ref = np.ones(2)
+    for t in range(4):
+        ref = np.tanh(ref @ W + x[t])
+    assert not h.requires_grad
+    np.testing.assert_allclose(h.numpy(), ref, rtol=1e-14)
