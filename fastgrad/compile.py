@@ -43,8 +43,8 @@ class Program:
 
     def __init__(self, fn, inputs, optimizer, params, dtype):
         self.tape = tape = Tape(dtype)
-        self.slots = [placeholder(tape, x, label=f"input {i}") for i, x in enumerate(inputs)]
-        out = fn(*self.slots)
+        slots = [placeholder(tape, x, label=f"input {i}") for i, x in enumerate(inputs)]
+        out = fn(*slots)
         if not isinstance(out, Tensor) or out.size != 1:
             raise fail("compile", "the function must return a one-element loss tensor, got "
                        + (f"shape {fmt(out.shape)}" if isinstance(out, Tensor) else repr(out)),
@@ -52,8 +52,10 @@ class Program:
         if not out.requires_grad:
             raise fail("compile", "the loss does not depend on any parameter that requires grad",
                        "use model parameters (fg.nn.Parameter) inside the function")
-        tape = self.tape = out.tape  # merges may have moved the graph to another tape
-        self.slot_nodes = [s.node for s in self.slots]
+        # Merges may have moved the graph onto a user's eager tape (or theirs onto ours): the
+        # program rewrites its tape below, so it works on a copy and theirs stays as recorded.
+        tape = self.tape = out.tape.copy()
+        self.slot_nodes = [s.node for s in slots]
         self.loss_node = out.node
         self.loss_off = int(tape.node_off.a[self.loss_node])
         self.params = list(params) if params is not None else list(

@@ -430,7 +430,7 @@ def truncated_bptt(model, init, xs, targets, k1, k2, loss, optimizer, clip_grad_
         if prog not in kept:
             kept[prog] = traced.pop()
         if layout[0]:  # the carry entering step nxt, computed by this update's forward sweep
-            carry = [t.tape.node_values(t.node).copy() for t in kept[prog]]
+            carry = [prog.tape.node_values(t.node).copy() for t in kept[prog]]  # the program's copy
         start, done = nxt, end
     final = [tensor(c) for c in carry]
     return np.array(losses), final[0] if single else tuple(final)

@@ -79,6 +79,11 @@ class _Grow:
     def view(self):
         return self.a[: self.n]
 
+    def copy(self):
+        new = _Grow(self.a.dtype, 0)
+        new.a, new.n = self.a.copy(), self.n
+        return new
+
 
 class Tape:
     """A recorded computation in flat arrays. See the module docstring for the format."""
@@ -117,6 +122,30 @@ class Tape:
         self.scan_rows: list[int] = []
         self.merged_into: Tape | None = None
         self.node_shift = 0
+
+    def copy(self) -> "Tape":
+        """An independent copy: arrays, node table and bookkeeping copied, leaf tensors shared.
+
+        ``fg.compile`` rewrites its program's tape (parameter nodes move into the flat buffer);
+        on a copy, a user's eager graph merged into the trace keeps working as recorded.
+
+        >>> import fastgrad as fg
+        >>> y = fg.tensor([1.0, 2.0], requires_grad=True) * 3.0
+        >>> t = y.tape.copy()
+        >>> t.n_rows == y.tape.n_rows and t.values.a is not y.tape.values.a
+        True
+        """
+        new = Tape.__new__(Tape)
+        for name, value in vars(self).items():
+            if isinstance(value, _Grow):
+                value = value.copy()
+            elif isinstance(value, np.ndarray):
+                value = value.copy()
+            elif isinstance(value, (list, dict)):
+                value = type(value)(value)
+            new.__dict__[name] = value
+        new.merged_into, new.node_shift = None, 0
+        return new
 
     # ------------------------------------------------------------------ building
     @property

@@ -372,3 +372,19 @@ def test_fit_reports_progress_per_epoch_with_and_without_tqdm(with_tqdm, monkeyp
     assert len(history.loss) == 2
     err = capsys.readouterr().err
     assert ("2/2" in err) if with_tqdm else ("epoch 2/2: loss" in err)
+
+
+def test_compiling_over_an_eager_graph_leaves_that_graph_as_recorded():
+    # W2 and extra are recorded eagerly; the traced program merges their tape and rewrites its
+    # own parameter nodes, which must not change what extra.backward() computes afterwards
+    lin = fg.nn.Linear(3, 1, seed=0, dtype=np.float64)
+    w0 = lin.weight.numpy().copy()
+    W2 = lin.weight * 2.0
+    extra = (W2 * W2).sum()
+    opt = fg.optim.SGD(lin.parameters(), lr=0.1)
+    step = fg.compile(lambda x, y: (((x @ W2.T) - y) ** 2).mean(), optimizer=opt)
+    step(np.ones((4, 3)), np.zeros((4, 1)))
+    assert not np.array_equal(lin.weight.numpy(), w0)  # the step did update the weight
+    lin.weight.grad = None
+    extra.backward()
+    np.testing.assert_allclose(lin.weight.grad, 8.0 * w0, rtol=1e-14)
