@@ -322,6 +322,13 @@ def broadcast_walk(code, a, b, y, ip, forward, ga, na, gb, nb, gy):
     sa_in = ip[U(2 * nd)]
     sb_in = ip[U(3 * nd)]
     runs = y.size // inner if inner > 0 else 0
+    if runs == 1:  # equal shapes, a scalar operand: one run, no odometer (nor its allocation)
+        o = np.int64(0)  # not a literal 0, which would compile another copy of each run kernel
+        if forward:
+            binary_run_forward(code, a, o, sa_in, b, o, sb_in, y, o, inner)
+        else:
+            binary_run_vjp(code, a, o, sa_in, ga, na, b, o, sb_in, gb, nb, y, gy, o, inner)
+        return
     idx = np.zeros(nd, np.int64)
     oa = 0
     ob = 0
