@@ -160,6 +160,13 @@ def _interval(checkpoint, T):
                "use checkpoint=None, 'sqrt', a segment length k > 0 or fg.Binomial(slots=s)")
 
 
+
+def _is_alias(t) -> bool:
+    """Whether tensor t's values live in another node's slot (t is a RESHAPE output)."""
+    row = t.tape.producer.get(t.node)
+    return row is not None and t.tape.ops.a[row] == Op.RESHAPE
+
+
 def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     """Run ``carry = step(carry, x_t)`` for t = 0..T-1 and return the final carry.
 
@@ -188,8 +195,10 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     if x is not None and x.dtype.kind != "f":
         raise fail("scan", f"xs must hold floats, got {x.dtype}",
                    "cast xs (xs.astype(np.float32)); index an embedding table inside the step")
-    if x is not None and x._tape is None and x.requires_grad:
-        x = x + 0.0  # a parameter as xs: loop over a copy (a compiled step remaps parameters)
+    if x is not None and x.requires_grad and (x._tape is None or _is_alias(x)):
+        # a parameter (or a reshape of one) as xs: loop over a copy, since a compiled step
+        # moves parameters and their reshapes into its flat parameter buffer
+        x = x + 0.0
     if x is not None and x.ndim == 0:
         raise fail("scan", "xs must have a leading time axis", "pass xs of shape (T, ...)")
     T = x.shape[0] if x is not None else length

@@ -571,7 +571,8 @@ def _import(tape, t, kind, need_values, what=None):
     need = t.requires_grad and t._tape is None and kind == 0 and is_grad_enabled()
     v = tape.add_input(values, kind=kind, need=need, label="leaf" if need else "const",
                        what=what)
-    if kind == 0:
+    if kind == 0 and (need or not t.requires_grad):
+        # not a parameter's no_grad copy: a later use with grad on must import it afresh
         tape.imported[key] = (t, v)
     if need:
         tape.leaves.append((t, v))

@@ -530,3 +530,48 @@ def test_scan_under_no_grad_matches_a_numpy_loop():
         ref = np.tanh(ref @ W + x[t])
     assert not h.requires_grad
     np.testing.assert_allclose(h.numpy(), ref, rtol=1e-14)
+
+
+def test_a_no_grad_warm_up_does_not_take_gradients_from_later_uses_of_the_weights():
+    # the warm-up records W_hh on the scan's tape as a constant; the later forward, with grad
+    # on, must import it again as a leaf that receives a gradient
+    rng = np.random.default_rng(3)
+    warm, xs = rng.normal(size=(4, 2, 3)), rng.normal(size=(5, 2, 3))
+
+    def grads(warm_under_no_grad):
+        rnn = fg.nn.RNN(3, 4, seed=1, dtype=np.float64)
+        if warm_under_no_grad:
+            with fg.no_grad():
+                _, h = rnn(warm, fg.tensor(np.zeros((2, 4))))
+        else:
+            _, h = rnn(warm, fg.tensor(np.zeros((2, 4))))
+            h = fg.tensor(h.numpy())  # the same carry, detached by copying
+        hs, _ = rnn(xs, h)
+        (hs * hs).sum().backward()
+        return [p.grad for p in rnn.parameters()]
+
+    for got, want in zip(grads(True), grads(False)):
+        assert got is not None
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("checkpoint", [None, 2, fg.Binomial(slots=2)])
+def test_compiled_scan_over_a_reshaped_parameter_matches_eager(checkpoint):
+    # xs aliases a parameter's slot, which fg.compile moves into its flat parameter buffer
+    rng = np.random.default_rng(1)
+    T, B, H = 4, 2, 3
+    Wn, Pn, h0 = rng.normal(size=(H, H)) * 0.5, rng.normal(size=T * B * H), rng.normal(size=(B, H))
+
+    def loss_of(W, P):
+        h = fg.scan(lambda h, x: ((h @ W) * x).tanh() + x, fg.tensor(h0), P.reshape(T, B, H),
+                    checkpoint=checkpoint)
+        return (h * h).sum()
+
+    W, P = fg.tensor(Wn, requires_grad=True), fg.tensor(Pn, requires_grad=True)
+    eager = loss_of(W, P)
+    eager.backward()
+    W2, P2 = fg.tensor(Wn, requires_grad=True), fg.tensor(Pn, requires_grad=True)
+    loss, (gW, gP) = fg.compile(lambda: loss_of(W2, P2), params=[W2, P2])()
+    assert loss == pytest.approx(eager.item(), rel=1e-13)
+    np.testing.assert_allclose(gW, W.grad, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(gP, P.grad, rtol=1e-12, atol=1e-14)
