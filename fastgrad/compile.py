@@ -242,10 +242,11 @@ def _same_signature(signature, inputs) -> bool:
 
 def overwritten_by_vjp(tape, modes) -> np.ndarray:
     """Per node: True when its gradient is written whole by its only consumer's VJP (mode 2
-    and an unbatched MATMUL or a LINEAR row, kernels/linalg.py), so nothing needs to clear it
-    first."""
+    and an unbatched MATMUL, LINEAR or LINEAR_ACT row, kernels/linalg.py), so nothing needs to
+    clear it first."""
     out = np.zeros(tape.n_nodes, bool)
-    for r in np.flatnonzero((tape.ops.view == Op.MATMUL) | (tape.ops.view == Op.LINEAR)):
+    ops = tape.ops.view
+    for r in np.flatnonzero((ops == Op.MATMUL) | (ops == Op.LINEAR) | (ops == Op.LINEAR_ACT)):
         if tape.iparams.a[tape.ip_ptr.a[r] + 3] == 1:  # one product (nbatch == 1)
             for v in tape.in_idx.a[tape.in_ptr.a[r] : tape.in_ptr.a[r + 1]]:
                 out[v] |= modes[v] == 2

@@ -85,6 +85,21 @@ def linear(x, weight, bias=None):
     return y if bias is None else y + bias
 
 
+def linear_act(x, weight, c, activation):
+    """act(x @ weight.T + c) in one LINEAR_ACT row: the product, the add and the activation
+    fused, forward and backward. weight (out, in); x (..., in); c a bias (out,) or an addend of
+    the output's shape (..., out); activation "tanh", "sigmoid" or "relu". An MLP layer or an
+    Elman RNN cell (fg.nn.RNN: act(h W_hh^T + x_t W_ih^T + b)) without the intermediate rows.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> y = fg.nn.functional.linear_act(np.ones((2, 3)), fg.tensor(np.ones((4, 3))),
+    ...                                 fg.tensor(-np.arange(4.0)), "relu")
+    >>> y.numpy()[0]
+    array([3., 2., 1., 0.])
+    """
+    return apply(Op.LINEAR_ACT, as_tensor(x), weight, c, activation=activation)
+
+
 def relu(x):
     """max(x, 0) elementwise; the result has the shape of ``x``. Same as ``x.relu()``.
 
@@ -165,5 +180,5 @@ def identity(x):
 ACTIVATIONS = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid, "leaky_relu": leaky_relu,
                "softplus": softplus, "identity": identity, "linear": identity}
 
-__all__ = ["linear", "mse_loss", "cross_entropy", "binary_cross_entropy_with_logits", *ACTIVATIONS,
+__all__ = ["linear", "linear_act", "mse_loss", "cross_entropy", "binary_cross_entropy_with_logits", *ACTIVATIONS,
            "softmax", "log_softmax", "np"]

@@ -46,7 +46,7 @@ from .errors import FastgradError, fail
 from .kernels.scan import HEADER as SCAN_HEADER
 from .kernels.scan import binomial_advance
 from .opcodes import CONTROL, UNARY, Op
-from .ops import MAX_NDIM, TABLE, fmt
+from .ops import LINEAR_ACTIVATIONS, MAX_NDIM, TABLE, fmt
 from .tape import Tape, _Grow
 
 FORMAT, VERSION = "fastgrad", 1
@@ -335,6 +335,8 @@ def _row_attrs(op: Op, shapes, out_shape, ip, fp):
         return [dict(axis=a) for a in range(max(nd, 1))]
     if op == Op.MATMUL:
         return [dict(trans_b=False), dict(trans_b=True)]
+    if op == Op.LINEAR_ACT:
+        return [dict(activation=a) for a in LINEAR_ACTIVATIONS]
     if op == Op.RESHAPE:
         return [dict(shape=out_shape)]
     if op == Op.STRIDED:

@@ -139,6 +139,22 @@ def _linear(xs, ts, y, ip, fp):
     return np.broadcast_to(out, (_k(ts),) + y.shape)
 
 
+def _linear_act(xs, ts, y, ip, fp):
+    """y = act(z), z = x @ W.T + c: ty = act'(z) tz, the slope from the activation's own
+    (diagonal) VJP rule applied to tz."""
+    x, w, c = xs
+    tz = 0
+    if ts[0] is not None:
+        tz = tz + ts[0] @ w.T
+    if ts[1] is not None:
+        tz = tz + np.einsum("...i,kni->k...n", x, ts[1])
+    if ts[2] is not None:
+        tz = tz + (ts[2] if ip[8] else _lift(ts[2], y.ndim))
+    tz = np.broadcast_to(tz, (_k(ts),) + y.shape)
+    z = x @ w.T + c
+    return TABLE[Op(int(ip[7]))].np_vjp(z[None], y[None], tz, 0.0, 0.0)
+
+
 def _reshape(xs, ts, y, ip, fp):
     return ts[0].reshape((-1,) + y.shape)
 
@@ -180,7 +196,8 @@ for _d in TABLE.values():
         RULES[_d.op] = _elementwise_binary(_d.op) if _d.differentiable else _zero
 RULES.update({
     Op.WHERE: _where, Op.SUM: _sum, Op.MAX: _max, Op.SOFTMAX: _softmax,
-    Op.LOG_SOFTMAX: _log_softmax, Op.MATMUL: _matmul, Op.LINEAR: _linear, Op.RESHAPE: _reshape,
+    Op.LOG_SOFTMAX: _log_softmax, Op.MATMUL: _matmul, Op.LINEAR: _linear,
+    Op.LINEAR_ACT: _linear_act, Op.RESHAPE: _reshape,
     Op.STRIDED: _strided, Op.GATHER: _gather, Op.CONCAT: _concat,
     Op.CROSS_ENTROPY: _cross_entropy, Op.SCAN_BEGIN: _control, Op.SCAN: _control,
 })

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import functional
 from .errors import fail
+from .ops import LINEAR_ACTIVATIONS
 from .tensor import Tensor, get_default_dtype
 
 _RNG = [np.random.default_rng(0)]
@@ -484,7 +485,12 @@ class MLP(Module):
         act = functional.ACTIVATIONS[self.activation]
         hidden = []
         n = len(self.layers)
+        fused = self.activation in LINEAR_ACTIVATIONS
         for i, layer in enumerate(self.layers):
+            if i < n - 1 and fused and layer.bias is not None:  # one LINEAR_ACT row per layer
+                x = functional.linear_act(x, layer.weight, layer.bias, self.activation)
+                hidden.append(x)
+                continue
             x = layer(x)
             if i < n - 1:
                 x = act(x)
@@ -659,11 +665,11 @@ class RNN(_Recurrent):
 
     def forward(self, xs, h0=None):
         proj, B, unbatched = self._inputs(xs)
-        act = functional.ACTIVATIONS[self.nonlinearity]
         W, b = self.weight_hh_l0, self._hh_bias()
 
-        def step(h, xp):
-            return act(self._project(xp) + functional.linear(h, W, b))
+        def step(h, xp):  # one LINEAR_ACT row: act(h W_hh^T + (x_t W_ih^T + biases))
+            c = self._project(xp)
+            return functional.linear_act(h, W, c if b is None else c + b, self.nonlinearity)
 
         h0 = self._zeros(B) if h0 is None else h0
         hs, h_T = self._scan(step, h0, proj)

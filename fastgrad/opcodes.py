@@ -62,6 +62,9 @@ class Op(IntEnum):
     # (batched) matrix product
     MATMUL = 400
     LINEAR = 401  # x @ W.T + b in one row: the bias add fused into the product (bench: linear)
+    # act(x @ W.T + c), c a bias (n,) or an addend of the output's shape, act tanh / sigmoid /
+    # relu: an MLP layer or an Elman RNN cell in one row (bench: rnn, 2 fewer rows per step)
+    LINEAR_ACT = 402
     # data movement
     RESHAPE = 500
     STRIDED = 501

@@ -222,6 +222,38 @@ def linear_rule(name, shapes):
     return tuple(sx[:-1]) + (n,), [m, k, n, 1, 1, 0, 0], []
 
 
+# The activations LINEAR_ACT fuses, by name, as the unary op whose code the row stores.
+LINEAR_ACTIVATIONS = {"tanh": Op.TANH, "sigmoid": Op.SIGMOID, "relu": Op.RELU}
+
+
+def linear_act_rule(name, shapes, activation):
+    """x (..., k), W (n, k), c (n,) or (..., n) -> (..., n): act(x2 @ W.T + c), one unbatched
+    trans_b product (x seen as (m, k)) then the add and the activation while the output is hot.
+
+    ip = the matmul's [m, k, n, 1, 1, 0, 0], then the activation's unary op code and whether c
+    has the output's shape (1) or is a bias row (0)."""
+    sx, sw, sc = shapes
+    if activation not in LINEAR_ACTIVATIONS:
+        raise fail(name, f"unknown activation {activation!r}",
+                   f"use one of {', '.join(LINEAR_ACTIVATIONS)}")
+    if len(sx) < 1 or len(sw) != 2:
+        raise fail(name, f"needs x (..., k) and weight (n, k), got {fmt(sx)} and {fmt(sw)}",
+                   "use fg.nn.functional.linear_act(x, weight, c, activation)")
+    (n, k), m = sw, math.prod(sx[:-1])
+    out = tuple(sx[:-1]) + (n,)
+    if sx[-1] != k:
+        raise fail(name, f"x {fmt(sx)}, weight {fmt(sw)}: x's last axis must be {k}",
+                   "fix the layer sizes (weight is (out, in))")
+    if tuple(sc) == (n,):
+        full = 0
+    elif tuple(sc) == out:
+        full = 1
+    else:
+        raise fail(name, f"c {fmt(sc)} must be a bias ({n},) or have the output's shape "
+                   f"{fmt(out)}", "broadcast c to the output's shape first")
+    return out, [m, k, n, 1, 1, 0, 0, int(LINEAR_ACTIVATIONS[activation]), full], []
+
+
 def reshape_rule(name, shapes, shape):
     src = shapes[0]
     size = math.prod(src)
@@ -436,6 +468,13 @@ _ROWS = [
           samples=[([(3, 4), (5, 4), (5,)], {}, "real"), ([(4,), (3, 4), (3,)], {}, "real"),
                    ([(2, 3, 4), (5, 4), (5,)], {}, "real"), ([(1, 6), (1, 6), (1,)], {}, "real"),
                    ([(40, 30), (20, 30), (20,)], {}, "real")]),
+    OpDef(Op.LINEAR_ACT, MATMUL, 3, linear_act_rule,
+          samples=[([(3, 4), (5, 4), (5,)], {"activation": "tanh"}, "real"),
+                   ([(1, 6), (7, 6), (1, 7)], {"activation": "tanh"}, "real"),
+                   ([(2, 3, 4), (5, 4), (2, 3, 5)], {"activation": "sigmoid"}, "real"),
+                   ([(4,), (3, 4), (3,)], {"activation": "sigmoid"}, "real"),
+                   ([(3, 4), (5, 4), (3, 5)], {"activation": "relu"}, "real"),
+                   ([(40, 30), (20, 30), (40, 20)], {"activation": "tanh"}, "real")]),
     OpDef(Op.RESHAPE, SHAPE, 1, reshape_rule,
           samples=[([(3, 4)], {"shape": (4, 3)}, "real"), ([(2, 3, 4)], {"shape": (-1,)}, "real"),
                    ([()], {"shape": (1, 1)}, "real")]),

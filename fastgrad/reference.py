@@ -76,6 +76,9 @@ class Reference:
             return (np.exp(z - lse) if op == Op.SOFTMAX else z - lse).reshape(out_shape)
         if op == Op.LINEAR:
             return xs[0] @ xs[1].T + xs[2]
+        if op == Op.LINEAR_ACT:
+            d = TABLE[Op(int(ip[7]))]
+            return d.np_forward(xs[0] @ xs[1].T + xs[2], 0.0, 0.0)
         if fam == MATMUL:
             return np.matmul(xs[0], np.swapaxes(xs[1], -1, -2) if ip[4] else xs[1])
         if op == Op.RESHAPE:
@@ -148,6 +151,13 @@ class Reference:
             x, w, _ = xs
             g2, x2 = g.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
             return [(g2 @ w).reshape(x.shape), g2.T @ x2, g2.sum(axis=0)]
+        if op == Op.LINEAR_ACT:  # the activation's VJP (from its pre-activation), then LINEAR's
+            x, w, c = xs
+            z = x @ w.T + c
+            gz = TABLE[Op(int(ip[7]))].np_vjp(z, y, g, 0.0, 0.0)
+            g2, x2 = gz.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
+            gc = gz if c.shape == gz.shape and ip[8] else g2.sum(axis=0)
+            return [(g2 @ w).reshape(x.shape), g2.T @ x2, gc.reshape(c.shape)]
         if fam == MATMUL:
             a, b = xs
             bt = np.swapaxes(b, -1, -2) if ip[4] else b

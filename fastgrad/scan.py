@@ -162,9 +162,15 @@ def _interval(checkpoint, T):
 
 
 def _is_alias(t) -> bool:
-    """Whether tensor t's values live in another node's slot (t is a RESHAPE output)."""
-    row = t.tape.producer.get(t.node)
-    return row is not None and t.tape.ops.a[row] == Op.RESHAPE
+    """Whether tensor t is a RESHAPE (of a RESHAPE ...) of a leaf: its values then live in the
+    leaf's slot, which a compiled step moves into its flat parameter buffer."""
+    tape, v, row = t.tape, t.node, t.tape.producer.get(t.node)
+    if row is None or tape.ops.a[row] != Op.RESHAPE:
+        return False
+    while row is not None and tape.ops.a[row] == Op.RESHAPE:
+        v = int(tape.in_idx.a[tape.in_ptr.a[row]])
+        row = tape.producer.get(v)
+    return row is None and (tape.labels.get(v) == "leaf" or tape.node_kind.a[v] != 0)
 
 
 def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):

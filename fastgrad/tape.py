@@ -269,8 +269,12 @@ class Tape:
         return modes
 
     def scratch(self) -> np.ndarray:
-        """A work buffer as large as the largest node (kept: kernels must not allocate)."""
+        """A work buffer as large as the largest node, plus the largest LINEAR_ACT output (its
+        VJP keeps the pre-activation gradient there while the matmul VJP uses the rest), kept:
+        kernels must not allocate."""
         size = int(self.node_size.view.max()) if self.n_nodes else 1
+        fused = self.outs.view[self.ops.view == Op.LINEAR_ACT]
+        size += int(self.node_size.a[fused].max()) if fused.size else 0
         if self._scratch is None or self._scratch.size < size:
             self._scratch = np.zeros(max(size, 1), self.dtype)
         return self._scratch

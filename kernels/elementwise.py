@@ -37,19 +37,25 @@ _B6 = np.float32(1.19825839466702e-06)
 @jit
 def tanh_f32(x, y):
     for i in range(x.size):
-        v = min(max(x[i], -_TANH_CLAMP), _TANH_CLAMP)
-        v2 = v * v
-        p = v2 * _A13 + _A11
-        p = p * v2 + _A9
-        p = p * v2 + _A7
-        p = p * v2 + _A5
-        p = p * v2 + _A3
-        p = p * v2 + _A1
-        p = p * v
-        q = v2 * _B6 + _B4
-        q = q * v2 + _B2
-        q = q * v2 + _B0
-        y[i] = x[i] if abs(x[i]) < np.float32(0.0004) else p / q
+        y[i] = tanh32(x[i])
+
+
+@jit
+def tanh32(x):
+    """tanh of a float32 scalar (a rational function, branch-free so that loops vectorise)."""
+    v = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
+    v2 = v * v
+    p = v2 * _A13 + _A11
+    p = p * v2 + _A9
+    p = p * v2 + _A7
+    p = p * v2 + _A5
+    p = p * v2 + _A3
+    p = p * v2 + _A1
+    p = p * v
+    q = v2 * _B6 + _B4
+    q = q * v2 + _B2
+    q = q * v2 + _B0
+    return x if abs(x) < np.float32(0.0004) else p / q
 
 
 @jit

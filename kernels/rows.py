@@ -9,7 +9,8 @@ import numpy as np  # noqa: F401
 from ..opcodes import BINARY, LOSS, MATMUL, REDUCE, SHAPE, UNARY, WHERE, Op
 from ._jit import jit
 from .elementwise import broadcast_walk, unary_forward, unary_vjp, where_walk
-from .linalg import linear_forward, linear_vjp, matmul_forward, matmul_vjp
+from .linalg import (linear_act_forward, linear_act_vjp, linear_forward, linear_vjp,
+                     matmul_forward, matmul_vjp)
 from .movement import concat_piece, gather_forward, gather_vjp, strided_copy
 from .reduce import cross_entropy_forward, cross_entropy_vjp, reduce_forward, reduce_vjp
 
@@ -56,6 +57,9 @@ def forward_row(tape, values, ivalues, params, r):
         if code == Op.LINEAR:
             C = view(in_idx[i0 + 2], values, params, kind, node_off, node_size)
             linear_forward(A, B, C, y, ip)
+        elif code == Op.LINEAR_ACT:
+            C = view(in_idx[i0 + 2], values, params, kind, node_off, node_size)
+            linear_act_forward(A, B, C, y, ip)
         else:
             matmul_forward(A, B, y, ip)
     elif fam == SHAPE:
@@ -124,6 +128,10 @@ def backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
             c = in_idx[i0 + 2]
             gC = view(c, grads, pgrads, kind, node_off, node_size)
             linear_vjp(A, B, gy, gA, need[a], gB, need[b], gC, need[c], ip, scratch)
+        elif code == Op.LINEAR_ACT:
+            c = in_idx[i0 + 2]
+            gC = view(c, grads, pgrads, kind, node_off, node_size)
+            linear_act_vjp(A, B, y, gy, gA, need[a], gB, need[b], gC, need[c], ip, scratch)
         else:
             matmul_vjp(A, B, gy, gA, need[a], gB, need[b], ip, scratch)
     elif fam == SHAPE:

@@ -95,6 +95,8 @@ def _reads(code, i, n_in):
         return i == n_in  # the output only
     if code == Op.ADD or code == Op.SUB or fam == SHAPE and code != Op.GATHER:
         return False
+    if code == Op.LINEAR_ACT:
+        return i != 2  # x, W and the output (the activation's slope), not the addend
     if fam == MATMUL:
         return i < n_in  # the operands, not the product
     return True

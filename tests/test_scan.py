@@ -155,6 +155,36 @@ def test_checkpointing_gives_bit_identical_gradients_on_1000_steps():
             np.testing.assert_array_equal(g0, g1)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+def test_a_fused_cell_gives_bit_identical_gradients_in_every_checkpoint_mode(activation):
+    """The LINEAR_ACT row fg.nn.RNN records per step: its VJP reads the step's input, weight
+    and output, which every checkpoint mode must restore; and it equals the unfused cell."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(300, 2, 6))
+    W, b = rng.normal(size=(6, 6)) * 0.5, rng.normal(size=6)
+    act = getattr(fg.nn.functional, activation)
+    runs = []
+    for fused, ck in [(True, None), (True, "sqrt"), (True, 7), (True, fg.Binomial(slots=5)),
+                      (False, None)]:
+        w, bt = fg.tensor(W, requires_grad=True), fg.tensor(b, requires_grad=True)
+        xs = fg.tensor(x, requires_grad=True)
+
+        def cell(h, xt):
+            if fused:
+                return fg.nn.functional.linear_act(h, w, xt + bt, activation)
+            return act(h @ w.T + (xt + bt))
+
+        h_T = fg.scan(cell, fg.zeros(2, 6), xs, checkpoint=ck)
+        (h_T * h_T).sum().backward()
+        runs.append((h_T.numpy(), w.grad, bt.grad, xs.grad))
+    assert np.abs(runs[0][1]).sum() > 0
+    for other in runs[1:4]:
+        for a, b_ in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b_)
+    for a, b_ in zip(runs[0], runs[4]):
+        np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
+
+
 def test_tape_length_does_not_depend_on_T():
     lengths = []
     for T in (10, 100_000):
