@@ -23,12 +23,14 @@ U = np.uintp
 BLAS_MIN_WORK = 16384  # m*k*n above which BLAS beats the register loops (bench/bench_matmul.py)
 
 
-# The loops below work on four rows (or columns) at a time. Why: a single running sum is a
-# chain of dependent adds, bound by the add latency rather than the arithmetic, and an update
-# of one row per pass loads and stores the destination once per term; four independent sums, or
-# four terms per pass, keep the SIMD units busy (a 1x64x64 float32 product: 1.1 us -> 0.45 us).
-# Sums start from their first product so that they keep the arrays' dtype (a 0.0 start would
-# accumulate float32 products in float64).
+# With trans_b (every Linear layer, LINEAR_ACT, the RNN cell) the loops below work on four rows
+# or columns at a time. Why: a single running sum is a chain of dependent adds, bound by the add
+# latency rather than the arithmetic, and an update of one row per pass loads and stores the
+# destination once per term; four independent sums, or four terms per pass, keep the SIMD units
+# busy (a 1x64x64 float32 product: 1.1 us -> 0.5 us). Those sums start from their first product
+# so that they keep the arrays' dtype (a 0.0 start accumulates float32 products in float64).
+# Without trans_b (a plain ``@``) the loops stay simple: blocking them as well cost more
+# one-time compilation, for products no built-in layer records.
 
 
 @jit_reduce
@@ -60,23 +62,15 @@ def _small_matmul(A, ao, B, bo, C, co, m, k, n, tb):
                     s += A[U(ai + p)] * B[U(b0 + p)]
                 C[U(ci + j)] = s
         return
-    for i in range(m):  # C[i, :] = sum_p A[i, p] B[p, :]: four rows of B per pass over C[i, :]
-        ai, ci = ao + i * k, co + i * n
+    for i in range(m):  # C[i, :] = sum_p A[i, p] B[p, :]
+        crow = co + i * n
         for j in range(n):
-            C[U(ci + j)] = 0.0
-        p = 0
-        while p + 4 <= k:
-            a0, a1, a2, a3 = A[U(ai + p)], A[U(ai + p + 1)], A[U(ai + p + 2)], A[U(ai + p + 3)]
-            b0 = bo + p * n
-            b1, b2, b3 = b0 + n, b0 + 2 * n, b0 + 3 * n
+            C[U(crow + j)] = 0.0
+        for p in range(k):
+            a = A[U(ao + i * k + p)]
+            brow = bo + p * n
             for j in range(n):
-                C[U(ci + j)] += (a0 * B[U(b0 + j)] + a1 * B[U(b1 + j)] + a2 * B[U(b2 + j)]
-                                 + a3 * B[U(b3 + j)])
-            p += 4
-        for p in range(p, k):
-            a0, b0 = A[U(ai + p)], bo + p * n
-            for j in range(n):
-                C[U(ci + j)] += a0 * B[U(b0 + j)]
+                C[U(crow + j)] += a * B[U(brow + j)]
 
 
 @jit
@@ -171,70 +165,38 @@ def _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb, single
                     g0, b0 = gC[U(ci + j)], bo + j * k
                     for p in range(k):
                         gA[U(ai + p)] += g0 * B[U(b0 + p)]
-            else:  # gA[i, p] += <gC[i, :], B[p, :]>: four dot products per pass
-                p = 0
-                while p + 4 <= k:
-                    b0 = bo + p * n
-                    b1, b2, b3 = b0 + n, b0 + 2 * n, b0 + 3 * n
-                    g = gC[U(ci)]
-                    s0, s1, s2, s3 = g * B[U(b0)], g * B[U(b1)], g * B[U(b2)], g * B[U(b3)]
-                    for j in range(1, n):
-                        g = gC[U(ci + j)]
-                        s0 += g * B[U(b0 + j)]
-                        s1 += g * B[U(b1 + j)]
-                        s2 += g * B[U(b2 + j)]
-                        s3 += g * B[U(b3 + j)]
-                    gA[U(ai + p)] += s0
-                    gA[U(ai + p + 1)] += s1
-                    gA[U(ai + p + 2)] += s2
-                    gA[U(ai + p + 3)] += s3
-                    p += 4
-                for p in range(p, k):
-                    b0 = bo + p * n
-                    s = gC[U(ci)] * B[U(b0)]
-                    for j in range(1, n):
-                        s += gC[U(ci + j)] * B[U(b0 + j)]
+            else:  # gA[i, p] += <gC[i, :], B[p, :]>
+                for p in range(k):
+                    s = 0.0
+                    for j in range(n):
+                        s += gC[U(ci + j)] * B[U(bo + p * n + j)]
                     gA[U(ai + p)] += s
-    if nb_:  # gB += the outer products of A's and gC's rows: four rows of gB per pass
+    if nb_ and tb:  # gB[j, :] += gC[i, j] A[i, :]: four rows of gB per pass over A[i, :]
         for i in range(m):
             ai, ci = ao + i * k, co + i * n
-            if tb:  # gB[j, :] += gC[i, j] A[i, :]
-                rows, width, src, coef = n, k, ai, ci
-            else:  # gB[p, :] += A[i, p] gC[i, :]
-                rows, width, src, coef = k, n, ci, ai
-            r = 0
-            while r + 4 <= rows:
-                b0 = bo + r * width
-                b1, b2, b3 = b0 + width, b0 + 2 * width, b0 + 3 * width
-                if tb:
-                    c0, c1, c2, c3 = gC[U(coef + r)], gC[U(coef + r + 1)], gC[U(coef + r + 2)], gC[
-                        U(coef + r + 3)]
-                    for p in range(width):
-                        a = A[U(src + p)]
-                        gB[U(b0 + p)] += c0 * a
-                        gB[U(b1 + p)] += c1 * a
-                        gB[U(b2 + p)] += c2 * a
-                        gB[U(b3 + p)] += c3 * a
-                else:
-                    c0, c1, c2, c3 = A[U(coef + r)], A[U(coef + r + 1)], A[U(coef + r + 2)], A[
-                        U(coef + r + 3)]
-                    for p in range(width):
-                        g = gC[U(src + p)]
-                        gB[U(b0 + p)] += c0 * g
-                        gB[U(b1 + p)] += c1 * g
-                        gB[U(b2 + p)] += c2 * g
-                        gB[U(b3 + p)] += c3 * g
-                r += 4
-            for r in range(r, rows):
-                b0 = bo + r * width
-                if tb:
-                    c0 = gC[U(coef + r)]
-                    for p in range(width):
-                        gB[U(b0 + p)] += c0 * A[U(src + p)]
-                else:
-                    c0 = A[U(coef + r)]
-                    for p in range(width):
-                        gB[U(b0 + p)] += c0 * gC[U(src + p)]
+            j = 0
+            while j + 4 <= n:
+                b0 = bo + j * k
+                b1, b2, b3 = b0 + k, b0 + 2 * k, b0 + 3 * k
+                g0, g1, g2, g3 = gC[U(ci + j)], gC[U(ci + j + 1)], gC[U(ci + j + 2)], gC[
+                    U(ci + j + 3)]
+                for p in range(k):
+                    a = A[U(ai + p)]
+                    gB[U(b0 + p)] += g0 * a
+                    gB[U(b1 + p)] += g1 * a
+                    gB[U(b2 + p)] += g2 * a
+                    gB[U(b3 + p)] += g3 * a
+                j += 4
+            for j in range(j, n):
+                b0, g0 = bo + j * k, gC[U(ci + j)]
+                for p in range(k):
+                    gB[U(b0 + p)] += g0 * A[U(ai + p)]
+    elif nb_:  # gB[p, :] += A[i, p] gC[i, :]
+        for i in range(m):
+            for p in range(k):
+                a = A[U(ao + i * k + p)]
+                for j in range(n):
+                    gB[U(bo + p * n + j)] += a * gC[U(co + i * n + j)]
 
 
 @jit
