@@ -127,7 +127,7 @@ def _matmul(xs, ts, y, ip, fp):
 
 
 def _linear(xs, ts, y, ip, fp):
-    """y = x @ W.T + b: ty = tx @ W.T + x @ tW.T + tb."""
+    """y = x @ W.T + c: ty = tx @ W.T + x @ tW.T + tc, c a bias (n,) or of y's shape."""
     x, w = xs[0], xs[1]
     out = 0
     if ts[0] is not None:
@@ -135,24 +135,15 @@ def _linear(xs, ts, y, ip, fp):
     if ts[1] is not None:
         out = out + np.einsum("...i,kni->k...n", x, ts[1])
     if ts[2] is not None:
-        out = out + ts[2].reshape((ts[2].shape[0],) + (1,) * (y.ndim - 1) + (y.shape[-1],))
+        out = out + (ts[2] if ts[2].shape[1:] == y.shape else _lift(ts[2], y.ndim))
     return np.broadcast_to(out, (_k(ts),) + y.shape)
 
 
 def _linear_act(xs, ts, y, ip, fp):
-    """y = act(z), z = x @ W.T + c: ty = act'(z) tz, the slope from the activation's own
-    (diagonal) VJP rule applied to tz."""
-    x, w, c = xs
-    tz = 0
-    if ts[0] is not None:
-        tz = tz + ts[0] @ w.T
-    if ts[1] is not None:
-        tz = tz + np.einsum("...i,kni->k...n", x, ts[1])
-    if ts[2] is not None:
-        tz = tz + (ts[2] if ip[8] else _lift(ts[2], y.ndim))
-    tz = np.broadcast_to(tz, (_k(ts),) + y.shape)
-    z = x @ w.T + c
-    return TABLE[Op(int(ip[7]))].np_vjp(z[None], y[None], tz, 0.0, 0.0)
+    """y = act(z), z = x @ W.T + c: ty = act'(z) tz, with tz linear's tangent and the slope
+    from the activation's own (diagonal) VJP rule."""
+    z = xs[0] @ xs[1].T + xs[2]
+    return TABLE[Op(int(ip[7]))].np_vjp(z[None], y[None], _linear(xs, ts, y, ip, fp), 0.0, 0.0)
 
 
 def _reshape(xs, ts, y, ip, fp):
