@@ -121,3 +121,36 @@ def test_values_and_gradients_stay_finite_and_accurate_at_plus_minus_1e4(name, d
     np.testing.assert_allclose(y.numpy(), want, rtol=tol, atol=tol)
     np.testing.assert_allclose(t.grad, grad64(x.astype(np.float64), w.astype(np.float64)),
                                rtol=tol * 10, atol=tol * 10)
+
+
+# The products of Linear layers (trans_b) run in blocked loops or in BLAS depending on their
+# shape (kernels/linalg.py: TB_LOOP_MAX_WORK, VJP_LOOP_MAX_ROWS, short rows). These shapes sit
+# on each side of every threshold, with odd row and column counts for the loops' remainders.
+PRODUCT_SHAPES = [(1, 64, 64), (2, 3, 5), (3, 7, 4), (9, 8, 5), (16, 64, 64), (17, 65, 7),
+                  (32, 64, 64), (33, 64, 64), (100, 2, 16), (100, 16, 16), (64, 128, 10),
+                  (5, 1, 130), (128, 64, 64)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n", PRODUCT_SHAPES)
+@pytest.mark.parametrize("act", [None, "tanh", "relu"])
+def test_linear_layer_products_match_numpy_on_every_kernel_path(m, k, n, act, dtype):
+    rng = np.random.default_rng(m * 10_000 + k * 100 + n)
+    x, w = rng.normal(size=(m, k)), rng.normal(size=(n, k)) / np.sqrt(k)
+    b, g = rng.normal(size=n), rng.normal(size=(m, n))
+    X, W, B = (fg.tensor(v.astype(dtype), requires_grad=True) for v in (x, w, b))
+    if act is None:
+        y = fg.nn.functional.linear(X, W, B)
+        ref = x @ w.T + b
+        gz = g
+    else:
+        y = fg.nn.functional.linear_act(X, W, B, act)
+        z = x @ w.T + b
+        ref = np.tanh(z) if act == "tanh" else np.maximum(z, 0)
+        gz = g * (1 - ref ** 2) if act == "tanh" else g * (z > 0)
+    (y * fg.tensor(g.astype(dtype))).sum().backward()
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(y.numpy(), ref, **tol)
+    np.testing.assert_allclose(X.grad, gz @ w, **tol)
+    np.testing.assert_allclose(W.grad, gz.T @ x, **tol)
+    np.testing.assert_allclose(B.grad, gz.sum(axis=0), **tol)
