@@ -10,7 +10,9 @@ Format (R rows, N nodes; every integer array is int64):
     nodes    node_off[v]    offset of node v in its arena
              node_size[v]   number of elements
              node_kind[v]   0: float node in ``values``; 1: integer node (indices, labels) in
-                            ``ivalues``; 2: parameter of a compiled program, in its flat buffer
+                            ``ivalues``; 2: parameter of a compiled program, in its flat buffer;
+                            3: a compiled program's input read in place from the caller's
+                            array (``external``, from offset 0; its gradient slot stays in grads)
              node_need[v]   1 if a gradient must flow to v
              shapes[v]      its shape (Python tuple; also node_shape / node_ndim arrays on demand)
     arenas   values         one contiguous buffer of the tape's float dtype; grads mirrors it
@@ -114,6 +116,8 @@ class Tape:
         # the arena of kind-2 (parameter) nodes, set by fg.compile; empty for eager tapes
         self.param_arena = np.zeros(0, self.dtype)
         self.param_grads = np.zeros(0, self.dtype)
+        # the values of a kind-3 node: a compiled program's input, the caller's array per call
+        self.external = np.zeros(0, self.dtype)
         self.leaves: list = []  # (leaf Tensor, node) pairs that receive gradients
         self.imported: dict[int, int] = {}  # id(leaf tensor) -> node
         self.int_bounds: dict[int, tuple] = {}  # integer input node -> (lo, hi) valid range
@@ -183,13 +187,13 @@ class Tape:
     def _arena(self, v, grads=False):
         kind = self.node_kind.a[v]
         if grads:
-            return self.grads if kind == 0 else self.param_grads
-        return (self.values.a, self.ivalues.a, self.param_arena)[kind]
+            return self.param_grads if kind == 2 else self.grads
+        return (self.values.a, self.ivalues.a, self.param_arena, self.external)[kind]
 
     def node_values(self, v) -> np.ndarray:
         """The node's values as an array of its shape (a view into its arena)."""
         arena = self._arena(v)
-        off = int(self.node_off.a[v])
+        off = int(self.node_off.a[v]) if self.node_kind.a[v] != 3 else 0
         return arena[off : off + int(self.node_size.a[v])].reshape(self.shapes[v])
 
     def add_input(self, array, kind=0, need=False, label="input", what=None) -> int:
@@ -218,7 +222,7 @@ class Tape:
         """The tape as the tuple the replay kernels take."""
         return (self.ops.view, self.outs.view, self.in_ptr.view, self.in_idx.view,
                 self.ip_ptr.view, self.iparams.view, self.fp_ptr.view, self.fparams.a,
-                self.node_off.view, self.node_size.view, self.node_kind.view)
+                self.node_off.view, self.node_size.view, self.node_kind.view, self.external)
 
     def flush(self, check=False):
         """Compute every row not yet computed (one native call)."""

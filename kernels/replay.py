@@ -1,12 +1,14 @@
 """The two replay loops: one native call walks the whole tape forward or backward.
 
 The tape arrives as a tuple of flat arrays (see fastgrad/tape.py for the format):
-    (ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, node_kind)
+    (ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, node_kind,
+     external)
 Row r computes node outs[r] by op ops[r] from nodes in_idx[in_ptr[r]:in_ptr[r+1]], with integer
 attributes iparams[ip_ptr[r]:ip_ptr[r+1]] and float attributes fparams[fp_ptr[r]:fp_ptr[r+1]].
 Node v lives at values[node_off[v] : node_off[v] + node_size[v]]; integer nodes (kind 1) live in
-ivalues, and parameter nodes of a compiled program (kind 2) live in the optimizer's flat
-parameter buffer ``params`` (their gradients in ``pgrads``), so no copy is made per step.
+ivalues, parameter nodes of a compiled program (kind 2) live in the optimizer's flat parameter
+buffer ``params`` (their gradients in ``pgrads``), and a compiled program's input node of kind 3
+is the caller's array ``external`` itself: no copy is made per step.
 Each row is dispatched by rows.forward_row / rows.backward_row; a scan's body rows (between its
 SCAN_BEGIN and SCAN rows) are skipped here and run T times by scan.py.
 """
@@ -15,7 +17,7 @@ import numpy as np
 
 from ..opcodes import Op
 from ._jit import jit
-from .rows import backward_row, forward_row, view
+from .rows import backward_row, forward_row, grad_view, view
 from .scan import scan_backward, scan_forward
 
 
@@ -46,7 +48,8 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
             scan_forward(tape, values, ivalues, params, r)
         else:
             forward_row(tape, values, ivalues, params, r)
-        if check and not _all_finite(view(outs[r], values, params, kind, node_off, node_size)):
+        if check and not _all_finite(view(outs[r], values, params, kind, node_off, node_size,
+                                                      tape[11])):
             return r
         r += 1
     return -1
@@ -79,7 +82,7 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
         if check and need[o]:
             for t in range(in_ptr[r + 1] - in_ptr[r]):
                 v = in_idx[in_ptr[r] + t]
-                if need[v] and not _all_finite(view(v, grads, pgrads, kind, node_off, node_size)):
+                if need[v] and not _all_finite(grad_view(v, grads, pgrads, kind, node_off, node_size)):
                     return r
         r -= 1
     return -1

@@ -16,49 +16,63 @@ from .reduce import cross_entropy_forward, cross_entropy_vjp, reduce_forward, re
 
 
 @jit
-def view(v, arena, param_arena, node_kind, node_off, node_size):
-    """Node v's slice of ``arena`` (or of ``param_arena`` for parameter nodes, kind 2)."""
+def view(v, values, param_arena, node_kind, node_off, node_size, external):
+    """Node v's values: its slice of ``values``, of ``param_arena`` for parameter nodes (kind
+    2), or the caller's input array ``external`` (kind 3, fg.compile reads it in place)."""
+    o = node_off[v]
+    kind = node_kind[v]
+    if kind == 2:
+        return param_arena[o : o + node_size[v]]
+    if kind == 3:
+        return external[: node_size[v]]
+    return values[o : o + node_size[v]]
+
+
+@jit
+def grad_view(v, grads, param_grads, node_kind, node_off, node_size):
+    """Node v's gradient: in ``param_grads`` for parameter nodes (kind 2), else its slice of
+    ``grads`` (an external input, kind 3, keeps its value-arena offset there; it needs none)."""
     o = node_off[v]
     if node_kind[v] == 2:
-        return param_arena[o : o + node_size[v]]
-    return arena[o : o + node_size[v]]
+        return param_grads[o : o + node_size[v]]
+    return grads[o : o + node_size[v]]
 
 
 @jit
 def forward_row(tape, values, ivalues, params, r):
     """Compute row r (any op but the scan control rows) into its output slot."""
-    ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, kind = tape
+    ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, kind, ext = tape
     code = ops[r]
     fam = code // 100
     o = outs[r]
-    y = view(o, values, params, kind, node_off, node_size)
+    y = view(o, values, params, kind, node_off, node_size, ext)
     i0 = in_ptr[r]
     a = in_idx[i0]
-    A = view(a, values, params, kind, node_off, node_size)
+    A = view(a, values, params, kind, node_off, node_size, ext)
     ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
     if fam == UNARY:
         f0 = fp_ptr[r]
         unary_forward(code, A, y, fparams[f0], fparams[f0 + 1])
     elif fam == BINARY:
         b = in_idx[i0 + 1]
-        B = view(b, values, params, kind, node_off, node_size)
+        B = view(b, values, params, kind, node_off, node_size, ext)
         broadcast_walk(code, A, B, y, ip, True, A, False, B, False, y)
     elif fam == WHERE:
         b = in_idx[i0 + 1]
         c = in_idx[i0 + 2]
-        B = view(b, values, params, kind, node_off, node_size)
-        C = view(c, values, params, kind, node_off, node_size)
+        B = view(b, values, params, kind, node_off, node_size, ext)
+        C = view(c, values, params, kind, node_off, node_size, ext)
         where_walk(A, B, C, y, ip, True, B, False, C, False)
     elif fam == REDUCE:
         reduce_forward(code, A, y, ip[0], ip[1], ip[2])
     elif fam == MATMUL:
         b = in_idx[i0 + 1]
-        B = view(b, values, params, kind, node_off, node_size)
+        B = view(b, values, params, kind, node_off, node_size, ext)
         if code == Op.LINEAR:
-            C = view(in_idx[i0 + 2], values, params, kind, node_off, node_size)
+            C = view(in_idx[i0 + 2], values, params, kind, node_off, node_size, ext)
             linear_forward(A, B, C, y, ip)
         elif code == Op.LINEAR_ACT:
-            C = view(in_idx[i0 + 2], values, params, kind, node_off, node_size)
+            C = view(in_idx[i0 + 2], values, params, kind, node_off, node_size, ext)
             linear_act_forward(A, B, C, y, ip)
         else:
             matmul_forward(A, B, y, ip)
@@ -76,7 +90,7 @@ def forward_row(tape, values, ivalues, params, r):
                 v = in_idx[i0 + t]
                 width = ip[2 + t]
                 concat_piece(
-                    view(v, values, params, kind, node_off, node_size),
+                    view(v, values, params, kind, node_off, node_size, ext),
                     y, outer, width, total, pos, True,
                 )
                 pos += width
@@ -90,16 +104,16 @@ def forward_row(tape, values, ivalues, params, r):
 @jit
 def backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r):
     """Add row r's vector-Jacobian products into its inputs' gradients (need[out] must be set)."""
-    ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, kind = tape
+    ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, kind, ext = tape
     o = outs[r]
     code = ops[r]
     fam = code // 100
-    y = view(o, values, params, kind, node_off, node_size)
-    gy = view(o, grads, pgrads, kind, node_off, node_size)
+    y = view(o, values, params, kind, node_off, node_size, ext)
+    gy = grad_view(o, grads, pgrads, kind, node_off, node_size)
     i0 = in_ptr[r]
     a = in_idx[i0]
-    A = view(a, values, params, kind, node_off, node_size)
-    gA = view(a, grads, pgrads, kind, node_off, node_size)
+    A = view(a, values, params, kind, node_off, node_size, ext)
+    gA = grad_view(a, grads, pgrads, kind, node_off, node_size)
     na = need[a] != 0
     ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
     if fam == UNARY:
@@ -108,29 +122,29 @@ def backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
             unary_vjp(code, A, y, gy, gA, fparams[f0], fparams[f0 + 1])
     elif fam == BINARY:
         b = in_idx[i0 + 1]
-        B = view(b, values, params, kind, node_off, node_size)
-        gB = view(b, grads, pgrads, kind, node_off, node_size)
+        B = view(b, values, params, kind, node_off, node_size, ext)
+        gB = grad_view(b, grads, pgrads, kind, node_off, node_size)
         broadcast_walk(code, A, B, y, ip, False, gA, na, gB, need[b] != 0, gy)
     elif fam == WHERE:
         b = in_idx[i0 + 1]
         c = in_idx[i0 + 2]
-        gB = view(b, grads, pgrads, kind, node_off, node_size)
-        gC = view(c, grads, pgrads, kind, node_off, node_size)
+        gB = grad_view(b, grads, pgrads, kind, node_off, node_size)
+        gC = grad_view(c, grads, pgrads, kind, node_off, node_size)
         where_walk(A, gB, gC, gy, ip, False, gB, need[b] != 0, gC, need[c] != 0)
     elif fam == REDUCE:
         if na:
             reduce_vjp(code, A, y, gy, gA, ip[0], ip[1], ip[2])
     elif fam == MATMUL:
         b = in_idx[i0 + 1]
-        B = view(b, values, params, kind, node_off, node_size)
-        gB = view(b, grads, pgrads, kind, node_off, node_size)
+        B = view(b, values, params, kind, node_off, node_size, ext)
+        gB = grad_view(b, grads, pgrads, kind, node_off, node_size)
         if code == Op.LINEAR:
             c = in_idx[i0 + 2]
-            gC = view(c, grads, pgrads, kind, node_off, node_size)
+            gC = grad_view(c, grads, pgrads, kind, node_off, node_size)
             linear_vjp(A, B, gy, gA, need[a], gB, need[b], gC, need[c], ip, scratch)
         elif code == Op.LINEAR_ACT:
             c = in_idx[i0 + 2]
-            gC = view(c, grads, pgrads, kind, node_off, node_size)
+            gC = grad_view(c, grads, pgrads, kind, node_off, node_size)
             linear_act_vjp(A, B, y, gy, gA, need[a], gB, need[b], gC, need[c], ip, scratch)
         else:
             matmul_vjp(A, B, gy, gA, need[a], gB, need[b], ip, scratch)
@@ -151,7 +165,7 @@ def backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
                 width = ip[2 + t]
                 if need[v]:
                     concat_piece(
-                        view(v, grads, pgrads, kind, node_off, node_size),
+                        grad_view(v, grads, pgrads, kind, node_off, node_size),
                         gy, outer, width, total, pos, False,
                     )
                 pos += width

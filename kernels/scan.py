@@ -39,7 +39,7 @@ import numpy as np
 
 from ..opcodes import MATMUL, SHAPE, Op
 from ._jit import jit, jit_inline
-from .rows import backward_row, forward_row, view
+from .rows import backward_row, forward_row, grad_view, view
 
 HEADER = 16
 
@@ -230,7 +230,7 @@ def _load_init(tape, values, params, ip):
     for c in range(ip[4]):
         init, cin = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 1]
         _copy(values[node_off[cin] : node_off[cin] + node_size[cin]],
-              view(init, values, params, tape[10], node_off, node_size))
+              view(init, values, params, tape[10], node_off, node_size, tape[11]))
 
 
 @jit_inline
@@ -410,5 +410,5 @@ def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r
     for c in range(nc):
         init, final = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 3]
         if need[init]:
-            _add(view(init, grads, pgrads, tape[10], node_off, node_size),
+            _add(grad_view(init, grads, pgrads, tape[10], node_off, node_size),
                  grads[node_off[final] : node_off[final] + node_size[final]])

@@ -63,18 +63,22 @@ def train_step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off
 def fit_epoch(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
               flat, flat_grad,
               kind, s1, s2, s3, hyper, t0, max_norm, max_value,
-              X, x_off, Yf, Yi, y_off, perm, batch, nbatches, logits_off, ncls, check):
+              X, x_off, x_external, Yf, Yi, y_off, perm, batch, nbatches, logits_off, ncls,
+              check):
     """Run ``nbatches`` minibatches of rows perm[b*batch : (b+1)*batch] of X (N, row) and
-    Yf (N, row) or Yi (N,). ``check`` must be False (an argument, not a constant: see above).
+    Yf (N, row) or Yi (N,). The batch of X goes to the x slot at ``x_off``, or with
+    ``x_external`` (x read in place, node kind 3) to the tape's external buffer ``tape[11]``.
+    ``check`` must be False (an argument, not a constant: see above).
     Returns (sum of batch losses, correct predictions)."""
     row = X.shape[1]
     yrow = Yf.shape[1]
     total = 0.0
     correct = 0
+    xdst = tape[11] if x_external else values[x_off : x_off + batch * row]
     for b in range(nbatches):
         for r in range(batch):
             src = perm[b * batch + r]
-            values[x_off + r * row : x_off + (r + 1) * row] = X[src]
+            xdst[r * row : (r + 1) * row] = X[src]
             if Yi.size > 0:
                 ivalues[y_off + r] = Yi[src]
             else:

@@ -7,6 +7,7 @@ Each test states the behaviour it pins; docs/robustness.md lists them with the f
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -330,6 +331,17 @@ def test_anomaly_mode_also_checks_compiled_steps():
     assert np.isnan(step(np.array([1.0, 1.0]))[0])  # off: the NaN is returned
     with fg.detect_anomaly(), pytest.raises(fg.AnomalyError, match=r"forward: row \d+ \(log\)"):
         step(np.array([1.0, 1.0]))
+
+
+def test_an_anomaly_at_a_row_reading_the_compiled_input_reports_that_input():
+    # the compiled step reads its input in place from the caller's array: the report still
+    # shows the values the failing row read
+    w = fg.nn.Parameter(np.array([1.0, 2.0]))
+    step = fg.compile(lambda x: (fg.log(x) * w).sum())
+    with fg.detect_anomaly(), pytest.raises(fg.AnomalyError) as err:
+        step(np.array([3.0, -0.5]))
+    assert re.search(r"forward: row \d+ \(log\)", str(err.value))
+    assert "shape (2,), min -0.5 max 3, nan 0, inf 0" in str(err.value)
 
 
 def test_anomaly_mode_is_off_by_default_and_then_the_kernels_skip_the_check(monkeypatch):

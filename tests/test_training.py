@@ -388,3 +388,27 @@ def test_compiling_over_an_eager_graph_leaves_that_graph_as_recorded():
     lin.weight.grad = None
     extra.backward()
     np.testing.assert_allclose(lin.weight.grad, 8.0 * w0, rtol=1e-14)
+
+
+def test_the_input_is_read_in_place_and_any_layout_gives_the_same_step():
+    # The first input is read where it lies when it has the model's dtype and is C-contiguous
+    # and writeable; a Fortran-ordered, strided or read-only array is copied first. Either way
+    # the step is the same, and the caller's array is never written.
+    X, Y = small_problem(4, n=16)
+    model = fg.nn.MLP([5, 6, 2], activation="relu", seed=4)
+    f = fg.compile(lambda x, y: fg.mse_loss(model(x), y))
+    ref_loss, ref_grads = f(X[:8].copy(), Y[:8])
+    wide = np.zeros((8, 10))
+    wide[:, ::2] = X[:8]
+    read_only = X[:8].copy()
+    read_only.flags.writeable = False
+    for x in (X[:8], np.asfortranarray(X[:8]), wide[:, ::2], read_only):
+        before = x.copy()
+        loss, grads = f(x, Y[:8])
+        assert loss == ref_loss
+        for g, r in zip(grads, ref_grads):
+            np.testing.assert_array_equal(g, r)
+        np.testing.assert_array_equal(x, before)
+    other_loss, _ = f(X[8:], Y[8:])  # other values at the same signature: not a stale read
+    assert other_loss == pytest.approx(fg.mse_loss(model(X[8:]), Y[8:]).item(), rel=1e-13)
+    assert len(f.programs) == 1
