@@ -202,3 +202,27 @@ def test_bench_folder_uses_the_installed_package(monkeypatch, capsys):
             runpy.run_path(path, run_name="__main__")
         assert done.value.code == 0
         assert "long-rnn-h64-T1000000-b1" in capsys.readouterr().out
+
+
+def test_processes_run_every_cell_in_rounds_and_keep_each_cells_fastest(monkeypatch):
+    """--processes N: all cells once, then all again (a slow spell of the machine falls on every
+    implementation alike); each row is its cell's fastest process, listing all of them."""
+    calls = []
+    times = {("fastgrad", 0): 3.0, ("fastgrad", 1): 2.0, ("numpy", 0): 5.0, ("numpy", 1): 7.0}
+
+    def fake_cell(w, dtype, impl, repeat=None, min_time=None):
+        k = sum(c == impl for c in calls)
+        calls.append(impl)
+        return dict(workload=w.name, dtype=dtype, impl=impl, seconds=times[impl, k], loss=0.5,
+                    error=None)
+
+    monkeypatch.setattr(runner, "run_cell", fake_cell)
+    w = runner.select_workloads(["quick-mlp-8-16-4-tanh-b8"])
+    result = runner.run(w, ["float64"], ["numpy"], processes=2)
+    assert calls == ["fastgrad", "numpy", "fastgrad", "numpy"]
+    rows = {r["impl"]: r for r in result["rows"]}
+    assert rows["fastgrad"]["seconds"] == 2.0 and rows["fastgrad"]["process_seconds"] == [3.0, 2.0]
+    assert rows["numpy"]["seconds"] == 5.0 and rows["numpy"]["ratio_to_fastgrad"] == 2.5
+    assert result["settings"]["processes"] == 2
+    with pytest.raises(SystemExit, match="at least 1"):
+        run_cli(["bench", "--quick", "--processes", "0"])
