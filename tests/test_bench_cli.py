@@ -205,10 +205,12 @@ def test_bench_folder_uses_the_installed_package(monkeypatch, capsys):
 
 
 def test_processes_run_every_cell_in_rounds_and_keep_each_cells_fastest(monkeypatch):
-    """--processes N: all cells once, then all again (a slow spell of the machine falls on every
-    implementation alike); each row is its cell's fastest process, listing all of them."""
+    """--processes N: all cells once, then all again backwards (a slow spell of the machine falls
+    on every implementation alike, and no cell always follows the same one); each row is its
+    cell's fastest process, listing all of them."""
     calls = []
     times = {("fastgrad", 0): 3.0, ("fastgrad", 1): 2.0, ("numpy", 0): 5.0, ("numpy", 1): 7.0}
+    # (impl, its k-th process) -> seconds
 
     def fake_cell(w, dtype, impl, repeat=None, min_time=None):
         k = sum(c == impl for c in calls)
@@ -219,7 +221,7 @@ def test_processes_run_every_cell_in_rounds_and_keep_each_cells_fastest(monkeypa
     monkeypatch.setattr(runner, "run_cell", fake_cell)
     w = runner.select_workloads(["quick-mlp-8-16-4-tanh-b8"])
     result = runner.run(w, ["float64"], ["numpy"], processes=2)
-    assert calls == ["fastgrad", "numpy", "fastgrad", "numpy"]
+    assert calls == ["fastgrad", "numpy", "numpy", "fastgrad"]
     rows = {r["impl"]: r for r in result["rows"]}
     assert rows["fastgrad"]["seconds"] == 2.0 and rows["fastgrad"]["process_seconds"] == [3.0, 2.0]
     assert rows["numpy"]["seconds"] == 5.0 and rows["numpy"]["ratio_to_fastgrad"] == 2.5

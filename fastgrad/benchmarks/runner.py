@@ -329,10 +329,10 @@ def run(workloads, dtypes=None, impls=None, repeat=None, min_time=None, log=None
     when installed); returns the result dict that ``bench.json`` holds.
 
     With ``processes`` > 1 every cell runs that many times, each in a fresh process, in rounds
-    (all cells once, then all again), and keeps its fastest process's row (``process_seconds``
-    lists them all): a slow spell of a shared machine then falls on every implementation alike
-    rather than on whichever cell it met, and a process that landed in a slow mode (see
-    docs/benchmarks.md) is not the one quoted."""
+    (all cells once, then all again in reverse order, and so on), and keeps its fastest
+    process's row (``process_seconds`` lists them all): a slow spell of a shared machine then
+    falls on every implementation alike rather than on whichever cell it met, and a process
+    that landed in a slow mode (see docs/benchmarks.md) is not the one quoted."""
     peers = peer_versions()
     cells = []
     for w in workloads:
@@ -348,7 +348,9 @@ def run(workloads, dtypes=None, impls=None, repeat=None, min_time=None, log=None
     runs = [[] for _ in cells]
     t_start = time.perf_counter()
     for k in range(processes):
-        for i, (w, dt, name) in enumerate(cells, 1):
+        order = range(1, len(cells) + 1) if k % 2 == 0 else range(len(cells), 0, -1)
+        for i in order:  # every other round backwards: a cell follows another neighbour
+            w, dt, name = cells[i - 1]
             row = run_cell(w, dt, name, repeat, min_time)
             row.setdefault("kind", w.kind)
             runs[i - 1].append(row)
