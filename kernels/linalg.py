@@ -53,9 +53,39 @@ def _use_blas(m, k, n, itemsize):
 
 
 @jit_reduce
+def _dot_row_tb(A, a0, B, bo, C, c0, k, n):
+    """C[c0 + j] = <A[a0:a0+k], B[j]> for the n rows of B (stored (n, k) from bo), four at a
+    time: a single row (an RNN step at batch 1, or the last of an odd count)."""
+    z = C.dtype.type(0)
+    j = 0
+    while j + 4 <= n:
+        b0 = bo + j * k
+        b1, b2, b3 = b0 + k, b0 + 2 * k, b0 + 3 * k
+        s0 = s1 = s2 = s3 = z
+        for p in range(k):
+            x = A[U(a0 + p)]
+            s0 += x * B[U(b0 + p)]
+            s1 += x * B[U(b1 + p)]
+            s2 += x * B[U(b2 + p)]
+            s3 += x * B[U(b3 + p)]
+        C[U(c0 + j)] = s0
+        C[U(c0 + j + 1)] = s1
+        C[U(c0 + j + 2)] = s2
+        C[U(c0 + j + 3)] = s3
+        j += 4
+    while j < n:
+        b0 = bo + j * k
+        s = z
+        for p in range(k):
+            s += A[U(a0 + p)] * B[U(b0 + p)]
+        C[U(c0 + j)] = s
+        j += 1
+
+
+@jit_reduce
 def _dot_rows_tb(A, a0, a1, B, bo, C, c0, c1, k, n):
     """C[c0 + j] = <A[a0:a0+k], B[j]>, C[c1 + j] = <A[a1:a1+k], B[j]> for the n rows of B
-    (stored (n, k) from bo). With a1 == a0 and c1 == c0 it computes one row."""
+    (stored (n, k) from bo): two rows of C, four columns per pass."""
     z = C.dtype.type(0)
     j = 0
     while j + 4 <= n:
@@ -101,8 +131,7 @@ def _small_matmul(A, ao, B, bo, C, co, m, k, n, tb):
             a0, c0 = ao + i * k, co + i * n
             _dot_rows_tb(A, a0, a0 + k, B, bo, C, c0, c0 + n, k, n)
         if m % 2:
-            a0, c0 = ao + (m - 1) * k, co + (m - 1) * n
-            _dot_rows_tb(A, a0, a0, B, bo, C, c0, c0, k, n)
+            _dot_row_tb(A, ao + (m - 1) * k, B, bo, C, co + (m - 1) * n, k, n)
         return
     for i in range(m):  # C[i, :] = sum_p A[i, p] B[p, :]
         crow = co + i * n
