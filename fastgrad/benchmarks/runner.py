@@ -62,8 +62,8 @@ COLUMNS = {  # the fields of a row of bench.json
     "input_mib": "the size of the inputs (x, y) themselves",
     "loss": "the loss of the first call, at the weights every implementation starts from",
     "error": "why the cell failed, or null",
-    "process_seconds": "with --processes N > 1: `seconds` of each of the N fresh processes that "
-    "ran the cell; the row is the fastest one's",
+    "process_seconds": "`seconds` of each fresh process that ran the cell (N with --processes N, "
+    "else one); the row is the fastest one's",
 }
 
 # ---------------------------------------------------------------- workloads and implementations
@@ -378,11 +378,8 @@ def run(workloads, dtypes=None, impls=None, repeat=None, min_time=None, log=None
 def _fastest(cell_runs):
     """The row of a cell's fastest process (or its first failure), with every process's time."""
     failed = [r for r in cell_runs if r.get("error")]
-    if failed:
-        return failed[0]
-    best = dict(min(cell_runs, key=lambda r: r["seconds"]))
-    if len(cell_runs) > 1:
-        best["process_seconds"] = [r["seconds"] for r in cell_runs]
+    best = dict(failed[0] if failed else min(cell_runs, key=lambda r: r["seconds"]))
+    best["process_seconds"] = [r["seconds"] for r in cell_runs if not r.get("error")]
     return best
 
 
