@@ -39,9 +39,17 @@ import numpy as np
 
 from ..opcodes import MATMUL, SHAPE, Op
 from ._jit import jit, jit_inline
+from .linalg import linear_act_forward, linear_act_vjp
 from .rows import backward_row, forward_row, grad_view, view
 
+U = np.uintp
+
 HEADER = 16
+
+
+# Why offsets, not slices: every slice of an arena is a new array whose memory-info is
+# reference-counted (an atomic increment and decrement in the NRT runtime), which at a few dozen
+# slices per step was a third of a batch-1 RNN step's time (perf, 64 units, float32).
 
 
 @jit
@@ -54,6 +62,26 @@ def _copy(dst, src):
 def _add(dst, src):
     for i in range(src.size):
         dst[i] += src[i]
+
+
+@jit
+def _copy_within(a, dst, src, n):
+    """a[dst : dst + n] = a[src : src + n] (the ranges do not overlap)."""
+    for i in range(n):
+        a[U(dst + i)] = a[U(src + i)]
+
+
+@jit
+def _add_within(a, dst, src, n):
+    """a[dst : dst + n] += a[src : src + n] (the ranges do not overlap)."""
+    for i in range(n):
+        a[U(dst + i)] += a[U(src + i)]
+
+
+@jit
+def _zero(a, off, n):
+    for i in range(n):
+        a[U(off + i)] = 0.0
 
 
 @jit
@@ -148,9 +176,9 @@ def _state(values, ip, node_size, orig, rel, pos, save):
             n = node_size[ip[own0 + i]]
             o, p = orig[i], pos + rel[i]
             if save:
-                _copy(values[p : p + n], values[o : o + n])
+                _copy_within(values, p, o, n)
             else:
-                _copy(values[o : o + n], values[p : p + n])
+                _copy_within(values, o, p, n)
 
 
 @jit
@@ -166,7 +194,7 @@ def _load_x(values, ip, node_off, orig, xo, t, alias):
             if orig[i] == xo:
                 node_off[ip[own0 + i]] = at
         if at != src:
-            _copy(values[node_off[xslot] : node_off[xslot] + step], values[src : src + step])
+            _copy_within(values, node_off[xslot], src, step)
 
 
 @jit
@@ -195,12 +223,10 @@ def _carry_step(values, ip, node_off, node_size, t, stack, move):
     for s in range(ns if stack else 0):
         v, out = ip[base + 2 * s], ip[base + 2 * s + 1]
         n = node_size[v]
-        _copy(values[node_off[out] + t * n : node_off[out] + (t + 1) * n],
-              values[node_off[v] : node_off[v] + n])
+        _copy_within(values, node_off[out] + t * n, node_off[v], n)
     for c in range(nc if move else 0):
         cin, cout = ip[HEADER + 4 * c + 1], ip[HEADER + 4 * c + 2]
-        _copy(values[node_off[cin] : node_off[cin] + node_size[cin]],
-              values[node_off[cout] : node_off[cout] + node_size[cout]])
+        _copy_within(values, node_off[cin], node_off[cout], node_size[cin])
 
 
 @jit
@@ -210,9 +236,9 @@ def _carries(values, ip, node_off, node_size, pos, save):
         cin = ip[HEADER + 4 * c + 1]
         n = node_size[cin]
         if save:
-            _copy(values[pos : pos + n], values[node_off[cin] : node_off[cin] + n])
+            _copy_within(values, pos, node_off[cin], n)
         else:
-            _copy(values[node_off[cin] : node_off[cin] + n], values[pos : pos + n])
+            _copy_within(values, node_off[cin], pos, n)
         pos += n
 
 
@@ -265,6 +291,104 @@ def _binomial_forward(tape, values, ivalues, params, ip, stack, orig, xo):
     sched[3] = max(sched[3], held)
 
 
+
+# A body that is one recurrent cell, h_t = act(h_{t-1} @ W.T + x_t) (one LINEAR_ACT row: an
+# Elman RNN after its input projection is hoisted out of the loop), runs without the general
+# per-step glue: h_t is written straight to row t of the store and read back from there, so
+# nothing is saved, restored or moved, and nothing is dispatched per row. The arithmetic is the
+# same calls on the same values (linear_act_forward / linear_act_vjp), so results are
+# bit-identical to the general path. Why: at 64 units and batch 1 the glue took about half of a
+# step (perf: reference counting of per-step slices, copies, row dispatch).
+
+
+@jit
+def _cell_row(tape, ip, orig, xo):
+    """The body's row if the body is a single cell (see above) run in a store or segment mode,
+    else -1: one LINEAR_ACT row from carry_in to carry_out whose addend is the x slot itself,
+    a weight that is not a body node, and nothing stacked but the carry."""
+    ops, outs, in_ptr, in_idx, ip_ptr, iparams = tape[0], tape[1], tape[2], tape[3], tape[4], \
+        tape[5]
+    node_off, kind = tape[8], tape[10]
+    if ip[3] - ip[2] != 1 or ip[4] != 1 or ip[11] < 0 or xo < 0 or not ip[6]:
+        return -1
+    r = ip[2]
+    i0 = in_ptr[r]
+    if ops[r] != Op.LINEAR_ACT or in_ptr[r + 1] - i0 != 3 or iparams[ip_ptr[r] + 8] == 0:
+        return -1
+    cout = ip[HEADER + 2]
+    if in_idx[i0] != ip[HEADER + 1] or outs[r] != cout or in_idx[i0 + 2] != ip[8]:
+        return -1
+    if ip[5] > 1 or (ip[5] == 1 and ip[HEADER + 4] != cout):
+        return -1
+    w = in_idx[i0 + 1]
+    if kind[w] == 0:
+        for i in range(ip[15]):
+            if orig[i] == node_off[w]:
+                return -1
+    return r
+
+
+@jit
+def _cell_forward(tape, values, params, ip, r, t0, t1, base, stack):
+    """Steps t0 .. t1-1 of a single-cell body: h_t to row t - t0 of the store at ``base`` (rows of
+    the carry's size), from h_{t0-1} in the carry_in slot; with ``stack`` also to the stacked
+    output."""
+    node_off, node_size, kind = tape[8], tape[9], tape[10]
+    i0 = tape[2][r]
+    cin, w = tape[3][i0], tape[3][i0 + 1]
+    n = node_size[cin]
+    W = view(w, values, params, kind, node_off, node_size, tape[11])
+    rip = tape[5][tape[4][r] : tape[4][r + 1]]
+    ox, step = node_off[ip[7]], ip[9]
+    out = node_off[ip[HEADER + 5]] if ip[5] == 1 else 0
+    prev = node_off[cin]
+    for t in range(t0, t1):
+        cur = base + (t - t0) * n
+        x = ox + t * step
+        linear_act_forward(values[prev : prev + n], W, values[x : x + step],
+                           values[cur : cur + n], rip)
+        if stack and ip[5] == 1:
+            _copy_within(values, out + t * n, cur, n)
+        prev = cur
+
+
+@jit
+def _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, r, t0, t1, base, xb):
+    """Reverse steps t1-1 .. t0 of a single-cell body whose h_t are in the store rows written by
+    _cell_forward: the general path's _body_backward for this body, call for call."""
+    node_off, node_size, kind = tape[8], tape[9], tape[10]
+    i0 = tape[2][r]
+    cin, w, c = tape[3][i0], tape[3][i0 + 1], tape[3][i0 + 2]
+    cout, final = ip[HEADER + 2], ip[HEADER + 3]
+    n = node_size[cin]
+    W = view(w, values, params, kind, node_off, node_size, tape[11])
+    gW = grad_view(w, grads, pgrads, kind, node_off, node_size)
+    rip = tape[5][tape[4][r] : tape[4][r + 1]]
+    ocin, ocout, ofinal, oc = node_off[cin], node_off[cout], node_off[final], node_off[c]
+    na, nw, nc = need[cin], need[w], need[c]
+    ox, step = node_off[ip[7]], ip[9]
+    addx = not xb and need[ip[7]] != 0
+    stacked = ip[5] == 1 and need[ip[HEADER + 5]] != 0
+    out = node_off[ip[HEADER + 5]] if ip[5] == 1 else 0
+    for t in range(t1 - 1, t0 - 1, -1):
+        cur = base + (t - t0) * n
+        prev = ocin if t == t0 else cur - n
+        _copy_within(grads, ocout, ofinal, n)  # the carried gradient (+ the stacked one)
+        if stacked:
+            _add_within(grads, ocout, out + t * n, n)
+        if na != 2:
+            _zero(grads, ocin, n)
+        gx = ox + t * step if xb else oc
+        if not xb and nc != 2:
+            _zero(grads, oc, step)
+        linear_act_vjp(values[prev : prev + n], W, values[cur : cur + n],
+                       grads[ocout : ocout + n], grads[ocin : ocin + n], na, gW, nw,
+                       grads[gx : gx + step], nc, rip, scratch)
+        _copy_within(grads, ofinal, ocin, n)
+        if addx:
+            _add_within(grads, ox + t * step, oc, step)
+
+
 @jit_inline
 def scan_forward(tape, values, ivalues, params, r):
     ip_ptr, iparams, node_off, node_size = tape[4], tape[5], tape[8], tape[9]
@@ -274,6 +398,21 @@ def scan_forward(tape, values, ivalues, params, r):
     orig, rel, size, xo = _layout(tape, ip)
     alias = xo >= 0
     _load_init(tape, values, params, ip)
+    cell = _cell_row(tape, ip, orig, xo)
+    if cell >= 0:
+        cin, cout, final = ip[HEADER + 1], ip[HEADER + 2], ip[HEADER + 3]
+        n = node_size[cin]
+        if k == 0:
+            _cell_forward(tape, values, params, ip, cell, 0, T, store, True)
+            _copy_within(values, node_off[final], store + (T - 1) * n, n)
+        else:
+            for t0 in range(0, T, k):
+                t1 = min(T, t0 + k)
+                _copy_within(values, ckpt + (t0 // k) * n, node_off[cin], n)
+                _cell_forward(tape, values, params, ip, cell, t0, t1, store, True)
+                _copy_within(values, node_off[cin], store + (t1 - 1 - t0) * n, n)
+            _copy_within(values, node_off[final], node_off[cin], n)
+        return
     if k < 0:
         _binomial_forward(tape, values, ivalues, params, ip, True, orig, xo)
     else:
@@ -287,8 +426,7 @@ def scan_forward(tape, values, ivalues, params, r):
             _carry_step(values, ip, node_off, node_size, t, True, t < T - 1)
     for c in range(nc):  # the last step's carry_out is the final carry
         cout, final = ip[HEADER + 4 * c + 2], ip[HEADER + 4 * c + 3]
-        _copy(values[node_off[final] : node_off[final] + node_size[final]],
-              values[node_off[cout] : node_off[cout] + node_size[cout]])
+        _copy_within(values, node_off[final], node_off[cout], node_size[final])
     _unload_x(ip, node_off, orig, xo)
 
 
@@ -303,29 +441,26 @@ def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, 
     for i in range(ip[15]):
         if not (xb and orig[i] == xo):
             v = ip[own0 + i]
-            grads[node_off[v] : node_off[v] + node_size[v]] = 0.0
+            _zero(grads, node_off[v], node_size[v])
     for c in range(nc):  # the gradient flowing into carry_out is kept in the final node's slot
         cout, final = ip[HEADER + 4 * c + 2], ip[HEADER + 4 * c + 3]
-        _add(grads[node_off[cout] : node_off[cout] + node_size[cout]],
-             grads[node_off[final] : node_off[final] + node_size[final]])
+        _add_within(grads, node_off[cout], node_off[final], node_size[cout])
     base = HEADER + 4 * nc
     for s in range(ns):
         v, out = ip[base + 2 * s], ip[base + 2 * s + 1]
         n = node_size[v]
         if need[out]:
-            _add(grads[node_off[v] : node_off[v] + n],
-                 grads[node_off[out] + t * n : node_off[out] + (t + 1) * n])
+            _add_within(grads, node_off[v], node_off[out] + t * n, n)
     for r in range(ip[3] - 1, ip[2] - 1, -1):
         if need[outs[r]]:
             backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
     for c in range(nc):
         cin, final = ip[HEADER + 4 * c + 1], ip[HEADER + 4 * c + 3]
-        _copy(grads[node_off[final] : node_off[final] + node_size[final]],
-              grads[node_off[cin] : node_off[cin] + node_size[cin]])
+        _copy_within(grads, node_off[final], node_off[cin], node_size[final])
     if ip[6] and not xb and need[ip[7]]:
         xs, xslot, step = ip[7], ip[8], ip[9]
         dst = node_off[xs] + t * step
-        _add(grads[dst : dst + step], grads[node_off[xslot] : node_off[xslot] + step])
+        _add_within(grads, dst, node_off[xslot], step)
 
 
 @jit_inline
@@ -380,8 +515,21 @@ def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r
     orig, rel, size, xo = _layout(tape, ip)
     # x_t on row t of xs: the slot's VJPs then add into xs's gradient, unless they overwrite it
     xb = xo >= 0 and (need[ip[8]] == 0 or (need[ip[8]] == 1 and need[ip[7]] != 0))
+    cell = _cell_row(tape, ip, orig, xo) if need[ip[HEADER + 2]] else -1
     # the final node's forward value is consumed; keep carry values right for recomputation
-    if k == 0:
+    if cell >= 0:
+        n = node_size[ip[HEADER + 1]]
+        if k == 0:
+            _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell, 0, T,
+                           store, xb)
+        else:
+            for t0 in range(((T - 1) // k) * k, -1, -k):
+                t1 = min(T, t0 + k)
+                _copy_within(values, node_off[ip[HEADER + 1]], ckpt + (t0 // k) * n, n)
+                _cell_forward(tape, values, params, ip, cell, t0, t1, store, False)
+                _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell, t0,
+                               t1, store, xb)
+    elif k == 0:
         for t in range(T - 1, -1, -1):
             _state(values, ip, node_size, orig, rel, store + t * size, False)
             _load_x(values, ip, node_off, orig, xo, t, xb)

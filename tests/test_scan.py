@@ -185,6 +185,86 @@ def test_a_fused_cell_gives_bit_identical_gradients_in_every_checkpoint_mode(act
         np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
 
 
+def takes_the_single_cell_path(tape):
+    """Whether the tape's scan runs on the single-cell path (kernels/scan.py, _cell_row)."""
+    from fastgrad.kernels.scan import _cell_row, _layout
+
+    arrays = tape.arrays()
+    (r,) = [r for r, name, _, _ in tape.rows() if name == "scan"]
+    ip = arrays[5][arrays[4][r] : arrays[4][r + 1]]
+    orig, _, _, xo = _layout(arrays, ip)
+    return _cell_row(arrays, ip, orig, xo) >= 0
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("stack", [False, True])
+@pytest.mark.parametrize("wants", ["all", "weights only"])
+def test_a_one_row_cell_body_matches_the_general_loop_bit_for_bit(activation, stack, wants):
+    """A body that is one linear_act(h, W, x_t) row (fg.nn.RNN's step once its input projection
+    is hoisted out of the loop) runs without the general loop's per-step copies, in the store
+    and segment modes. It must give the general loop's values and gradients bit for bit. The
+    general loop runs when the body has a second row: a multiplication by one, exact both ways."""
+    rng = np.random.default_rng(9)
+    x, h0 = rng.normal(size=(200, 3, 5)), rng.normal(size=(3, 5)) * 0.1
+    W, g_hs = rng.normal(size=(5, 5)) * 0.6, rng.normal(size=(200, 3, 5))
+    runs = []
+    for one_row, ck in [(True, None), (True, "sqrt"), (True, 7), (True, fg.Binomial(slots=4)),
+                        (False, None), (False, 7)]:
+        w = fg.tensor(W, requires_grad=True)
+        xs = fg.tensor(x, requires_grad=wants == "all")
+        init = fg.tensor(h0, requires_grad=wants == "all")
+
+        def cell(h, xt):
+            y = fg.nn.functional.linear_act(h, w, xt, activation)
+            return y if one_row else y * 1.0
+
+        out = fg.scan(cell, init, xs, checkpoint=ck, stack=stack)
+        hs, h_T = out if stack else (None, out)
+        loss = (h_T * h_T).sum() + ((hs * fg.tensor(g_hs)).sum() if stack else 0.0)
+        assert takes_the_single_cell_path(h_T.tape) == (one_row and ck != fg.Binomial(slots=4))
+        loss.backward()
+        got = [h_T.numpy(), w.grad] + ([hs.numpy()] if stack else [])
+        runs.append(got + ([xs.grad, init.grad] if wants == "all" else []))
+    assert np.abs(runs[0][1]).sum() > 0
+    for other in runs[1:]:
+        assert len(other) == len(runs[0])
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_compiled_rnn_step_on_the_single_cell_path_matches_the_general_loop():
+    """fg.nn.RNN under fg.compile (parameters in the flat buffer, gradient modes of a compiled
+    step): its loop takes the single-cell path and matches the same cell run by the general loop
+    bit for bit. (Checkpointed, fg.nn.RNN projects x_t inside the loop: a body of two rows.)"""
+    rng = np.random.default_rng(10)
+    xs, y = rng.normal(size=(120, 4, 3)), rng.normal(size=(4, 1))
+    results = []
+    for one_row, ck in [(True, None), (False, None)]:
+        rnn = fg.nn.RNN(3, 6, seed=1, stack_outputs=False, checkpoint=ck)
+        head = fg.nn.Linear(6, 1, seed=2)
+        if not one_row:
+            w_ih, w_hh, b_ih, b_hh = rnn.parameters()
+
+            def forward(x, w_ih=w_ih, w_hh=w_hh, b=None):
+                u = x @ w_ih.T + (b_ih + b_hh)
+                return fg.scan(lambda h, ut: fg.nn.functional.linear_act(h, w_hh, ut, "tanh") * 1.0,
+                               fg.zeros(4, 6), u, checkpoint=ck)
+        else:
+            def forward(x):
+                return rnn(x)[1]
+
+        params = rnn.parameters() + head.parameters()
+        step = fg.compile(lambda x, t: fg.mse_loss(head(forward(x)), t), params=params)
+        loss, grads = step(xs, y)
+        if one_row:
+            assert takes_the_single_cell_path(step._last.tape)
+        results.append((loss, grads))
+    for loss, grads in results[1:]:
+        assert loss == results[0][0]
+        for a, b in zip(results[0][1], grads):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_tape_length_does_not_depend_on_T():
     lengths = []
     for T in (10, 100_000):
