@@ -10,7 +10,7 @@ import numpy as np
 
 from ..opcodes import Op
 from ._jit import jit
-from .vecmath import exp64, sigmoid64, tanh64
+from .vecmath import exp64, sigmoid32, sigmoid64, tanh64
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, bench/README.md).
@@ -94,8 +94,12 @@ def unary_forward(code, x, y, c0, c1):
             for i in range(n):
                 y[i] = tanh64(np.float64(x[i]))
     elif code == Op.SIGMOID:
-        for i in range(n):
-            y[i] = _sigmoid(x[i])
+        if x.itemsize == 4:
+            for i in range(n):
+                y[i] = sigmoid32(x[i])
+        else:
+            for i in range(n):
+                y[i] = _sigmoid(x[i])
     elif code == Op.RELU:
         for i in range(n):
             y[i] = x[i] if x[i] > 0 else 0.0

@@ -14,7 +14,7 @@ import numpy as np
 from ..opcodes import Op
 from ._jit import jit, jit_reduce
 from .elementwise import tanh32
-from .vecmath import sigmoid64, tanh64
+from .vecmath import sigmoid32, sigmoid64, tanh64
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, bench/README.md).
@@ -331,8 +331,12 @@ def _add_activate(act, Y, c, m, n):
                 for j in range(n):
                     Y[U(o + j)] = tanh64(np.float64(Y[U(o + j)] + c[U(j)]))
         elif act == Op.SIGMOID:
-            for j in range(n):
-                Y[U(o + j)] = sigmoid64(np.float64(Y[U(o + j)] + c[U(j)]))
+            if Y.itemsize == 4:
+                for j in range(n):
+                    Y[U(o + j)] = sigmoid32(Y[U(o + j)] + c[U(j)])
+            else:
+                for j in range(n):
+                    Y[U(o + j)] = sigmoid64(np.float64(Y[U(o + j)] + c[U(j)]))
         else:
             for j in range(n):
                 v = Y[U(o + j)] + c[U(j)]

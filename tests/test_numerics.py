@@ -35,6 +35,28 @@ def test_float32_tanh_and_exp_are_accurate():
                 np.exp(x.astype(np.float64)).astype(np.float32)) <= 1
 
 
+def test_float32_sigmoid_within_three_ulp_down_to_subnormals():
+    """float32 sigmoid runs in float32 arithmetic (kernels/vecmath.py, sigmoid32), alone and
+    fused into a layer, measured in float32 ulps against the float64 formula rounded once."""
+    x = np.concatenate([X64[np.abs(X64) < 200], np.linspace(-110, 110, 400_001),
+                        [np.inf, -np.inf, np.nan]]).astype(np.float32)
+    xd = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        e = np.exp(-np.abs(xd))
+    ref = np.where(xd >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
+    assert ref[(x < -95) & (x > -103)].min() > 0  # the range covers float32 subnormals
+    one = np.ones((1, 1), np.float32)
+    fused = fg.nn.functional.linear_act(fg.tensor(x[:, None]), fg.tensor(one), fg.tensor(np.zeros(1, np.float32)),
+                                        "sigmoid").numpy()[:, 0]
+    for got in (fg.sigmoid(x).numpy(), fused):
+        assert got.dtype == np.float32
+        assert np.array_equal(got[~np.isfinite(ref)], ref[~np.isfinite(ref)], equal_nan=True)
+        finite = np.isfinite(ref)
+        err = np.abs(got[finite].astype(np.float64) - ref[finite]) / np.spacing(np.abs(ref[finite]))
+        assert err.max() <= 3
+    assert np.array_equal(fg.sigmoid(np.float32([np.inf, -np.inf, 0])).numpy(), [1, 0, 0.5])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_stable_at_plus_minus_1e4(dtype):
     x = np.array([[-1e4, 0.0, 1e4], [1e4, 1e4 - 1, -1e4]], dtype)
