@@ -13,6 +13,7 @@ import numpy as np
 
 from ..opcodes import Op
 from ._jit import jit, jit_reduce
+from .blas import gemm
 from .elementwise import tanh32
 from .vecmath import sigmoid32, sigmoid64, tanh64
 
@@ -167,9 +168,9 @@ def matmul_forward(A, B, C, ip):
 
 
 @jit
-def _add_into(dst, off, src):
-    for i in range(src.size):
-        dst[U(off + i)] += src[i]
+def _check_blas(status):
+    if status != 0:
+        raise RuntimeError("BLAS gemm failed: Numba reaches BLAS through SciPy; is it installed?")
 
 
 @jit
@@ -178,9 +179,9 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch):
 
     na / nb_ are gradient modes: 0 none, 1 accumulate, 2 this row is the only consumer: with a
     single (unbatched) product the gradient is then overwritten, not added to, on both paths, so
-    a training step skips clearing it (fastgrad/compile.py, ``overwritten_by_vjp``). Otherwise
-    BLAS writes into ``scratch`` and we add: never an allocation per call (a fresh 400 KB
-    buffer costs more than the product on this VM).
+    a training step skips clearing it (fastgrad/compile.py, ``overwritten_by_vjp``). The BLAS
+    path accumulates with gemm's beta = 1 (kernels/blas.py): no scratch, no second pass.
+    ``scratch`` is unused here; it stays in the signature every VJP kernel shares.
     """
     m, k, n, nb, tb = ip[0], ip[1], ip[2], ip[3], ip[4]
     if tb:
@@ -192,24 +193,15 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch):
         bo = ip[6 + 2 * bi]
         co = bi * m * n
         if big:
-            Cg = gC[co : co + m * n].reshape((m, n))
-            if na:
-                out = gA[ao : ao + m * k] if na == 2 and nb == 1 else scratch[: m * k]
-                if tb:
-                    np.dot(Cg, B[bo : bo + k * n].reshape((n, k)), out.reshape((m, k)))
-                else:
-                    np.dot(Cg, B[bo : bo + k * n].reshape((k, n)).T, out.reshape((m, k)))
-                if not (na == 2 and nb == 1):
-                    _add_into(gA, ao, out)
+            if na:  # gA (m, k) (+)= gC (m, n) @ B^T, B stored (n, k) when tb, else (k, n)
+                beta = 0.0 if na == 2 and nb == 1 else 1.0
+                _check_blas(gemm(False, not tb, m, k, n, gC, co, B, bo, beta, gA, ao))
             if nb_:
-                out = gB[bo : bo + k * n] if nb_ == 2 and nb == 1 else scratch[: k * n]
-                Am = A[ao : ao + m * k].reshape((m, k))
-                if tb:
-                    np.dot(Cg.T, Am, out.reshape((n, k)))
-                else:
-                    np.dot(Am.T, Cg, out.reshape((k, n)))
-                if not (nb_ == 2 and nb == 1):
-                    _add_into(gB, bo, out)
+                beta = 0.0 if nb_ == 2 and nb == 1 else 1.0
+                if tb:  # gB (n, k) (+)= gC^T (n, m) @ A (m, k)
+                    _check_blas(gemm(True, False, n, k, m, gC, co, A, ao, beta, gB, bo))
+                else:  # gB (k, n) (+)= A^T (k, m) @ gC (m, n)
+                    _check_blas(gemm(True, False, k, n, m, A, ao, gC, co, beta, gB, bo))
             continue
         _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb, nb == 1)
 

@@ -176,3 +176,44 @@ def test_linear_layer_products_match_numpy_on_every_kernel_path(m, k, n, act, dt
     np.testing.assert_allclose(X.grad, gz @ w, **tol)
     np.testing.assert_allclose(W.grad, gz.T @ x, **tol)
     np.testing.assert_allclose(B.grad, gz.sum(axis=0), **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n", PRODUCT_SHAPES)
+def test_linear_layer_products_add_to_gradients_other_rows_made(m, k, n, dtype):
+    """x and w feed two products (and x a third row), so each product's VJPs must add to what
+    the others wrote (on the BLAS path: gemm with beta = 1), not overwrite it. (Each use of a
+    leaf gets a node of its own, so the shared operands are intermediates: X * 1.)"""
+    rng = np.random.default_rng(m * 10_000 + k * 100 + n + 7)
+    x, w = rng.normal(size=(m, k)), rng.normal(size=(n, k)) / np.sqrt(k)
+    g1, g2, cx = rng.normal(size=(m, n)), rng.normal(size=(m, n)), rng.normal(size=(m, k))
+    X, W = (fg.tensor(v.astype(dtype), requires_grad=True) for v in (x, w))
+    G1, G2, CX = (fg.tensor(v.astype(dtype)) for v in (g1, g2, cx))
+    lin = fg.nn.functional.linear
+    Xs, Ws = X * 1.0, W * 1.0
+    loss = (Xs * CX).sum() + (lin(Xs, Ws) * G1).sum() + (lin(Xs, Ws) * G2).sum()
+    loss.backward()
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(X.grad, (g1 + g2) @ w + cx, **tol)
+    np.testing.assert_allclose(W.grad, (g1 + g2).T @ x, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch,m,k,n", [(3, 32, 32, 32), (2, 4, 3, 5), (4, 64, 16, 24)])
+def test_a_matrix_broadcast_over_a_batch_sums_its_gradient_over_the_batch(batch, m, k, n,
+                                                                           dtype):
+    """(batch, m, k) @ (k, n) and (m, k) @ (batch, k, n): the shared operand's gradient is
+    the sum of one product per batch (accumulated in place on the BLAS path)."""
+    rng = np.random.default_rng(batch * 1000 + m)
+    a, b = rng.normal(size=(batch, m, k)), rng.normal(size=(k, n))
+    g = rng.normal(size=(batch, m, n))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+    A, B = (fg.tensor(v.astype(dtype), requires_grad=True) for v in (a, b))
+    ((A @ B) * fg.tensor(g.astype(dtype))).sum().backward()
+    np.testing.assert_allclose(B.grad, np.einsum("bmk,bmn->kn", a, g), **tol)
+    np.testing.assert_allclose(A.grad, g @ b.T, **tol)
+    a2, b2 = rng.normal(size=(m, k)), rng.normal(size=(batch, k, n))
+    A2, B2 = (fg.tensor(v.astype(dtype), requires_grad=True) for v in (a2, b2))
+    ((A2 @ B2) * fg.tensor(g.astype(dtype))).sum().backward()
+    np.testing.assert_allclose(A2.grad, np.einsum("bmn,bkn->mk", g, b2), **tol)
+    np.testing.assert_allclose(B2.grad, np.einsum("mk,bmn->bkn", a2, g), **tol)
