@@ -18,7 +18,7 @@ from .elementwise import tanh32
 from .vecmath import sigmoid32, sigmoid64, tanh64
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
-# blocks vectorisation of strided loops (4x on a bias add, bench/README.md).
+# blocks vectorisation of strided loops (4x on a bias add, measured here).
 U = np.uintp
 
 BLAS_MIN_WORK = 16384  # m*k*n from which BLAS beats the simple loops (plain @ products)

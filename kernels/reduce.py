@@ -12,7 +12,7 @@ from ._jit import jit
 from .vecmath import exp64
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
-# blocks vectorisation of strided loops (4x on a bias add, bench/README.md).
+# blocks vectorisation of strided loops (4x on a bias add, measured here).
 U = np.uintp
 
 
@@ -115,7 +115,7 @@ def _shifted_exps(x, nrows, ncls):
     """(exp(x - row max) as float64 (nrows * ncls), row max (nrows)) for logits (nrows, ncls).
 
     Why three passes: the exponentials then run as one flat loop that LLVM vectorises; inside
-    a per-row loop of ncls (10 for MNIST) they stayed scalar, 4-5x slower (bench/README.md).
+    a per-row loop of ncls (10 for MNIST) they stayed scalar, 4-5x slower (measured here).
     """
     e = np.empty(nrows * ncls, np.float64)
     mx = np.empty(nrows, x.dtype)
