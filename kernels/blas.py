@@ -27,7 +27,8 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, A, a_off, B, b_off, beta, C, c_of
     1-D buffers addressed by offset, as the tape's arenas are. Returns BLAS's status (0: ok).
     No bounds are checked: the caller passes extents its tape validated.
 
-    >>> gemm(False, True, 2, 3, 4, A, 0, W, 0, 1.0, G, 0)   # G (2, 3) += A (2, 4) @ W (3, 4)^T
+    Example, inside a jitted kernel: ``gemm(False, True, 2, 3, 4, A, 0, W, 0, 1.0, G, 0)`` adds
+    A (2, 4) @ W^T into G (2, 3), W stored (3, 4) as a Linear layer's weight is.
     """
     arrays = (A, B, C)
     if not all(isinstance(t, types.Array) for t in arrays):
