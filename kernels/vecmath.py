@@ -17,36 +17,24 @@ from numba.extending import intrinsic
 from ._jit import jit
 
 
-@intrinsic
-def _f64_from_bits(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
+def _bitcast(src, dst, name):
+    """An intrinsic that reads the bits of a ``src`` value as a ``dst`` of the same width (no
+    conversion: what a C union does), named ``name``."""
 
-    return types.float64(types.int64), codegen
+    def reinterpret(typingctx, value):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(dst))
 
+        return dst(src), codegen
 
-@intrinsic
-def _bits_from_f64(typingctx, value):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
-
-    return types.int64(types.float64), codegen
+    reinterpret.__name__ = reinterpret.__qualname__ = name
+    return intrinsic(reinterpret)
 
 
-@intrinsic
-def _f32_from_bits(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-
-    return types.float32(types.int32), codegen
-
-
-@intrinsic
-def _bits_from_f32(typingctx, value):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int32))
-
-    return types.int32(types.float32), codegen
+_f64_from_bits = _bitcast(types.int64, types.float64, "_f64_from_bits")
+_bits_from_f64 = _bitcast(types.float64, types.int64, "_bits_from_f64")
+_f32_from_bits = _bitcast(types.int32, types.float32, "_f32_from_bits")
+_bits_from_f32 = _bitcast(types.float32, types.int32, "_bits_from_f32")
 
 
 _LOG2E = 1.4426950408889634073599
