@@ -26,7 +26,8 @@ import numpy as np
 from .anomaly import anomaly_enabled, describe_anomaly
 from .errors import fail
 from .kernels import train as _train
-from .kernels.movement import indices_within
+from .kernels._jit import native_entry
+from .kernels.movement import load_indices
 from .opcodes import Op
 from .ops import fmt
 from .scan import check_memory
@@ -36,6 +37,7 @@ from .tensor import FLOAT_DTYPES, Tensor, get_default_dtype, placeholder
 log = logging.getLogger("fastgrad")
 _EMPTY_F = {dt: np.zeros((0, 1), dt) for dt in FLOAT_DTYPES}
 _EMPTY_I = np.zeros(0, np.int64)
+_INT64 = np.iinfo(np.int64)
 
 
 class Program:
@@ -103,12 +105,18 @@ class Program:
         self.logits_off, self.ncls = self._find_logits()
         self.slot_views = [None if i == self.external else tape.node_values(v)
                            for i, v in enumerate(self.slot_nodes)]
-        self.int_checks = [(i, tape.int_bounds.get(v), self.slot_views[i].reshape(-1))
-                           for i, v in enumerate(self.slot_nodes) if tape.node_kind.a[v] == 1]
+        # float inputs are copied into their slots; integer ones are loaded and range-checked
+        # natively (load_indices): (input, slot, lo, hi), unbounded when no kernel indexes with it
+        self.float_slots = [(i, view) for i, view in enumerate(self.slot_views)
+                            if view is not None and tape.node_kind.a[self.slot_nodes[i]] != 1]
+        self.index_slots = [(i, self.slot_views[i].reshape(-1),
+                             *tape.int_bounds.get(v, (_INT64.min, _INT64.max)))
+                            for i, v in enumerate(self.slot_nodes) if tape.node_kind.a[v] == 1]
         # the tape's buffers, fixed from here on: built once, not per step
         self.kernel_args = (tape.values.a, tape.ivalues.a, tape.grads, self.modes,
                             self.scratch, self.zero_spans, self.loss_off)
         self.signature = None  # the caller's (shape, dtype) per input, set by Compiled.program
+        self._entry = None  # train_step's native entry and the optimizer buffers it was typed for
 
     def _external_slot(self, inputs):
         """0 when the first input (x, by convention; ``fit`` gathers its batches) is read in
@@ -160,29 +168,42 @@ class Program:
     def load_inputs(self, inputs):
         """Copy new input arrays into their slots (casting floats to the tape dtype); the
         external input is taken as it is when it has the tape's dtype, is C-contiguous and
-        writeable (a Numba signature of its own otherwise), else as a copy."""
-        for view, x in zip(self.slot_views, inputs):
-            if view is not None:
-                np.copyto(view, x, casting="unsafe")
+        writeable and aligned (a Numba signature of its own otherwise), else as a copy."""
+        for i, view in self.float_slots:
+            np.copyto(view, inputs[i], casting="unsafe")
+        for i, slot, lo, hi in self.index_slots:
+            if not load_indices(slot, inputs[i], lo, hi):
+                raise fail("compile", f"input {i} holds indices outside [{lo}, {hi})",
+                           "check labels/indices against the class count or axis size")
         if self.external is not None:
             x = inputs[self.external]
-            if not (x.dtype == self.tape.dtype and x.flags.c_contiguous and x.flags.writeable):
+            flags = x.flags
+            if not (x.dtype == self.tape.dtype and flags.c_contiguous and flags.writeable
+                    and flags.aligned):
                 x = np.array(x, dtype=self.tape.dtype, order="C")
             self.tape.external = x.reshape(-1)
-        for i, bound, flat in self.int_checks:  # checked in the slot: what kernels index with
-            if bound and not indices_within(flat, bound[0], bound[1]):
-                raise fail("compile", f"input {i} holds indices outside [{bound[0]}, {bound[1]})",
-                           "check labels/indices against the class count or axis size")
         for leaf, v in self.frozen:
             self.tape.node_values(v)[...] = leaf.numpy()
 
-    def run(self, flat, flat_grad, kind, state, hyper, t, max_norm, max_value):
+    def run(self, flat, flat_grad, kind, state, hyper, t, max_norm, max_value, reuse=True):
+        """One native train_step over the loaded inputs. With ``reuse`` (an optimizer's own
+        buffers, the same every step) the kernel's entry point is kept and called directly
+        while the buffers are the same objects: every other argument is this program's (fixed
+        types; load_inputs makes the external input C-contiguous, aligned and writeable) or a
+        scalar cast here, so the types cannot change under it."""
         tape = self.tape
         tape.param_arena, tape.param_grads = flat, flat_grad
         arrays = self.arrays if self.external is None else self.arrays[:11] + (tape.external,)
-        loss, norm, bad, direction = _train.train_step(
-            arrays, *self.kernel_args, flat, flat_grad, kind, state[0], state[1], state[2], hyper, t,
-            max_norm, max_value, anomaly_enabled())
+        args = (arrays, *self.kernel_args, flat, flat_grad, int(kind), state[0], state[1],
+                state[2], hyper, int(t), float(max_norm), float(max_value), anomaly_enabled())
+        e = self._entry
+        if (e is not None and e[1] is flat and e[2] is flat_grad and e[3] is state[0]
+                and e[4] is state[1] and e[5] is state[2] and e[6] is hyper):
+            loss, norm, bad, direction = e[0](*args)
+        else:
+            loss, norm, bad, direction = _train.train_step(*args)
+            entry = native_entry(_train.train_step, args) if reuse else None
+            self._entry = None if entry is None else (entry, flat, flat_grad, *state[:3], hyper)
         if bad >= 0:
             raise describe_anomaly(tape, bad, "backward" if direction else "forward")
         return float(loss), float(norm)
@@ -255,7 +276,7 @@ class Compiled:
         flat_grad = np.zeros_like(flat)
         state = [flat_grad] * 3
         loss, self.last_grad_norm = prog.run(flat, flat_grad, -1, state, np.zeros(8), 1,
-                                             self.max_norm, self.max_value)
+                                             self.max_norm, self.max_value, reuse=False)
         offs = np.concatenate([[0], np.cumsum([p.size for p in prog.params])])
         grads = [flat_grad[a:b].reshape(p.shape).copy()
                  for p, a, b in zip(prog.params, offs[:-1], offs[1:])]
@@ -355,9 +376,9 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
         np.empty(Xc[:batch_size].size, dtype),)
     y_off = int(prog.tape.node_off.a[prog.slot_nodes[1]])
     if int_labels:
-        for _, bound, _ in prog.int_checks:
-            if bound and (Yc.min() < bound[0] or Yc.max() >= bound[1]):
-                raise fail("fit", f"labels outside [{bound[0]}, {bound[1]})",
+        for _, _, lo, hi in prog.index_slots:
+            if Yc.min() < lo or Yc.max() >= hi:
+                raise fail("fit", f"labels outside [{lo}, {hi})",
                            "check the labels against the number of classes")
     X2 = Xc.reshape(n, -1)
     Yf = _EMPTY_F[np.dtype(dtype)] if int_labels else Yc.reshape(n, -1)

@@ -92,3 +92,18 @@ def jit_inline(fn):
     copy of that work (about 4 s per layer, measured); inlined, it costs its own few lines.
     """
     return numba.njit(inline="always", **OPTIONS)(fn)
+
+
+def native_entry(dispatcher, args):
+    """The compiled entry point of ``dispatcher`` for the types of ``args`` (a call with those
+    types must have compiled or loaded it first), or None.
+
+    Calling the entry point skips the dispatcher's type resolution of every argument on every
+    call: for ``train_step``'s 25 arrays about 1.2 µs of a 25 µs tiny-MLP step. The entry point
+    does NOT check types, so the caller must only reuse it for arguments of the same types
+    (fastgrad/compile.py reuses it for the same buffers and guards by identity).
+    """
+    try:
+        return dispatcher.overloads[tuple(dispatcher.typeof_pyval(a) for a in args)].entry_point
+    except KeyError:
+        return None

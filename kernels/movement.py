@@ -73,12 +73,16 @@ def concat_piece(x, y, outer, width, total, pos, forward):
 
 
 @jit
-def indices_within(index, lo, hi):
-    """True when every entry of the int64 array ``index`` lies in [lo, hi): the check a
-    compiled step runs on integer inputs before any kernel indexes with them (one native call:
-    NumPy's min() and max() cost 3 µs each on a 64-label batch)."""
+def load_indices(dst, src, lo, hi):
+    """Copy the integer array ``src`` (any shape and integer dtype, ``dst.size`` entries) into
+    the int64 slot ``dst``; True when every entry lies in [lo, hi). A compiled step loads its
+    integer inputs (labels, indices) with this one native call, and checks them before any
+    kernel indexes with them (np.copyto plus a separate range check took two calls). On False,
+    ``dst`` may be partly written: the caller raises."""
+    flat = src.ravel()
     ok = True
-    for i in range(index.size):
-        v = index[i]
+    for i in range(dst.size):
+        v = flat[i]
         ok &= (v >= lo) & (v < hi)
+        dst[i] = v
     return ok

@@ -412,3 +412,48 @@ def test_the_input_is_read_in_place_and_any_layout_gives_the_same_step():
     other_loss, _ = f(X[8:], Y[8:])  # other values at the same signature: not a stale read
     assert other_loss == pytest.approx(fg.mse_loss(model(X[8:]), Y[8:]).item(), rel=1e-13)
     assert len(f.programs) == 1
+
+
+def test_a_training_step_takes_any_input_layout_and_lr_change_at_native_speed():
+    # After its first call a training step calls the kernel's native entry directly (no
+    # per-call type dispatch). Inputs of any layout, read-only or unaligned, are normalised
+    # before that call, and an lr change (a new hyper-parameter array) is honoured, so every
+    # step equals the same step taken with plain C-contiguous inputs.
+    X, Y = small_problem(6, n=8)
+    raw = bytearray(X.nbytes + 1)
+    unaligned = np.frombuffer(raw, np.float64, count=X.size, offset=1).reshape(X.shape)
+    unaligned[...] = X
+    assert not unaligned.flags.aligned and unaligned.flags.writeable
+    read_only = X.copy()
+    read_only.flags.writeable = False
+    wide = np.zeros((8, 10))
+    wide[:, ::2] = X
+    layouts = [X, np.asfortranarray(X), wide[:, ::2], read_only, unaligned, X]
+    ref_model = fg.nn.MLP([5, 6, 2], activation="tanh", seed=2)
+    model = fg.nn.MLP([5, 6, 2], activation="tanh", seed=2)
+    ref_opt = fg.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9)
+    opt = fg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ref = fg.compile(lambda x, y: fg.mse_loss(ref_model(x), y), optimizer=ref_opt)
+    step = fg.compile(lambda x, y: fg.mse_loss(model(x), y), optimizer=opt)
+    for i, x in enumerate(layouts):
+        if i == 3:
+            ref_opt.lr = opt.lr = 0.05
+        assert step(x, Y) == ref(X.copy(), Y)
+        np.testing.assert_array_equal(opt.flat, ref_opt.flat)
+        np.testing.assert_array_equal(opt.state[0], ref_opt.state[0])
+    assert step._last._entry is not None and len(step.programs) == 1
+    np.testing.assert_array_equal(unaligned, X)  # the caller's arrays are never written
+
+
+def test_integer_inputs_of_any_integer_dtype_and_layout_load_as_indices():
+    w = fg.nn.Parameter(np.linspace(-1.0, 1.0, 12).reshape(3, 4))
+    step = fg.compile(lambda x, y: fg.cross_entropy(x @ w, y))
+    x = np.arange(6.0).reshape(2, 3)
+    want = step(x, np.array([1, 3]))
+    for y in (np.array([1, 3], np.int32), np.array([1, 9, 3, 9], np.uint8)[::2],
+              np.array([[1], [3]])[:, 0]):
+        loss, grads = step(x, y)
+        assert loss == want[0]
+        np.testing.assert_array_equal(grads[0], want[1][0])
+    with pytest.raises(fg.FastgradError, match=r"input 1 holds indices outside \[0, 4\)"):
+        step(x, np.array([0, 4], np.int32))
