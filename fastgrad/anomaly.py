@@ -12,7 +12,11 @@ import numpy as np
 
 from .errors import FastgradError
 
-_state = threading.local()
+class _State(threading.local):
+    on = False  # per thread; a class default, so reading it is one attribute lookup
+
+
+_state = _State()
 
 
 class AnomalyError(FastgradError, FloatingPointError):
@@ -20,7 +24,7 @@ class AnomalyError(FastgradError, FloatingPointError):
 
 
 def anomaly_enabled() -> bool:
-    return getattr(_state, "on", False)
+    return _state.on
 
 
 @contextlib.contextmanager

@@ -190,12 +190,13 @@ class Program:
         buffers, the same every step) the kernel's entry point is kept and called directly
         while the buffers are the same objects: every other argument is this program's (fixed
         types; load_inputs makes the external input C-contiguous, aligned and writeable) or a
-        scalar cast here, so the types cannot change under it."""
+        scalar, which the entry point converts as the dispatcher would (an int or NumPy integer
+        to int64, a float to float64), so the types cannot change under it."""
         tape = self.tape
         tape.param_arena, tape.param_grads = flat, flat_grad
         arrays = self.arrays if self.external is None else self.arrays[:11] + (tape.external,)
-        args = (arrays, *self.kernel_args, flat, flat_grad, int(kind), state[0], state[1],
-                state[2], hyper, int(t), float(max_norm), float(max_value), anomaly_enabled())
+        args = (arrays, *self.kernel_args, flat, flat_grad, kind, state[0], state[1], state[2],
+                hyper, t, max_norm, max_value, anomaly_enabled())
         e = self._entry
         if (e is not None and e[1] is flat and e[2] is flat_grad and e[3] is state[0]
                 and e[4] is state[1] and e[5] is state[2] and e[6] is hyper):
@@ -206,7 +207,7 @@ class Program:
             self._entry = None if entry is None else (entry, flat, flat_grad, *state[:3], hyper)
         if bad >= 0:
             raise describe_anomaly(tape, bad, "backward" if direction else "forward")
-        return float(loss), float(norm)
+        return loss, norm  # Python floats (Numba boxes float32 as float too)
 
 
 class Compiled:

@@ -72,9 +72,8 @@ class Optimizer:
 
     def hyper(self) -> np.ndarray:
         """The options as the float64 array the update kernel reads (rebuilt when they change)."""
-        key = tuple(self.options.values())
-        if key != self._hyper_key:
-            self._hyper_key, self._hyper = key, self._hyper_array()
+        if self.options != self._hyper_key:
+            self._hyper_key, self._hyper = dict(self.options), self._hyper_array()
         return self._hyper
 
     def _check_options(self):

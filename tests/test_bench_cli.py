@@ -4,6 +4,7 @@ command's options). No timing is asserted: only that the numbers exist and are c
 
 import contextlib
 import io
+import itertools
 import json
 import pathlib
 import runpy
@@ -236,3 +237,76 @@ def test_processes_run_every_cell_in_rounds_and_keep_each_cells_fastest(monkeypa
     assert result["settings"]["processes"] == 2
     with pytest.raises(SystemExit, match="at least 1"):
         run_cli(["bench", "--quick", "--processes", "0"])
+
+
+# ----------------------------------------------------------------------------- --paired
+
+
+def test_paired_rounds_alternate_and_the_ratio_is_the_median_of_per_round_ratios():
+    """Both sides run in every round, in alternating order, timed on the clock given (here a
+    fake one that each call advances by its cost)."""
+    from fastgrad.benchmarks import paired
+
+    now, order = [0.0], []
+
+    def side(name, cost):
+        def fn(x):
+            order.append(name)
+            now[0] += cost
+        return fn
+
+    fast, ref = side("fast", 2e-6), side("ref", 3e-6)
+    clock = lambda: now[0]  # noqa: E731
+    nf = paired.calls_per_half(fast, (None,), 1e-3, clock)
+    assert nf == 500  # 1 ms of 2 µs calls
+    order.clear()
+    ft, rt = paired.paired_times(fast, ref, (None,), rounds=4, min_time=2e-3, clock=clock)
+    assert len(ft) == len(rt) == 4
+    runs = [(name, len(list(calls))) for name, calls in itertools.groupby(order)]
+    # calibration (fast, ref), then 1 ms halves (500 and 333 calls): fast-ref, ref-fast,
+    # fast-ref, ref-fast
+    assert [n for n, _ in runs[:2]] == ["fast", "ref"]
+    assert runs[2:] == [("fast", 500), ("ref", 666), ("fast", 1000), ("ref", 666),
+                        ("fast", 500)]
+    s = paired.ratio_summary(ft, rt)
+    assert s["ratio"] == pytest.approx(1.5) and s["ratio_q1"] == pytest.approx(1.5)
+    assert s["fastgrad_us"] == pytest.approx(2.0) and s["ref_us"] == pytest.approx(3.0)
+    # a round whose two halves ran at different speeds moves the quartiles, not the median
+    s = paired.ratio_summary([1.0, 1.0, 1.0, 1.0, 2.0], [1.5, 1.5, 1.5, 1.5, 1.5])
+    assert s["ratio"] == 1.5 and s["ratio_q1"] == 1.5 and s["rounds"] == 5
+
+
+def test_paired_command_keeps_the_median_process_and_fails_on_an_error(tmp_path, monkeypatch):
+    from fastgrad.benchmarks import paired
+
+    ratios = iter([1.1, 0.9, 1.0])
+    calls = []
+
+    def fake_pair(name, dtype, impl, rounds, min_time):
+        calls.append((name, dtype, impl, rounds))
+        r = next(ratios)
+        return dict(workload=name, dtype=dtype, impl=impl, error=None, ratio=r, ratio_q1=r - 0.01,
+                    ratio_q3=r + 0.01, fastgrad_us=10.0, ref_us=10.0 * r, rounds=rounds)
+
+    monkeypatch.setattr(paired, "run_pair", fake_pair)
+    code, stdout, stderr = run_cli(["bench", "--paired", "--workload", QUICK[0], "--dtype",
+                                    "float64", "--processes", "3", "--out", str(tmp_path)])
+    assert code == 0, stdout + stderr
+    assert calls == [(QUICK[0], "float64", "numba", paired.DEFAULT_ROUNDS)] * 3  # default: numba
+    (row,) = json.loads((tmp_path / "paired.json").read_text())["rows"]
+    assert row["ratio"] == 1.0 and row["process_ratios"] == [0.9, 1.0, 1.1]
+    assert "1.000  0.990-1.010  0.900 1.000 1.100" in stdout
+    monkeypatch.setattr(paired, "run_pair", lambda *a: dict(
+        workload=QUICK[0], dtype="float64", impl="numba", error="ImportError: numba"))
+    code, stdout, _ = run_cli(["bench", "--paired", "--workload", QUICK[0], "--dtype", "float64",
+                               "--out", str(tmp_path)])
+    assert code == 1 and "failed: ImportError: numba" in stdout
+
+
+def test_a_paired_measurement_runs_in_a_fresh_process():
+    from fastgrad.benchmarks import paired
+
+    row = paired.run_pair(QUICK[0], "float64", "numpy", rounds=3, min_time=0.01)
+    assert row["error"] is None, row
+    assert row["rounds"] == 3 and row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"]
+    assert row["fastgrad_us"] > 0 and row["ref_us"] > 0

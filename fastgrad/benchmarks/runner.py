@@ -606,6 +606,10 @@ def add_arguments(p):
     p.add_argument("--quick", action="store_true",
                    help="tiny workloads, float64, 2 rounds: a smoke test")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.add_argument("--paired", action="store_true",
+                   help="time fastgrad and each reference (default: numba) in alternating "
+                   "rounds in one process per pair, for ratios precise to about a percent; "
+                   "--repeat sets the rounds (default 21)")
 
 
 def command(args):
@@ -632,6 +636,12 @@ def command(args):
 
     if args.processes < 1:
         raise SystemExit("fastgrad bench: --processes must be at least 1")
+    if args.paired:
+        from . import paired
+
+        return paired.command(workloads, dtypes, args.impl, args.processes,
+                              repeat or paired.DEFAULT_ROUNDS, min_time or paired.DEFAULT_MIN_TIME,
+                              args.out, args.json, log)
     result = run(workloads, dtypes, args.impl, repeat, min_time, log=log,
                  processes=args.processes)
     result["settings"].update(workloads=[w.name for w in workloads], dtypes=dtypes,
