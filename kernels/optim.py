@@ -26,9 +26,14 @@ def optimizer_update(kind, p, g, s1, s2, s3, hyper, t):
     n = p.size
     if kind == SGD:
         mom, damp, nesterov, wd = hyper[1], hyper[2], hyper[3], hyper[4]
-        if mom == 0.0 and wd == 0.0:  # plain SGD, as torch.optim.SGD's defaults: a loop with
-            for i in range(n):  # no branches vectorises (100k float32: 30 -> 22 us)
-                p[i] -= lr * g[i]
+        if mom == 0.0 and wd == 0.0:
+            # Plain SGD (torch.optim.SGD's defaults): a loop without branches vectorises (100k
+            # float32: 30 -> 22 us), and with lr in the parameters' dtype, as PyTorch's
+            # p.add_(g, alpha=-lr) takes it, float32 runs 8 lanes wide with no conversions
+            # (19 -> 12 us).
+            lr_p = p.dtype.type(lr)
+            for i in range(n):
+                p[i] -= lr_p * g[i]
             return
         for i in range(n):
             d = g[i] + wd * p[i]

@@ -457,3 +457,26 @@ def test_integer_inputs_of_any_integer_dtype_and_layout_load_as_indices():
         np.testing.assert_array_equal(grads[0], want[1][0])
     with pytest.raises(fg.FastgradError, match=r"input 1 holds indices outside \[0, 4\)"):
         step(x, np.array([0, 4], np.int32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plain_sgd_updates_in_the_parameters_dtype_like_pytorch(dtype):
+    # torch.optim.SGD without momentum or weight decay runs p.add_(g, alpha=-lr): lr rounded to
+    # the parameters' dtype, the product and the difference in that dtype.
+    rng = np.random.default_rng(3)
+    p0 = rng.normal(size=1000).astype(dtype)
+    g = rng.normal(size=1000).astype(dtype)
+    lr = 0.1234567
+    w = fg.nn.Parameter(p0.copy())
+    opt = fg.optim.SGD([w], lr=lr)
+    w.grad = g.copy()
+    opt.step()
+    want = p0 - dtype(lr) * g
+    np.testing.assert_array_equal(w.numpy(), want)
+    if dtype == np.float32:  # what float64 arithmetic rounded once would give differs
+        assert (want != (p0.astype(np.float64) - lr * g.astype(np.float64)).astype(dtype)).any()
+    # the compiled step runs the same loop
+    v = fg.nn.Parameter(p0.copy())
+    step = fg.compile(lambda: (v * fg.tensor(g)).sum(), optimizer=fg.optim.SGD([v], lr=lr))
+    step()
+    np.testing.assert_array_equal(v.numpy(), want)
