@@ -37,7 +37,6 @@ from .tensor import FLOAT_DTYPES, Tensor, get_default_dtype, placeholder
 log = logging.getLogger("fastgrad")
 _EMPTY_F = {dt: np.zeros((0, 1), dt) for dt in FLOAT_DTYPES}
 _EMPTY_I = np.zeros(0, np.int64)
-_INT64 = np.iinfo(np.int64)
 
 
 class Program:
@@ -105,13 +104,14 @@ class Program:
         self.logits_off, self.ncls = self._find_logits()
         self.slot_views = [None if i == self.external else tape.node_values(v)
                            for i, v in enumerate(self.slot_nodes)]
-        # float inputs are copied into their slots; integer ones are loaded and range-checked
-        # natively (load_indices): (input, slot, lo, hi), unbounded when no kernel indexes with it
-        self.float_slots = [(i, view) for i, view in enumerate(self.slot_views)
-                            if view is not None and tape.node_kind.a[self.slot_nodes[i]] != 1]
-        self.index_slots = [(i, self.slot_views[i].reshape(-1),
-                             *tape.int_bounds.get(v, (_INT64.min, _INT64.max)))
-                            for i, v in enumerate(self.slot_nodes) if tape.node_kind.a[v] == 1]
+        # Integer inputs that a kernel indexes with are loaded and range-checked natively
+        # (load_indices): (input, slot, lo, hi). Every other input is copied into its slot.
+        self.index_slots = [(i, self.slot_views[i].reshape(-1), *tape.int_bounds[v])
+                            for i, v in enumerate(self.slot_nodes)
+                            if tape.node_kind.a[v] == 1 and v in tape.int_bounds]
+        indexed = {i for i, *_ in self.index_slots}
+        self.copy_slots = [(i, view) for i, view in enumerate(self.slot_views)
+                           if view is not None and i not in indexed]
         # the tape's buffers, fixed from here on: built once, not per step
         self.kernel_args = (tape.values.a, tape.ivalues.a, tape.grads, self.modes,
                             self.scratch, self.zero_spans, self.loss_off)
@@ -169,7 +169,7 @@ class Program:
         """Copy new input arrays into their slots (casting floats to the tape dtype); the
         external input is taken as it is when it has the tape's dtype, is C-contiguous and
         writeable and aligned (a Numba signature of its own otherwise), else as a copy."""
-        for i, view in self.float_slots:
+        for i, view in self.copy_slots:
             np.copyto(view, inputs[i], casting="unsafe")
         for i, slot, lo, hi in self.index_slots:
             if not load_indices(slot, inputs[i], lo, hi):
@@ -178,8 +178,10 @@ class Program:
         if self.external is not None:
             x = inputs[self.external]
             flags = x.flags
-            if not (x.dtype == self.tape.dtype and flags.c_contiguous and flags.writeable
-                    and flags.aligned):
+            # exactly an ndarray: a subclass's reshape(-1) may stay 2-D (np.matrix), and the
+            # native entry point trusts the 1-D type it was compiled for
+            if not (type(x) is np.ndarray and x.dtype == self.tape.dtype and flags.c_contiguous
+                    and flags.writeable and flags.aligned):
                 x = np.array(x, dtype=self.tape.dtype, order="C")
             self.tape.external = x.reshape(-1)
         for leaf, v in self.frozen:
@@ -189,14 +191,14 @@ class Program:
         """One native train_step over the loaded inputs. With ``reuse`` (an optimizer's own
         buffers, the same every step) the kernel's entry point is kept and called directly
         while the buffers are the same objects: every other argument is this program's (fixed
-        types; load_inputs makes the external input C-contiguous, aligned and writeable) or a
-        scalar, which the entry point converts as the dispatcher would (an int or NumPy integer
-        to int64, a float to float64), so the types cannot change under it."""
+        types; load_inputs makes the external input a C-contiguous, aligned, writeable 1-D
+        ndarray) or a scalar cast here, so the types cannot change under it. (Without the
+        casts an int max_norm seen once would type the entry int64 and truncate a later 0.5.)"""
         tape = self.tape
         tape.param_arena, tape.param_grads = flat, flat_grad
         arrays = self.arrays if self.external is None else self.arrays[:11] + (tape.external,)
-        args = (arrays, *self.kernel_args, flat, flat_grad, kind, state[0], state[1], state[2],
-                hyper, t, max_norm, max_value, anomaly_enabled())
+        args = (arrays, *self.kernel_args, flat, flat_grad, int(kind), state[0], state[1],
+                state[2], hyper, int(t), float(max_norm), float(max_value), anomaly_enabled())
         e = self._entry
         if (e is not None and e[1] is flat and e[2] is flat_grad and e[3] is state[0]
                 and e[4] is state[1] and e[5] is state[2] and e[6] is hyper):
@@ -240,8 +242,7 @@ class Compiled:
     def program(self, *inputs) -> tuple[Program, list]:
         """The traced program for these inputs' shapes and dtypes (tracing if new), and the
         inputs as arrays."""
-        arrays = [x.numpy() if isinstance(x, Tensor) else x if isinstance(x, np.ndarray)
-                  else np.asarray(x) for x in inputs]
+        arrays = [x.numpy() if isinstance(x, Tensor) else np.asarray(x) for x in inputs]
         sig = tuple((a.shape, a.dtype) for a in arrays)
         prog = self.programs.get(sig)
         if prog is None:

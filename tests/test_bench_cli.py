@@ -271,7 +271,8 @@ def test_paired_rounds_alternate_and_the_ratio_is_the_median_of_per_round_ratios
     s = paired.ratio_summary(ft, rt)
     assert s["ratio"] == pytest.approx(1.5) and s["ratio_q1"] == pytest.approx(1.5)
     assert s["fastgrad_us"] == pytest.approx(2.0) and s["ref_us"] == pytest.approx(3.0)
-    # a round whose two halves ran at different speeds moves the quartiles, not the median
+    # a round whose two halves met different machine speeds is an outlier among the rounds:
+    # the median and quartiles of the per-round ratios stay put
     s = paired.ratio_summary([1.0, 1.0, 1.0, 1.0, 2.0], [1.5, 1.5, 1.5, 1.5, 1.5])
     assert s["ratio"] == 1.5 and s["ratio_q1"] == 1.5 and s["rounds"] == 5
 
@@ -301,6 +302,21 @@ def test_paired_command_keeps_the_median_process_and_fails_on_an_error(tmp_path,
     code, stdout, _ = run_cli(["bench", "--paired", "--workload", QUICK[0], "--dtype", "float64",
                                "--out", str(tmp_path)])
     assert code == 1 and "failed: ImportError: numba" in stdout
+    # one failed process of three: the others' median is kept, and the command fails
+    ratios = iter([1.2, 1.4])
+    runs = iter([fake_pair(QUICK[0], "float64", "numba", 21, 0.1) for _ in range(2)])
+    monkeypatch.setattr(paired, "run_pair", lambda *a: next(runs, dict(
+        workload=QUICK[0], dtype="float64", impl="numba", error="killed")))
+    code, stdout, _ = run_cli(["bench", "--paired", "--workload", QUICK[0], "--dtype", "float64",
+                               "--processes", "3", "--out", str(tmp_path)])
+    assert code == 1 and "1 process(es) failed" in stdout
+    (row,) = json.loads((tmp_path / "paired.json").read_text())["rows"]
+    assert row["process_ratios"] == [1.2, 1.4] and row["ratio"] == 1.2
+    assert row["failed_processes"] == 1
+    with pytest.raises(SystemExit, match="no .workload, reference. pair"):
+        run_cli(["bench", "--paired", "--workload", QUICK[0], "--impl", "fastgrad"])
+    with pytest.raises(SystemExit, match="at least 1"):
+        run_cli(["bench", "--paired", "--workload", QUICK[0], "--repeat", "0"])
 
 
 def test_a_paired_measurement_runs_in_a_fresh_process():

@@ -414,35 +414,71 @@ def test_the_input_is_read_in_place_and_any_layout_gives_the_same_step():
     assert len(f.programs) == 1
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 def test_a_training_step_takes_any_input_layout_and_lr_change_at_native_speed():
     # After its first call a training step calls the kernel's native entry directly (no
-    # per-call type dispatch). Inputs of any layout, read-only or unaligned, are normalised
-    # before that call, and an lr change (a new hyper-parameter array) is honoured, so every
-    # step equals the same step taken with plain C-contiguous inputs.
-    X, Y = small_problem(6, n=8)
-    raw = bytearray(X.nbytes + 1)
-    unaligned = np.frombuffer(raw, np.float64, count=X.size, offset=1).reshape(X.shape)
-    unaligned[...] = X
-    assert not unaligned.flags.aligned and unaligned.flags.writeable
-    read_only = X.copy()
-    read_only.flags.writeable = False
-    wide = np.zeros((8, 10))
-    wide[:, ::2] = X
-    layouts = [X, np.asfortranarray(X), wide[:, ::2], read_only, unaligned, X]
-    ref_model = fg.nn.MLP([5, 6, 2], activation="tanh", seed=2)
+    # per-call type dispatch). Inputs of any layout, read-only, unaligned or an ndarray
+    # subclass are normalised before that call, and an lr change (a new hyper-parameter array)
+    # is honoured: every step equals the eager engine's step on the same values.
+    rng = np.random.default_rng(6)
+
+    def unaligned(X):
+        u = np.frombuffer(bytearray(X.nbytes + 1), np.float64, X.size, 1).reshape(X.shape)
+        u[...] = X
+        assert not u.flags.aligned and u.flags.writeable
+        return u
+
+    def read_only(X):
+        r = X.copy()
+        r.flags.writeable = False
+        return r
+
+    def strided(X):
+        wide = np.zeros((8, 10))
+        wide[:, ::2] = X
+        return wide[:, ::2]
+
+    layouts = [np.array, np.asfortranarray, strided, read_only, unaligned, np.asmatrix, np.array]
+    Y = rng.normal(size=(8, 2))
+    eager_model = fg.nn.MLP([5, 6, 2], activation="tanh", seed=2)
     model = fg.nn.MLP([5, 6, 2], activation="tanh", seed=2)
-    ref_opt = fg.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9)
+    eager_opt = fg.optim.SGD(eager_model.parameters(), lr=0.1, momentum=0.9)
     opt = fg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    ref = fg.compile(lambda x, y: fg.mse_loss(ref_model(x), y), optimizer=ref_opt)
     step = fg.compile(lambda x, y: fg.mse_loss(model(x), y), optimizer=opt)
-    for i, x in enumerate(layouts):
+    for i, layout in enumerate(layouts):
+        X = rng.normal(size=(8, 5))
+        x = layout(X)
         if i == 3:
-            ref_opt.lr = opt.lr = 0.05
-        assert step(x, Y) == ref(X.copy(), Y)
-        np.testing.assert_array_equal(opt.flat, ref_opt.flat)
-        np.testing.assert_array_equal(opt.state[0], ref_opt.state[0])
+            eager_opt.lr = opt.lr = 0.05
+        loss = step(x, Y)
+        eager_opt.zero_grad()
+        want = fg.mse_loss(eager_model(fg.tensor(X)), Y)
+        want.backward()
+        eager_opt.step()
+        assert loss == pytest.approx(want.item(), rel=1e-13), layout
+        np.testing.assert_allclose(opt.flat, eager_opt.flat, rtol=1e-13, atol=1e-15)
+        np.testing.assert_array_equal(np.asarray(x), X)  # the caller's array is never written
     assert step._last._entry is not None and len(step.programs) == 1
-    np.testing.assert_array_equal(unaligned, X)  # the caller's arrays are never written
+
+
+def test_clip_settings_changed_between_steps_keep_their_values():
+    # The native entry is typed on its first call: an int max_norm must not make it an integer
+    # argument that would truncate a later 0.5 to 0 (no clipping).
+    v = fg.nn.Parameter(np.array([0.0, 0.0]))
+    opt = fg.optim.SGD([v], lr=1.0)
+    step = fg.compile(lambda: (v * fg.tensor([30.0, 40.0])).sum(), optimizer=opt,
+                      clip_grad_norm=5.0)
+    direction = -np.array([0.6, 0.8])  # the gradient [30, 40] has norm 50
+    step()
+    np.testing.assert_allclose(v.numpy(), direction * 5.0 * 50 / (50 + 1e-6))
+    step.max_norm, opt.lr = 1, 0.5  # an int, and a new hyper array: the dispatcher runs again
+    before = v.numpy().copy()
+    step()
+    np.testing.assert_allclose(v.numpy() - before, direction * 0.5 * 50 / (50 + 1e-6))
+    step.max_norm = 0.5
+    before = v.numpy().copy()
+    step()
+    np.testing.assert_allclose(v.numpy() - before, direction * 0.25 * 50 / (50 + 1e-6))
 
 
 def test_integer_inputs_of_any_integer_dtype_and_layout_load_as_indices():
@@ -457,12 +493,22 @@ def test_integer_inputs_of_any_integer_dtype_and_layout_load_as_indices():
         np.testing.assert_array_equal(grads[0], want[1][0])
     with pytest.raises(fg.FastgradError, match=r"input 1 holds indices outside \[0, 4\)"):
         step(x, np.array([0, 4], np.int32))
+    with pytest.raises(fg.FastgradError, match=r"input 1 holds indices outside \[0, 4\)"):
+        step(x, np.array([-1, 0]))
+    # with an optimizer (the native entry path), three steps on labels of other dtypes and
+    # layouts move the weights exactly as int64 labels do
+    w1, w2 = (fg.nn.Parameter(np.linspace(-1.0, 1.0, 12).reshape(3, 4)) for _ in range(2))
+    s1 = fg.compile(lambda x, y: fg.cross_entropy(x @ w1, y), optimizer=fg.optim.SGD([w1], lr=0.1))
+    s2 = fg.compile(lambda x, y: fg.cross_entropy(x @ w2, y), optimizer=fg.optim.SGD([w2], lr=0.1))
+    for labels in ([1, 3], [0, 2], [3, 3]):
+        assert s1(x, np.array(labels)) == s2(x, np.array(labels, np.int32)[::-1][::-1])
+        np.testing.assert_array_equal(w1.numpy(), w2.numpy())
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_plain_sgd_updates_in_the_parameters_dtype_like_pytorch(dtype):
-    # torch.optim.SGD without momentum or weight decay runs p.add_(g, alpha=-lr): lr rounded to
-    # the parameters' dtype, the product and the difference in that dtype.
+def test_plain_sgd_updates_in_the_parameters_dtype(dtype):
+    # Like torch.optim.SGD without momentum or weight decay (p.add_(g, alpha=-lr)): lr rounded
+    # to the parameters' dtype, the product and the difference in that dtype, each rounded.
     rng = np.random.default_rng(3)
     p0 = rng.normal(size=1000).astype(dtype)
     g = rng.normal(size=1000).astype(dtype)

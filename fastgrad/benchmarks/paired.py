@@ -133,14 +133,14 @@ def run_pair(name, dtype, impl, rounds, min_time):
 
 
 def combine(runs):
-    """The row of one pair over several processes: the median process's figures, and every
-    process's ratio (``process_ratios``)."""
-    ok = [r for r in runs if not r.get("error")]
-    if not ok:
-        return runs[-1]
-    ok.sort(key=lambda r: r["ratio"])
-    row = dict(ok[(len(ok) - 1) // 2])
+    """The row of one pair over several processes: the median process's figures (the lower
+    middle one for an even count), every process's ratio (``process_ratios``) and how many
+    processes failed (``failed_processes``; the last failure's ``error`` when all did)."""
+    ok = sorted((r for r in runs if not r.get("error")), key=lambda r: r["ratio"])
+    failed = len(runs) - len(ok)
+    row = dict(ok[(len(ok) - 1) // 2]) if ok else dict(runs[-1])
     row["process_ratios"] = [r["ratio"] for r in ok]
+    row["failed_processes"] = failed
     return row
 
 
@@ -149,19 +149,25 @@ def format_table(rows):
             "ratio", "quartiles", "per process"]
     lines = [head]
     for r in rows:
+        name = f"{r['workload']}  {r['dtype']}  {r['impl']}"
         if r.get("error"):
-            lines.append([r["workload"], r["dtype"], r["impl"], "failed: " + r["error"]])
+            lines.append(f"{name}  failed: {r['error']}")
             continue
+        if r.get("failed_processes"):
+            lines.append(f"{name}: {r['failed_processes']} process(es) failed; the next line is "
+                         "the others'")
         lines.append([r["workload"], r["dtype"], r["impl"], f"{r['fastgrad_us']:.1f}",
                       f"{r['ref_us']:.1f}", f"{r['ratio']:.3f}",
                       f"{r['ratio_q1']:.3f}-{r['ratio_q3']:.3f}",
                       " ".join(f"{p:.3f}" for p in r.get("process_ratios", []))])
-    widths = [max(len(l[i]) for l in lines if len(l) > i) for i in range(len(head))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(l, widths)).rstrip() for l in lines]
+    widths = [max(len(l[i]) for l in lines if isinstance(l, list)) for i in range(len(head))]
+    text = [l if isinstance(l, str) else "  ".join(c.ljust(w) for c, w in zip(l, widths)).rstrip()
+            for l in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
     text += ["", "ratio: median over alternating rounds in one process of reference time / "
              "fastgrad time (> 1: fastgrad is faster); quartiles of those rounds; per process: "
-             "each fresh process's ratio (the row is the median process)."]
+             "each fresh process's ratio (the row is the median process, the lower middle one "
+             "for an even count)."]
     return "\n".join(text)
 
 
@@ -170,9 +176,14 @@ def command(workloads, dtypes, impls, processes, rounds, min_time, out, json_pat
     ``processes`` fresh processes; prints the table and writes the JSON. Returns 1 if a pair
     failed."""
     t0 = time.perf_counter()
+    if rounds < 1:
+        raise SystemExit("fastgrad bench --paired: --repeat (rounds) must be at least 1")
     pairs = [(w, dt, impl) for w in workloads for dt in (dtypes or w.dtypes)
              for impl in (impls or ["numba"])
              if impl != "fastgrad" and impl in implementations(w)]
+    if not pairs:
+        raise SystemExit("fastgrad bench --paired: no (workload, reference) pair to time; "
+                         "--impl names a reference such as numba, and the workloads must have it")
     runs = {i: [] for i in range(len(pairs))}
     for p in range(processes):
         for i, (w, dt, impl) in enumerate(pairs):
@@ -190,4 +201,4 @@ def command(workloads, dtypes, impls, processes, rounds, min_time, out, json_pat
     _write(json_path, json.dumps(result, indent=2) + "\n")
     print(format_table(rows), flush=True)
     print(f"Wrote {json_path}  ({result['seconds']:.0f} s)")
-    return 1 if any(r.get("error") for r in rows) else 0
+    return 1 if any(r.get("error") or r.get("failed_processes") for r in rows) else 0

@@ -599,7 +599,8 @@ def add_arguments(p):
                    help="each timing round lasts at least S/4 seconds (default 0.2 MLP, 0.05 RNN)")
     p.add_argument("--processes", type=int, default=1, metavar="N",
                    help="run each cell N times, each in a fresh process, in rounds over all "
-                   "cells, and keep its fastest (default 1)")
+                   "cells, and keep its fastest (default 1; with --paired: each pair, keeping "
+                   "the median)")
     p.add_argument("--json", metavar="PATH",
                    help="where to write the JSON (default: OUT/bench.json)")
     p.add_argument("--out", default="fastgrad-bench", help="output folder (default: %(default)s)")
@@ -639,9 +640,10 @@ def command(args):
     if args.paired:
         from . import paired
 
-        return paired.command(workloads, dtypes, args.impl, args.processes,
-                              repeat or paired.DEFAULT_ROUNDS, min_time or paired.DEFAULT_MIN_TIME,
-                              args.out, args.json, log)
+        return paired.command(
+            workloads, dtypes, args.impl, args.processes,
+            paired.DEFAULT_ROUNDS if repeat is None else repeat,
+            paired.DEFAULT_MIN_TIME if min_time is None else min_time, args.out, args.json, log)
     result = run(workloads, dtypes, args.impl, repeat, min_time, log=log,
                  processes=args.processes)
     result["settings"].update(workloads=[w.name for w in workloads], dtypes=dtypes,
