@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import FastgradError
 
+
 class _State(threading.local):
     on = False  # per thread; a class default, so reading it is one attribute lookup
 

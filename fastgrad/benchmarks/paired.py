@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import time
 
 from .runner import (RESULT_MARK, _write, all_workloads, implementations, machine_info,
-                     make_data)
+                     make_data, run_child)
 
 DEFAULT_ROUNDS = 21
 DEFAULT_MIN_TIME = 0.1  # seconds per round, both halves together
@@ -121,15 +119,8 @@ def pair_main(argv=None):
 
 def run_pair(name, dtype, impl, rounds, min_time):
     """One paired measurement in a fresh interpreter; its row (``error`` set on failure)."""
-    cmd = [sys.executable, "-m", "fastgrad.benchmarks", "pair", name, dtype, impl,
-           "--rounds", str(rounds), "--min-time", str(min_time)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return dict(workload=name, dtype=dtype, impl=impl,
-                error=f"exit code {proc.returncode}: {tail}")
+    return run_child(["pair", name, dtype, impl, "--rounds", str(rounds), "--min-time",
+                      str(min_time)], dict(workload=name, dtype=dtype, impl=impl))
 
 
 def combine(runs):

@@ -262,18 +262,24 @@ def cell_main(argv=None):
 
 def run_cell(w, dtype, impl, repeat=None, min_time=None):
     """Run one cell in a fresh interpreter; returns its row (with ``error`` set on failure)."""
-    cmd = [sys.executable, "-m", "fastgrad.benchmarks", "cell", w.name, dtype, impl]
+    args = ["cell", w.name, dtype, impl]
     if repeat is not None:
-        cmd += ["--repeat", str(repeat)]
+        args += ["--repeat", str(repeat)]
     if min_time is not None:
-        cmd += ["--min-time", str(min_time)]
+        args += ["--min-time", str(min_time)]
+    return run_child(args, dict(workload=w.name, dtype=dtype, impl=impl))
+
+
+def run_child(args, row):
+    """``python -m fastgrad.benchmarks *args`` in a fresh interpreter: the JSON row it prints
+    after RESULT_MARK, or ``row`` with ``error`` set (exit code and last stderr line)."""
+    cmd = [sys.executable, "-m", "fastgrad.benchmarks", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             return json.loads(line[len(RESULT_MARK):])
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return dict(workload=w.name, dtype=dtype, impl=impl,
-                error=f"exit code {proc.returncode}: {tail}")
+    return dict(row, error=f"exit code {proc.returncode}: {tail}")
 
 
 # ---------------------------------------------------------------- the whole run
