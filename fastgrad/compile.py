@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from .anomaly import _state as anomaly_state
 from .anomaly import anomaly_enabled, describe_anomaly
 from .errors import fail
 from .kernels import train as _train
@@ -98,9 +99,9 @@ class Program:
                      * tape.dtype.itemsize, f"the program traced for inputs "
                      f"{[fmt(x.shape) for x in inputs]} needs a gradient buffer as large as its "
                      "values; use a smaller batch, or checkpoint= in fg.scan for long loops")
-        tape.grads = np.zeros(tape.values.a.size, tape.dtype)
         self.arrays = tape.arrays()
-        self.scratch = tape.scratch()
+        self.kind = -1 if optimizer is None else int(optimizer.kind)
+        self._pack(tape.values.a.size, tape.scratch().size)
         self.logits_off, self.ncls = self._find_logits()
         self.slot_views = [None if i == self.external else tape.node_values(v)
                            for i, v in enumerate(self.slot_nodes)]
@@ -112,11 +113,58 @@ class Program:
         indexed = {i for i, *_ in self.index_slots}
         self.copy_slots = [(i, view) for i, view in enumerate(self.slot_views)
                            if view is not None and i not in indexed]
-        # the tape's buffers, fixed from here on: built once, not per step
+        # The step's native entry loads the first integer index input (labels) and the first
+        # float input (targets) itself; any others are loaded here in Python (load_inputs).
+        floats = [(i, view) for i, view in self.copy_slots if view.dtype == tape.dtype]
+        self.native_int = self.index_slots[0] if self.index_slots else None
+        self.native_float = floats[0][0] if floats else None
+        self.native_offsets = (
+            0 if self.native_float is None
+            else int(tape.node_off.a[self.slot_nodes[self.native_float]]),
+            *((0, 0, 0) if self.native_int is None
+              else (int(tape.node_off.a[self.slot_nodes[self.native_int[0]]]),
+                    *map(int, self.native_int[2:]))))
+        self.python_index = self.index_slots[1:]
+        self.python_copy = [(i, view) for i, view in self.copy_slots if i != self.native_float]
+        self.empty_float = np.zeros(0, tape.dtype)
+        self._pack_inputs()
+        # the tape's buffers for fit_epoch, fixed from here on: built once, not per step
         self.kernel_args = (tape.values.a, tape.ivalues.a, tape.grads, self.modes,
                             self.scratch, self.zero_spans, self.loss_off)
         self.signature = None  # the caller's (shape, dtype) per input, set by Compiled.program
-        self._entry = None  # train_step's native entry and the optimizer buffers it was typed for
+        self._entry = None  # train_step's native entry, typed for the optimizer's buffers
+
+    def _pack(self, n_grads, n_scratch):
+        """Pack the program for train_step (kernels/train.py, which says why): ``ints`` (a
+        header, the tape's int64 arrays and the zero spans), ``bytes`` (node kinds and
+        gradient modes) and ``floats`` (float parameters, then the gradient and scratch
+        arenas, which the tape and fit use as views)."""
+        tape = self.tape
+        segments = [a.astype(np.int64) for a in self.arrays[:7] + self.arrays[8:10]]
+        segments.append(self.zero_spans.ravel())
+        ends = _train.H_SIZE + np.cumsum([0] + [a.size for a in segments])
+        header = np.zeros(_train.H_SIZE, np.int64)
+        header[_train.H_SEGMENTS : _train.H_SEGMENTS + len(ends)] = ends
+        fparams = self.arrays[7]
+        header[_train.H_FPARAMS_END] = fparams.size
+        header[_train.H_GRADS_END] = fparams.size + n_grads
+        header[_train.H_NODES] = tape.n_nodes
+        header[_train.H_LOSS_OFF] = self.loss_off
+        header[_train.H_KIND] = self.kind
+        self.ints = np.concatenate([header, *segments])
+        self.zero_spans = self.ints[ends[-2] : ends[-1]].reshape(-1, 3)
+        self.bytes = np.concatenate([tape.node_kind.view, self.modes]).astype(np.int8)
+        self.modes = self.bytes[tape.n_nodes :]
+        self.floats = np.zeros(fparams.size + n_grads + n_scratch, tape.dtype)
+        self.floats[: fparams.size] = fparams
+        tape.grads = self.floats[fparams.size : fparams.size + n_grads]
+        tape._scratch = self.scratch = self.floats[fparams.size + n_grads :]
+
+    def _pack_inputs(self):
+        """Where train_step loads the native pair of inputs: header entries of ``ints``."""
+        h = self.ints
+        h[_train.H_FLOAT_OFF] = self.native_offsets[0]
+        h[_train.H_INT_OFF], h[_train.H_INT_LO], h[_train.H_INT_HI] = self.native_offsets[1:]
 
     def _external_slot(self, inputs):
         """0 when the first input (x, by convention; ``fit`` gathers its batches) is read in
@@ -166,50 +214,137 @@ class Program:
         return 0, 0
 
     def load_inputs(self, inputs):
-        """Copy new input arrays into their slots (casting floats to the tape dtype); the
-        external input is taken as it is when it has the tape's dtype, is C-contiguous and
-        writeable and aligned (a Numba signature of its own otherwise), else as a copy."""
-        for i, view in self.copy_slots:
+        """Load the inputs Python loads (any beyond the native pair, frozen leaves, the
+        external input's reference) and return the two the native entry loads, as
+        ``(float input, integer input)`` 1-D arrays of the entry's types (empty for none)."""
+        for i, view in self.python_copy:
             np.copyto(view, inputs[i], casting="unsafe")
-        for i, slot, lo, hi in self.index_slots:
+        for i, slot, lo, hi in self.python_index:
             if not load_indices(slot, inputs[i], lo, hi):
-                raise fail("compile", f"input {i} holds indices outside [{lo}, {hi})",
-                           "check labels/indices against the class count or axis size")
+                raise _index_error(i, lo, hi)
         if self.external is not None:
-            x = inputs[self.external]
-            flags = x.flags
-            # exactly an ndarray: a subclass's reshape(-1) may stay 2-D (np.matrix), and the
-            # native entry point trusts the 1-D type it was compiled for
-            if not (type(x) is np.ndarray and x.dtype == self.tape.dtype and flags.c_contiguous
-                    and flags.writeable and flags.aligned):
-                x = np.array(x, dtype=self.tape.dtype, order="C")
-            self.tape.external = x.reshape(-1)
+            self.tape.external = entry_array(inputs[self.external], self.tape.dtype)
         for leaf, v in self.frozen:
             self.tape.node_values(v)[...] = leaf.numpy()
+        return (self.empty_float if self.native_float is None
+                else entry_array(inputs[self.native_float], self.tape.dtype),
+                _EMPTY_I if self.native_int is None
+                else entry_array(inputs[self.native_int[0]], np.int64))
 
-    def run(self, flat, flat_grad, kind, state, hyper, t, max_norm, max_value, reuse=True):
-        """One native train_step over the loaded inputs. With ``reuse`` (an optimizer's own
-        buffers, the same every step) the kernel's entry point is kept and called directly
-        while the buffers are the same objects: every other argument is this program's (fixed
-        types; load_inputs makes the external input a C-contiguous, aligned, writeable 1-D
-        ndarray) or a scalar cast here, so the types cannot change under it. (Without the
-        casts an int max_norm seen once would type the entry int64 and truncate a later 0.5.)"""
+    def run(self, buffers, hyper, t, max_norm, max_value, finput, iinput, reuse=True):
+        """One native train_step over the inputs ``load_inputs`` loaded and returned.
+        ``buffers``: rows flat, flat_grad (and three optimizer states). With ``reuse`` (the
+        optimizer's own block, fixed for its life) the kernel's entry point is kept for
+        ``fast_step``. Raises on an index out of range (nothing ran) or, under
+        fg.detect_anomaly, on the row that made a NaN/Inf."""
         tape = self.tape
-        tape.param_arena, tape.param_grads = flat, flat_grad
-        arrays = self.arrays if self.external is None else self.arrays[:11] + (tape.external,)
-        args = (arrays, *self.kernel_args, flat, flat_grad, int(kind), state[0], state[1],
-                state[2], hyper, int(t), float(max_norm), float(max_value), anomaly_enabled())
-        e = self._entry
-        if (e is not None and e[1] is flat and e[2] is flat_grad and e[3] is state[0]
-                and e[4] is state[1] and e[5] is state[2] and e[6] is hyper):
-            loss, norm, bad, direction = e[0](*args)
-        else:
-            loss, norm, bad, direction = _train.train_step(*args)
-            entry = native_entry(_train.train_step, args) if reuse else None
-            self._entry = None if entry is None else (entry, flat, flat_grad, *state[:3], hyper)
+        tape.param_arena, tape.param_grads = buffers[0], buffers[1]
+        # the casts: an int max_norm seen once would type the entry int64 and truncate a later 0.5
+        args = (self.ints, self.bytes, self.floats, tape.values.a, tape.ivalues.a,
+                tape.external, buffers, hyper, int(t), float(max_norm), float(max_value),
+                anomaly_enabled(), finput, iinput)
+        loss, norm, bad, direction = _train.train_step(*args)
+        if reuse and self._entry is None:
+            self._entry = native_entry(_train.train_step, args)
         if bad >= 0:
-            raise describe_anomaly(tape, bad, "backward" if direction else "forward")
+            raise self.failure(bad, direction)
         return loss, norm  # Python floats (Numba boxes float32 as float too)
+
+    def failure(self, bad, direction):
+        """The error for train_step's (row or position, direction) report."""
+        if direction == 2:
+            i, _, lo, hi = self.native_int
+            return _index_error(i, lo, hi)
+        return describe_anomaly(self.tape, bad, "backward" if direction else "forward")
+
+    def fast_step(self, compiled):
+        """``step(inputs) -> loss``, or None when this program has no entry point yet. The
+        function returns None instead of a loss when the inputs do not have this program's
+        signature: the caller then takes the general path.
+
+        It is the general path (``Compiled.__call__`` → ``load_inputs`` → ``run``) with every
+        lookup it can make once made here: its locals are this closure's cells. Why: a
+        training step's kernel evicts the interpreter's data from cache, so each attribute
+        lookup and call of the next step costs several times its hot price. At 784-128-10
+        batch 64 the general path's Python took 16-20 µs per step, more than the margin
+        against a hand-written Numba step. The native entry is called directly, skipping the
+        dispatcher's typing of every argument, so every argument must have the types it was
+        compiled for: arrays go through ``entry_array``, the optimizer's buffers are fixed
+        for its life (read-only attributes) and ``Optimizer.hyper`` is always a float64
+        vector.
+        """
+        if self._entry is None:
+            return None
+        entry, opt = self._entry, compiled.optimizer
+        buffers, ints, bytes_, floats = opt.buffers, self.ints, self.bytes, self.floats
+        tape, dtype, fail_with = self.tape, self.tape.dtype, self.failure
+        values, ivalues = tape.values.a, tape.ivalues.a
+        sig, n = self.signature, len(self.signature)
+        max_norm, max_value = compiled.max_norm, compiled.max_value
+        external, fi, ii = self.external, self.native_float, self.native_int
+        ii = None if ii is None else ii[0]
+        empty_f, empty_i, int64 = self.empty_float, _EMPTY_I, _EMPTY_I.dtype
+        python_inputs = bool(self.python_copy or self.python_index or self.frozen)
+        load_inputs = self.load_inputs
+        anomaly = anomaly_state
+
+        def plan(i, want):  # (entry dtype, the signature's dtype is it, the input is 1-D)
+            return None if i is None else (want, sig[i][1] == want, len(sig[i][0]) == 1)
+
+        x_plan, f_plan, i_plan = plan(external, dtype), plan(fi, dtype), plan(ii, int64)
+        tape.param_arena, tape.param_grads = buffers[0], buffers[1]
+
+        def step(inputs):
+            if len(inputs) != n:
+                return None
+            for x, (shape, dt) in zip(inputs, sig):
+                # ``is`` first: NumPy's built-in dtypes are singletons, and != is the slower test
+                if type(x) is not np.ndarray or x.shape != shape or (x.dtype is not dt
+                                                                     and x.dtype != dt):
+                    return None
+            if python_inputs:
+                load_inputs(inputs)
+            if external is not None:
+                tape.external = as_entry(inputs[external], x_plan)
+            t = opt.t + 1
+            loss, norm, bad, direction = entry(
+                ints, bytes_, floats, values, ivalues, tape.external, buffers, opt.hyper(), t,
+                max_norm, max_value, anomaly.on,
+                empty_f if fi is None else as_entry(inputs[fi], f_plan),
+                empty_i if ii is None else as_entry(inputs[ii], i_plan))
+            if bad >= 0:
+                raise fail_with(bad, direction)
+            opt.t = t
+            compiled.last_grad_norm = norm
+            return loss
+
+        return step
+
+
+def entry_array(a, dtype):
+    """``a`` as the 1-D array type the native entry was compiled for: a view when ``a`` is
+    exactly an ndarray of ``dtype``, C-contiguous, writeable and aligned, else a copy. (An
+    ndarray subclass is copied too: np.matrix stays 2-D on reshape(-1).)"""
+    # flags.carray: C-contiguous, aligned and writeable
+    if type(a) is np.ndarray and (a.dtype is dtype or a.dtype == dtype) and a.flags.carray:
+        return a.reshape(-1)
+    return np.array(a, dtype=dtype, order="C").reshape(-1)
+
+
+def as_entry(a, plan):
+    """``entry_array`` for an input that passed ``fast_step``'s signature check, planned
+    from that signature (dtype, whether it is the entry's, whether ``a`` is 1-D): only the
+    layout is left to test, and a 1-D array needs no reshape (each NumPy call after a large
+    step costs a few µs: its code and data are out of cache)."""
+    want, same_dtype, one_d = plan
+    if same_dtype and a.flags.carray:
+        return a if one_d else a.reshape(-1)
+    return entry_array(a, want)
+
+
+def _index_error(i, lo, hi):
+    return fail("compile", f"input {i} holds indices outside [{lo}, {hi})",
+                "check labels/indices against the class count or axis size")
 
 
 class Compiled:
@@ -224,11 +359,11 @@ class Compiled:
         self.fn = fn
         self.optimizer = optimizer
         self.params = optimizer.params if optimizer is not None else params
-        self.max_norm = float(clip_grad_norm or 0.0)
-        self.max_value = float(clip_grad_value or 0.0)
+        self._fast = None  # Program.fast_step of the last call's program, once it has run
+        self.max_norm = clip_grad_norm
+        self.max_value = clip_grad_value
         self.programs: dict = {}
         self.last_grad_norm = 0.0
-        self._scratch = None
         self._last = None  # the program of the last call
 
     def _dtype(self, inputs):
@@ -259,30 +394,56 @@ class Compiled:
         return prog, arrays
 
     def __call__(self, *inputs):
+        fast = self._fast
+        if fast is not None:
+            loss = fast(inputs)
+            if loss is not None:
+                return loss
         prog = self._last
         if prog is not None and _same_signature(prog.signature, inputs):
-            arrays = inputs  # the per-step fast path: arrays of the last call's signature
+            arrays = inputs
         else:
             prog, arrays = self.program(*inputs)
             self._last = prog
-        prog.load_inputs(arrays)
+        finput, iinput = prog.load_inputs(arrays)
         opt = self.optimizer
         if opt is not None:
-            opt.t += 1
-            loss, self.last_grad_norm = prog.run(opt.flat, opt.flat_grad, opt.kind, opt.state,
-                                                 opt.hyper(), opt.t, self.max_norm,
-                                                 self.max_value)
+            t = opt.t + 1  # counted once the update has run
+            loss, self.last_grad_norm = prog.run(opt.buffers, opt.hyper(), t, self.max_norm,
+                                                 self.max_value, finput, iinput)
+            opt.t = t
+            self._fast = prog.fast_step(self)
             return loss
-        flat = np.concatenate([p.numpy().ravel() for p in prog.params]) if prog.params else \
-            np.zeros(0, prog.tape.dtype)
-        flat_grad = np.zeros_like(flat)
-        state = [flat_grad] * 3
-        loss, self.last_grad_norm = prog.run(flat, flat_grad, -1, state, np.zeros(8), 1,
-                                             self.max_norm, self.max_value, reuse=False)
+        buffers = np.zeros((2, prog.flat_size), prog.tape.dtype)  # flat, flat_grad
+        if prog.params:
+            np.concatenate([p.numpy().ravel() for p in prog.params], out=buffers[0])
+        flat_grad = buffers[1]
+        loss, self.last_grad_norm = prog.run(buffers, np.zeros(8), 1, self.max_norm,
+                                             self.max_value, finput, iinput, reuse=False)
         offs = np.concatenate([[0], np.cumsum([p.size for p in prog.params])])
         grads = [flat_grad[a:b].reshape(p.shape).copy()
                  for p, a, b in zip(prog.params, offs[:-1], offs[1:])]
         return loss, grads
+
+    @property
+    def max_norm(self) -> float:
+        """``clip_grad_norm`` (0: off). Setting it takes effect at the next call."""
+        return self._max_norm
+
+    @max_norm.setter
+    def max_norm(self, value):
+        self._max_norm = float(value or 0.0)
+        self._fast = None  # the fast path holds the clip settings
+
+    @property
+    def max_value(self) -> float:
+        """``clip_grad_value`` (0: off). Setting it takes effect at the next call."""
+        return self._max_value
+
+    @max_value.setter
+    def max_value(self, value):
+        self._max_value = float(value or 0.0)
+        self._fast = None
 
     @property
     def parameters(self):

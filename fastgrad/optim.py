@@ -24,8 +24,55 @@ from .kernels import optim as _k
 from .tensor import Tensor
 
 
+class Options(dict):
+    """An optimizer's options: a dict that counts its changes (``version``), so that
+    ``Optimizer.hyper`` rebuilds the kernel's vector only after one. Comparing the dicts on
+    every compiled step instead cost about 1 µs once the previous step had evicted them from
+    cache."""
+
+    version = 0
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.version += 1
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self.version += 1
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def update(self, *args, **kwargs):
+        super().update(*args, **kwargs)
+        self.version += 1
+
+    def setdefault(self, key, default=None):
+        self.version += 1
+        return super().setdefault(key, default)
+
+    def pop(self, *args):
+        self.version += 1
+        return super().pop(*args)
+
+    def popitem(self):
+        self.version += 1
+        return super().popitem()
+
+    def clear(self):
+        super().clear()
+        self.version += 1
+
+
 class Optimizer:
-    """Base class: flat parameter/gradient buffers, state buffers, step counter."""
+    """Base class: flat parameter/gradient buffers, state buffers, step counter.
+
+    ``flat``, ``flat_grad`` and the three ``state`` buffers are the rows of one block
+    (``buffers``), fixed for the optimizer's life (read-only attributes; write into them):
+    parameters are views of ``flat``, and a compiled step passes the block to its native
+    entry.
+    """
 
     kind = -1
     defaults: dict = {}
@@ -47,20 +94,51 @@ class Optimizer:
         if unknown:
             raise fail(type(self).__name__, f"unknown options {sorted(unknown)}",
                        f"use {sorted(self.defaults)}")
-        self.options = {**self.defaults, **options}
+        self._options = Options({**self.defaults, **options})
         self._check_options()
         self.params = params
         self.dtype = params[0].dtype
         sizes = [p.size for p in params]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.flat = np.zeros(int(self.offsets[-1]), self.dtype)
+        # one block, so that a compiled step passes its native entry one array, not five
+        self._buffers = np.zeros((5, int(self.offsets[-1])), self.dtype)
+        self._flat, self._flat_grad = self._buffers[0], self._buffers[1]
+        self._state = tuple(self._buffers[2:])
         for p, a, b in zip(params, self.offsets[:-1], self.offsets[1:]):
-            self.flat[a:b] = p.numpy().ravel()
-            p._data = self.flat[a:b].reshape(p.shape)  # the parameter becomes a view
-        self.flat_grad = np.zeros_like(self.flat)
-        self.state = [np.zeros_like(self.flat) for _ in range(3)]
+            self._flat[a:b] = p.numpy().ravel()
+            p._data = self._flat[a:b].reshape(p.shape)  # the parameter becomes a view
         self.t = 0  # steps taken
-        self._hyper_key = None
+        self._hyper_version = self._hyper_of = None
+
+    @property
+    def options(self) -> Options:
+        """The hyper-parameters by name (lr, momentum, betas, ...); change them in place or
+        assign a new dict."""
+        return self._options
+
+    @options.setter
+    def options(self, value):
+        self._options = Options(value)
+
+    @property
+    def buffers(self) -> np.ndarray:
+        """(5, number of parameters): the rows ``flat``, ``flat_grad`` and ``state``."""
+        return self._buffers
+
+    @property
+    def flat(self) -> np.ndarray:
+        """Every parameter's values, back to back (each parameter is a view of it)."""
+        return self._flat
+
+    @property
+    def flat_grad(self) -> np.ndarray:
+        """The gradients of ``flat``, as the last step (or ``step()``'s input) left them."""
+        return self._flat_grad
+
+    @property
+    def state(self) -> tuple:
+        """The three state buffers the update rule uses (momentum, moments, ...)."""
+        return self._state
 
     @property
     def lr(self):
@@ -72,8 +150,10 @@ class Optimizer:
 
     def hyper(self) -> np.ndarray:
         """The options as the float64 array the update kernel reads (rebuilt when they change)."""
-        if self.options != self._hyper_key:
-            self._hyper_key, self._hyper = dict(self.options), self._hyper_array()
+        options = self._options
+        if options.version != self._hyper_version or options is not self._hyper_of:
+            self._hyper_version, self._hyper_of = options.version, options
+            self._hyper = self._hyper_array()
         return self._hyper
 
     def _check_options(self):

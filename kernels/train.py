@@ -51,12 +51,69 @@ def _step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
     return loss, norm, -1, 0
 
 
+# The layout of ``train_step``'s packed arguments: header entries of ``ints`` (fastgrad/compile.py
+# packs them). ints[H_SEGMENTS + k] is where the k-th int64 segment starts (k = 0..9: the
+# tape's ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, node_off, node_size, then the
+# zero_spans rows), ints[H_SEGMENTS + 10] where the last one ends.
+H_SEGMENTS = 0
+H_FPARAMS_END = 11  # floats = fparams | grads | scratch: where each of the first two ends
+H_GRADS_END = 12
+H_NODES = 13  # bytes = node_kind | grad modes, each this long
+H_LOSS_OFF = 14
+H_KIND = 15
+H_FLOAT_OFF = 16
+H_INT_OFF = 17
+H_INT_LO = 18
+H_INT_HI = 19
+H_SIZE = 20
+
+
 @jit
-def train_step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
-               flat, flat_grad, kind, s1, s2, s3, hyper, t, max_norm, max_value, check):
-    """Returns (loss, gradient norm, anomaly row or -1, 0 forward / 1 backward)."""
-    return _step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
-                 flat, flat_grad, kind, s1, s2, s3, hyper, t, max_norm, max_value, check)
+def train_step(ints, bytes_, floats, values, ivalues, external, buffers, hyper, t, max_norm,
+               max_value, check, finput, iinput):
+    """One compiled step from packed arguments: load one float and one integer input, then
+    forward + backward + clip + update.
+
+    Why packed: the native entry converts each array argument from its Python object (about
+    0.16 µs each once a large step has evicted the interpreter's data from cache); the tape,
+    the work buffers and the optimizer's buffers as separate arrays were 24 of them. Here
+    ``ints`` holds the header above and every int64 array of the program, ``bytes_`` the node
+    kinds and gradient modes, ``floats`` the float parameters of the tape and the gradient and
+    scratch arenas, ``buffers`` the rows flat, flat_grad and three optimizer states (two rows
+    without an optimizer). The views rebuilt here have the types the eager replay uses, so
+    the replay kernels compile once for both.
+
+    ``finput`` (1-D, the tape's dtype) is copied to values at ints[H_FLOAT_OFF]; ``iinput``
+    (1-D int64, labels or indices) is checked against [ints[H_INT_LO], ints[H_INT_HI]) and
+    copied to ivalues at ints[H_INT_OFF]. Either may be empty: loading them here saves a
+    native call per input.
+    Returns (loss, gradient norm, row or -1, direction): direction 0 / 1 for an anomaly in
+    the forward / backward sweep at that row, 2 for an index out of range at that position
+    of ``iinput`` (nothing has run then).
+    """
+    i_lo, i_hi = ints[H_INT_LO], ints[H_INT_HI]
+    for i in range(iinput.size):
+        if iinput[i] < i_lo or iinput[i] >= i_hi:
+            return 0.0, 0.0, i, 2
+    i_off, f_off = ints[H_INT_OFF], ints[H_FLOAT_OFF]
+    ivalues[i_off : i_off + iinput.size] = iinput
+    values[f_off : f_off + finput.size] = finput
+    seg = ints[H_SEGMENTS : H_SEGMENTS + 11]
+    nn = ints[H_NODES]
+    fp_end, g_end = ints[H_FPARAMS_END], ints[H_GRADS_END]
+    tape = (ints[seg[0] : seg[1]], ints[seg[1] : seg[2]], ints[seg[2] : seg[3]],
+            ints[seg[3] : seg[4]], ints[seg[4] : seg[5]], ints[seg[5] : seg[6]],
+            ints[seg[6] : seg[7]], floats[:fp_end], ints[seg[7] : seg[8]],
+            ints[seg[8] : seg[9]], bytes_[:nn], external)
+    zero_spans = ints[seg[9] : seg[10]].reshape(((seg[10] - seg[9]) // 3, 3))
+    flat, flat_grad = buffers[0], buffers[1]
+    if buffers.shape[0] >= 5:
+        s1, s2, s3 = buffers[2], buffers[3], buffers[4]
+    else:
+        s1, s2, s3 = flat_grad, flat_grad, flat_grad
+    return _step(tape, values, ivalues, floats[fp_end:g_end], bytes_[nn : 2 * nn],
+                 floats[g_end:], zero_spans, ints[H_LOSS_OFF], flat, flat_grad,
+                 ints[H_KIND], s1, s2, s3, hyper, t, max_norm, max_value, check)
 
 
 @jit

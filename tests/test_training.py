@@ -526,3 +526,115 @@ def test_plain_sgd_updates_in_the_parameters_dtype(dtype):
     step = fg.compile(lambda: (v * fg.tensor(g)).sum(), optimizer=fg.optim.SGD([v], lr=lr))
     step()
     np.testing.assert_array_equal(v.numpy(), want)
+
+
+@pytest.mark.parametrize("loss_name", ["mse", "cross_entropy"])
+def test_targets_and_labels_of_any_layout_load_natively_and_match_the_eager_step(loss_name):
+    # The native entry itself loads the float target or the integer labels. On every call
+    # after the first (the per-step path) targets and labels of another layout, read-only or,
+    # for targets, of another float dtype are converted first: each step equals the eager
+    # engine's step on the same values.
+    rng = np.random.default_rng(8)
+
+    def strided(A):
+        wide = np.zeros((A.shape[0], 2) + A.shape[1:], A.dtype)
+        wide[:, 0] = A
+        return wide[:, 0]
+
+    def read_only(A):
+        r = A.copy()
+        r.flags.writeable = False
+        return r
+
+    layouts = [np.array, strided, read_only, np.asfortranarray, np.array]
+    eager_model = fg.nn.MLP([5, 6, 3], activation="tanh", seed=3)
+    model = fg.nn.MLP([5, 6, 3], activation="tanh", seed=3)
+    eager_opt = fg.optim.Adam(eager_model.parameters(), lr=0.05)
+    opt = fg.optim.Adam(model.parameters(), lr=0.05)
+    loss_fn = fg.mse_loss if loss_name == "mse" else fg.cross_entropy
+    step = fg.compile(lambda x, y: loss_fn(model(x), y), optimizer=opt)
+    for layout in layouts:
+        X = rng.normal(size=(8, 5))
+        Y = rng.normal(size=(8, 3)) if loss_name == "mse" else rng.integers(0, 3, 8)
+        y = layout(Y)
+        loss = step(X, y)
+        eager_opt.zero_grad()
+        want = loss_fn(eager_model(fg.tensor(X)), Y)
+        want.backward()
+        eager_opt.step()
+        assert loss == pytest.approx(want.item(), rel=1e-13), layout
+        np.testing.assert_allclose(opt.flat, eager_opt.flat, rtol=1e-12, atol=1e-15)
+        np.testing.assert_array_equal(y, Y)  # the caller's array is never written
+    assert step._fast is not None and len(step.programs) == 1
+
+
+def test_a_float32_target_for_a_float64_model_is_cast_on_every_step():
+    X, Y = small_problem(9, n=8)
+    model = fg.nn.MLP([5, 4, 2], seed=0)
+    opt = fg.optim.SGD(model.parameters(), lr=0.1)
+    step = fg.compile(lambda x, y: fg.mse_loss(model(x), y), optimizer=opt)
+    y32 = Y.astype(np.float32)
+    for _ in range(3):
+        want = fg.mse_loss(model(fg.tensor(X)), y32.astype(np.float64)).item()
+        assert step(X, y32) == pytest.approx(want, rel=1e-13)
+
+
+def test_optimizer_options_changed_in_place_reach_the_compiled_step():
+    # PyTorch users change param_groups[0]["lr"] in place; here opt.options is that dict.
+    # Every way of changing it (item, update, a new dict) reaches the next compiled step, which
+    # follows torch.optim.SGD's rule written out in NumPy with the options of that step.
+    X, Y = small_problem(10, n=8)
+    ref_model = fg.nn.MLP([5, 4, 2], seed=5)
+    model = fg.nn.MLP([5, 4, 2], seed=5)
+    loss_and_grads = fg.compile(lambda x, y: fg.mse_loss(ref_model(x), y))
+    opt = fg.optim.SGD(model.parameters(), lr=0.1)
+    step = fg.compile(lambda x, y: fg.mse_loss(model(x), y), optimizer=opt)
+    changes = [lambda o: None, lambda o: o.options.__setitem__("lr", 0.02),
+               lambda o: o.options.update(momentum=0.9), lambda o: None,
+               lambda o: setattr(o, "options", dict(o.options, weight_decay=0.1)),
+               lambda o: o.options.setdefault("lr", 1.0), lambda o: None]
+    bufs = [None] * len(ref_model.parameters())
+    for change in changes:
+        change(opt)
+        o = opt.options
+        step(X, Y)
+        _, grads = loss_and_grads(X, Y)
+        for i, (p, g) in enumerate(zip(ref_model.parameters(), grads)):
+            w = p.numpy()
+            g = g + o["weight_decay"] * w
+            if o["momentum"]:
+                bufs[i] = g.copy() if bufs[i] is None else o["momentum"] * bufs[i] + g
+                g = bufs[i]
+            w -= o["lr"] * g
+        want = np.concatenate([p.numpy().ravel() for p in ref_model.parameters()])
+        np.testing.assert_allclose(opt.flat, want, rtol=1e-12, atol=1e-15)
+    assert opt.options["weight_decay"] == 0.1 and opt.options["momentum"] == 0.9
+
+
+def test_optimizer_buffers_are_rows_of_one_block_fixed_for_its_life():
+    model = fg.nn.MLP([3, 4, 2], seed=0)
+    opt = fg.optim.Adam(model.parameters())
+    assert opt.buffers.shape == (5, opt.flat.size)
+    for row, buf in zip(opt.buffers, (opt.flat, opt.flat_grad, *opt.state)):
+        assert np.shares_memory(row, buf) and row.size == buf.size
+    for name in ("flat", "flat_grad", "state", "buffers"):
+        with pytest.raises(AttributeError):
+            setattr(opt, name, np.zeros(3))
+
+
+def test_out_of_range_labels_on_the_per_step_path_change_nothing():
+    model = fg.nn.MLP([4, 3], seed=0)
+    opt = fg.optim.SGD(model.parameters(), lr=0.1)
+    step = fg.compile(lambda x, y: fg.cross_entropy(model(x), y), optimizer=opt)
+    x = np.ones((2, 4))
+    step(x, np.array([0, 2]))
+    step(x, np.array([1, 2]))
+    before, t = opt.flat.copy(), opt.t
+    with pytest.raises(fg.FastgradError, match=r"input 1 holds indices outside \[0, 3\)"):
+        step(x, np.array([0, 3]))
+    with pytest.raises(fg.FastgradError, match=r"input 1 holds indices outside \[0, 3\)"):
+        step(x, np.array([-1, 0]))
+    np.testing.assert_array_equal(opt.flat, before)
+    assert opt.t == t
+    step(x, np.array([2, 0]))
+    assert opt.t == t + 1 and not np.array_equal(opt.flat, before)
