@@ -223,7 +223,7 @@ class Program:
             if not load_indices(slot, inputs[i], lo, hi):
                 raise _index_error(i, lo, hi)
         if self.external is not None:
-            self.tape.external = entry_array(inputs[self.external], self.tape.dtype)
+            self.tape.external = entry_array(inputs[self.external], self.tape.dtype, 2)
         for leaf, v in self.frozen:
             self.tape.node_values(v)[...] = leaf.numpy()
         return (self.empty_float if self.native_float is None
@@ -255,12 +255,16 @@ class Program:
         if direction == 2:
             i, _, lo, hi = self.native_int
             return _index_error(i, lo, hi)
+        if direction == 3:  # entry_array makes every input the general path passes contiguous
+            return fail("compile", "internal: an input reached the step's kernel "
+                        "non-contiguous or unaligned", "pass np.ascontiguousarray(x)")
         return describe_anomaly(self.tape, bad, "backward" if direction else "forward")
 
     def fast_step(self, compiled):
         """``step(inputs) -> loss``, or None when this program has no entry point yet. The
         function returns None instead of a loss when the inputs do not have this program's
-        signature: the caller then takes the general path.
+        signature or the external input is not C-contiguous and aligned: the caller then
+        takes the general path.
 
         It is the general path (``Compiled.__call__`` → ``load_inputs`` → ``run``) with every
         lookup it can make once made here: its locals are this closure's cells. Why: a
@@ -269,7 +273,9 @@ class Program:
         batch 64 the general path's Python took 16-20 µs per step, more than the margin
         against a hand-written Numba step. The native entry is called directly, skipping the
         dispatcher's typing of every argument, so every argument must have the types it was
-        compiled for: arrays go through ``entry_array``, the optimizer's buffers are fixed
+        compiled for: the external input goes as the caller passed it when it is 1-D or 2-D
+        of the model's dtype (train_step checks its layout and asks for a copy otherwise),
+        other arrays through ``entry_array``, the optimizer's buffers are fixed
         for its life (read-only attributes) and ``Optimizer.hyper`` is always a float64
         vector.
         """
@@ -291,7 +297,9 @@ class Program:
         def plan(i, want):  # (entry dtype, the signature's dtype is it, the input is 1-D)
             return None if i is None else (want, sig[i][1] == want, len(sig[i][0]) == 1)
 
-        x_plan, f_plan, i_plan = plan(external, dtype), plan(fi, dtype), plan(ii, int64)
+        f_plan, i_plan = plan(fi, dtype), plan(ii, int64)
+        x_direct = external is not None and sig[external][1] == dtype and 1 <= len(
+            sig[external][0]) <= 2
         tape.param_arena, tape.param_grads = buffers[0], buffers[1]
 
         def step(inputs):
@@ -305,7 +313,9 @@ class Program:
             if python_inputs:
                 load_inputs(inputs)
             if external is not None:
-                tape.external = as_entry(inputs[external], x_plan)
+                x = inputs[external]
+                # as it is: train_step checks its layout (direction 3 below)
+                tape.external = x if x_direct else entry_array(x, dtype, 2)
             t = opt.t + 1
             loss, norm, bad, direction = entry(
                 ints, bytes_, floats, values, ivalues, tape.external, buffers, opt.hyper(), t,
@@ -313,6 +323,8 @@ class Program:
                 empty_f if fi is None else as_entry(inputs[fi], f_plan),
                 empty_i if ii is None else as_entry(inputs[ii], i_plan))
             if bad >= 0:
+                if direction == 3:  # x is not C-contiguous and aligned: the general path copies
+                    return None
                 raise fail_with(bad, direction)
             opt.t = t
             compiled.last_grad_norm = norm
@@ -321,14 +333,16 @@ class Program:
         return step
 
 
-def entry_array(a, dtype):
-    """``a`` as the 1-D array type the native entry was compiled for: a view when ``a`` is
-    exactly an ndarray of ``dtype``, C-contiguous, writeable and aligned, else a copy. (An
-    ndarray subclass is copied too: np.matrix stays 2-D on reshape(-1).)"""
+def entry_array(a, dtype, max_ndim=1):
+    """``a`` as an array type the native entry is compiled for: ``a`` itself when it is
+    exactly an ndarray of ``dtype``, C-contiguous, writeable and aligned, else a copy; 1-D, or
+    with ``max_ndim=2`` (the external input) 1-D or 2-D, else flattened. (An ndarray subclass
+    is copied too: np.matrix stays 2-D on reshape(-1).) Writeable, so that a read-only first
+    input does not compile a read-only specialisation."""
     # flags.carray: C-contiguous, aligned and writeable
-    if type(a) is np.ndarray and (a.dtype is dtype or a.dtype == dtype) and a.flags.carray:
-        return a.reshape(-1)
-    return np.array(a, dtype=dtype, order="C").reshape(-1)
+    if not (type(a) is np.ndarray and (a.dtype is dtype or a.dtype == dtype) and a.flags.carray):
+        a = np.array(a, dtype=dtype, order="C")
+    return a if 1 <= a.ndim <= max_ndim else a.reshape(-1)
 
 
 def as_entry(a, plan):
@@ -357,7 +371,7 @@ class Compiled:
     def __init__(self, fn, optimizer=None, params=None, clip_grad_norm=None,
                  clip_grad_value=None):
         self.fn = fn
-        self.optimizer = optimizer
+        self._optimizer = optimizer
         self.params = optimizer.params if optimizer is not None else params
         self._fast = None  # Program.fast_step of the last call's program, once it has run
         self.max_norm = clip_grad_norm
@@ -424,6 +438,11 @@ class Compiled:
         grads = [flat_grad[a:b].reshape(p.shape).copy()
                  for p, a, b in zip(prog.params, offs[:-1], offs[1:])]
         return loss, grads
+
+    @property
+    def optimizer(self):
+        """The optimizer this step updates (fixed: its programs were traced for it)."""
+        return self._optimizer
 
     @property
     def max_norm(self) -> float:

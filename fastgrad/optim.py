@@ -110,6 +110,15 @@ class Optimizer:
         self.t = 0  # steps taken
         self._hyper_version = self._hyper_of = None
 
+    def __setstate__(self, state):
+        """copy.deepcopy / pickle: ``flat``, ``flat_grad`` and ``state`` become rows of the
+        copied block again, and the copied parameters views of the copied ``flat``."""
+        self.__dict__.update(state)
+        b = self._buffers
+        self._flat, self._flat_grad, self._state = b[0], b[1], tuple(b[2:])
+        for p, a, e in zip(self.params, self.offsets[:-1], self.offsets[1:]):
+            p._data = self._flat[a:e].reshape(p.shape)
+
     @property
     def options(self) -> Options:
         """The hyper-parameters by name (lr, momentum, betas, ...); change them in place or
@@ -153,7 +162,9 @@ class Optimizer:
         options = self._options
         if options.version != self._hyper_version or options is not self._hyper_of:
             self._hyper_version, self._hyper_of = options.version, options
-            self._hyper = self._hyper_array()
+            # float64 whatever the options' types (a Fraction, np.float32s, ints): the
+            # compiled step's native entry reads it as float64 without checking
+            self._hyper = np.ascontiguousarray(self._hyper_array(), dtype=np.float64).ravel()
         return self._hyper
 
     def _check_options(self):

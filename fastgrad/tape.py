@@ -117,6 +117,7 @@ class Tape:
         self.param_arena = np.zeros(0, self.dtype)
         self.param_grads = np.zeros(0, self.dtype)
         # the values of a kind-3 node: a compiled program's input, the caller's array per call
+        # (C-contiguous, 1-D or 2-D: read through reshape(-1))
         self.external = np.zeros(0, self.dtype)
         self.leaves: list = []  # (leaf Tensor, node) pairs that receive gradients
         self.imported: dict[int, int] = {}  # id(leaf tensor) -> node
@@ -188,7 +189,9 @@ class Tape:
         kind = self.node_kind.a[v]
         if grads:
             return self.param_grads if kind == 2 else self.grads
-        return (self.values.a, self.ivalues.a, self.param_arena, self.external)[kind]
+        if kind == 3:
+            return self.external.reshape(-1)
+        return (self.values.a, self.ivalues.a, self.param_arena)[kind]
 
     def node_values(self, v) -> np.ndarray:
         """The node's values as an array of its shape (a view into its arena)."""
@@ -222,7 +225,8 @@ class Tape:
         """The tape as the tuple the replay kernels take."""
         return (self.ops.view, self.outs.view, self.in_ptr.view, self.in_idx.view,
                 self.ip_ptr.view, self.iparams.view, self.fp_ptr.view, self.fparams.a,
-                self.node_off.view, self.node_size.view, self.node_kind.view, self.external)
+                self.node_off.view, self.node_size.view, self.node_kind.view,
+                self.external.reshape(-1))
 
     def flush(self, check=False):
         """Compute every row not yet computed (one native call)."""

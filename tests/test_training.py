@@ -531,9 +531,8 @@ def test_plain_sgd_updates_in_the_parameters_dtype(dtype):
 @pytest.mark.parametrize("loss_name", ["mse", "cross_entropy"])
 def test_targets_and_labels_of_any_layout_load_natively_and_match_the_eager_step(loss_name):
     # The native entry itself loads the float target or the integer labels. On every call
-    # after the first (the per-step path) targets and labels of another layout, read-only or,
-    # for targets, of another float dtype are converted first: each step equals the eager
-    # engine's step on the same values.
+    # after the first (the per-step path) targets and labels of another layout or read-only
+    # are converted first: each step equals the eager engine's step on the same values.
     rng = np.random.default_rng(8)
 
     def strided(A):
@@ -592,7 +591,7 @@ def test_optimizer_options_changed_in_place_reach_the_compiled_step():
     changes = [lambda o: None, lambda o: o.options.__setitem__("lr", 0.02),
                lambda o: o.options.update(momentum=0.9), lambda o: None,
                lambda o: setattr(o, "options", dict(o.options, weight_decay=0.1)),
-               lambda o: o.options.setdefault("lr", 1.0), lambda o: None]
+               lambda o: o.options.__ior__({"lr": 0.03}), lambda o: None]
     bufs = [None] * len(ref_model.parameters())
     for change in changes:
         change(opt)
@@ -609,6 +608,42 @@ def test_optimizer_options_changed_in_place_reach_the_compiled_step():
         want = np.concatenate([p.numpy().ravel() for p in ref_model.parameters()])
         np.testing.assert_allclose(opt.flat, want, rtol=1e-12, atol=1e-15)
     assert opt.options["weight_decay"] == 0.1 and opt.options["momentum"] == 0.9
+    assert opt.options["lr"] == 0.03 and step._fast is not None
+
+
+def test_hyper_parameters_of_any_number_type_reach_the_step_as_float64():
+    from fractions import Fraction
+
+    w = fg.nn.Parameter(np.array([1.0, -2.0]))
+    opt = fg.optim.SGD([w], lr=0.1)
+    step = fg.compile(lambda: (w * w).sum(), optimizer=opt)
+    step()
+    step()  # the per-step path from here
+    for lr in (Fraction(1, 10), np.float32(0.25), 1):
+        opt.options["lr"] = lr
+        before = w.numpy().copy()
+        step()
+        np.testing.assert_allclose(w.numpy(), before - float(lr) * 2 * before, rtol=1e-7)
+    assert opt.hyper().dtype == np.float64
+
+
+def test_a_copied_optimizer_owns_its_block_and_its_parameters_view_it():
+    import copy
+
+    model = fg.nn.MLP([3, 4, 2], seed=0)
+    opt = fg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    twin = copy.deepcopy(opt)
+    for o in (opt, twin):
+        assert np.shares_memory(o.flat, o.buffers) and np.shares_memory(o.state[2], o.buffers)
+        for p in o.params:
+            assert np.shares_memory(p.numpy(), o.flat)
+    assert not np.shares_memory(twin.buffers, opt.buffers)
+    x, y = np.ones((2, 3)), np.array([0, 1])
+    step = fg.compile(lambda a, b: fg.cross_entropy(model(a), b), optimizer=opt)
+    before = twin.flat.copy()
+    for _ in range(3):
+        step(x, y)
+    np.testing.assert_array_equal(twin.flat, before)
 
 
 def test_optimizer_buffers_are_rows_of_one_block_fixed_for_its_life():
