@@ -673,3 +673,37 @@ def test_out_of_range_labels_on_the_per_step_path_change_nothing():
     assert opt.t == t
     step(x, np.array([2, 0]))
     assert opt.t == t + 1 and not np.array_equal(opt.flat, before)
+
+
+def test_the_per_step_path_loads_extra_inputs_and_frozen_leaves_in_python():
+    # The native entry loads one float and one integer input; a second of each, and a leaf
+    # that is not among the optimizer's parameters (frozen: its current value is copied in
+    # every step), are loaded in Python on the per-step path too.
+    rng = np.random.default_rng(13)
+    W0, V0 = rng.normal(size=(4, 3)), rng.normal(size=3)
+    W, V = fg.nn.Parameter(W0.copy()), fg.nn.Parameter(V0.copy())
+    eW, eV = fg.nn.Parameter(W0.copy()), fg.nn.Parameter(V0.copy())
+
+    def loss_fn(x, target, scale, labels, idx, W=W, V=V):
+        logits = x @ W + V
+        picked = fg.take(logits, idx, axis=1)
+        return fg.cross_entropy(logits, labels) + fg.mse_loss(picked * scale, target)
+
+    opt, eopt = fg.optim.SGD([W], lr=0.1), fg.optim.SGD([eW], lr=0.1)
+    step = fg.compile(loss_fn, optimizer=opt)
+    for i in range(4):
+        x, target, scale = rng.normal(size=(6, 4)), rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
+        labels, idx = rng.integers(0, 3, 6), rng.integers(0, 3, 2)
+        V.numpy()[...] = eV.numpy()[...] = rng.normal(size=3)  # the frozen leaf changes
+        loss = step(x, target, scale, labels, idx)
+        eopt.zero_grad()
+        want = loss_fn(fg.tensor(x), target, scale, labels, idx, eW, eV)
+        want.backward()
+        eopt.step()
+        assert loss == pytest.approx(want.item(), rel=1e-13), i
+        np.testing.assert_allclose(W.numpy(), eW.numpy(), rtol=1e-13, atol=1e-15)
+    prog = step._last
+    assert prog.python_copy and prog.python_index and prog.frozen
+    assert step._fast is not None and len(step.programs) == 1
+    with pytest.raises(fg.FastgradError, match=r"input 4 holds indices outside \[0, 3\)"):
+        step(x, target, scale, labels, np.array([0, 3]))
