@@ -118,16 +118,16 @@ class Program:
         floats = [(i, view) for i, view in self.copy_slots if view.dtype == tape.dtype]
         self.native_int = self.index_slots[0] if self.index_slots else None
         self.native_float = floats[0][0] if floats else None
-        self.native_offsets = (
-            0 if self.native_float is None
-            else int(tape.node_off.a[self.slot_nodes[self.native_float]]),
-            *((0, 0, 0) if self.native_int is None
-              else (int(tape.node_off.a[self.slot_nodes[self.native_int[0]]]),
-                    *map(int, self.native_int[2:]))))
+        h = self.ints  # where train_step loads them: header entries (kernels/train.py)
+        if self.native_float is not None:
+            h[_train.H_FLOAT_OFF] = tape.node_off.a[self.slot_nodes[self.native_float]]
+        if self.native_int is not None:
+            i, _, lo, hi = self.native_int
+            h[_train.H_INT_OFF] = tape.node_off.a[self.slot_nodes[i]]
+            h[_train.H_INT_LO], h[_train.H_INT_HI] = lo, hi
         self.python_index = self.index_slots[1:]
         self.python_copy = [(i, view) for i, view in self.copy_slots if i != self.native_float]
         self.empty_float = np.zeros(0, tape.dtype)
-        self._pack_inputs()
         # the tape's buffers for fit_epoch, fixed from here on: built once, not per step
         self.kernel_args = (tape.values.a, tape.ivalues.a, tape.grads, self.modes,
                             self.scratch, self.zero_spans, self.loss_off)
@@ -159,12 +159,6 @@ class Program:
         self.floats[: fparams.size] = fparams
         tape.grads = self.floats[fparams.size : fparams.size + n_grads]
         tape._scratch = self.scratch = self.floats[fparams.size + n_grads :]
-
-    def _pack_inputs(self):
-        """Where train_step loads the native pair of inputs: header entries of ``ints``."""
-        h = self.ints
-        h[_train.H_FLOAT_OFF] = self.native_offsets[0]
-        h[_train.H_INT_OFF], h[_train.H_INT_LO], h[_train.H_INT_HI] = self.native_offsets[1:]
 
     def _external_slot(self, inputs):
         """0 when the first input (x, by convention; ``fit`` gathers its batches) is read in
