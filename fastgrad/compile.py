@@ -268,7 +268,8 @@ class Program:
         against a hand-written Numba step. The native entry is called directly, skipping the
         dispatcher's typing of every argument, so every argument must have the types it was
         compiled for: the external input goes as the caller passed it when it is 1-D or 2-D
-        of the model's dtype (train_step checks its layout and asks for a copy otherwise),
+        of the model's dtype, and so do 1-D labels (int64) and targets (the model's dtype)
+        that the entry loads (train_step checks their layout and asks for a copy otherwise),
         other arrays through ``entry_array``, the optimizer's buffers are fixed
         for its life (read-only attributes) and ``Optimizer.hyper`` is always a float64
         vector.
@@ -292,6 +293,9 @@ class Program:
             return None if i is None else (want, sig[i][1] == want, len(sig[i][0]) == 1)
 
         f_plan, i_plan = plan(fi, dtype), plan(ii, int64)
+        # a 1-D input of the entry's dtype goes as the caller passed it: train_step checks its
+        # layout (direction 3 below), which saves a call and a flags object per step
+        f_direct, i_direct = (p is not None and p[1] and p[2] for p in (f_plan, i_plan))
         x_direct = external is not None and sig[external][1] == dtype and 1 <= len(
             sig[external][0]) <= 2
         tape.param_arena, tape.param_grads = buffers[0], buffers[1]
@@ -314,11 +318,11 @@ class Program:
             loss, norm, bad, direction = entry(
                 ints, bytes_, floats, values, ivalues, tape.external, buffers, opt.hyper(), t,
                 max_norm, max_value, anomaly.on,
-                empty_f if fi is None else as_entry(inputs[fi], f_plan),
-                empty_i if ii is None else as_entry(inputs[ii], i_plan))
+                inputs[fi] if f_direct else empty_f if fi is None else as_entry(inputs[fi], f_plan),
+                inputs[ii] if i_direct else empty_i if ii is None else as_entry(inputs[ii], i_plan))
             if bad >= 0:
-                if direction == 3:  # x is not C-contiguous and aligned: the general path copies
-                    return None
+                if direction == 3:  # an input is not C-contiguous and aligned: the general
+                    return None     # path copies it
                 raise fail_with(bad, direction)
             opt.t = t
             compiled.last_grad_norm = norm

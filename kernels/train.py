@@ -107,12 +107,15 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
     ``finput`` (1-D, the tape's dtype) is copied to values at ints[H_FLOAT_OFF]; ``iinput``
     (1-D int64, labels or indices) is checked against [ints[H_INT_LO], ints[H_INT_HI]) and
     copied to ivalues at ints[H_INT_OFF]. Either may be empty: loading them here saves a
-    native call per input.
+    native call per input. Either may also be the caller's own 1-D array, so its layout is
+    checked here too (direction 3).
     Returns (loss, gradient norm, row or -1, direction): direction 0 / 1 for an anomaly in
     the forward / backward sweep at that row, 2 for an index out of range at that position
-    of ``iinput`` (nothing has run then), 3 for a non-contiguous or unaligned ``x``.
+    of ``iinput`` (nothing has run then), 3 for a non-contiguous or unaligned ``x``,
+    ``finput`` or ``iinput`` (nothing has run).
     """
-    if not c_contiguous_aligned(x):
+    if not (c_contiguous_aligned(x) and c_contiguous_aligned(finput)
+            and c_contiguous_aligned(iinput)):
         return 0.0, 0.0, 0, 3
     external = x.reshape(x.size)
     i_lo, i_hi = ints[H_INT_LO], ints[H_INT_HI]

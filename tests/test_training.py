@@ -528,11 +528,13 @@ def test_plain_sgd_updates_in_the_parameters_dtype(dtype):
     np.testing.assert_array_equal(v.numpy(), want)
 
 
-@pytest.mark.parametrize("loss_name", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("loss_name", ["mse", "mse_1d", "cross_entropy"])
 def test_targets_and_labels_of_any_layout_load_natively_and_match_the_eager_step(loss_name):
     # The native entry itself loads the float target or the integer labels. On every call
     # after the first (the per-step path) targets and labels of another layout or read-only
-    # are converted first: each step equals the eager engine's step on the same values.
+    # are converted first (1-D ones, passed to the entry as they are, by the general path
+    # when the entry finds them strided): each step equals the eager engine's step on the
+    # same values.
     rng = np.random.default_rng(8)
 
     def strided(A):
@@ -546,15 +548,18 @@ def test_targets_and_labels_of_any_layout_load_natively_and_match_the_eager_step
         return r
 
     layouts = [np.array, strided, read_only, np.asfortranarray, np.array]
-    eager_model = fg.nn.MLP([5, 6, 3], activation="tanh", seed=3)
-    model = fg.nn.MLP([5, 6, 3], activation="tanh", seed=3)
+    outputs = 1 if loss_name == "mse_1d" else 3
+    eager_model = fg.nn.MLP([5, 6, outputs], activation="tanh", seed=3)
+    model = fg.nn.MLP([5, 6, outputs], activation="tanh", seed=3)
     eager_opt = fg.optim.Adam(eager_model.parameters(), lr=0.05)
     opt = fg.optim.Adam(model.parameters(), lr=0.05)
-    loss_fn = fg.mse_loss if loss_name == "mse" else fg.cross_entropy
+    loss_fn = {"mse": fg.mse_loss, "cross_entropy": fg.cross_entropy,
+               "mse_1d": lambda out, y: fg.mse_loss(out.reshape(-1), y)}[loss_name]
     step = fg.compile(lambda x, y: loss_fn(model(x), y), optimizer=opt)
     for layout in layouts:
         X = rng.normal(size=(8, 5))
-        Y = rng.normal(size=(8, 3)) if loss_name == "mse" else rng.integers(0, 3, 8)
+        Y = {"mse": rng.normal(size=(8, 3)), "mse_1d": rng.normal(size=8),
+             "cross_entropy": rng.integers(0, 3, 8)}[loss_name]
         y = layout(Y)
         loss = step(X, y)
         eager_opt.zero_grad()
