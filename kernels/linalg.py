@@ -29,6 +29,26 @@ BLAS_MIN_WORK = 16384  # m*k*n from which BLAS beats the simple loops (plain @ p
 # 8.0; 128x64x64 19.8 vs 14.0 (BLAS from there). Short rows leave the lanes idle: BLAS keeps
 # those products once they have a few hundred outputs (100x2x16: 1.2 vs 0.6 us).
 TB_LOOP_MAX_WORK = 131072
+
+
+def _host_has_avx512() -> bool:
+    try:
+        from llvmlite import binding
+        return bool(binding.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # features unknown: the rule measured without AVX-512
+        return False
+
+
+# On a CPU with AVX-512 the BLAS SciPy ships (OpenBLAS) picks its SkylakeX kernels, which have
+# a path for small matrices, and the blocked loops lose to it from a few thousand
+# multiply-adds: measured on a 2-core Intel Xeon (Cascade Lake), loops vs BLAS, float32 /
+# float64: 64x128x10 5.2 vs 3.2 / 8.5 vs 6.0 us; 32x64x64 9.2 vs 6.1 / 15.3 vs 10.1; 16x64x64
+# 4.4 vs 3.1 / 7.6 vs 4.0; 4x64x64 1.2 vs 1.0 / 2.0 vs 1.4; 100x16x16 4.7 vs 1.8 / 4.7 vs 2.7;
+# but 2x64x64 0.6 vs 0.8 / 1.0 vs 1.1 and 16x16x16 0.85 vs 0.83 / 0.78 vs 0.95. There, a
+# trans_b product of at least 4 rows goes to BLAS from this much work. (A module-level
+# constant: Numba compiles it in, and its cache keeps one build per CPU model.)
+BLAS_SMALL_KERNELS = _host_has_avx512()
+TB_BLAS_MIN_WORK_AVX512 = 8192
 # VJPs: the update loops below win only for a few rows (1x64x64 float32: 0.8 vs 1.2 us; 4x64x64
 # 2.4 vs 4.3); from 16 rows BLAS wins (16x8x64: 1.7 vs 4.1 us; 100x2x16: 2.1 vs 5.9).
 VJP_LOOP_MAX_ROWS = 8
@@ -36,10 +56,13 @@ VJP_LOOP_MAX_ROWS = 8
 
 @jit
 def _use_blas(m, k, n, itemsize):
-    """Whether a trans_b product's forward goes to BLAS (see TB_LOOP_MAX_WORK)."""
+    """Whether a trans_b product's forward goes to BLAS (see TB_LOOP_MAX_WORK and
+    BLAS_SMALL_KERNELS)."""
     if m == 1 or n == 1:
         return False
     work = m * k * n
+    if BLAS_SMALL_KERNELS:
+        return (m >= 4 and work >= TB_BLAS_MIN_WORK_AVX512) or (k < 8 and m * n >= 512)
     if k * itemsize >= 128:
         return work > TB_LOOP_MAX_WORK
     return work >= BLAS_MIN_WORK or (k < 8 and m * n >= 512)

@@ -146,11 +146,27 @@ def test_values_and_gradients_stay_finite_and_accurate_at_plus_minus_1e4(name, d
 
 
 # The products of Linear layers (trans_b) run in blocked loops or in BLAS depending on their
-# shape (kernels/linalg.py: TB_LOOP_MAX_WORK, VJP_LOOP_MAX_ROWS, short rows). These shapes sit
-# on each side of every threshold, with odd row and column counts for the loops' remainders.
+# shape and the CPU (kernels/linalg.py: TB_LOOP_MAX_WORK, BLAS_SMALL_KERNELS, VJP_LOOP_MAX_ROWS,
+# short rows). These shapes sit on each side of every threshold, with odd row and column counts
+# for the loops' remainders; (3, 64, 9) and (7, 33, 17) keep long dot products in the loops on
+# every CPU.
 PRODUCT_SHAPES = [(1, 64, 64), (2, 3, 5), (3, 7, 4), (9, 8, 5), (16, 64, 64), (17, 65, 7),
                   (32, 64, 64), (33, 64, 64), (100, 2, 16), (100, 16, 16), (64, 128, 10),
-                  (5, 1, 130), (128, 64, 64)]
+                  (5, 1, 130), (128, 64, 64), (3, 64, 9), (7, 33, 17), (2, 64, 64)]
+
+
+@pytest.mark.parametrize("small_kernels", [False, True])
+def test_the_product_shapes_take_both_forward_paths_on_every_cpu(small_kernels, monkeypatch):
+    # Which path a shape takes depends on the CPU (BLAS_SMALL_KERNELS: AVX-512 or not); on
+    # either kind, the shapes above must still run the blocked loops (with long and short dot
+    # products) and BLAS, in both dtypes.
+    from fastgrad.kernels import linalg
+
+    monkeypatch.setattr(linalg, "BLAS_SMALL_KERNELS", small_kernels)
+    for itemsize in (4, 8):
+        paths = {(linalg._use_blas.py_func(m, k, n, itemsize), k * itemsize >= 128)
+                 for m, k, n in PRODUCT_SHAPES if m > 1}
+        assert paths == {(False, False), (False, True), (True, False), (True, True)}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

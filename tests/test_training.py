@@ -680,6 +680,44 @@ def test_out_of_range_labels_on_the_per_step_path_change_nothing():
     assert opt.t == t + 1 and not np.array_equal(opt.flat, before)
 
 
+def test_a_per_step_call_that_does_not_fit_the_signature_takes_the_general_path():
+    # Once a program has run, a call goes straight to its per-step function, which checks
+    # the (x, y) pair itself: the type, the shape and the dtype of each (an equal dtype that
+    # is not NumPy's own object fits). Anything else goes the general path (converted, or
+    # traced again), and every step equals the eager engine's step on the same values.
+    rng = np.random.default_rng(21)
+    model, eager_model = (fg.nn.MLP([4, 5, 3], activation="tanh", seed=2) for _ in range(2))
+    opt, eager_opt = fg.optim.SGD(model.parameters(), lr=0.1), fg.optim.SGD(
+        eager_model.parameters(), lr=0.1)
+    step = fg.compile(lambda x, y: fg.cross_entropy(model(x), y), optimizer=opt)
+    same_float64 = np.dtype(">f8").newbyteorder("<")
+    assert same_float64 == np.float64 and same_float64 is not np.dtype(np.float64)
+    calls = [lambda X, Y: (X, Y), lambda X, Y: (X, Y),  # the per-step path from here
+             lambda X, Y: (X.tolist(), Y), lambda X, Y: (X, Y.tolist()),
+             lambda X, Y: (X.astype(same_float64), Y), lambda X, Y: (X, Y.astype(np.int32)),
+             lambda X, Y: (X[:4], Y[:4]), lambda X, Y: (X.astype(np.float32), Y),
+             lambda X, Y: (X, Y)]
+    for i, call in enumerate(calls):
+        X, Y = rng.normal(size=(6, 4)), rng.integers(0, 3, 6)
+        x, y = call(X, Y)
+        loss = step(x, y)
+        eager_opt.zero_grad()
+        want = fg.cross_entropy(eager_model(fg.tensor(np.asarray(x, np.float64))), np.asarray(y))
+        want.backward()
+        eager_opt.step()
+        assert loss == pytest.approx(want.item(), rel=1e-13), i
+        np.testing.assert_allclose(opt.flat, eager_opt.flat, rtol=1e-12,
+                                   atol=1e-15)
+    assert step._fast is not None and len(step.programs) == 4
+    before = opt.flat.copy()
+    for x, y in ((X[:4], Y), (X, Y[:4])):  # one input's shape alone: an error, not a step
+        with pytest.raises(fg.FastgradError, match="cross_entropy"):
+            step(x, y)
+    with pytest.raises(TypeError):
+        step(X)  # the traced function takes two inputs
+    np.testing.assert_array_equal(opt.flat, before)
+
+
 def test_the_per_step_path_loads_extra_inputs_and_frozen_leaves_in_python():
     # The native entry loads one float and one integer input; a second of each, and a leaf
     # that is not among the optimizer's parameters (frozen: its current value is copied in
