@@ -60,12 +60,14 @@ def _use_blas(m, k, n, itemsize):
     BLAS_SMALL_KERNELS)."""
     if m == 1 or n == 1:
         return False
+    if k < 8 and m * n >= 512:  # short rows (then k * itemsize < 128 too)
+        return True
     work = m * k * n
     if BLAS_SMALL_KERNELS:
-        return (m >= 4 and work >= TB_BLAS_MIN_WORK_AVX512) or (k < 8 and m * n >= 512)
+        return m >= 4 and work >= TB_BLAS_MIN_WORK_AVX512
     if k * itemsize >= 128:
         return work > TB_LOOP_MAX_WORK
-    return work >= BLAS_MIN_WORK or (k < 8 and m * n >= 512)
+    return work >= BLAS_MIN_WORK
 
 
 # With trans_b the forward computes two rows by four columns of C per pass: eight independent
