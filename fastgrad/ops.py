@@ -174,6 +174,17 @@ def softmax_rule(name, shapes, axis=-1):
     return shape, list(split_axis(shape, ax)), []
 
 
+BLAS_MAX_DIM = 2**31 - 1  # BLAS takes m, k and n as 32-bit integers (kernels/blas.py)
+
+
+def check_blas_dims(name, m, k, n, shapes):
+    """Refuse a product whose m, k or n a 32-bit BLAS integer cannot hold."""
+    if max(m, k, n) > BLAS_MAX_DIM:
+        raise fail(name, f"shapes {', '.join(fmt(s) for s in shapes)} make a product of "
+                   f"{m}x{k} by {k}x{n}; BLAS takes sizes up to {BLAS_MAX_DIM}",
+                   "split the product into smaller ones (fewer rows per call)")
+
+
 def matmul_rule(name, shapes, trans_b=False):
     """A (..., m, k) @ B (..., k, n); with trans_b, B is given as (..., n, k) and used as B^T."""
     sa, sb = shapes
@@ -189,6 +200,7 @@ def matmul_rule(name, shapes, trans_b=False):
             "the last axis of the left operand must equal the second-to-last of the right; "
             "transpose one operand (w.T) or fix the layer size",
         )
+    check_blas_dims(name, m, k, n, shapes)
     batch = broadcast_shapes(name, sa[:-2], sb[:-2])
     ba = broadcast_strides(sa[:-2], batch)
     bb = broadcast_strides(sb[:-2], batch)
@@ -219,6 +231,7 @@ def linear_rule(name, shapes):
     if sx[-1] != k or sb[0] != n:
         raise fail(name, f"x {fmt(sx)}, weight {fmt(sw)}, bias {fmt(sb)}: x's last axis must be "
                    f"{k} and the bias size {n}", "fix the layer sizes (weight is (out, in))")
+    check_blas_dims(name, m, k, n, shapes)
     return tuple(sx[:-1]) + (n,), [m, k, n, 1, 1, 0, 0], []
 
 
@@ -244,6 +257,7 @@ def linear_act_rule(name, shapes, activation):
     if sx[-1] != k:
         raise fail(name, f"x {fmt(sx)}, weight {fmt(sw)}: x's last axis must be {k}",
                    "fix the layer sizes (weight is (out, in))")
+    check_blas_dims(name, m, k, n, shapes)
     if tuple(sc) == (n,):
         full = 0
     elif tuple(sc) == out:

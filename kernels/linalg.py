@@ -5,7 +5,7 @@ ip = [m, k, n, nbatch, trans_b, a_off_0, b_off_0, a_off_1, b_off_1, ...]: batch 
 so a Linear layer's (out, in) weight needs no transpose copy) into the i-th (m, n) block of C.
 Offsets are computed at record time, so broadcast batch dimensions cost nothing here.
 
-Why two code paths: np.dot calls BLAS, which wins for large matrices, but for the tiny products
+Why two code paths: BLAS (gemm, kernels/blas.py) wins for large matrices, but for the tiny products
 of an RNN step or a narrow MLP the call overhead dominates and a loop that stays in cache wins.
 """
 
@@ -182,20 +182,9 @@ def matmul_forward(A, B, C, ip):
         bo = ip[U(6 + 2 * bi)]
         co = bi * m * n
         if big:
-            Am = A[ao : ao + m * k].reshape((m, k))
-            Cm = C[co : co + m * n].reshape((m, n))
-            if tb:
-                np.dot(Am, B[bo : bo + k * n].reshape((n, k)).T, Cm)
-            else:
-                np.dot(Am, B[bo : bo + k * n].reshape((k, n)), Cm)
+            gemm(False, tb, m, n, k, A, ao, B, bo, 0.0, C, co)
         else:
             _small_matmul(A, ao, B, bo, C, co, m, k, n, tb)
-
-
-@jit
-def _check_blas(status):
-    if status != 0:
-        raise RuntimeError("BLAS gemm failed: Numba reaches BLAS through SciPy; is it installed?")
 
 
 @jit
@@ -220,13 +209,13 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch):
         if big:
             if na:  # gA (m, k) (+)= gC (m, n) @ B^T, B stored (n, k) when tb, else (k, n)
                 beta = 0.0 if na == 2 and nb == 1 else 1.0
-                _check_blas(gemm(False, not tb, m, k, n, gC, co, B, bo, beta, gA, ao))
+                gemm(False, not tb, m, k, n, gC, co, B, bo, beta, gA, ao)
             if nb_:
                 beta = 0.0 if nb_ == 2 and nb == 1 else 1.0
                 if tb:  # gB (n, k) (+)= gC^T (n, m) @ A (m, k)
-                    _check_blas(gemm(True, False, n, k, m, gC, co, A, ao, beta, gB, bo))
+                    gemm(True, False, n, k, m, gC, co, A, ao, beta, gB, bo)
                 else:  # gB (k, n) (+)= A^T (k, m) @ gC (m, n)
-                    _check_blas(gemm(True, False, k, n, m, A, ao, gC, co, beta, gB, bo))
+                    gemm(True, False, k, n, m, A, ao, gC, co, beta, gB, bo)
             continue
         _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb, nb == 1)
 

@@ -40,6 +40,8 @@ def expected_impls(workload):
     peers = runner.peer_versions()
     impls = {"fastgrad", "numpy", "numba"}
     impls |= {"fastgrad-eager"} if workload.startswith("quick-mlp") else set()
+    if workload.startswith("quick-mlp") and runner._blas_provider() != "scipy":
+        impls |= {"fastgrad-scipy"}  # beside MKL's run, the default install's
     if peers["torch"]:
         impls |= {"torch"} | ({"torch.nn.RNN"} if "-rnn-" in workload else set())
     if peers["jax"]:
@@ -121,7 +123,11 @@ def test_every_implementation_computes_the_same_loss(quick):
 
 def test_markdown_has_the_readme_layout(quick):
     md = (quick["out"] / "bench.md").read_text()
-    assert "| workload | dtype | fastgrad µs | NumPy | Numba (hand-written) |" in md
+    impls = sorted(expected_impls(QUICK[0]), key=runner.IMPL_ORDER.index)
+    head = ["fastgrad µs"] + [runner.IMPL_TITLES[i] for i in impls[1:]]
+    assert head[:3] in (["fastgrad µs", "NumPy", "Numba (hand-written)"],  # SciPy's BLAS
+                        ["fastgrad µs", "fastgrad, SciPy's BLAS", "NumPy"])  # beside MKL's
+    assert "| workload | dtype | " + " | ".join(head) + " |\n" in md
     assert "| quick-rnn-h64-T50-b2 | f64 |" in md
     assert "Peak memory" in md and "Machine:" in md
 
@@ -326,3 +332,46 @@ def test_a_paired_measurement_runs_in_a_fresh_process():
     assert row["error"] is None, row
     assert row["rounds"] == 3 and row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"]
     assert row["fastgrad_us"] > 0 and row["ref_us"] > 0
+
+
+def test_beside_mkl_the_default_installs_step_runs_with_scipys_blas(monkeypatch):
+    """With MKL as fastgrad's BLAS, a 'fastgrad-scipy' cell joins the MLP workloads, run in a
+    process with FASTGRAD_BLAS=scipy; with SciPy's BLAS it would repeat 'fastgrad' and is left
+    out. Every other cell inherits the environment."""
+    envs = {}
+
+    def fake_child(args, row, env=None):
+        envs[row["impl"]] = env
+        return dict(row, seconds=1.0, loss=0.5, error=None)
+
+    monkeypatch.setattr(runner, "run_child", fake_child)
+    w = runner.select_workloads(["quick-mlp-8-16-4-tanh-b8"])
+    monkeypatch.setattr(runner, "_blas_provider", lambda: "mkl 2026.2")
+    runner.run(w, ["float64"], ["numpy", "fastgrad-scipy"])
+    assert set(envs) == {"fastgrad", "numpy", "fastgrad-scipy"}
+    assert envs["fastgrad-scipy"]["FASTGRAD_BLAS"] == "scipy"
+    assert envs["fastgrad"] is None and envs["numpy"] is None
+    envs.clear()
+    monkeypatch.setattr(runner, "_blas_provider", lambda: "scipy")
+    runner.run(w, ["float64"], ["numpy", "fastgrad-scipy"])
+    assert set(envs) == {"fastgrad", "numpy"}
+
+
+def test_a_fastgrad_scipy_cell_refuses_to_run_with_another_blas(monkeypatch):
+    from fastgrad.benchmarks import workloads
+    from fastgrad.kernels import blas
+
+    monkeypatch.setattr(blas, "PROVIDER", "mkl 2026.2")
+    w = runner.select_workloads(["quick-mlp-8-16-4-tanh-b8"])[0]
+    with pytest.raises(RuntimeError, match="FASTGRAD_BLAS=scipy"):
+        workloads.make_fastgrad_scipy_blas(w, np.float64)
+
+
+def test_paired_processes_run_fastgrad_with_scipys_blas_like_the_references(monkeypatch):
+    """Two BLAS thread pools in one process fight over the cores: a pair shares SciPy's."""
+    from fastgrad.benchmarks import paired
+
+    seen = []
+    monkeypatch.setattr(paired, "run_child", lambda args, row, env=None: seen.append(env) or row)
+    paired.run_pair(QUICK[0], "float64", "numba", 3, 0.01)
+    assert seen[0]["FASTGRAD_BLAS"] == "scipy"

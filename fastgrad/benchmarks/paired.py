@@ -13,11 +13,16 @@ round alike, and the median of the per-round ratios is stable to about a percent
     fastgrad bench --paired --workload 'mlp-*' --impl numba --processes 3
 
 Ratios are reference time / fastgrad time, as in the main table (> 1: fastgrad is faster).
+
+fastgrad runs with SciPy's BLAS here (FASTGRAD_BLAS=scipy), even when MKL is installed: the
+hand-written references use SciPy's and NumPy's, and two BLAS thread pools in one process fight
+over the cores (kernels/blas.py, OPENBLAS_ONE_THREAD_MAX_WORK), which would time the fight, not the steps.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 
@@ -120,7 +125,8 @@ def pair_main(argv=None):
 def run_pair(name, dtype, impl, rounds, min_time):
     """One paired measurement in a fresh interpreter; its row (``error`` set on failure)."""
     return run_child(["pair", name, dtype, impl, "--rounds", str(rounds), "--min-time",
-                      str(min_time)], dict(workload=name, dtype=dtype, impl=impl))
+                      str(min_time)], dict(workload=name, dtype=dtype, impl=impl),
+                     env=dict(os.environ, FASTGRAD_BLAS="scipy"))
 
 
 def combine(runs):
@@ -171,7 +177,7 @@ def command(workloads, dtypes, impls, processes, rounds, min_time, out, json_pat
         raise SystemExit("fastgrad bench --paired: --repeat (rounds) must be at least 1")
     pairs = [(w, dt, impl) for w in workloads for dt in (dtypes or w.dtypes)
              for impl in (impls or ["numba"])
-             if impl != "fastgrad" and impl in implementations(w)]
+             if impl not in ("fastgrad", "fastgrad-scipy") and impl in implementations(w)]
     if not pairs:
         raise SystemExit("fastgrad bench --paired: no (workload, reference) pair to time; "
                          "--impl names a reference such as numba, and the workloads must have it")
@@ -184,8 +190,9 @@ def command(workloads, dtypes, impls, processes, rounds, min_time, out, json_pat
             log(f"[{i + 1}/{len(pairs)}] (process {p + 1}/{processes}) {w.name} {dt} "
                 f"fastgrad vs {impl}: {msg}")
     rows = [combine(runs[i]) for i in range(len(pairs))]
+    machine = dict(machine_info(), blas="scipy (FASTGRAD_BLAS=scipy in every pair)")
     result = dict(schema="fastgrad-bench-paired/1", created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  seconds=time.perf_counter() - t0, machine=machine_info(),
+                  seconds=time.perf_counter() - t0, machine=machine,
                   settings=dict(processes=processes, rounds=rounds, min_time=min_time),
                   rows=rows)
     json_path = json_path or f"{out}/paired.json"

@@ -38,9 +38,11 @@ import sys
 import time
 
 RESULT_MARK = "FASTGRAD-BENCH-CELL "
-IMPL_ORDER = ["fastgrad", "numpy", "numba", "torch", "torch.nn.RNN", "jax", "fastgrad-eager"]
+IMPL_ORDER = ["fastgrad", "fastgrad-scipy", "numpy", "numba", "torch", "torch.nn.RNN", "jax",
+              "fastgrad-eager"]
 IMPL_TITLES = {
     "fastgrad": "fastgrad",
+    "fastgrad-scipy": "fastgrad, SciPy's BLAS",
     "numpy": "NumPy",
     "numba": "Numba (hand-written)",
     "torch": "PyTorch eager",
@@ -267,14 +269,22 @@ def run_cell(w, dtype, impl, repeat=None, min_time=None):
         args += ["--repeat", str(repeat)]
     if min_time is not None:
         args += ["--min-time", str(min_time)]
-    return run_child(args, dict(workload=w.name, dtype=dtype, impl=impl))
+    env = dict(os.environ, FASTGRAD_BLAS="scipy") if impl == "fastgrad-scipy" else None
+    return run_child(args, dict(workload=w.name, dtype=dtype, impl=impl), env=env)
 
 
-def run_child(args, row):
-    """``python -m fastgrad.benchmarks *args`` in a fresh interpreter: the JSON row it prints
-    after RESULT_MARK, or ``row`` with ``error`` set (exit code and last stderr line)."""
+def _blas_provider():
+    from ..kernels.blas import PROVIDER
+
+    return PROVIDER
+
+
+def run_child(args, row, env=None):
+    """``python -m fastgrad.benchmarks *args`` in a fresh interpreter (with ``env``, default
+    this process's): the JSON row it prints after RESULT_MARK, or ``row`` with ``error`` set
+    (exit code and last stderr line)."""
     cmd = [sys.executable, "-m", "fastgrad.benchmarks", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             return json.loads(line[len(RESULT_MARK):])
@@ -303,6 +313,7 @@ def machine_info():
         except importlib.metadata.PackageNotFoundError:
             return None
 
+    from ..kernels.blas import describe_provider
     from .workloads import usable_cores
 
     return dict(
@@ -310,6 +321,7 @@ def machine_info():
         cores=os.cpu_count(), usable_cores=usable_cores(), load_average=_load_average(),
         python=platform.python_version(), fastgrad=version("fastgrad"),
         numpy=version("numpy"), numba=version("numba"), scipy=version("scipy"),
+        blas=describe_provider(),
     )
 
 
@@ -349,6 +361,8 @@ def run(workloads, dtypes=None, impls=None, repeat=None, min_time=None, log=None
                     continue
                 if impls and name != "fastgrad" and name not in impls:
                     continue
+                if name == "fastgrad-scipy" and _blas_provider() == "scipy":
+                    continue  # the same as the fastgrad column: only beside MKL's
                 cells.append((w, dt, name))
     machine = machine_info()
     runs = [[] for _ in cells]
@@ -477,6 +491,8 @@ def format_table(result):
         "  the step, over its RSS after imports, kernel compilation and creating the inputs.",
         (f"Machine: {m['cpu']}, {m['usable_cores']} of {m['cores']} cores, {m['platform']}; "
          f"Python {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}; {peers}."),
+        f"fastgrad's BLAS: {m.get('blas', 'scipy')} (the NumPy and Numba steps use NumPy's and "
+        "SciPy's own).",
     ]
     if _busy(m):
         text.append(f"WARNING: the machine was busy (load average {m.get('load_average')} at the "
@@ -532,7 +548,8 @@ def markdown(result):
     m = result["machine"]
     peers = ", ".join(f"{k} {v}" for k, v in result["peers"].items() if v) or "no peers"
     out.append(f"Machine: {m['cpu']} ({m['usable_cores']} cores), {m['platform']}, Python "
-               f"{m['python']}, NumPy {m['numpy']}, Numba {m['numba']}, {peers}.")
+               f"{m['python']}, NumPy {m['numpy']}, Numba {m['numba']}, {peers}; "
+               f"fastgrad's BLAS: {m.get('blas', 'scipy')}.")
     return "\n".join(out) + "\n"
 
 

@@ -74,6 +74,16 @@ def make_fastgrad(w, dtype):
     return fg.compile(lambda x, y: loss(model(x), y), optimizer=opt)
 
 
+def make_fastgrad_scipy_blas(w, dtype):
+    """fastgrad's step with SciPy's BLAS: the default install's, beside an MKL run's
+    (the runner sets FASTGRAD_BLAS=scipy for this cell's process)."""
+    from fastgrad.kernels import blas
+
+    if blas.PROVIDER != "scipy":
+        raise RuntimeError(f"fastgrad-scipy needs FASTGRAD_BLAS=scipy, got {blas.PROVIDER}")
+    return make_fastgrad(w, dtype)
+
+
 def make_fastgrad_eager(w, dtype):
     model = fg.nn.MLP(w.sizes, activation=w.act, seed=1, dtype=dtype)
     opt = fg.optim.SGD(model.parameters(), lr=w.lr)
@@ -194,6 +204,7 @@ def usable_cores():
 IMPLEMENTATIONS = {
     "fastgrad": make_fastgrad,
     "fastgrad-eager": make_fastgrad_eager,
+    "fastgrad-scipy": make_fastgrad_scipy_blas,
     "numpy": make_numpy,
     "numba": make_numba,
     "torch": make_torch,
