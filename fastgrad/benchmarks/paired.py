@@ -16,7 +16,8 @@ Ratios are reference time / fastgrad time, as in the main table (> 1: fastgrad i
 
 fastgrad runs with SciPy's BLAS here (FASTGRAD_BLAS=scipy), even when MKL is installed: the
 hand-written references use SciPy's and NumPy's, and two BLAS thread pools in one process fight
-over the cores (kernels/blas.py, OPENBLAS_ONE_THREAD_MAX_WORK), which would time the fight, not the steps.
+over the cores (kernels/blas.py, OPENBLAS_ONE_THREAD_MAX_WORK), which would time the fight, not
+the steps.
 """
 
 from __future__ import annotations
