@@ -27,8 +27,10 @@ import numpy as np
 from .anomaly import _state as anomaly_state
 from .anomaly import anomaly_enabled, describe_anomaly
 from .errors import fail
+from .kernels import optim as _optim_kernels
 from .kernels import train as _train
 from .kernels._jit import native_entry
+from .kernels.linalg import FOLD_SGD
 from .kernels.movement import load_indices
 from .opcodes import Op
 from .ops import fmt
@@ -95,6 +97,7 @@ class Program:
         modes[self.loss_node] = min(modes[self.loss_node], 1)
         self.modes = modes
         self.zero_spans = self._zero_spans(modes)
+        self.fold_modes, self.keep_spans = self._fold_marks(modes, optimizer)
         # the memory guard (fg.set_memory_limit): refuse before allocating gradients + scratch
         check_memory("compile", (tape.values.a.size + int(tape.node_size.view.max(initial=1)))
                      * tape.dtype.itemsize, f"the program traced for inputs "
@@ -129,9 +132,6 @@ class Program:
         self.python_index = self.index_slots[1:]
         self.python_copy = [(i, view) for i, view in self.copy_slots if i != self.native_float]
         self.empty_float = np.zeros(0, tape.dtype)
-        # the tape's buffers for fit_epoch, fixed from here on: built once, not per step
-        self.kernel_args = (tape.values.a, tape.ivalues.a, tape.grads, self.modes,
-                            self.scratch, self.zero_spans, self.loss_off)
         self.signature = None  # the caller's (shape, dtype) per input, set by Compiled.program
         self._entry = None  # train_step's native entry, typed for the optimizer's buffers
 
@@ -142,7 +142,7 @@ class Program:
         arenas, which the tape and fit use as views)."""
         tape = self.tape
         segments = [a.astype(np.int64) for a in self.arrays[:7] + self.arrays[8:10]]
-        segments.append(self.zero_spans.ravel())
+        segments += [self.zero_spans.ravel(), self.keep_spans.ravel()]
         ends = _train.H_SIZE + np.cumsum([0] + [a.size for a in segments])
         header = np.zeros(_train.H_SIZE, np.int64)
         header[_train.H_SEGMENTS : _train.H_SEGMENTS + len(ends)] = ends
@@ -152,10 +152,14 @@ class Program:
         header[_train.H_NODES] = tape.n_nodes
         header[_train.H_LOSS_OFF] = self.loss_off
         header[_train.H_KIND] = self.kind
+        header[_train.H_FOLD] = self.folds
         self.ints = np.concatenate([header, *segments])
-        self.zero_spans = self.ints[ends[-2] : ends[-1]].reshape(-1, 3)
-        self.bytes = np.concatenate([tape.node_kind.view, self.modes]).astype(np.int8)
-        self.modes = self.bytes[tape.n_nodes :]
+        self.zero_spans = self.ints[ends[-3] : ends[-2]].reshape(-1, 3)
+        self.keep_spans = self.ints[ends[-2] : ends[-1]].reshape(-1, 2)
+        nn = tape.n_nodes
+        self.bytes = np.concatenate([tape.node_kind.view, self.modes, self.fold_modes]).astype(
+            np.int8)
+        self.modes, self.fold_modes = self.bytes[nn : 2 * nn], self.bytes[2 * nn :]
         self.floats = np.zeros(fparams.size + n_grads + n_scratch, tape.dtype)
         self.floats[: fparams.size] = fparams
         tape.grads = self.floats[fparams.size : fparams.size + n_grads]
@@ -199,6 +203,43 @@ class Program:
         edges = np.flatnonzero(np.diff(np.concatenate([[0], clear.view(np.int8), [0]])))
         spans += [(1, int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
         return np.array(spans, np.int64).reshape(-1, 3)
+
+    def _fold_marks(self, modes, optimizer):
+        """``modes`` with FOLD_SGD (kernels/linalg.py) on the weights and biases whose plain-SGD
+        update their VJP may apply, and the spans of ``flat`` the update loop still runs over
+        then, as rows (offset, size). Marked: a parameter (kind 2) that is the weight or the
+        bias of an unbatched LINEAR or LINEAR_ACT row, its only consumer (mode 2, which also
+        keeps out parameters read inside a scan loop or through a reshape). Nothing is marked
+        unless the optimizer is SGD; whether a step folds is decided per step (momentum,
+        weight decay, clipping and the anomaly check turn it off, kernels/optim.py
+        ``folds_sgd``)."""
+        tape = self.tape
+        fold = modes.copy()
+        if optimizer is not None and optimizer.kind == _optim_kernels.SGD:
+            ops, kinds = tape.ops.view, tape.node_kind.view
+            for r in np.flatnonzero((ops == Op.LINEAR) | (ops == Op.LINEAR_ACT)):
+                if tape.iparams.a[tape.ip_ptr.a[r] + 3] != 1:  # batched products
+                    continue
+                weight_bias = tape.in_idx.a[tape.in_ptr.a[r] + 1 : tape.in_ptr.a[r + 1]]
+                for v in weight_bias:
+                    if kinds[v] == 2 and modes[v] == 2:
+                        fold[v] = FOLD_SGD
+        keep = np.ones(self.flat_size, bool)
+        for v in np.flatnonzero(fold == FOLD_SGD):
+            keep[tape.node_off.a[v] : tape.node_off.a[v] + tape.node_size.a[v]] = False
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.view(np.int8), [0]])))
+        spans = np.array([(a, b - a) for a, b in zip(edges[::2], edges[1::2])], np.int64)
+        return fold, spans.reshape(-1, 2)
+
+    @property
+    def folds(self) -> bool:
+        """Whether any parameter may have its plain-SGD update folded into its VJP."""
+        return bool((self.fold_modes == FOLD_SGD).any())
+
+    def allow_folding(self, allowed: bool):
+        """Let this program's steps fold updates (when ``folds``), or keep every gradient:
+        a header entry the native step reads, so the per-step path needs no rebuilding."""
+        self.ints[_train.H_FOLD] = bool(allowed) and self.folds
 
     def _find_logits(self):
         """Logits node of the cross-entropy row the loss comes from (for accuracy), if any."""
@@ -391,7 +432,7 @@ class Compiled:
                         doc="``step(*inputs)``: see the class docstring.")
 
     def __init__(self, fn, optimizer=None, params=None, clip_grad_norm=None,
-                 clip_grad_value=None):
+                 clip_grad_value=None, keep_grads=False):
         self.fn = fn
         self._optimizer = optimizer
         self.params = optimizer.params if optimizer is not None else params
@@ -399,6 +440,7 @@ class Compiled:
         self.max_norm = clip_grad_norm
         self.max_value = clip_grad_value
         self.programs: dict = {}
+        self.keep_grads = keep_grads
         self.last_grad_norm = 0.0
         self._last = None  # the program of the last call
 
@@ -425,6 +467,7 @@ class Compiled:
                          "(previous: %s)", [(a.shape, a.dtype.name) for a in arrays],
                          [[(s, d.name) for s, d in k] for k in self.programs])
             prog = Program(self.fn, cast, self.optimizer, self.params, dtype)
+            prog.allow_folding(not self.keep_grads)
             prog.signature = sig
             self.programs[sig] = prog
         return prog, arrays
@@ -494,6 +537,20 @@ class Compiled:
         self._fast = None
 
     @property
+    def keep_grads(self) -> bool:
+        """Whether every step writes every gradient into ``optimizer.flat_grad``. False (the
+        default): a plain-SGD step folds the update of each Linear layer's weight and bias into
+        its gradient's computation, and their gradients may not be written (see ``compile``).
+        Setting it takes effect at the next call."""
+        return self._keep_grads
+
+    @keep_grads.setter
+    def keep_grads(self, value):
+        self._keep_grads = bool(value)
+        for prog in getattr(self, "programs", {}).values():
+            prog.allow_folding(not self._keep_grads)
+
+    @property
     def parameters(self):
         return self.params
 
@@ -520,15 +577,23 @@ def overwritten_by_vjp(tape, modes) -> np.ndarray:
     return out
 
 
-def compile(fn, optimizer=None, params=None, clip_grad_norm=None, clip_grad_value=None):  # noqa: A001
+def compile(fn, optimizer=None, params=None, clip_grad_norm=None,  # noqa: A001
+            clip_grad_value=None, keep_grads=False):
     """Trace ``fn(*inputs) -> scalar loss`` once per input signature and replay it natively.
 
     With ``optimizer``: each call runs forward, backward, optional clipping (``clip_grad_value``
     then ``clip_grad_norm``, PyTorch's rules) and the optimizer update in one native call and
     returns the loss. Without: returns ``(loss, grads)``, the gradients of ``params`` (default:
     every parameter the function uses, in order of first use).
+
+    With plain SGD (no momentum, no weight decay, no clipping, outside fg.detect_anomaly), the
+    update of a Linear layer's weight and bias is folded into the backward sweep: the weight's
+    is computed as part of its gradient's matrix product, ``W -= lr * (gZ.T @ X)`` in one BLAS
+    call, so that gradient is never stored and no separate pass runs over it. The update is
+    the same to rounding, but ``optimizer.flat_grad`` may then hold stale values for those
+    parameters. ``keep_grads=True`` writes every gradient, as PyTorch keeps ``p.grad``.
     """
-    return Compiled(fn, optimizer, params, clip_grad_norm, clip_grad_value)
+    return Compiled(fn, optimizer, params, clip_grad_norm, clip_grad_value, keep_grads)
 
 
 class History(dict):
@@ -607,7 +672,8 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
             prog.tape.node_values(v)[...] = leaf.numpy()
         total, correct = _train.fit_epoch(
             arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads, prog.modes,
-            prog.scratch, prog.zero_spans, prog.loss_off, opt.flat, opt.flat_grad,
+            prog.fold_modes if prog.ints[_train.H_FOLD] else prog.fold_modes[:0], prog.scratch,
+            prog.zero_spans, prog.keep_spans, prog.loss_off, opt.flat, opt.flat_grad,
             opt.kind, opt.state[0], opt.state[1], opt.state[2], opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
             X2, x_off, prog.external == 0, Yf, Yi, y_off, perm, batch_size, nfull,
             prog.logits_off, ncls, False)

@@ -141,7 +141,9 @@ class Optimizer:
 
     @property
     def flat_grad(self) -> np.ndarray:
-        """The gradients of ``flat``, as the last step (or ``step()``'s input) left them."""
+        """The gradients of ``flat``, as the last step (or ``step()``'s input) left them. A
+        compiled plain-SGD step may leave a Linear layer's entries stale: it folds their update
+        into the backward sweep (``fg.compile(..., keep_grads=True)`` writes them all)."""
         return self._flat_grad
 
     @property

@@ -254,7 +254,8 @@ class Tape:
         stop = self.producer.get(node, -1) + 1
         bad = kernels.replay_backward(self.arrays(), self.values.a, self.ivalues.a,
                                       self.param_arena, self.grads, self.param_grads,
-                                      self.grad_modes(), self.scratch(), 0, stop, _anomaly_on())
+                                      self.grad_modes(), self.scratch(), 0, stop, _anomaly_on(),
+                                      0.0)
         if bad >= 0:
             raise _anomaly_error(self, bad, "backward")
         return self.grads

@@ -162,8 +162,8 @@ def describe_provider() -> str:
 
 
 @intrinsic
-def gemm(typingctx, trans_a, trans_b, m, n, k, A, a_off, B, b_off, beta, C, c_off):
-    """C[c_off:] (m, n), row-major = op(A) @ op(B) + beta * C, op(A) (m, k), op(B) (k, n).
+def gemm(typingctx, trans_a, trans_b, m, n, k, alpha, A, a_off, B, b_off, beta, C, c_off):
+    """C[c_off:] (m, n), row-major = alpha op(A) @ op(B) + beta C, op(A) (m, k), op(B) (k, n).
 
     A from a_off holds op(A) row-major, or its transpose (k, m) when trans_a; B from b_off
     holds op(B) (k, n), or (n, k) when trans_b. All three arrays share a float dtype and are
@@ -172,8 +172,8 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, A, a_off, B, b_off, beta, C, c_of
     to BLAS as 32-bit integers: the caller passes extents its tape validated (the recorder
     refuses larger sizes, fastgrad/ops.py ``check_blas_dims``).
 
-    Example, inside a jitted kernel: ``gemm(False, True, 2, 3, 4, A, 0, W, 0, 1.0, G, 0)`` adds
-    A (2, 4) @ W^T into G (2, 3), W stored (3, 4) as a Linear layer's weight is.
+    Example, inside a jitted kernel: ``gemm(False, True, 2, 3, 4, 1.0, A, 0, W, 0, 1.0, G, 0)``
+    adds A (2, 4) @ W^T into G (2, 3), W stored (3, 4) as a Linear layer's weight is.
     """
     arrays = (A, B, C)
     if not all(isinstance(t, types.Array) for t in arrays):
@@ -185,10 +185,10 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, A, a_off, B, b_off, beta, C, c_of
     ints = (m, n, k, a_off, b_off, c_off)
     if not all(isinstance(t, types.Integer) for t in ints):
         return None
-    sig = types.void(trans_a, trans_b, m, n, k, A, a_off, B, b_off, beta, C, c_off)
+    sig = types.void(trans_a, trans_b, m, n, k, alpha, A, a_off, B, b_off, beta, C, c_off)
 
     def codegen(context, builder, signature, args):
-        ta, tb, m_, n_, k_, a, ao, b, bo, beta_, c, co = args
+        ta, tb, m_, n_, k_, alpha_, a, ao, b, bo, beta_, c, co = args
         tys = signature.args
 
         def as_int32(v, ty):
@@ -219,11 +219,11 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, A, a_off, B, b_off, beta, C, c_of
         builder.call(builder.select(is_large, large, small), [
             by_ref(builder.select(tb, t, nt)), by_ref(builder.select(ta, t, nt)),
             by_ref(n_), by_ref(m_), by_ref(k_),
-            by_ref(context.get_constant(dt, 1.0)),
-            data(b, tys[7], bo, tys[8]), by_ref(builder.select(tb, k_, n_)),
-            data(a, tys[5], ao, tys[6]), by_ref(builder.select(ta, m_, k_)),
-            by_ref(context.cast(builder, beta_, tys[9], dt)),
-            data(c, tys[10], co, tys[11]), by_ref(n_),
+            by_ref(context.cast(builder, alpha_, tys[5], dt)),
+            data(b, tys[8], bo, tys[9]), by_ref(builder.select(tb, k_, n_)),
+            data(a, tys[6], ao, tys[7]), by_ref(builder.select(ta, m_, k_)),
+            by_ref(context.cast(builder, beta_, tys[10], dt)),
+            data(c, tys[11], co, tys[12]), by_ref(n_),
         ])
         return context.get_dummy_value()
 

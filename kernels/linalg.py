@@ -15,6 +15,7 @@ from ..opcodes import Op
 from ._jit import jit, jit_reduce
 from .blas import gemm
 from .elementwise import tanh32
+from .optim import sgd_plain
 from .vecmath import sigmoid32, sigmoid64, tanh64
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
@@ -29,6 +30,16 @@ BLAS_MIN_WORK = 16384  # m*k*n from which BLAS beats the simple loops (plain @ p
 # 8.0; 128x64x64 19.8 vs 14.0 (BLAS from there). Short rows leave the lanes idle: BLAS keeps
 # those products once they have a few hundred outputs (100x2x16: 1.2 vs 0.6 us).
 TB_LOOP_MAX_WORK = 131072
+
+# A gradient mode beyond need's 0 / 1 / 2 (kernels/replay.py): a parameter whose only consumer
+# is this single product (mode 2) and whose optimizer is plain SGD has its update folded into
+# the VJP, p -= lr g, instead of the gradient being written for a later pass. For the weight,
+# the BLAS path runs it as the gradient's own product, gemm(alpha=-lr, beta=1, C=p): the
+# gradient is never stored, and neither a zeroing pass (beta 0) nor an update pass over it
+# runs (64x784x128 float32 weight gradient, then the update: 209 us; folded: 149 us). The
+# loop path and the bias write the gradient, then update from it while it is hot.
+# fastgrad/compile.py marks these nodes; kernels/train.py decides per step whether it may.
+FOLD_SGD = 3
 
 
 def _host_has_avx512() -> bool:
@@ -182,19 +193,20 @@ def matmul_forward(A, B, C, ip):
         bo = ip[U(6 + 2 * bi)]
         co = bi * m * n
         if big:
-            gemm(False, tb, m, n, k, A, ao, B, bo, 0.0, C, co)
+            gemm(False, tb, m, n, k, 1.0, A, ao, B, bo, 0.0, C, co)
         else:
             _small_matmul(A, ao, B, bo, C, co, m, k, n, tb)
 
 
 @jit
-def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch):
+def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch, lr):
     """gA += gC @ B^T (if na); gB += A^T @ gC (if nb_); with B stored transposed when trans_b.
 
     na / nb_ are gradient modes: 0 none, 1 accumulate, 2 this row is the only consumer: with a
     single (unbatched) product the gradient is then overwritten, not added to, on both paths, so
     a training step skips clearing it (fastgrad/compile.py, ``overwritten_by_vjp``). The BLAS
     path accumulates with gemm's beta = 1 (kernels/blas.py): no scratch, no second pass.
+    nb_ = FOLD_SGD (a single product): B -= lr gB, after gA has read B (see FOLD_SGD).
     ``scratch`` is unused here; it stays in the signature every VJP kernel shares.
     """
     m, k, n, nb, tb = ip[0], ip[1], ip[2], ip[3], ip[4]
@@ -209,15 +221,22 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch):
         if big:
             if na:  # gA (m, k) (+)= gC (m, n) @ B^T, B stored (n, k) when tb, else (k, n)
                 beta = 0.0 if na == 2 and nb == 1 else 1.0
-                gemm(False, not tb, m, k, n, gC, co, B, bo, beta, gA, ao)
+                gemm(False, not tb, m, k, n, 1.0, gC, co, B, bo, beta, gA, ao)
             if nb_:
-                beta = 0.0 if nb_ == 2 and nb == 1 else 1.0
+                # folded: B += -lr (its gradient), the update in the product; else gB (+)=
+                alpha, beta, out = 1.0, 1.0, gB
+                if nb_ == FOLD_SGD:
+                    alpha, out = -lr, B
+                elif nb_ == 2 and nb == 1:
+                    beta = 0.0
                 if tb:  # gB (n, k) (+)= gC^T (n, m) @ A (m, k)
-                    gemm(True, False, n, k, m, gC, co, A, ao, beta, gB, bo)
+                    gemm(True, False, n, k, m, alpha, gC, co, A, ao, beta, out, bo)
                 else:  # gB (k, n) (+)= A^T (k, m) @ gC (m, n)
-                    gemm(True, False, k, n, m, A, ao, gC, co, beta, gB, bo)
+                    gemm(True, False, k, n, m, alpha, A, ao, gC, co, beta, out, bo)
             continue
-        _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb, nb == 1)
+        _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, min(nb_, 2), m, k, n, tb, nb == 1)
+        if nb_ == FOLD_SGD:
+            sgd_plain(B[bo : bo + k * n], gB[bo : bo + k * n], lr)
 
 
 @jit_reduce
@@ -293,16 +312,19 @@ def linear_forward(X, W, b, Y, ip):
 
 
 @jit
-def linear_vjp(X, W, gY, gX, nx, gW, nw, gb, nbias, ip, scratch):
-    """The matmul VJPs, and gb (+)= column sums of gY (overwritten in mode 2, as matmul)."""
-    matmul_vjp(X, W, gY, gX, nx, gW, nw, ip, scratch)
+def linear_vjp(X, W, b, gY, gX, nx, gW, nw, gb, nbias, ip, scratch, lr):
+    """The matmul VJPs, and gb (+)= column sums of gY (overwritten in mode 2, as matmul; then
+    b -= lr gb in mode FOLD_SGD)."""
+    matmul_vjp(X, W, gY, gX, nx, gW, nw, ip, scratch, lr)
     if nbias:
         m, n = ip[0], ip[2]
-        if nbias == 2:
+        if nbias >= 2:
             gb[:] = 0.0
         for i in range(m):
             for j in range(n):
                 gb[j] += gY[U(i * n + j)]
+        if nbias == FOLD_SGD:
+            sgd_plain(b, gb, lr)
 
 
 @jit
@@ -350,10 +372,11 @@ def _add_activate(act, Y, c, m, n):
 
 
 @jit
-def linear_act_vjp(X, W, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch):
+def linear_act_vjp(X, W, c, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch, lr):
     """gZ = gY * act'(Z), read off the output (tanh: 1 - Y^2, sigmoid: Y (1 - Y), relu: Y > 0),
     into scratch[:m*n]; then the matmul VJPs of gZ (the rest of scratch is theirs) and gc (+)=
-    gZ or its column sums (overwritten in mode 2, as matmul)."""
+    gZ or its column sums (overwritten in mode 2, as matmul; then c -= lr gc in mode
+    FOLD_SGD)."""
     m, n, act = ip[0], ip[2], ip[7]
     mn = m * n
     gz = scratch[:mn]
@@ -366,9 +389,9 @@ def linear_act_vjp(X, W, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch):
     else:
         for i in range(mn):
             gz[i] = gY[i] if Y[i] > 0 else 0.0
-    matmul_vjp(X, W, gz, gX, nx, gW, nw, ip, scratch[mn:])
+    matmul_vjp(X, W, gz, gX, nx, gW, nw, ip, scratch[mn:], lr)
     if nc:
-        if nc == 2:
+        if nc >= 2:
             gc[:] = 0.0
         if ip[8]:
             for i in range(mn):
@@ -377,3 +400,5 @@ def linear_act_vjp(X, W, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch):
             for i in range(m):
                 for j in range(n):
                     gc[U(j)] += gz[U(i * n + j)]
+        if nc == FOLD_SGD:
+            sgd_plain(c, gc, lr)

@@ -15,9 +15,27 @@ are per-parameter state buffers laid out like the parameters:
 
 import numpy as np
 
-from ._jit import jit
+from ._jit import jit, jit_inline
 
 SGD, ADAGRAD, RMSPROP, ADAM = 0, 1, 2, 3
+
+
+@jit
+def sgd_plain(p, g, lr):
+    """p -= lr g, with lr rounded to p's dtype: SGD without momentum or weight decay, as
+    optimizer_update runs it (and the VJPs that fold that update in, kernels/linalg.py)."""
+    lr_p = p.dtype.type(lr)
+    for i in range(p.size):
+        p[i] -= lr_p * g[i]
+
+
+@jit_inline
+def folds_sgd(kind, hyper, max_norm, max_value, check):
+    """Whether a training step may fold the update into the VJPs (FOLD_SGD, kernels/linalg.py):
+    plain SGD (no momentum, no weight decay), no clipping (it needs every gradient first) and
+    no anomaly check (it checks each gradient a row writes)."""
+    return (kind == SGD and hyper[1] == 0.0 and hyper[4] == 0.0 and max_norm <= 0.0
+            and max_value <= 0.0 and not check)
 
 
 @jit
@@ -31,9 +49,7 @@ def optimizer_update(kind, p, g, s1, s2, s3, hyper, t):
             # float32: 30 -> 22 us), and with lr in the parameters' dtype, as PyTorch's
             # p.add_(g, alpha=-lr) takes it, float32 runs 8 lanes wide with no conversions
             # (19 -> 12 us).
-            lr_p = p.dtype.type(lr)
-            for i in range(n):
-                p[i] -= lr_p * g[i]
+            sgd_plain(p, g, lr)
             return
         for i in range(n):
             d = g[i] + wd * p[i]

@@ -57,12 +57,13 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
 
 @jit
 def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, start, stop,
-                    check):
+                    check, lr):
     """Accumulate vector-Jacobian products for rows [stop-1 .. start] into ``grads``.
 
     ``grads`` must hold the seed gradient at the output node and zeros (or gradients to
     accumulate onto) elsewhere. ``need[v]`` says whether node v wants a gradient (0: no,
-    1: accumulate, 2: its only consumer may overwrite it); rows whose output needs none are
+    1: accumulate, 2: its only consumer may overwrite it, FOLD_SGD: a parameter its only
+    consumer updates with learning rate ``lr``, kernels/linalg.py); rows whose output needs none are
     skipped and no VJP is computed for inputs that need none. ``scratch`` is a work buffer at
     least as large as the largest node.
     Returns -1, or with ``check`` the first row (walking backward) that wrote a NaN/Inf gradient.
@@ -78,7 +79,7 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
                 scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
             r = iparams[ip_ptr[r] + 1]  # continue below the body and its SCAN_BEGIN marker
         elif need[o] and code != Op.SCAN_BEGIN:
-            backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
+            backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
         if check and need[o]:
             for t in range(in_ptr[r + 1] - in_ptr[r]):
                 v = in_idx[in_ptr[r] + t]

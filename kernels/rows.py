@@ -102,8 +102,10 @@ def forward_row(tape, values, ivalues, params, r):
 
 
 @jit
-def backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r):
-    """Add row r's vector-Jacobian products into its inputs' gradients (need[out] must be set)."""
+def backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+    """Add row r's vector-Jacobian products into its inputs' gradients (need[out] must be set).
+    ``lr``: the plain-SGD learning rate of the parameters marked FOLD_SGD in ``need``
+    (kernels/linalg.py), whose update the VJP applies."""
     ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, kind, ext = tape
     o = outs[r]
     code = ops[r]
@@ -138,16 +140,17 @@ def backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
         b = in_idx[i0 + 1]
         B = view(b, values, params, kind, node_off, node_size, ext)
         gB = grad_view(b, grads, pgrads, kind, node_off, node_size)
-        if code == Op.LINEAR:
+        if code == Op.LINEAR or code == Op.LINEAR_ACT:
             c = in_idx[i0 + 2]
+            C = view(c, values, params, kind, node_off, node_size, ext)
             gC = grad_view(c, grads, pgrads, kind, node_off, node_size)
-            linear_vjp(A, B, gy, gA, need[a], gB, need[b], gC, need[c], ip, scratch)
-        elif code == Op.LINEAR_ACT:
-            c = in_idx[i0 + 2]
-            gC = grad_view(c, grads, pgrads, kind, node_off, node_size)
-            linear_act_vjp(A, B, y, gy, gA, need[a], gB, need[b], gC, need[c], ip, scratch)
+            if code == Op.LINEAR:
+                linear_vjp(A, B, C, gy, gA, need[a], gB, need[b], gC, need[c], ip, scratch, lr)
+            else:
+                linear_act_vjp(A, B, C, y, gy, gA, need[a], gB, need[b], gC, need[c], ip,
+                               scratch, lr)
         else:
-            matmul_vjp(A, B, gy, gA, need[a], gB, need[b], ip, scratch)
+            matmul_vjp(A, B, gy, gA, need[a], gB, need[b], ip, scratch, lr)
     elif fam == SHAPE:
         if code == Op.STRIDED:
             if na:

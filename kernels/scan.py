@@ -381,9 +381,10 @@ def _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, r, t0
         gx = ox + t * step if xb else oc
         if not xb and nc != 2:
             _zero(grads, oc, step)
-        linear_act_vjp(values[prev : prev + n], W, values[cur : cur + n],
+        # (no parameter folds its update inside a loop: the bias slot stands in for c)
+        linear_act_vjp(values[prev : prev + n], W, grads[gx : gx + step], values[cur : cur + n],
                        grads[ocout : ocout + n], grads[ocin : ocin + n], na, gW, nw,
-                       grads[gx : gx + step], nc, rip, scratch)
+                       grads[gx : gx + step], nc, rip, scratch, 0.0)
         _copy_within(grads, ofinal, ocin, n)
         if addx:
             _add_within(grads, ox + t * step, oc, step)
@@ -453,7 +454,7 @@ def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, 
             _add_within(grads, node_off[v], node_off[out] + t * n, n)
     for r in range(ip[3] - 1, ip[2] - 1, -1):
         if need[outs[r]]:
-            backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
+            backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r, 0.0)
     for c in range(nc):
         cin, final = ip[HEADER + 4 * c + 1], ip[HEADER + 4 * c + 3]
         _copy_within(grads, node_off[final], node_off[cin], node_size[final])

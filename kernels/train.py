@@ -6,13 +6,18 @@ directly: parameter nodes have kind 2 and offsets into ``flat``, so a step copie
 parameters. ``zero_spans`` rows (0 value arena / 1 flat gradients, offset, size) list the
 gradient slots to clear before a backward sweep: only nodes that need a gradient and that no
 VJP overwrites whole (big input slots and most weight gradients are never touched).
+
+With plain SGD (no momentum, weight decay, clipping or anomaly check) the update of a layer's
+weight and bias is folded into their VJP (FOLD_SGD, kernels/linalg.py): ``fold_need`` marks
+them, and the update loop then runs over the other parameters alone, ``keep_spans`` rows
+(offset, size) of ``flat``. Their ``flat_grad`` entries are not written then.
 """
 
 
 import numpy as np
 
 from ._jit import jit, jit_inline
-from .optim import clip_gradients, optimizer_update
+from .optim import clip_gradients, folds_sgd, optimizer_update, sgd_plain
 from .replay import replay_backward, replay_forward
 
 
@@ -23,8 +28,8 @@ from .replay import replay_backward, replay_forward
 
 
 @jit_inline
-def _step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
-          flat, flat_grad, kind, s1, s2, s3, hyper, t, max_norm, max_value, check):
+def _step(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, keep_spans,
+          loss_off, flat, flat_grad, kind, s1, s2, s3, hyper, t, max_norm, max_value, check):
     nrows = tape[0].size
     first = np.int64(0)
     bad = replay_forward(tape, values, ivalues, flat, first, nrows, check)
@@ -39,33 +44,43 @@ def _step(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
         else:
             flat_grad[a:b] = 0.0
     grads[loss_off] = 1.0
-    bad = replay_backward(tape, values, ivalues, flat, grads, flat_grad, need, scratch, first,
-                          nrows, check)
+    # fold_need marks the parameters whose plain-SGD update their VJP applies (FOLD_SGD,
+    # kernels/linalg.py); empty when the program has none or keeps every gradient
+    fold = fold_need.size > 0 and folds_sgd(kind, hyper, max_norm, max_value, check)
+    lr = hyper[0] if fold else 0.0
+    bad = replay_backward(tape, values, ivalues, flat, grads, flat_grad,
+                          fold_need if fold else need, scratch, first, nrows, check, lr)
     if bad >= 0:
         return loss, 0.0, bad, 1
     norm = 0.0
     if max_norm > 0.0 or max_value > 0.0:
         norm = clip_gradients(flat_grad, max_norm, max_value)
-    if kind >= 0:
+    if fold:  # the rest of the parameters (keep_spans rows: offset, size)
+        for i in range(keep_spans.shape[0]):
+            a = keep_spans[i, 0]
+            b = a + keep_spans[i, 1]
+            sgd_plain(flat[a:b], flat_grad[a:b], lr)
+    elif kind >= 0:
         optimizer_update(kind, flat, flat_grad, s1, s2, s3, hyper, t)
     return loss, norm, -1, 0
 
 
 # The layout of ``train_step``'s packed arguments: header entries of ``ints`` (fastgrad/compile.py
-# packs them). ints[H_SEGMENTS + k] is where the k-th int64 segment starts (k = 0..9: the
+# packs them). ints[H_SEGMENTS + k] is where the k-th int64 segment starts (k = 0..10: the
 # tape's ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, node_off, node_size, then the
-# zero_spans rows), ints[H_SEGMENTS + 10] where the last one ends.
+# zero_spans rows and the keep_spans rows), ints[H_SEGMENTS + 11] where the last one ends.
 H_SEGMENTS = 0
-H_FPARAMS_END = 11  # floats = fparams | grads | scratch: where each of the first two ends
-H_GRADS_END = 12
-H_NODES = 13  # bytes = node_kind | grad modes, each this long
-H_LOSS_OFF = 14
-H_KIND = 15
-H_FLOAT_OFF = 16
-H_INT_OFF = 17
-H_INT_LO = 18
-H_INT_HI = 19
-H_SIZE = 20
+H_FPARAMS_END = 12  # floats = fparams | grads | scratch: where each of the first two ends
+H_GRADS_END = 13
+H_NODES = 14  # bytes = node_kind | grad modes | modes with FOLD_SGD, each this long
+H_LOSS_OFF = 15
+H_KIND = 16
+H_FLOAT_OFF = 17
+H_INT_OFF = 18
+H_INT_LO = 19
+H_INT_HI = 20
+H_FOLD = 21  # 1: the step may fold plain-SGD updates into the VJPs (bytes' third section)
+H_SIZE = 22
 
 
 @jit
@@ -95,10 +110,10 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
     0.16 µs each once a large step has evicted the interpreter's data from cache); the tape,
     the work buffers and the optimizer's buffers as separate arrays were 24 of them. Here
     ``ints`` holds the header above and every int64 array of the program, ``bytes_`` the node
-    kinds and gradient modes, ``floats`` the float parameters of the tape and the gradient and
-    scratch arenas, ``buffers`` the rows flat, flat_grad and three optimizer states (two rows
-    without an optimizer). The views rebuilt here have the types the eager replay uses, so
-    the replay kernels compile once for both.
+    kinds, the gradient modes and the same with FOLD_SGD marks, ``floats`` the float
+    parameters of the tape and the gradient and scratch arenas, ``buffers`` the rows flat,
+    flat_grad and three optimizer states (two rows without an optimizer). The views rebuilt
+    here have the types the eager replay uses, so the replay kernels compile once for both.
 
     ``x`` is the external input (node kind 3), 1-D or 2-D, read in place: the caller's own
     array on the per-step path, whose layout is checked here rather than in Python (after a
@@ -125,7 +140,7 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
     i_off, f_off = ints[H_INT_OFF], ints[H_FLOAT_OFF]
     ivalues[i_off : i_off + iinput.size] = iinput
     values[f_off : f_off + finput.size] = finput
-    seg = ints[H_SEGMENTS : H_SEGMENTS + 11]
+    seg = ints[H_SEGMENTS : H_SEGMENTS + 12]
     nn = ints[H_NODES]
     fp_end, g_end = ints[H_FPARAMS_END], ints[H_GRADS_END]
     tape = (ints[seg[0] : seg[1]], ints[seg[1] : seg[2]], ints[seg[2] : seg[3]],
@@ -133,26 +148,29 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
             ints[seg[6] : seg[7]], floats[:fp_end], ints[seg[7] : seg[8]],
             ints[seg[8] : seg[9]], bytes_[:nn], external)
     zero_spans = ints[seg[9] : seg[10]].reshape(((seg[10] - seg[9]) // 3, 3))
+    keep_spans = ints[seg[10] : seg[11]].reshape(((seg[11] - seg[10]) // 2, 2))
+    fold_need = bytes_[2 * nn : 3 * nn] if ints[H_FOLD] else bytes_[:0]
     flat, flat_grad = buffers[0], buffers[1]
     if buffers.shape[0] >= 5:
         s1, s2, s3 = buffers[2], buffers[3], buffers[4]
     else:
         s1, s2, s3 = flat_grad, flat_grad, flat_grad
-    return _step(tape, values, ivalues, floats[fp_end:g_end], bytes_[nn : 2 * nn],
-                 floats[g_end:], zero_spans, ints[H_LOSS_OFF], flat, flat_grad,
+    return _step(tape, values, ivalues, floats[fp_end:g_end], bytes_[nn : 2 * nn], fold_need,
+                 floats[g_end:], zero_spans, keep_spans, ints[H_LOSS_OFF], flat, flat_grad,
                  ints[H_KIND], s1, s2, s3, hyper, t, max_norm, max_value, check)
 
 
 @jit
-def fit_epoch(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
-              flat, flat_grad,
+def fit_epoch(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, keep_spans,
+              loss_off, flat, flat_grad,
               kind, s1, s2, s3, hyper, t0, max_norm, max_value,
               X, x_off, x_external, Yf, Yi, y_off, perm, batch, nbatches, logits_off, ncls,
               check):
     """Run ``nbatches`` minibatches of rows perm[b*batch : (b+1)*batch] of X (N, row) and
     Yf (N, row) or Yi (N,). The batch of X goes to the x slot at ``x_off``, or with
     ``x_external`` (x read in place, node kind 3) to the tape's external buffer ``tape[11]``.
-    ``check`` must be False (an argument, not a constant: see above).
+    ``check`` must be False (an argument, not a constant: see above). ``fold_need`` (empty:
+    no folding) and ``keep_spans`` as in train_step.
     Returns (sum of batch losses, correct predictions)."""
     row = X.shape[1]
     yrow = Yf.shape[1]
@@ -168,8 +186,8 @@ def fit_epoch(tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
             else:
                 values[y_off + r * yrow : y_off + (r + 1) * yrow] = Yf[src]
         loss, norm, bad, direction = _step(
-            tape, values, ivalues, grads, need, scratch, zero_spans, loss_off,
-            flat, flat_grad, kind, s1, s2, s3, hyper, t0 + b,
+            tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, keep_spans,
+            loss_off, flat, flat_grad, kind, s1, s2, s3, hyper, t0 + b,
             max_norm, max_value, check)
         total += loss
         if ncls > 0:

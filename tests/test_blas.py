@@ -14,23 +14,25 @@ from fastgrad.kernels import blas
 
 
 @numba.njit
-def _gemm(trans_a, trans_b, m, n, k, A, a_off, B, b_off, beta, C, c_off):
-    blas.gemm(trans_a, trans_b, m, n, k, A, a_off, B, b_off, beta, C, c_off)
+def _gemm(trans_a, trans_b, m, n, k, alpha, A, a_off, B, b_off, beta, C, c_off):
+    blas.gemm(trans_a, trans_b, m, n, k, alpha, A, a_off, B, b_off, beta, C, c_off)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans_a,trans_b", list(itertools.product([False, True], repeat=2)))
-@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (1.0, 1.0), (1.0, 0.5), (-0.25, 1.0)])
 @pytest.mark.parametrize("m,n,k", [(5, 7, 3), (128, 96, 96)], ids=["small", "large"])
-def test_gemm_writes_op_a_times_op_b_plus_beta_c_into_its_block_alone(m, n, k, trans_a, trans_b,
-                                                                      beta, dtype):
-    """Row-major operands at offsets in flat buffers, as the tape's arenas hold them; the
-    values around C's block are untouched, and beta = 0 does not read C (NaN there stays out).
-    The large product has more than OPENBLAS_ONE_THREAD_MAX_WORK multiply-adds: MKL's, when it
-    is installed."""
+def test_gemm_writes_alpha_op_a_times_op_b_plus_beta_c_into_its_block_alone(
+        m, n, k, trans_a, trans_b, alpha, beta, dtype):
+    """C = alpha op(A) op(B) + beta C (alpha -lr, beta 1: a plain SGD update folded into a
+    weight-gradient product). Row-major operands at offsets in flat buffers, as the tape's
+    arenas hold them; the values around C's block are untouched, and beta = 0 does not read C
+    (NaN there stays out). The large product has more than OPENBLAS_ONE_THREAD_MAX_WORK
+    multiply-adds: MKL's, when it is installed."""
     limit = blas.OPENBLAS_ONE_THREAD_MAX_WORK
     assert 5 * 7 * 3 <= limit < 128 * 96 * 96
-    rng = np.random.default_rng(int(trans_a) * 4 + int(trans_b) * 2 + int(beta * 2))
+    rng = np.random.default_rng(int(trans_a) * 8 + int(trans_b) * 4 + int(beta * 2)
+                                + int(alpha < 0))
     a_off, b_off, c_off = 2, 5, 4
     op_a, op_b = rng.normal(size=(m, k)), rng.normal(size=(k, n))
     stored_a = op_a.T if trans_a else op_a
@@ -44,8 +46,8 @@ def test_gemm_writes_op_a_times_op_b_plus_beta_c_into_its_block_alone(m, n, k, t
     expected = C.astype(np.float64)
     block = expected[c_off : c_off + m * n].reshape(m, n)
     old = np.nan_to_num(block) if beta == 0.0 else block
-    expected[c_off : c_off + m * n] = (op_a @ op_b + beta * old).ravel()
-    _gemm(trans_a, trans_b, m, n, k, A, a_off, B, b_off, beta, C, c_off)
+    expected[c_off : c_off + m * n] = (alpha * (op_a @ op_b) + beta * old).ravel()
+    _gemm(trans_a, trans_b, m, n, k, alpha, A, a_off, B, b_off, beta, C, c_off)
     tol = 1e-5 * k if dtype == np.float32 else 1e-12 * k
     np.testing.assert_allclose(C, expected, rtol=tol, atol=tol)
 
