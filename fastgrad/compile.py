@@ -672,7 +672,8 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
             prog.tape.node_values(v)[...] = leaf.numpy()
         total, correct = _train.fit_epoch(
             arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads, prog.modes,
-            prog.fold_modes if prog.ints[_train.H_FOLD] else prog.fold_modes[:0], prog.scratch,
+            prog.fold_modes if prog.ints[_train.H_FOLD] and not anomaly_enabled()
+            else prog.fold_modes[:0], prog.scratch,
             prog.zero_spans, prog.keep_spans, prog.loss_off, opt.flat, opt.flat_grad,
             opt.kind, opt.state[0], opt.state[1], opt.state[2], opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
             X2, x_off, prog.external == 0, Yf, Yi, y_off, perm, batch_size, nfull,

@@ -381,7 +381,8 @@ def _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, r, t0
         gx = ox + t * step if xb else oc
         if not xb and nc != 2:
             _zero(grads, oc, step)
-        # (no parameter folds its update inside a loop: the bias slot stands in for c)
+        # c's values are read only to fold an SGD update (FOLD_SGD), and nothing a loop body
+        # reads is ever marked (Tape.grad_modes: mode 1 at most): the slot stands in for c
         linear_act_vjp(values[prev : prev + n], W, grads[gx : gx + step], values[cur : cur + n],
                        grads[ocout : ocout + n], grads[ocin : ocin + n], na, gW, nw,
                        grads[gx : gx + step], nc, rip, scratch, 0.0)

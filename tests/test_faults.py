@@ -351,13 +351,14 @@ def test_anomaly_mode_is_off_by_default_and_then_the_kernels_skip_the_check(monk
     kernels = importlib.import_module("fastgrad.kernels")
     fwd, bwd = kernels.replay_forward, kernels.replay_backward
     monkeypatch.setattr(kernels, "replay_forward", lambda *a: flags.append(a[-1]) or fwd(*a))
-    monkeypatch.setattr(kernels, "replay_backward", lambda *a: flags.append(a[-1]) or bwd(*a))
+    # replay_backward(..., check, lr): its check is the second last argument
+    monkeypatch.setattr(kernels, "replay_backward", lambda *a: flags.append(a[-2]) or bwd(*a))
     x = fg.tensor([1.0, -1.0], requires_grad=True)
     with np.errstate(all="ignore"):
         y = fg.sqrt(x).sum()
         assert np.isnan(y.item())
         y.backward()
-    assert flags == [False, False]
+    assert flags == [False, False] and all(f is False for f in flags)
     with fg.detect_anomaly(), pytest.raises(fg.AnomalyError):
         fg.sqrt(x).sum().item()
     assert flags[-1] is True

@@ -29,7 +29,11 @@ def train(sizes, act, batch, dtype, keep_grads, steps=4, clip=None, **sgd):
     step = fg.compile(lambda a, b: fg.cross_entropy(model(a), b), optimizer=opt,
                       keep_grads=keep_grads, clip_grad_norm=clip)
     x, y = problem(sizes, batch, dtype)
-    losses = [step(x, y) for _ in range(steps)]
+    losses = []
+    for k in range(steps):
+        if k == 2:
+            opt.lr = 0.02  # a schedule's change reaches the folded update too
+        losses.append(step(x, y))
     return losses, opt, step, model
 
 
@@ -59,18 +63,20 @@ def gradient_at(model, sizes, batch, dtype):
     return np.concatenate([g.ravel() for g in grads])
 
 
-def test_the_folded_weight_gradient_is_not_stored_and_keep_grads_stores_it_again():
-    sizes, act, batch = CASES[2]
-    _, opt, step, model = train(sizes, act, batch, np.float64, keep_grads=False, steps=1)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [1, 2], ids=CASE_IDS[1:])
+def test_the_folded_weight_gradient_is_not_stored_and_keep_grads_stores_it_again(case, dtype):
+    sizes, act, batch = CASES[case]
+    _, opt, step, model = train(sizes, act, batch, dtype, keep_grads=False, steps=1)
     opt.flat_grad[:] = np.nan
-    step(*problem(sizes, batch, np.float64))
+    step(*problem(sizes, batch, dtype))
     first_weight = opt.flat_grad[: sizes[0] * sizes[1]]
     assert np.isnan(first_weight).all()  # BLAS updated W itself; no gradient was written
     assert np.isfinite(opt.flat).all()
     step.keep_grads = True  # from the next call on
-    want = gradient_at(model, sizes, batch, np.float64)
-    step(*problem(sizes, batch, np.float64))
-    np.testing.assert_allclose(opt.flat_grad, want, rtol=1e-12, atol=1e-14)
+    want = gradient_at(model, sizes, batch, dtype)
+    step(*problem(sizes, batch, dtype))
+    np.testing.assert_allclose(opt.flat_grad, want, **tolerances(dtype))
 
 
 @pytest.mark.parametrize("option", ["momentum", "weight_decay", "clip_grad_norm",
@@ -110,15 +116,18 @@ def test_turning_momentum_on_between_steps_stops_folding_from_the_next_step():
 
 
 def test_a_layer_applied_twice_is_not_folded_and_trains_like_the_eager_engine():
+    # The inner application's input gradient reads W after the outer one's VJP: had W been
+    # updated there, the first layer's gradient would be off (by about 2e-4 here).
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(16, 4)), rng.normal(size=(16, 4))
     trained = []
     for compiled in (True, False):
+        first = fg.nn.Linear(4, 4, seed=2, dtype=np.float64)
         layer = fg.nn.Linear(4, 4, seed=3, dtype=np.float64)
-        opt = fg.optim.SGD(layer.parameters(), lr=0.1)
+        opt = fg.optim.SGD(first.parameters() + layer.parameters(), lr=0.1)
 
         def loss(a, b):
-            return fg.mse_loss(layer(fg.tanh(layer(a))), b)
+            return fg.mse_loss(layer(fg.tanh(layer(fg.tanh(first(a))))), b)
 
         step = fg.compile(loss, optimizer=opt)
         for _ in range(3):
@@ -129,9 +138,14 @@ def test_a_layer_applied_twice_is_not_folded_and_trains_like_the_eager_engine():
                 loss(fg.tensor(x), fg.tensor(y)).backward()
                 opt.step()
         if compiled:
-            assert not step._last.folds  # two consumers: the gradients add up first
+            prog = step._last
+            marked = {int(prog.tape.node_off.a[v]) for v in range(prog.tape.n_nodes)
+                      if prog.fold_modes[v] == FOLD_SGD}
         trained.append(opt.flat.copy())
     np.testing.assert_allclose(trained[0], trained[1], rtol=1e-12, atol=1e-14)
+    # the first layer folds (its weight, 16 values, and its bias, in opt.flat); the layer
+    # applied twice, with two consumers, does not
+    assert marked == {0, 16}
 
 
 def test_fit_folds_too_and_trains_like_the_step_that_keeps_every_gradient():
@@ -151,3 +165,15 @@ def test_fit_folds_too_and_trains_like_the_step_that_keeps_every_gradient():
         runs.append((hist.loss, opt.flat.copy()))
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-12)
     np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-12, atol=1e-14)
+
+
+def test_fit_inside_detect_anomaly_writes_every_gradient():
+    rng = np.random.default_rng(4)
+    X, Y = rng.normal(size=(40, 12)), rng.integers(0, 3, 40)
+    model = fg.nn.MLP([12, 16, 3], activation="relu", seed=4)
+    opt = fg.optim.SGD(model.parameters(), lr=0.1)
+    step = fg.compile(lambda a, b: fg.cross_entropy(model(a), b), optimizer=opt)
+    opt.flat_grad[:] = np.nan
+    with fg.detect_anomaly():
+        fg.fit(step, X, Y, epochs=1, batch_size=20, shuffle=False, progress=False)
+    assert np.isfinite(opt.flat_grad).all()
