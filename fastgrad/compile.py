@@ -197,11 +197,8 @@ class Program:
         overwritten = overwritten_by_vjp(tape, modes)
         spans = [(0, int(tape.node_off.a[v]), int(tape.node_size.a[v])) for v in
                  np.flatnonzero((tape.node_need.view != 0) & (kinds == 0) & ~overwritten)]
-        clear = np.ones(self.flat_size, bool)
-        for v in np.flatnonzero((kinds == 2) & overwritten):
-            clear[tape.node_off.a[v] : tape.node_off.a[v] + tape.node_size.a[v]] = False
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], clear.view(np.int8), [0]])))
-        spans += [(1, int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+        clear = _flat_runs_without(tape, self.flat_size, (kinds == 2) & overwritten)
+        spans += [(1, int(a), int(size)) for a, size in clear]
         return np.array(spans, np.int64).reshape(-1, 3)
 
     def _fold_marks(self, modes, optimizer):
@@ -224,12 +221,7 @@ class Program:
                 for v in weight_bias:
                     if kinds[v] == 2 and modes[v] == 2:
                         fold[v] = FOLD_SGD
-        keep = np.ones(self.flat_size, bool)
-        for v in np.flatnonzero(fold == FOLD_SGD):
-            keep[tape.node_off.a[v] : tape.node_off.a[v] + tape.node_size.a[v]] = False
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.view(np.int8), [0]])))
-        spans = np.array([(a, b - a) for a, b in zip(edges[::2], edges[1::2])], np.int64)
-        return fold, spans.reshape(-1, 2)
+        return fold, _flat_runs_without(tape, self.flat_size, fold == FOLD_SGD)
 
     @property
     def folds(self) -> bool:
@@ -547,12 +539,23 @@ class Compiled:
     @keep_grads.setter
     def keep_grads(self, value):
         self._keep_grads = bool(value)
-        for prog in getattr(self, "programs", {}).values():
+        for prog in self.programs.values():
             prog.allow_folding(not self._keep_grads)
 
     @property
     def parameters(self):
         return self.params
+
+
+def _flat_runs_without(tape, flat_size, nodes) -> np.ndarray:
+    """The runs of the flat parameter buffer [0, flat_size) that none of the parameter nodes
+    selected by the mask ``nodes`` covers, as rows (offset, size)."""
+    keep = np.ones(flat_size, bool)
+    for v in np.flatnonzero(nodes):
+        keep[tape.node_off.a[v] : tape.node_off.a[v] + tape.node_size.a[v]] = False
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.view(np.int8), [0]])))
+    return np.array([(a, b - a) for a, b in zip(edges[::2], edges[1::2])],
+                    np.int64).reshape(-1, 2)
 
 
 def _same_signature(signature, inputs) -> bool:
