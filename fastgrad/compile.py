@@ -57,6 +57,11 @@ class Program:
         if not out.requires_grad:
             raise fail("compile", "the loss does not depend on any parameter that requires grad",
                        "use model parameters (fg.nn.Parameter) inside the function")
+        # the memory guard (fg.set_memory_limit): the program's buffers together (its copy of
+        # the tape, the packed arrays, gradients and scratch), refused before the first is made
+        check_memory("compile", out.tape.compiled_nbytes(), f"the program traced for inputs "
+                     f"{[fmt(x.shape) for x in inputs]} needs a gradient buffer as large as its "
+                     "values; use a smaller batch, or checkpoint= in fg.scan for long loops")
         # Merges may have moved the graph onto a user's eager tape (or theirs onto ours): the
         # program rewrites its tape below, so it works on a copy and theirs stays as recorded.
         tape = self.tape = out.tape.copy()
@@ -98,14 +103,9 @@ class Program:
         self.modes = modes
         self.zero_spans = self._zero_spans(modes)
         self.fold_modes, self.keep_spans = self._fold_marks(modes, optimizer)
-        # the memory guard (fg.set_memory_limit): refuse before allocating gradients + scratch
-        check_memory("compile", (tape.values.a.size + int(tape.node_size.view.max(initial=1)))
-                     * tape.dtype.itemsize, f"the program traced for inputs "
-                     f"{[fmt(x.shape) for x in inputs]} needs a gradient buffer as large as its "
-                     "values; use a smaller batch, or checkpoint= in fg.scan for long loops")
         self.arrays = tape.arrays()
         self.kind = -1 if optimizer is None else int(optimizer.kind)
-        self._pack(tape.values.a.size, tape.scratch().size)
+        self._pack(tape.values.a.size, tape.scratch_size())
         self.logits_off, self.ncls = self._find_logits()
         self.slot_views = [None if i == self.external else tape.node_values(v)
                            for i, v in enumerate(self.slot_nodes)]

@@ -15,6 +15,9 @@ from .tensor import apply, as_tensor
 
 
 def _reduce(loss, reduction, name):
+    if not isinstance(reduction, str):
+        raise fail(name, f"reduction must be a string, got {reduction!r}",
+                   "use 'mean', 'sum' or 'none'")
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":

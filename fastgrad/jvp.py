@@ -26,7 +26,7 @@ from .opcodes import BINARY, UNARY, Op
 from .ops import TABLE, fmt
 from .reference import Reference, _strided_index
 from .tape import Tape
-from .tensor import Tensor, get_default_dtype, placeholder
+from .tensor import Tensor, get_default_dtype, placeholder, real_array
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -330,8 +330,7 @@ class Linearized:
         tangent_in, k, batched = {}, None, None
         for i, (p, t, shape, v) in enumerate(zip(prim, tans, self.shapes, self.slot_nodes)):
             p = np.asarray(p.numpy() if isinstance(p, Tensor) else p)
-            t = None if t is None else np.asarray(t.numpy() if isinstance(t, Tensor) else t,
-                                                  np.float64)
+            t = None if t is None else real_array("jvp", f"tangent {i}", t).astype(np.float64)
             if p.shape != shape:
                 raise fail("jvp", f"primal {i} has shape {fmt(p.shape)}, recorded as {fmt(shape)}",
                            "call with the shapes fn was linearized at (or call fg.jvp)")

@@ -16,26 +16,46 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
 from . import functional
 from .errors import fail
-from .ops import LINEAR_ACTIVATIONS
-from .tensor import Tensor, get_default_dtype
+from .ops import LINEAR_ACTIVATIONS, int_tuple, real
+from .tensor import Tensor, dtype_arg, get_default_dtype, guard_new, make_rng, real_array
 
 _RNG = [np.random.default_rng(0)]
 
 
 def manual_seed(seed: int):
     """Seed the generator that initialisers use when no ``seed=`` is given."""
-    _RNG[0] = np.random.default_rng(seed)
+    if seed is None or isinstance(seed, np.random.Generator):
+        raise fail("manual_seed", f"seed must be a non-negative int, got {seed!r}",
+                   "pass e.g. fg.manual_seed(0)")
+    _RNG[0] = make_rng("manual_seed", seed)
 
 
-def _rng(seed):
+def _rng(seed, op="init"):
     if seed is None:
         return _RNG[0]
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return make_rng(op, seed)
+
+
+def layer_sizes(op, **sizes) -> list:
+    """Each size as a Python int >= 1 (refusing floats, bools, strings, None, 0 and negatives)."""
+    for name, n in sizes.items():
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise fail(op, f"{name} must be an int >= 1, got {n!r}", "pass positive int sizes")
+    return [int(n) for n in sizes.values()]
+
+
+def guard_weights(op, shapes, dtype):
+    """The memory guard for a layer's parameters, before any is drawn: all of them in
+    ``dtype``, plus the largest drawn in float64 and cast (both held while casting)."""
+    sizes = [math.prod(s) for s in shapes]
+    guard_new(op, sum(sizes) * dtype.itemsize + max(sizes) * (8 + dtype.itemsize),
+              max(shapes, key=math.prod))
 
 
 class Parameter(Tensor):
@@ -93,7 +113,12 @@ class Module:
         return OrderedDict((n, np.array(p.numpy(), copy=True)) for n, p in self.named_parameters())
 
     def load_state_dict(self, state, strict=True):
-        """Copy values in place (an optimizer's flat buffer keeps seeing them)."""
+        """Copy values in place (an optimizer's flat buffer keeps seeing them).
+
+        ``state`` maps dotted names to arrays of real numbers of each parameter's shape."""
+        if not isinstance(state, Mapping):
+            raise fail("load_state_dict", f"state must be a dict of arrays by name, got "
+                       f"{type(state).__name__}", "pass model.state_dict() (or fg.load's dict)")
         mine = dict(self.named_parameters())
         missing, unexpected = set(mine) - set(state), set(state) - set(mine)
         if strict and (missing or unexpected):
@@ -103,7 +128,7 @@ class Module:
         for name, value in state.items():
             if name in mine:
                 p = mine[name]
-                value = np.asarray(value)
+                value = real_array("load_state_dict", name, value)
                 if value.shape != p.shape:
                     raise fail("load_state_dict", f"{name}: saved shape {value.shape} vs "
                                f"model shape {p.shape}", "build the model with the same sizes")
@@ -181,7 +206,7 @@ class init:  # noqa: N801 - a namespace, spelled as torch.nn.init
         >>> w.shape, round(float(w.std()), 2)
         ((10000,), 0.1)
         """
-        return _rng(seed).normal(0.0, std, shape)
+        return _rng(seed).normal(0.0, _scale("std", std), _init_shape(shape))
 
     @staticmethod
     def xavier_uniform(shape, gain=1.0, seed=None):
@@ -194,6 +219,7 @@ class init:  # noqa: N801 - a namespace, spelled as torch.nn.init
         >>> w.shape, bool(np.abs(w).max() <= np.sqrt(6 / (3 + 4)))
         ((4, 3), True)
         """
+        shape, gain = _init_shape(shape), _scale("gain", gain)
         fan_in, fan_out = init.fans(shape)
         bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
         return _rng(seed).uniform(-bound, bound, shape)
@@ -209,6 +235,7 @@ class init:  # noqa: N801 - a namespace, spelled as torch.nn.init
         >>> w.shape, round(float(w.std()), 2)
         ((200, 300), 0.06)
         """
+        shape, gain = _init_shape(shape), _scale("gain", gain)
         fan_in, fan_out = init.fans(shape)
         return _rng(seed).normal(0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), shape)
 
@@ -223,6 +250,7 @@ class init:  # noqa: N801 - a namespace, spelled as torch.nn.init
         >>> w.shape, bool(np.abs(w).max() <= np.sqrt(2.0) * np.sqrt(3 / 6))
         ((4, 6), True)
         """
+        shape, gain = _init_shape(shape), _scale("gain", gain)
         fan_in, _ = init.fans(shape)
         bound = gain * math.sqrt(3.0 / fan_in)
         return _rng(seed).uniform(-bound, bound, shape)
@@ -238,6 +266,7 @@ class init:  # noqa: N801 - a namespace, spelled as torch.nn.init
         >>> w.shape, round(float(w.std()), 2)
         ((100, 400), 0.07)
         """
+        shape, gain = _init_shape(shape), _scale("gain", gain)
         fan_in, _ = init.fans(shape)
         return _rng(seed).normal(0.0, gain / math.sqrt(fan_in), shape)
 
@@ -253,6 +282,7 @@ class init:  # noqa: N801 - a namespace, spelled as torch.nn.init
         >>> q.shape, np.allclose(q @ q.T, np.eye(3))
         ((3, 5), True)
         """
+        shape, gain = _init_shape(shape), _scale("gain", gain)
         rows, cols = shape[0], math.prod(shape[1:])
         a = _rng(seed).normal(0.0, 1.0, (max(rows, cols), min(rows, cols)))
         q, r = np.linalg.qr(a)
@@ -266,6 +296,33 @@ class init:  # noqa: N801 - a namespace, spelled as torch.nn.init
         """torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
         bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
         return _rng(seed).uniform(-bound, bound, shape)
+
+
+def _bound(op, what, value) -> float:
+    """A clipping bound: a real number >= 0 (inf allowed: no clipping); a negative bound would
+    flip or cross the gradients, NaN would make them NaN."""
+    value = real(op, what, value)
+    if not value >= 0:
+        raise fail(op, f"{what} must be >= 0, got {value}", f"pass e.g. {what}=1.0")
+    return value
+
+
+def _scale(what, value) -> float:
+    """An initialiser's std or gain: a finite real number >= 0."""
+    value = real("init", what, value)
+    if not (math.isfinite(value) and value >= 0):
+        raise fail("init", f"{what} must be finite and >= 0, got {value}",
+                   f"pass e.g. {what}=0.01" if what == "std" else f"pass e.g. {what}=1.0")
+    return value
+
+
+def _init_shape(shape) -> tuple:
+    """An initialiser's weight shape: ints >= 1 (at least one axis), guarded in float64."""
+    shape = int_tuple("init", "shape", shape, minimum=1)
+    if not shape:
+        raise fail("init", "a weight needs at least one axis", "pass e.g. shape=(out, in)")
+    guard_new("init", math.prod(shape) * 8, shape)
+    return shape
 
 
 INITS = ("default", "normal", "xavier_uniform", "xavier_normal", "kaiming_uniform",
@@ -284,6 +341,9 @@ def make_weight(shape, method="default", activation=None, std=0.01, seed=None):
     >>> w.shape, bool(np.abs(w).max() <= 5 / 3 * np.sqrt(6 / (3 + 4)))
     ((4, 3), True)
     """
+    if not isinstance(method, str) or method not in INITS:
+        raise fail("init", f"unknown initialiser {method!r}", f"use one of {INITS}")
+    std = _scale("std", std)
     if method == "default":
         return init.pytorch_default(shape, shape[1], seed)
     if method == "normal":
@@ -302,11 +362,12 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, init="default", activation=None,
                  std=0.01, seed=None, dtype=None):
         super().__init__()
-        if in_features <= 0 or out_features <= 0:
-            raise fail("Linear", f"sizes must be positive, got {in_features} -> {out_features}",
-                       "pass positive layer sizes")
-        dtype = np.dtype(dtype or get_default_dtype())
-        rng = _rng(seed)
+        in_features, out_features = layer_sizes("Linear", in_features=in_features,
+                                                out_features=out_features)
+        dtype = dtype_arg("Linear", dtype, floats_only=True)
+        guard_weights("Linear", [(out_features, in_features)] + ([(out_features,)] if bias else []),
+                      dtype)
+        rng = _rng(seed, "Linear")
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(
             make_weight((out_features, in_features), init, activation, std, rng).astype(dtype))
@@ -467,10 +528,15 @@ class MLP(Module):
     def __init__(self, sizes, activation="relu", bias=True, init="default", std=0.01,
                  out_activation=None, seed=None, dtype=None):
         super().__init__()
-        if len(sizes) < 2:
+        if isinstance(sizes, (int, np.integer)) or len(int_tuple("MLP", "sizes", sizes)) < 2:
             raise fail("MLP", f"needs at least input and output sizes, got {sizes}",
                        "pass e.g. [784, 128, 10]")
-        rng = _rng(seed)
+        for what, act in (("activation", activation), ("out_activation", out_activation)):
+            if not (isinstance(act, str) and act in functional.ACTIVATIONS) and not (
+                    act is None and what == "out_activation"):
+                raise fail("MLP", f"unknown {what} {act!r}",
+                           f"use one of {sorted(functional.ACTIVATIONS)}")
+        rng = _rng(seed, "MLP")
         self.layers = Sequential(*[
             Linear(a, b, bias=bias, init=init, activation=activation, std=std, seed=rng,
                    dtype=dtype) for a, b in zip(sizes[:-1], sizes[1:])])
@@ -519,6 +585,7 @@ class utils:  # noqa: N801 - spelled as torch.nn.utils
     @staticmethod
     def clip_grad_norm_(parameters, max_norm):
         """Scale grads by max_norm / (total_norm + 1e-6) when that is < 1; return total_norm."""
+        max_norm = _bound("clip_grad_norm_", "max_norm", max_norm)
         grads = [p.grad for p in parameters if p.grad is not None]
         total = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads))
         coef = max_norm / (total + 1e-6)
@@ -540,6 +607,7 @@ class utils:  # noqa: N801 - spelled as torch.nn.utils
         >>> p.grad
         array([-1. ,  0.5,  1. ])
         """
+        clip_value = _bound("clip_grad_value_", "clip_value", clip_value)
         for p in parameters:
             if p.grad is not None:
                 np.clip(p.grad, -clip_value, clip_value, out=p.grad)
@@ -566,13 +634,14 @@ class _Recurrent(Module):
                  seed=None, dtype=None, stack_outputs=True):
         super().__init__()
         self.stack_outputs = stack_outputs
-        if input_size <= 0 or hidden_size <= 0:
-            raise fail(type(self).__name__, f"sizes must be positive, got input {input_size}, "
-                       f"hidden {hidden_size}", "pass positive sizes")
-        dtype = np.dtype(dtype or get_default_dtype())
-        rng = _rng(seed)
+        op = type(self).__name__
+        input_size, hidden_size = layer_sizes(op, input_size=input_size, hidden_size=hidden_size)
+        dtype = dtype_arg(op, dtype, floats_only=True)
         bound = 1.0 / math.sqrt(hidden_size)
         g = self.gates * hidden_size
+        guard_weights(op, [(g, input_size), (g, hidden_size)] + [(g,)] * (2 if bias else 0),
+                      dtype)
+        rng = _rng(seed, op)
 
         def uniform(*shape):
             return Parameter(rng.uniform(-bound, bound, shape).astype(dtype))

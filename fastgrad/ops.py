@@ -117,6 +117,15 @@ def int_tuple(name, what, values, minimum=None):
     return items
 
 
+def flag(name, what, value) -> bool:
+    """``value`` as a bool: True/False (NumPy's too) or the ints 0 and 1; anything else (a
+    string, None, an array whose truth is ambiguous) is refused rather than read as truthy."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
+                                               and value in (0, 1)):
+        return bool(value)
+    raise fail(name, f"{what} must be True or False, got {value!r}", f"pass {what}=True or False")
+
+
 def real(name, what, value) -> float:
     """``value`` as a float, refusing strings, None, sequences and complex numbers."""
     if not isinstance(value, (numbers.Real, np.integer, np.floating)):
@@ -151,6 +160,7 @@ def where_rule(name, shapes):
 
 def reduce_rule(name, shapes, axis=None, keepdims=False):
     shape = shapes[0]
+    keepdims = flag(name, "keepdims", keepdims)
     if axis is None:
         out = tuple(1 for _ in shape) if keepdims else ()
         outer, n, inner = 1, math.prod(shape), 1

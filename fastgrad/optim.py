@@ -21,7 +21,7 @@ import numpy as np
 from . import kernels
 from .errors import fail
 from .kernels import optim as _k
-from .tensor import Tensor
+from .tensor import Tensor, guard_new
 
 
 class Options(dict):
@@ -101,6 +101,8 @@ class Optimizer:
         sizes = [p.size for p in params]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         # one block, so that a compiled step passes its native entry one array, not five
+        guard_new(type(self).__name__, 5 * int(self.offsets[-1]) * self.dtype.itemsize,
+                  (5, int(self.offsets[-1])))
         self._buffers = np.zeros((5, int(self.offsets[-1])), self.dtype)
         self._flat, self._flat_grad = self._buffers[0], self._buffers[1]
         self._state = tuple(self._buffers[2:])

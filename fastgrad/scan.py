@@ -30,7 +30,27 @@ _LIMIT = [None]  # user memory limit in bytes for buffers a tape allocates
 
 
 def set_memory_limit(nbytes):
-    """Cap the buffers a scan may allocate (None: the machine's available memory)."""
+    """Cap the memory fastgrad allocates for one structure, in bytes (None: the machine's
+    available memory, the default).
+
+    The guard counts what is really allocated, before allocating it: a tape's buffers together
+    (value and integer arenas at their capacity, the copy made while one grows, gradients and
+    scratch), a compiled program's buffers together, a scan's store, one array made by
+    ``fg.zeros``/``ones``/``randn``/``arange`` or a layer's weights. ``nbytes`` must be a
+    positive int (``1 << 30``, ``int(1e9)``); floats, strings and booleans are refused.
+
+    >>> import fastgrad as fg
+    >>> fg.set_memory_limit(1 << 20)        # 1 MiB
+    >>> fg.zeros(1 << 20)                   # 8 MiB of float64  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    fastgrad.errors.FastgradError: zeros: needs 0.01 GiB of buffers but only 0.00 GiB are ...
+    >>> fg.set_memory_limit(None)           # back to the available memory
+    """
+    if nbytes is not None and (isinstance(nbytes, (bool, np.bool_))
+                               or not isinstance(nbytes, (int, np.integer)) or nbytes <= 0):
+        raise fail("set_memory_limit", f"nbytes must be a positive int number of bytes or None, "
+                   f"got {nbytes!r}", "pass e.g. 1 << 30 for 1 GiB (int(1e9) for a float), "
+                   "or None for the available memory")
     _LIMIT[0] = None if nbytes is None else int(nbytes)
 
 
@@ -45,9 +65,14 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def check_memory(what, nbytes, fix):
-    """Raise before allocating ``nbytes`` past the user limit or the available memory."""
-    limit = _LIMIT[0] if _LIMIT[0] is not None else available_memory()
+def check_memory(what, nbytes, fix, held=0):
+    """Raise before allocating ``nbytes`` for a structure already holding ``held`` bytes: past
+    the user limit (which bounds the structure: held + nbytes) or past the available memory
+    (which the held bytes are already out of: nbytes)."""
+    if _LIMIT[0] is not None:
+        nbytes, limit = held + nbytes, _LIMIT[0]
+    else:
+        limit = available_memory()
     if nbytes > limit:
         raise fail(what, f"needs {nbytes / 2**30:.2f} GiB of buffers but only "
                    f"{limit / 2**30:.2f} GiB are {'allowed' if _LIMIT[0] else 'available'}", fix)
@@ -152,9 +177,10 @@ def _interval(checkpoint, T):
         return 0
     if isinstance(checkpoint, Binomial):
         return -max(1, min(checkpoint.slots, T - 1))  # more than T - 1 slots are never used
-    if checkpoint == "sqrt":
+    if isinstance(checkpoint, str) and checkpoint == "sqrt":
         return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
-    if isinstance(checkpoint, int) and not isinstance(checkpoint, bool) and checkpoint > 0:
+    if isinstance(checkpoint, (int, np.integer)) and not isinstance(checkpoint, (bool, np.bool_)) \
+            and checkpoint > 0:
         return int(checkpoint)
     raise fail("scan", f"unknown checkpoint {checkpoint!r}",
                "use checkpoint=None, 'sqrt', a segment length k > 0 or fg.Binomial(slots=s)")
@@ -190,6 +216,16 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
 
     Returns the final carry (same structure as init), or (stacked, final carry) with stack=True.
     """
+    if not callable(step):
+        raise fail("scan", f"step must be a function (carry, x_t) -> carry, got "
+                   f"{type(step).__name__}", "pass e.g. lambda h, x: h * w + x")
+    if length is not None and (isinstance(length, (bool, np.bool_))
+                               or not isinstance(length, (int, np.integer)) or length < 1):
+        raise fail("scan", f"length must be an int >= 1 or None, got {length!r}",
+                   "pass the number of steps as an int, or xs of shape (T, ...)")
+    if not isinstance(stack, (bool, np.bool_)):
+        raise fail("scan", f"stack must be True or False, got {stack!r}", "pass stack=True")
+    length = None if length is None else int(length)
     single = not isinstance(init, (tuple, list))
     carries = [as_tensor(c) for c in ([init] if single else init)]
     for c in carries:
@@ -211,6 +247,7 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     if T is None or T < 1 or (length is not None and x is not None and length != T):
         raise fail("scan", f"needs T >= 1 steps (xs {fmt(x.shape) if x is not None else None}, "
                    f"length {length})", "pass xs with T >= 1 rows or length=T")
+    _interval(checkpoint, T)  # refuse a bad checkpoint before recording anything
     floats = {t.dtype for t in carries + ([x] if x is not None else []) if t.dtype.kind == "f"}
     if len(floats) > 1:
         raise fail("scan", f"carries and xs mix dtypes {sorted(map(str, floats))}",
@@ -232,9 +269,30 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     init_nodes = [_import(tape, c, 0, not grad_on) for c in carries]
     x_node = _import(tape, x, 0, not grad_on) if x is not None else -1
     tape.flush()
-    # --- record the body, once
+    # --- record the body, once; a failure on the way takes the loop back off the tape
     marker = tape.record(Op.SCAN_BEGIN, [init_nodes[0]], (0,), [-1], [], False)
     marker_row = tape.n_rows - 1
+    try:
+        finals, stacked, need = _record_loop(tape, step, single, carries, x, x_node,
+                                             init_nodes, marker_row, T, dtype, grad_on,
+                                             checkpoint, stack)
+    except BaseException:
+        if tape.n_rows > marker_row and tape.ops.a[marker_row] == Op.SCAN_BEGIN and \
+                not (tape.scan_rows and tape.scan_rows[-1] > marker_row):
+            tape.remove_row(marker_row)  # the body rows stay, as plain rows on init and xs[0]
+        raise
+    results = [Tensor._on_tape(tape, f, need) for f in finals]
+    final = results[0] if single else tuple(results)
+    if stack:
+        return Tensor._on_tape(tape, stacked, need), final
+    return final
+
+
+def _record_loop(tape, step, single, carries, x, x_node, init_nodes, marker_row, T, dtype,
+                 grad_on, checkpoint, stack):
+    """Record the body of fg.scan after its SCAN_BEGIN row, then the SCAN row; returns the
+    final carries' nodes, the stacked output's node (-1 without stack) and whether they need
+    gradients."""
     first_node = tape.n_nodes
     slots = []
     for c, v in zip(carries, init_nodes):
@@ -300,7 +358,7 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
                  * (2 if need else 1) + (8 * (4 - k) if k < 0 else 0),
                  f"T={T} steps keep {size} values each; pass checkpoint='sqrt' (or a smaller "
                  "segment k) to keep about sqrt(T) steps, or checkpoint=fg.Binomial(slots=s) "
-                 "to keep s carries, or shorten T")
+                 "to keep s carries, or shorten T", held=tape.nbytes())
     store = tape.add_node((n_store,), label="scan store")
     ckpt = tape.add_node((n_ckpt,), label="scan checkpoints")
     sched = tape.add_node((4 - k,), kind=1, label="scan schedule") if k < 0 else -1
@@ -323,12 +381,8 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     tape.iparams.a[tape.ip_ptr.a[marker_row]] = row  # the marker now skips to the SCAN row
     tape.scan_rows.append(row)
     tape.n_done = min(tape.n_done, marker_row)
-    del marker, out0
-    results = [Tensor._on_tape(tape, f, need) for f in finals]
-    final = results[0] if single else tuple(results)
-    if stack:
-        return Tensor._on_tape(tape, stacked, need), final
-    return final
+    del out0
+    return finals, stacked, need
 
 
 def truncated_bptt(model, init, xs, targets, k1, k2, loss, optimizer, clip_grad_norm=None,

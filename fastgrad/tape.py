@@ -32,14 +32,18 @@ Example, f = (x + y) * z on scalars:
     %4 = mul %2 %3 : f64[]
 
 Arrays grow by amortised doubling. A tape holds one float dtype; mixing float32 and float64
-operands is an error at record time (no silent promotion). Growing past fg.set_memory_limit (or
-the available memory) is an error before the allocation. ``fg.save`` writes these arrays, and
-``fastgrad.io.validate_tape`` checks every invariant above before a loaded tape reaches a kernel.
+operands is an error at record time (no silent promotion). The memory guard counts the tape's
+buffers together at the capacity they are allocated with (and, while an array grows, its old
+buffer too): growing past fg.set_memory_limit (or the available memory) is an error before the
+allocation, and a doubling that would pass the limit grows only as far as it allows.
+``fg.save`` writes these arrays, and ``fastgrad.io.validate_tape`` checks every invariant
+above before a loaded tape reaches a kernel.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
@@ -49,19 +53,30 @@ from .opcodes import Op
 from .ops import fmt
 
 
-class _Grow:
-    """An int64 or float array with amortised-doubling append."""
+_TAPE_FIX = "use smaller shapes or batches (or raise fg.set_memory_limit)"
 
-    __slots__ = ("a", "n")
+
+class _Grow:
+    """An int64 or float array with amortised-doubling append.
+
+    ``owner`` (a weak reference to the Tape holding it, set by ``Tape.__setattr__``) lets the
+    memory guard see the tape's other buffers when this one grows.
+    """
+
+    __slots__ = ("a", "n", "owner")
 
     def __init__(self, dtype, cap=16):
         self.a = np.zeros(cap, dtype)
         self.n = 0
+        self.owner = None
 
-    def reserve(self, k):
+    def reserve(self, k, what="tape", fix=_TAPE_FIX):
         need = self.n + k
         if need > self.a.size:
             cap = max(need, 2 * self.a.size)
+            tape = self.owner() if self.owner is not None else None
+            if tape is not None:
+                cap = tape.growth_capacity(self, need, cap, what, fix)
             b = np.zeros(cap, self.a.dtype)
             b[: self.n] = self.a[: self.n]
             self.a = b
@@ -85,6 +100,12 @@ class _Grow:
         new = _Grow(self.a.dtype, 0)
         new.a, new.n = self.a.copy(), self.n
         return new
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, _Grow):
+        return value.a.nbytes
+    return value.nbytes if isinstance(value, np.ndarray) else 0
 
 
 class Tape:
@@ -128,6 +149,36 @@ class Tape:
         self.merged_into: Tape | None = None
         self.node_shift = 0
 
+    def __setattr__(self, name, value):
+        if isinstance(value, _Grow):  # the guard sees the whole tape when one array grows
+            value.owner = weakref.ref(self)
+        object.__setattr__(self, name, value)
+
+    def nbytes(self) -> int:
+        """Bytes of every buffer the tape holds (arrays at their capacity, gradients, scratch;
+        not the parameter arena, which belongs to the optimizer)."""
+        return sum(_nbytes(v) for k, v in vars(self).items()
+                   if k not in ("param_arena", "param_grads", "external"))
+
+    def growth_capacity(self, grow, need, cap, what, fix) -> int:
+        """The capacity array ``grow`` (of this tape) may grow to: ``cap`` (doubling), less if
+        the memory limit allows less, never below ``need``; past the limit a FastgradError.
+
+        While growing, the old buffer and the new one are both held, so the guard counts the
+        tape's bytes as they are (old buffer included) plus the new buffer."""
+        from .scan import _LIMIT, available_memory
+
+        item = grow.a.itemsize
+        if _no_limit_below(cap * item):
+            return cap
+        held = self.nbytes()
+        # a user limit bounds the whole tape; the available memory, the new buffer
+        room = (_LIMIT[0] - held if _LIMIT[0] is not None else available_memory()) // item
+        if need > room:
+            guard_memory(what, need * item, fix, held=held)
+            room = need  # the guard passed (the available memory went up meanwhile)
+        return max(need, min(cap, room))
+
     def copy(self) -> "Tape":
         """An independent copy: arrays, node table and bookkeeping copied, leaf tensors shared.
 
@@ -144,6 +195,7 @@ class Tape:
         for name, value in vars(self).items():
             if isinstance(value, _Grow):
                 value = value.copy()
+                value.owner = weakref.ref(new)
             elif isinstance(value, np.ndarray):
                 value = value.copy()
             elif isinstance(value, (list, dict)):
@@ -168,12 +220,10 @@ class Tape:
             off = int(self.node_off.a[alias_of])
         else:
             arena = self.values if kind == 0 else self.ivalues
-            if arena.n + size > arena.a.size:  # growing: refuse what cannot fit, before allocating
-                guard_memory(what or label or "tape", (arena.n + size) * arena.a.itemsize,
-                             f"a result of shape {fmt(shape)} does not fit; use smaller shapes "
-                             "or batches (or raise fg.set_memory_limit)")
             off = arena.n
-            arena.reserve(size)
+            # growing: refuse what cannot fit (the guard counts the whole tape) before allocating
+            arena.reserve(size, what or label or "tape",
+                          f"a result of shape {fmt(shape)} does not fit; " + _TAPE_FIX)
             arena.n += size
         v = self.n_nodes
         self.node_off.append(off)
@@ -220,6 +270,25 @@ class Tape:
         self.producer[out] = self.n_rows - 1
         return out
 
+    def remove_row(self, r):
+        """Delete row ``r``: its operands and attributes go, later rows move up by one and its
+        output node stays as an input without a producer. ``fg.scan`` takes back its
+        SCAN_BEGIN row with it when the step function fails, so the tape stays valid."""
+        n, out = self.n_rows, int(self.outs.a[r])
+        for items, ptr in ((self.in_idx, self.in_ptr), (self.iparams, self.ip_ptr),
+                           (self.fparams, self.fp_ptr)):
+            lo, hi = int(ptr.a[r]), int(ptr.a[r + 1])
+            items.a[lo : items.n - (hi - lo)] = items.a[hi : items.n].copy()
+            items.n -= hi - lo
+            ptr.a[r + 1 : n] = ptr.a[r + 2 : n + 1] - (hi - lo)
+            ptr.n -= 1
+        for column in (self.ops, self.outs):
+            column.a[r : n - 1] = column.a[r + 1 : n].copy()
+            column.n -= 1
+        self.producer = {v: row - (row > r) for v, row in self.producer.items() if v != out}
+        self.scan_rows = [row - (row > r) for row in self.scan_rows]
+        self.n_done -= self.n_done > r
+
     # ------------------------------------------------------------------ replay
     def arrays(self):
         """The tape as the tuple the replay kernels take."""
@@ -245,7 +314,7 @@ class Tape:
         if self.grads is None or self.grads.size < self.values.a.size:
             guard_memory("backward", self.values.a.size * self.dtype.itemsize,
                          "the gradient buffer mirrors the tape's values; use smaller batches, "
-                         "or checkpoint= in fg.scan for long loops")
+                         "or checkpoint= in fg.scan for long loops", held=self.nbytes())
             self.grads = np.zeros(self.values.a.size, self.dtype)
         else:
             self.grads[: self.values.n] = 0
@@ -281,12 +350,29 @@ class Tape:
         """A work buffer as large as the largest node, plus the largest LINEAR_ACT output (its
         VJP keeps the pre-activation gradient there while the matmul VJP uses the rest), kept:
         kernels must not allocate."""
+        size = self.scratch_size()
+        if self._scratch is None or self._scratch.size < size:
+            guard_memory("backward", size * self.dtype.itemsize,
+                         "the scratch buffer is as large as the largest node; " + _TAPE_FIX,
+                         held=self.nbytes())
+            self._scratch = np.zeros(size, self.dtype)
+        return self._scratch
+
+    def scratch_size(self) -> int:
+        """Elements of the scratch buffer (see ``scratch``), at least 1."""
         size = int(self.node_size.view.max()) if self.n_nodes else 1
         fused = self.outs.view[self.ops.view == Op.LINEAR_ACT]
         size += int(self.node_size.a[fused].max()) if fused.size else 0
-        if self._scratch is None or self._scratch.size < size:
-            self._scratch = np.zeros(max(size, 1), self.dtype)
-        return self._scratch
+        return max(size, 1)
+
+    def compiled_nbytes(self) -> int:
+        """Bytes a compiled program built from this tape holds (fastgrad/compile.py): its copy
+        of the tape, the tape's integer arrays packed (cast, then concatenated) and one float
+        buffer of float attributes, gradients (as many as values) and scratch."""
+        ints = sum(g.a.nbytes for g in vars(self).values()
+                   if isinstance(g, _Grow) and g.a.dtype != self.dtype)
+        floats = self.fparams.a.size + self.values.a.size + self.scratch_size()
+        return self.nbytes() + 2 * ints + floats * self.dtype.itemsize
 
     def node_grad(self, v) -> np.ndarray:
         off = int(self.node_off.a[v])
@@ -388,14 +474,22 @@ class Tape:
 _CHECK_FROM = 1 << 26  # below 64 MiB only a user limit (fg.set_memory_limit) is checked
 
 
-def guard_memory(what, nbytes, fix):
-    """Raise FastgradError before an allocation of ``nbytes`` that exceeds fg.set_memory_limit
-    or the available memory (fg.scan's check). Small requests skip reading /proc/meminfo."""
-    from .scan import _LIMIT, check_memory
+def _no_limit_below(nbytes) -> bool:
+    """True when ``nbytes`` need no check: no user limit and below _CHECK_FROM."""
+    from .scan import _LIMIT
 
-    if _LIMIT[0] is None and nbytes < _CHECK_FROM:
+    return _LIMIT[0] is None and nbytes < _CHECK_FROM
+
+
+def guard_memory(what, nbytes, fix, held=0):
+    """Raise FastgradError before allocating ``nbytes`` for a structure (a tape, a program, an
+    array) that already holds ``held``: past fg.set_memory_limit (held + nbytes) or the
+    available memory (nbytes). Small requests skip reading /proc/meminfo."""
+    from .scan import check_memory
+
+    if _no_limit_below(nbytes):
         return
-    check_memory(what, nbytes, fix)
+    check_memory(what, nbytes, fix, held)
 
 
 # anomaly mode lives in autodiff; imported lazily to keep this module the format's owner

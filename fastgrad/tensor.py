@@ -16,14 +16,16 @@ import inspect
 import math
 import numbers
 import threading
+import warnings
 
 import numpy as np
 
 from .errors import fail
 from .opcodes import Op
-from .ops import TABLE, fmt, int_tuple, normalize_axis, real
+from .ops import TABLE, flag, fmt, int_tuple, normalize_axis, real
 from .tape import Tape, guard_memory
 
+_flag = flag  # requires_grad_'s argument is named flag, as PyTorch's
 _state = threading.local()
 _DEFAULT_DTYPE = [np.dtype(np.float64)]
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -47,10 +49,7 @@ def set_default_dtype(dtype):
     >>> fg.get_default_dtype()
     dtype('float64')
     """
-    dtype = np.dtype(dtype)
-    if dtype not in FLOAT_DTYPES:
-        raise fail("set_default_dtype", f"unsupported dtype {dtype}", "use float32 or float64")
-    _DEFAULT_DTYPE[0] = dtype
+    _DEFAULT_DTYPE[0] = dtype_arg("set_default_dtype", dtype, floats_only=True)
 
 
 @contextlib.contextmanager
@@ -234,7 +233,7 @@ class Tensor:
         return Tensor(np.array(self.numpy()))
 
     def astype(self, dtype) -> "Tensor":
-        dtype = np.dtype(dtype)
+        dtype = dtype_arg("astype", dtype)
         if self._tape is not None and self.requires_grad and dtype != self.dtype:
             raise fail("astype", f"cannot cast a recorded {self.dtype} tensor to {dtype}",
                        "a tape holds one dtype: build the graph in the dtype you need, or "
@@ -243,6 +242,7 @@ class Tensor:
                       and dtype in FLOAT_DTYPES and self._tape is None)
 
     def requires_grad_(self, flag=True) -> "Tensor":
+        flag = _flag("requires_grad_", "flag", flag)
         if self._tape is not None:
             raise fail("requires_grad_", "only leaf tensors can be switched",
                        "call it on a tensor made by fg.tensor, or detach() first")
@@ -273,10 +273,7 @@ class Tensor:
                            "same shape")
             seed = np.ones(self.shape, self.dtype)
         else:
-            seed = np.asarray(grad.numpy() if isinstance(grad, Tensor) else grad, self.dtype)
-            if seed.shape != self.shape:
-                raise fail("backward", f"seed gradient of shape {fmt(seed.shape)} for a tensor "
-                           f"of shape {fmt(self.shape)}", "pass grad with the tensor's shape")
+            seed = _seed_values(grad, self)
         if self._tape is None:  # a leaf: d self / d self = seed
             _accumulate(self, seed)
             return
@@ -428,6 +425,41 @@ class Tensor:
         return getitem(self, key)
 
 
+def real_array(op, what, value) -> np.ndarray:
+    """``value`` (a tensor, array, nested list or number) as an array of real numbers (floats,
+    ints or bools; no copy when it is one already). Strings, objects (None inside a list),
+    complex numbers and ragged lists are refused rather than cast.
+
+    >>> real_array("backward", "grad", [1, 2])
+    array([1, 2])
+    """
+    if isinstance(value, Tensor):
+        return value.numpy()
+    try:
+        values = np.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise fail(op, f"{what} is not an array of numbers ({e})",
+                   "pass a tensor or an array of real numbers") from None
+    if values.dtype.kind not in "fiub":
+        raise fail(op, f"{what} has dtype {values.dtype} (shape {fmt(values.shape)})",
+                   "pass real numbers (floats, ints), as a tensor or an array")
+    return values
+
+
+def _seed_values(grad, out) -> np.ndarray:
+    """``backward``'s seed ``grad`` as a new array of ``out``'s shape and dtype.
+
+    Like PyTorch's ``grad`` argument: any real numbers (a tensor, of any tape, an array, a list,
+    a number) of exactly ``out``'s shape, cast to its dtype; complex, strings, objects (None
+    inside a list) and other shapes are refused rather than cast or broadcast.
+    """
+    values = real_array("backward", "the seed grad", grad)
+    if values.shape != out.shape:
+        raise fail("backward", f"seed gradient of shape {fmt(values.shape)} for a tensor "
+                   f"of shape {fmt(out.shape)}", "pass grad with the tensor's shape")
+    return np.array(values, dtype=out.dtype, copy=True)  # never a view into a tape's arena
+
+
 def _accumulate(leaf, g):
     g = np.asarray(g, leaf.dtype)
     if leaf.grad is None:
@@ -446,7 +478,15 @@ def tensor(data, dtype=None, requires_grad=False) -> Tensor:
     """
     if isinstance(data, Tensor):
         data = data.numpy()
-    a = np.array(data, dtype=dtype, copy=True)
+    requires_grad = flag("tensor", "requires_grad", requires_grad)
+    if dtype is not None:
+        dtype = dtype_arg("tensor", dtype)
+    try:
+        a = np.array(data, dtype=dtype, copy=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise fail("tensor", f"cannot make an array of {type(data).__name__} data"
+                   + (f" as {dtype}" if dtype is not None else "") + f" ({e})",
+                   "pass numbers or (nested, rectangular) lists or arrays of them") from None
     if dtype is None and a.dtype.kind == "f" and a.dtype not in FLOAT_DTYPES:
         a = a.astype(get_default_dtype())
     if dtype is None and not isinstance(data, np.ndarray) and a.dtype == np.float64:
@@ -458,8 +498,21 @@ def tensor(data, dtype=None, requires_grad=False) -> Tensor:
 
 
 def from_numpy(array) -> Tensor:
-    """A leaf sharing ``array``'s memory (no copy), like torch.from_numpy."""
-    return Tensor(np.asarray(array))
+    """A leaf sharing ``array``'s memory (no copy), like torch.from_numpy.
+
+    ``array`` must be a NumPy array of numbers (floats, integers or booleans).
+
+    >>> import fastgrad as fg, numpy as np
+    >>> fg.from_numpy(np.arange(3.0)).shape
+    (3,)
+    """
+    if not isinstance(array, np.ndarray):
+        raise fail("from_numpy", f"expects a NumPy array, got {type(array).__name__}",
+                   "pass np.asarray(data), or use fg.tensor(data) to copy")
+    if array.dtype.kind not in "fiub":
+        raise fail("from_numpy", f"unsupported dtype {array.dtype}", "pass an array of numbers "
+                   "(float32/float64 values, integer indices or labels)")
+    return Tensor(array)
 
 
 def as_tensor(x, dtype=None) -> Tensor:
@@ -482,18 +535,72 @@ def as_tensor(x, dtype=None) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if isinstance(x, np.ndarray):
+        dtype = None if dtype is None else dtype_arg("as_tensor", dtype)
         return Tensor(x if dtype is None or x.dtype == dtype else x.astype(dtype))
     return tensor(x, dtype=dtype)
 
 
-def _check_new(what, shape, dtype):
-    """The memory guard for a new array (NumPy reports malformed shapes itself)."""
+def dtype_arg(op, dtype, floats_only=False) -> np.dtype:
+    """``dtype`` as a NumPy dtype fastgrad can hold (None: the default float dtype).
+
+    Floats are float32 or float64; unless ``floats_only``, integers and booleans are allowed too
+    (labels, indices, masks). Anything else (float16, complex, strings, objects, names NumPy
+    does not know) is a FastgradError naming ``op``.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> dtype_arg("zeros", "float32"), dtype_arg("zeros", None)
+    (dtype('float32'), dtype('float64'))
+    """
+    if dtype is None:
+        return get_default_dtype()
     try:
-        n = math.prod(int(s) for s in shape)
+        with warnings.catch_warnings():  # NumPy's deprecated aliases ("a") are refused below
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dt = np.dtype(dtype)
     except (TypeError, ValueError):
-        return
-    guard_memory(what, n * np.dtype(dtype or get_default_dtype()).itemsize,
-                 f"shape {fmt(tuple(shape))} does not fit; use a smaller shape")
+        dt = None
+    allowed = "f" if floats_only else "fiub"
+    if dt is None or dt.kind not in allowed or (dt.kind == "f" and dt not in FLOAT_DTYPES):
+        raise fail(op, f"unsupported dtype {dtype!r}", "use np.float32 or np.float64" +
+                   ("" if floats_only else " (or an integer dtype for indices and labels)"))
+    return dt
+
+
+def shape_arg(op, shape) -> tuple:
+    """A creation function's ``*shape`` (ints, or one tuple/list/array of them) as a tuple of
+    non-negative Python ints; floats, bools, strings, None and negative sizes are refused.
+
+    >>> shape_arg("zeros", (2, 3)), shape_arg("zeros", ((2, 3),)), shape_arg("zeros", ())
+    ((2, 3), (2, 3), ())
+    """
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, np.ndarray)):
+        shape = shape[0]
+    return int_tuple(op, "shape", shape, minimum=0)
+
+
+def make_rng(op, seed) -> np.random.Generator:
+    """``seed`` (None, a non-negative int or sequence of them, or a Generator) as a Generator."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, (bool, np.bool_, float, str, bytes)):
+        raise fail(op, f"seed must be an int, a np.random.Generator or None, got {seed!r}",
+                   "pass seed=0 (any non-negative int)")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise fail(op, f"seed must be an int, a np.random.Generator or None, got {seed!r} "
+                   f"({e})", "pass seed=0 (any non-negative int)") from None
+
+
+def guard_new(op, nbytes, shape):
+    """The memory guard for a new array of ``shape`` whose making holds ``nbytes``."""
+    guard_memory(op, nbytes, f"shape {fmt(tuple(shape))} does not fit; use a smaller shape "
+                 "(or raise fg.set_memory_limit)")
+
+
+def _creation_args(op, shape, dtype, requires_grad, floats_only=False):
+    flag(op, "requires_grad", requires_grad)
+    return shape_arg(op, shape), dtype_arg(op, dtype, floats_only)
 
 
 def zeros(*shape, dtype=None, requires_grad=False) -> Tensor:
@@ -505,9 +612,9 @@ def zeros(*shape, dtype=None, requires_grad=False) -> Tensor:
     >>> fg.zeros((2,), requires_grad=True)
     tensor([0., 0.], requires_grad=True)
     """
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    _check_new("zeros", shape, dtype)
-    return Tensor(np.zeros(shape, dtype or get_default_dtype()), requires_grad)
+    shape, dtype = _creation_args("zeros", shape, dtype, requires_grad)
+    guard_new("zeros", math.prod(shape) * dtype.itemsize, shape)
+    return Tensor(np.zeros(shape, dtype), requires_grad)
 
 
 def ones(*shape, dtype=None, requires_grad=False) -> Tensor:
@@ -519,25 +626,77 @@ def ones(*shape, dtype=None, requires_grad=False) -> Tensor:
     >>> fg.ones((2,), dtype=np.float32).numpy()
     array([1., 1.], dtype=float32)
     """
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    _check_new("ones", shape, dtype)
-    return Tensor(np.ones(shape, dtype or get_default_dtype()), requires_grad)
+    shape, dtype = _creation_args("ones", shape, dtype, requires_grad)
+    guard_new("ones", math.prod(shape) * dtype.itemsize, shape)
+    return Tensor(np.ones(shape, dtype), requires_grad)
+
+
+_RANDN_CHUNK = 1 << 16  # float64 draws per chunk when making float32 samples
 
 
 def randn(*shape, dtype=None, requires_grad=False, seed=None) -> Tensor:
-    """Standard normal samples; ``seed`` (int or np.random.Generator) makes them reproducible."""
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    _check_new("randn", shape, dtype)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    return Tensor(rng.standard_normal(shape).astype(dtype or get_default_dtype()), requires_grad)
+    """Standard normal samples; ``seed`` (int or np.random.Generator) makes them reproducible.
+
+    float32 samples are the float64 draws rounded, drawn in chunks so that making them holds
+    the result and one chunk, not a float64 copy of it.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> a = fg.randn(3, dtype=np.float32, seed=0).numpy()
+    >>> bool(np.array_equal(a, np.random.default_rng(0).standard_normal(3).astype(np.float32)))
+    True
+    """
+    shape, dtype = _creation_args("randn", shape, dtype, requires_grad, floats_only=True)
+    rng = make_rng("randn", seed)
+    n = math.prod(shape)
+    if dtype == np.float64:
+        guard_new("randn", n * 8, shape)
+        return Tensor(rng.standard_normal(shape), requires_grad)
+    guard_new("randn", n * dtype.itemsize + min(n, _RANDN_CHUNK) * 8, shape)
+    out = np.empty(n, dtype)
+    for i in range(0, n, _RANDN_CHUNK):  # the same stream as one float64 draw of n
+        out[i : i + _RANDN_CHUNK] = rng.standard_normal(min(_RANDN_CHUNK, n - i))
+    return Tensor(out.reshape(shape), requires_grad)
 
 
 def arange(*args, dtype=None, requires_grad=False) -> Tensor:
-    """np.arange; float unless every argument is an int and no dtype is given (then int64)."""
-    a = np.arange(*args, dtype=dtype)
-    if dtype is None and a.dtype.kind == "f":
-        a = a.astype(get_default_dtype())
-    return Tensor(a, requires_grad)
+    """np.arange(start, stop, step); float unless every argument is an int and no dtype is given
+    (then int64). The length is computed and checked against the memory guard first.
+
+    >>> import fastgrad as fg
+    >>> fg.arange(3).numpy(), fg.arange(0, 1, 0.5).numpy()
+    (array([0, 1, 2]), array([0. , 0.5]))
+    """
+    if not 1 <= len(args) <= 3:
+        raise fail("arange", f"takes 1 to 3 numbers (stop, or start, stop[, step]), got "
+                   f"{len(args)}", "call fg.arange(stop) or fg.arange(start, stop, step)")
+    for a in args:
+        if isinstance(a, (bool, np.bool_)) or not isinstance(a, (numbers.Real, np.integer,
+                                                                  np.floating)):
+            raise fail("arange", f"arguments must be real numbers, got {a!r}",
+                       "pass ints or floats")
+        if not math.isfinite(a):
+            raise fail("arange", f"arguments must be finite, got {a!r}", "pass finite bounds")
+    start, stop, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+    if step == 0:
+        raise fail("arange", "step is 0", "pass a non-zero step")
+    ints = all(isinstance(a, (int, np.integer)) for a in (start, stop, step))
+    dtype = None if dtype is None else dtype_arg("arange", dtype)
+    if ints:  # ceil((stop - start) / step) exactly, for Python ints of any size
+        n = max(0, -((int(start) - int(stop)) // int(step)))
+    else:
+        q = (float(stop) - float(start)) / float(step)
+        n = max(0, math.ceil(q)) if math.isfinite(q) else 2**64
+    # NumPy makes it in int64 or float64, then a cast to another dtype holds both
+    made = np.dtype(np.int64) if ints and dtype is None else np.dtype(np.float64) if dtype is \
+        None or dtype.kind == "f" else dtype
+    final = dtype if dtype is not None else made if made.kind != "f" else get_default_dtype()
+    guard_new("arange", n * (made.itemsize + (final.itemsize if final != made else 0)), (n,))
+    try:
+        a = np.arange(start, stop, step, dtype=made)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise fail("arange", f"cannot make arange{tuple(args)} as {made} ({e})",
+                   "pass bounds that fit the dtype") from None
+    return Tensor(a.astype(final, copy=False), requires_grad)
 
 
 # -------------------------------------------------------------------------- recording
@@ -754,7 +913,7 @@ def broadcast_to(x, shape) -> Tensor:
     from .ops import broadcast_shapes, broadcast_strides
 
     x = as_tensor(x)
-    shape = tuple(shape)
+    shape = int_tuple("broadcast_to", "shape", shape, minimum=0)
     if broadcast_shapes("broadcast_to", x.shape, shape) != shape:
         raise fail("broadcast_to", f"cannot broadcast {fmt(x.shape)} to {fmt(shape)}",
                    "the target must keep every non-1 size of the input")
@@ -842,9 +1001,7 @@ def concatenate(tensors, axis=0) -> Tensor:
     >>> fg.concat([fg.tensor([1.0]), fg.tensor([2.0, 3.0])]).numpy()
     array([1., 2., 3.])
     """
-    tensors = list(tensors)
-    if not tensors:
-        raise fail("concat", "needs at least one tensor", "pass a non-empty list")
+    tensors = _tensor_list("concat", tensors)
     return apply(Op.CONCAT, *tensors, axis=axis)
 
 
@@ -862,18 +1019,24 @@ def stack(tensors, axis=0) -> Tensor:
     >>> fg.stack([a, b, c], axis=1).shape
     (2, 3)
     """
-    tensors = [as_tensor(t) for t in tensors]
-    if not tensors:
-        raise fail("stack", "needs at least one tensor", "pass a non-empty list")
+    tensors = [as_tensor(t) for t in _tensor_list("stack", tensors)]
     nd = tensors[0].ndim + 1
-    if not -nd <= axis < nd:
-        raise fail("stack", f"axis {axis} out of range for {nd}-d result", f"use [{-nd}, {nd-1}]")
-    ax = axis % nd
+    ax = normalize_axis("stack", axis, nd)
     for t in tensors:
         if t.shape != tensors[0].shape:
             raise fail("stack", "shapes " + ", ".join(fmt(u.shape) for u in tensors) + " differ",
                        "stack tensors of one shape")
     return concatenate([t.reshape(t.shape[:ax] + (1,) + t.shape[ax:]) for t in tensors], axis=ax)
+
+
+def _tensor_list(op, tensors) -> list:
+    """``tensors`` (a list or tuple of tensors, arrays or numbers) as a non-empty list."""
+    if isinstance(tensors, (Tensor, np.ndarray)) or not isinstance(tensors, (list, tuple)):
+        raise fail(op, f"expects a list or tuple of tensors, got {type(tensors).__name__}",
+                   f"pass e.g. fg.{op}([a, b])")
+    if not tensors:
+        raise fail(op, "needs at least one tensor", "pass a non-empty list")
+    return list(tensors)
 
 
 def where(cond, a, b) -> Tensor:
