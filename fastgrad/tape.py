@@ -96,6 +96,13 @@ class _Grow:
     def view(self):
         return self.a[: self.n]
 
+    def __getstate__(self):  # a weak reference cannot be pickled; the tape sets it again
+        return self.a, self.n
+
+    def __setstate__(self, state):
+        self.a, self.n = state
+        self.owner = None
+
     def copy(self):
         new = _Grow(self.a.dtype, 0)
         new.a, new.n = self.a.copy(), self.n
@@ -153,6 +160,10 @@ class Tape:
         if isinstance(value, _Grow):  # the guard sees the whole tape when one array grows
             value.owner = weakref.ref(self)
         object.__setattr__(self, name, value)
+
+    def __setstate__(self, state):  # unpickled: its arrays learn their tape again
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def nbytes(self) -> int:
         """Bytes of every buffer the tape holds (arrays at their capacity, gradients, scratch;

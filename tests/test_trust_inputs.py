@@ -5,7 +5,9 @@ Issue 22, items 17 (memory guard gaps) and 18 (raw exceptions from public calls)
 tests measure real peaks with tracemalloc (NumPy reports its buffers to it), never RSS or time.
 """
 
+import copy
 import importlib
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -84,6 +86,15 @@ def test_a_tape_never_holds_more_than_the_limit_while_its_arena_grows(memory_lim
     assert tape.values.n * 8 >= limit // 4  # the guard does not refuse far below the limit
     memory_limit(None)
     assert ys[-1].sum().item() == pytest.approx((1 << 15) * 1.0001 ** len(ys))
+
+
+def test_a_copied_or_unpickled_tape_is_guarded_as_a_whole_too(memory_limit):
+    y = fg.tensor(np.ones(1 << 10), requires_grad=True) * 2.0
+    for tape in (y.tape.copy(), pickle.loads(pickle.dumps(y.tape)), copy.deepcopy(y.tape)):
+        memory_limit(tape.nbytes() + (1 << 16) * 8 - 1)  # less than it holds plus the growth
+        with refused("grow"):
+            tape.add_node((1 << 16,), what="grow")
+        memory_limit(None)
 
 
 def test_backward_counts_the_tape_and_its_gradient_buffer_together(memory_limit):
