@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .errors import FastgradError
-from .tensor import Tensor, tensor
+from .errors import FastgradError, fail
+from .ops import real
+from .tensor import Tensor, real_array, tensor
 
 
 class GradcheckError(FastgradError, AssertionError):
@@ -46,12 +49,28 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed_grad=None):
     >>> fg.gradcheck(lambda x, y, z: (x + y) * z, [2.0, -3.0, 4.0]) <= 1.0
     True
     """
-    arrays = [np.array(a, dtype=np.float64) for a in inputs]
+    if not callable(fn):
+        raise fail("gradcheck", f"fn must be a function of tensors, got {type(fn).__name__}",
+                   "pass e.g. lambda x: (x * x).sum()")
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        raise fail("gradcheck", f"inputs must be a non-empty list of arrays, got {inputs!r}",
+                   "pass one array (or number) per argument of fn, in a list")
+    for name, value in (("eps", eps), ("atol", atol), ("rtol", rtol)):
+        value = real("gradcheck", name, value)
+        if not (math.isfinite(value) and (value > 0 if name == "eps" else value >= 0)):
+            raise fail("gradcheck", f"{name} must be a finite number "
+                       f"{'> 0' if name == 'eps' else '>= 0'}, got {value}",
+                       "keep the default, or pass e.g. eps=1e-6")
+    arrays = [real_array("gradcheck", f"input {i}", a).astype(np.float64)
+              for i, a in enumerate(inputs)]
     ts = [tensor(a, requires_grad=True) for a in arrays]
     out = fn(*ts)
+    if not isinstance(out, Tensor):
+        raise fail("gradcheck", f"fn returned {type(out).__name__}, not a tensor",
+                   "return a tensor computed from the inputs")
     if seed_grad is None:
         seed_grad = np.random.default_rng(0).uniform(0.5, 1.5, out.shape)
-    seed_grad = np.asarray(seed_grad, np.float64)
+    seed_grad = real_array("gradcheck", "seed_grad", seed_grad).astype(np.float64)
     out.backward(seed_grad)
 
     def weighted(*xs):
@@ -66,6 +85,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed_grad=None):
             j = np.unravel_index(int(np.argmax(err)), err.shape)
             raise GradcheckError(
                 f"gradcheck: input {i} (shape {arrays[i].shape}) at {j}: analytic "
-                f"{ana[j]:.8g} vs numerical {num[j]:.8g}")
+                f"{ana[j]:.8g} vs numerical {num[j]:.8g}. Fix: check the op's gradient (its "
+                "VJP), or pass a larger atol/rtol where the function is ill-conditioned")
         worst = max(worst, float(err.max()) if err.size else 0.0)
     return worst

@@ -298,8 +298,11 @@ class Linearized:
     """
 
     def __init__(self, fn, primals, dtype=None):
+        if not callable(fn):
+            raise fail("jvp", f"fn must be a function of tensors, got {type(fn).__name__}",
+                       "pass e.g. lambda x: (x * x).sum()")
         prim, _ = _as_tuple(primals)
-        arrays = [np.asarray(p.numpy() if isinstance(p, Tensor) else p) for p in prim]
+        arrays = [real_array("jvp", f"primal {i}", p) for i, p in enumerate(prim)]
         dtype = np.dtype(dtype or next((a.dtype for a in arrays if a.dtype.kind == "f"),
                                        get_default_dtype()))
         tape = Tape(dtype)

@@ -177,6 +177,7 @@ class init:  # noqa: N801 - a namespace, spelled as torch.nn.init
         >>> fg.nn.init.fans((8, 3, 5))
         (15, 40)
         """
+        shape = int_tuple("init", "shape", shape, minimum=0)
         if len(shape) < 2:
             return shape[0] if shape else 1, shape[0] if shape else 1
         receptive = math.prod(shape[2:])
@@ -344,7 +345,11 @@ def make_weight(shape, method="default", activation=None, std=0.01, seed=None):
     if not isinstance(method, str) or method not in INITS:
         raise fail("init", f"unknown initialiser {method!r}", f"use one of {INITS}")
     std = _scale("std", std)
+    shape = _init_shape(shape)
     if method == "default":
+        if len(shape) < 2:
+            raise fail("init", f"the default initialiser needs a shape (out, in, ...), got "
+                       f"{shape}", "pass a 2-d shape, or init='normal'")
         return init.pytorch_default(shape, shape[1], seed)
     if method == "normal":
         return init.normal(shape, std, seed)

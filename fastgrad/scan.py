@@ -23,7 +23,7 @@ from .errors import fail
 from .kernels.scan import HEADER
 from .opcodes import Op
 from .ops import fmt
-from .tape import Tape
+from .tape import Tape, guard_memory
 from .tensor import Tensor, _import, as_tensor, concatenate, is_grad_enabled, recording_into, tensor
 
 _LIMIT = [None]  # user memory limit in bytes for buffers a tape allocates
@@ -116,10 +116,18 @@ class Binomial:
     def repetitions(self, T) -> int:
         """r: the least integer with C(slots + r, slots) >= T (each step runs at most r + 1
         times: once in the forward sweep, at most r times in the backward sweep)."""
-        r = 0
-        while math.comb(self.slots + r, self.slots) < T:
-            r += 1
-        return r
+        T = _steps("Binomial", T)
+        hi = 1  # C(slots + r, slots) grows with r: double past T, then bisect
+        while math.comb(self.slots + hi, self.slots) < T:
+            hi *= 2
+        lo = 0
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if math.comb(self.slots + mid, self.slots) < T:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
 
     def extra_steps(self, T) -> int:
         """Forward steps the backward sweep runs for a T-step scan: Griewank's binomial
@@ -136,7 +144,11 @@ class Binomial:
         """
         from .kernels.scan import binomial_advance
 
-        T, slots = int(T), max(1, min(self.slots, T - 1))
+        T = _steps("Binomial", T)
+        r = self.repetitions(T)  # about (2 r + 3) T actions of about 100 bytes each
+        guard_memory("Binomial", (2 * r + 3) * T * 100, f"a schedule of {T} steps does not "
+                     "fit; ask for a shorter one (the scan kernel computes it on the fly)")
+        slots = max(1, min(self.slots, T - 1))
         acts, held = [], []
         t = 0
         while t < T - 1:
@@ -169,6 +181,13 @@ class Binomial:
                 acts.append(("advance", t, t + 1))
             acts.append(("backward", t))
         return acts
+
+
+def _steps(op, T) -> int:
+    """A number of scan steps: an int >= 1 (NumPy integers too)."""
+    if isinstance(T, (bool, np.bool_)) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise fail(op, f"the number of steps T must be an int >= 1, got {T!r}", "pass e.g. T=100")
+    return int(T)
 
 
 def _interval(checkpoint, T):

@@ -43,6 +43,7 @@ above before a loaded tape reaches a kernel.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 
 import numpy as np
@@ -119,7 +120,15 @@ class Tape:
     """A recorded computation in flat arrays. See the module docstring for the format."""
 
     def __init__(self, dtype):
-        self.dtype = np.dtype(dtype)
+        try:
+            with warnings.catch_warnings():  # NumPy's deprecated aliases are refused below
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.dtype = np.dtype(dtype)
+        except (TypeError, ValueError):
+            self.dtype = None
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise FastgradError(f"Tape: unsupported dtype {dtype!r}. Fix: a tape holds "
+                                "float32 or float64 values")
         self.ops = _Grow(np.int64)
         self.outs = _Grow(np.int64)
         self.in_ptr = _Grow(np.int64)

@@ -183,8 +183,8 @@ class Tensor:
         return int(np.prod(self.shape, dtype=np.int64))
 
     def __len__(self):
-        if not self.shape:
-            raise TypeError("len() of a 0-d tensor")
+        if not self.shape:  # a FastgradError is a TypeError, as len() requires
+            raise fail("len", "len() of a 0-d tensor", "use .item() or .size")
         return self.shape[0]
 
     # ---------------------------------------------------------------- values out
