@@ -97,6 +97,56 @@ def test_a_copied_or_unpickled_tape_is_guarded_as_a_whole_too(memory_limit):
         memory_limit(None)
 
 
+@settings(max_examples=40, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(limit_kib=st.integers(64, 4096), n=st.sampled_from([256, 4096, 1 << 15]),
+       steps=st.lists(st.tuples(st.sampled_from(["mul", "add", "exp", "wide", "sum", "back"]),
+                                st.integers(1, 64)), min_size=1, max_size=12))
+def test_fuzz_a_tape_under_any_limit_holds_no_more_than_it(limit_kib, n, steps):
+    """Random graphs (elementwise ops, broadcasts k times wider, reductions, backward) under a
+    random limit: every op works or is refused by the guard, and the tape never holds more
+    than the limit, measured by the tape and by tracemalloc."""
+    limit = limit_kib * 1024
+    w = fg.tensor(np.ones(2), requires_grad=True)  # the kernels load before anything is measured
+    (fg.broadcast_to((w * 1.5 + w).exp(), (2, 2)) * 1.0).sum(axis=0).sum().backward()
+    x = fg.tensor(np.linspace(0.0, 1.0, n), requires_grad=True)
+    old = scan_module._LIMIT[0]
+    fg.set_memory_limit(limit)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        try:
+            ys = [x * 1.0]
+        except FastgradError:  # x's copy alone does not fit
+            return
+        for op, k in steps:
+            y = ys[-1]
+            try:
+                if op == "mul":
+                    ys.append(y * 1.5)
+                elif op == "add":
+                    ys.append(y + ys[len(ys) // 2])
+                elif op == "exp":
+                    ys.append((y * 1e-3).exp())
+                elif op == "wide" and y.ndim == 1:
+                    ys.append(fg.broadcast_to(y, (k, y.shape[0])) * 1.0)
+                elif op == "sum" and y.ndim == 2:
+                    ys.append(y.sum(axis=0))
+                elif op == "back":
+                    x.grad = None
+                    y.sum().backward()
+            except FastgradError as e:
+                assert " needs " in str(e) and "allowed" in str(e), str(e)
+            assert ys[-1].tape.nbytes() <= limit
+        extra = x.size * 8 * 2 + 128 * 1024  # x.grad and its accumulation, Python objects
+        peak = tracemalloc.get_traced_memory()[1] - base
+        assert peak <= limit + extra, f"peak {peak} for a limit of {limit}"
+    finally:
+        tracemalloc.stop()
+        fg.set_memory_limit(old)
+
+
 def test_backward_counts_the_tape_and_its_gradient_buffer_together(memory_limit):
     x = fg.tensor(np.ones(1 << 15), requires_grad=True)
     y = (x * 2.0).sum()
