@@ -1370,7 +1370,7 @@ def _worker_died(e):
 # subclasses already defined in this process, never imported.
 CELL_FORMAT, CELL_VERSION = "fastgrad-sweep-cell", 1
 _CELL_HEADER = "header.json"
-_CELL_HEADER_MAX = 256 << 20  # bytes of JSON; a cell's rows are far smaller
+_CELL_HEADER_MAX = 64 << 20  # bytes of JSON; a cell's rows are far smaller
 _CELL_DEPTH_MAX = 64  # nesting of lists / dicts / results in one cell
 _CELL_DTYPE_KINDS = "biufcU"  # bool, ints, floats, complex, unicode: never object or void
 _NPY_HEADER_MAX = 4096  # bytes of a .npy member's own header (the writer's is under 128)
@@ -1560,18 +1560,34 @@ def write_cell_file(path, header, value):
 
 
 def read_cell_file(path):
-    """(header dict, value) of a cell file written by ``write_cell_file``. Never unpickles; a
-    member's declared size is compared with what its header says before it is decompressed.
-    Any damage raises CellFileError naming the file."""
+    """(header dict, value) of a cell file written by ``write_cell_file``. Never unpickles.
+    Before anything is decompressed, the arrays' total size passes the memory guard and each
+    member's declared size is compared with its header entry. Any damage raises CellFileError
+    naming the file.
+
+    >>> import tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "cell.npz"
+    >>> write_cell_file(path, {"fn": "demo"}, {"loss": [0.5, float("nan")]})
+    >>> read_cell_file(path)
+    ({'fn': 'demo', 'format': 'fastgrad-sweep-cell', 'version': 1}, {'loss': [0.5, nan]})
+    >>> _ = path.write_bytes(path.read_bytes()[:50])
+    >>> read_cell_file(path)
+    Traceback (most recent call last):
+    ...
+    fastgrad.study.CellFileError: sweep: cell file cell.npz: unreadable (BadZipFile: ...
+    """
     path = pathlib.Path(path)
     try:
         if not path.is_file():
             raise _cell_fail(path, "not a regular file")
         with zipfile.ZipFile(path) as z:
             doc = _cell_header(path, z)
-            arrays = []
-            for i, spec in enumerate(doc["arrays"]):
-                arrays.append(_cell_array(path, z, f"a{i}.npy", spec))
+            specs = [_cell_array_spec(path, f"a{i}.npy", spec)
+                     for i, spec in enumerate(doc["arrays"])]
+            guard_memory("sweep", sum(dtype.itemsize * math.prod(shape) for dtype, shape in specs),
+                         "free memory, or delete the cell file")
+            arrays = [_cell_array(path, z, f"a{i}.npy", dtype, shape)
+                      for i, (dtype, shape) in enumerate(specs)]
             extra = set(z.namelist()) - {_CELL_HEADER} - {f"a{i}.npy" for i in range(len(arrays))}
             if extra:
                 raise _cell_fail(path, f"unexpected members {sorted(extra)}")
@@ -1603,8 +1619,8 @@ def _no_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
-def _cell_array(path, z, member, spec):
-    """One array member, checked against its header entry {"dtype", "shape"} before reading."""
+def _cell_array_spec(path, member, spec):
+    """(dtype, shape) of an array's header entry {"dtype", "shape"}, checked."""
     if not isinstance(spec, dict) or set(spec) != {"dtype", "shape"}:
         raise _cell_fail(path, f"a bad array entry for {member}")
     shape = spec["shape"]
@@ -1613,11 +1629,15 @@ def _cell_array(path, z, member, spec):
     dtype = np.dtype(str(spec["dtype"]))
     if dtype.kind not in _CELL_DTYPE_KINDS or dtype.hasobject:
         raise _cell_fail(path, f"dtype {dtype} for {member}")
+    return dtype, shape
+
+
+def _cell_array(path, z, member, dtype, shape):
+    """One array member, checked against its header entry before it is read."""
     nbytes = dtype.itemsize * math.prod(shape)
     info = z.getinfo(member)
     if info.file_size > nbytes + _NPY_HEADER_MAX:  # before decompressing: no zip bomb
         raise _cell_fail(path, f"{member} declares {info.file_size} bytes for {nbytes} of data")
-    guard_memory("sweep", nbytes, "free memory, or delete the cell file")
     with z.open(info) as f:
         # the member's own .npy header is checked against the cell header before any data is
         # read (NumPy would allocate whatever shape it names)
@@ -1695,8 +1715,8 @@ def sweep(fn, grid, executor=None, out=None, retries=1, max_workers=None, **fixe
         try:
             failed = runner.run(todo)
         finally:
-            if renew is not None:
-                runner.ex.shutdown()  # our pool, or the one that replaced it
+            if renew is not None:  # our pool, or the one that replaced it
+                runner.ex.shutdown(cancel_futures=True)  # none left unless interrupted
             if close is not None:
                 close()
     params = {"fn": fn_name, "executor": name, "cells": len(cells), "retries": retries,
