@@ -13,7 +13,6 @@ import ctypes
 import io
 import json
 import logging
-import math
 import os
 import pathlib
 import pickle
