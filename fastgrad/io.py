@@ -295,7 +295,7 @@ def _tape_from(doc, get) -> Tape:
     tape.param_grads = np.zeros_like(tape.param_arena)
     ptr, dims = arr("shape_ptr", np.int64), arr("shape_dims", np.int64)
     n = tape.node_off.n
-    if ptr.size != n + 1 or ptr[0] != 0 or np.any(np.diff(ptr) < 0) or ptr[-1] != dims.size:
+    if ptr.size != n + 1 or not _partitions(ptr, dims.size):
         raise fail("load", "the tape's shape table is inconsistent", _FIX_DAMAGED)
     tape.shapes = [tuple(int(d) for d in dims[ptr[v] : ptr[v + 1]]) for v in range(n)]
     tape.labels = {int(v): str(s) for v, s in doc["labels"]}
@@ -346,6 +346,15 @@ def _row_attrs(op: Op, shapes, out_shape, ip, fp):
         strides = tuple(int(s) for s in ip[2 + k :]) if out_shape else ()
         return [dict(out_shape=out_shape, base=int(ip[1]), strides=strides)]
     return None  # ops this checker does not know (fg.scan's control rows: _check_scan)
+
+
+_INPUT_LABELS = ("leaf", "const")  # how tensors imported into a tape are labelled
+
+
+def _partitions(ptr, n) -> bool:
+    """Whether ``ptr`` (int64) starts at 0, never decreases and ends at ``n``. Compared, not
+    subtracted: np.diff wraps in int64 (2**63-1 then -2**62 differs by a positive number)."""
+    return bool(ptr.size and ptr[0] == 0 and ptr[-1] == n and np.all(ptr[1:] >= ptr[:-1]))
 
 
 def _ints(a) -> list[int]:
@@ -517,6 +526,22 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
     if np.any(outs[:begin] >= M) or np.any(outs[r + 1 :] <= out):
         raise bad(f"a row outside the body of {where} writes one of its nodes %{M}..%{out}")
 
+    # fg.scan treats the body's float nodes labelled 'leaf' or 'const' as captured inputs,
+    # neither saved nor restored per step, and every other one as the body's own state: so the
+    # labelled ones must be exactly those that no row writes and that are not carry or x slots
+    slots = set(cins) | ({x_slot} if has_x else set())
+    for v in range(first, tail):
+        label = tape.labels.get(v)
+        if kind[v] != 0 or (label in _INPUT_LABELS) == (v not in producer and v not in slots):
+            continue
+        if label in _INPUT_LABELS:
+            role = f"computed by row {producer[v]}" if v in producer else "a carry or x slot"
+            raise bad(f"{where}: body node %{v} is labelled {label!r} but is {role}; fg.scan "
+                      "labels only the inputs imported into the body so")
+        raise bad(f"{where}: body node %{v} is written by no row and is no carry or x slot, "
+                  "so it is an input imported into the body, but it is not labelled 'leaf' or "
+                  "'const'")
+
     # carries: init -> carry_in, carry_out -> carry_in / final, all of one shape
     for c, (init, cin, cout, fin) in enumerate(carries):
         if kind[init] == 1 or init >= M:
@@ -616,12 +641,15 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
     products and lie inside their arena; written slots do not overlap; each row's integer and
     float attributes and output shape are exactly what the op's shape rule (the recorder's own
     validation) gives for its operand shapes; integer operands (indices, labels) hold values
-    inside the range the row reads. For each ``fg.scan`` loop, ``_check_scan``: every node id
-    of its SCAN header in range and of the right kind, the row indices (SCAN_BEGIN, body, SCAN)
-    pointing at each other, nothing nested, the node layout, carry/xs/stacked/store/checkpoint/
-    schedule sizes against T, k and reg_size, the own nodes, and the binomial schedule's
-    checkpoints; body rows read only nodes recorded before them, and no row reads a loop's
-    internal nodes.
+    inside the range the row reads, and the tape's index ranges (``int_bounds``) lie inside
+    them; labels name nodes, and no node a row writes is labelled a leaf or constant. For each
+    ``fg.scan`` loop, ``_check_scan``: every node id of its SCAN header in range and of the
+    right kind, the row indices (SCAN_BEGIN, body, SCAN) pointing at each other, nothing
+    nested, the node layout, the body's leaf/constant labels against its rows, carry/xs/
+    stacked/store/checkpoint/schedule sizes against T, k and reg_size, the own nodes, and the
+    binomial schedule's checkpoints; body rows read only nodes recorded before them, and no row
+    reads a loop's internal nodes. Every comparison is overflow-proof: sizes against what is
+    left of an arena, never an int64 sum that could wrap.
     """
 
     def bad(problem):
@@ -649,7 +677,7 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
     for name, target in (("in_ptr", tape.in_idx), ("ip_ptr", tape.iparams),
                          ("fp_ptr", tape.fparams)):
         p = getattr(tape, name).view
-        if p.size != R + 1 or p[0] != 0 or np.any(np.diff(p) < 0) or p[-1] != target.n:
+        if p.size != R + 1 or not _partitions(p, target.n):
             raise bad(f"{name} does not partition its array over {R} rows")
     for name in ("node_size", "node_kind", "node_need"):
         if getattr(tape, name).n != N:
@@ -669,10 +697,12 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
         if not isinstance(s, tuple) or len(s) > MAX_NDIM or \
                 any(not isinstance(d, int) or d < 0 for d in s):
             raise bad(f"node %{v} has shape {s!r}")
-        if math.prod(s) != size[v]:
+        if math.prod(s) != int(size[v]):  # Python ints: a product past 2**63 cannot wrap
             raise bad(f"node %{v} of shape {fmt(s)} has size {int(size[v])}")
-    limits = np.array([tape.values.n, tape.ivalues.n, params.size], np.int64)
-    outside = (off < 0) | (off + size > limits[kind.astype(np.int64)])
+    # inside its arena: 0 <= off and size <= limit - off, compared without a sum that could
+    # wrap (an offset of 2**63-1 plus a size is negative in int64); sizes are >= 0 by now
+    limits = np.array([tape.values.n, tape.ivalues.n, params.size], np.int64)[kind.astype(np.int64)]
+    outside = (off < 0) | (off > limits) | (size > limits - np.maximum(off, 0))
     if np.any(outside):
         v = int(np.flatnonzero(outside)[0])
         raise bad(f"node %{v} (offset {int(off[v])}, size {int(size[v])}, kind {int(kind[v])}) "
@@ -685,6 +715,9 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
     fp_ptr, fparams = tape.fp_ptr.view, tape.fparams.view
     if np.any((in_idx < 0) | (in_idx >= N)) or np.any((outs < 0) | (outs >= N)):
         raise bad("an operand or output node id is out of range")
+    for v, label in tape.labels.items():
+        if not isinstance(v, int) or not 0 <= v < N or not isinstance(label, str):
+            raise bad(f"a node label names node {v!r}, not a node of the tape")
     producer = {}
     for r in range(R):
         o = int(outs[r])
@@ -700,9 +733,16 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
         internal.update(s.internal)
         for v in s.results:
             producer[v] = s.row
+    # a leaf or constant is an input, copied in when recorded: no row computes it. (fg.scan
+    # treats body nodes labelled so as captured, neither saved nor restored per step.)
+    for v, label in tape.labels.items():
+        if label in _INPUT_LABELS and v in producer:
+            raise bad(f"node %{v} is labelled {label!r} but row {producer[v]} computes it; "
+                      "a leaf or constant is an input, written by no row")
 
     codes = {int(op) for op in TABLE}
     aliases = set()
+    read_below = {}  # integer node -> the least bound a row reading it allows
     for r in range(R):
         code = int(ops[r])
         if code not in codes:
@@ -760,6 +800,18 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
             vals = tape.ivalues.view[off[v] : off[v] + size[v]]
             if vals.size and (vals.min() < 0 or vals.max() >= hi):
                 raise bad(f"{where}: integer operand %{v} holds values outside [0, {hi})")
+            read_below[v] = min(read_below.get(v, hi), hi)
+
+    # the ranges a compiled step checks each batch's indices against: inside what rows read
+    for v, bounds in tape.int_bounds.items():
+        if not isinstance(v, int) or not 0 <= v < N or kind[v] != 1 or len(bounds) != 2:
+            raise bad(f"an index range names node {v!r}, not an integer node of the tape")
+        lo, hi = bounds
+        if not isinstance(lo, (int, np.integer)) or not isinstance(hi, (int, np.integer)) or \
+                lo != 0 or not 0 <= hi <= read_below.get(v, hi):
+            allowed = f"not inside [0, {read_below[v]}) where rows read it" \
+                if v in read_below else "not a range [0, n) with n >= 0"
+            raise bad(f"integer node %{v} has index range [{lo}, {hi}), {allowed}")
 
     # slots that rows write must not overlap anything else in their arena
     for k in (0, 1):
