@@ -12,8 +12,11 @@ kernel or the memory.
   writes through a symlink to its target; a temporary file left by a killed fg.save is removed
   by the next save into that directory.
 - fg.save / fg.load take binary file objects (io.BytesIO, open files), as np.savez does.
+- Fuzzed: several integers of a saved tape edited at once, and saved files with bytes
+  overwritten or cut short: refused with FastgradError, or loaded and replayed safely.
 """
 
+import functools
 import io
 import json
 import os
@@ -27,6 +30,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastgrad as fg
 import fastgrad.io
@@ -504,3 +509,68 @@ def test_file_objects_and_paths_of_the_wrong_kind_are_refused_by_name(tmp_path):
         fg.load(None)
     with raises(r"^load: <BytesIO> is not a readable \.npz file"):
         fg.load(io.BytesIO(b"junk"))
+
+
+# ----------------------------------------------------------------------------- fuzzing
+_FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+                 suppress_health_check=list(HealthCheck))
+
+
+@functools.cache
+def _saved_tape(loop):
+    return _saved(_scan_loss(fg.Binomial(2))[0].tape if loop else _small_tape().tape)
+
+
+@functools.cache
+def _saved_file():
+    buf = io.BytesIO()
+    fg.save({"model": fg.nn.Linear(3, 2, seed=0), "tape": _small_tape().tape, "epoch": 1}, buf)
+    return buf.getvalue()
+
+
+@_FUZZ
+@given(st.booleans(), st.data())
+def test_several_fields_edited_at_once_are_refused_or_replay_safely(loop, data):
+    """Two to five integers of a saved tape changed together, each to an extreme value or a
+    neighbour of its old one (edits that agree with each other can pass checks that each one
+    alone fails): loading raises FastgradError, or the tape replays safely."""
+    doc, arrays = _saved_tape(loop)
+    arrays = {k: a.copy() for k, a in arrays.items()}
+    for _ in range(data.draw(st.integers(2, 5), "edits")):
+        name = data.draw(st.sampled_from(INT_FIELDS), "field")
+        a = arrays[doc[name]]
+        if a.size == 0:
+            continue
+        i = data.draw(st.integers(0, a.size - 1), "position")
+        old = int(a[i])
+        lo, hi = (-128, 127) if a.dtype == np.int8 else (-(2**63), 2**63 - 1)
+        new = data.draw(st.sampled_from([*EXTREMES, old - 1, old + 1, old + 2]), "value")
+        a[i] = min(max(new, lo), hi)
+    try:
+        loaded = _tape_from(doc, arrays.__getitem__)
+    except FastgradError as e:
+        assert str(e).startswith("load: "), e
+        return
+    _replays_safely(loaded)
+
+
+@_FUZZ
+@given(st.data())
+def test_damaged_files_raise_fastgrad_error_or_load(data):
+    """One to three bytes of a saved file (central directory, member headers, .npy headers,
+    JSON header, array data) overwritten, or the file cut short: fg.load raises FastgradError
+    (never another exception), or loads what the digest vouches for."""
+    blob = bytearray(_saved_file())
+    if data.draw(st.booleans(), "cut"):
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1), "length")]
+    else:
+        for _ in range(data.draw(st.integers(1, 3), "bytes")):
+            i = data.draw(st.integers(0, len(blob) - 1), "position")
+            blob[i] = data.draw(st.integers(0, 255).filter(lambda b, old=blob[i]: b != old),
+                                "byte")
+    try:
+        back = fg.load(io.BytesIO(bytes(blob)))
+    except FastgradError as e:
+        assert str(e).startswith("load: "), e
+        return
+    assert back["epoch"] == 1 and list(back["model"]) == ["weight", "bias"]
