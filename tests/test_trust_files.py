@@ -122,7 +122,6 @@ def _relabel_consistently(doc, arrays, v, label):
     shifted = ip_ptr.copy()
     shifted[r + 1 :] += len(new) - len(ip)
     arrays[doc["ip_ptr"]] = shifted
-    return ip[2], ip[3], first, store
 
 
 def test_a_scan_body_node_relabelled_as_a_leaf_with_its_counts_adjusted_is_refused(
