@@ -35,8 +35,8 @@ from .kernels.movement import load_indices
 from .opcodes import Op
 from .ops import fmt
 from .scan import check_memory
-from .tape import Tape
-from .tensor import FLOAT_DTYPES, Tensor, get_default_dtype, placeholder
+from .tape import RECORDING, Tape
+from .tensor import FLOAT_DTYPES, Tensor, get_default_dtype, placeholder, tracing
 
 log = logging.getLogger("fastgrad")
 _EMPTY_F = {dt: np.zeros((0, 1), dt) for dt in FLOAT_DTYPES}
@@ -49,7 +49,8 @@ class Program:
     def __init__(self, fn, inputs, optimizer, params, dtype):
         self.tape = tape = Tape(dtype)
         slots = [placeholder(tape, x, label=f"input {i}") for i, x in enumerate(inputs)]
-        out = fn(*slots)
+        with tracing():
+            out = fn(*slots)
         if not isinstance(out, Tensor) or out.size != 1:
             raise fail("compile", "the function must return a one-element loss tensor, got "
                        + (f"shape {fmt(out.shape)}" if isinstance(out, Tensor) else repr(out)),
@@ -57,6 +58,12 @@ class Program:
         if not out.requires_grad:
             raise fail("compile", "the loss does not depend on any parameter that requires grad",
                        "use model parameters (fg.nn.Parameter) inside the function")
+        # An input the loss does not read (``lambda x: (W * 2).sum()``) is still a slot of
+        # the program, on a tape of its own until it joins the loss's here.
+        with RECORDING:
+            for s in slots:
+                if s.tape is not out.tape:
+                    out.tape.absorb(s.tape)
         # Merges may have moved the graph onto a user's eager tape (or theirs onto ours): the
         # program rewrites its tape below, so it works on a copy and theirs stays as recorded.
         tape = self.tape = out.tape.copy()
