@@ -304,7 +304,7 @@ class Tape:
         >>> w.numpy()[:] = 2.0  # changed after mul saved it
         >>> loss.backward()
         Traceback (most recent call last):
-        fastgrad.errors.FastgradError: backward: a variable needed for gradient computation has been modified by an inplace operation: ...
+        fastgrad.errors.FastgradError: backward: a variable needed for gradient computation ...
         """
         changed = {v: leaf for leaf, v in self.copies
                    if v < node and not same_bits(self.node_values(v), leaf.numpy())}
@@ -312,10 +312,10 @@ class Tape:
             return
         live = np.zeros(self.n_nodes, bool)  # nodes whose gradient the sweep from node needs
         live[node] = True
-        scans = {}  # SCAN row -> its results (carries T, stacked): nodes it writes besides outs
-        for v, r in self.producer.items():
-            if r in self.scan_rows:
-                scans.setdefault(r, []).append(v)
+        scans = {r: [] for r in self.scan_rows}  # SCAN row -> the results it writes (carries
+        for v, r in self.producer.items():      # at T, stacked) besides its outs node
+            if r in scans:
+                scans[r].append(v)
         ops, outs, ptr, idx = self.ops.a, self.outs.a, self.in_ptr.a, self.in_idx.a
         for r in range(stop - 1, -1, -1):
             op = int(ops[r])

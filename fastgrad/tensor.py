@@ -659,8 +659,11 @@ def _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp, dtype, grad_on, n
     """Choose the tape (merging the operands' tapes), record the row on it; returns (tape,
     output node, whether the result is a constant to fold). The caller holds RECORDING."""
     # Choose the tape: the operands' own (merging independent graphs), else a fresh one.
+    # While fg.compile traces, no_grad rows are recorded too (without gradients) and nothing
+    # is folded: the program recomputes them at each call from the current leaves.
+    tracing = is_tracing()
     tapes = []
-    if grad_on:
+    if grad_on or tracing:
         for t in ts:
             if t._tape is not None and t.tape not in tapes:
                 tapes.append(t.tape)
@@ -669,7 +672,7 @@ def _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp, dtype, grad_on, n
         # inside a scan body every op is recorded on the scan's tape, under no_grad too: the
         # loop replays these rows T times (without them it would return its initial carry)
         tapes.insert(0, body)
-    folding = not tapes and not need  # constants only: compute now and return a leaf
+    folding = not tapes and not need and not tracing  # constants only: compute now, a leaf
     if tapes:
         tape = body if body is not None else max(
             tapes, key=lambda tp: (bool(tp.scan_rows), tp.n_rows))
@@ -683,7 +686,7 @@ def _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp, dtype, grad_on, n
             if other is not tape:
                 tape.absorb(other)
         return tape, _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp,
-                                 grad_on, need, body), folding
+                                 grad_on or tracing, need, body), folding
 
 
 def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, grad_on, need, body):

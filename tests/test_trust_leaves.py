@@ -343,3 +343,23 @@ def test_threads_recording_onto_one_tape_never_corrupt_it(n_threads, n_losses, u
         assert np.array_equal(got, want)
     extra = 6.0 if use_scan else 0.0  # the loop adds two ones to each of three entries
     assert want_losses == [[3.0 * (i + 2.0) + extra] * n_losses for i in range(n_threads)]
+
+
+def test_a_compiled_function_reads_captured_constants_and_no_grad_parameters_at_each_call():
+    """A NumPy array shared through fg.from_numpy and a parameter read under no_grad (a target
+    network's weight) are reloaded at each call, never their trace-time values."""
+    scale = np.array([2.0])
+    target = fg.nn.Parameter([10.0])
+    w = fg.nn.Parameter([1.0])
+    shared = fg.from_numpy(scale)
+
+    def loss_of(x):
+        with fg.no_grad():
+            t = target * 1.0
+        return ((x * w * shared) - t).sum()
+
+    step = fg.compile(loss_of, params=[w])
+    assert step(np.array([1.0]))[0] == 2.0 - 10.0
+    scale[0], target.numpy()[0] = 3.0, 4.0
+    loss, (g,) = step(np.array([1.0]))
+    assert loss == 3.0 - 4.0 and g[0] == 3.0
