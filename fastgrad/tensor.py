@@ -83,18 +83,15 @@ def is_tracing() -> bool:
 
 
 def _traced_copy(t, what) -> "Tensor":
-    """``t``'s values cut from the graph, recorded on ``t``'s tape (so a compiled program
-    recomputes them per call): a new tensor naming ``t``'s node when no gradient flows through
-    it, else a row ``t * 1`` whose output needs no gradient (the backward sweep skips it)."""
-    if not t.requires_grad:
+    """``t``'s values cut from the graph, recorded (so a compiled program recomputes them, or
+    reloads the leaf, per call): a new tensor naming ``t``'s node when it is recorded and no
+    gradient flows through it, else a row ``t * 1`` recorded under no_grad (while tracing,
+    no_grad rows are recorded, without gradients)."""
+    if t._tape is not None and not t.requires_grad:
         with RECORDING:
             return Tensor._on_tape(t.tape, t.node, False)
-    out_shape, ip, fp = TABLE[Op.MUL_SCALAR].rule(what, [t.shape], c0=1.0, c1=0.0)
-    with RECORDING:
-        tape = t.tape
-        with tape.lock:
-            out = tape.record(Op.MUL_SCALAR, [t.node], out_shape, ip, fp, False)
-    return Tensor._on_tape(tape, out, False)
+    with no_grad():
+        return unary(Op.MUL_SCALAR, t, 1.0)
 
 
 def is_grad_enabled() -> bool:
@@ -274,7 +271,7 @@ class Tensor:
         Inside a function ``fg.compile`` traces, a recorded tensor's values change per call:
         its detached copy is then recorded too (a row no gradient flows through), not frozen.
         """
-        if self._tape is not None and is_tracing():
+        if is_tracing() and (self._tape is not None or self.dtype in FLOAT_DTYPES):
             return _traced_copy(self, "detach")
         return Tensor(np.array(self.numpy()))
 
@@ -500,15 +497,18 @@ def tensor(data, dtype=None, requires_grad=False) -> Tensor:
     tensor([1., 2.], requires_grad=True)
     """
     if isinstance(data, Tensor):
-        if data._tape is not None and is_tracing():  # a value fg.compile replays per call
-            if requires_grad or (dtype is not None and np.dtype(dtype) != data.dtype):
+        if is_tracing():  # fg.compile recomputes recorded values and reloads leaves per call
+            same_dtype = dtype is None or np.dtype(dtype) == data.dtype
+            if data._tape is not None and (requires_grad or not same_dtype):
                 raise fail("tensor", f"inside a function fg.compile traces, a recorded "
                            f"{data.dtype} value of shape {fmt(data.shape)} cannot become a "
                            + ("leaf that requires grad" if requires_grad else
                               f"{np.dtype(dtype)} tensor") + " (it would keep the first "
                            "call's values)", "use the value itself (or .detach()); cast the "
                            "function's inputs before the call; make parameters outside it")
-            return _traced_copy(data, "tensor")
+            if data._tape is not None or (data.dtype in FLOAT_DTYPES and same_dtype
+                                          and not requires_grad):
+                return _traced_copy(data, "tensor")
         data = data.numpy()
     a = np.array(data, dtype=dtype, copy=True)
     if dtype is None and a.dtype.kind == "f" and a.dtype not in FLOAT_DTYPES:

@@ -363,3 +363,16 @@ def test_a_compiled_function_reads_captured_constants_and_no_grad_parameters_at_
     scale[0], target.numpy()[0] = 3.0, 4.0
     loss, (g,) = step(np.array([1.0]))
     assert loss == 3.0 - 4.0 and g[0] == 3.0
+
+
+def test_a_parameter_detached_or_copied_inside_a_compiled_step_follows_its_updates():
+    """``w.detach()`` and ``fg.tensor(w)`` inside a traced training step read the parameter's
+    current values at each call (PyTorch copies at each call), and no gradient flows through
+    them: loss = sum(w * stop(w)) + sum(fg.tensor(w)) has gradient stop(w) = w."""
+    w = fg.nn.Parameter([1.0, 2.0])
+    opt = fg.optim.SGD([w], lr=0.5)
+    step = fg.compile(lambda x: (w * w.detach() * x).sum() + fg.tensor(w).sum(), optimizer=opt)
+    for _ in range(3):
+        before = w.numpy().copy()
+        assert step(np.ones(2)) == (before * before).sum() + before.sum()
+        assert np.array_equal(w.numpy(), before - 0.5 * before)
