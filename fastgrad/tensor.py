@@ -655,74 +655,6 @@ def _import(tape, t, kind, need_values, what=None):
     return v
 
 
-def _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp, dtype, grad_on, need):
-    """Choose the tape (merging the operands' tapes), record the row on it; returns (tape,
-    output node, whether the result is a constant to fold). The caller holds RECORDING."""
-    # Choose the tape: the operands' own (merging independent graphs), else a fresh one.
-    # While fg.compile traces, no_grad rows are recorded too (without gradients) and nothing
-    # is folded: the program recomputes them at each call from the current leaves.
-    tracing = is_tracing()
-    tapes = []
-    if grad_on or tracing:
-        for t in ts:
-            if t._tape is not None and t.tape not in tapes:
-                tapes.append(t.tape)
-    body = getattr(_state, "body_tape", None)
-    if body is not None and body not in tapes:
-        # inside a scan body every op is recorded on the scan's tape, under no_grad too: the
-        # loop replays these rows T times (without them it would return its initial carry)
-        tapes.insert(0, body)
-    folding = not tapes and not need and not tracing  # constants only: compute now, a leaf
-    if tapes:
-        tape = body if body is not None else max(
-            tapes, key=lambda tp: (bool(tp.scan_rows), tp.n_rows))
-        if tape.dtype != dtype:
-            raise fail(name, f"operands recorded in {tape.dtype} mixed with {dtype}",
-                       "cast the inputs to one dtype")
-    else:
-        tape = Tape(dtype)
-    with tape.lock:
-        for other in tapes:
-            if other is not tape:
-                tape.absorb(other)
-        return tape, _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp,
-                                 grad_on or tracing, need, body), folding
-
-
-def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, grad_on, need, body):
-    """Import the operands into ``tape`` and record the row; returns its output node."""
-    nodes = []
-    for i, t in enumerate(ts):
-        kind = 1 if i in d.int_inputs else 0
-        if kind and t._tape is None:
-            lo, hi = d.int_bound(shapes, **attrs)
-            raw = np.asarray(t.numpy())
-            if raw.dtype.kind == "u" and raw.size and int(raw.max()) >= hi:  # before int64 wraps
-                raise fail(name, f"index {int(raw.max())} is out of range [{lo}, {hi}) for operand "
-                           "shapes " + ", ".join(fmt(s) for s in shapes),
-                           "check the labels/indices against the size of the indexed axis")
-            idx = raw.astype(np.int64)
-            if idx.size and (idx.min() < lo or idx.max() >= hi):
-                bad = idx[(idx < lo) | (idx >= hi)][0]
-                raise fail(name, f"index {bad} is out of range [{lo}, {hi}) for operand shapes "
-                           + ", ".join(fmt(s) for s in shapes),
-                           "check the labels/indices against the size of the indexed axis")
-            idx = np.where(idx < 0, idx + hi, idx) if lo < 0 else idx
-            nodes.append(tape.add_input(idx, kind=1, label="const", what=name))
-        else:
-            v = _import(tape, t, kind, need_values=not grad_on and body is None, what=name)
-            if tape.node_kind.a[v] == 1 and kind == 0:
-                raise fail(name, f"operand {i} (shape {fmt(t.shape)}) is an integer input of a "
-                           "compiled function, used in float arithmetic",
-                           "pass that input as floats, e.g. y.astype(np.float32)")
-            if kind and t._tape is not None:
-                lo, hi = d.int_bound(shapes, **attrs)
-                old = tape.int_bounds.get(v, (0, hi))
-                tape.int_bounds[v] = (0, min(old[1], hi))
-            nodes.append(v)
-    return tape.record(op, nodes, out_shape, ip, fp, need)
-
-
 def apply(op: Op, *operands, **attrs) -> Tensor:
     """Validate operands with the op's shape rule, record one row, return the output tensor."""
     d = TABLE[op]
@@ -767,6 +699,76 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
     if folding:
         return Tensor(np.array(result.numpy()))
     return result
+
+
+def _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp, dtype, grad_on, need):
+    """Choose the tape (merging the operands' tapes), record the row on it; returns (tape,
+    output node, whether the result is a constant to fold). The caller holds RECORDING."""
+    # Choose the tape: the operands' own (merging independent graphs), else a fresh one.
+    # While fg.compile traces, no_grad rows are recorded too (without gradients) and nothing
+    # is folded: the program recomputes them at each call from the current leaves.
+    tracing = is_tracing()
+    tapes = []
+    if grad_on or tracing:
+        for t in ts:
+            if t._tape is not None and t.tape not in tapes:
+                tapes.append(t.tape)
+    body = getattr(_state, "body_tape", None)
+    if body is not None and body not in tapes:
+        # inside a scan body every op is recorded on the scan's tape, under no_grad too: the
+        # loop replays these rows T times (without them it would return its initial carry)
+        tapes.insert(0, body)
+    folding = not tapes and not need and not tracing  # constants only: compute now, a leaf
+    if tapes:
+        tape = body if body is not None else max(
+            tapes, key=lambda tp: (bool(tp.scan_rows), tp.n_rows))
+        if tape.dtype != dtype:
+            raise fail(name, f"operands recorded in {tape.dtype} mixed with {dtype}",
+                       "cast the inputs to one dtype")
+    else:
+        tape = Tape(dtype)
+    with tape.lock:
+        for other in tapes:
+            if other is not tape:
+                tape.absorb(other)
+        return tape, _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp,
+                                 grad_on or tracing, need, body), folding
+
+
+def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_graph, need, body):
+    """Import the operands into ``tape`` and record the row; returns its output node.
+    ``on_graph``: an operand recorded on ``tape`` is read by node (grad on, or tracing), not
+    copied in as a constant."""
+    nodes = []
+    for i, t in enumerate(ts):
+        kind = 1 if i in d.int_inputs else 0
+        if kind and t._tape is None:
+            lo, hi = d.int_bound(shapes, **attrs)
+            raw = np.asarray(t.numpy())
+            if raw.dtype.kind == "u" and raw.size and int(raw.max()) >= hi:  # before int64 wraps
+                raise fail(name, f"index {int(raw.max())} is out of range [{lo}, {hi}) for operand "
+                           "shapes " + ", ".join(fmt(s) for s in shapes),
+                           "check the labels/indices against the size of the indexed axis")
+            idx = raw.astype(np.int64)
+            if idx.size and (idx.min() < lo or idx.max() >= hi):
+                bad = idx[(idx < lo) | (idx >= hi)][0]
+                raise fail(name, f"index {bad} is out of range [{lo}, {hi}) for operand shapes "
+                           + ", ".join(fmt(s) for s in shapes),
+                           "check the labels/indices against the size of the indexed axis")
+            idx = np.where(idx < 0, idx + hi, idx) if lo < 0 else idx
+            nodes.append(tape.add_input(idx, kind=1, label="const", what=name))
+        else:
+            v = _import(tape, t, kind, need_values=not on_graph and body is None, what=name)
+            if tape.node_kind.a[v] == 1 and kind == 0:
+                raise fail(name, f"operand {i} (shape {fmt(t.shape)}) is an integer input of a "
+                           "compiled function, used in float arithmetic",
+                           "pass that input as floats, e.g. y.astype(np.float32)")
+            if kind and t._tape is not None:
+                lo, hi = d.int_bound(shapes, **attrs)
+                old = tape.int_bounds.get(v, (0, hi))
+                tape.int_bounds[v] = (0, min(old[1], hi))
+            nodes.append(v)
+    return tape.record(op, nodes, out_shape, ip, fp, need)
 
 
 # -------------------------------------------------------------------------- composite front end
