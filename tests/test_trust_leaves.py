@@ -376,3 +376,14 @@ def test_a_parameter_detached_or_copied_inside_a_compiled_step_follows_its_updat
         before = w.numpy().copy()
         assert step(np.ones(2)) == (before * before).sum() + before.sum()
         assert np.array_equal(w.numpy(), before - 0.5 * before)
+
+
+def test_a_traced_value_cannot_become_a_new_leaf_inside_a_compiled_function():
+    """fg.tensor(x, requires_grad=True) (or a dtype change) of a traced input would freeze
+    the first call's values: refused with the fix, not silently frozen."""
+    W = fg.tensor(np.ones((2, 3)), requires_grad=True)
+    for make in (lambda x: fg.tensor(x, requires_grad=True),
+                 lambda x: fg.tensor(x, dtype=np.float32)):
+        step = fg.compile(lambda x, make=make: (make(x) @ W.T).sum(), params=[W])
+        with pytest.raises(FastgradError, match="first call's values"):
+            step(np.ones((1, 3)))
