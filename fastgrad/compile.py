@@ -3,9 +3,11 @@
 ``compile(fn, optimizer)`` records ``fn`` on its first call into a tape whose inputs are slots,
 then every call writes the new inputs into the slots and runs forward + backward (+ clipping,
 + the optimizer update) in ONE native call (kernels/train.py). Like ``jax.jit``, Python control
-flow that depends on values is frozen at trace time; arrays captured by ``fn`` that are not
-inputs or parameters are constants frozen at trace time too. A call with new input shapes or
-dtypes traces again (once per signature, logged on the "fastgrad" logger).
+flow that depends on values is frozen at trace time, and so is an array ``fn`` copies
+(``fg.tensor(a)`` inside ``fn``). Tensors ``fn`` captures are read at each call at their
+current values: parameters in the optimizer's buffer, every other leaf (``fg.from_numpy(a)``
+included) reloaded. A call with new input shapes or dtypes traces again (once per signature,
+logged on the "fastgrad" logger).
 
 >>> import fastgrad as fg, numpy as np
 >>> w = fg.nn.Parameter(np.array([1.0, 2.0]))
@@ -35,8 +37,8 @@ from .kernels.movement import load_indices
 from .opcodes import Op
 from .ops import fmt
 from .scan import check_memory
-from .tape import Tape
-from .tensor import FLOAT_DTYPES, Tensor, get_default_dtype, placeholder
+from .tape import RECORDING, Tape
+from .tensor import FLOAT_DTYPES, Tensor, get_default_dtype, placeholder, tracing
 
 log = logging.getLogger("fastgrad")
 _EMPTY_F = {dt: np.zeros((0, 1), dt) for dt in FLOAT_DTYPES}
@@ -49,7 +51,8 @@ class Program:
     def __init__(self, fn, inputs, optimizer, params, dtype):
         self.tape = tape = Tape(dtype)
         slots = [placeholder(tape, x, label=f"input {i}") for i, x in enumerate(inputs)]
-        out = fn(*slots)
+        with tracing():
+            out = fn(*slots)
         if not isinstance(out, Tensor) or out.size != 1:
             raise fail("compile", "the function must return a one-element loss tensor, got "
                        + (f"shape {fmt(out.shape)}" if isinstance(out, Tensor) else repr(out)),
@@ -57,6 +60,12 @@ class Program:
         if not out.requires_grad:
             raise fail("compile", "the loss does not depend on any parameter that requires grad",
                        "use model parameters (fg.nn.Parameter) inside the function")
+        # An input the loss does not read (``lambda x: (W * 2).sum()``) is still a slot of
+        # the program, on a tape of its own until it joins the loss's here.
+        with RECORDING:
+            for s in slots:
+                if s.tape is not out.tape:
+                    out.tape.absorb(s.tape)
         # Merges may have moved the graph onto a user's eager tape (or theirs onto ours): the
         # program rewrites its tape below, so it works on a copy and theirs stays as recorded.
         tape = self.tape = out.tape.copy()
@@ -69,17 +78,17 @@ class Program:
         flat_off = np.concatenate([[0], np.cumsum([p.size for p in self.params])])
         self.flat_size = int(flat_off[-1])
         # Parameter nodes move into the flat parameter buffer (kind 2): replay reads and writes
-        # the optimizer's memory directly. Leaves that are not parameters stay copies (frozen).
+        # the optimizer's memory directly. Every other leaf copy (a leaf that is not a
+        # parameter, a constant such as fg.from_numpy(a), a parameter read under no_grad) is
+        # reloaded from its tensor at each call (``frozen``): never its trace-time values.
         modes = tape.grad_modes()
         seen = {}
-        self.frozen = []
         for leaf, v in tape.leaves:
             if id(leaf) in index:
                 tape.node_kind.a[v] = 2
                 tape.node_off.a[v] = flat_off[index[id(leaf)]]
                 seen.setdefault(id(leaf), []).append(v)
-            else:
-                self.frozen.append((leaf, v))
+        self.frozen = [(leaf, v) for leaf, v in tape.copies if tape.node_kind.a[v] == 0]
         # The first input is read in place from the caller's array (kind 3): no copy per step
         # (a 1024 x 784 float64 batch: 0.4 ms of each 9 ms step was that copy).
         self.external = self._external_slot(inputs)
