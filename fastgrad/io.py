@@ -58,11 +58,12 @@ _FIX_DAMAGED = "the file is truncated or was modified; load an earlier copy or s
 def save(obj, path) -> None:
     """Write ``obj`` to ``path`` (an ``.npz`` file) atomically: temp file, fsync, rename.
 
-    ``obj``: an array, number, string, tensor, Module, Optimizer, Tape, or a dict/list/tuple
-    of these. The file is written exactly at ``path`` (no suffix is added).
+    ``obj``: an array, number, string, tensor, Module, Optimizer, scheduler (``StepLR``, ...),
+    Tape, or a dict/list/tuple of these. The file is written exactly at ``path`` (no suffix is
+    added).
     """
     from .nn import Module
-    from .optim import Optimizer
+    from .optim import LRScheduler, Optimizer
     from .tensor import Tensor
 
     arrays: dict[str, np.ndarray] = {}
@@ -90,7 +91,7 @@ def save(obj, path) -> None:
             return {"$tensor": put(np.array(x.numpy())), "requires_grad": bool(x.requires_grad)}
         if isinstance(x, Module):
             return enc(x.state_dict(), depth + 1)
-        if isinstance(x, Optimizer):
+        if isinstance(x, (Optimizer, LRScheduler)):
             return enc(x.state_dict(), depth + 1)
         if isinstance(x, Tape):
             return {"$tape": _tape_to(x, put)}
@@ -100,8 +101,8 @@ def save(obj, path) -> None:
         if isinstance(x, (list, tuple)):
             return {"$list" if isinstance(x, list) else "$tuple": [enc(v, depth + 1) for v in x]}
         raise fail("save", f"cannot save an object of type {type(x).__name__}",
-                   "save arrays, numbers, strings, tensors, a Module, an Optimizer, a Tape, or "
-                   "dicts/lists/tuples of these")
+                   "save arrays, numbers, strings, tensors, a Module, an Optimizer, a "
+                   "scheduler, a Tape, or dicts/lists/tuples of these")
 
     tree = enc(obj)
     header = {"format": FORMAT, "version": VERSION, "tree": tree,
