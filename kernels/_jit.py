@@ -158,9 +158,19 @@ class _CheckedCacheFile(caching.IndexDataCacheFile):
         return pickle.loads(_unseal(blob, path))
 
 
+class _DigestDirCacheImpl(caching.CompileResultCacheImpl):
+    """Numba's compile-result cache, located only in the digest-keyed directory: Numba's
+    fallbacks (``__pycache__`` beside the source, ...) key on the function's own file, so they
+    could serve stale machine code after a helper in another file changes."""
+
+    _locator_classes = [caching.UserProvidedCacheLocator]
+
+
 class CheckedFunctionCache(caching.FunctionCache):
     """Numba's per-function cache with sealed files, and no exception out of a load or a save:
     a fault is logged once (``_cache_fault``) and the function compiled instead."""
+
+    _impl_class = _DigestDirCacheImpl
 
     def __init__(self, py_func):
         super().__init__(py_func)
@@ -197,7 +207,10 @@ def _njit(fn, options):
     dispatcher = numba.njit(**options)(fn)
     if cache:
         # what numba.njit(cache=True) does (Dispatcher.enable_caching), with the checked cache
-        dispatcher._cache = CheckedFunctionCache(dispatcher.py_func)
+        try:
+            dispatcher._cache = CheckedFunctionCache(dispatcher.py_func)
+        except Exception as exc:  # noqa: BLE001 - no usable directory: compile in memory
+            _cache_fault(CACHE_DIR, "used", exc, unwritable=True)
     return dispatcher
 
 # error_model="numpy": no zero-division check per "/" (it blocks vectorisation); IEEE inf/nan

@@ -527,16 +527,28 @@ def test_a_damaged_kernel_cache_warns_once_recompiles_and_is_repaired(fault, tin
     assert _run_tiny(script, cache) == (1, [])
 
 
-@pytest.mark.parametrize("fault", ["disk full", "directory replaced by a file"])
+@pytest.mark.parametrize("fault", ["disk full", "directory replaced by a file",
+                                   "directory a file before the kernel is defined"])
 def test_a_cache_directory_that_cannot_take_files_warns_once_and_compiles_in_memory(
-        fault, tmp_path):
+        fault, tiny_cache, tmp_path):
     """Writing fails (ENOSPC on every cache write, or the kernel's cache directory replaced by
-    a regular file after fastgrad chose it): one warning naming the directory, the value is
-    right, the interpreter exits cleanly, and no cache or temp file is left."""
-    script, cache = _tiny_script(tmp_path), tmp_path / "cache"
-    mode = {"disk full": "disk-full", "directory replaced by a file": "not-a-directory"}[fault]
-    hits, warnings = _run_tiny(script, cache, mode)
+    a regular file after fastgrad chose it, or before the kernel is defined): one warning
+    naming the directory, the value is right, the interpreter exits cleanly, and no cache or
+    temp file is left, in the cache or beside the source (Numba's own fallback, a
+    ``__pycache__`` keyed on the kernel's file alone, could serve stale code)."""
+    if fault == "directory a file before the kernel is defined":
+        script, cache = tiny_cache[0], tmp_path / "cache"
+        shutil.copytree(tiny_cache[1], cache)
+        (kernel_dir,) = {f.parent for f in cache.rglob("*.nbi")}
+        shutil.rmtree(kernel_dir)
+        kernel_dir.write_text("not a directory")
+        hits, warnings = _run_tiny(script, cache)
+    else:
+        script, cache = _tiny_script(tmp_path), tmp_path / "cache"
+        mode = {"disk full": "disk-full", "directory replaced by a file": "not-a-directory"}
+        hits, warnings = _run_tiny(script, cache, mode[fault])
     assert not list(cache.rglob("*.nb*")) and not list(cache.rglob("*.tmp.*"))
+    assert not list(script.parent.rglob("__pycache__/*.nb*"))
     assert hits == 0 and len(warnings) == 1, warnings
     assert str(cache) in warnings[0] and "compiling the kernels instead" in warnings[0]
 
