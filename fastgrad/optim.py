@@ -34,6 +34,10 @@ _MAX_STEPS = 2**62  # the kernels take t as int64 and compute beta**t; far beyon
 
 
 def _is_real(value) -> bool:
+    """A real number: Python's or NumPy's (a 0-d integer or float array too, as a sweep may
+    pass), never a bool."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0 and value.dtype.kind in "iuf"
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 

@@ -171,6 +171,7 @@ def test_lr_may_be_given_positionally_as_in_pytorch_and_nothing_else():
     """``SGD(params, 0.1)`` raised a raw TypeError; it is PyTorch's usual spelling."""
     assert fg.optim.SGD([fg.nn.Parameter(np.zeros(2))], 0.1).lr == 0.1
     assert fg.optim.Adam([fg.nn.Parameter(np.zeros(2))], 0.01).lr == 0.01
+    assert fg.optim.SGD([fg.nn.Parameter(np.zeros(2))], lr=np.array(0.5)).hyper()[0] == 0.5
     with pytest.raises(fg.FastgradError, match="SGD: got 2 positional options"):
         fg.optim.SGD([fg.nn.Parameter(np.zeros(2))], 0.1, 0.9)
     with pytest.raises(fg.FastgradError, match="SGD: got 1 positional options and lr="):
