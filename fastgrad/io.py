@@ -69,8 +69,8 @@ _FIX_DAMAGED = "the file is truncated or was modified; load an earlier copy or s
 def save(obj, path) -> None:
     """Write ``obj`` to ``path`` (an ``.npz`` file) atomically: temp file, fsync, rename.
 
-    ``obj``: an array, number, string, tensor, Module, Optimizer, Tape, or a dict/list/tuple
-    of these. ``path``: a file name (written exactly there, no suffix added; a symlink is
+    ``obj``: an array, number, string, tensor, Module, Optimizer, scheduler (``StepLR``, ...),
+    Tape, or a dict/list/tuple of these. ``path``: a file name (written exactly there, no suffix added; a symlink is
     followed, as ``open()`` does, and its target replaced) or a binary file object open for
     writing (``io.BytesIO``, ``open(name, "wb")``), written from its current position as
     ``np.savez`` writes one (not atomic: the caller owns that file).
@@ -83,7 +83,7 @@ def save(obj, path) -> None:
     array([1., 1.])
     """
     from .nn import Module
-    from .optim import Optimizer
+    from .optim import LRScheduler, Optimizer
     from .tensor import Tensor
 
     target = _save_target(path)
@@ -112,7 +112,7 @@ def save(obj, path) -> None:
             return {"$tensor": put(np.array(x.numpy())), "requires_grad": bool(x.requires_grad)}
         if isinstance(x, Module):
             return enc(x.state_dict(), depth + 1)
-        if isinstance(x, Optimizer):
+        if isinstance(x, (Optimizer, LRScheduler)):
             return enc(x.state_dict(), depth + 1)
         if isinstance(x, Tape):
             return {"$tape": _tape_to(x, put)}
@@ -122,8 +122,8 @@ def save(obj, path) -> None:
         if isinstance(x, (list, tuple)):
             return {"$list" if isinstance(x, list) else "$tuple": [enc(v, depth + 1) for v in x]}
         raise fail("save", f"cannot save an object of type {type(x).__name__}",
-                   "save arrays, numbers, strings, tensors, a Module, an Optimizer, a Tape, or "
-                   "dicts/lists/tuples of these")
+                   "save arrays, numbers, strings, tensors, a Module, an Optimizer, a "
+                   "scheduler, a Tape, or dicts/lists/tuples of these")
 
     tree = enc(obj)
     header = {"format": FORMAT, "version": VERSION, "tree": tree,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -94,6 +95,9 @@ class Module:
 
     def load_state_dict(self, state, strict=True):
         """Copy values in place (an optimizer's flat buffer keeps seeing them)."""
+        if not isinstance(state, Mapping):
+            raise fail("load_state_dict", f"expected the dict that state_dict() returns, got "
+                       f"{type(state).__name__}", "pass model.state_dict() or fg.load(path)[key]")
         mine = dict(self.named_parameters())
         missing, unexpected = set(mine) - set(state), set(state) - set(mine)
         if strict and (missing or unexpected):
@@ -104,6 +108,9 @@ class Module:
             if name in mine:
                 p = mine[name]
                 value = np.asarray(value)
+                if value.dtype.kind not in "fiub":
+                    raise fail("load_state_dict", f"{name}: saved dtype {value.dtype} is not "
+                               "real numbers", "load a state dict that state_dict() returned")
                 if value.shape != p.shape:
                     raise fail("load_state_dict", f"{name}: saved shape {value.shape} vs "
                                f"model shape {p.shape}", "build the model with the same sizes")
