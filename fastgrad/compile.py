@@ -17,6 +17,7 @@ dtypes traces again (once per signature, logged on the "fastgrad" logger).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import numbers
@@ -484,6 +485,7 @@ class Compiled:
         sig = tuple((a.shape, a.dtype) for a in arrays)
         prog = self.programs.get(sig)
         if prog is None:
+            self._check_arity(len(arrays))
             dtype = self._dtype(arrays)
             for i, a in enumerate(arrays):
                 problem = input_dtype_problem(a.dtype, dtype)
@@ -501,6 +503,20 @@ class Compiled:
             prog.signature = sig
             self.programs[sig] = prog
         return prog, arrays
+
+    def _check_arity(self, n):
+        """Refuse a call with a number of inputs the traced function cannot take (before
+        tracing, where it would be a raw TypeError from inside the trace)."""
+        try:
+            signature = inspect.signature(self.fn)
+        except (TypeError, ValueError):  # a builtin or C callable: let the trace decide
+            return
+        try:
+            signature.bind(*range(n))
+        except TypeError as e:
+            raise fail("compile", f"the compiled function {signature} cannot take {n} "
+                       f"input(s) ({e})", "call the step with the function's inputs, "
+                       "e.g. step(x, y)") from None
 
     @property
     def _fast(self):

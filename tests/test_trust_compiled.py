@@ -416,6 +416,18 @@ def test_bad_compile_arguments_raise_fastgrad_errors_naming_them(kwargs, name):
         fg.compile(**args)
 
 
+def test_a_call_with_the_wrong_number_of_inputs_is_refused_by_name():
+    """A compiled step called with more or fewer inputs than its function takes raises
+    FastgradError (still a TypeError) naming the function's signature, before tracing."""
+    model, opt, step = tiny_classifier()
+    X, Y = digits_like(4)
+    for args in ((X,), (X, Y, Y), ()):
+        with pytest.raises(fg.FastgradError, match=r"compile: the compiled function \(x, y\) "
+                           rf"cannot take {len(args)} input"):
+            step(*args)
+    assert step.programs == {} and opt.t == 0
+
+
 def test_fit_needs_a_compiled_step_with_an_optimizer():
     w = fg.nn.Parameter(np.ones(4))
     with pytest.raises(fg.FastgradError, match="fit: step"):
