@@ -329,7 +329,9 @@ class Program:
         empty_f, empty_i, int64 = self.empty_float, _EMPTY_I, _EMPTY_I.dtype
         python_inputs = bool(self.python_copy or self.python_index or self.frozen)
         load_inputs, general_call = self.load_inputs, compiled._general_call
-        anomaly, lock = anomaly_state, compiled._lock
+        anomaly = anomaly_state
+        # the bound methods, not ``with lock``: 0.08 against 0.15 µs per step (timeit)
+        acquire, release = compiled._lock.acquire, compiled._lock.release
 
         def plan(i, want):  # (entry dtype, the signature's dtype is it, the input is 1-D)
             return None if i is None else (want, sig[i][1] == want, len(sig[i][0]) == 1)
@@ -363,7 +365,8 @@ class Program:
                         return general_call(*inputs)
             # one step at a time: the arenas, opt.t and the optimizer's buffers are shared
             # by every thread calling this step (or another over the same optimizer)
-            with lock:
+            acquire()
+            try:
                 if python_inputs:
                     load_inputs(inputs)
                 if external is None:
@@ -387,6 +390,8 @@ class Program:
                     return loss
                 if direction != 3:
                     raise fail_with(bad, direction)
+            finally:
+                release()
             # an input is not C-contiguous and aligned: the general path copies it
             return general_call(*inputs)
 
