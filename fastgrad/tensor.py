@@ -139,6 +139,53 @@ def enable_grad():
         _state.grad = prev
 
 
+def input_dtype_problem(dtype, want):
+    """fastgrad's one rule for the dtype of an array entering a computation whose floats are
+    ``want`` (float32 or float64; None: not known yet), in eager ops (``apply``), compiled
+    steps and ``fg.fit`` alike. Returns None when the array is accepted, else ``(problem,
+    fix)`` for the caller's error message.
+
+    - bool and integer arrays are accepted: in a float position they are cast to ``want`` (as
+      NumPy), in an index or label position widened to int64 after the range check;
+    - float32 and float64 arrays are accepted when they are ``want``: fastgrad does not promote
+      or demote silently (PyTorch's Linear refuses float64 input for float32 weights too);
+    - float16, complex, string, bytes, object, datetime and structured arrays are refused:
+      a cast would lose the imaginary part or parse text.
+
+    Python data (lists, numbers) becomes an array first as ``fg.tensor`` makes it (floats in
+    the default dtype, ``input_array``). This is the one place to change when fastgrad adopts
+    PyTorch's promotion rules.
+
+    >>> import numpy as np
+    >>> input_dtype_problem(np.dtype(np.int32), np.dtype(np.float32)) is None
+    True
+    >>> input_dtype_problem(np.dtype(np.float64), np.dtype(np.float32))[1]
+    'cast it with .astype(np.float32)'
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "fiub":
+        return (f"unsupported dtype {dtype}",
+                "use float32 or float64 values, or integer indices/labels")
+    if dtype.kind == "f" and dtype not in FLOAT_DTYPES:
+        return (f"unsupported dtype {dtype}", "cast it with .astype(np.float32) or "
+                ".astype(np.float64)" if want is None else f"cast it with .astype(np.{want})")
+    if dtype.kind == "f" and want is not None and dtype != want:
+        return (f"dtype {dtype} for a {want} computation", f"cast it with .astype(np.{want})")
+    return None
+
+
+def input_array(value) -> np.ndarray:
+    """``value`` as the array it enters a computation as (see ``input_dtype_problem``): a
+    tensor's values, an array as it is, Python data (lists, numbers) as ``fg.tensor`` makes it
+    (floats in the default dtype)."""
+    if isinstance(value, Tensor):
+        return value.numpy()
+    a = np.asarray(value)
+    if not isinstance(value, (np.ndarray, np.generic)) and a.dtype.kind == "f":
+        a = a.astype(get_default_dtype())
+    return a
+
+
 def _scalar(x):
     return isinstance(x, numbers.Number) and not isinstance(x, bool) or (
         isinstance(x, np.generic) and x.dtype.kind in "fiu")
@@ -669,10 +716,10 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
                    f"{len(ts)}")
     floats = {t.dtype for i, t in enumerate(ts) if i not in d.int_inputs and t.dtype.kind == "f"}
     for i, t in enumerate(ts):
-        if t.dtype.kind not in "fiub" or (t.dtype.kind == "f" and t.dtype not in FLOAT_DTYPES):
-            raise fail(name, f"unsupported dtype {t.dtype} (operand {i}, shape {fmt(t.shape)})",
-                       "use float32 or float64 values, or integer indices/labels")
-    if len(floats) > 1:
+        problem = input_dtype_problem(t.dtype, None)
+        if problem is not None:
+            raise fail(name, f"{problem[0]} (operand {i}, shape {fmt(t.shape)})", problem[1])
+    if any(input_dtype_problem(f, next(iter(floats))) for f in floats):
         raise fail(
             name,
             "operands have dtypes " + " and ".join(sorted(x.name for x in floats)) + " with shapes "

@@ -120,8 +120,8 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
     large step each NumPy call in Python costs µs: flags and reshape cost 4-6 µs at
     784-128-10 batch 64); direction 3 (nothing has run) asks for a C-contiguous copy.
     ``finput`` (1-D, the tape's dtype) is copied to values at ints[H_FLOAT_OFF]; ``iinput``
-    (1-D int64, labels or indices) is checked against [ints[H_INT_LO], ints[H_INT_HI]) and
-    copied to ivalues at ints[H_INT_OFF]. Either may be empty: loading them here saves a
+    (1-D int64, labels or indices) is copied to ivalues at ints[H_INT_OFF] and the copy is
+    checked against [ints[H_INT_LO], ints[H_INT_HI]). Either may be empty: loading them here saves a
     native call per input. Either may also be the caller's own 1-D array, so its layout is
     checked here too (direction 3).
     Returns (loss, gradient norm, row or -1, direction): direction 0 / 1 for an anomaly in
@@ -134,11 +134,15 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
         return 0.0, 0.0, 0, 3
     external = x.reshape(x.size)
     i_lo, i_hi = ints[H_INT_LO], ints[H_INT_HI]
-    for i in range(iinput.size):
-        if iinput[i] < i_lo or iinput[i] >= i_hi:
-            return 0.0, 0.0, i, 2
     i_off, f_off = ints[H_INT_OFF], ints[H_FLOAT_OFF]
-    ivalues[i_off : i_off + iinput.size] = iinput
+    # Copy, then check the copy: ``iinput`` may be the caller's array, which another thread
+    # (a loader refilling it) may change meanwhile; the values checked are the values used.
+    labels = ivalues[i_off : i_off + iinput.size]
+    labels[:] = iinput
+    for i in range(labels.size):
+        if labels[i] < i_lo or labels[i] >= i_hi:
+            labels[:] = i_lo  # no out-of-range index stays in the slot
+            return 0.0, 0.0, i, 2
     values[f_off : f_off + finput.size] = finput
     seg = ints[H_SEGMENTS : H_SEGMENTS + 12]
     nn = ints[H_NODES]

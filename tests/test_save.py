@@ -49,7 +49,7 @@ def test_module_and_optimizer_state_round_trip_bit_exactly(tmp_path, dtype):
     step = fg.compile(lambda x, y: fg.mse_loss(model(x), y), opt)
     rng = np.random.default_rng(0)
     for _ in range(3):
-        step(rng.standard_normal((4, 3)), rng.standard_normal((4, 2)))
+        step(rng.standard_normal((4, 3)).astype(dtype), rng.standard_normal((4, 2)).astype(dtype))
     path = tmp_path / "state.npz"
     fg.save({"model": model, "optimizer": opt}, path)
     back = fg.load(path)
