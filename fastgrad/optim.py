@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -130,6 +131,38 @@ class Options(dict):
         self.version += 1
 
 
+# id(parameter) -> the optimizer whose ``flat`` buffer the parameter's values are a view of
+_OWNERS: "weakref.WeakValueDictionary[int, Optimizer]" = weakref.WeakValueDictionary()
+
+
+def _take_ownership(opt) -> None:
+    """Record ``opt`` as the owner of its parameters' memory, and mark the optimizer that owned
+    one of them before as superseded.
+
+    Why: an optimizer makes each parameter a view of its own flat buffer, so a second optimizer
+    over the same parameter re-points it, and the first one's updates would silently stop
+    reaching the model. PyTorch users may expect both to work; refusing the first at its next
+    update is the honest choice (``_superseded_error`` says what to do)."""
+    for i, p in enumerate(opt.params):
+        old = _OWNERS.get(id(p))
+        # ``is`` check: an id can be reused by a new tensor after the old one is collected
+        if (old is not None and old is not opt and old._superseded is None
+                and any(q is p for q in old.params)):
+            old._superseded = (next(j for j, q in enumerate(old.params) if q is p),
+                               type(opt).__name__)
+        _OWNERS[id(p)] = opt
+
+
+def _superseded_error(opt):
+    index, newer = opt._superseded
+    name = type(opt).__name__
+    return fail(f"{name}.step", f"parameter {index} of this optimizer was taken over by a {newer} "
+                "created later over the same parameter (an optimizer keeps its parameters' "
+                "values in its own flat buffer, so this one's updates would no longer reach the "
+                "model)", "use one optimizer per parameter: build one optimizer over all of them, "
+                "or create this optimizer again after the other if it should train them")
+
+
 class Optimizer:
     """Base class: flat parameter/gradient buffers, state buffers, step counter.
 
@@ -190,6 +223,8 @@ class Optimizer:
             p._data = self._flat[a:b].reshape(p.shape)  # the parameter becomes a view
         self.t = 0  # steps taken
         self._hyper_version = self._hyper_of = None
+        self._superseded = None  # (parameter index, newer optimizer's name) once one takes it
+        _take_ownership(self)
 
     def __setstate__(self, state):
         """copy.deepcopy / pickle: ``flat``, ``flat_grad`` and ``state`` become rows of the
@@ -199,6 +234,7 @@ class Optimizer:
         self._flat, self._flat_grad, self._state = b[0], b[1], tuple(b[2:])
         for p, a, e in zip(self.params, self.offsets[:-1], self.offsets[1:]):
             p._data = self._flat[a:e].reshape(p.shape)
+        _take_ownership(self)
 
     @property
     def options(self) -> Options:
@@ -251,7 +287,12 @@ class Optimizer:
         self.options["lr"] = float(value)
 
     def hyper(self) -> np.ndarray:
-        """The options as the float64 array the update kernel reads (rebuilt when they change)."""
+        """The options as the float64 array the update kernel reads (rebuilt when they change).
+
+        Every update (``step()``, a compiled step, ``fg.fit``) reads it, so it is also where an
+        optimizer whose parameters another optimizer took over refuses to run."""
+        if self._superseded is not None:
+            raise _superseded_error(self)
         options = self._options
         if options.version != self._hyper_version or options is not self._hyper_of:
             # an in-place edit (opt.options["lr"] = ...) is checked here, at the next step
@@ -291,6 +332,7 @@ class Optimizer:
 
     def step(self):
         """Apply one update from each parameter's ``.grad`` (missing grads count as zero)."""
+        hyper = self.hyper()  # first: it refuses a superseded optimizer before anything changes
         for i, (p, a, b) in enumerate(zip(self.params, self.offsets[:-1], self.offsets[1:])):
             if p.grad is None:
                 self.flat_grad[a:b] = 0
@@ -303,8 +345,7 @@ class Optimizer:
                            "set .grad to a real array of the parameter's shape, or None")
             self.flat_grad[a:b] = g.ravel()
         self.t += 1
-        _k.optimizer_update(self.kind, self.flat, self.flat_grad, *self.state, self.hyper(),
-                            self.t)
+        _k.optimizer_update(self.kind, self.flat, self.flat_grad, *self.state, hyper, self.t)
 
     def state_dict(self) -> dict:
         """Options, step count and state buffers (NumPy arrays; exact round trip)."""

@@ -598,3 +598,41 @@ def test_cache_fault_helper_warns_once_per_directory(caplog, monkeypatch):
     assert [r.getMessage().split(" could")[0] for r in caplog.records] == [
         "fastgrad: the kernel cache in cache-a", "fastgrad: the kernel cache in cache-b"]
     assert jit._unwritable_dirs == {"cache-a"}
+
+
+# ------------------------------------------------- two optimizers over one parameter
+def _two_optimizers():
+    model = fg.nn.Linear(3, 2, seed=0)
+    first = fg.optim.SGD(model.parameters(), lr=0.1)
+    second = fg.optim.Adam(model.parameters(), lr=0.1)
+    return model, first, second
+
+
+def test_an_optimizer_whose_parameter_a_later_optimizer_took_refuses_to_step():
+    """Each optimizer keeps its parameters' values in its own flat buffer, so the later one
+    re-points the parameter: the first one's updates would silently miss the model."""
+    model, first, second = _two_optimizers()
+    (model(np.ones((4, 3))) ** 2).sum().backward()
+    with pytest.raises(fg.FastgradError, match=r"SGD\.step: parameter 0 .* taken over by a Adam"):
+        first.step()
+    before = model.weight.numpy().copy()
+    second.step()  # the newer optimizer owns the parameters and trains them
+    assert not np.array_equal(model.weight.numpy(), before)
+
+
+def test_a_compiled_step_over_the_superseded_optimizer_refuses_too():
+    model, first, _ = _two_optimizers()
+    step = fg.compile(lambda x: (model(x) ** 2).sum(), optimizer=first)
+    with pytest.raises(fg.FastgradError, match="taken over"):
+        step(np.ones((4, 3)))
+
+
+def test_a_new_optimizer_after_a_discarded_one_and_a_deep_copy_are_fine():
+    model = fg.nn.Linear(3, 2, seed=0)
+    for _ in range(2):  # a new optimizer each round, the old one dropped: ordinary use
+        opt = fg.optim.SGD(model.parameters(), lr=0.1)
+        (model(np.ones((4, 3))) ** 2).sum().backward()
+        opt.step()
+    twin = copy.deepcopy(opt)  # its parameters are copies: it supersedes nothing
+    opt.step()
+    twin.step()
