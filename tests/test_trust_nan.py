@@ -91,6 +91,31 @@ def test_a_nan_input_gives_nan_gradients_exactly_where_the_numpy_reference_does(
         _same_nans(leaf.grad, ref.node(v, grads), f"{TABLE[op].name} gradient of %{v}")
 
 
+ARITHMETIC = [d for d in TABLE.values() if d.op // 100 in (0, 1) and d.differentiable]
+PIECEWISE = ["relu", "leaky_relu", "abs", "clip", "maximum", "minimum"]
+
+
+def test_the_numpy_references_themselves_return_nan_for_a_nan_operand():
+    """The generated tests compare the kernels with the op table's NumPy references, so those
+    must follow NumPy: every arithmetic elementwise op of a NaN is NaN (np.maximum(nan, 0) is
+    nan, so relu(nan) is too), and a piecewise op's slope at a NaN is NaN (np.heaviside)."""
+    nan, one = np.array([np.nan]), np.array([1.5])
+    for d in ARITHMETIC:
+        attrs = d.samples[0][1]
+        c0, c1 = attrs.get("c0", 0.0), attrs.get("c1", 0.0)
+        with np.errstate(all="ignore"):
+            if d.arity == 1:
+                outs = [d.np_forward(nan, c0, c1)]
+                slopes = [d.np_vjp(nan, outs[0], one, c0, c1)]
+            else:
+                outs = [d.np_forward(nan, one), d.np_forward(one, nan)]
+                slopes = [d.np_vjp(nan, one, outs[0], one)[0], d.np_vjp(one, nan, outs[1], one)[1]]
+        assert all(np.isnan(y).all() for y in outs), d.name
+        if d.name in PIECEWISE:
+            assert all(np.isnan(g).all() for g in slopes), d.name
+    assert {d.name for d in ARITHMETIC} >= set(PIECEWISE)
+
+
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(case=st.sampled_from(test_ops.CASES), dtype=st.sampled_from([np.float64, np.float32]),
