@@ -184,6 +184,34 @@ def test_one_nan_pixel_makes_the_reported_loss_nan_not_only_the_weights():
     assert np.isnan(loss)
 
 
+def test_clipping_by_norm_with_a_nan_gradient_makes_every_gradient_nan_as_pytorch():
+    """torch.nn.utils.clip_grad_norm_ scales by clamp(max_norm / (nan + eps), max=1) = nan: no
+    parameter takes an unclipped step. Before, a NaN norm skipped the scaling (nan < 1 is
+    false), so the parameters with finite gradients moved by their full, unclipped gradient."""
+    a, b = fg.nn.Parameter([0.0, 0.0]), fg.nn.Parameter([0.0, 0.0])
+    a.grad, b.grad = np.array([np.nan, 1.0]), np.array([30.0, 40.0])
+    assert np.isnan(fg.nn.utils.clip_grad_norm_([a, b], max_norm=1.0))
+    assert np.isnan(a.grad).all() and np.isnan(b.grad).all()
+
+    w, v = fg.nn.Parameter([1.0, 1.0]), fg.nn.Parameter([1.0, 1.0])
+    opt = fg.optim.SGD([w, v], lr=0.1)
+    step = fg.compile(lambda x: (w * x).sum() + (v * v).sum() * 50.0, optimizer=opt,
+                      clip_grad_norm=1.0)
+    step(np.array([np.nan, 1.0]))
+    assert np.isnan(w.numpy()).all() and np.isnan(v.numpy()).all()
+
+
+def test_amsgrad_keeps_a_nan_second_moment_in_its_running_max():
+    """Adam(amsgrad=True) keeps max(v_max, v) as torch.maximum does, NaN included."""
+    w = fg.nn.Parameter([1.0, 1.0])
+    opt = fg.optim.Adam([w], lr=0.1, amsgrad=True)
+    step = fg.compile(lambda x: (w * x).sum(), optimizer=opt)
+    step(np.array([1.0, 2.0]))
+    step(np.array([np.nan, 2.0]))
+    v_max = opt.state[2]
+    assert np.isnan(v_max[0]) and np.isfinite(v_max[1])
+
+
 # ----------------------------------------------------------------------------- anomaly in scan
 XS = np.array([[1.0, 2.0], [3.0, 1.0], [-1.0, 4.0], [2.0, 2.0], [1.0, 1.0]])  # log(-1) at t=2
 CHECKPOINTS = [None, 2, fg.Binomial(slots=2)]
