@@ -825,15 +825,25 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
                 with step._lock:  # one epoch at a time with other calls of the step
                     for leaf, v in prog.frozen:
                         prog.tape.node_values(v)[...] = leaf.numpy()
-                    total, correct = _train.fit_epoch(
+                    check = anomaly_enabled()
+                    total, correct, done, bad, direction = _train.fit_epoch(
                         arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads,
                         prog.modes, prog.fold_modes if prog.ints[_train.H_FOLD]
-                        and not anomaly_enabled() else prog.fold_modes[:0], prog.scratch,
+                        and not check else prog.fold_modes[:0], prog.scratch,
                         prog.zero_spans, prog.keep_spans, prog.loss_off, opt.flat,
                         opt.flat_grad, opt.kind, opt.state[0], opt.state[1], opt.state[2],
                         opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
                         X2, x_off, prog.external == 0, Yf, Yi, y_off, perm, batch_size, nfull,
-                        prog.logits_off, ncls, False)
+                        prog.logits_off, ncls, check)
+                    if bad >= 0:  # fg.detect_anomaly: the batches before it are applied
+                        opt.t += done
+                        tape = prog.tape  # the report reads the buffers this run used
+                        tape.param_arena, tape.param_grads = opt.flat, opt.flat_grad
+                        if prog.external == 0:
+                            tape.external = arrays[11]
+                        err = prog.failure(bad, direction)
+                        raise type(err)(f"fit (epoch {epoch + 1}, batch {done + 1}): {err}"
+                                        ) from None
                     opt.t += nfull
                     seen = nfull * batch_size
                     total *= batch_size

@@ -257,7 +257,9 @@ class Tape:
                                              self.param_arena, self.n_done, self.n_rows,
                                              check or _anomaly_on())
                 if bad >= 0:
-                    self.n_done = bad + 1
+                    row, _, scan_row = _locate(self, bad)
+                    # a scan stopped inside its body did not finish: it runs again next flush
+                    self.n_done = scan_row if scan_row >= 0 else row + 1
                     raise _anomaly_error(self, bad, "forward")
                 self.n_done = self.n_rows
 
@@ -284,6 +286,9 @@ class Tape:
                                       self.grad_modes(), self.scratch(), 0, stop, _anomaly_on(),
                                       0.0)
         if bad >= 0:
+            _, _, scan_row = _locate(self, bad)
+            if scan_row >= 0:  # the scan's slots hold a step of the aborted sweep: rerun it
+                self.n_done = min(self.n_done, scan_row)
             raise _anomaly_error(self, bad, "backward")
         return self.grads
 
@@ -526,6 +531,12 @@ def _anomaly_on():
     from .anomaly import anomaly_enabled
 
     return anomaly_enabled()
+
+
+def _locate(tape, report):
+    from .anomaly import locate
+
+    return locate(tape, report)
 
 
 def _anomaly_error(tape, row, direction):

@@ -173,9 +173,11 @@ def fit_epoch(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans
     """Run ``nbatches`` minibatches of rows perm[b*batch : (b+1)*batch] of X (N, row) and
     Yf (N, row) or Yi (N,). The batch of X goes to the x slot at ``x_off``, or with
     ``x_external`` (x read in place, node kind 3) to the tape's external buffer ``tape[11]``.
-    ``check`` must be False (an argument, not a constant: see above). ``fold_need`` (empty:
-    no folding) and ``keep_spans`` as in train_step.
-    Returns (sum of batch losses, correct predictions)."""
+    ``check`` (fg.detect_anomaly; an argument, not a constant: see above) checks every row of
+    every batch and stops at the first NaN/Inf, before that batch's update. ``fold_need``
+    (empty: no folding) and ``keep_spans`` as in train_step.
+    Returns (sum of batch losses, correct predictions, batches completed, row or -1,
+    direction): the last two as train_step's, for the batch after the completed ones."""
     row = X.shape[1]
     yrow = Yf.shape[1]
     total = 0.0
@@ -193,6 +195,8 @@ def fit_epoch(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans
             tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, keep_spans,
             loss_off, flat, flat_grad, kind, s1, s2, s3, hyper, t0 + b,
             max_norm, max_value, check)
+        if bad >= 0:
+            return total, correct, b, bad, direction
         total += loss
         if ncls > 0:
             for r in range(batch):
@@ -203,4 +207,4 @@ def fit_epoch(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans
                         best = c
                 if best == ivalues[y_off + r]:
                     correct += 1
-    return total, correct
+    return total, correct, nbatches, -1, 0
