@@ -84,10 +84,21 @@ def _check_step_count(owner: str, value) -> int:
 
 
 
-def _field_problem(missing, unknown) -> str:
-    parts = ([f"missing fields {sorted(missing)}"] if missing else []) + (
-        [f"unknown fields {sorted(map(str, unknown))}"] if unknown else [])
-    return "the state has " + " and ".join(parts)
+def _check_state_fields(state, where: str, name: str, fields: set, source: str, kind: str):
+    """Refuse ``state`` unless it is a dict with exactly ``fields`` and ``type`` == ``name``
+    (the checks every ``load_state_dict`` starts with). ``source`` names what made it
+    (``opt.state_dict()``), ``kind`` what loads it ("optimizer", "scheduler")."""
+    if not isinstance(state, Mapping):
+        raise fail(where, f"expected the dict that state_dict() returns, got "
+                   f"{type(state).__name__}", f"pass {source} or fg.load(path)[key]")
+    missing, unknown = fields - set(state), set(state) - fields
+    if missing or unknown:
+        parts = ([f"missing fields {sorted(missing)}"] if missing else []) + (
+            [f"unknown fields {sorted(map(str, unknown))}"] if unknown else [])
+        raise fail(where, "the state has " + " and ".join(parts), "pass what state_dict() returned")
+    if state["type"] != name:
+        raise fail(where, f"state of a {state['type']} given to a {name}",
+                   f"load it into the same {kind} type")
 
 
 class Options(dict):
@@ -367,16 +378,8 @@ class Optimizer:
         """
         name = type(self).__name__
         where = f"{name}.load_state_dict"
-        if not isinstance(state, Mapping):
-            raise fail(where, f"expected the dict that state_dict() returns, got "
-                       f"{type(state).__name__}", "pass opt.state_dict() or fg.load(path)[key]")
-        fields = {"type", "options", "t", "state"}
-        missing, unknown = fields - set(state), set(state) - fields
-        if missing or unknown:
-            raise fail(where, _field_problem(missing, unknown), "pass what state_dict() returned")
-        if state["type"] != name:
-            raise fail(where, f"state of a {state['type']} given to a {name}",
-                       "load it into the same optimizer type")
+        _check_state_fields(state, where, name, {"type", "options", "t", "state"},
+                            "opt.state_dict()", "optimizer")
         if not isinstance(state["options"], Mapping):
             raise fail(where, f"options must be a dict, got {type(state['options']).__name__}",
                        "pass what state_dict() returned")
@@ -560,16 +563,9 @@ class LRScheduler:
         state for that), as in PyTorch."""
         name = type(self).__name__
         where = f"{name}.load_state_dict"
-        if not isinstance(state, Mapping):
-            raise fail(where, f"expected the dict that state_dict() returns, got "
-                       f"{type(state).__name__}", "pass sched.state_dict() or fg.load(path)[key]")
-        fields = {"type", "last_epoch", "base_lrs", "_last_lr", *self.arguments}
-        missing, unknown = fields - set(state), set(state) - fields
-        if missing or unknown:
-            raise fail(where, _field_problem(missing, unknown), "pass what state_dict() returned")
-        if state["type"] != name:
-            raise fail(where, f"state of a {state['type']} given to a {name}",
-                       "load it into the same scheduler type")
+        _check_state_fields(state, where, name,
+                            {"type", "last_epoch", "base_lrs", "_last_lr", *self.arguments},
+                            "sched.state_dict()", "scheduler")
         epoch = state["last_epoch"]
         if (not isinstance(epoch, (int, np.integer)) or isinstance(epoch, (bool, np.bool_))
                 or not 0 <= epoch < _MAX_STEPS):

@@ -36,27 +36,15 @@ from hypothesis import strategies as st
 import fastgrad as fg
 import fastgrad.io
 from fastgrad import FastgradError
-from fastgrad.io import HEADER, _body_own, _digest, _tape_from, _tape_to, validate_tape
+from fastgrad.io import HEADER, _body_own, _tape_from, _tape_to
 from fastgrad.kernels.scan import HEADER as H
 from fastgrad.opcodes import Op
 from fastgrad.reference import Reference
+from test_save import _rewrite  # a saved file edited with its digest recomputed
 
 
 def raises(match):
     return pytest.raises(FastgradError, match=match)
-
-
-def _rewrite(path, change):
-    """Apply ``change(arrays, header)`` to a saved file and write it back with the digest
-    recomputed, as anyone editing a file on purpose can."""
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    header = json.loads(arrays.pop(HEADER).tobytes())
-    change(arrays, header)
-    header["digest"] = _digest(header["tree"], arrays)
-    arrays[HEADER] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
 
 
 def _saved(tape):
