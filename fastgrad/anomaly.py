@@ -1,6 +1,8 @@
 """NaN/Inf tracing: ``with fg.detect_anomaly():`` makes every replay check each op's output.
 
 Off by default; when off the replay kernels skip the check entirely (one branch per row).
+Inside ``fg.scan`` the body's rows are checked at every step, and the report names the op in
+the loop body and the step t; ``fg.compile``d steps and ``fg.fit`` check the same way.
 """
 
 from __future__ import annotations
@@ -57,16 +59,40 @@ def _stats(a):
     return f"shape {a.shape}, {rng}, nan {int(np.isnan(a).sum())}, inf {int(np.isinf(a).sum())}"
 
 
-def describe_anomaly(tape, row, direction) -> AnomalyError:
+def locate(tape, report):
+    """(row, step t, scan row) of a replay kernel's anomaly report: ``report`` is the row, or
+    for a row of a scan body at step t, row + (t + 1) * STEP_CODE (kernels/rows.py); step and
+    scan row are -1 outside a scan body."""
+    from .kernels.rows import STEP_CODE
+
+    row, t = int(report) % STEP_CODE, int(report) // STEP_CODE - 1
+    if t < 0:
+        return row, -1, -1
+    for s in tape.scan_rows:
+        ip = tape.iparams.a[tape.ip_ptr.a[s] : tape.ip_ptr.a[s + 1]]
+        if int(ip[2]) <= row < int(ip[3]):
+            return row, t, int(s)
+    raise FastgradError(f"internal: anomaly report {report} names no scan body row")
+
+
+def describe_anomaly(tape, report, direction) -> AnomalyError:
+    """The error for a replay kernel's anomaly ``report`` (see ``locate``) in ``direction``
+    ("forward" or "backward"): the op, its row (and the loop step inside ``fg.scan``), and its
+    inputs' statistics (at that step)."""
+    row, t, scan_row = locate(tape, report)
     r, name, ins, out = next(x for x in tape.rows() if x[0] == row)
+    where = f"row {r} ({name})"
+    if t >= 0:
+        T = int(tape.iparams.a[tape.ip_ptr.a[scan_row]])
+        where += f" at step t={t} of {T} of the fg.scan loop body (scan row {scan_row})"
     if direction == "forward":
         y = tape.node_values(out)
         what = "nan" if np.isnan(y).any() else ("-inf" if np.isneginf(y).any() else "inf")
-        lines = [f"forward: row {r} ({name}) produced {what} in %{out} {tape.shapes[out]}"]
+        lines = [f"forward: {where} produced {what} in %{out} {tape.shapes[out]}"]
         for i in ins:
             lines.append(f"  input %{i}: {_stats(tape.node_values(i))}")
     else:
-        lines = [f"backward: row {r} ({name}) produced a NaN/Inf gradient for its inputs"]
+        lines = [f"backward: {where} produced a NaN/Inf gradient for its inputs"]
         for i in ins:
             lines.append(f"  input %{i}: {_stats(tape.node_values(i))}")
             if tape.node_need.a[i]:

@@ -3,9 +3,11 @@
 ``compile(fn, optimizer)`` records ``fn`` on its first call into a tape whose inputs are slots,
 then every call writes the new inputs into the slots and runs forward + backward (+ clipping,
 + the optimizer update) in ONE native call (kernels/train.py). Like ``jax.jit``, Python control
-flow that depends on values is frozen at trace time; arrays captured by ``fn`` that are not
-inputs or parameters are constants frozen at trace time too. A call with new input shapes or
-dtypes traces again (once per signature, logged on the "fastgrad" logger).
+flow that depends on values is frozen at trace time, and so is an array ``fn`` copies
+(``fg.tensor(a)`` inside ``fn``). Tensors ``fn`` captures are read at each call at their
+current values: parameters in the optimizer's buffer, every other leaf (``fg.from_numpy(a)``
+included) reloaded. A call with new input shapes or dtypes traces again (once per signature,
+logged on the "fastgrad" logger).
 
 >>> import fastgrad as fg, numpy as np
 >>> w = fg.nn.Parameter(np.array([1.0, 2.0]))
@@ -17,10 +19,16 @@ dtypes traces again (once per signature, logged on the "fastgrad" logger).
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
+import numbers
 import operator
+import signal
 import sys
+import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -35,8 +43,10 @@ from .kernels.movement import load_indices
 from .opcodes import Op
 from .ops import fmt
 from .scan import check_memory
-from .tape import Tape
-from .tensor import FLOAT_DTYPES, Tensor, get_default_dtype, placeholder
+from .optim import Optimizer
+from .tape import RECORDING, Tape
+from .tensor import (FLOAT_DTYPES, Tensor, get_default_dtype, input_array, input_dtype_problem,
+                     placeholder, tracing)
 
 log = logging.getLogger("fastgrad")
 _EMPTY_F = {dt: np.zeros((0, 1), dt) for dt in FLOAT_DTYPES}
@@ -49,7 +59,8 @@ class Program:
     def __init__(self, fn, inputs, optimizer, params, dtype):
         self.tape = tape = Tape(dtype)
         slots = [placeholder(tape, x, label=f"input {i}") for i, x in enumerate(inputs)]
-        out = fn(*slots)
+        with tracing():
+            out = fn(*slots)
         if not isinstance(out, Tensor) or out.size != 1:
             raise fail("compile", "the function must return a one-element loss tensor, got "
                        + (f"shape {fmt(out.shape)}" if isinstance(out, Tensor) else repr(out)),
@@ -57,6 +68,12 @@ class Program:
         if not out.requires_grad:
             raise fail("compile", "the loss does not depend on any parameter that requires grad",
                        "use model parameters (fg.nn.Parameter) inside the function")
+        # An input the loss does not read (``lambda x: (W * 2).sum()``) is still a slot of
+        # the program, on a tape of its own until it joins the loss's here.
+        with RECORDING:
+            for s in slots:
+                if s.tape is not out.tape:
+                    out.tape.absorb(s.tape)
         # the memory guard (fg.set_memory_limit): the program's buffers together (its copy of
         # the tape, the packed arrays, gradients and scratch), refused before the first is made
         check_memory("compile", out.tape.compiled_nbytes(), f"the program traced for inputs "
@@ -74,17 +91,17 @@ class Program:
         flat_off = np.concatenate([[0], np.cumsum([p.size for p in self.params])])
         self.flat_size = int(flat_off[-1])
         # Parameter nodes move into the flat parameter buffer (kind 2): replay reads and writes
-        # the optimizer's memory directly. Leaves that are not parameters stay copies (frozen).
+        # the optimizer's memory directly. Every other leaf copy (a leaf that is not a
+        # parameter, a constant such as fg.from_numpy(a), a parameter read under no_grad) is
+        # reloaded from its tensor at each call (``frozen``): never its trace-time values.
         modes = tape.grad_modes()
         seen = {}
-        self.frozen = []
         for leaf, v in tape.leaves:
             if id(leaf) in index:
                 tape.node_kind.a[v] = 2
                 tape.node_off.a[v] = flat_off[index[id(leaf)]]
                 seen.setdefault(id(leaf), []).append(v)
-            else:
-                self.frozen.append((leaf, v))
+        self.frozen = [(leaf, v) for leaf, v in tape.copies if tape.node_kind.a[v] == 0]
         # The first input is read in place from the caller's array (kind 3): no copy per step
         # (a 1024 x 784 float64 batch: 0.4 ms of each 9 ms step was that copy).
         self.external = self._external_slot(inputs)
@@ -322,6 +339,8 @@ class Program:
         python_inputs = bool(self.python_copy or self.python_index or self.frozen)
         load_inputs, general_call = self.load_inputs, compiled._general_call
         anomaly = anomaly_state
+        # the bound methods, not ``with lock``: 0.08 against 0.15 µs per step (timeit)
+        acquire, release = compiled._lock.acquire, compiled._lock.release
 
         def plan(i, want):  # (entry dtype, the signature's dtype is it, the input is 1-D)
             return None if i is None else (want, sig[i][1] == want, len(sig[i][0]) == 1)
@@ -353,28 +372,37 @@ class Program:
                     if type(x) is not ndarray or x.shape != shape or (x.dtype is not dt
                                                                       and x.dtype != dt):
                         return general_call(*inputs)
-            if python_inputs:
-                load_inputs(inputs)
-            if external is None:
-                x = no_external
-            else:
-                x = inputs[external]
-                if not x_direct:  # else as it is: train_step checks its layout (direction 3)
-                    x = entry_array(x, dtype, 2)
-                tape.external = x  # what an anomaly report reads
-            t = opt.t + 1
-            loss, norm, bad, direction = entry(
-                ints, bytes_, floats, values, ivalues, x, buffers, opt.hyper(), t,
-                max_norm, max_value, anomaly.on,
-                inputs[fi] if f_direct else empty_f if fi is None else as_entry(inputs[fi], f_plan),
-                inputs[ii] if i_direct else empty_i if ii is None else as_entry(inputs[ii], i_plan))
-            if bad >= 0:
-                if direction == 3:  # an input is not C-contiguous and aligned: the general
-                    return general_call(*inputs)  # path copies it
-                raise fail_with(bad, direction)
-            opt.t = t
-            compiled.last_grad_norm = norm
-            return loss
+            # one step at a time: the arenas, opt.t and the optimizer's buffers are shared
+            # by every thread calling this step (or another over the same optimizer)
+            acquire()
+            try:
+                if python_inputs:
+                    load_inputs(inputs)
+                if external is None:
+                    x = no_external
+                else:
+                    x = inputs[external]
+                    if not x_direct:  # else as it is: train_step checks its layout (dir. 3)
+                        x = entry_array(x, dtype, 2)
+                    tape.external = x  # what an anomaly report reads
+                t = opt.t + 1
+                loss, norm, bad, direction = entry(
+                    ints, bytes_, floats, values, ivalues, x, buffers, opt.hyper(), t,
+                    max_norm, max_value, anomaly.on,
+                    inputs[fi] if f_direct else empty_f if fi is None
+                    else as_entry(inputs[fi], f_plan),
+                    inputs[ii] if i_direct else empty_i if ii is None
+                    else as_entry(inputs[ii], i_plan))
+                if bad < 0:
+                    opt.t = t
+                    compiled.last_grad_norm = norm
+                    return loss
+                if direction != 3:
+                    raise fail_with(bad, direction)
+            finally:
+                release()
+            # an input is not C-contiguous and aligned: the general path copies it
+            return general_call(*inputs)
 
         return step
 
@@ -412,6 +440,10 @@ class Compiled:
 
     Call it with arrays: with an optimizer it returns the loss (a float) after updating the
     parameters; without, it returns ``(loss, [gradient per parameter])`` as NumPy arrays.
+
+    Safe to call from several threads: each call is one whole step under a lock (one per
+    optimizer, shared by every step over it and by ``fg.fit``; one per function without an
+    optimizer), so N calls give N serial steps in the order the threads took it.
     """
 
     # Why a property and not a method: Python looks ``__call__`` up on the type, and a
@@ -425,9 +457,21 @@ class Compiled:
 
     def __init__(self, fn, optimizer=None, params=None, clip_grad_norm=None,
                  clip_grad_value=None, keep_grads=False):
+        if not callable(fn):
+            raise fail("compile", f"fn must be a function returning a scalar loss, got "
+                       f"{type(fn).__name__}", "pass a function: fg.compile(lambda x, y: "
+                       "loss_fn(model(x), y), optimizer=opt)")
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise fail("compile", f"optimizer must be a fastgrad optimizer or None, got "
+                       f"{type(optimizer).__name__}", "pass fg.optim.SGD(model.parameters(), "
+                       "lr=0.1) (or another fg.optim optimizer)")
         self.fn = fn
         self._optimizer = optimizer
-        self.params = optimizer.params if optimizer is not None else params
+        self.params = optimizer.params if optimizer is not None else _checked_params(params)
+        # Calls of one step, and of every step over the same optimizer, run one at a time:
+        # the program's arenas and the optimizer's buffers are shared state (see __call__).
+        self._lock = threading.RLock() if optimizer is None else step_lock(optimizer)
+        self.history = None  # the History of the last (or running) fg.fit over this step
         self._fast = None
         self.max_norm = clip_grad_norm
         self.max_value = clip_grad_value
@@ -437,6 +481,8 @@ class Compiled:
         self._last = None  # the program of the last call
 
     def _dtype(self, inputs):
+        """The computation's float dtype: the optimizer's, the parameters', else the first
+        float input's (else the default dtype)."""
         if self.optimizer is not None:
             return self.optimizer.dtype
         if self.params:
@@ -446,12 +492,20 @@ class Compiled:
 
     def program(self, *inputs) -> tuple[Program, list]:
         """The traced program for these inputs' shapes and dtypes (tracing if new), and the
-        inputs as arrays."""
-        arrays = [x.numpy() if isinstance(x, Tensor) else np.asarray(x) for x in inputs]
+        inputs as arrays. Inputs enter by fastgrad's one input rule
+        (``fastgrad.tensor.input_dtype_problem``), as in eager ops: a signature is traced, and
+        so stored, only once its dtypes have passed it."""
+        arrays = [input_array(x) for x in inputs]
         sig = tuple((a.shape, a.dtype) for a in arrays)
         prog = self.programs.get(sig)
         if prog is None:
+            self._check_arity(len(arrays))
             dtype = self._dtype(arrays)
+            for i, a in enumerate(arrays):
+                problem = input_dtype_problem(a.dtype, dtype)
+                if problem is not None:
+                    raise fail("compile", f"input {i} (shape {fmt(a.shape)}): {problem[0]}",
+                               problem[1])
             cast = [a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(dtype)
                     for a in arrays]
             if self.programs:
@@ -463,6 +517,20 @@ class Compiled:
             prog.signature = sig
             self.programs[sig] = prog
         return prog, arrays
+
+    def _check_arity(self, n):
+        """Refuse a call with a number of inputs the traced function cannot take (before
+        tracing, where it would be a raw TypeError from inside the trace)."""
+        try:
+            signature = inspect.signature(self.fn)
+        except (TypeError, ValueError):  # a builtin or C callable: let the trace decide
+            return
+        try:
+            signature.bind(*range(n))
+        except TypeError as e:
+            raise fail("compile", f"the compiled function {signature} cannot take {n} "
+                       f"input(s) ({e})", "call the step with the function's inputs, "
+                       "e.g. step(x, y)") from None
 
     @property
     def _fast(self):
@@ -476,7 +544,12 @@ class Compiled:
 
     def _general_call(self, *inputs):
         """A call through the general path: find or trace the inputs' program, load the
-        inputs, run it (``__call__`` takes it unless the last program's step fits)."""
+        inputs, run it (``__call__`` takes it unless the last program's step fits). Under
+        the step's lock, as the per-step path: one call at a time (see ``step_lock``)."""
+        with self._lock:
+            return self._locked_call(inputs)
+
+    def _locked_call(self, inputs):
         prog = self._last
         if prog is not None and _same_signature(prog.signature, inputs):
             arrays = inputs
@@ -515,7 +588,7 @@ class Compiled:
 
     @max_norm.setter
     def max_norm(self, value):
-        self._max_norm = float(value or 0.0)
+        self._max_norm = _clip_limit("clip_grad_norm", value)
         self._fast = None  # the fast path holds the clip settings
 
     @property
@@ -525,7 +598,7 @@ class Compiled:
 
     @max_value.setter
     def max_value(self, value):
-        self._max_value = float(value or 0.0)
+        self._max_value = _clip_limit("clip_grad_value", value)
         self._fast = None
 
     @property
@@ -545,6 +618,51 @@ class Compiled:
     @property
     def parameters(self):
         return self.params
+
+
+_STEP_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_STEP_LOCKS_GUARD = threading.Lock()
+
+
+def step_lock(optimizer) -> threading.RLock:
+    """The lock that every compiled step and ``fg.fit`` over ``optimizer`` hold while they
+    load inputs, run the native step and count ``optimizer.t``: the program's arenas and the
+    optimizer's buffers are shared, and the native step releases the GIL. Reentrant, so a
+    step may call another over the same optimizer (``fit``'s last partial batch does)."""
+    with _STEP_LOCKS_GUARD:
+        lock = _STEP_LOCKS.get(optimizer)
+        if lock is None:
+            lock = _STEP_LOCKS[optimizer] = threading.RLock()
+        return lock
+
+
+def _checked_params(params):
+    """``compile``'s ``params`` as a list of leaf tensors that require grad (None: every
+    parameter the function uses)."""
+    if params is None:
+        return None
+    if isinstance(params, Tensor) or not hasattr(params, "__iter__"):
+        raise fail("compile", f"params must be a list of parameters, got "
+                   f"{type(params).__name__}", "pass model.parameters() or [w, b]")
+    params = list(params)
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor) or p.tape is not None or not p.requires_grad:
+            raise fail("compile", f"params must hold leaf tensors that require grad; entry {i} "
+                       f"is {type(p).__name__}" + ("" if not isinstance(p, Tensor) else
+                                                   " without requires_grad or recorded"),
+                       "pass model.parameters() or fg.nn.Parameter tensors")
+    return params
+
+
+def _clip_limit(name, value) -> float:
+    """A clipping limit as a float: None or 0 is off, else a finite number > 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
+            value) or value < 0:
+        raise fail("compile", f"{name} must be None or a finite number >= 0, got {value!r}",
+                   f"pass {name}=1.0 (or None for no clipping)")
+    return float(value)
 
 
 def _flat_runs_without(tape, flat_size, nodes) -> np.ndarray:
@@ -629,26 +747,56 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
     gathering, forward, backward, clipping and updates, with no Python per batch. A final
     partial batch (unless ``drop_last``) is one more compiled call, traced once. Shuffling is
     seeded. Returns a History with per-epoch ``loss`` and, when Y holds integer classes and the
-    loss is a cross-entropy, ``accuracy``.
+    loss is a cross-entropy, ``accuracy``; the History being filled is also ``step.history``
+    (as Keras keeps ``model.history``).
 
-    X: (N, ...) inputs; Y: (N,) integer labels or (N, ...) float targets.
+    X: (N, ...) inputs; Y: (N,) integer labels or (N, ...) float targets, by the input rule of
+    eager ops and compiled steps (``fastgrad.tensor.input_dtype_problem``). Integer labels are
+    copied once and the copy is range-checked: a loader that refills Y while fit runs does not
+    reach the kernels. Ctrl-C (SIGINT, in the main thread) is held until the running epoch's
+    native call and bookkeeping are done; then ``KeyboardInterrupt`` is raised with the History
+    of the completed epochs as ``exc.history`` (and ``step.history``), the parameters and the
+    optimizer's state (``opt.t`` included) those of exactly those epochs.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> model = fg.nn.MLP([2, 4, 2], seed=0)
+    >>> step = fg.compile(lambda x, y: fg.cross_entropy(model(x), y),
+    ...                   optimizer=fg.optim.SGD(model.parameters(), lr=0.1))
+    >>> h = fg.fit(step, np.ones((8, 2)), np.zeros(8, np.int64), epochs=2, batch_size=4,
+    ...            progress=False)
+    >>> len(h.loss), step.optimizer.t, h is step.history
+    (2, 4, True)
     """
     if not isinstance(step, Compiled) or step.optimizer is None:
-        raise fail("fit", "needs a compiled step with an optimizer",
-                   "step = fg.compile(loss_fn, optimizer=opt)")
-    X = X.numpy() if isinstance(X, Tensor) else np.asarray(X)
-    Y = Y.numpy() if isinstance(Y, Tensor) else np.asarray(Y)
+        raise fail("fit", "step must be a compiled step with an optimizer, got "
+                   + (type(step).__name__ if not isinstance(step, Compiled) else
+                      "one without"), "step = fg.compile(loss_fn, optimizer=opt)")
+    epochs = _count_argument("epochs", epochs, 0)
+    batch_size = _count_argument("batch_size", batch_size, 1)
+    if not (seed is None or isinstance(seed, (np.random.Generator, np.random.SeedSequence)) or (
+            isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0)):
+        raise fail("fit", f"seed must be None or an int >= 0, got {seed!r}", "pass seed=0")
+    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+        raise fail("fit", f"scheduler must have a step() method, got {type(scheduler).__name__}",
+                   "pass an fg.optim scheduler (e.g. StepLR(opt, 10)) or None")
+    opt = step.optimizer
+    dtype = opt.dtype
+    X, Y = _fit_data("X", X, dtype), _fit_data("Y", Y, dtype)
     n = X.shape[0]
     if Y.shape[0] != n:
         raise fail("fit", f"X has {n} rows but Y has {Y.shape[0]}", "pass matching X and Y")
-    if batch_size <= 0 or batch_size > n:
+    if n == 0:
+        raise fail("fit", "X and Y have no rows", "pass at least one sample")
+    if batch_size > n:
         raise fail("fit", f"batch_size {batch_size} for {n} samples", f"use 1..{n}")
-    opt = step.optimizer
-    dtype = opt.dtype
     Xc = np.ascontiguousarray(X, dtype=dtype)
     int_labels = Y.dtype.kind in "iu"
-    Yc = np.ascontiguousarray(Y, dtype=np.int64 if int_labels else dtype)
-    prog, _ = step.program(Xc[:batch_size], Yc[:batch_size])
+    # Labels: a private copy, checked below and read by the kernels: the caller's buffer may
+    # change while fit runs (a loader thread), and an index must never reach a kernel unchecked
+    Yc = np.array(Y, dtype=np.int64, order="C", copy=True) if int_labels else \
+        np.ascontiguousarray(Y, dtype=dtype)
+    with step._lock:  # tracing beside another thread's step of the same optimizer
+        prog, _ = step.program(Xc[:batch_size], Yc[:batch_size])
     x_off = int(prog.tape.node_off.a[prog.slot_nodes[0]])
     # the minibatch is gathered where the kernels read x: its own buffer when x is external
     arrays = prog.arrays if prog.external != 0 else prog.arrays[:11] + (
@@ -666,47 +814,127 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
     nfull = n // batch_size
     rest = 0 if drop_last else n - nfull * batch_size
     rng = np.random.default_rng(seed)
-    history = History(loss=[], accuracy=[], seconds=[], lr=[])
+    history = step.history = History(loss=[], accuracy=[], seconds=[], lr=[])
     bar = _progress(epochs, progress)
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        perm = rng.permutation(n) if shuffle else np.arange(n)
-        for leaf, v in prog.frozen:
-            prog.tape.node_values(v)[...] = leaf.numpy()
-        total, correct = _train.fit_epoch(
-            arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads, prog.modes,
-            prog.fold_modes if prog.ints[_train.H_FOLD] and not anomaly_enabled()
-            else prog.fold_modes[:0], prog.scratch,
-            prog.zero_spans, prog.keep_spans, prog.loss_off, opt.flat, opt.flat_grad,
-            opt.kind, opt.state[0], opt.state[1], opt.state[2], opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
-            X2, x_off, prog.external == 0, Yf, Yi, y_off, perm, batch_size, nfull,
-            prog.logits_off, ncls, False)
-        opt.t += nfull
-        seen = nfull * batch_size
-        total *= batch_size
-        if rest:
-            idx = perm[seen:]
-            total += step(Xc[idx], Yc[idx]) * rest
-            if ncls:
-                logits = _logits_of(step, Xc[idx], Yc[idx])
-                correct += int((logits.argmax(axis=1) == Yc[idx]).sum())
-            seen += rest
-        if not np.isfinite(total):
-            log.warning("fastgrad.fit: loss is not finite at epoch %d; rerun inside "
-                        "fg.detect_anomaly() to find the op", epoch + 1)
-        history["loss"].append(total / seen)
-        if ncls:
-            history["accuracy"].append(correct / seen)
-        history["seconds"].append(time.perf_counter() - start)
-        history["lr"].append(opt.lr)
-        if scheduler is not None:
-            scheduler.step()
-        _report(bar, epoch, epochs, history)
-    if bar is not None and not isinstance(bar, str):
-        bar.close()
+    ctrl_c = _HeldInterrupt()
+    try:
+        with ctrl_c:
+            for epoch in range(epochs):
+                start = time.perf_counter()
+                perm = rng.permutation(n) if shuffle else np.arange(n)
+                with step._lock:  # one epoch at a time with other calls of the step
+                    for leaf, v in prog.frozen:
+                        prog.tape.node_values(v)[...] = leaf.numpy()
+                    check = anomaly_enabled()
+                    total, correct, done, bad, direction = _train.fit_epoch(
+                        arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads,
+                        prog.modes, prog.fold_modes if prog.ints[_train.H_FOLD]
+                        and not check else prog.fold_modes[:0], prog.scratch,
+                        prog.zero_spans, prog.keep_spans, prog.loss_off, opt.flat,
+                        opt.flat_grad, opt.kind, opt.state[0], opt.state[1], opt.state[2],
+                        opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
+                        X2, x_off, prog.external == 0, Yf, Yi, y_off, perm, batch_size, nfull,
+                        prog.logits_off, ncls, check)
+                    if bad >= 0:  # fg.detect_anomaly: the batches before it are applied
+                        opt.t += done
+                        tape = prog.tape  # the report reads the buffers this run used
+                        tape.param_arena, tape.param_grads = opt.flat, opt.flat_grad
+                        if prog.external == 0:
+                            tape.external = arrays[11]
+                        err = prog.failure(bad, direction)
+                        raise type(err)(f"fit (epoch {epoch + 1}, batch {done + 1}): {err}"
+                                        ) from None
+                    opt.t += nfull
+                    seen = nfull * batch_size
+                    total *= batch_size
+                    if rest:
+                        idx = perm[seen:]
+                        total += step(Xc[idx], Yc[idx]) * rest
+                        if ncls:
+                            logits = _logits_of(step, Xc[idx], Yc[idx])
+                            correct += int((logits.argmax(axis=1) == Yc[idx]).sum())
+                        seen += rest
+                if not np.isfinite(total):
+                    log.warning("fastgrad.fit: loss is not finite at epoch %d; rerun inside "
+                                "fg.detect_anomaly() to find the op", epoch + 1)
+                history["loss"].append(total / seen)
+                if ncls:
+                    history["accuracy"].append(correct / seen)
+                history["seconds"].append(time.perf_counter() - start)
+                history["lr"].append(opt.lr)
+                if scheduler is not None:
+                    scheduler.step()
+                _report(bar, epoch, epochs, history)
+                ctrl_c.raise_if_pressed()
+        ctrl_c.raise_if_pressed()  # pressed during the last epoch's bookkeeping
+    except KeyboardInterrupt as e:
+        e.history = _finished(history)
+        raise
+    finally:
+        if bar is not None and not isinstance(bar, str):
+            bar.close()
+    return _finished(history)
+
+
+def _finished(history):
     if not history["accuracy"]:
-        del history["accuracy"]
+        history.pop("accuracy", None)
     return history
+
+
+class _HeldInterrupt:
+    """Hold SIGINT (Ctrl-C) while fit runs: the handler only notes it, and fit raises
+    KeyboardInterrupt at the end of an epoch (``raise_if_pressed``), so parameters, optimizer
+    state and History always describe the same completed epochs (an interrupt raised right
+    after an epoch's native call returned would skip ``opt.t``'s update). Only in the main
+    thread (where Python delivers signals) and only over Python's default handler: a
+    handler the caller installed stays in charge."""
+
+    def __init__(self):
+        self.pressed = False
+        self.previous = None
+
+    def _note(self, signum, frame):
+        if not self.pressed:
+            log.warning("fastgrad.fit: Ctrl-C; stopping at the end of this epoch")
+        self.pressed = True
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+        return False
+
+    def raise_if_pressed(self):
+        if self.pressed:
+            self.pressed = False
+            raise KeyboardInterrupt
+
+
+def _count_argument(name, value, least):
+    """``fit``'s integer argument ``name`` (>= least) as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise fail("fit", f"{name} must be an int >= {least}, got {value!r}",
+                   f"pass {name}={max(least, 1)}")
+    return int(value)
+
+
+def _fit_data(name, value, dtype) -> np.ndarray:
+    """``fit``'s X or Y as an array with a leading axis of samples, by the input rule."""
+    a = input_array(value)
+    if a.ndim == 0:
+        raise fail("fit", f"{name} must have a leading axis of samples, got a 0-d "
+                   f"{a.dtype} value", f"pass {name} of shape (N, ...)")
+    problem = input_dtype_problem(a.dtype, dtype)
+    if problem is not None:
+        raise fail("fit", f"{name} (shape {fmt(a.shape)}): {problem[0]}", problem[1])
+    return a
 
 
 def _logits_of(step, x, y):

@@ -11,7 +11,13 @@ Invariants:
   version, a SHA-256 digest of the header and every array) plus one array per leaf. Loading never
   runs code from the file.
 - Writing goes to a temporary file in the target's directory, which is flushed, fsynced and then
-  renamed over the target: a crash leaves the old file or the new one, never half of one.
+  renamed over the target: a crash leaves the old file or the new one, never half of one. A
+  symlink is followed (its target is replaced, as ``open()`` would write it); the temporary
+  name carries the host and pid, and a save removes those whose process is gone.
+- ``path`` may also be a binary file object (``io.BytesIO``, an open file), as with np.savez.
+- ``load`` reads only regular files (a FIFO, directory or device is refused unopened) and reads
+  no array before every member's declared size passed: stored uncompressed, inside the file,
+  equal to its .npy header's shape and dtype, all of them under the memory guard.
 - Round trips are bit-exact, dtypes included.
 - A truncated or modified file raises ``FastgradError``; a loaded tape is checked row by row
   (``validate_tape``) before any kernel can see it, because the replay kernels trust the tape.
@@ -33,10 +39,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import io
 import json
 import math
 import os
+import re
+import socket
+import stat
 import tempfile
+import zipfile
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -58,13 +69,24 @@ _FIX_DAMAGED = "the file is truncated or was modified; load an earlier copy or s
 def save(obj, path) -> None:
     """Write ``obj`` to ``path`` (an ``.npz`` file) atomically: temp file, fsync, rename.
 
-    ``obj``: an array, number, string, tensor, Module, Optimizer, Tape, or a dict/list/tuple
-    of these. The file is written exactly at ``path`` (no suffix is added).
+    ``obj``: an array, number, string, tensor, Module, Optimizer, scheduler (``StepLR``, ...),
+    Tape, or a dict/list/tuple of these. ``path``: a file name (written exactly there, no suffix added; a symlink is
+    followed, as ``open()`` does, and its target replaced) or a binary file object open for
+    writing (``io.BytesIO``, ``open(name, "wb")``), written from its current position as
+    ``np.savez`` writes one (not atomic: the caller owns that file).
+
+    >>> import fastgrad as fg, io, numpy as np
+    >>> buf = io.BytesIO()
+    >>> fg.save({"w": np.ones(2)}, buf)
+    >>> _ = buf.seek(0)
+    >>> fg.load(buf)["w"]
+    array([1., 1.])
     """
     from .nn import Module
-    from .optim import Optimizer
+    from .optim import LRScheduler, Optimizer
     from .tensor import Tensor
 
+    target = _save_target(path)
     arrays: dict[str, np.ndarray] = {}
 
     def put(a) -> str:
@@ -90,7 +112,7 @@ def save(obj, path) -> None:
             return {"$tensor": put(np.array(x.numpy())), "requires_grad": bool(x.requires_grad)}
         if isinstance(x, Module):
             return enc(x.state_dict(), depth + 1)
-        if isinstance(x, Optimizer):
+        if isinstance(x, (Optimizer, LRScheduler)):
             return enc(x.state_dict(), depth + 1)
         if isinstance(x, Tape):
             return {"$tape": _tape_to(x, put)}
@@ -100,22 +122,55 @@ def save(obj, path) -> None:
         if isinstance(x, (list, tuple)):
             return {"$list" if isinstance(x, list) else "$tuple": [enc(v, depth + 1) for v in x]}
         raise fail("save", f"cannot save an object of type {type(x).__name__}",
-                   "save arrays, numbers, strings, tensors, a Module, an Optimizer, a Tape, or "
-                   "dicts/lists/tuples of these")
+                   "save arrays, numbers, strings, tensors, a Module, an Optimizer, a "
+                   "scheduler, a Tape, or dicts/lists/tuples of these")
 
     tree = enc(obj)
     header = {"format": FORMAT, "version": VERSION, "tree": tree,
               "digest": _digest(tree, arrays)}
     text = json.dumps(header, allow_nan=True).encode()
-    _atomic_write(path, {HEADER: np.frombuffer(text, np.uint8), **arrays})
+    members = {HEADER: np.frombuffer(text, np.uint8), **arrays}
+    if isinstance(target, str):
+        _atomic_write(target, members)
+    else:
+        np.savez(target, **members)
 
 
-def _atomic_write(path, arrays):
-    path = os.fspath(path)
+def _save_target(path):
+    """``path`` as save writes it: a binary file object as given, a path as a str, resolved
+    through symlinks (open() writes a link's target; replacing the link would break it)."""
+    if hasattr(path, "write"):
+        mode = getattr(path, "mode", "b")
+        if isinstance(path, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
+            raise fail("save", f"the file object {_name(path)} is open in text mode",
+                       "open it in binary mode (open(name, 'wb')) or pass io.BytesIO()")
+        return path
+    try:
+        name = os.fspath(path)
+    except TypeError:
+        raise fail("save", f"path must be a file name or a binary file object, got "
+                   f"{type(path).__name__}", "pass a str or pathlib.Path, or a file object "
+                   "open for writing in binary mode") from None
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    real = os.path.realpath(name)
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.stat(real).st_mode
+        if not stat.S_ISREG(mode):
+            raise fail("save", f"{name} is {_file_kind(mode)}, not a regular file",
+                       "save to a file name (a new one, or a file fg.save wrote)")
+    return real
+
+
+def _atomic_write(path: str, arrays):
+    """Write ``arrays`` with np.savez to a temporary file beside ``path``, fsync it and rename
+    it over ``path``. The temporary name carries this host and process id, so the next save
+    into the directory removes one that a killed process left (``_remove_stale_temps``)."""
     directory = os.path.dirname(os.path.abspath(path))
     mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
+    _remove_stale_temps(directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{_TEMP_TAG}-{_HOST}-"
+                               f"{os.getpid()}-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -135,6 +190,40 @@ def _atomic_write(path, arrays):
             os.close(dfd)
 
 
+# .<name>.fgsave-<host>-<pid>-<random>.tmp; the host hash keeps a shared (network) directory's
+# temporary files of live processes on other machines, whose pids mean nothing here
+_TEMP_TAG = "fgsave"
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP_NAME = re.compile(r"^\..*\." + _TEMP_TAG + r"-([0-9a-f]{8})-([0-9]{1,12})-[^./]*\.tmp$")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process is saving
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a live process of another user
+    except (OSError, OverflowError, ValueError):
+        return False  # no such pid can exist
+    return True
+
+
+def _remove_stale_temps(directory: str) -> None:
+    """Delete the temporary files that fg.save processes of this host left in ``directory``
+    when they were killed mid-write (their pid is gone). Best effort: errors are ignored."""
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            m = _TEMP_NAME.match(entry.name)
+            if m is None or m[1] != _HOST or _process_alive(int(m[2])):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+
+
 def _digest(tree, arrays) -> str:
     h = hashlib.sha256(json.dumps(tree, sort_keys=True, allow_nan=True).encode())
     for key in sorted(arrays):
@@ -144,48 +233,156 @@ def _digest(tree, arrays) -> str:
     return h.hexdigest()
 
 
+def _name(f) -> str:
+    name = getattr(f, "name", None)
+    return os.fsdecode(name) if isinstance(name, (str, bytes)) else f"<{type(f).__name__}>"
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 # ----------------------------------------------------------------------------- load
 def load(path):
     """Read what ``save`` wrote. Modules and optimizers come back as their state dicts,
-    tapes as validated ``Tape`` objects. A damaged file raises ``FastgradError``."""
+    tapes as validated ``Tape`` objects. A damaged file raises ``FastgradError``.
+
+    ``path``: a file name (a regular file; a FIFO, directory or device is refused without
+    reading it) or a binary file object positioned at the start of the saved data.
+    Before any array is read, each archive member's declared size is checked against its own
+    .npy header, the file's length and the memory guard (``fg.set_memory_limit``); members
+    must be stored uncompressed, as ``save`` writes them, so reading costs what the file holds.
+    """
+    if hasattr(path, "read"):
+        return _load_from(path, _name(path))
     try:
-        z = np.load(path, allow_pickle=False)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        name = os.fspath(path)
+    except TypeError:
+        raise fail("load", f"path must be a file name or a binary file object, got "
+                   f"{type(path).__name__}", "pass a str or pathlib.Path, or a file object "
+                   "open for reading in binary mode") from None
+    name = os.fsdecode(name)
+    _refuse_special(name, os.stat(name).st_mode)  # FileNotFoundError etc. as open() raises them
+    # O_NONBLOCK: should a FIFO replace the file after the stat, opening it does not block
+    fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _refuse_special(name, os.fstat(fd).st_mode)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
         raise
-    except Exception as e:  # noqa: BLE001 - any parse failure of a damaged file
-        raise fail("load", f"{os.fspath(path)} is not a readable .npz file "
-                   f"({type(e).__name__}: {e})", _FIX_DAMAGED) from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise fail("load", f"{os.fspath(path)} is a single .npy array, not a fastgrad file",
+    with f:
+        return _load_from(f, name)
+
+
+def _refuse_special(name, mode):
+    if not stat.S_ISREG(mode):
+        raise fail("load", f"{name} is {_file_kind(mode)}, not a regular file",
+                   "pass the path of a file written by fg.save (or a file object)")
+
+
+def _load_from(f, name):
+    if isinstance(f, io.TextIOBase):
+        raise fail("load", f"the file object {name} is open in text mode",
+                   "open it in binary mode (open(name, 'rb'))")
+    try:
+        start = f.tell()
+        magic = f.read(len(np.lib.format.MAGIC_PREFIX))
+        f.seek(start)
+    except Exception as e:  # noqa: BLE001 - an unseekable or closed file object
+        raise fail("load", f"cannot read {name} ({type(e).__name__}: {e})",
+                   "pass a readable, seekable binary file object, or a file name") from None
+    if magic == np.lib.format.MAGIC_PREFIX:
+        raise fail("load", f"{name} is a single .npy array, not a fastgrad file",
                    "load it with np.load, or save with fg.save")
     try:
-        with z:
-            if HEADER not in z.files:
-                raise fail("load", f"{os.fspath(path)} has no fastgrad header",
+        zf = zipfile.ZipFile(f)
+    except Exception as e:  # noqa: BLE001 - any parse failure of a damaged file
+        raise fail("load", f"{name} is not a readable .npz file ({type(e).__name__}: {e})",
+                   _FIX_DAMAGED) from None
+    try:
+        with zf:
+            arrays = _read_members(zf, f, name)
+            if HEADER not in arrays:
+                raise fail("load", f"{name} has no fastgrad header",
                            "this .npz was not written by fg.save; read it with np.load")
-            header = json.loads(z[HEADER].tobytes().decode())
-            arrays = {k: z[k] for k in z.files if k != HEADER}
+            header = json.loads(arrays.pop(HEADER).tobytes().decode())
     except FastgradError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated members, bad CRC, bad JSON, ...
-        raise fail("load", f"{os.fspath(path)} is damaged ({type(e).__name__}: {e})",
+        raise fail("load", f"{name} is damaged ({type(e).__name__}: {e})",
                    _FIX_DAMAGED) from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise fail("load", f"{os.fspath(path)} has no fastgrad header", _FIX_DAMAGED)
+        raise fail("load", f"{name} has no fastgrad header", _FIX_DAMAGED)
     if header.get("version") != VERSION:
-        raise fail("load", f"{os.fspath(path)} has format version {header.get('version')!r}; "
+        raise fail("load", f"{name} has format version {header.get('version')!r}; "
                    f"this fastgrad reads version {VERSION}", "upgrade fastgrad")
     tree = header.get("tree")
     if header.get("digest") != _digest(tree, arrays):
-        raise fail("load", f"{os.fspath(path)}: checksum mismatch, the contents were changed "
+        raise fail("load", f"{name}: checksum mismatch, the contents were changed "
                    "after saving", _FIX_DAMAGED)
     try:
         return _decode(tree, arrays)
     except FastgradError:
         raise
     except Exception as e:  # noqa: BLE001 - a structure that passes the digest but not decode
-        raise fail("load", f"{os.fspath(path)} has a malformed structure "
+        raise fail("load", f"{name} has a malformed structure "
                    f"({type(e).__name__}: {e})", _FIX_DAMAGED) from None
+
+
+def _read_members(zf: zipfile.ZipFile, f, name) -> dict:
+    """The archive's arrays by key, read only after every size the archive declares passed:
+    each member stored uncompressed (as np.savez writes it), its size inside the file, all of
+    them together under the memory guard, and each one exactly its .npy header plus the data
+    that header's shape and dtype make. So a small file can never expand into a large load."""
+    from .tape import guard_memory
+
+    end = f.seek(0, os.SEEK_END)
+    infos = zf.infolist()
+    keys = [i.filename[:-4] for i in infos]
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise fail("load", f"{name}: member {info.filename!r} is not a .npy array",
+                       _FIX_DAMAGED)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise fail("load", f"{name}: member {info.filename!r} is compressed; fg.save stores "
+                       "arrays uncompressed, and a compressed member could expand without bound",
+                       "load a file written by fg.save (or re-save the data with fg.save)")
+        if info.file_size != info.compress_size or info.file_size > end:
+            raise fail("load", f"{name}: member {info.filename!r} declares {info.file_size} "
+                       f"bytes, but stores {info.compress_size} in a file of {end}",
+                       _FIX_DAMAGED)
+    if len(set(keys)) != len(keys):
+        raise fail("load", f"{name} holds two members of one name", _FIX_DAMAGED)
+    total = sum(i.file_size for i in infos)
+    if total > end:  # members overlapping one another: never written by np.savez
+        raise fail("load", f"{name}: its members declare {total} bytes in all, more than the "
+                   f"{end} bytes of the file", _FIX_DAMAGED)
+    guard_memory("load", total, "free memory or raise fg.set_memory_limit to load this file")
+    arrays = {}
+    for key, info in zip(keys, infos):
+        with zf.open(info) as m:
+            version = np.lib.format.read_magic(m)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"member {info.filename!r} has .npy format version {version}")
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                           np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(m)
+            if dtype.hasobject:
+                raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+            data = math.prod(shape) * dtype.itemsize  # Python ints: no wrap
+            if m.tell() + data != info.file_size:
+                raise fail("load", f"{name}: member {info.filename!r} declares "
+                           f"{info.file_size} bytes, but its header describes "
+                           f"{m.tell() + data} (shape {shape}, dtype {dtype})", _FIX_DAMAGED)
+            m.seek(0)
+            arrays[key] = np.lib.format.read_array(m, allow_pickle=False)
+    return arrays
 
 
 def _decode(tree, arrays):
@@ -295,7 +492,7 @@ def _tape_from(doc, get) -> Tape:
     tape.param_grads = np.zeros_like(tape.param_arena)
     ptr, dims = arr("shape_ptr", np.int64), arr("shape_dims", np.int64)
     n = tape.node_off.n
-    if ptr.size != n + 1 or ptr[0] != 0 or np.any(np.diff(ptr) < 0) or ptr[-1] != dims.size:
+    if ptr.size != n + 1 or not _partitions(ptr, dims.size):
         raise fail("load", "the tape's shape table is inconsistent", _FIX_DAMAGED)
     tape.shapes = [tuple(int(d) for d in dims[ptr[v] : ptr[v + 1]]) for v in range(n)]
     tape.labels = {int(v): str(s) for v, s in doc["labels"]}
@@ -346,6 +543,15 @@ def _row_attrs(op: Op, shapes, out_shape, ip, fp):
         strides = tuple(int(s) for s in ip[2 + k :]) if out_shape else ()
         return [dict(out_shape=out_shape, base=int(ip[1]), strides=strides)]
     return None  # ops this checker does not know (fg.scan's control rows: _check_scan)
+
+
+_INPUT_LABELS = ("leaf", "const")  # how tensors imported into a tape are labelled
+
+
+def _partitions(ptr, n) -> bool:
+    """Whether ``ptr`` (int64) starts at 0, never decreases and ends at ``n``. Compared, not
+    subtracted: np.diff wraps in int64 (2**63-1 then -2**62 differs by a positive number)."""
+    return bool(ptr.size and ptr[0] == 0 and ptr[-1] == n and np.all(ptr[1:] >= ptr[:-1]))
 
 
 def _ints(a) -> list[int]:
@@ -517,6 +723,22 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
     if np.any(outs[:begin] >= M) or np.any(outs[r + 1 :] <= out):
         raise bad(f"a row outside the body of {where} writes one of its nodes %{M}..%{out}")
 
+    # fg.scan treats the body's float nodes labelled 'leaf' or 'const' as captured inputs,
+    # neither saved nor restored per step, and every other one as the body's own state: so the
+    # labelled ones must be exactly those that no row writes and that are not carry or x slots
+    slots = set(cins) | ({x_slot} if has_x else set())
+    for v in range(first, tail):
+        label = tape.labels.get(v)
+        if kind[v] != 0 or (label in _INPUT_LABELS) == (v not in producer and v not in slots):
+            continue
+        if label in _INPUT_LABELS:
+            role = f"computed by row {producer[v]}" if v in producer else "a carry or x slot"
+            raise bad(f"{where}: body node %{v} is labelled {label!r} but is {role}; fg.scan "
+                      "labels only the inputs imported into the body so")
+        raise bad(f"{where}: body node %{v} is written by no row and is no carry or x slot, "
+                  "so it is an input imported into the body, but it is not labelled 'leaf' or "
+                  "'const'")
+
     # carries: init -> carry_in, carry_out -> carry_in / final, all of one shape
     for c, (init, cin, cout, fin) in enumerate(carries):
         if kind[init] == 1 or init >= M:
@@ -616,12 +838,15 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
     products and lie inside their arena; written slots do not overlap; each row's integer and
     float attributes and output shape are exactly what the op's shape rule (the recorder's own
     validation) gives for its operand shapes; integer operands (indices, labels) hold values
-    inside the range the row reads. For each ``fg.scan`` loop, ``_check_scan``: every node id
-    of its SCAN header in range and of the right kind, the row indices (SCAN_BEGIN, body, SCAN)
-    pointing at each other, nothing nested, the node layout, carry/xs/stacked/store/checkpoint/
-    schedule sizes against T, k and reg_size, the own nodes, and the binomial schedule's
-    checkpoints; body rows read only nodes recorded before them, and no row reads a loop's
-    internal nodes.
+    inside the range the row reads, and the tape's index ranges (``int_bounds``) lie inside
+    them; labels name nodes, and no node a row writes is labelled a leaf or constant. For each
+    ``fg.scan`` loop, ``_check_scan``: every node id of its SCAN header in range and of the
+    right kind, the row indices (SCAN_BEGIN, body, SCAN) pointing at each other, nothing
+    nested, the node layout, the body's leaf/constant labels against its rows, carry/xs/
+    stacked/store/checkpoint/schedule sizes against T, k and reg_size, the own nodes, and the
+    binomial schedule's checkpoints; body rows read only nodes recorded before them, and no row
+    reads a loop's internal nodes. Every comparison is overflow-proof: sizes against what is
+    left of an arena, never an int64 sum that could wrap.
     """
 
     def bad(problem):
@@ -649,7 +874,7 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
     for name, target in (("in_ptr", tape.in_idx), ("ip_ptr", tape.iparams),
                          ("fp_ptr", tape.fparams)):
         p = getattr(tape, name).view
-        if p.size != R + 1 or p[0] != 0 or np.any(np.diff(p) < 0) or p[-1] != target.n:
+        if p.size != R + 1 or not _partitions(p, target.n):
             raise bad(f"{name} does not partition its array over {R} rows")
     for name in ("node_size", "node_kind", "node_need"):
         if getattr(tape, name).n != N:
@@ -669,10 +894,12 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
         if not isinstance(s, tuple) or len(s) > MAX_NDIM or \
                 any(not isinstance(d, int) or d < 0 for d in s):
             raise bad(f"node %{v} has shape {s!r}")
-        if math.prod(s) != size[v]:
+        if math.prod(s) != int(size[v]):  # Python ints: a product past 2**63 cannot wrap
             raise bad(f"node %{v} of shape {fmt(s)} has size {int(size[v])}")
-    limits = np.array([tape.values.n, tape.ivalues.n, params.size], np.int64)
-    outside = (off < 0) | (off + size > limits[kind.astype(np.int64)])
+    # inside its arena: 0 <= off and size <= limit - off, compared without a sum that could
+    # wrap (an offset of 2**63-1 plus a size is negative in int64); sizes are >= 0 by now
+    limits = np.array([tape.values.n, tape.ivalues.n, params.size], np.int64)[kind.astype(np.int64)]
+    outside = (off < 0) | (off > limits) | (size > limits - np.maximum(off, 0))
     if np.any(outside):
         v = int(np.flatnonzero(outside)[0])
         raise bad(f"node %{v} (offset {int(off[v])}, size {int(size[v])}, kind {int(kind[v])}) "
@@ -685,6 +912,9 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
     fp_ptr, fparams = tape.fp_ptr.view, tape.fparams.view
     if np.any((in_idx < 0) | (in_idx >= N)) or np.any((outs < 0) | (outs >= N)):
         raise bad("an operand or output node id is out of range")
+    for v, label in tape.labels.items():
+        if not isinstance(v, int) or not 0 <= v < N or not isinstance(label, str):
+            raise bad(f"a node label names node {v!r}, not a node of the tape")
     producer = {}
     for r in range(R):
         o = int(outs[r])
@@ -700,9 +930,16 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
         internal.update(s.internal)
         for v in s.results:
             producer[v] = s.row
+    # a leaf or constant is an input, copied in when recorded: no row computes it. (fg.scan
+    # treats body nodes labelled so as captured, neither saved nor restored per step.)
+    for v, label in tape.labels.items():
+        if label in _INPUT_LABELS and v in producer:
+            raise bad(f"node %{v} is labelled {label!r} but row {producer[v]} computes it; "
+                      "a leaf or constant is an input, written by no row")
 
     codes = {int(op) for op in TABLE}
     aliases = set()
+    read_below = {}  # integer node -> the least bound a row reading it allows
     for r in range(R):
         code = int(ops[r])
         if code not in codes:
@@ -760,6 +997,18 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
             vals = tape.ivalues.view[off[v] : off[v] + size[v]]
             if vals.size and (vals.min() < 0 or vals.max() >= hi):
                 raise bad(f"{where}: integer operand %{v} holds values outside [0, {hi})")
+            read_below[v] = min(read_below.get(v, hi), hi)
+
+    # the ranges a compiled step checks each batch's indices against: inside what rows read
+    for v, bounds in tape.int_bounds.items():
+        if not isinstance(v, int) or not 0 <= v < N or kind[v] != 1 or len(bounds) != 2:
+            raise bad(f"an index range names node {v!r}, not an integer node of the tape")
+        lo, hi = bounds
+        if not isinstance(lo, (int, np.integer)) or not isinstance(hi, (int, np.integer)) or \
+                lo != 0 or not 0 <= hi <= read_below.get(v, hi):
+            allowed = f"not inside [0, {read_below[v]}) where rows read it" \
+                if v in read_below else "not a range [0, n) with n >= 0"
+            raise bad(f"integer node %{v} has index range [{lo}, {hi}), {allowed}")
 
     # slots that rows write must not overlap anything else in their arena
     for k in (0, 1):

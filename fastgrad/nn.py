@@ -589,12 +589,13 @@ class utils:  # noqa: N801 - spelled as torch.nn.utils
 
     @staticmethod
     def clip_grad_norm_(parameters, max_norm):
-        """Scale grads by max_norm / (total_norm + 1e-6) when that is < 1; return total_norm."""
+        """Scale grads by max_norm / (total_norm + 1e-6) when that is < 1; return total_norm.
+        A NaN total_norm (a NaN gradient) makes every gradient NaN, as in PyTorch."""
         max_norm = _bound("clip_grad_norm_", "max_norm", max_norm)
         grads = [p.grad for p in parameters if p.grad is not None]
         total = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads))
         coef = max_norm / (total + 1e-6)
-        if coef < 1:
+        if not coef >= 1:  # below 1, or NaN
             for g in grads:
                 g *= coef
         return total

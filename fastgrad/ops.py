@@ -406,6 +406,19 @@ def _softplus(x):
     return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
 
 
+def _slope(x, slope):
+    """A piecewise op's local slope ``slope`` (an array or a bool mask of x's shape), NaN where x
+    is NaN: the slope at a NaN is undefined (np.heaviside(nan, 0) is nan), so a NaN input gets a
+    NaN gradient rather than a silent 0 or 1."""
+    return np.where(np.isnan(x), np.nan, slope).astype(np.result_type(x, np.float32))
+
+
+def _nan_at(x):
+    """NaN where x is NaN, else 0: added to the gradient of an operand that a selection
+    (maximum, minimum) may pick, so that a NaN operand gets a NaN gradient."""
+    return np.where(np.isnan(x), np.nan, 0.0).astype(np.result_type(x, np.float32))
+
+
 def _unary(op, fwd, vjp, domain="real", attrs=None):
     attrs = attrs or {}
     return OpDef(op, UNARY, 1, unary_rule, np_forward=fwd, np_vjp=vjp,
@@ -430,13 +443,16 @@ _ROWS = [
     _unary(Op.SQRT, lambda x, c0, c1: np.sqrt(x), lambda x, y, g, c0, c1: g * 0.5 / y, "positive"),
     _unary(Op.TANH, lambda x, c0, c1: np.tanh(x), lambda x, y, g, c0, c1: g * (1 - y * y)),
     _unary(Op.SIGMOID, lambda x, c0, c1: _sig(x), lambda x, y, g, c0, c1: g * y * (1 - y)),
-    _unary(Op.RELU, lambda x, c0, c1: np.where(x > 0, x, 0).astype(x.dtype),
-           lambda x, y, g, c0, c1: g * (x > 0), "nonzero"),
+    # NaN propagates as in NumPy and PyTorch: relu(nan) = np.maximum(nan, 0) = nan
+    _unary(Op.RELU, lambda x, c0, c1: np.maximum(x, 0).astype(x.dtype),
+           lambda x, y, g, c0, c1: g * _slope(x, x > 0), "nonzero"),
     _unary(Op.LEAKY_RELU, lambda x, c0, c1: np.where(x > 0, x, c0 * x).astype(x.dtype),
-           lambda x, y, g, c0, c1: g * np.where(x > 0, 1, c0), "nonzero", {"c0": 0.01}),
+           lambda x, y, g, c0, c1: g * _slope(x, np.where(x > 0, 1, c0)), "nonzero",
+           {"c0": 0.01}),
     _unary(Op.SOFTPLUS, lambda x, c0, c1: _softplus(x), lambda x, y, g, c0, c1: g * _sig(x)),
     _unary(Op.CLIP, lambda x, c0, c1: np.clip(x, c0, c1),
-           lambda x, y, g, c0, c1: g * ((x >= c0) & (x <= c1)), "real", {"c0": -0.5, "c1": 0.7}),
+           lambda x, y, g, c0, c1: g * _slope(x, (x >= c0) & (x <= c1)), "real",
+           {"c0": -0.5, "c1": 0.7}),
     _unary(Op.ADD_SCALAR, lambda x, c0, c1: x + c0, lambda x, y, g, c0, c1: g, "real", {"c0": 1.5}),
     _unary(Op.MUL_SCALAR, lambda x, c0, c1: x * c0, lambda x, y, g, c0, c1: g * c0, "real",
            {"c0": -2.5}),
@@ -453,12 +469,17 @@ _ROWS = [
     _binary(Op.SUB, lambda a, b: a - b, lambda a, b, y, g: (g, -g)),
     _binary(Op.MUL, lambda a, b: a * b, lambda a, b, y, g: (g * b, g * a)),
     _binary(Op.DIV, lambda a, b: a / b, lambda a, b, y, g: (g / b, -g * y / b), "nonzero"),
+    # d/da a^b is 0 where b == 0 and d/db a^b is 0 where a == 0, as in PyTorch (and the kernel)
     _binary(Op.POW, lambda a, b: a**b,
-            lambda a, b, y, g: (g * b * a ** (b - 1), g * y * np.log(a)), "positive"),
+            lambda a, b, y, g: (np.where(b == 0, 0.0, g * b * a ** (b - 1)),
+                                np.where(a == 0, 0.0, g * y * np.log(np.where(a == 0, 1, a)))),
+            "positive"),
     _binary(Op.MAXIMUM, lambda a, b: np.maximum(a, b),
-            lambda a, b, y, g: (g * (a > b) + 0.5 * g * (a == b), g * (b > a) + 0.5 * g * (a == b))),
+            lambda a, b, y, g: (g * (a > b) + 0.5 * g * (a == b) + _nan_at(a),
+                                g * (b > a) + 0.5 * g * (a == b) + _nan_at(b))),
     _binary(Op.MINIMUM, lambda a, b: np.minimum(a, b),
-            lambda a, b, y, g: (g * (a < b) + 0.5 * g * (a == b), g * (b < a) + 0.5 * g * (a == b))),
+            lambda a, b, y, g: (g * (a < b) + 0.5 * g * (a == b) + _nan_at(a),
+                                g * (b < a) + 0.5 * g * (a == b) + _nan_at(b))),
     _binary(Op.BCE_LOGITS, lambda a, b: _softplus(a) - a * b,
             lambda a, b, y, g: (g * (_sig(a) - b), -g * a)),
     _cmp(Op.GT, np.greater),

@@ -138,10 +138,14 @@ class Reference:
                 g3 = g.reshape(shape3[0], 1, shape3[2])
                 if op == Op.SUM:
                     return [np.broadcast_to(g3, shape3).reshape(xs[0].shape)]
-                first = np.argmax(x3 == y.reshape(shape3[0], 1, shape3[2]), axis=1)
+                # the first maximal element takes the gradient; where the max is NaN, each NaN
+                # element gets a NaN gradient (the slope at a NaN), the others none
+                y3 = y.reshape(shape3[0], 1, shape3[2])
+                first = np.argmax(x3 == y3, axis=1)
                 out = np.zeros(shape3)
                 o, j = np.meshgrid(np.arange(shape3[0]), np.arange(shape3[2]), indexing="ij")
-                out[o, first, j] = g3[:, 0, :]
+                out[o, first, j] = np.where(np.isnan(y3[:, 0, :]), 0.0, g3[:, 0, :])
+                out[np.isnan(x3)] = np.nan
                 return [out.reshape(xs[0].shape)]
             y3, g3 = y.reshape(shape3), g.reshape(shape3)
             if op == Op.SOFTMAX:

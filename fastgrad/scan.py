@@ -14,6 +14,9 @@ on a stream in windows of compiled scans.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import math
 import os
 
@@ -23,7 +26,7 @@ from .errors import fail
 from .kernels.scan import HEADER
 from .opcodes import Op
 from .ops import fmt
-from .tape import Tape, guard_memory
+from .tape import RECORDING, Tape, guard_memory
 from .tensor import Tensor, _import, as_tensor, concatenate, is_grad_enabled, recording_into, tensor
 
 _LIMIT = [None]  # user memory limit in bytes for buffers a tape allocates
@@ -218,6 +221,27 @@ def _is_alias(t) -> bool:
     return row is None and (tape.labels.get(v) == "leaf" or tape.node_kind.a[v] != 0)
 
 
+def _recording_alone(record):
+    """``record`` (fg.scan) under RECORDING and the locks of its operands' tapes: the body's
+    rows are recorded between SCAN_BEGIN and SCAN, so no other thread may record a row onto
+    that tape (nor replay it) meanwhile. Other threads wait until the loop is recorded."""
+    signature = inspect.signature(record)
+
+    @functools.wraps(record)
+    def alone(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs).arguments
+        init, xs = bound.get("init"), bound.get("xs")
+        operands = (list(init) if isinstance(init, (tuple, list)) else [init]) + [xs]
+        with RECORDING, contextlib.ExitStack() as held:
+            for t in operands:
+                if isinstance(t, Tensor) and t._tape is not None:
+                    held.enter_context(t.tape.lock)
+            return record(*args, **kwargs)
+
+    return alone
+
+
+@_recording_alone
 def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     """Run ``carry = step(carry, x_t)`` for t = 0..T-1 and return the final carry.
 

@@ -20,6 +20,7 @@ Wall times are kept out of the tables (``result.seconds``).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import csv
 import hashlib
 import io
@@ -28,14 +29,17 @@ import logging
 import math
 import os
 import pathlib
-import pickle
+import sys
+import tempfile
 import time
+import zipfile
 
 import numpy as np
 
 from . import functional as F
 from .errors import FastgradError, fail
 from .jvp import Linearized
+from .tape import guard_memory
 
 log = logging.getLogger("fastgrad")
 
@@ -108,11 +112,21 @@ def _jsonable(v):
 
 
 def _atomic_write(path, data: bytes):
+    """Write ``data`` to ``path`` through a temporary file in the same folder (flushed, fsynced,
+    renamed over ``path``): a crash leaves the old file or the new one, never half of one."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class StudyResult:
@@ -157,10 +171,11 @@ class StudyResult:
         return pathlib.Path(path)
 
     def to_json(self, path):
-        """Write ``{"study", "params", "rows"}`` as JSON (non-finite floats as strings)."""
+        """Write ``{"study", "params", "rows"}`` as JSON (non-finite floats as strings, objects
+        JSON has no type for as their repr)."""
         doc = {"study": self.name, "params": _jsonable(self.params),
                "rows": _jsonable(self.rows)}
-        _atomic_write(path, json.dumps(doc, indent=1).encode())
+        _atomic_write(path, json.dumps(doc, indent=1, default=repr).encode())
         return pathlib.Path(path)
 
     def plot(self, path):
@@ -1088,10 +1103,23 @@ def grid_cells(grid):
     return cells
 
 
-def _cell_key(fn, kwargs):
-    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
-    text = json.dumps({"fn": name, "kwargs": _jsonable(kwargs)}, sort_keys=True, default=repr)
+def _fn_name(fn):
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _cell_text(fn, kwargs):
+    """The canonical text of one cell's call (function and arguments): its identity."""
+    return json.dumps({"fn": _fn_name(fn), "kwargs": _jsonable(kwargs)}, sort_keys=True,
+                      default=repr)
+
+
+def _key_of(text):
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _cell_key(fn, kwargs):
+    """The 16 hex digits naming a cell's file in a sweep's folder (cell-<key>.npz)."""
+    return _key_of(_cell_text(fn, kwargs))
 
 
 def _run_cell(fn, kwargs):
@@ -1165,13 +1193,14 @@ class _Serial(cf.Executor):
 
 
 def _executor(executor, max_workers):
-    """(executor, what to close when done, a name for the table)."""
+    """(executor, what to close when done, a name for the table, a factory of a fresh executor
+    or None). The factory is given only for the local process pool, which sweep owns (and shuts
+    down): when a worker dies the pool is broken for good, and sweep replaces it."""
     if executor is None or executor == "processes":
         n = max_workers or os.cpu_count() or 1
-        ex = cf.ProcessPoolExecutor(max_workers=n)
-        return ex, ex.shutdown, f"local process pool ({n} workers)"
+        return _LocalPool(n), None, f"local process pool ({n} workers)", lambda: _LocalPool(n)
     if executor == "serial":
-        return _Serial(), None, "serial (this process)"
+        return _Serial(), None, "serial (this process)", None
     if isinstance(executor, str):
         try:
             from dask.distributed import Client
@@ -1179,14 +1208,453 @@ def _executor(executor, max_workers):
             raise fail("sweep", f"a Dask scheduler address ({executor}) needs dask.distributed",
                        'pip install "fastgrad[sweep]"') from e
         client = Client(executor)
-        return client.get_executor(pure=False), client.close, f"dask {executor}"
+        return client.get_executor(pure=False), client.close, f"dask {executor}", None
     if hasattr(executor, "get_executor") and hasattr(executor, "scheduler_info"):  # dask Client
-        return executor.get_executor(pure=False), None, f"dask {executor.scheduler.address}"
+        return (executor.get_executor(pure=False), None, f"dask {executor.scheduler.address}",
+                None)
     if hasattr(executor, "submit"):
-        return executor, None, type(executor).__name__
+        return executor, None, type(executor).__name__, None
     raise fail("sweep", f"unknown executor {executor!r}",
                "pass None (local processes), 'serial', a concurrent.futures.Executor, a "
                "dask.distributed.Client or a scheduler address 'tcp://host:port'")
+
+
+class _LocalPool(cf.ProcessPoolExecutor):
+    """sweep's own process pool; ``workers`` bounds the cells in flight, so that when a worker
+    dies only the cells then running are suspects (a queued cell would fail with them)."""
+
+    def __init__(self, workers):
+        super().__init__(max_workers=workers)
+        self.workers = workers
+
+
+_DIED = ("the worker process died while running this cell (a crash in the cell: a segfault, "
+         "os._exit, the out-of-memory killer)")
+
+
+class _CellRunner:
+    """Runs the cells ``todo`` of a sweep on an executor: retries, failures, dying workers.
+
+    A failing cell is resubmitted up to ``retries`` times, then recorded in ``failed``; every
+    finished cell is handed to ``on_done(i, result, seconds)`` at once (e.g. to write it).
+
+    A worker process that dies takes down every cell it was running, and nothing tells which
+    one crashed: sweep's own process pool breaks as a whole (BrokenProcessPool on every cell in
+    flight; sweep replaces the pool), and Dask fails the cells that were on that worker
+    (KilledWorker, once its ``allowed-failures`` are used up). So on either executor a cell
+    whose worker died is first a suspect, not charged an attempt: suspects run again one at a
+    time, with nothing else in flight, and a cell whose worker dies while it runs alone is the
+    one that crashed, charged an attempt like any failing cell.
+    """
+
+    def __init__(self, fn, kwargs, cells, retries, ex, renew, on_done):
+        self.fn, self.kwargs, self.cells, self.retries = fn, kwargs, cells, retries
+        self.ex, self.renew, self.on_done = ex, renew, on_done
+        self.attempts, self.failed = {}, {}  # cell index -> runs charged; -> (cell, error, n)
+        self.pending = {}  # future -> cell index
+        self.queue, self.alone = [], []  # cells to run; cells to run one at a time
+        self.solo = None  # the future of the cell running alone, if any
+
+    def run(self, todo):
+        self.queue = list(todo)
+        self.attempts = dict.fromkeys(todo, 0)
+        while self.queue or self.alone or self.pending:
+            broke = self._submit_more()
+            if not self.pending and not broke:
+                continue
+            done = set()
+            if not broke:
+                done, _ = cf.wait(list(self.pending), return_when=cf.FIRST_COMPLETED)
+            if broke or (self.renew is not None and any(_broken(f) for f in done)):
+                self._pool_died()
+                continue
+            for fut in done:
+                self._finished(fut, self.pending.pop(fut))
+        return self.failed
+
+    def _submit_more(self):
+        """Submit what may run now; True when our own pool turned out to be broken."""
+        if self.alone:
+            if self.pending:
+                return False
+            i = self.alone.pop(0)
+            broke = self._submit(i, self.alone)
+            self.solo = next((f for f, j in self.pending.items() if j == i), None)
+            return broke
+        limit = getattr(self.ex, "workers", None)  # None: the executor schedules (e.g. Dask)
+        while self.queue and (limit is None or len(self.pending) < limit):
+            if self._submit(self.queue.pop(0), self.queue):
+                return True
+        return False
+
+    def _submit(self, i, came_from):
+        try:
+            self.pending[self.ex.submit(_run_cell, self.fn, self.kwargs[i])] = i
+        except Exception as e:  # noqa: BLE001 - e.g. a broken or shut-down executor of the caller
+            if isinstance(e, cf.BrokenExecutor) and self.renew is not None:
+                came_from.insert(0, i)  # our pool broke before this cell even started
+                return True
+            self.attempts[i] += 1
+            self._failure(i, f"could not be submitted: {type(e).__name__}: {e}")
+        return False
+
+    def _finished(self, fut, i):
+        e = fut.exception()
+        if e is None:
+            self.attempts[i] += 1
+            self.on_done(i, *fut.result())
+        elif _worker_died(e) and fut is not self.solo:
+            self._suspect([i], e)
+        else:
+            self.attempts[i] += 1
+            died = f"{_DIED} ({type(e).__name__}: {e})" if _worker_died(e) else ""
+            self._failure(i, died or f"{type(e).__name__}: {e}", alone=bool(died))
+
+    def _suspect(self, cells, e):
+        log.warning("sweep: a worker process died while cells %s were running (%s: %s); they "
+                    "run again one at a time to find the one that crashed",
+                    [self.cells[i] for i in cells], type(e).__name__, e)
+        self.alone += cells
+
+    def _failure(self, i, err, alone=False):
+        if self.attempts[i] <= self.retries:
+            log.warning("sweep: cell %s failed (attempt %d, retrying): %s", self.cells[i],
+                        self.attempts[i], err)
+            (self.alone if alone else self.queue).append(i)
+        else:
+            log.error("sweep: cell %s failed after %d attempt(s): %s", self.cells[i],
+                      self.attempts[i], err)
+            self.failed[i] = (self.cells[i], err, self.attempts[i])
+
+    def _pool_died(self):
+        """A worker of our own pool died: keep what finished, replace the pool, sort out the
+        cells it failed (charged if it ran alone, else suspects)."""
+        cf.wait(list(self.pending))  # a broken pool fails every future it holds, promptly
+        running, self.pending = self.pending, {}
+        self.ex.shutdown(wait=True)
+        self.ex = self.renew()
+        suspects = [(f, i) for f, i in running.items() if _broken(f)]
+        for fut, i in running.items():
+            if not _broken(fut):
+                self._finished(fut, i)  # finished before the crash, or failed on its own
+        if len(running) == 1 and suspects:  # nothing else was in flight: it crashed
+            self.solo = suspects[0][0]
+        for fut, i in suspects:
+            if fut is self.solo:
+                self._finished(fut, i)
+        others = [i for f, i in suspects if f is not self.solo]
+        if others:
+            self._suspect(others, _broken(suspects[0][0]))
+        self.solo = None
+
+
+def _broken(fut):
+    """The BrokenExecutor error of a finished future whose executor broke, else None."""
+    e = fut.exception()
+    return e if isinstance(e, cf.BrokenExecutor) else None
+
+
+def _worker_died(e):
+    """Whether a cell's error says its worker process died rather than the cell failing."""
+    if isinstance(e, cf.BrokenExecutor):
+        return True
+    distributed = sys.modules.get("distributed")  # loaded whenever Dask raised the error
+    return distributed is not None and isinstance(e, distributed.KilledWorker)
+
+
+# ============================================================================ sweep cell files
+# A sweep's finished cells are kept in its output folder so that a rerun resumes. That folder is
+# a predictable place anyone may write to, so a cell file is data only: a zip (as NumPy's .npz)
+# holding a JSON header and one .npy member per array, read with allow_pickle=False. Nothing in
+# the file can name code to run: a study result's class is looked up among the StudyResult
+# subclasses already defined in this process, never imported.
+CELL_FORMAT, CELL_VERSION = "fastgrad-sweep-cell", 1
+_CELL_HEADER = "header.json"
+_CELL_HEADER_MAX = 64 << 20  # bytes of JSON; a cell's rows are far smaller
+_CELL_DEPTH_MAX = 64  # nesting of lists / dicts / results in one cell
+_CELL_DTYPE_KINDS = "biufcU"  # bool, ints, floats, complex, unicode: never object or void
+_NPY_HEADER_MAX = 4096  # bytes of a .npy member's own header (the writer's is under 128)
+
+
+class CellFileError(FastgradError):
+    """A sweep cell file that cannot be used: truncated, corrupted, foreign or edited."""
+
+
+_CELL_FIX = "delete the file; a sweep computes the cell again and rewrites its file"
+
+
+def _cell_fail(path, problem):
+    return CellFileError(f"sweep: cell file {pathlib.Path(path).name}: {problem}. Fix: "
+                         f"{_CELL_FIX}")
+
+
+def _result_classes():
+    """Every StudyResult subclass defined in this process, by "module.qualname"."""
+    found, todo = {}, [StudyResult]
+    while todo:
+        cls = todo.pop()
+        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        todo += cls.__subclasses__()
+    return found
+
+
+def encode_cell_value(value):
+    """(JSON-able tree, list of arrays) for a cell's value; ``decode_cell_value`` inverts it.
+
+    Holds exactly: None, bool, int, str, float (bit-exact, NaN and infinities included), NumPy
+    arrays (bool, int, float, complex, unicode) and scalars, lists, tuples, dicts (any keys of
+    these types) and StudyResult objects (their attributes). Anything else raises FastgradError.
+
+    >>> tree, arrays = encode_cell_value({"loss": 0.5, "runs": (1, None)})
+    >>> decode_cell_value(tree, arrays)
+    {'loss': 0.5, 'runs': (1, None)}
+    """
+    arrays = []
+
+    def put(a):
+        arrays.append(a)
+        return len(arrays) - 1
+
+    def enc(v, depth):
+        if depth > _CELL_DEPTH_MAX:
+            raise fail("sweep", f"a cell's result is nested deeper than {_CELL_DEPTH_MAX} levels",
+                       "return flatter results (rows of numbers, arrays)")
+        if isinstance(v, (np.ndarray, np.generic)):  # first: np.float64 is also a float
+            a = np.asarray(v)
+            if a.dtype.kind not in _CELL_DTYPE_KINDS or a.dtype.hasobject:
+                raise fail("sweep", f"cannot save an array of dtype {a.dtype} in a cell file",
+                           "return numeric arrays")
+            return {"scalar" if isinstance(v, np.generic) else "array": put(a)}
+        if v is None or isinstance(v, (bool, str)):
+            return v
+        if isinstance(v, int):
+            return int(v)
+        if isinstance(v, float):
+            return {"float": float(v).hex()}  # hex: bit-exact, and JSON has no NaN
+        if isinstance(v, list):
+            return {"list": [enc(x, depth + 1) for x in v]}
+        if isinstance(v, tuple):
+            return {"tuple": [enc(x, depth + 1) for x in v]}
+        if isinstance(v, dict):
+            return {"dict": [[enc(k, depth + 1), enc(x, depth + 1)] for k, x in v.items()]}
+        if isinstance(v, StudyResult):
+            cls = type(v)
+            return {"result": f"{cls.__module__}.{cls.__qualname__}",
+                    "attrs": [[k, enc(x, depth + 1)] for k, x in vars(v).items()]}
+        raise fail("sweep", f"cannot save a {type(v).__name__} in a cell file",
+                   "return a study result, numbers, strings, arrays, or lists / dicts of them")
+
+    return enc(value, 0), arrays
+
+
+def decode_cell_value(tree, arrays, where="cell"):
+    """The value ``encode_cell_value`` encoded as (tree, arrays); anything else in ``tree``
+    raises CellFileError (a strict grammar: every node is checked, every array used once)."""
+    used = set()
+    classes = None
+
+    def bad(problem):
+        return CellFileError(f"sweep: {where}: {problem}. Fix: {_CELL_FIX}")
+
+    def array(i):
+        if type(i) is not int or not 0 <= i < len(arrays) or i in used:
+            raise bad(f"bad array reference {i!r}")
+        used.add(i)
+        return arrays[i]
+
+    def dec(x, depth):
+        nonlocal classes
+        if depth > _CELL_DEPTH_MAX:
+            raise bad(f"nested deeper than {_CELL_DEPTH_MAX} levels")
+        if x is None or isinstance(x, (bool, str, int)):
+            return x
+        if not isinstance(x, dict) or not x:
+            raise bad(f"unexpected {type(x).__name__} in the header")
+        tag = "result" if "result" in x else next(iter(x))
+        body = x[tag]
+        if tag == "result":
+            pairs = x.get("attrs")
+            if set(x) != {"result", "attrs"} or not isinstance(pairs, list):
+                raise bad("a study result needs exactly 'result' and 'attrs'")
+            classes = classes or _result_classes()
+            cls = classes.get(body) if isinstance(body, str) else None
+            if cls is None:
+                raise bad(f"unknown study result class {body!r}")
+            if not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+                       for p in pairs) or len({p[0] for p in pairs}) != len(pairs):
+                raise bad("a study result's attrs must be distinct [name, value] pairs")
+            attrs = {k: dec(v, depth + 1) for k, v in pairs}
+            _check_result_attrs(attrs, bad)
+            obj = object.__new__(cls)  # no constructor or other code runs: data only
+            obj.__dict__.update(attrs)
+            return obj
+        if len(x) != 1:
+            raise bad(f"a node with keys {sorted(x)}")
+        if tag == "float" and isinstance(body, str):
+            try:
+                return float.fromhex(body)
+            except (ValueError, OverflowError):
+                raise bad(f"bad float {body!r}") from None
+        if tag in ("array", "scalar"):
+            a = array(body)
+            if tag == "scalar":
+                if a.ndim:
+                    raise bad(f"a scalar stored with shape {a.shape}")
+                return a[()]
+            return a
+        if tag in ("list", "tuple") and isinstance(body, list):
+            items = [dec(v, depth + 1) for v in body]
+            return items if tag == "list" else tuple(items)
+        if tag == "dict" and isinstance(body, list):
+            out = {}
+            for pair in body:
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise bad("a dict entry that is not a [key, value] pair")
+                k = dec(pair[0], depth + 1)
+                try:
+                    hash(k)
+                except TypeError:
+                    raise bad(f"an unhashable dict key of type {type(k).__name__}") from None
+                out[k] = dec(pair[1], depth + 1)
+            return out
+        raise bad(f"unknown node {tag!r}")
+
+    value = dec(tree, 0)
+    if len(used) != len(arrays):
+        raise bad(f"{len(arrays) - len(used)} array(s) not referenced by the header")
+    return value
+
+
+def _check_result_attrs(attrs, bad):
+    """What every StudyResult method relies on: rows (list of dicts), params (dict), seconds."""
+    for name in attrs:
+        if not name.isidentifier() or name.startswith("__"):
+            raise bad(f"bad attribute name {name!r}")
+    missing = {"rows", "params", "seconds"} - set(attrs)
+    if missing:
+        raise bad(f"a study result without {sorted(missing)}")
+    rows = attrs["rows"]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise bad("a study result's rows must be a list of dicts")
+    if not isinstance(attrs["params"], dict):
+        raise bad("a study result's params must be a dict")
+    s = attrs["seconds"]
+    if s is not None and not isinstance(s, (int, float, list)):
+        raise bad("a study result's seconds must be a number or None")
+
+
+def write_cell_file(path, header, value):
+    """Write one cell (``header``: dict of JSON values; ``value``: the cell's result) atomically:
+    a temporary file in the same folder, flushed, fsynced, renamed over ``path``."""
+    tree, arrays = encode_cell_value(value)
+    doc = {"format": CELL_FORMAT, "version": CELL_VERSION, **header, "value": tree,
+           "arrays": [{"dtype": a.dtype.str, "shape": list(a.shape)} for a in arrays]}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(_CELL_HEADER, json.dumps(doc, allow_nan=False, sort_keys=True))
+        for i, a in enumerate(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, a, allow_pickle=False)
+            z.writestr(f"a{i}.npy", member.getvalue())
+    _atomic_write(path, buf.getvalue())
+
+
+def read_cell_file(path):
+    """(header dict, value) of a cell file written by ``write_cell_file``. Never unpickles.
+    Before anything is decompressed, the arrays' total size passes the memory guard and each
+    member's declared size is compared with its header entry. Any damage raises CellFileError
+    naming the file.
+
+    >>> import tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "cell.npz"
+    >>> write_cell_file(path, {"fn": "demo"}, {"loss": [0.5, float("nan")]})
+    >>> read_cell_file(path)
+    ({'fn': 'demo', 'format': 'fastgrad-sweep-cell', 'version': 1}, {'loss': [0.5, nan]})
+    >>> _ = path.write_bytes(path.read_bytes()[:50])
+    >>> read_cell_file(path)
+    Traceback (most recent call last):
+    ...
+    fastgrad.study.CellFileError: sweep: cell file cell.npz: unreadable (BadZipFile: ...
+    """
+    path = pathlib.Path(path)
+    try:
+        if not path.is_file():
+            raise _cell_fail(path, "not a regular file")
+        with zipfile.ZipFile(path) as z:
+            doc = _cell_header(path, z)
+            specs = [_cell_array_spec(path, f"a{i}.npy", spec)
+                     for i, spec in enumerate(doc["arrays"])]
+            guard_memory("sweep", sum(dtype.itemsize * math.prod(shape) for dtype, shape in specs),
+                         "free memory, or delete the cell file")
+            arrays = [_cell_array(path, z, f"a{i}.npy", dtype, shape)
+                      for i, (dtype, shape) in enumerate(specs)]
+            extra = set(z.namelist()) - {_CELL_HEADER} - {f"a{i}.npy" for i in range(len(arrays))}
+            if extra:
+                raise _cell_fail(path, f"unexpected members {sorted(extra)}")
+        value = decode_cell_value(doc["value"], arrays, where=f"cell file {path.name}")
+    except CellFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any damage: a clear error, never a raw one
+        raise _cell_fail(path, f"unreadable ({type(e).__name__}: {e})") from e
+    return {k: v for k, v in doc.items() if k not in ("value", "arrays")}, value
+
+
+def _cell_header(path, z):
+    info = z.getinfo(_CELL_HEADER)
+    if info.file_size > _CELL_HEADER_MAX:
+        raise _cell_fail(path, f"a header of {info.file_size} bytes")
+    doc = json.loads(z.read(info).decode("utf-8"), parse_constant=_no_constant)
+    if not isinstance(doc, dict) or doc.get("format") != CELL_FORMAT:
+        raise _cell_fail(path, "not a fastgrad sweep cell file")
+    if doc.get("version") != CELL_VERSION:
+        raise _cell_fail(path, f"format version {doc.get('version')!r}, this fastgrad reads "
+                         f"{CELL_VERSION}")
+    specs = doc.get("arrays")
+    if not isinstance(specs, list) or "value" not in doc:
+        raise _cell_fail(path, "a header without its value or arrays")
+    return doc
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _cell_array_spec(path, member, spec):
+    """(dtype, shape) of an array's header entry {"dtype", "shape"}, checked."""
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape"}:
+        raise _cell_fail(path, f"a bad array entry for {member}")
+    shape = spec["shape"]
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise _cell_fail(path, f"a bad shape {shape!r} for {member}")
+    dtype = np.dtype(str(spec["dtype"]))
+    if dtype.kind not in _CELL_DTYPE_KINDS or dtype.hasobject:
+        raise _cell_fail(path, f"dtype {dtype} for {member}")
+    return dtype, shape
+
+
+def _cell_array(path, z, member, dtype, shape):
+    """One array member, checked against its header entry before it is read."""
+    nbytes = dtype.itemsize * math.prod(shape)
+    info = z.getinfo(member)
+    if info.file_size > nbytes + _NPY_HEADER_MAX:  # before decompressing: no zip bomb
+        raise _cell_fail(path, f"{member} declares {info.file_size} bytes for {nbytes} of data")
+    with z.open(info) as f:
+        # the member's own .npy header is checked against the cell header before any data is
+        # read (NumPy would allocate whatever shape it names)
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise _cell_fail(path, f"{member} has .npy format version {version}")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        npy_shape, fortran, npy_dtype = read_header(f)
+        if npy_dtype != dtype or list(npy_shape) != shape:
+            raise _cell_fail(path, f"{member} holds {npy_dtype} {npy_shape}, its header says "
+                             f"{dtype} {tuple(shape)}")
+        data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise _cell_fail(path, f"{member} is truncated ({len(data)} of {nbytes} bytes)")
+    flat = np.frombuffer(data, dtype=dtype).copy()  # a writable array, as the study returned
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def sweep(fn, grid, executor=None, out=None, retries=1, max_workers=None, **fixed):
@@ -1198,11 +1666,15 @@ def sweep(fn, grid, executor=None, out=None, retries=1, max_workers=None, **fixe
     executor: None (a local ``ProcessPoolExecutor``, ``max_workers`` processes), "serial",
               any ``concurrent.futures.Executor``, a ``dask.distributed.Client`` or a Dask
               scheduler address "tcp://host:port" (its ``get_executor()`` is used).
-    out:      a folder: each finished cell is saved there (cell-<key>.pkl, written
-              atomically) and a rerun with the same folder loads those cells instead of running
-              them again (resume). sweep.csv / sweep.json are written at the end.
+    out:      a folder: each finished cell is saved there at once (cell-<key>.npz: a JSON
+              header and NumPy arrays, never a pickle; written atomically) and a rerun with the
+              same folder loads those cells instead of running them again (resume). A cell file
+              that is damaged, foreign or made for other parameters is reported (a logged
+              warning) and the cell computed again. sweep.csv / sweep.json are written at the end.
     retries:  a failing cell is resubmitted up to this many times; a cell that still fails is
-              reported in ``result.failed`` and in the table (never silently dropped).
+              reported in ``result.failed`` and in the table (never silently dropped). A cell
+              whose worker process dies (segfault, ``os._exit``) is a failing cell like any
+              other, on the local pool as on Dask: the other cells' results are kept.
 
     Returns a :class:`SweepResult`; cells in grid order whatever the executor, so a sweep gives
     the same table on any executor.
@@ -1214,48 +1686,37 @@ def sweep(fn, grid, executor=None, out=None, retries=1, max_workers=None, **fixe
     """
     cells = grid_cells(grid)
     kwargs = [{**fixed, **c} for c in cells]
-    keys = [_cell_key(fn, k) for k in kwargs]
+    fn_name = _fn_name(fn)
+    texts = [_cell_text(fn, k) for k in kwargs]
+    keys = [_key_of(t) for t in texts]
     folder = pathlib.Path(out) if out is not None else None
     results, seconds, failed = [None] * len(cells), [None] * len(cells), {}
+    todo = list(range(len(cells)))
     if folder is not None:
-        for i, key in enumerate(keys):
-            path = folder / f"cell-{key}.pkl"
-            if path.exists():
-                with open(path, "rb") as f:  # our own files, written by a previous run
-                    saved = pickle.load(f)
-                results[i], seconds[i] = saved["result"], saved["seconds"]
-    todo = [i for i, r in enumerate(results) if r is None]
-    fn_name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+        todo = [i for i in todo if not _resume_cell(folder, fn_name, keys[i], texts[i], i,
+                                                    results, seconds)]
+
+    def done(i, result, secs):
+        results[i], seconds[i] = result, secs
+        if folder is None:
+            return
+        try:
+            write_cell_file(_cell_path(folder, keys[i]), {
+                "fn": fn_name, "key": keys[i], "parameters": texts[i],
+                "seconds": float(secs).hex()}, result)
+        except (FastgradError, OSError) as e:  # the result is kept; only resuming it is lost
+            log.warning("sweep: cell %s is kept in this result but not saved, so a rerun "
+                        "computes it again: %s", cells[i], e)
+
     name = "none needed"
     if todo:
-        ex, close, name = _executor(executor, max_workers)
-        attempts = dict.fromkeys(todo, 0)
+        ex, close, name, renew = _executor(executor, max_workers)
+        runner = _CellRunner(fn, kwargs, cells, retries, ex, renew, done)
         try:
-            pending = {ex.submit(_run_cell, fn, kwargs[i]): i for i in todo}
-            while pending:
-                done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    i = pending.pop(fut)
-                    attempts[i] += 1
-                    try:
-                        result, secs = fut.result()
-                    except Exception as e:  # noqa: BLE001 - any failure of a cell is reported
-                        err = f"{type(e).__name__}: {e}"
-                        if attempts[i] <= retries:
-                            log.warning("sweep: cell %s failed (attempt %d, retrying): %s",
-                                        cells[i], attempts[i], err)
-                            pending[ex.submit(_run_cell, fn, kwargs[i])] = i
-                        else:
-                            log.error("sweep: cell %s failed after %d attempt(s): %s",
-                                      cells[i], attempts[i], err)
-                            failed[i] = (cells[i], err, attempts[i])
-                        continue
-                    results[i], seconds[i] = result, secs
-                    if folder is not None:
-                        _atomic_write(folder / f"cell-{keys[i]}.pkl", pickle.dumps(
-                            {"fn": fn_name, "cell": cells[i], "kwargs": kwargs[i],
-                             "result": result, "seconds": secs}))
+            failed = runner.run(todo)
         finally:
+            if renew is not None:  # our pool, or the one that replaced it
+                runner.ex.shutdown(cancel_futures=True)  # none left unless interrupted
             if close is not None:
                 close()
     params = {"fn": fn_name, "executor": name, "cells": len(cells), "retries": retries,
@@ -1265,6 +1726,38 @@ def sweep(fn, grid, executor=None, out=None, retries=1, max_workers=None, **fixe
         res.to_csv(folder / "sweep.csv")
         res.to_json(folder / "sweep.json")
     return res
+
+
+def _cell_path(folder, key):
+    return folder / f"cell-{key}.npz"
+
+
+def _resume_cell(folder, fn_name, key, text, i, results, seconds):
+    """Load cell i from its file into results/seconds; False when it must be computed."""
+    path = _cell_path(folder, key)
+    if not path.exists():
+        if (folder / f"cell-{key}.pkl").exists():
+            log.warning("sweep: %s is a pickle, which sweep never loads (it could run any "
+                        "code); the cell is computed again and saved as %s", f"cell-{key}.pkl",
+                        path.name)
+        return False
+    try:
+        header, value = read_cell_file(path)
+        want = {"fn": fn_name, "key": key, "parameters": text}
+        for field, expected in want.items():
+            if header.get(field) != expected:
+                raise _cell_fail(path, f"it was written for another cell ({field} "
+                                 f"{header.get(field)!r}, expected {expected!r})")
+        secs = header.get("seconds")
+        try:
+            secs = float.fromhex(secs)
+        except (TypeError, ValueError, OverflowError):
+            raise _cell_fail(path, f"bad seconds {secs!r}") from None
+    except FastgradError as e:
+        log.warning("%s (this sweep computes the cell again)", e)
+        return False
+    results[i], seconds[i] = value, secs
+    return True
 
 
 # ============================================================================ command line

@@ -43,13 +43,14 @@ above before a loaded tape reaches a kernel.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 import weakref
 
 import numpy as np
 
 from . import kernels
-from .errors import FastgradError
+from .errors import FastgradError, fail
 from .opcodes import Op
 from .ops import fmt
 
@@ -157,7 +158,13 @@ class Tape:
         # (C-contiguous, 1-D or 2-D: read through reshape(-1))
         self.external = np.zeros(0, self.dtype)
         self.leaves: list = []  # (leaf Tensor, node) pairs that receive gradients
-        self.imported: dict[int, int] = {}  # id(leaf tensor) -> node
+        self.imported: dict[int, tuple] = {}  # id(tensor) -> (tensor, node of its latest copy)
+        # (leaf Tensor, node): every copy of a leaf's values, kept to check at backward that
+        # the rows that read a copy saved values the leaf still holds (check_saved_leaves)
+        self.copies: list = []
+        # held by a native call on this tape (flush, backward) and by whatever changes it (with
+        # RECORDING first): threads sharing a tape take turns, never interleave rows
+        self.lock = threading.RLock()
         self.int_bounds: dict[int, tuple] = {}  # integer input node -> (lo, hi) valid range
         self.n_done = 0  # rows whose values are computed
         self.recording_scan = False  # a scan body is being recorded: no merges, no nesting
@@ -212,7 +219,9 @@ class Tape:
         True
         """
         new = Tape.__new__(Tape)
-        for name, value in vars(self).items():
+        with RECORDING, self.lock:
+            state = self.__getstate__()
+        for name, value in state.items():
             if isinstance(value, _Grow):
                 value = value.copy()
                 value.owner = weakref.ref(new)
@@ -222,7 +231,17 @@ class Tape:
                 value = type(value)(value)
             new.__dict__[name] = value
         new.merged_into, new.node_shift = None, 0
+        new.lock = threading.RLock()
         return new
+
+    def __getstate__(self):  # copy.deepcopy, pickle: a lock is not copied, a copy gets its own
+        state = dict(vars(self))
+        del state["lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ building
     @property
@@ -320,17 +339,28 @@ class Tape:
     def flush(self, check=False):
         """Compute every row not yet computed (one native call)."""
         if self.n_done < self.n_rows:
-            bad = kernels.replay_forward(self.arrays(), self.values.a, self.ivalues.a,
-                                         self.param_arena, self.n_done, self.n_rows,
-                                         check or _anomaly_on())
-            if bad >= 0:
-                self.n_done = bad + 1
-                raise _anomaly_error(self, bad, "forward")
-            self.n_done = self.n_rows
+            with self.lock:
+                if self.n_done >= self.n_rows:  # another thread computed them meanwhile
+                    return
+                bad = kernels.replay_forward(self.arrays(), self.values.a, self.ivalues.a,
+                                             self.param_arena, self.n_done, self.n_rows,
+                                             check or _anomaly_on())
+                if bad >= 0:
+                    row, _, scan_row = _locate(self, bad)
+                    # a scan stopped inside its body did not finish: it runs again next flush
+                    self.n_done = scan_row if scan_row >= 0 else row + 1
+                    raise _anomaly_error(self, bad, "forward")
+                self.n_done = self.n_rows
 
     def backward(self, node, seed):
-        """Reverse sweep from ``node`` seeded with ``seed``; returns the gradient arena."""
+        """Reverse sweep from ``node`` seeded with ``seed``; returns the gradient arena.
+
+        The caller holds ``self.lock`` until it has read the gradients it needs (the arena is
+        the tape's, reused by the next backward). Raises FastgradError before the sweep when a
+        row it runs reads a leaf copy whose leaf has been changed since (check_saved_leaves)."""
         self.flush()
+        stop = self.producer.get(node, -1) + 1
+        self.check_saved_leaves(node, stop)
         if self.grads is None or self.grads.size < self.values.a.size:
             guard_memory("backward", self.values.a.size * self.dtype.itemsize,
                          "the gradient buffer mirrors the tape's values; use smaller batches, "
@@ -340,14 +370,71 @@ class Tape:
             self.grads[: self.values.n] = 0
         off = int(self.node_off.a[node])
         self.grads[off : off + int(self.node_size.a[node])] = np.asarray(seed).ravel()
-        stop = self.producer.get(node, -1) + 1
         bad = kernels.replay_backward(self.arrays(), self.values.a, self.ivalues.a,
                                       self.param_arena, self.grads, self.param_grads,
                                       self.grad_modes(), self.scratch(), 0, stop, _anomaly_on(),
                                       0.0)
         if bad >= 0:
+            _, _, scan_row = _locate(self, bad)
+            if scan_row >= 0:  # the scan's slots hold a step of the aborted sweep: rerun it
+                self.n_done = min(self.n_done, scan_row)
             raise _anomaly_error(self, bad, "backward")
         return self.grads
+
+    def check_saved_leaves(self, node, stop):
+        """Raise FastgradError if a row that the backward sweep from ``node`` runs read a leaf
+        copy (``copies``) whose leaf has changed since, and its VJP needs that value (PyTorch's
+        version-counter error). Changes made behind fastgrad's back (a NumPy array shared through
+        ``fg.from_numpy``, a write into ``.numpy()``) count too: the copy is compared with the
+        leaf's current data, which a version counter could not see.
+
+        Cost: one comparison per leaf copied into the tape before ``node``; the walk over the
+        rows only when a leaf has changed. Rows that do not reach ``node`` (an earlier loss on
+        the same tape) may read an old copy: their values are not used.
+
+        >>> import fastgrad as fg
+        >>> w = fg.tensor([3.0], requires_grad=True)
+        >>> loss = (w * w).sum()
+        >>> w.numpy()[:] = 2.0  # changed after mul saved it
+        >>> loss.backward()
+        Traceback (most recent call last):
+        fastgrad.errors.FastgradError: backward: a variable needed for gradient computation ...
+        """
+        changed = {v: leaf for leaf, v in self.copies
+                   if v < node and not same_bits(self.node_values(v), leaf.numpy())}
+        if not changed:
+            return
+        live = np.zeros(self.n_nodes, bool)  # nodes whose gradient the sweep from node needs
+        live[node] = True
+        scans = {r: [] for r in self.scan_rows}  # SCAN row -> the results it writes (carries
+        for v, r in self.producer.items():      # at T, stacked) besides its outs node
+            if r in scans:
+                scans[r].append(v)
+        ops, outs, ptr, idx = self.ops.a, self.outs.a, self.in_ptr.a, self.in_idx.a
+        for r in range(stop - 1, -1, -1):
+            op = int(ops[r])
+            if not (live[outs[r]] or (op == Op.SCAN and live[scans.get(r, [])].any())):
+                continue
+            ins = idx[ptr[r] : ptr[r + 1]]
+            live[ins] = True
+            if op == Op.SCAN:  # the body rows run T times inside it: all of them are needed
+                ip = self.iparams.a[self.ip_ptr.a[r] : self.ip_ptr.a[r + 1]]
+                live[outs[int(ip[2]) : int(ip[3])]] = True
+            if op in VJP_READS_NO_VALUES:
+                continue
+            for v in ins.tolist():
+                if v in changed:
+                    leaf = changed[v]
+                    what = "leaf" if leaf.requires_grad else "constant"
+                    raise fail(
+                        "backward", "a variable needed for gradient computation has been "
+                        f"modified by an inplace operation: the {what} tensor of shape "
+                        f"{fmt(leaf.shape)} ({leaf.dtype}) read by {Op(op).name.lower()} "
+                        f"(row {r}, node %{v}) holds other values than when that op was "
+                        "recorded", "call backward() before changing it (before "
+                        "optimizer.step(), or before writing into its array), or recompute the "
+                        "forward pass after the change; detach() a tensor carried across "
+                        "optimizer steps")
 
     def grad_modes(self) -> np.ndarray:
         """Per node: 0 no gradient, 1 accumulate, 2 sole consumer (its VJP may overwrite)."""
@@ -400,7 +487,12 @@ class Tape:
 
     # ------------------------------------------------------------------ merging
     def absorb(self, other: "Tape"):
-        """Append ``other``'s rows and nodes to this tape; ``other`` then forwards to it."""
+        """Append ``other``'s rows and nodes to this tape; ``other`` then forwards to it. The
+        caller holds RECORDING; both tapes' locks are taken here (after ``self``'s)."""
+        with self.lock, other.lock:
+            self._absorb(other)
+
+    def _absorb(self, other: "Tape"):
         if other.dtype != self.dtype:
             raise FastgradError("internal: cannot merge tapes of different dtypes")
         if self.recording_scan or other.recording_scan or other.scan_rows:
@@ -432,11 +524,12 @@ class Tape:
         self.producer.update({v + nshift: r + rshift for v, r in other.producer.items()})
         self.int_bounds.update({v + nshift: b for v, b in other.int_bounds.items()})
         self.leaves += [(leaf, v + nshift) for leaf, v in other.leaves]
+        self.copies += [(leaf, v + nshift) for leaf, v in other.copies]
         for key, (t, v) in other.imported.items():
             self.imported.setdefault(key, (t, v + nshift))
         self.n_done = self.n_rows
         other.merged_into, other.node_shift = self, nshift
-        other.leaves, other.imported = [], {}
+        other.leaves, other.imported, other.copies = [], {}, []
 
     # ------------------------------------------------------------------ seeing it
     def _type(self, v):
@@ -491,6 +584,41 @@ class Tape:
         return "\n".join(out)
 
 
+# Taken (before any tape's lock) by whatever changes the structure of tapes: recording a row,
+# merging tapes, recording a scan, copying a tape, resolving a tensor's merged tape. One lock
+# for all tapes, since one op may merge several; the native calls hold only their tape's lock.
+RECORDING = threading.RLock()
+
+# ops whose VJP reads no operand value (only the output's gradient and the integer attributes):
+# a leaf changed after such a row was recorded leaves its backward exact, as in PyTorch
+VJP_READS_NO_VALUES = frozenset(int(op) for op in (
+    Op.NEG, Op.ADD_SCALAR, Op.MUL_SCALAR, Op.DIV_SCALAR, Op.ADD, Op.SUB, Op.SUM, Op.RESHAPE,
+    Op.STRIDED, Op.GATHER, Op.CONCAT))
+
+
+def same_bits(copy, current) -> bool:
+    """Whether ``current`` (a leaf's data, cast to the copy's dtype) holds exactly the bits of
+    ``copy``: NaN equals NaN, -0.0 differs from 0.0. Small arrays compare as bytes, which skips
+    NumPy's per-call overhead (the common case: a parameter re-used on one tape).
+
+    >>> import numpy as np
+    >>> same_bits(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])), same_bits(
+    ...     np.array([0.0]), np.array([-0.0]))
+    (True, False)
+    """
+    if current.dtype != copy.dtype:
+        current = current.astype(copy.dtype)
+    if current.shape != copy.shape:
+        return False
+    if copy.nbytes <= 4096:
+        return copy.tobytes() == current.tobytes()
+    unsigned = np.dtype(f"u{copy.dtype.itemsize}") if copy.dtype.itemsize in (1, 2, 4, 8) \
+        else None
+    if unsigned is None:
+        return copy.tobytes() == current.tobytes()
+    return bool((copy.view(unsigned) == current.view(unsigned)).all())
+
+
 _CHECK_FROM = 1 << 26  # below 64 MiB only a user limit (fg.set_memory_limit) is checked
 
 
@@ -517,6 +645,12 @@ def _anomaly_on():
     from .anomaly import anomaly_enabled
 
     return anomaly_enabled()
+
+
+def _locate(tape, report):
+    from .anomaly import locate
+
+    return locate(tape, report)
 
 
 def _anomaly_error(tape, row, direction):

@@ -23,7 +23,7 @@ import numpy as np
 from .errors import fail
 from .opcodes import Op
 from .ops import TABLE, flag, fmt, int_tuple, normalize_axis, real
-from .tape import Tape, guard_memory
+from .tape import RECORDING, Tape, guard_memory, same_bits
 
 _flag = flag  # requires_grad_'s argument is named flag, as PyTorch's
 _state = threading.local()
@@ -61,6 +61,36 @@ def recording_into(tape):
         yield
     finally:
         _state.body_tape = prev
+
+
+@contextlib.contextmanager
+def tracing():
+    """``fg.compile`` records its function inside: the values on its tape change per call, so
+    ``fg.tensor(t)`` and ``t.detach()`` of a recorded tensor record a copy (``_traced_copy``)
+    instead of freezing the values of the call that traced."""
+    prev = getattr(_state, "tracing", False)
+    _state.tracing = True
+    try:
+        yield
+    finally:
+        _state.tracing = prev
+
+
+def is_tracing() -> bool:
+    """Whether this thread is inside ``tracing()`` (a function fg.compile records)."""
+    return getattr(_state, "tracing", False)
+
+
+def _traced_copy(t, what) -> "Tensor":
+    """``t``'s values cut from the graph, recorded (so a compiled program recomputes them, or
+    reloads the leaf, per call): a new tensor naming ``t``'s node when it is recorded and no
+    gradient flows through it, else a row ``t * 1`` recorded under no_grad (while tracing,
+    no_grad rows are recorded, without gradients)."""
+    if t._tape is not None and not t.requires_grad:
+        with RECORDING:
+            return Tensor._on_tape(t.tape, t.node, False)
+    with no_grad():
+        return unary(Op.MUL_SCALAR, t, 1.0)
 
 
 def is_grad_enabled() -> bool:
@@ -106,6 +136,53 @@ def enable_grad():
         yield
     finally:
         _state.grad = prev
+
+
+def input_dtype_problem(dtype, want):
+    """fastgrad's one rule for the dtype of an array entering a computation whose floats are
+    ``want`` (float32 or float64; None: not known yet), in eager ops (``apply``), compiled
+    steps and ``fg.fit`` alike. Returns None when the array is accepted, else ``(problem,
+    fix)`` for the caller's error message.
+
+    - bool and integer arrays are accepted: in a float position they are cast to ``want`` (as
+      NumPy), in an index or label position widened to int64 after the range check;
+    - float32 and float64 arrays are accepted when they are ``want``: fastgrad does not promote
+      or demote silently (PyTorch's Linear refuses float64 input for float32 weights too);
+    - float16, complex, string, bytes, object, datetime and structured arrays are refused:
+      a cast would lose the imaginary part or parse text.
+
+    Python data (lists, numbers) becomes an array first as ``fg.tensor`` makes it (floats in
+    the default dtype, ``input_array``). This is the one place to change when fastgrad adopts
+    PyTorch's promotion rules.
+
+    >>> import numpy as np
+    >>> input_dtype_problem(np.dtype(np.int32), np.dtype(np.float32)) is None
+    True
+    >>> input_dtype_problem(np.dtype(np.float64), np.dtype(np.float32))[1]
+    'cast it with .astype(np.float32)'
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "fiub":
+        return (f"unsupported dtype {dtype}",
+                "use float32 or float64 values, or integer indices/labels")
+    if dtype.kind == "f" and dtype not in FLOAT_DTYPES:
+        return (f"unsupported dtype {dtype}", "cast it with .astype(np.float32) or "
+                ".astype(np.float64)" if want is None else f"cast it with .astype(np.{want})")
+    if dtype.kind == "f" and want is not None and dtype != want:
+        return (f"dtype {dtype} for a {want} computation", f"cast it with .astype(np.{want})")
+    return None
+
+
+def input_array(value) -> np.ndarray:
+    """``value`` as the array it enters a computation as (see ``input_dtype_problem``): a
+    tensor's values, an array as it is, Python data (lists, numbers) as ``fg.tensor`` makes it
+    (floats in the default dtype)."""
+    if isinstance(value, Tensor):
+        return value.numpy()
+    a = np.asarray(value)
+    if not isinstance(value, (np.ndarray, np.generic)) and a.dtype.kind == "f":
+        a = a.astype(get_default_dtype())
+    return a
 
 
 def _scalar(x):
@@ -162,12 +239,18 @@ class Tensor:
     @property
     def tape(self) -> Tape | None:
         """The tape this tensor was recorded on (None for a leaf)."""
-        if self._tape is None:
-            return None
-        while self._tape.merged_into is not None:
-            self._node += self._tape.node_shift
-            self._tape = self._tape.merged_into
-        return self._tape
+        tape = self._tape
+        if tape is None or tape.merged_into is None:
+            return tape
+        with RECORDING:  # merges happen under it: resolve once, never shift twice
+            tape, node = self._tape, self._node
+            while tape.merged_into is not None:
+                node += tape.node_shift
+                tape = tape.merged_into
+            # the node before the tape: a thread that reads the new tape reads the new node
+            self._node = node
+            self._tape = tape
+        return tape
 
     @property
     def node(self) -> int:
@@ -229,7 +312,13 @@ class Tensor:
     __hash__ = object.__hash__
 
     def detach(self) -> "Tensor":
-        """A leaf holding a copy of the values, cut from the graph."""
+        """A leaf holding a copy of the values, cut from the graph.
+
+        Inside a function ``fg.compile`` traces, a recorded tensor's values change per call:
+        its detached copy is then recorded too (a row no gradient flows through), not frozen.
+        """
+        if is_tracing() and (self._tape is not None or self.dtype in FLOAT_DTYPES):
+            return _traced_copy(self, "detach")
         return Tensor(np.array(self.numpy()))
 
     def astype(self, dtype) -> "Tensor":
@@ -277,11 +366,17 @@ class Tensor:
         if self._tape is None:  # a leaf: d self / d self = seed
             _accumulate(self, seed)
             return
-        tape = self.tape
-        tape.backward(self._node, seed)
-        for leaf, v in tape.leaves:
-            if v < self._node and leaf.requires_grad:
-                _accumulate(leaf, tape.node_grad(v))
+        while True:
+            tape = self.tape
+            with tape.lock:  # the gradient arena is the tape's: read it before another sweep
+                if tape.merged_into is not None:  # merged while this thread waited: follow
+                    continue
+                node = self._node
+                tape.backward(node, seed)
+                for leaf, v in tape.leaves:
+                    if v < node and leaf.requires_grad:
+                        _accumulate(leaf, tape.node_grad(v))
+                return
 
     # ---------------------------------------------------------------- ops (one line each)
     def __add__(self, o):
@@ -460,12 +555,16 @@ def _seed_values(grad, out) -> np.ndarray:
     return np.array(values, dtype=out.dtype, copy=True)  # never a view into a tape's arena
 
 
+_ACCUMULATING = threading.Lock()  # threads adding into one leaf's .grad take turns
+
+
 def _accumulate(leaf, g):
     g = np.asarray(g, leaf.dtype)
-    if leaf.grad is None:
-        leaf.grad = np.array(g, copy=True)
-    else:
-        leaf.grad += g
+    with _ACCUMULATING:
+        if leaf.grad is None:
+            leaf.grad = np.array(g, copy=True)
+        else:
+            leaf.grad += g
 
 
 # -------------------------------------------------------------------------- making tensors
@@ -477,6 +576,18 @@ def tensor(data, dtype=None, requires_grad=False) -> Tensor:
     tensor([1., 2.], requires_grad=True)
     """
     if isinstance(data, Tensor):
+        if is_tracing():  # fg.compile recomputes recorded values and reloads leaves per call
+            same_dtype = dtype is None or np.dtype(dtype) == data.dtype
+            if data._tape is not None and (requires_grad or not same_dtype):
+                raise fail("tensor", f"inside a function fg.compile traces, a recorded "
+                           f"{data.dtype} value of shape {fmt(data.shape)} cannot become a "
+                           + ("leaf that requires grad" if requires_grad else
+                              f"{np.dtype(dtype)} tensor") + " (it would keep the first "
+                           "call's values)", "use the value itself (or .detach()); cast the "
+                           "function's inputs before the call; make parameters outside it")
+            if data._tape is not None or (data.dtype in FLOAT_DTYPES and same_dtype
+                                          and not requires_grad):
+                return _traced_copy(data, "tensor")
         data = data.numpy()
     requires_grad = flag("tensor", "requires_grad", requires_grad)
     if dtype is not None:
@@ -718,12 +829,22 @@ def unary(op, x, c0=0.0, c1=0.0) -> Tensor:
 
 
 def _import(tape, t, kind, need_values, what=None):
-    """Node id of tensor ``t`` on ``tape``, copying a leaf's (or foreign tensor's) values in."""
+    """Node id of tensor ``t`` on ``tape``, copying a leaf's (or foreign tensor's) values in.
+
+    A leaf used again on the same tape reuses its copy only while the copy holds the leaf's
+    current values (``same_bits``): after an optimizer step, a write into its array or into a
+    NumPy array shared through ``fg.from_numpy``, the later use gets a fresh copy, as PyTorch
+    reads the current values. The old copy stays for the rows that read it; ``backward``
+    refuses to run through one that needs it (``Tape.check_saved_leaves``).
+    """
     if t._tape is not None and not need_values and t.tape is tape:
         return t._node
     key = id(t)
-    if key in tape.imported and kind == 0:
-        return tape.imported[key][1]
+    if kind == 0 and key in tape.imported:
+        v = tape.imported[key][1]
+        # a recorded tensor's values never change; a leaf's may have since it was copied
+        if t._tape is not None or same_bits(tape.node_values(v), t.numpy()):
+            return v
     values = t.numpy()
     if kind == 0 and values.dtype != tape.dtype:
         values = values.astype(tape.dtype)
@@ -733,6 +854,8 @@ def _import(tape, t, kind, need_values, what=None):
     if kind == 0 and (need or not t.requires_grad):
         # not a parameter's no_grad copy: a later use with grad on must import it afresh
         tape.imported[key] = (t, v)
+    if kind == 0 and t._tape is None:
+        tape.copies.append((t, v))
     if need:
         tape.leaves.append((t, v))
     return v
@@ -752,10 +875,10 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
                    f"{len(ts)}")
     floats = {t.dtype for i, t in enumerate(ts) if i not in d.int_inputs and t.dtype.kind == "f"}
     for i, t in enumerate(ts):
-        if t.dtype.kind not in "fiub" or (t.dtype.kind == "f" and t.dtype not in FLOAT_DTYPES):
-            raise fail(name, f"unsupported dtype {t.dtype} (operand {i}, shape {fmt(t.shape)})",
-                       "use float32 or float64 values, or integer indices/labels")
-    if len(floats) > 1:
+        problem = input_dtype_problem(t.dtype, None)
+        if problem is not None:
+            raise fail(name, f"{problem[0]} (operand {i}, shape {fmt(t.shape)})", problem[1])
+    if any(input_dtype_problem(f, next(iter(floats))) for f in floats):
         raise fail(
             name,
             "operands have dtypes " + " and ".join(sorted(x.name for x in floats)) + " with shapes "
@@ -773,9 +896,26 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
     grad_on = is_grad_enabled()
     need = grad_on and d.differentiable and any(
         t.requires_grad for i, t in enumerate(ts) if i not in d.int_inputs)
+    # one thread at a time changes tapes (RECORDING), and never a tape a native call is
+    # replaying (its lock): threads sharing a tensor take turns, each row whole
+    with RECORDING:
+        tape, out, folding = _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp,
+                                     dtype, grad_on, need)
+    result = Tensor._on_tape(tape, out, need)
+    if folding:
+        return Tensor(np.array(result.numpy()))
+    return result
+
+
+def _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp, dtype, grad_on, need):
+    """Choose the tape (merging the operands' tapes), record the row on it; returns (tape,
+    output node, whether the result is a constant to fold). The caller holds RECORDING."""
     # Choose the tape: the operands' own (merging independent graphs), else a fresh one.
+    # While fg.compile traces, no_grad rows are recorded too (without gradients) and nothing
+    # is folded: the program recomputes them at each call from the current leaves.
+    tracing = is_tracing()
     tapes = []
-    if grad_on:
+    if grad_on or tracing:
         for t in ts:
             if t._tape is not None and t.tape not in tapes:
                 tapes.append(t.tape)
@@ -784,18 +924,27 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
         # inside a scan body every op is recorded on the scan's tape, under no_grad too: the
         # loop replays these rows T times (without them it would return its initial carry)
         tapes.insert(0, body)
-    folding = not tapes and not need  # constants only: compute now and return a leaf
+    folding = not tapes and not need and not tracing  # constants only: compute now, a leaf
     if tapes:
         tape = body if body is not None else max(
             tapes, key=lambda tp: (bool(tp.scan_rows), tp.n_rows))
         if tape.dtype != dtype:
             raise fail(name, f"operands recorded in {tape.dtype} mixed with {dtype}",
                        "cast the inputs to one dtype")
+    else:
+        tape = Tape(dtype)
+    with tape.lock:
         for other in tapes:
             if other is not tape:
                 tape.absorb(other)
-    else:
-        tape = Tape(dtype)
+        return tape, _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp,
+                                 grad_on or tracing, need, body), folding
+
+
+def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_graph, need, body):
+    """Import the operands into ``tape`` and record the row; returns its output node.
+    ``on_graph``: an operand recorded on ``tape`` is read by node (grad on, or tracing), not
+    copied in as a constant."""
     nodes = []
     for i, t in enumerate(ts):
         kind = 1 if i in d.int_inputs else 0
@@ -815,7 +964,7 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
             idx = np.where(idx < 0, idx + hi, idx) if lo < 0 else idx
             nodes.append(tape.add_input(idx, kind=1, label="const", what=name))
         else:
-            v = _import(tape, t, kind, need_values=not grad_on and body is None, what=name)
+            v = _import(tape, t, kind, need_values=not on_graph and body is None, what=name)
             if tape.node_kind.a[v] == 1 and kind == 0:
                 raise fail(name, f"operand {i} (shape {fmt(t.shape)}) is an integer input of a "
                            "compiled function, used in float arithmetic",
@@ -825,11 +974,7 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
                 old = tape.int_bounds.get(v, (0, hi))
                 tape.int_bounds[v] = (0, min(old[1], hi))
             nodes.append(v)
-    out = tape.record(op, nodes, out_shape, ip, fp, need)
-    result = Tensor._on_tape(tape, out, need)
-    if folding:
-        return Tensor(np.array(result.numpy()))
-    return result
+    return tape.record(op, nodes, out_shape, ip, fp, need)
 
 
 # -------------------------------------------------------------------------- composite front end

@@ -4,14 +4,29 @@ Why a digest-keyed cache directory: Numba keys a cached function on its *own* fi
 that calls a helper in another file keeps serving the old machine code after that helper changes.
 Keying the cache directory on a digest of every kernel source (and the op table, whose codes are
 frozen into the kernels as constants) makes any edit start a fresh cache.
+
+Why a checked cache (``CheckedFunctionCache``): Numba unpickles its index and data files as they
+are, so one damaged file (a truncated or bit-flipped data file, an empty one, a garbled index)
+raised a raw ``UnpicklingError``/``EOFError``/LLVM ``RuntimeError`` on every run until the user
+deleted the cache, and a full disk raised ``OSError``. Every cache file now carries a SHA-256
+of its contents, checked before anything is unpickled; any fault in reading or writing the
+cache logs one warning on the ``fastgrad`` logger naming the directory, and the kernel is
+compiled (and the damaged entry rewritten, or kept in memory when the directory cannot take
+files) instead.
 """
 
 import hashlib
+import logging
 import os
 import pathlib
+import pickle
 import tempfile
+import threading
 
 import numba
+from numba.core import caching
+
+log = logging.getLogger("fastgrad")
 
 _HERE = pathlib.Path(__file__).resolve().parent
 _OPCODES = _HERE.parent / "fastgrad" / "opcodes.py"  # editable install: kernels/ sits beside fastgrad/
@@ -61,6 +76,143 @@ CACHE_DIR, CACHE_ENABLED = _choose_cache_dir()
 if CACHE_ENABLED:
     numba.config.CACHE_DIR = str(CACHE_DIR)
 
+
+# ----------------------------------------------------------------------------- checked cache
+_SEAL = b"fastgrad-kernel-cache 1\n"  # then 32 bytes of SHA-256, then the pickled payload
+_faults_lock = threading.Lock()
+_warned_dirs: set = set()  # one warning per directory and process
+_unwritable_dirs: set = set()  # a write failed there: keep later kernels in memory
+
+
+class CacheDamaged(Exception):
+    """A cache file whose seal or digest does not match its contents."""
+
+
+def _cache_fault(directory, action, exc, *, unwritable=False) -> None:
+    """Record a cache fault in ``directory``: warn once per directory, and after a failed
+    write stop writing there for the rest of the process."""
+    directory = str(directory)
+    with _faults_lock:
+        if unwritable:
+            _unwritable_dirs.add(directory)
+        if directory in _warned_dirs:
+            return
+        _warned_dirs.add(directory)
+    # one message for every fault: later faults in this directory are not logged
+    log.warning("fastgrad: the kernel cache in %s could not be %s (%s: %s); compiling the "
+                "kernels instead (a damaged entry is rewritten; if the directory cannot take "
+                "files, the kernels stay in memory for this session)", directory, action,
+                type(exc).__name__, exc)
+
+
+def _seal(payload: bytes) -> bytes:
+    return _SEAL + hashlib.sha256(payload).digest() + payload
+
+
+def _unseal(blob: bytes, path) -> bytes:
+    head = len(_SEAL) + 32
+    if len(blob) < head or not blob.startswith(_SEAL):
+        raise CacheDamaged(f"{path}: not a fastgrad cache file ({len(blob)} bytes)")
+    payload = blob[head:]
+    if hashlib.sha256(payload).digest() != blob[len(_SEAL):head]:
+        raise CacheDamaged(f"{path}: contents do not match their digest (truncated or changed)")
+    return payload
+
+
+class _CheckedCacheFile(caching.IndexDataCacheFile):
+    """Numba's index (.nbi) and data (.nbc) files, each sealed with a SHA-256 of its payload
+    (so nothing is unpickled before its digest matches). A damaged index reads as an empty
+    one, as Numba treats a stale one: the next save rewrites it."""
+
+    def _save_index(self, overloads):
+        payload = self._dump((self._version, self._source_stamp, overloads))
+        with self._open_for_write(self._index_path) as f:
+            f.write(_seal(payload))
+
+    def _load_index(self):
+        try:
+            with open(self._index_path, "rb") as f:
+                blob = f.read()
+        except FileNotFoundError:
+            return {}
+        try:
+            version, stamp, overloads = pickle.loads(_unseal(blob, self._index_path))
+            if not isinstance(overloads, dict):
+                raise CacheDamaged(f"{self._index_path}: the index is not a mapping")
+        except Exception as exc:  # noqa: BLE001 - any damage: rebuild the index
+            _cache_fault(self._cache_path, "read", exc)
+            return {}
+        if version != self._version or stamp != self._source_stamp:
+            return {}  # another Numba or source: stale, as Numba's own rule
+        return overloads
+
+    def _save_data(self, name, data):
+        payload = self._dump(data)
+        with self._open_for_write(self._data_path(name)) as f:
+            f.write(_seal(payload))
+
+    def _load_data(self, name):
+        path = self._data_path(name)
+        with open(path, "rb") as f:
+            blob = f.read()
+        return pickle.loads(_unseal(blob, path))
+
+
+class _DigestDirCacheImpl(caching.CompileResultCacheImpl):
+    """Numba's compile-result cache, located only in the digest-keyed directory: Numba's
+    fallbacks (``__pycache__`` beside the source, ...) key on the function's own file, so they
+    could serve stale machine code after a helper in another file changes."""
+
+    _locator_classes = [caching.UserProvidedCacheLocator]
+
+
+class CheckedFunctionCache(caching.FunctionCache):
+    """Numba's per-function cache with sealed files, and no exception out of a load or a save:
+    a fault is logged once (``_cache_fault``) and the function compiled instead."""
+
+    _impl_class = _DigestDirCacheImpl
+
+    def __init__(self, py_func):
+        super().__init__(py_func)
+        self._cache_file = _CheckedCacheFile(
+            cache_path=self._cache_path, filename_base=self._impl.filename_base,
+            source_stamp=self._impl.locator.get_source_stamp())
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception as exc:  # noqa: BLE001 - damaged data, LLVM refusing it, I/O: compile
+            _cache_fault(self._cache_path, "read", exc)
+            return None
+
+    def save_overload(self, sig, data):
+        if str(self._cache_path) in _unwritable_dirs:
+            return
+        try:
+            super().save_overload(sig, data)
+        except Exception as exc:  # noqa: BLE001 - disk full, read-only, ...: stay in memory
+            _cache_fault(self._cache_path, "written", exc, unwritable=True)
+
+    def flush(self):
+        try:
+            super().flush()
+        except Exception as exc:  # noqa: BLE001
+            _cache_fault(self._cache_path, "written", exc, unwritable=True)
+
+
+def _njit(fn, options):
+    """``numba.njit`` with ``options``, caching through ``CheckedFunctionCache``."""
+    options = dict(options)
+    cache = options.pop("cache", False)
+    dispatcher = numba.njit(**options)(fn)
+    if cache:
+        # what numba.njit(cache=True) does (Dispatcher.enable_caching), with the checked cache
+        try:
+            dispatcher._cache = CheckedFunctionCache(dispatcher.py_func)
+        except Exception as exc:  # noqa: BLE001 - no usable directory: compile in memory
+            _cache_fault(CACHE_DIR, "used", exc, unwritable=True)
+    return dispatcher
+
 # error_model="numpy": no zero-division check per "/" (it blocks vectorisation); IEEE inf/nan
 # results instead, which detect_anomaly reports. No fastmath: gradients must match finite
 # differences and NumPy to rounding.
@@ -69,7 +221,7 @@ OPTIONS = dict(cache=CACHE_ENABLED, nogil=True, error_model="numpy", fastmath=Fa
 
 def jit(fn):
     """Compile ``fn`` with fastgrad's Numba options (cached, nogil, numpy error model)."""
-    return numba.njit(**OPTIONS)(fn)
+    return _njit(fn, OPTIONS)
 
 
 # Reassociation lets LLVM vectorise a dot-product reduction (it must reorder the sum to use
@@ -81,7 +233,7 @@ REDUCE_OPTIONS = dict(OPTIONS, fastmath={"reassoc", "nsz", "contract", "arcp"})
 
 def jit_reduce(fn):
     """``jit`` plus floating-point reassociation, for dot-product loops (see above)."""
-    return numba.njit(**REDUCE_OPTIONS)(fn)
+    return _njit(fn, REDUCE_OPTIONS)
 
 
 def jit_inline(fn):
@@ -91,7 +243,7 @@ def jit_inline(fn):
     the whole linked tree there. A function that calls the row dispatchers would cost a full
     copy of that work (about 4 s per layer, measured); inlined, it costs its own few lines.
     """
-    return numba.njit(inline="always", **OPTIONS)(fn)
+    return _njit(fn, dict(OPTIONS, inline="always"))
 
 
 def native_entry(dispatcher, args):

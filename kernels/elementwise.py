@@ -100,9 +100,9 @@ def unary_forward(code, x, y, c0, c1):
         else:
             for i in range(n):
                 y[i] = _sigmoid(x[i])
-    elif code == Op.RELU:
+    elif code == Op.RELU:  # written so that NaN fails the test and passes through, as np.maximum
         for i in range(n):
-            y[i] = x[i] if x[i] > 0 else 0.0
+            y[i] = 0.0 if x[i] <= 0 else x[i]
     elif code == Op.LEAKY_RELU:
         for i in range(n):
             y[i] = x[i] if x[i] > 0 else c0 * x[i]
@@ -142,12 +142,14 @@ def unary_vjp(code, x, y, gy, gx, c0, c1):
     if code == Op.NEG:
         for i in range(n):
             gx[i] -= gy[i]
-    elif code == Op.ABS:  # sign(x); 0 at 0 as in PyTorch
+    elif code == Op.ABS:  # sign(x); 0 at 0 as in PyTorch; NaN at NaN as np.sign
         for i in range(n):
             if x[i] > 0:
                 gx[i] += gy[i]
             elif x[i] < 0:
                 gx[i] -= gy[i]
+            elif x[i] != x[i]:
+                gx[i] += x[i]
     elif code == Op.EXP:
         for i in range(n):
             gx[i] += gy[i] * y[i]
@@ -163,20 +165,24 @@ def unary_vjp(code, x, y, gy, gx, c0, c1):
     elif code == Op.SIGMOID:
         for i in range(n):
             gx[i] += gy[i] * y[i] * (1.0 - y[i])
-    elif code == Op.RELU:
+    elif code == Op.RELU:  # the slope at a NaN is NaN (np.heaviside): the NaN reaches x's grad
         for i in range(n):
             if x[i] > 0:
                 gx[i] += gy[i]
+            elif x[i] != x[i]:
+                gx[i] += x[i]
     elif code == Op.LEAKY_RELU:
         for i in range(n):
-            gx[i] += gy[i] if x[i] > 0 else c0 * gy[i]
+            gx[i] += gy[i] if x[i] > 0 else (c0 * gy[i] if x[i] <= 0 else x[i])
     elif code == Op.SOFTPLUS:
         for i in range(n):
             gx[i] += gy[i] * _sigmoid(x[i])
-    elif code == Op.CLIP:  # gradient passes where lo <= x <= hi, as torch.clamp
+    elif code == Op.CLIP:  # gradient passes where lo <= x <= hi, as torch.clamp; NaN at NaN
         for i in range(n):
             if x[i] >= c0 and x[i] <= c1:
                 gx[i] += gy[i]
+            elif x[i] != x[i]:
+                gx[i] += x[i]
     elif code == Op.ADD_SCALAR:
         for i in range(n):
             gx[i] += gy[i]
@@ -293,12 +299,18 @@ def binary_run_vjp(code, a, oa, sa, ga, na, b, ob, sb, gb, nb, y, gy, oy, n):
             if nb and u != 0.0:  # d/dv u^v = u^v log u (0 at u == 0, as in PyTorch)
                 gb[U(ob + i * sb)] += g * y[U(oy + i)] * np.log(u)
     elif code == Op.MAXIMUM or code == Op.MINIMUM:
-        # the selected operand gets the gradient; ties split it evenly (as torch.maximum)
+        # the selected operand gets the gradient; ties split it evenly (as torch.maximum); an
+        # operand that is NaN gets a NaN gradient, the other none (it was not selected)
         for i in range(n):
             g = gy[U(oy + i)]
             u = a[U(oa + i * sa)]
             v = b[U(ob + i * sb)]
-            if u == v:
+            if u != u or v != v:
+                if na and u != u:
+                    ga[U(oa + i * sa)] += u
+                if nb and v != v:
+                    gb[U(ob + i * sb)] += v
+            elif u == v:
                 if na:
                     ga[U(oa + i * sa)] += 0.5 * g
                 if nb:

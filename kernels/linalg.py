@@ -368,12 +368,13 @@ def _add_activate(act, Y, c, m, n):
         else:
             for j in range(n):
                 v = Y[U(o + j)] + c[U(j)]
-                Y[U(o + j)] = v if v > 0 else 0.0
+                Y[U(o + j)] = 0.0 if v <= 0 else v  # NaN passes through, as np.maximum
 
 
 @jit
 def linear_act_vjp(X, W, c, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch, lr):
-    """gZ = gY * act'(Z), read off the output (tanh: 1 - Y^2, sigmoid: Y (1 - Y), relu: Y > 0),
+    """gZ = gY * act'(Z), read off the output (tanh: 1 - Y^2, sigmoid: Y (1 - Y), relu: Y > 0,
+    NaN where Y is: relu's slope at a NaN, as the unary RELU row),
     into scratch[:m*n]; then the matmul VJPs of gZ (the rest of scratch is theirs) and gc (+)=
     gZ or its column sums (overwritten in mode 2, as matmul; then c -= lr gc in mode
     FOLD_SGD)."""
@@ -388,7 +389,7 @@ def linear_act_vjp(X, W, c, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch, lr):
             gz[i] = gY[i] * Y[i] * (1.0 - Y[i])
     else:
         for i in range(mn):
-            gz[i] = gY[i] if Y[i] > 0 else 0.0
+            gz[i] = gY[i] if Y[i] > 0 else (0.0 if Y[i] <= 0 else Y[i])
     matmul_vjp(X, W, gz, gX, nx, gW, nw, ip, scratch[mn:], lr)
     if nc:
         if nc >= 2:

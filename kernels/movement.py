@@ -77,12 +77,18 @@ def load_indices(dst, src, lo, hi):
     """Copy the integer array ``src`` (any shape and integer dtype, ``dst.size`` entries) into
     the int64 slot ``dst``; True when every entry lies in [lo, hi). A compiled step loads its
     integer inputs (labels, indices) with this one native call, and checks them before any
-    kernel indexes with them (np.copyto plus a separate range check took two calls). On False,
-    ``dst`` may be partly written: the caller raises."""
+    kernel indexes with them (np.copyto plus a separate range check took two calls). The
+    copy is checked, not ``src``: the caller's array may change meanwhile (another thread), and
+    the values checked must be the values used (lo >= 0: an unsigned value above 2**63 - 1,
+    wrapped negative by the copy, is refused). On False, ``dst`` holds ``lo`` (no out-of-range
+    index stays in the slot): the caller raises."""
     flat = src.ravel()
+    for i in range(dst.size):
+        dst[i] = flat[i]
     ok = True
     for i in range(dst.size):
-        v = flat[i]
+        v = dst[i]
         ok &= (v >= lo) & (v < hi)
-        dst[i] = v
+    if not ok:
+        dst[:] = lo
     return ok

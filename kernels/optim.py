@@ -95,8 +95,8 @@ def optimizer_update(kind, p, g, s1, s2, s3, hyper, t):
                 d = g[i] + wd * p[i]
             s1[i] = b1 * s1[i] + (1.0 - b1) * d
             s2[i] = b2 * s2[i] + (1.0 - b2) * d * d
-            if amsgrad != 0.0:
-                s3[i] = max(s3[i], s2[i])
+            if amsgrad != 0.0:  # the running max keeps a NaN, as torch.maximum (max() drops it)
+                s3[i] = s2[i] if (s2[i] > s3[i] or s2[i] != s2[i]) else s3[i]
                 denom = np.sqrt(s3[i]) / bc2_sqrt + eps
             else:
                 denom = np.sqrt(s2[i]) / bc2_sqrt + eps
@@ -107,7 +107,8 @@ def optimizer_update(kind, p, g, s1, s2, s3, hyper, t):
 def clip_gradients(g, max_norm, max_value):
     """Clip by value (if max_value > 0), then by total 2-norm as torch.nn.utils.clip_grad_norm_
     (scale by max_norm / (norm + 1e-6) when that is below 1; if max_norm > 0). Returns the norm
-    measured before norm-clipping."""
+    measured before norm-clipping. A NaN norm scales every gradient by NaN, as PyTorch's
+    clamped coefficient does: no parameter takes an unclipped step."""
     if max_value > 0.0:
         for i in range(g.size):
             g[i] = min(max(g[i], -max_value), max_value)
@@ -117,7 +118,7 @@ def clip_gradients(g, max_norm, max_value):
     norm = np.sqrt(s)
     if max_norm > 0.0:
         coef = max_norm / (norm + 1e-6)
-        if coef < 1.0:
+        if not coef >= 1.0:  # below 1, or NaN
             for i in range(g.size):
                 g[i] *= coef
     return norm

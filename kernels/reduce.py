@@ -78,14 +78,19 @@ def reduce_vjp(code, x, y, gy, gx, outer, n, inner):
                 base = (o * n + k) * inner
                 for j in range(inner):
                     gx[U(base + j)] += gy[U(o * inner + j)]
-    elif code == Op.MAX:  # the first maximal element takes the gradient, as torch.max(dim)
+    elif code == Op.MAX:  # the first maximal element takes the gradient, as torch.max(dim);
+        # a NaN maximum: every NaN element gets a NaN gradient (the slope at a NaN is NaN), the
+        # others none, as elementwise maximum
         for o in range(outer):
             for j in range(inner):
                 base = o * n * inner + j
                 m = y[U(o * inner + j)]
                 for k in range(n):
                     v = x[U(base + k * inner)]
-                    if v == m or (v != v and m != m):
+                    if m != m:
+                        if v != v:
+                            gx[U(base + k * inner)] += v
+                    elif v == m:
                         gx[U(base + k * inner)] += gy[U(o * inner + j)]
                         break
     elif code == Op.SOFTMAX:  # gx = y * (g - <g, y>)

@@ -10,30 +10,22 @@ ivalues, parameter nodes of a compiled program (kind 2) live in the optimizer's 
 buffer ``params`` (their gradients in ``pgrads``), and a compiled program's input node of kind 3
 is the caller's array ``external`` itself: no copy is made per step.
 Each row is dispatched by rows.forward_row / rows.backward_row; a scan's body rows (between its
-SCAN_BEGIN and SCAN rows) are skipped here and run T times by scan.py.
+SCAN_BEGIN and SCAN rows) are skipped here and run T times by scan.py, which checks them at
+every step when ``check`` is set.
 """
-
-import numpy as np
 
 from ..opcodes import Op
 from ._jit import jit
-from .rows import backward_row, forward_row, grad_view, view
+from .rows import STEP_CODE, all_finite, backward_row, forward_row, inputs_grads_finite, view
 from .scan import scan_backward, scan_forward
-
-
-@jit
-def _all_finite(y):
-    for i in range(y.size):
-        if not np.isfinite(y[i]):
-            return False
-    return True
 
 
 @jit
 def replay_forward(tape, values, ivalues, params, start, stop, check):
     """Compute rows [start, stop) into ``values``.
 
-    Returns -1, or with ``check`` the first row whose output holds a NaN or Inf (and stops there).
+    Returns -1, or with ``check`` the first row whose output holds a NaN or Inf (and stops there);
+    for a row of a scan body at step t, row + (t + 1) * STEP_CODE (rows.py).
     """
     ops, outs, ip_ptr, iparams = tape[0], tape[1], tape[4], tape[5]
     node_off, node_size, kind = tape[8], tape[9], tape[10]
@@ -45,11 +37,13 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
             r = target if target >= 0 else r + 1  # -1: body still being recorded, run it inline
             continue
         if code == Op.SCAN:
-            scan_forward(tape, values, ivalues, params, r)
+            bad, t = scan_forward(tape, values, ivalues, params, r, check)
+            if bad >= 0:
+                return bad + (t + 1) * STEP_CODE
         else:
             forward_row(tape, values, ivalues, params, r)
-        if check and not _all_finite(view(outs[r], values, params, kind, node_off, node_size,
-                                                      tape[11])):
+        if check and not all_finite(view(outs[r], values, params, kind, node_off, node_size,
+                                         tape[11])):
             return r
         r += 1
     return -1
@@ -66,24 +60,26 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
     consumer updates with learning rate ``lr``, kernels/linalg.py); rows whose output needs none are
     skipped and no VJP is computed for inputs that need none. ``scratch`` is a work buffer at
     least as large as the largest node.
-    Returns -1, or with ``check`` the first row (walking backward) that wrote a NaN/Inf gradient.
+    Returns -1, or with ``check`` the first row (walking backward) that wrote a NaN/Inf gradient,
+    encoded as replay_forward's report.
     """
-    ops, outs, in_ptr, in_idx, ip_ptr, iparams = tape[0], tape[1], tape[2], tape[3], tape[4], tape[5]
-    node_off, node_size, kind = tape[8], tape[9], tape[10]
+    ops, outs, ip_ptr, iparams = tape[0], tape[1], tape[4], tape[5]
     r = stop - 1
     while r >= start:
         o = outs[r]
         code = ops[r]
         if code == Op.SCAN:
             if need[o]:
-                scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r)
+                bad, t = scan_backward(tape, values, ivalues, params, grads, pgrads, need,
+                                       scratch, r, check)
+                if bad >= 0:
+                    return bad + (t + 1) * STEP_CODE
+                if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
+                    return r
             r = iparams[ip_ptr[r] + 1]  # continue below the body and its SCAN_BEGIN marker
         elif need[o] and code != Op.SCAN_BEGIN:
             backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
-        if check and need[o]:
-            for t in range(in_ptr[r + 1] - in_ptr[r]):
-                v = in_idx[in_ptr[r] + t]
-                if need[v] and not _all_finite(grad_view(v, grads, pgrads, kind, node_off, node_size)):
-                    return r
+            if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
+                return r
         r -= 1
     return -1

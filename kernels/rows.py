@@ -4,7 +4,7 @@ The replay loops (replay.py) and the scan loop (scan.py) call these; see replay.
 tape tuple and fastgrad/tape.py for the format.
 """
 
-import numpy as np  # noqa: F401
+import numpy as np
 
 from ..opcodes import BINARY, LOSS, MATMUL, REDUCE, SHAPE, UNARY, WHERE, Op
 from ._jit import jit
@@ -13,6 +13,31 @@ from .linalg import (linear_act_forward, linear_act_vjp, linear_forward, linear_
                      matmul_forward, matmul_vjp)
 from .movement import concat_piece, gather_forward, gather_vjp, strided_copy
 from .reduce import cross_entropy_forward, cross_entropy_vjp, reduce_forward, reduce_vjp
+
+
+# An anomaly report (replay_forward / replay_backward with ``check``) is the bad row r, or for a
+# row of a scan body at step t, r + (t + 1) * STEP_CODE (fastgrad/anomaly.py decodes it). Tape
+# rows are int64 but far fewer than 2**32 (each has an entry in several arenas).
+STEP_CODE = 1 << 32
+
+
+@jit
+def all_finite(y):
+    for i in range(y.size):
+        if not np.isfinite(y[i]):
+            return False
+    return True
+
+
+@jit
+def inputs_grads_finite(tape, grads, pgrads, need, r):
+    """Whether every input of row r that needs a gradient holds a finite one."""
+    in_ptr, in_idx, node_off, node_size, kind = tape[2], tape[3], tape[8], tape[9], tape[10]
+    for t in range(in_ptr[r + 1] - in_ptr[r]):
+        v = in_idx[in_ptr[r] + t]
+        if need[v] and not all_finite(grad_view(v, grads, pgrads, kind, node_off, node_size)):
+            return False
+    return True
 
 
 @jit

@@ -33,6 +33,13 @@ In every mode the x slot (and any RESHAPE of it) is pointed at row t of ``xs`` f
 rather than loaded with a copy, and its gradient adds into xs's gradient in place, unless the
 slot's gradient is overwritten (mode 2) or xs needs none: then x_t is copied in and its gradient
 added back, as the slot's own. node_off is as it was when a sweep returns.
+
+With ``check`` (fg.detect_anomaly) the forward sweep checks each body row's output and the
+backward sweep each body row's input gradients at every step, and stops at the first NaN/Inf:
+scan_forward / scan_backward return (body row, step t), or (-1, -1). The body's nodes then hold
+step t's values (x_t copied into the x slot) for the report; the sweep is not finished, so the
+caller must run the scan's forward sweep again before using its results (fastgrad/anomaly.py).
+With ``check`` off the loops run as they would without it (one untaken branch per row).
 """
 
 import numpy as np
@@ -40,7 +47,8 @@ import numpy as np
 from ..opcodes import MATMUL, SHAPE, Op
 from ._jit import jit, jit_inline
 from .linalg import linear_act_forward, linear_act_vjp
-from .rows import backward_row, forward_row, grad_view, view
+from .rows import (all_finite, backward_row, forward_row, grad_view, inputs_grads_finite,
+                   view)
 
 U = np.uintp
 
@@ -207,11 +215,16 @@ def _unload_x(ip, node_off, orig, xo):
 
 
 @jit_inline
-def _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias):
-    """Load x_t (see _load_x) and run the body rows once."""
+def _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias, check):
+    """Load x_t (see _load_x) and run the body rows once. Returns -1, or with ``check`` the
+    first row whose output holds a NaN/Inf (the rows after it are not run)."""
     _load_x(values, ip, tape[8], orig, xo, t, alias)
     for r in range(ip[2], ip[3]):
         forward_row(tape, values, ivalues, params, r)
+        if check and not all_finite(view(tape[1][r], values, params, tape[10], tape[8], tape[9],
+                                         tape[11])):
+            return r
+    return -1
 
 
 @jit
@@ -263,14 +276,15 @@ def _load_init(tape, values, params, ip):
 def _advance(tape, values, ivalues, params, ip, t0, t1, orig, xo, alias):
     """Recompute steps t0 .. t1-1 from the carries in place (nothing stacked or saved)."""
     for t in range(t0, t1):
-        _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias)
+        _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias, False)
         _carry_step(values, ip, tape[8], tape[9], t, False, True)
 
 
 @jit_inline
-def _binomial_forward(tape, values, ivalues, params, ip, stack, orig, xo):
+def _binomial_forward(tape, values, ivalues, params, ip, stack, orig, xo, check):
     """All T steps from the carries in place, storing the binomial schedule's first checkpoints;
-    step T-1's state is left in the body nodes (its carry_in is not overwritten)."""
+    step T-1's state is left in the body nodes (its carry_in is not overwritten). Returns
+    (row, t) of the first NaN/Inf with ``check`` (see the module docstring), else (-1, -1)."""
     node_off, node_size = tape[8], tape[9]
     T, slots = ip[0], -ip[11]
     ckpt, csize = node_off[ip[12]], _carry_size(ip, node_size)
@@ -284,11 +298,15 @@ def _binomial_forward(tape, values, ivalues, params, ip, stack, orig, xo):
             sched[4 + held] = t
             held += 1
             store_at = t + binomial_advance(T - t, slots - held + 1)
-        _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias)
+        bad = _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias, check)
+        if bad >= 0:
+            sched[0] = 0  # the forward sweep did not finish: its checkpoints are not valid
+            return bad, t
         _carry_step(values, ip, node_off, node_size, t, stack, t < T - 1)
     sched[0] = 1
     sched[1] = held
     sched[3] = max(sched[3], held)
+    return -1, -1
 
 
 
@@ -329,10 +347,27 @@ def _cell_row(tape, ip, orig, xo):
 
 
 @jit
-def _cell_forward(tape, values, params, ip, r, t0, t1, base, stack):
+def _cell_report(values, grads, ip, node_off, n, prev, cur, x, gx):
+    """For an anomaly report at one step of a single-cell body: that step's h_{t-1}, h_t, x_t
+    and x_t's gradient (at ``gx``) into the carry_in, carry_out and x slots, where the body row's
+    nodes live (the cell loop keeps them in the store and xs instead)."""
+    cin, cout, xslot, step = node_off[ip[HEADER + 1]], node_off[ip[HEADER + 2]], \
+        node_off[ip[8]], ip[9]
+    if prev != cin:
+        _copy_within(values, cin, prev, n)
+    _copy_within(values, cout, cur, n)
+    if x != xslot:
+        _copy_within(values, xslot, x, step)
+    if gx != xslot:
+        _copy_within(grads, xslot, gx, step)
+
+
+@jit
+def _cell_forward(tape, values, params, ip, r, t0, t1, base, stack, check):
     """Steps t0 .. t1-1 of a single-cell body: h_t to row t - t0 of the store at ``base`` (rows of
     the carry's size), from h_{t0-1} in the carry_in slot; with ``stack`` also to the stacked
-    output."""
+    output. Returns -1, or with ``check`` the first step whose h_t holds a NaN/Inf (its h_{t-1},
+    h_t and x_t are then copied to the carry_in, carry_out and x slots for the report)."""
     node_off, node_size, kind = tape[8], tape[9], tape[10]
     i0 = tape[2][r]
     cin, w = tape[3][i0], tape[3][i0 + 1]
@@ -347,15 +382,22 @@ def _cell_forward(tape, values, params, ip, r, t0, t1, base, stack):
         x = ox + t * step
         linear_act_forward(values[prev : prev + n], W, values[x : x + step],
                            values[cur : cur + n], rip)
+        if check and not all_finite(values[cur : cur + n]):
+            _cell_report(values, values, ip, node_off, n, prev, cur, x, node_off[ip[8]])
+            return t
         if stack and ip[5] == 1:
             _copy_within(values, out + t * n, cur, n)
         prev = cur
+    return -1
 
 
 @jit
-def _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, r, t0, t1, base, xb):
+def _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, r, t0, t1, base, xb,
+                   check):
     """Reverse steps t1-1 .. t0 of a single-cell body whose h_t are in the store rows written by
-    _cell_forward: the general path's _body_backward for this body, call for call."""
+    _cell_forward: the general path's _body_backward for this body, call for call. Returns -1,
+    or with ``check`` the first step (walking back) whose VJP wrote a NaN/Inf gradient (its
+    values then in the body row's slots, as _cell_forward's report)."""
     node_off, node_size, kind = tape[8], tape[9], tape[10]
     i0 = tape[2][r]
     cin, w, c = tape[3][i0], tape[3][i0 + 1], tape[3][i0 + 2]
@@ -386,13 +428,21 @@ def _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, r, t0
         linear_act_vjp(values[prev : prev + n], W, grads[gx : gx + step], values[cur : cur + n],
                        grads[ocout : ocout + n], grads[ocin : ocin + n], na, gW, nw,
                        grads[gx : gx + step], nc, rip, scratch, 0.0)
+        if check and not ((na == 0 or all_finite(grads[ocin : ocin + n]))
+                          and (nw == 0 or all_finite(gW))
+                          and (nc == 0 or all_finite(grads[gx : gx + step]))):
+            _cell_report(values, grads, ip, node_off, n, prev, cur, ox + t * step, gx)
+            return t
         _copy_within(grads, ofinal, ocin, n)
         if addx:
             _add_within(grads, ox + t * step, oc, step)
+    return -1
 
 
 @jit_inline
-def scan_forward(tape, values, ivalues, params, r):
+def scan_forward(tape, values, ivalues, params, r, check):
+    """Run the SCAN row r's T steps. Returns (-1, -1), or with ``check`` (body row, step) of the
+    first NaN/Inf (see the module docstring)."""
     ip_ptr, iparams, node_off, node_size = tape[4], tape[5], tape[8], tape[9]
     ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
     T, nc, k = ip[0], ip[4], ip[11]
@@ -405,24 +455,34 @@ def scan_forward(tape, values, ivalues, params, r):
         cin, cout, final = ip[HEADER + 1], ip[HEADER + 2], ip[HEADER + 3]
         n = node_size[cin]
         if k == 0:
-            _cell_forward(tape, values, params, ip, cell, 0, T, store, True)
+            bad = _cell_forward(tape, values, params, ip, cell, 0, T, store, True, check)
+            if bad >= 0:
+                return cell, bad
             _copy_within(values, node_off[final], store + (T - 1) * n, n)
         else:
             for t0 in range(0, T, k):
                 t1 = min(T, t0 + k)
                 _copy_within(values, ckpt + (t0 // k) * n, node_off[cin], n)
-                _cell_forward(tape, values, params, ip, cell, t0, t1, store, True)
+                bad = _cell_forward(tape, values, params, ip, cell, t0, t1, store, True, check)
+                if bad >= 0:
+                    return cell, bad
                 _copy_within(values, node_off[cin], store + (t1 - 1 - t0) * n, n)
             _copy_within(values, node_off[final], node_off[cin], n)
-        return
+        return -1, -1
     if k < 0:
-        _binomial_forward(tape, values, ivalues, params, ip, True, orig, xo)
+        bad, t = _binomial_forward(tape, values, ivalues, params, ip, True, orig, xo, check)
+        if bad >= 0:
+            _load_x(values, ip, node_off, orig, xo, t, False)  # x_t in its own slot, for the report
+            return bad, t
     else:
         csize = _carry_size(ip, node_size)
         for t in range(T):
             if k > 0 and t % k == 0:
                 _carries(values, ip, node_off, node_size, ckpt + (t // k) * csize, True)
-            _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias)
+            bad = _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias, check)
+            if bad >= 0:
+                _load_x(values, ip, node_off, orig, xo, t, False)  # as above
+                return bad, t
             if k == 0:
                 _state(values, ip, node_size, orig, rel, store + t * size, True)
             _carry_step(values, ip, node_off, node_size, t, True, t < T - 1)
@@ -430,13 +490,15 @@ def scan_forward(tape, values, ivalues, params, r):
         cout, final = ip[HEADER + 4 * c + 2], ip[HEADER + 4 * c + 3]
         _copy_within(values, node_off[final], node_off[cout], node_size[final])
     _unload_x(ip, node_off, orig, xo)
+    return -1, -1
 
 
 @jit_inline
 def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t, orig, xo,
-                   xb):
+                   xb, check):
     """One step of the reverse sweep with the body's values for step t already in place (with
-    xb, the x slot on row t of xs: its gradient is xs's own, not cleared)."""
+    xb, the x slot on row t of xs: its gradient is xs's own, not cleared). Returns -1, or with
+    ``check`` the first body row (walking back) that wrote a NaN/Inf gradient."""
     outs, node_off, node_size = tape[1], tape[8], tape[9]
     nc, ns = ip[4], ip[5]
     own0 = HEADER + 4 * nc + 2 * ns
@@ -456,6 +518,8 @@ def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, 
     for r in range(ip[3] - 1, ip[2] - 1, -1):
         if need[outs[r]]:
             backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r, 0.0)
+            if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
+                return r
     for c in range(nc):
         cin, final = ip[HEADER + 4 * c + 1], ip[HEADER + 4 * c + 3]
         _copy_within(grads, node_off[final], node_off[cin], node_size[final])
@@ -463,12 +527,14 @@ def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, 
         xs, xslot, step = ip[7], ip[8], ip[9]
         dst = node_off[xs] + t * step
         _add_within(grads, dst, node_off[xslot], step)
+    return -1
 
 
 @jit_inline
 def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, orig, xo,
-                       xb):
-    """Reverse steps T-1 .. 0 following the binomial schedule (see the module docstring)."""
+                       xb, check):
+    """Reverse steps T-1 .. 0 following the binomial schedule (see the module docstring).
+    Returns (row, t) of the first NaN/Inf gradient with ``check``, else (-1, -1)."""
     node_off, node_size = tape[8], tape[9]
     T, slots = ip[0], -ip[11]
     ckpt, csize = node_off[ip[12]], _carry_size(ip, node_size)
@@ -476,13 +542,15 @@ def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scrat
     advanced = 0
     if sched[0] == 0:  # an earlier backward sweep reused the slots: redo the forward sweep
         _load_init(tape, values, params, ip)
-        _binomial_forward(tape, values, ivalues, params, ip, False, orig, xo)
+        _binomial_forward(tape, values, ivalues, params, ip, False, orig, xo, False)
         advanced = T
     sched[0] = 0  # the slots and body nodes are about to stop holding what the forward left
     held = sched[1]
     _load_x(values, ip, node_off, orig, xo, T - 1, xb)
-    _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, T - 1, orig,
-                   xo, xb)
+    bad = _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, T - 1,
+                         orig, xo, xb, check)
+    if bad >= 0:
+        return bad, T - 1
     for t in range(T - 2, -1, -1):  # reverse step t: restore the latest checkpoint <= t
         at = sched[4 + held - 1]
         _carries(values, ip, node_off, node_size, ckpt + (held - 1) * csize, False)
@@ -500,16 +568,21 @@ def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scrat
                 _advance(tape, values, ivalues, params, ip, n, stop, orig, xo, xb)
                 advanced += stop - n
                 n = stop
-        _body_forward(tape, values, ivalues, params, ip, t, orig, xo, xb)  # step t once more
+        _body_forward(tape, values, ivalues, params, ip, t, orig, xo, xb, False)  # step t again
         advanced += 1
-        _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t, orig,
-                       xo, xb)
+        bad = _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t,
+                             orig, xo, xb, check)
+        if bad >= 0:
+            return bad, t
     sched[1] = held
     sched[2] = advanced
+    return -1, -1
 
 
 @jit_inline
-def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r):
+def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r, check):
+    """Reverse the SCAN row r's T steps. Returns (-1, -1), or with ``check`` (body row, step)
+    of the first NaN/Inf gradient (see the module docstring)."""
     ip_ptr, iparams, node_off, node_size = tape[4], tape[5], tape[8], tape[9]
     ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
     T, nc, k = ip[0], ip[4], ip[11]
@@ -522,24 +595,34 @@ def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r
     if cell >= 0:
         n = node_size[ip[HEADER + 1]]
         if k == 0:
-            _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell, 0, T,
-                           store, xb)
+            bad = _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell, 0,
+                                 T, store, xb, check)
+            if bad >= 0:
+                return cell, bad
         else:
             for t0 in range(((T - 1) // k) * k, -1, -k):
                 t1 = min(T, t0 + k)
                 _copy_within(values, node_off[ip[HEADER + 1]], ckpt + (t0 // k) * n, n)
-                _cell_forward(tape, values, params, ip, cell, t0, t1, store, False)
-                _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell, t0,
-                               t1, store, xb)
+                _cell_forward(tape, values, params, ip, cell, t0, t1, store, False, False)
+                bad = _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell,
+                                     t0, t1, store, xb, check)
+                if bad >= 0:
+                    return cell, bad
     elif k == 0:
         for t in range(T - 1, -1, -1):
             _state(values, ip, node_size, orig, rel, store + t * size, False)
             _load_x(values, ip, node_off, orig, xo, t, xb)
-            _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t,
-                           orig, xo, xb)
+            bad = _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip,
+                                 t, orig, xo, xb, check)
+            if bad >= 0:
+                _load_x(values, ip, node_off, orig, xo, t, False)  # x_t in its slot, for the report
+                return bad, t
     elif k < 0:
-        _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, orig,
-                           xo, xb)
+        bad, t = _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
+                                    ip, orig, xo, xb, check)
+        if bad >= 0:
+            _load_x(values, ip, node_off, orig, xo, t, False)  # as above
+            return bad, t
     else:
         csize = _carry_size(ip, node_size)
         nseg = (T + k - 1) // k
@@ -548,17 +631,21 @@ def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r
             t1 = min(T, t0 + k)
             _carries(values, ip, node_off, node_size, ckpt + s * csize, False)
             for t in range(t0, t1):  # recompute the segment, saving each step's region
-                _body_forward(tape, values, ivalues, params, ip, t, orig, xo, xb)
+                _body_forward(tape, values, ivalues, params, ip, t, orig, xo, xb, False)
                 _state(values, ip, node_size, orig, rel, store + (t - t0) * size, True)
                 _carry_step(values, ip, node_off, node_size, t, False, True)
             for t in range(t1 - 1, t0 - 1, -1):
                 _state(values, ip, node_size, orig, rel, store + (t - t0) * size, False)
                 _load_x(values, ip, node_off, orig, xo, t, xb)
-                _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t,
-                               orig, xo, xb)
+                bad = _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
+                                     ip, t, orig, xo, xb, check)
+                if bad >= 0:
+                    _load_x(values, ip, node_off, orig, xo, t, False)  # as above
+                    return bad, t
     _unload_x(ip, node_off, orig, xo)
     for c in range(nc):
         init, final = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 3]
         if need[init]:
             _add(grad_view(init, grads, pgrads, tape[10], node_off, node_size),
                  grads[node_off[final] : node_off[final] + node_size[final]])
+    return -1, -1

@@ -120,8 +120,8 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
     large step each NumPy call in Python costs µs: flags and reshape cost 4-6 µs at
     784-128-10 batch 64); direction 3 (nothing has run) asks for a C-contiguous copy.
     ``finput`` (1-D, the tape's dtype) is copied to values at ints[H_FLOAT_OFF]; ``iinput``
-    (1-D int64, labels or indices) is checked against [ints[H_INT_LO], ints[H_INT_HI]) and
-    copied to ivalues at ints[H_INT_OFF]. Either may be empty: loading them here saves a
+    (1-D int64, labels or indices) is copied to ivalues at ints[H_INT_OFF] and the copy is
+    checked against [ints[H_INT_LO], ints[H_INT_HI]). Either may be empty: loading them here saves a
     native call per input. Either may also be the caller's own 1-D array, so its layout is
     checked here too (direction 3).
     Returns (loss, gradient norm, row or -1, direction): direction 0 / 1 for an anomaly in
@@ -134,11 +134,15 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
         return 0.0, 0.0, 0, 3
     external = x.reshape(x.size)
     i_lo, i_hi = ints[H_INT_LO], ints[H_INT_HI]
-    for i in range(iinput.size):
-        if iinput[i] < i_lo or iinput[i] >= i_hi:
-            return 0.0, 0.0, i, 2
     i_off, f_off = ints[H_INT_OFF], ints[H_FLOAT_OFF]
-    ivalues[i_off : i_off + iinput.size] = iinput
+    # Copy, then check the copy: ``iinput`` may be the caller's array, which another thread
+    # (a loader refilling it) may change meanwhile; the values checked are the values used.
+    labels = ivalues[i_off : i_off + iinput.size]
+    labels[:] = iinput
+    for i in range(labels.size):
+        if labels[i] < i_lo or labels[i] >= i_hi:
+            labels[:] = i_lo  # no out-of-range index stays in the slot
+            return 0.0, 0.0, i, 2
     values[f_off : f_off + finput.size] = finput
     seg = ints[H_SEGMENTS : H_SEGMENTS + 12]
     nn = ints[H_NODES]
@@ -169,9 +173,11 @@ def fit_epoch(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans
     """Run ``nbatches`` minibatches of rows perm[b*batch : (b+1)*batch] of X (N, row) and
     Yf (N, row) or Yi (N,). The batch of X goes to the x slot at ``x_off``, or with
     ``x_external`` (x read in place, node kind 3) to the tape's external buffer ``tape[11]``.
-    ``check`` must be False (an argument, not a constant: see above). ``fold_need`` (empty:
-    no folding) and ``keep_spans`` as in train_step.
-    Returns (sum of batch losses, correct predictions)."""
+    ``check`` (fg.detect_anomaly; an argument, not a constant: see above) checks every row of
+    every batch and stops at the first NaN/Inf, before that batch's update. ``fold_need``
+    (empty: no folding) and ``keep_spans`` as in train_step.
+    Returns (sum of batch losses, correct predictions, batches completed, row or -1,
+    direction): the last two as train_step's, for the batch after the completed ones."""
     row = X.shape[1]
     yrow = Yf.shape[1]
     total = 0.0
@@ -189,6 +195,8 @@ def fit_epoch(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans
             tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, keep_spans,
             loss_off, flat, flat_grad, kind, s1, s2, s3, hyper, t0 + b,
             max_norm, max_value, check)
+        if bad >= 0:
+            return total, correct, b, bad, direction
         total += loss
         if ncls > 0:
             for r in range(batch):
@@ -199,4 +207,4 @@ def fit_epoch(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans
                         best = c
                 if best == ivalues[y_off + r]:
                     correct += 1
-    return total, correct
+    return total, correct, nbatches, -1, 0

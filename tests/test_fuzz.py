@@ -32,6 +32,7 @@ import scipy.special
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from test_trust_files import _relabel_consistently
 
 import fastgrad as fg
 from fastgrad import FastgradError
@@ -784,15 +785,32 @@ def _small_tape(which):
 
 
 TAMPER_TARGETS = ["ops", "outs", "in_ptr", "in_idx", "ip_ptr", "iparams", "fp_ptr", "node_off",
-                  "node_size", "node_kind", "node_need", "shape_dims", "shape_ptr", "ivalues"]
+                  "node_size", "node_kind", "node_need", "shape_dims", "shape_ptr", "ivalues",
+                  "labels", "labels and loop counts"]
+TAMPER_VALUES = [-1, 0, 1, 2, 3, 5, 100, 303, 2**31, 2**32, -(2**40), 2**63 - 1, -(2**63)]
+
+
+def _scan_tape():
+    """A loop of 4 steps whose body reads a leaf from outside and imports a constant."""
+    w = fg.tensor(np.linspace(0.5, 1.5, 3), requires_grad=True)
+    xs = fg.tensor(np.linspace(-1, 1, 12).reshape(4, 3))
+    h = fg.scan(lambda h, x: (h * w + x * fg.tensor(np.full(3, 0.5))).tanh(), fg.zeros(3), xs,
+                checkpoint="sqrt")
+    y = h.sum()
+    y.backward()
+    return y.tape, y.node
 
 
 @fuzz(0.5)
-@given(st.integers(0, 2), st.sampled_from(TAMPER_TARGETS), st.data())
+@given(st.integers(0, 3), st.sampled_from(TAMPER_TARGETS), st.data())
 def test_tampered_tapes_are_refused_or_replay_safely(which, target, data):
-    """One integer of a saved tape changed: loading refuses it, or the tape is still a valid
-    one (and replays without crashing, matching the reference interpreter)."""
-    tape, _ = _small_tape(which)
+    """One integer of a saved tape changed (extreme ones included: 2**63-1 and -2**63, which
+    wrap sums in int64), or one node relabelled ('leaf', 'const' or none; with a loop's
+    own-node list, n_own and reg_size rewritten to agree, as a consistent multi-field edit
+    does): loading refuses it, or the tape is still a valid one (and replays without crashing,
+    matching the reference interpreter where it has no loop)."""
+    tape, _ = _small_tape(which) if which < 3 else _scan_tape()
+    COUNTS["tampered tapes: holding a loop"] += which == 3
     arrays = {}
 
     def put(a):
@@ -800,15 +818,27 @@ def test_tampered_tapes_are_refused_or_replay_safely(which, target, data):
         return f"a{len(arrays) - 1}"
 
     doc = _tape_to(tape, put)
-    a = arrays[doc[target]]
-    if a.size == 0:
-        return
-    i = data.draw(st.integers(0, a.size - 1), "position")
-    new = data.draw(st.sampled_from([-1, 0, 1, 2, 3, 5, 100, 303, 2**31, -(2**40)]), "value")
-    if a.dtype == np.int8:
-        new = int(np.int8(new % 256 - 128 if new > 127 or new < -128 else new))
-    note(f"{target}[{i}]: {a[i]} -> {new}")
-    a[i] = new
+    if target.startswith("labels"):
+        v = data.draw(st.integers(0, tape.n_nodes - 1), "node")
+        label = data.draw(st.sampled_from(["leaf", "const", None, "carry"]), "label")
+        note(f"node %{v}: label {tape.labels.get(v)!r} -> {label!r}")
+        if target == "labels" or not tape.scan_rows:
+            labels = {n: s for n, s in doc["labels"] if n != v}
+            doc["labels"] = [[n, s] for n, s in labels.items()] + ([[v, label]] if label else [])
+        else:
+            _relabel_consistently(doc, arrays, v, label)
+            COUNTS["tampered tapes: a loop's labels and counts edited together"] += 1
+        COUNTS["tampered tapes: a node relabelled"] += 1
+    else:
+        a = arrays[doc[target]]
+        if a.size == 0:
+            return
+        i = data.draw(st.integers(0, a.size - 1), "position")
+        new = data.draw(st.sampled_from(TAMPER_VALUES), "value")
+        if a.dtype == np.int8:
+            new = int(np.int8(new % 256 - 128 if new > 127 or new < -128 else new))
+        note(f"{target}[{i}]: {a[i]} -> {new}")
+        a[i] = new
     COUNTS["tampered tapes"] += 1
     try:
         loaded = _tape_from(doc, lambda k: arrays[k])
@@ -819,12 +849,13 @@ def test_tampered_tapes_are_refused_or_replay_safely(which, target, data):
     COUNTS["tampered tapes still valid (replayed)"] += 1
     loaded.n_done = 0
     loaded.flush()
-    ref = Reference(loaded)
-    with np.errstate(all="ignore"):
-        ref.forward()
-    for r, name, ins, o in loaded.rows():
-        np.testing.assert_allclose(loaded.node_values(o), ref.node(o), rtol=1e-9, atol=1e-9,
-                                   equal_nan=True)
+    if not loaded.scan_rows:  # the reference interpreter has no loops
+        ref = Reference(loaded)
+        with np.errstate(all="ignore"):
+            ref.forward()
+        for r, name, ins, o in loaded.rows():
+            np.testing.assert_allclose(loaded.node_values(o), ref.node(o), rtol=1e-9, atol=1e-9,
+                                       equal_nan=True)
     last = int(loaded.outs.a[loaded.n_rows - 1])
     if loaded.node_need.a[last] and loaded.node_kind.a[last] == 0:
         loaded.backward(last, np.ones(loaded.shapes[last]))

@@ -49,7 +49,7 @@ def test_module_and_optimizer_state_round_trip_bit_exactly(tmp_path, dtype):
     step = fg.compile(lambda x, y: fg.mse_loss(model(x), y), opt)
     rng = np.random.default_rng(0)
     for _ in range(3):
-        step(rng.standard_normal((4, 3)), rng.standard_normal((4, 2)))
+        step(rng.standard_normal((4, 3)).astype(dtype), rng.standard_normal((4, 2)).astype(dtype))
     path = tmp_path / "state.npz"
     fg.save({"model": model, "optimizer": opt}, path)
     back = fg.load(path)
@@ -488,11 +488,13 @@ def test_a_tampered_scan_header_is_refused_by_name(tmp_path, monkeypatch, what):
 @pytest.mark.parametrize("mode", list(CHECKPOINTS))
 def test_every_one_integer_change_of_the_scan_rows_is_refused_or_harmless(mode):
     """Each integer attribute of the SCAN and SCAN_BEGIN rows, and each entry of the binomial
-    schedule, set to each of 8 or 9 other values: validate_tape refuses the tape with a
-    FastgradError (never another exception), except for three kinds of change that leave a tape
-    the kernels run safely: carry 1's carry_out moved to the other () node the body computes
-    (the loop of another step function), the schedule's two counters (written, never read), and
-    its forward flag cleared (the next backward sweep redoes the forward sweep)."""
+    schedule, set to each of 10 or 11 other values (2**63-1 and -2**63 among them), and the
+    kind (float / integer / parameter) of each node of the loop changed: validate_tape refuses
+    the tape with a FastgradError (never another exception), except for three kinds of change
+    that leave a tape the kernels run safely: carry 1's carry_out moved to the other () node
+    the body computes (the loop of another step function), the schedule's two counters
+    (written, never read), and its forward flag cleared (the next backward sweep redoes the
+    forward sweep)."""
     loss, _ = _scan_loss(CHECKPOINTS[mode])
     tape = loss.tape
     tape.flush()
@@ -503,11 +505,15 @@ def test_every_one_integer_change_of_the_scan_rows_is_refused_or_harmless(mode):
     sched = int(tape.node_off.a[tape.iparams.a[ip0 + 13]]) if mode == "binomial" else -1
     if mode == "binomial":
         places += [(tape.ivalues, sched + i) for i in range(6)]
+    loop_nodes = range(int(tape.outs.a[begin]), int(tape.outs.a[scan]) + 1)
+    places += [(tape.node_kind, v) for v in loop_nodes]
     body_sum = int(tape.outs.a[_row_of({"ops": tape.ops.view}, Op.SUM)])  # (h * h).sum()
     tried, accepted = [], []
     for arr, i in places:
         orig = int(arr.a[i])
-        for new in sorted({-1, 0, 1, 2, orig - 1, orig + 1, orig + 2, 2**31, -(2**40)} - {orig}):
+        values = {0, 1, 2} if arr is tape.node_kind else \
+            {-1, 0, 1, 2, orig - 1, orig + 1, orig + 2, 2**31, -(2**40), 2**63 - 1, -(2**63)}
+        for new in sorted(values - {orig}):
             tried.append((arr, i, new))
             arr.a[i] = new
             try:

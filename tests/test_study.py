@@ -311,7 +311,7 @@ def test_a_sweep_resumes_from_its_output_folder(tmp_path):
     marks.mkdir()
     first = study.sweep(flaky_cell, {"x": ["a", "b"]}, executor="serial", out=out,
                         marks=str(marks))
-    assert (out / "sweep.csv").exists() and len(list(out.glob("cell-*.pkl"))) == 2
+    assert (out / "sweep.csv").exists() and len(list(out.glob("cell-*.npz"))) == 2
     again = study.sweep(flaky_cell, {"x": ["a", "b", "c"]}, executor="serial", out=out,
                         marks=str(marks))
     assert [_calls(marks, x) for x in "abc"] == [1, 1, 1]  # only the new cell ran

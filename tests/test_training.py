@@ -572,15 +572,21 @@ def test_targets_and_labels_of_any_layout_load_natively_and_match_the_eager_step
     assert step._fast is not None and len(step.programs) == 1
 
 
-def test_a_float32_target_for_a_float64_model_is_cast_on_every_step():
+def test_a_float32_target_for_a_float64_model_is_refused_as_in_eager_ops():
+    # one input rule for both paths (fastgrad.tensor.input_dtype_problem): no silent cast
     X, Y = small_problem(9, n=8)
     model = fg.nn.MLP([5, 4, 2], seed=0)
     opt = fg.optim.SGD(model.parameters(), lr=0.1)
     step = fg.compile(lambda x, y: fg.mse_loss(model(x), y), optimizer=opt)
     y32 = Y.astype(np.float32)
-    for _ in range(3):
-        want = fg.mse_loss(model(fg.tensor(X)), y32.astype(np.float64)).item()
-        assert step(X, y32) == pytest.approx(want, rel=1e-13)
+    with pytest.raises(fg.FastgradError, match=r"operands have dtypes float32 and float64"):
+        fg.mse_loss(model(fg.tensor(X)), y32)
+    with pytest.raises(fg.FastgradError, match=r"compile: input 1 \(shape \(8, 2\)\): dtype "
+                       r"float32 for a float64 computation. Fix: cast it with "
+                       r"\.astype\(np\.float64\)"):
+        step(X, y32)
+    assert step(X, y32.astype(np.float64)) == pytest.approx(
+        fg.mse_loss(fg.nn.MLP([5, 4, 2], seed=0)(X), y32.astype(np.float64)).item(), rel=1e-13)
 
 
 def test_optimizer_options_changed_in_place_reach_the_compiled_step():
@@ -695,8 +701,7 @@ def test_a_per_step_call_that_does_not_fit_the_signature_takes_the_general_path(
     calls = [lambda X, Y: (X, Y), lambda X, Y: (X, Y),  # the per-step path from here
              lambda X, Y: (X.tolist(), Y), lambda X, Y: (X, Y.tolist()),
              lambda X, Y: (X.astype(same_float64), Y), lambda X, Y: (X, Y.astype(np.int32)),
-             lambda X, Y: (X[:4], Y[:4]), lambda X, Y: (X.astype(np.float32), Y),
-             lambda X, Y: (X, Y)]
+             lambda X, Y: (X[:4], Y[:4]), lambda X, Y: (X, Y)]
     for i, call in enumerate(calls):
         X, Y = rng.normal(size=(6, 4)), rng.integers(0, 3, 6)
         x, y = call(X, Y)
@@ -708,8 +713,10 @@ def test_a_per_step_call_that_does_not_fit_the_signature_takes_the_general_path(
         assert loss == pytest.approx(want.item(), rel=1e-13), i
         np.testing.assert_allclose(opt.flat, eager_opt.flat, rtol=1e-12,
                                    atol=1e-15)
-    assert step._fast is not None and len(step.programs) == 4
+    assert step._fast is not None and len(step.programs) == 3
     before = opt.flat.copy()
+    with pytest.raises(fg.FastgradError, match="dtype float32 for a float64 computation"):
+        step(X.astype(np.float32), Y)  # the input rule of eager ops: no silent cast
     for x, y in ((X[:4], Y), (X, Y[:4])):  # one input's shape alone: an error, not a step
         with pytest.raises(fg.FastgradError, match="cross_entropy"):
             step(x, y)
