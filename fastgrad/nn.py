@@ -117,8 +117,9 @@ class Module:
 
         ``state`` maps dotted names to arrays of real numbers of each parameter's shape."""
         if not isinstance(state, Mapping):
-            raise fail("load_state_dict", f"state must be a dict of arrays by name, got "
-                       f"{type(state).__name__}", "pass model.state_dict() (or fg.load's dict)")
+            raise fail("load_state_dict", f"expected the dict that state_dict() returns (arrays "
+                       f"by name), got {type(state).__name__}",
+                       "pass model.state_dict() or fg.load(path)[key]")
         mine = dict(self.named_parameters())
         missing, unexpected = set(mine) - set(state), set(state) - set(mine)
         if strict and (missing or unexpected):

@@ -177,10 +177,6 @@ class Tape:
             value.owner = weakref.ref(self)
         object.__setattr__(self, name, value)
 
-    def __setstate__(self, state):  # unpickled: its arrays learn their tape again
-        for name, value in state.items():
-            setattr(self, name, value)
-
     def nbytes(self) -> int:
         """Bytes of every buffer the tape holds (arrays at their capacity, gradients, scratch;
         not the parameter arena, which belongs to the optimizer)."""
@@ -239,8 +235,9 @@ class Tape:
         del state["lock"]
         return state
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
+    def __setstate__(self, state):  # unpickled: its arrays learn their tape again (setattr)
+        for name, value in state.items():
+            setattr(self, name, value)
         self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ building
