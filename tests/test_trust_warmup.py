@@ -8,6 +8,7 @@ dir), so "cold" means cold. The workload is the smallest real one, an eager opti
 of the eager replay kernels, which compiles every op (over a minute).
 """
 
+import ast
 import importlib
 import os
 import signal
@@ -103,6 +104,46 @@ def test_caching_off_says_the_kernels_last_one_process(tmp_path):
         assert child.stderr.splitlines() == [
             "fastgrad: compiling kernels for float64 (once per process: "
             "FASTGRAD_DISABLE_CACHE is set)"]
+
+
+THREADS = textwrap.dedent("""
+    import threading
+    import numpy as np
+    import fastgrad as fg
+
+    results, barrier = {}, threading.Barrier(4)
+
+    def first_step(k, dtype):
+        p = fg.tensor(np.ones(3, dtype), requires_grad=True)
+        opt = fg.optim.SGD([p], lr=0.5, momentum=0.9)
+        p.grad = np.ones(3, dtype)
+        barrier.wait()
+        opt.step()
+        results[k] = (dtype, tuple(p.numpy().tolist()))
+
+    threads = [threading.Thread(target=first_step, args=(k, d))
+               for k, d in enumerate(["float64", "float32"] * 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(sorted(set(results.values())))
+    print([t.name for t in threading.enumerate() if t.name.startswith("fastgrad")])
+""")
+
+
+def test_threads_compiling_at_once_get_one_line_per_dtype_and_right_results(tmp_path):
+    """Four threads make their first optimizer step at the same moment, two per dtype: one
+    compile line per dtype, the results of a serial run, and no progress thread left."""
+    cache = tmp_path / "cache"
+    child = run_code(THREADS, cache)
+    assert sorted(child.stderr.splitlines()) == sorted([compile_line(cache, "float64"),
+                                                        compile_line(cache, "float32")])
+    serial = run_code(OPT_STEP, tmp_path / "serial", "float64,float32")
+    expected = sorted((dtype, tuple(ast.literal_eval(values)))
+                      for dtype, values in (ln.split(" ", 1) for ln in serial.stdout.splitlines()))
+    got, threads = child.stdout.splitlines()
+    assert ast.literal_eval(got) == expected and threads == "[]"
 
 
 def test_the_home_directory_is_shown_as_a_tilde(tmp_path, monkeypatch):
