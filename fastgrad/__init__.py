@@ -57,6 +57,9 @@ from .io import load, save  # noqa: E402
 from .scan import Binomial, truncated_bptt  # noqa: E402, F401
 from .jvp import jvp, linearize  # noqa: E402
 from . import study  # noqa: E402
+from . import kernel_cache as _kernel_cache  # noqa: E402
+
+_kernel_cache.install()  # a first call that compiles kernels says so (docs/kernel-cache.md)
 
 __version__ = "0.1.0"
 

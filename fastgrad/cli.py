@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -123,6 +124,35 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_warmup(args):
+    from . import kernel_cache
+    from .errors import FastgradError
+
+    where, status = kernel_cache.cache_status()
+    if where is None:
+        print(f"fastgrad warmup: nothing would be kept ({status.split(': ', 1)[1]}). Fix: set "
+              "FASTGRAD_CACHE_DIR to a writable directory (docs/kernel-cache.md)",
+              file=sys.stderr)
+        return 2
+    _say(f"fastgrad warmup: kernel cache {kernel_cache.shorten_home(where)}")
+    t0 = time.perf_counter()
+    try:
+        rows = kernel_cache.warmup(args.dtype or kernel_cache.DTYPES,
+                                   args.ops or tuple(kernel_cache.FAMILIES), report=_say)
+    except FastgradError as e:
+        print(f"fastgrad {e}", file=sys.stderr)
+        return 2
+    if kernel_cache.cache_status()[0] is None:  # a write failed meanwhile (warned above)
+        print("fastgrad warmup: the kernel cache could not be written; nothing was kept",
+              file=sys.stderr)
+        return 1
+    compiled = sum(len(r["compiled"]) for r in rows)
+    cached = sum(not r["compiled"] for r in rows)
+    _say(f"fastgrad warmup: {compiled} entry kernels compiled, {cached} of {len(rows)} "
+         f"families already cached, in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastgrad", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +162,27 @@ def main(argv=None):
     p.add_argument("--out", default="fastgrad-demo", help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+    from .kernel_cache import DTYPES, FAMILIES
+
+    p = sub.add_parser(
+        "warmup", help="compile the kernels ahead into the kernel cache (for container images "
+        "and CI caches; docs/kernel-cache.md)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Compile fastgrad's kernels ahead of their first use into the kernel cache "
+            "($FASTGRAD_CACHE_DIR/<digest>, else ~/.cache/fastgrad/<digest>), so that a later "
+            "process using the same directory starts warm. Prints what it compiled, the cache "
+            "directory and the time.", 79) + "\n\nop families (--ops):\n" + "\n".join(
+            textwrap.fill(what, 79, initial_indent=f"  {name:<7}", subsequent_indent=" " * 9)
+            for name, what in FAMILIES.items()) + "\n\n" + textwrap.fill(
+            "Today each family's kernels hold the code of every op, so --ops names families; "
+            "once kernels are compiled per op, op names will be accepted too.", 79))
+    p.add_argument("--dtype", action="extend", nargs="+", metavar="DTYPE", choices=DTYPES,
+                   help=f"dtypes to compile for: {' '.join(DTYPES)} (default: both)")
+    p.add_argument("--ops", action="extend", nargs="+", metavar="NAME",
+                   help=f"op families to compile, space- or comma-separated: "
+                   f"{' '.join(FAMILIES)} (default: all)")
+    p.set_defaults(func=cmd_warmup)
     from .benchmarks import runner as bench_runner  # standard library only at import
 
     p = sub.add_parser("bench", help="time the benchmark workloads against hand-written NumPy "
