@@ -33,7 +33,7 @@ import weakref
 import numpy as np
 
 from .anomaly import _state as anomaly_state
-from .anomaly import anomaly_enabled, describe_anomaly
+from .anomaly import AnomalyError, anomaly_enabled, describe_anomaly
 from .errors import fail
 from .kernels import optim as _optim_kernels
 from .kernels import train as _train
@@ -826,7 +826,8 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
                     for leaf, v in prog.frozen:
                         prog.tape.node_values(v)[...] = leaf.numpy()
                     check = anomaly_enabled()
-                    total, correct, done, bad, direction = _train.fit_epoch(
+                    total, correct, done, bad, direction = ctrl_c.run(
+                        _train.fit_epoch,
                         arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads,
                         prog.modes, prog.fold_modes if prog.ints[_train.H_FOLD]
                         and not check else prog.fold_modes[:0], prog.scratch,
@@ -834,9 +835,9 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
                         opt.flat_grad, opt.kind, opt.state[0], opt.state[1], opt.state[2],
                         opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
                         X2, x_off, prog.external == 0, Yf, Yi, y_off, perm, batch_size, nfull,
-                        prog.logits_off, ncls, check)
+                        prog.logits_off, ncls, check, ctrl_c.stop)
+                    opt.t += done  # the batches completed: all, or those before a stop
                     if bad >= 0:  # fg.detect_anomaly: the batches before it are applied
-                        opt.t += done
                         tape = prog.tape  # the report reads the buffers this run used
                         tape.param_arena, tape.param_grads = opt.flat, opt.flat_grad
                         if prog.external == 0:
@@ -844,16 +845,21 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
                         err = prog.failure(bad, direction)
                         raise type(err)(f"fit (epoch {epoch + 1}, batch {done + 1}): {err}"
                                         ) from None
-                    opt.t += nfull
-                    seen = nfull * batch_size
+                    seen = done * batch_size
                     total *= batch_size
-                    if rest:
+                    if rest and done == nfull:
                         idx = perm[seen:]
-                        total += step(Xc[idx], Yc[idx]) * rest
+                        try:
+                            total += step(Xc[idx], Yc[idx]) * rest
+                        except AnomalyError as err:
+                            raise type(err)(f"fit (epoch {epoch + 1}, batch {nfull + 1}): "
+                                            f"{err}") from None
                         if ncls:
                             logits = _logits_of(step, Xc[idx], Yc[idx])
                             correct += int((logits.argmax(axis=1) == Yc[idx]).sum())
                         seen += rest
+                if seen == 0:  # Ctrl-C before this epoch's first batch: nothing to record
+                    break
                 if not np.isfinite(total):
                     log.warning("fastgrad.fit: loss is not finite at epoch %d; rerun inside "
                                 "fg.detect_anomaly() to find the op", epoch + 1)
@@ -862,11 +868,14 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
                     history["accuracy"].append(correct / seen)
                 history["seconds"].append(time.perf_counter() - start)
                 history["lr"].append(opt.lr)
+                if done < nfull:  # stopped inside the epoch: no scheduler step for a part
+                    break
                 if scheduler is not None:
                     scheduler.step()
                 _report(bar, epoch, epochs, history)
-                ctrl_c.raise_if_pressed()
-        ctrl_c.raise_if_pressed()  # pressed during the last epoch's bookkeeping
+                if ctrl_c.pressed:
+                    break
+        ctrl_c.raise_if_pressed()  # pressed during an epoch or its bookkeeping
     except KeyboardInterrupt as e:
         e.history = _finished(history)
         raise
@@ -883,21 +892,28 @@ def _finished(history):
 
 
 class _HeldInterrupt:
-    """Hold SIGINT (Ctrl-C) while fit runs: the handler only notes it, and fit raises
-    KeyboardInterrupt at the end of an epoch (``raise_if_pressed``), so parameters, optimizer
-    state and History always describe the same completed epochs (an interrupt raised right
-    after an epoch's native call returned would skip ``opt.t``'s update). Only in the main
-    thread (where Python delivers signals) and only over Python's default handler: a
-    handler the caller installed stays in charge."""
+    """Hold SIGINT (Ctrl-C) while fit runs: the handler notes it and sets ``stop``, which the
+    epoch kernel reads before each batch, so fit stops after the running batch and raises
+    KeyboardInterrupt once its bookkeeping is done (``raise_if_pressed``): parameters,
+    optimizer state and History then describe the same completed batches (an interrupt raised
+    right after a native call returned would skip ``opt.t``'s update). Only in the main thread
+    (where Python delivers signals) and only over Python's default handler: a handler the
+    caller installed stays in charge.
+
+    Python runs a signal handler only between bytecodes of the main thread, never during a
+    native call, so while a handler is installed the epoch runs on a worker thread (``run``)
+    and the main thread waits in short joins, where the handler can run."""
 
     def __init__(self):
         self.pressed = False
         self.previous = None
+        self.stop = np.zeros(1, np.int64)
 
     def _note(self, signum, frame):
         if not self.pressed:
-            log.warning("fastgrad.fit: Ctrl-C; stopping at the end of this epoch")
+            log.warning("fastgrad.fit: Ctrl-C; stopping after the running batch")
         self.pressed = True
+        self.stop[0] = 1
 
     def __enter__(self):
         if (threading.current_thread() is threading.main_thread()
@@ -911,9 +927,31 @@ class _HeldInterrupt:
             self.previous = None
         return False
 
+    def run(self, kernel, *args):
+        """``kernel(*args)``: on a worker thread while the handler is installed (see above)."""
+        if self.previous is None:
+            return kernel(*args)
+        result = []
+
+        def work():
+            try:
+                result.append((True, kernel(*args)))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                result.append((False, e))
+
+        worker = threading.Thread(target=work, name="fastgrad-fit-epoch", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.05)
+        ok, value = result[0]
+        if not ok:
+            raise value
+        return value
+
     def raise_if_pressed(self):
         if self.pressed:
             self.pressed = False
+            self.stop[0] = 0
             raise KeyboardInterrupt
 
 

@@ -169,13 +169,14 @@ def fit_epoch(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans
               loss_off, flat, flat_grad,
               kind, s1, s2, s3, hyper, t0, max_norm, max_value,
               X, x_off, x_external, Yf, Yi, y_off, perm, batch, nbatches, logits_off, ncls,
-              check):
+              check, stop):
     """Run ``nbatches`` minibatches of rows perm[b*batch : (b+1)*batch] of X (N, row) and
     Yf (N, row) or Yi (N,). The batch of X goes to the x slot at ``x_off``, or with
     ``x_external`` (x read in place, node kind 3) to the tape's external buffer ``tape[11]``.
     ``check`` (fg.detect_anomaly; an argument, not a constant: see above) checks every row of
     every batch and stops at the first NaN/Inf, before that batch's update. ``fold_need``
-    (empty: no folding) and ``keep_spans`` as in train_step.
+    (empty: no folding) and ``keep_spans`` as in train_step. ``stop`` (int64, (1,)): when
+    another thread sets ``stop[0]`` (fit's Ctrl-C handler), the epoch ends before its next batch.
     Returns (sum of batch losses, correct predictions, batches completed, row or -1,
     direction): the last two as train_step's, for the batch after the completed ones."""
     row = X.shape[1]
@@ -184,6 +185,8 @@ def fit_epoch(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans
     correct = 0
     xdst = tape[11] if x_external else values[x_off : x_off + batch * row]
     for b in range(nbatches):
+        if stop[0] != 0:
+            return total, correct, b, -1, 0
         for r in range(batch):
             src = perm[b * batch + r]
             xdst[r * row : (r + 1) * row] = X[src]
