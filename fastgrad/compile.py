@@ -753,10 +753,10 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
     X: (N, ...) inputs; Y: (N,) integer labels or (N, ...) float targets, by the input rule of
     eager ops and compiled steps (``fastgrad.tensor.input_dtype_problem``). Integer labels are
     copied once and the copy is range-checked: a loader that refills Y while fit runs does not
-    reach the kernels. Ctrl-C (SIGINT, in the main thread) is held until the running epoch's
-    native call and bookkeeping are done; then ``KeyboardInterrupt`` is raised with the History
-    of the completed epochs as ``exc.history`` (and ``step.history``), the parameters and the
-    optimizer's state (``opt.t`` included) those of exactly those epochs.
+    reach the kernels. Ctrl-C (SIGINT, in the main thread) stops the running epoch after its
+    running batch; then ``KeyboardInterrupt`` is raised with the History as ``exc.history``
+    (and ``step.history``; a stopped epoch's entry covers its completed batches), the
+    parameters and the optimizer's state (``opt.t`` included) those of exactly those batches.
 
     >>> import fastgrad as fg, numpy as np
     >>> model = fg.nn.MLP([2, 4, 2], seed=0)
