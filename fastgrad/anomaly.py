@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from .errors import FastgradError
+from .ops import flag
 
 
 class _State(threading.local):
@@ -42,6 +43,7 @@ def detect_anomaly(enabled: bool = True):
     Traceback (most recent call last):
     fastgrad.anomaly.AnomalyError: forward: row 0 (log) produced -inf ...
     """
+    enabled = flag("detect_anomaly", "enabled", enabled)
     prev = anomaly_enabled()
     _state.on = enabled
     try:

@@ -41,7 +41,7 @@ from .kernels._jit import native_entry
 from .kernels.linalg import FOLD_SGD
 from .kernels.movement import load_indices
 from .opcodes import Op
-from .ops import fmt
+from .ops import flag, fmt
 from .scan import check_memory
 from .optim import Optimizer
 from .tape import RECORDING, Tape
@@ -773,6 +773,7 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
                       "one without"), "step = fg.compile(loss_fn, optimizer=opt)")
     epochs = _count_argument("epochs", epochs, 0)
     batch_size = _count_argument("batch_size", batch_size, 1)
+    shuffle, drop_last = flag("fit", "shuffle", shuffle), flag("fit", "drop_last", drop_last)
     if not (seed is None or isinstance(seed, (np.random.Generator, np.random.SeedSequence)) or (
             isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0)):
         raise fail("fit", f"seed must be None or an int >= 0, got {seed!r}", "pass seed=0")

@@ -159,6 +159,10 @@ def _save_target(path):
         if not stat.S_ISREG(mode):
             raise fail("save", f"{name} is {_file_kind(mode)}, not a regular file",
                        "save to a file name (a new one, or a file fg.save wrote)")
+    folder = os.path.dirname(real)
+    if not os.path.isdir(folder):  # else a raw error naming the hidden temporary file
+        raise fail("save", f"the folder of {name} does not exist ({folder})",
+                   "create it first (os.makedirs(folder, exist_ok=True)) or save elsewhere")
     return real
 
 

@@ -66,8 +66,13 @@ def _choose_cache_dir():
     candidates.append(pathlib.Path(xdg) / "fastgrad" / digest)
     uid = os.getuid() if hasattr(os, "getuid") else 0
     candidates.append(pathlib.Path(tempfile.gettempdir()) / f"fastgrad-cache-{uid}" / digest)
-    for cand in candidates:
+    for i, cand in enumerate(candidates):
         if _writable(cand):
+            if i > 0 and os.environ.get("FASTGRAD_CACHE_DIR"):
+                # the user asked for a place: say that it was not usable, and where we went
+                log.warning(
+                    "fastgrad: FASTGRAD_CACHE_DIR=%s cannot hold the kernel cache (not a "
+                    "writable directory); using %s", os.environ["FASTGRAD_CACHE_DIR"], cand)
             return cand, True
     return None, False  # nowhere writable: compile every session rather than fail
 

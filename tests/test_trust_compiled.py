@@ -447,3 +447,21 @@ def test_fit_needs_a_compiled_step_with_an_optimizer():
     with pytest.raises(fg.FastgradError, match="fit: step"):
         fg.fit(fg.compile(lambda x, y: ((x @ w - y) ** 2).sum()), np.ones((4, 4)), np.ones(4),
                progress=False)
+
+
+@pytest.mark.parametrize("kwargs", [dict(shuffle="yes"), dict(shuffle=None),
+                                    dict(drop_last="no"), dict(drop_last=2)])
+def test_fit_flags_must_be_booleans(kwargs):
+    """``shuffle="yes"`` was read as truthy; a flag is True or False (or 0/1), as elsewhere."""
+    X, Y = digits_like(32)
+    _, _, step = tiny_classifier()
+    name = next(iter(kwargs))
+    with pytest.raises(fg.FastgradError, match=f"fit: {name} must be True or False"):
+        fg.fit(step, X, Y, epochs=1, batch_size=8, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("enabled", ["yes", None, 2])
+def test_detect_anomaly_takes_a_boolean(enabled):
+    with pytest.raises(fg.FastgradError, match="detect_anomaly: enabled must be True or False"):
+        with fg.detect_anomaly(enabled):
+            pass

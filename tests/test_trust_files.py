@@ -561,3 +561,10 @@ def test_damaged_files_raise_fastgrad_error_or_load(data):
         assert str(e).startswith("load: "), e
         return
     assert back["epoch"] == 1 and list(back["model"]) == ["weight", "bias"]
+
+
+def test_save_into_a_folder_that_does_not_exist_names_the_folder(tmp_path):
+    """Not a raw FileNotFoundError about fg.save's hidden temporary file."""
+    missing = tmp_path / "no-such-folder" / "ckpt.npz"
+    with raises("folder of .* does not exist"):
+        fg.save({"w": np.ones(2)}, missing)

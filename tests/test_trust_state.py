@@ -478,10 +478,11 @@ def tiny_cache(tmp_path_factory):
     return script, cache
 
 
-def _run_tiny(script, cache, *args):
+def _run_tiny(script, cache, *args, **env_extra):
     env = {k: v for k, v in os.environ.items() if k not in ("FASTGRAD_DISABLE_CACHE",
                                                              "NUMBA_CACHE_DIR")}
     env["FASTGRAD_CACHE_DIR"] = str(cache)
+    env.update(env_extra)
     run = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
                          text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr
@@ -552,6 +553,18 @@ def test_a_cache_directory_that_cannot_take_files_warns_once_and_compiles_in_mem
     assert not list(script.parent.rglob("__pycache__/*.nb*"))
     assert hits == 0 and len(warnings) == 1, warnings
     assert str(cache) in warnings[0] and "compiling the kernels instead" in warnings[0]
+
+
+def test_a_fastgrad_cache_dir_that_is_not_a_directory_is_named_in_a_warning(tmp_path):
+    """FASTGRAD_CACHE_DIR pointing at a regular file: the cache goes to the next candidate
+    (here the XDG cache folder), and one warning says so, naming both; before, silently."""
+    script, not_a_dir = _tiny_script(tmp_path), tmp_path / "a-file"
+    not_a_dir.write_text("not a directory")
+    xdg = tmp_path / "xdg"
+    hits, warnings = _run_tiny(script, not_a_dir, XDG_CACHE_HOME=str(xdg))
+    assert hits == 0 and len(warnings) == 1, warnings
+    assert f"FASTGRAD_CACHE_DIR={not_a_dir}" in warnings[0] and str(xdg) in warnings[0]
+    assert list(xdg.rglob("*.nbi"))  # the kernel was cached there
 
 
 def test_every_cached_fastgrad_kernel_uses_the_checked_cache():
