@@ -34,7 +34,7 @@ import numpy as np
 
 from .anomaly import _state as anomaly_state
 from .anomaly import AnomalyError, anomaly_enabled, describe_anomaly
-from .errors import fail
+from .errors import FastgradError, fail
 from .kernels import optim as _optim_kernels
 from .kernels import train as _train
 from .kernels._jit import native_entry
@@ -506,17 +506,32 @@ class Compiled:
                 if problem is not None:
                     raise fail("compile", f"input {i} (shape {fmt(a.shape)}): {problem[0]}",
                                problem[1])
-            cast = [a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(dtype)
-                    for a in arrays]
             if self.programs:
                 log.info("fastgrad.compile: tracing again for new input signature %s "
                          "(previous: %s)", [(a.shape, a.dtype.name) for a in arrays],
                          [[(s, d.name) for s, d in k] for k in self.programs])
-            prog = Program(self.fn, cast, self.optimizer, self.params, dtype)
+            prog = self._trace(arrays, dtype)
             prog.allow_folding(not self.keep_grads)
             prog.signature = sig
             self.programs[sig] = prog
         return prog, arrays
+
+    def _trace(self, arrays, dtype) -> "Program":
+        """The Program for ``arrays``. An integer input is traced as an index slot (labels,
+        indices: range-checked each call); one that the function uses in float arithmetic is
+        traced again as floats, cast each call, as eager ops cast it (the one input rule)."""
+        as_float: set[int] = set()
+        while True:
+            cast = [a.astype(np.int64) if a.dtype.kind in "iu" and i not in as_float
+                    else a.astype(dtype) for i, a in enumerate(arrays)]
+            try:
+                return Program(self.fn, cast, self.optimizer, self.params, dtype)
+            except FastgradError as e:
+                label = getattr(e, "integer_input", None) or ""
+                index = int(label[6:]) if label.startswith("input ") else None
+                if index is None or index in as_float:
+                    raise
+                as_float.add(index)
 
     def _check_arity(self, n):
         """Refuse a call with a number of inputs the traced function cannot take (before

@@ -966,9 +966,13 @@ def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_grap
         else:
             v = _import(tape, t, kind, need_values=not on_graph and body is None, what=name)
             if tape.node_kind.a[v] == 1 and kind == 0:
-                raise fail(name, f"operand {i} (shape {fmt(t.shape)}) is an integer input of a "
+                # fg.compile traces an integer input as an index slot; it catches this error
+                # and traces again with that input cast to floats, as eager ops cast it
+                err = fail(name, f"operand {i} (shape {fmt(t.shape)}) is an integer input of a "
                            "compiled function, used in float arithmetic",
                            "pass that input as floats, e.g. y.astype(np.float32)")
+                err.integer_input = tape.labels.get(v)
+                raise err
             if kind and t._tape is not None:
                 lo, hi = d.int_bound(shapes, **attrs)
                 old = tape.int_bounds.get(v, (0, hi))

@@ -205,7 +205,7 @@ def test_fuzz_eager_ops_and_compiled_steps_accept_and_refuse_the_same_inputs(x_d
     """Fuzzed over dtypes (and lists): an eager forward pass and a compiled value-and-grad
     function of the same model either both refuse the input with FastgradError or both accept
     it and give the same loss; what ``input_dtype_problem`` refuses is refused (an integer
-    input is a label slot in a compiled step, refused when used in float arithmetic)."""
+    input that the function uses in float arithmetic is cast, in both)."""
     model = fg.nn.MLP([4, 3], seed=0, dtype=model_dtype)
     x = np.arange(8).reshape(2, 4).astype(x_dtype)
     if as_list:
@@ -222,12 +222,9 @@ def test_fuzz_eager_ops_and_compiled_steps_accept_and_refuse_the_same_inputs(x_d
     eager = outcome(lambda: fg.cross_entropy(model(x), y).item())
     compiled = outcome(lambda: loss_and_grad(x, y)[0])
     ruled = input_dtype_problem(input_array(x).dtype, np.dtype(model_dtype))
-    if input_array(x).dtype.kind in "iu":  # an index slot in a compiled step
-        assert compiled == "refused" and eager != "refused"
-    else:
-        assert eager == compiled
-        if ruled is not None:  # accepted dtypes may still be refused by a shape rule
-            assert compiled == "refused"
+    assert eager == compiled
+    if ruled is not None:  # accepted dtypes may still be refused by a shape rule
+        assert compiled == "refused"
 
 
 # ----------------------------------------------------------------------------- item 8: labels
@@ -458,6 +455,32 @@ def test_fit_flags_must_be_booleans(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(fg.FastgradError, match=f"fit: {name} must be True or False"):
         fg.fit(step, X, Y, epochs=1, batch_size=8, progress=False, **kwargs)
+
+
+def test_integer_features_train_alike_in_eager_ops_a_compiled_step_and_fit():
+    """One rule for integer inputs in float positions: cast to the model's dtype, in every
+    path (before, a compiled step refused uint8 pixels that eager ops and fit took)."""
+    X = np.random.default_rng(0).integers(0, 255, (16, 4)).astype(np.uint8)
+    Y = (np.arange(16) % 3).astype(np.int64)
+    losses = []
+    for path in ("eager", "step", "fit"):
+        model, opt, step = tiny_classifier()
+        if path == "eager":
+            for k in range(0, 16, 8):
+                opt.options["lr"] = 0.1
+                for p in model.parameters():
+                    p.grad = None
+                loss = fg.cross_entropy(model(X[k:k + 8]), Y[k:k + 8])
+                loss.backward()
+                opt.step()
+        elif path == "step":
+            for k in range(0, 16, 8):
+                step(X[k:k + 8], Y[k:k + 8])
+        else:
+            fg.fit(step, X, Y, epochs=1, batch_size=8, shuffle=False, progress=False)
+        losses.append(opt.flat.copy())
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(losses[1], losses[2], rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("enabled", ["yes", None, 2])
