@@ -592,6 +592,10 @@ def tensor(data, dtype=None, requires_grad=False) -> Tensor:
     requires_grad = flag("tensor", "requires_grad", requires_grad)
     if dtype is not None:
         dtype = dtype_arg("tensor", dtype)
+    if isinstance(data, np.ndarray):  # a copy as large as a broadcast view's shape
+        itemsize = np.dtype(dtype).itemsize if dtype is not None else data.dtype.itemsize
+        guard_memory("tensor", data.size * itemsize, f"the copy of shape {fmt(data.shape)} "
+                     "does not fit; pass a smaller array")
     try:
         a = np.array(data, dtype=dtype, copy=True)
     except (TypeError, ValueError, OverflowError) as e:

@@ -566,3 +566,11 @@ def test_public_calls_give_a_result_or_a_fastgrad_error_never_a_raw_exception(na
         fg.set_default_dtype("float64")
         fg.set_memory_limit(limit)
         nn_module._RNG[0] = rng
+
+
+def test_a_tensor_copied_from_a_huge_broadcast_view_is_refused_by_the_guard():
+    """``fg.tensor`` copies its data: an 8 TiB broadcast view (a few bytes itself) is refused
+    by the memory guard, not a raw MemoryError from NumPy."""
+    view = np.broadcast_to(np.ones(1), (2**40,))
+    with pytest.raises(fg.FastgradError, match="tensor: needs .* GiB"):
+        fg.tensor(view)
