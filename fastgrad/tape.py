@@ -408,6 +408,7 @@ class Tape:
             if r in scans:
                 scans[r].append(v)
         ops, outs, ptr, idx = self.ops.a, self.outs.a, self.in_ptr.a, self.in_idx.a
+        need = self.node_need.a
         for r in range(stop - 1, -1, -1):
             op = int(ops[r])
             if not (live[outs[r]] or (op == Op.SCAN and live[scans.get(r, [])].any())):
@@ -419,8 +420,9 @@ class Tape:
                 live[outs[int(ip[2]) : int(ip[3])]] = True
             if op in VJP_READS_NO_VALUES:
                 continue
-            for v in ins.tolist():
-                if v in changed:
+            for j, v in enumerate(ins.tolist()):
+                if v in changed and not (op in VJP_READS_OTHER_FACTOR and (
+                        j >= 2 or not need[ins[1 - j]])):
                     leaf = changed[v]
                     what = "leaf" if leaf.requires_grad else "constant"
                     raise fail(
@@ -591,6 +593,11 @@ RECORDING = threading.RLock()
 VJP_READS_NO_VALUES = frozenset(int(op) for op in (
     Op.NEG, Op.ADD_SCALAR, Op.MUL_SCALAR, Op.DIV_SCALAR, Op.ADD, Op.SUB, Op.SUM, Op.RESHAPE,
     Op.STRIDED, Op.GATHER, Op.CONCAT))
+# products: operand 0's value is read only for operand 1's gradient and the other way round
+# (a bias or addend, operand 2, not at all), so a changed factor matters only when the other
+# factor needs a gradient, as in PyTorch, which saves each factor only for the other's sake
+VJP_READS_OTHER_FACTOR = frozenset(int(op) for op in (
+    Op.MUL, Op.MATMUL, Op.LINEAR, Op.LINEAR_ACT))
 
 
 def same_bits(copy, current) -> bool:

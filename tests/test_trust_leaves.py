@@ -387,3 +387,26 @@ def test_a_traced_value_cannot_become_a_new_leaf_inside_a_compiled_function():
         step = fg.compile(lambda x, make=make: (make(x) @ W.T).sum(), params=[W])
         with pytest.raises(FastgradError, match="first call's values"):
             step(np.ones((1, 3)))
+
+
+def test_a_changed_factor_is_refused_only_where_the_other_factor_needs_its_value():
+    """As in PyTorch, a product saves each factor only for the other's gradient: w changed
+    after ``c * w`` (c a constant) leaves w's gradient (c) exact, so backward runs; when c
+    requires grad too, c's gradient would read the old w, so backward refuses."""
+    w = fg.nn.Parameter(np.ones(3))
+    loss = (fg.tensor(np.full(3, 2.0)) * w).sum()
+    w.numpy()[:] = 7.0
+    loss.backward()
+    np.testing.assert_array_equal(w.grad, [2.0, 2.0, 2.0])
+
+    W = fg.nn.Parameter(np.ones((2, 3)))
+    loss = (np.ones((4, 3)) @ W.T).sum()  # a constant x: W's value is never read
+    W.numpy()[:] = 5.0
+    loss.backward()
+    np.testing.assert_array_equal(W.grad, np.full((2, 3), 4.0))
+
+    c, w = fg.tensor(np.full(3, 2.0), requires_grad=True), fg.nn.Parameter(np.ones(3))
+    loss = (c * w).sum()
+    w.numpy()[:] = 7.0
+    with pytest.raises(fg.FastgradError, match="modified by an inplace operation"):
+        loss.backward()
