@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from .errors import FastgradError
-from .ops import flag
+from .errors import flag
 
 
 class _State(threading.local):

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import fail
+from .errors import fail, flag  # noqa: F401 - flag: re-exported for the front end
 from .opcodes import BINARY, CONTROL, LOSS, MATMUL, REDUCE, SHAPE, UNARY, WHERE, Op
 
 MAX_NDIM = 32
@@ -115,15 +115,6 @@ def int_tuple(name, what, values, minimum=None):
     if len(items) > MAX_NDIM:
         raise fail(name, f"{what} has {len(items)} entries", f"use at most {MAX_NDIM} axes")
     return items
-
-
-def flag(name, what, value) -> bool:
-    """``value`` as a bool: True/False (NumPy's too) or the ints 0 and 1; anything else (a
-    string, None, an array whose truth is ambiguous) is refused rather than read as truthy."""
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
-                                               and value in (0, 1)):
-        return bool(value)
-    raise fail(name, f"{what} must be True or False, got {value!r}", f"pass {what}=True or False")
 
 
 def real(name, what, value) -> float:
