@@ -45,8 +45,8 @@ from .ops import flag, fmt
 from .scan import check_memory
 from .optim import Optimizer
 from .tape import RECORDING, Tape
-from .tensor import (FLOAT_DTYPES, Tensor, get_default_dtype, input_array, input_dtype_problem,
-                     placeholder, tracing)
+from .tensor import (FLOAT_DTYPES, Tensor, checked_indices, get_default_dtype, input_array,
+                     input_dtype_problem, placeholder, tracing)
 
 log = logging.getLogger("fastgrad")
 _EMPTY_F = {dt: np.zeros((0, 1), dt) for dt in FLOAT_DTYPES}
@@ -102,6 +102,7 @@ class Program:
                 tape.node_off.a[v] = flat_off[index[id(leaf)]]
                 seen.setdefault(id(leaf), []).append(v)
         self.frozen = [(leaf, v) for leaf, v in tape.copies if tape.node_kind.a[v] == 0]
+        self.frozen_index = list(tape.index_copies)  # captured index arrays, checked per call
         # The first input is read in place from the caller's array (kind 3): no copy per step
         # (a 1024 x 784 float64 batch: 0.4 ms of each 9 ms step was that copy).
         self.external = self._external_slot(inputs)
@@ -269,12 +270,26 @@ class Program:
                 raise _index_error(i, lo, hi)
         if self.external is not None:
             self.tape.external = entry_array(inputs[self.external], self.tape.dtype, 2)
-        for leaf, v in self.frozen:
-            self.tape.node_values(v)[...] = leaf.numpy()
+        self.reload_frozen()
         return (self.empty_float if self.native_float is None
                 else entry_array(inputs[self.native_float], self.tape.dtype),
                 _EMPTY_I if self.native_int is None
                 else entry_array(inputs[self.native_int[0]], np.int64))
+
+    def reload_frozen(self):
+        """Leaves and index arrays the function captured, at their current values: a float
+        leaf copied, an index array copied and range-checked (it may have changed since the
+        trace, and no index reaches a kernel unchecked)."""
+        tape = self.tape
+        for leaf, v in self.frozen:
+            tape.node_values(v)[...] = leaf.numpy()
+        for t, v, lo, hi, where in self.frozen_index:
+            values = t.numpy()
+            if values.shape != tuple(tape.shapes[v]):
+                raise fail("compile", f"a captured index array changed shape from "
+                           f"{fmt(tape.shapes[v])} to {fmt(values.shape)} since the trace",
+                           "pass it as an input of the compiled function instead")
+            tape.node_values(v)[...] = checked_indices("compile", values, lo, hi, where)
 
     def run(self, buffers, hyper, t, max_norm, max_value, finput, iinput, reuse=True):
         """One native train_step over the inputs ``load_inputs`` loaded and returned.
@@ -336,7 +351,8 @@ class Program:
         external, fi, ii = self.external, self.native_float, self.native_int
         ii = None if ii is None else ii[0]
         empty_f, empty_i, int64 = self.empty_float, _EMPTY_I, _EMPTY_I.dtype
-        python_inputs = bool(self.python_copy or self.python_index or self.frozen)
+        python_inputs = bool(self.python_copy or self.python_index or self.frozen
+                             or self.frozen_index)
         load_inputs, general_call = self.load_inputs, compiled._general_call
         anomaly = anomaly_state
         # the bound methods, not ``with lock``: 0.08 against 0.15 µs per step (timeit)
@@ -530,6 +546,11 @@ class Compiled:
                 label = getattr(e, "integer_input", None) or ""
                 index = int(label[6:]) if label.startswith("input ") else None
                 if index is None or index in as_float:
+                    if as_float:  # the float trace failed where the integer one did not
+                        raise fail("compile", f"integer input(s) {sorted(as_float)} are used "
+                                   f"in float arithmetic and, traced as floats, fail: {e}",
+                                   "pass floats, or pass the values twice: once as integers "
+                                   "(labels, indices) and once as floats") from None
                     raise
                 as_float.add(index)
 
@@ -839,19 +860,24 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
                 start = time.perf_counter()
                 perm = rng.permutation(n) if shuffle else np.arange(n)
                 with step._lock:  # one epoch at a time with other calls of the step
-                    for leaf, v in prog.frozen:
-                        prog.tape.node_values(v)[...] = leaf.numpy()
+                    prog.reload_frozen()
                     check = anomaly_enabled()
-                    total, correct, done, bad, direction = ctrl_c.run(
-                        _train.fit_epoch,
-                        arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads,
-                        prog.modes, prog.fold_modes if prog.ints[_train.H_FOLD]
-                        and not check else prog.fold_modes[:0], prog.scratch,
-                        prog.zero_spans, prog.keep_spans, prog.loss_off, opt.flat,
-                        opt.flat_grad, opt.kind, opt.state[0], opt.state[1], opt.state[2],
-                        opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
-                        X2, x_off, prog.external == 0, Yf, Yi, y_off, perm, batch_size, nfull,
-                        prog.logits_off, ncls, check, ctrl_c.stop)
+                    try:
+                        epoch_result = ctrl_c.run(
+                            _train.fit_epoch,
+                            arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads,
+                            prog.modes, prog.fold_modes if prog.ints[_train.H_FOLD]
+                            and not check else prog.fold_modes[:0], prog.scratch,
+                            prog.zero_spans, prog.keep_spans, prog.loss_off, opt.flat,
+                            opt.flat_grad, opt.kind, opt.state[0], opt.state[1], opt.state[2],
+                            opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
+                            X2, x_off, prog.external == 0, Yf, Yi, y_off, perm, batch_size, nfull,
+                            prog.logits_off, ncls, check, ctrl_c.stop)
+                    except BaseException:
+                        if ctrl_c.late is not None:  # the batches it completed are applied
+                            opt.t += ctrl_c.late[2]
+                        raise
+                    total, correct, done, bad, direction = epoch_result
                     opt.t += done  # the batches completed: all, or those before a stop
                     if bad >= 0:  # fg.detect_anomaly: the batches before it are applied
                         tape = prog.tape  # the report reads the buffers this run used
@@ -917,13 +943,14 @@ class _HeldInterrupt:
     caller installed stays in charge.
 
     Python runs a signal handler only between bytecodes of the main thread, never during a
-    native call, so while a handler is installed the epoch runs on a worker thread (``run``)
-    and the main thread waits in short joins, where the handler can run."""
+    native call, so the epoch runs on a worker thread (``run``) and the main thread waits in
+    short waits, where a handler can run."""
 
     def __init__(self):
         self.pressed = False
         self.previous = None
         self.stop = np.zeros(1, np.int64)
+        self.late = None  # what an epoch stopped by another exception returned (see run)
 
     def _note(self, signum, frame):
         if not self.pressed:
@@ -944,21 +971,35 @@ class _HeldInterrupt:
         return False
 
     def run(self, kernel, *args):
-        """``kernel(*args)``: on a worker thread while the handler is installed (see above)."""
-        if self.previous is None:
+        """``kernel(*args)``, on a worker thread when called from the main thread (see above):
+        Ctrl-C, and any other signal handler that raises (SIGALRM, SIGTERM), then stops the
+        epoch after its running batch instead of landing after it, past ``opt.t``'s update."""
+        if threading.current_thread() is not threading.main_thread():
             return kernel(*args)
-        result = []
+        result, finished = [], threading.Event()
 
         def work():
             try:
                 result.append((True, kernel(*args)))
             except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
                 result.append((False, e))
+            finally:
+                finished.set()
 
+        # an Event, not Thread.join: an exception raised into join's wait (Python 3.11) marks
+        # a thread that is still running as stopped
         worker = threading.Thread(target=work, name="fastgrad-fit-epoch", daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.05)
+        try:
+            worker.start()  # inside the try: a handler may raise while start() waits
+            while not finished.wait(0.05):
+                pass
+        except BaseException:  # another handler raised (SIGALRM, SIGTERM): stop the epoch
+            self.stop[0] = 1  # after its running batch, and never leave it training unlocked
+            if worker.ident is not None:
+                while not finished.wait(0.05):
+                    pass
+                self.late = result[0][1] if result[0][0] else None
+            raise
         ok, value = result[0]
         if not ok:
             raise value

@@ -70,10 +70,10 @@ def save(obj, path) -> None:
     """Write ``obj`` to ``path`` (an ``.npz`` file) atomically: temp file, fsync, rename.
 
     ``obj``: an array, number, string, tensor, Module, Optimizer, scheduler (``StepLR``, ...),
-    Tape, or a dict/list/tuple of these. ``path``: a file name (written exactly there, no suffix added; a symlink is
-    followed, as ``open()`` does, and its target replaced) or a binary file object open for
-    writing (``io.BytesIO``, ``open(name, "wb")``), written from its current position as
-    ``np.savez`` writes one (not atomic: the caller owns that file).
+    Tape, or a dict/list/tuple of these. ``path``: a file name (written exactly there, no
+    suffix added; a symlink is followed, as ``open()`` does, and its target replaced) or a
+    binary file object open for writing (``io.BytesIO``, ``open(name, "wb")``), written from
+    its current position as ``np.savez`` writes one (not atomic: the caller owns that file).
 
     >>> import fastgrad as fg, io, numpy as np
     >>> buf = io.BytesIO()
@@ -131,7 +131,7 @@ def save(obj, path) -> None:
     text = json.dumps(header, allow_nan=True).encode()
     members = {HEADER: np.frombuffer(text, np.uint8), **arrays}
     if isinstance(target, str):
-        _atomic_write(target, members)
+        atomic_write(target, lambda f: np.savez(f, **members))
     else:
         np.savez(target, **members)
 
@@ -166,10 +166,17 @@ def _save_target(path):
     return real
 
 
-def _atomic_write(path: str, arrays):
-    """Write ``arrays`` with np.savez to a temporary file beside ``path``, fsync it and rename
-    it over ``path``. The temporary name carries this host and process id, so the next save
-    into the directory removes one that a killed process left (``_remove_stale_temps``)."""
+def atomic_write(path: str, write) -> None:
+    """Write a file through ``write(f)`` (``f`` a binary file) into a temporary file beside
+    ``path``, fsync it and rename it over ``path``: a crash leaves the old file or the new one,
+    never half of one. The temporary name carries this host and process id, so the next write
+    into the folder removes one that a killed process left (``_remove_stale_temps``).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.bin")
+    >>> atomic_write(path, lambda f: f.write(b"ok")); open(path, "rb").read()
+    b'ok'
+    """
     directory = os.path.dirname(os.path.abspath(path))
     mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
     _remove_stale_temps(directory)
@@ -177,7 +184,7 @@ def _atomic_write(path: str, arrays):
                                f"{os.getpid()}-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)

@@ -343,6 +343,8 @@ _WARMERS = {"eager": _warm_eager, "step": _warm_step, "fit": _warm_fit, "scan": 
 def _names(values, known, what, option):
     """Split ``values`` (names, or comma-separated lists of them) and check each is known."""
     names = []
+    if isinstance(values, str):  # one name or "a,b": not its characters
+        values = [values]
     for v in values:
         for name in str(v).split(","):
             name = name.strip()

@@ -20,7 +20,6 @@ Wall times are kept out of the tables (``result.seconds``).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import csv
 import hashlib
 import io
@@ -30,7 +29,6 @@ import math
 import os
 import pathlib
 import sys
-import tempfile
 import time
 import zipfile
 
@@ -38,6 +36,7 @@ import numpy as np
 
 from . import functional as F
 from .errors import FastgradError, fail
+from .io import atomic_write
 from .jvp import Linearized
 from .tape import guard_memory
 
@@ -112,21 +111,11 @@ def _jsonable(v):
 
 
 def _atomic_write(path, data: bytes):
-    """Write ``data`` to ``path`` through a temporary file in the same folder (flushed, fsynced,
-    renamed over ``path``): a crash leaves the old file or the new one, never half of one."""
+    """Write ``data`` to ``path`` atomically (``fastgrad.io.atomic_write``: a crash leaves the
+    old file or the new one, and a killed writer's temporary file is removed by the next)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(str(path), lambda f: f.write(data))
 
 
 class StudyResult:

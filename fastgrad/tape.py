@@ -162,6 +162,9 @@ class Tape:
         # (leaf Tensor, node): every copy of a leaf's values, kept to check at backward that
         # the rows that read a copy saved values the leaf still holds (check_saved_leaves)
         self.copies: list = []
+        # (tensor, node, lo, hi, where): integer arrays a traced function captured as constant
+        # indices; fg.compile reloads and checks them at each call (never trace-time values)
+        self.index_copies: list = []
         # held by a native call on this tape (flush, backward) and by whatever changes it (with
         # RECORDING first): threads sharing a tape take turns, never interleave rows
         self.lock = threading.RLock()
@@ -524,11 +527,12 @@ class Tape:
         self.int_bounds.update({v + nshift: b for v, b in other.int_bounds.items()})
         self.leaves += [(leaf, v + nshift) for leaf, v in other.leaves]
         self.copies += [(leaf, v + nshift) for leaf, v in other.copies]
+        self.index_copies += [(t, v + nshift, *rest) for t, v, *rest in other.index_copies]
         for key, (t, v) in other.imported.items():
             self.imported.setdefault(key, (t, v + nshift))
         self.n_done = self.n_rows
         other.merged_into, other.node_shift = self, nshift
-        other.leaves, other.imported, other.copies = [], {}, []
+        other.leaves, other.imported, other.copies, other.index_copies = [], {}, [], []
 
     # ------------------------------------------------------------------ seeing it
     def _type(self, v):
@@ -588,11 +592,14 @@ class Tape:
 # for all tapes, since one op may merge several; the native calls hold only their tape's lock.
 RECORDING = threading.RLock()
 
-# ops whose VJP reads no operand value (only the output's gradient and the integer attributes):
+# ops whose VJP reads no operand value (the output's gradient, the integer attributes, maybe
+# the output):
 # a leaf changed after such a row was recorded leaves its backward exact, as in PyTorch
 VJP_READS_NO_VALUES = frozenset(int(op) for op in (
     Op.NEG, Op.ADD_SCALAR, Op.MUL_SCALAR, Op.DIV_SCALAR, Op.ADD, Op.SUB, Op.SUM, Op.RESHAPE,
-    Op.STRIDED, Op.GATHER, Op.CONCAT))
+    Op.STRIDED, Op.GATHER, Op.CONCAT,
+    # these read their own output (exp' = y, tanh' = 1 - y^2, ...), which no leaf change reaches
+    Op.EXP, Op.SQRT, Op.TANH, Op.SIGMOID))
 # products: operand 0's value is read only for operand 1's gradient and the other way round
 # (a bias or addend, operand 2, not at all), so a changed factor matters only when the other
 # factor needs a gradient, as in PyTorch, which saves each factor only for the other's sake

@@ -945,6 +945,22 @@ def _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp, dtype, grad_on, n
                                  grad_on or tracing, need, body), folding
 
 
+def checked_indices(name, values, lo, hi, where) -> np.ndarray:
+    """``values`` (integers) as a new int64 array with every entry in [lo, hi) and negative
+    entries counted from the end (when lo < 0), else FastgradError naming the bad index.
+    Unsigned values are compared before the cast, so 2**64 - 1 never wraps to -1."""
+    raw = np.array(values, copy=True)  # checked values are the values used: a private copy
+    if raw.dtype.kind == "u" and raw.size and int(raw.max()) >= hi:
+        raise fail(name, f"index {int(raw.max())} is out of range [{lo}, {hi}) for {where}",
+                   "check the labels/indices against the size of the indexed axis")
+    idx = raw.astype(np.int64)
+    if idx.size and (idx.min() < lo or idx.max() >= hi):
+        bad = idx[(idx < lo) | (idx >= hi)][0]
+        raise fail(name, f"index {bad} is out of range [{lo}, {hi}) for {where}",
+                   "check the labels/indices against the size of the indexed axis")
+    return np.where(idx < 0, idx + hi, idx) if lo < 0 else idx
+
+
 def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_graph, need, body):
     """Import the operands into ``tape`` and record the row; returns its output node.
     ``on_graph``: an operand recorded on ``tape`` is read by node (grad on, or tracing), not
@@ -954,19 +970,12 @@ def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_grap
         kind = 1 if i in d.int_inputs else 0
         if kind and t._tape is None:
             lo, hi = d.int_bound(shapes, **attrs)
-            raw = np.asarray(t.numpy())
-            if raw.dtype.kind == "u" and raw.size and int(raw.max()) >= hi:  # before int64 wraps
-                raise fail(name, f"index {int(raw.max())} is out of range [{lo}, {hi}) for operand "
-                           "shapes " + ", ".join(fmt(s) for s in shapes),
-                           "check the labels/indices against the size of the indexed axis")
-            idx = raw.astype(np.int64)
-            if idx.size and (idx.min() < lo or idx.max() >= hi):
-                bad = idx[(idx < lo) | (idx >= hi)][0]
-                raise fail(name, f"index {bad} is out of range [{lo}, {hi}) for operand shapes "
-                           + ", ".join(fmt(s) for s in shapes),
-                           "check the labels/indices against the size of the indexed axis")
-            idx = np.where(idx < 0, idx + hi, idx) if lo < 0 else idx
-            nodes.append(tape.add_input(idx, kind=1, label="const", what=name))
+            where = "operand shapes " + ", ".join(fmt(s) for s in shapes)
+            v = tape.add_input(checked_indices(name, t.numpy(), lo, hi, where), kind=1,
+                               label="const", what=name)
+            if is_tracing():  # fg.compile reloads it (checked again) at each call
+                tape.index_copies.append((t, v, lo, hi, f"{name}: {where}"))
+            nodes.append(v)
         else:
             v = _import(tape, t, kind, need_values=not on_graph and body is None, what=name)
             if tape.node_kind.a[v] == 1 and kind == 0:

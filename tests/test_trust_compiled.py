@@ -488,3 +488,48 @@ def test_detect_anomaly_takes_a_boolean(enabled):
     with pytest.raises(fg.FastgradError, match="detect_anomaly: enabled must be True or False"):
         with fg.detect_anomaly(enabled):
             pass
+
+
+def test_another_exception_during_a_fit_epoch_stops_it_consistently():
+    """An exception from another signal handler (here SIGALRM) while an epoch runs on fit's
+    worker thread stops that epoch after its running batch before fit re-raises: no thread
+    trains on after fit returned, and opt.t counts exactly the batches taken."""
+    X, Y = digits_like(200_000)
+    model, opt, step = tiny_classifier()
+
+    def alarm(signum, frame):
+        raise TimeoutError("alarm")
+    start, done = opt.flat.copy(), threading.Event()
+
+    def alarm_once_training_moves():
+        while not done.is_set():
+            if not np.array_equal(opt.flat, start):
+                os.kill(os.getpid(), signal.SIGALRM)
+                return
+    previous = signal.signal(signal.SIGALRM, alarm)
+    watcher = threading.Thread(target=alarm_once_training_moves)
+    watcher.start()
+    try:
+        with pytest.raises(TimeoutError):
+            fg.fit(step, X, Y, epochs=50, batch_size=10, seed=3, progress=False)
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGALRM, previous)
+    for t in threading.enumerate():  # done, or about to end: not training on
+        if t.name == "fastgrad-fit-epoch":
+            t.join(5)
+            assert not t.is_alive()
+    after = opt.flat.copy()
+    assert 1 <= opt.t < 50 * 20_000
+    np.testing.assert_array_equal(opt.flat, after)  # nothing moves it any more
+    np.testing.assert_array_equal(after, _reference_steps(opt.t, X, Y, 10).flat)
+
+
+def test_an_integer_input_used_as_labels_and_as_floats_gets_an_error_that_says_so():
+    model, opt, step = tiny_classifier()
+    both = fg.compile(lambda x, y: fg.cross_entropy(model(x), y) + (y * 1.0).sum() * 0,
+                      optimizer=opt)
+    X, Y = digits_like(8)
+    with pytest.raises(fg.FastgradError, match=r"integer input\(s\) \[1\] are used in float"):
+        both(X, Y)

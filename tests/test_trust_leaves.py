@@ -410,3 +410,33 @@ def test_a_changed_factor_is_refused_only_where_the_other_factor_needs_its_value
     w.numpy()[:] = 7.0
     with pytest.raises(fg.FastgradError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_an_index_array_a_compiled_function_captured_is_read_and_checked_at_each_call():
+    """Labels captured from ``fg.from_numpy(lab)`` inside a compiled function follow ``lab``
+    (as eager ops do), and an out-of-range value written there later is refused, never read
+    by a kernel."""
+    lab = np.array([0, 1])
+    y = fg.from_numpy(lab)
+    W = fg.tensor(np.arange(12.0).reshape(4, 3) / 10, requires_grad=True)
+    f = fg.compile(lambda x: fg.cross_entropy(x @ W.T, y), params=[W])
+    x = np.ones((2, 3))
+    assert f(x)[0] == pytest.approx(fg.cross_entropy(fg.tensor(x) @ W.T, y).item())
+    lab[:] = [3, 2]
+    assert f(x)[0] == pytest.approx(fg.cross_entropy(fg.tensor(x) @ W.T, y).item())
+    lab[:] = [7, 2]
+    with pytest.raises(fg.FastgradError, match="index 7 is out of range"):
+        f(x)
+
+
+@pytest.mark.parametrize("fn", [fg.exp, fg.tanh, fg.sigmoid, fg.sqrt])
+def test_ops_whose_gradient_reads_their_output_stay_exact_after_the_leaf_changes(fn):
+    """exp' = exp, tanh' = 1 - tanh^2, ...: the VJP reads the op's output, which the change
+    of the leaf does not reach, so backward runs (as in PyTorch) and is exact."""
+    w = fg.nn.Parameter(np.array([0.5, 2.0]))
+    y = fn(w)
+    expected = fg.tensor(np.array([0.5, 2.0]), requires_grad=True)
+    fn(expected).sum().backward()
+    w.numpy()[:] = 9.0
+    y.sum().backward()
+    np.testing.assert_allclose(w.grad, expected.grad, rtol=1e-15)
