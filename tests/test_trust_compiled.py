@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -521,8 +522,9 @@ def test_another_exception_during_a_fit_epoch_stops_it_consistently():
             t.join(5)
             assert not t.is_alive()
     after = opt.flat.copy()
-    assert 1 <= opt.t < 50 * 20_000
-    np.testing.assert_array_equal(opt.flat, after)  # nothing moves it any more
+    assert 1 <= opt.t < 20_000, "stopped inside the first epoch (the alarm comes early in it)"
+    time.sleep(0.2)  # a worker left training would move the parameters meanwhile
+    np.testing.assert_array_equal(opt.flat, after)
     np.testing.assert_array_equal(after, _reference_steps(opt.t, X, Y, 10).flat)
 
 
