@@ -136,6 +136,16 @@ def save(obj, path) -> None:
         np.savez(target, **members)
 
 
+def _file_name(op, path, purpose) -> str:
+    """``path`` (a str, bytes or os.PathLike) as a str, else FastgradError naming its type."""
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise fail(op, f"path must be a file name or a binary file object, got "
+                   f"{type(path).__name__}", "pass a str or pathlib.Path, or a file object "
+                   f"open for {purpose} in binary mode") from None
+
+
 def _save_target(path):
     """``path`` as save writes it: a binary file object as given, a path as a str, resolved
     through symlinks (open() writes a link's target; replacing the link would break it)."""
@@ -145,14 +155,7 @@ def _save_target(path):
             raise fail("save", f"the file object {_name(path)} is open in text mode",
                        "open it in binary mode (open(name, 'wb')) or pass io.BytesIO()")
         return path
-    try:
-        name = os.fspath(path)
-    except TypeError:
-        raise fail("save", f"path must be a file name or a binary file object, got "
-                   f"{type(path).__name__}", "pass a str or pathlib.Path, or a file object "
-                   "open for writing in binary mode") from None
-    if isinstance(name, bytes):
-        name = os.fsdecode(name)
+    name = _file_name("save", path, "writing")
     real = os.path.realpath(name)
     with contextlib.suppress(FileNotFoundError):
         mode = os.stat(real).st_mode
@@ -271,13 +274,7 @@ def load(path):
     """
     if hasattr(path, "read"):
         return _load_from(path, _name(path))
-    try:
-        name = os.fspath(path)
-    except TypeError:
-        raise fail("load", f"path must be a file name or a binary file object, got "
-                   f"{type(path).__name__}", "pass a str or pathlib.Path, or a file object "
-                   "open for reading in binary mode") from None
-    name = os.fsdecode(name)
+    name = _file_name("load", path, "reading")
     _refuse_special(name, os.stat(name).st_mode)  # FileNotFoundError etc. as open() raises them
     # O_NONBLOCK: should a FIFO replace the file after the stat, opening it does not block
     fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
