@@ -302,7 +302,7 @@ class Program:
         # the casts: an int max_norm seen once would type the entry int64 and truncate a later 0.5
         args = (self.ints, self.bytes, self.floats, tape.values.a, tape.ivalues.a,
                 tape.external, buffers, hyper, int(t), float(max_norm), float(max_value),
-                anomaly_enabled(), finput, iinput)
+                anomaly_enabled(), finput, iinput, self.arrays[12])
         loss, norm, bad, direction = _train.train_step(*args)
         if reuse and self._entry is None:
             self._entry = native_entry(_train.train_step, args)
@@ -350,6 +350,7 @@ class Program:
         max_norm, max_value = compiled.max_norm, compiled.max_value
         external, fi, ii = self.external, self.native_float, self.native_int
         ii = None if ii is None else ii[0]
+        table = self.arrays[12]  # the dispatch table, its ops' kernels loaded (Tape.arrays)
         empty_f, empty_i, int64 = self.empty_float, _EMPTY_I, _EMPTY_I.dtype
         python_inputs = bool(self.python_copy or self.python_index or self.frozen
                              or self.frozen_index)
@@ -408,7 +409,7 @@ class Program:
                     inputs[fi] if f_direct else empty_f if fi is None
                     else as_entry(inputs[fi], f_plan),
                     inputs[ii] if i_direct else empty_i if ii is None
-                    else as_entry(inputs[ii], i_plan))
+                    else as_entry(inputs[ii], i_plan), table)
                 if bad < 0:
                     opt.t = t
                     compiled.last_grad_norm = norm
@@ -837,7 +838,7 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
     x_off = int(prog.tape.node_off.a[prog.slot_nodes[0]])
     # the minibatch is gathered where the kernels read x: its own buffer when x is external
     arrays = prog.arrays if prog.external != 0 else prog.arrays[:11] + (
-        np.empty(Xc[:batch_size].size, dtype),)
+        np.empty(Xc[:batch_size].size, dtype), prog.arrays[12])
     y_off = int(prog.tape.node_off.a[prog.slot_nodes[1]])
     if int_labels:
         for _, _, lo, hi in prog.index_slots:

@@ -50,6 +50,7 @@ import weakref
 import numpy as np
 
 from . import kernels
+from .kernels import dispatch
 from .errors import FastgradError, fail
 from .opcodes import Op
 from .ops import fmt
@@ -170,6 +171,7 @@ class Tape:
         self.lock = threading.RLock()
         self.int_bounds: dict[int, tuple] = {}  # integer input node -> (lo, hi) valid range
         self.n_done = 0  # rows whose values are computed
+        self.n_dispatched = 0  # rows whose ops' kernels are in the dispatch table
         self.recording_scan = False  # a scan body is being recorded: no merges, no nesting
         self.scan_rows: list[int] = []
         self.merged_into: Tape | None = None
@@ -327,14 +329,22 @@ class Tape:
         self.producer = {v: row - (row > r) for v, row in self.producer.items() if v != out}
         self.scan_rows = [row - (row > r) for row in self.scan_rows]
         self.n_done -= self.n_done > r
+        self.n_dispatched -= self.n_dispatched > r
 
     # ------------------------------------------------------------------ replay
     def arrays(self):
-        """The tape as the tuple the replay kernels take."""
+        """The tape as the tuple the replay kernels take (kernels/call.py), its ops' kernels
+        compiled or loaded first: the rows recorded since the last call are looked up in the
+        dispatch table of the tape's dtype, which compiles an op's kernels at its first use."""
+        table = dispatch.table(self.dtype)
+        done = getattr(self, "n_dispatched", 0)
+        if done < self.n_rows:
+            table.ensure(self.ops.a[done : self.n_rows])
+            self.n_dispatched = self.n_rows
         return (self.ops.view, self.outs.view, self.in_ptr.view, self.in_idx.view,
                 self.ip_ptr.view, self.iparams.view, self.fp_ptr.view, self.fparams.a,
                 self.node_off.view, self.node_size.view, self.node_kind.view,
-                self.external.reshape(-1))
+                self.external.reshape(-1), table.addresses)
 
     def flush(self, check=False):
         """Compute every row not yet computed (one native call)."""

@@ -2,7 +2,8 @@
 
 Pure Numba over plain arrays: nothing here knows about tensors or Python objects. The replay
 loops (``replay_forward`` / ``replay_backward``) walk a tape given as flat integer arrays and
-dispatch on the op code to one forward and one vector-Jacobian-product kernel per op.
+call each row's forward or vector-Jacobian-product kernel through the dispatch table
+(``dispatch.py``), which compiles an op's kernels when a tape first uses it.
 """
 
 from ._jit import CACHE_DIR, CACHE_ENABLED

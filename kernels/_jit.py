@@ -264,3 +264,45 @@ def native_entry(dispatcher, args):
         return dispatcher.overloads[tuple(dispatcher.typeof_pyval(a) for a in args)].entry_point
     except KeyError:
         return None
+
+
+def per_code(factory):
+    """``f(code, *args)`` for Numba-compiled callers, compiled for each constant op ``code`` as
+    ``factory(code)(*args)`` alone.
+
+    ``factory(code)`` returns a function whose branches compare ``code``, a closure variable,
+    with op codes (codes.py): Numba drops the branches of the other ops before it types them, so
+    each op compiles its own code only (a function taking ``code`` as an argument would compile
+    every branch for every op). ``code`` must be a compile-time constant where ``f`` is called:
+    an op's row kernel is a closure over its code (dispatch.py) and passes it down. Each
+    ``factory(code)`` is compiled with fastgrad's options and cached (the closure's code is part
+    of Numba's cache key).
+    """
+    from numba.core import types
+    from numba.core.errors import TypingError
+    from numba.extending import overload
+
+    compiled = {}
+    lock = threading.Lock()
+
+    def f(code, *args):
+        raise TypeError(f"{factory.__name__}: call it from a Numba-compiled function")
+
+    f.__name__ = f.__qualname__ = factory.__name__.removesuffix("_of").lstrip("_")
+
+    @overload(f, prefer_literal=True, jit_options=dict(OPTIONS, cache=False))
+    def _typed(code, *args):
+        if not isinstance(code, types.IntegerLiteral):
+            raise TypingError(f"{f.__name__}: the op code must be a compile-time constant")
+        c = code.literal_value
+        with lock:
+            fn = compiled.get(c)
+            if fn is None:
+                fn = compiled[c] = _njit(factory(c), OPTIONS)
+
+        def impl(code, *args):
+            return fn(*args)
+
+        return impl
+
+    return f

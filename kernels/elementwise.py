@@ -8,9 +8,14 @@ a broadcast operand). VJPs always *add* into gradients: a tensor used twice gets
 
 import numpy as np
 
-from ..opcodes import Op
-from ._jit import jit
+from .codes import (
+    NEG, ABS, EXP, LOG, SQRT, TANH, SIGMOID, RELU, LEAKY_RELU, SOFTPLUS, CLIP, ADD_SCALAR,
+    MUL_SCALAR, DIV_SCALAR, RDIV_SCALAR, POW_SCALAR, RPOW_SCALAR, ADD, SUB, MUL, DIV, POW,
+    MAXIMUM, MINIMUM, BCE_LOGITS, GT, GE, LT, LE, EQ, NE,
+)
+from ._jit import jit, jit_inline, per_code
 from .vecmath import exp64, sigmoid32, sigmoid64, tanh64
+from .views import fattr, iattrs, needs, operand, operand_grad, output, output_grad
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, measured here).
@@ -69,307 +74,303 @@ def _softplus(v):
     return max(v, 0.0) + np.log1p(exp64(-abs(np.float64(v))))
 
 
-@jit
-def unary_forward(code, x, y, c0, c1):
-    n = x.size
-    if code == Op.NEG:
-        for i in range(n):
-            y[i] = -x[i]
-    elif code == Op.ABS:
-        for i in range(n):
-            y[i] = abs(x[i])
-    elif code == Op.EXP:
-        for i in range(n):
-            y[i] = exp64(np.float64(x[i]))
-    elif code == Op.LOG:
-        for i in range(n):
-            y[i] = np.log(x[i])
-    elif code == Op.SQRT:
-        for i in range(n):
-            y[i] = np.sqrt(x[i])
-    elif code == Op.TANH:
-        if x.itemsize == 4:
-            tanh_f32(x, y)
-        else:
+def _unary_forward_of(code):
+    def unary_forward(x, y, c0, c1):
+        n = x.size
+        if code == NEG:
             for i in range(n):
-                y[i] = tanh64(np.float64(x[i]))
-    elif code == Op.SIGMOID:
-        if x.itemsize == 4:
+                y[i] = -x[i]
+        elif code == ABS:
             for i in range(n):
-                y[i] = sigmoid32(x[i])
-        else:
+                y[i] = abs(x[i])
+        elif code == EXP:
             for i in range(n):
-                y[i] = _sigmoid(x[i])
-    elif code == Op.RELU:  # written so that NaN fails the test and passes through, as np.maximum
-        for i in range(n):
-            y[i] = 0.0 if x[i] <= 0 else x[i]
-    elif code == Op.LEAKY_RELU:
-        for i in range(n):
-            y[i] = x[i] if x[i] > 0 else c0 * x[i]
-    elif code == Op.SOFTPLUS:
-        for i in range(n):
-            y[i] = _softplus(x[i])
-    elif code == Op.CLIP:
-        for i in range(n):
-            y[i] = min(max(x[i], c0), c1)
-    elif code == Op.ADD_SCALAR:
-        for i in range(n):
-            y[i] = x[i] + c0
-    elif code == Op.MUL_SCALAR:
-        for i in range(n):
-            y[i] = x[i] * c0
-    elif code == Op.DIV_SCALAR:
-        for i in range(n):
-            y[i] = x[i] / c0
-    elif code == Op.RDIV_SCALAR:
-        for i in range(n):
-            y[i] = c0 / x[i]
-    elif code == Op.POW_SCALAR:
-        if c0 == 2.0:
+                y[i] = exp64(np.float64(x[i]))
+        elif code == LOG:
             for i in range(n):
-                y[i] = x[i] * x[i]
-        else:
+                y[i] = np.log(x[i])
+        elif code == SQRT:
             for i in range(n):
-                y[i] = x[i] ** c0
-    elif code == Op.RPOW_SCALAR:
-        for i in range(n):
-            y[i] = c0 ** x[i]
-
-
-@jit
-def unary_vjp(code, x, y, gy, gx, c0, c1):
-    n = x.size
-    if code == Op.NEG:
-        for i in range(n):
-            gx[i] -= gy[i]
-    elif code == Op.ABS:  # sign(x); 0 at 0 as in PyTorch; NaN at NaN as np.sign
-        for i in range(n):
-            if x[i] > 0:
-                gx[i] += gy[i]
-            elif x[i] < 0:
-                gx[i] -= gy[i]
-            elif x[i] != x[i]:
-                gx[i] += x[i]
-    elif code == Op.EXP:
-        for i in range(n):
-            gx[i] += gy[i] * y[i]
-    elif code == Op.LOG:
-        for i in range(n):
-            gx[i] += gy[i] / x[i]
-    elif code == Op.SQRT:
-        for i in range(n):
-            gx[i] += gy[i] * 0.5 / y[i]
-    elif code == Op.TANH:
-        for i in range(n):
-            gx[i] += gy[i] * (1.0 - y[i] * y[i])
-    elif code == Op.SIGMOID:
-        for i in range(n):
-            gx[i] += gy[i] * y[i] * (1.0 - y[i])
-    elif code == Op.RELU:  # the slope at a NaN is NaN (np.heaviside): the NaN reaches x's grad
-        for i in range(n):
-            if x[i] > 0:
-                gx[i] += gy[i]
-            elif x[i] != x[i]:
-                gx[i] += x[i]
-    elif code == Op.LEAKY_RELU:
-        for i in range(n):
-            gx[i] += gy[i] if x[i] > 0 else (c0 * gy[i] if x[i] <= 0 else x[i])
-    elif code == Op.SOFTPLUS:
-        for i in range(n):
-            gx[i] += gy[i] * _sigmoid(x[i])
-    elif code == Op.CLIP:  # gradient passes where lo <= x <= hi, as torch.clamp; NaN at NaN
-        for i in range(n):
-            if x[i] >= c0 and x[i] <= c1:
-                gx[i] += gy[i]
-            elif x[i] != x[i]:
-                gx[i] += x[i]
-    elif code == Op.ADD_SCALAR:
-        for i in range(n):
-            gx[i] += gy[i]
-    elif code == Op.MUL_SCALAR:
-        for i in range(n):
-            gx[i] += gy[i] * c0
-    elif code == Op.DIV_SCALAR:
-        for i in range(n):
-            gx[i] += gy[i] / c0
-    elif code == Op.RDIV_SCALAR:  # d(c/x) = -c/x^2 = -y/x
-        for i in range(n):
-            gx[i] -= gy[i] * y[i] / x[i]
-    elif code == Op.POW_SCALAR:
-        if c0 == 2.0:
-            for i in range(n):
-                gx[i] += gy[i] * 2.0 * x[i]
-        elif c0 != 0.0:
-            for i in range(n):
-                gx[i] += gy[i] * c0 * x[i] ** (c0 - 1.0)
-    elif code == Op.RPOW_SCALAR:  # d(c^x) = c^x log c
-        lc = np.log(c0)
-        for i in range(n):
-            gx[i] += gy[i] * y[i] * lc
-
-
-@jit
-def binary_run_forward(code, a, oa, sa, b, ob, sb, y, oy, n):
-    if code == Op.ADD:
-        for i in range(n):
-            y[U(oy + i)] = a[U(oa + i * sa)] + b[U(ob + i * sb)]
-    elif code == Op.SUB:
-        for i in range(n):
-            y[U(oy + i)] = a[U(oa + i * sa)] - b[U(ob + i * sb)]
-    elif code == Op.MUL:
-        for i in range(n):
-            y[U(oy + i)] = a[U(oa + i * sa)] * b[U(ob + i * sb)]
-    elif code == Op.DIV:
-        for i in range(n):
-            y[U(oy + i)] = a[U(oa + i * sa)] / b[U(ob + i * sb)]
-    elif code == Op.POW:
-        for i in range(n):
-            y[U(oy + i)] = a[U(oa + i * sa)] ** b[U(ob + i * sb)]
-    elif code == Op.MAXIMUM:
-        for i in range(n):
-            u = a[U(oa + i * sa)]
-            v = b[U(ob + i * sb)]
-            y[U(oy + i)] = u if (u >= v or u != u) else v
-    elif code == Op.MINIMUM:
-        for i in range(n):
-            u = a[U(oa + i * sa)]
-            v = b[U(ob + i * sb)]
-            y[U(oy + i)] = u if (u <= v or u != u) else v
-    elif code == Op.BCE_LOGITS:  # max(x,0) - x z + log1p(exp(-|x|))
-        for i in range(n):
-            u = a[U(oa + i * sa)]
-            y[U(oy + i)] = _softplus(u) - u * b[U(ob + i * sb)]
-    elif code == Op.GT:
-        for i in range(n):
-            y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] > b[U(ob + i * sb)] else 0.0
-    elif code == Op.GE:
-        for i in range(n):
-            y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] >= b[U(ob + i * sb)] else 0.0
-    elif code == Op.LT:
-        for i in range(n):
-            y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] < b[U(ob + i * sb)] else 0.0
-    elif code == Op.LE:
-        for i in range(n):
-            y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] <= b[U(ob + i * sb)] else 0.0
-    elif code == Op.EQ:
-        for i in range(n):
-            y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] == b[U(ob + i * sb)] else 0.0
-    elif code == Op.NE:
-        for i in range(n):
-            y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] != b[U(ob + i * sb)] else 0.0
-
-
-@jit
-def binary_run_vjp(code, a, oa, sa, ga, na, b, ob, sb, gb, nb, y, gy, oy, n):
-    """Add this run's contribution to ga (if na) and gb (if nb); broadcast strides sum back.
-
-    One loop per operand, so each loop is branch-free and vectorises."""
-    if code == Op.ADD or code == Op.SUB:
-        if na:
-            for i in range(n):
-                ga[U(oa + i * sa)] += gy[U(oy + i)]
-        if nb:
-            if code == Op.ADD:
-                for i in range(n):
-                    gb[U(ob + i * sb)] += gy[U(oy + i)]
+                y[i] = np.sqrt(x[i])
+        elif code == TANH:
+            if x.itemsize == 4:
+                tanh_f32(x, y)
             else:
                 for i in range(n):
-                    gb[U(ob + i * sb)] -= gy[U(oy + i)]
-    elif code == Op.MUL:
-        if na:
+                    y[i] = tanh64(np.float64(x[i]))
+        elif code == SIGMOID:
+            if x.itemsize == 4:
+                for i in range(n):
+                    y[i] = sigmoid32(x[i])
+            else:
+                for i in range(n):
+                    y[i] = _sigmoid(x[i])
+        elif code == RELU:  # written so that NaN fails the test and passes through, as np.maximum
             for i in range(n):
-                ga[U(oa + i * sa)] += gy[U(oy + i)] * b[U(ob + i * sb)]
-        if nb:
+                y[i] = 0.0 if x[i] <= 0 else x[i]
+        elif code == LEAKY_RELU:
             for i in range(n):
-                gb[U(ob + i * sb)] += gy[U(oy + i)] * a[U(oa + i * sa)]
-    elif code == Op.DIV:
-        if na:
+                y[i] = x[i] if x[i] > 0 else c0 * x[i]
+        elif code == SOFTPLUS:
             for i in range(n):
-                ga[U(oa + i * sa)] += gy[U(oy + i)] / b[U(ob + i * sb)]
-        if nb:
+                y[i] = _softplus(x[i])
+        elif code == CLIP:
             for i in range(n):
-                gb[U(ob + i * sb)] -= gy[U(oy + i)] * y[U(oy + i)] / b[U(ob + i * sb)]
-    elif code == Op.POW:
-        for i in range(n):
-            g = gy[U(oy + i)]
-            u = a[U(oa + i * sa)]
-            v = b[U(ob + i * sb)]
-            if na and v != 0.0:
-                ga[U(oa + i * sa)] += g * v * u ** (v - 1.0)
-            if nb and u != 0.0:  # d/dv u^v = u^v log u (0 at u == 0, as in PyTorch)
-                gb[U(ob + i * sb)] += g * y[U(oy + i)] * np.log(u)
-    elif code == Op.MAXIMUM or code == Op.MINIMUM:
-        # the selected operand gets the gradient; ties split it evenly (as torch.maximum); an
-        # operand that is NaN gets a NaN gradient, the other none (it was not selected)
-        for i in range(n):
-            g = gy[U(oy + i)]
-            u = a[U(oa + i * sa)]
-            v = b[U(ob + i * sb)]
-            if u != u or v != v:
-                if na and u != u:
-                    ga[U(oa + i * sa)] += u
-                if nb and v != v:
-                    gb[U(ob + i * sb)] += v
-            elif u == v:
-                if na:
-                    ga[U(oa + i * sa)] += 0.5 * g
-                if nb:
-                    gb[U(ob + i * sb)] += 0.5 * g
-            elif (u > v) == (code == Op.MAXIMUM):
-                if na:
-                    ga[U(oa + i * sa)] += g
-            elif nb:
-                gb[U(ob + i * sb)] += g
-    elif code == Op.BCE_LOGITS:
-        for i in range(n):
-            g = gy[U(oy + i)]
-            u = a[U(oa + i * sa)]
+                y[i] = min(max(x[i], c0), c1)
+        elif code == ADD_SCALAR:
+            for i in range(n):
+                y[i] = x[i] + c0
+        elif code == MUL_SCALAR:
+            for i in range(n):
+                y[i] = x[i] * c0
+        elif code == DIV_SCALAR:
+            for i in range(n):
+                y[i] = x[i] / c0
+        elif code == RDIV_SCALAR:
+            for i in range(n):
+                y[i] = c0 / x[i]
+        elif code == POW_SCALAR:
+            if c0 == 2.0:
+                for i in range(n):
+                    y[i] = x[i] * x[i]
+            else:
+                for i in range(n):
+                    y[i] = x[i] ** c0
+        elif code == RPOW_SCALAR:
+            for i in range(n):
+                y[i] = c0 ** x[i]
+
+    return unary_forward
+
+
+unary_forward = per_code(_unary_forward_of)
+
+
+def _unary_vjp_of(code):
+    def unary_vjp(x, y, gy, gx, c0, c1):
+        n = x.size
+        if code == NEG:
+            for i in range(n):
+                gx[i] -= gy[i]
+        elif code == ABS:  # sign(x); 0 at 0 as in PyTorch; NaN at NaN as np.sign
+            for i in range(n):
+                if x[i] > 0:
+                    gx[i] += gy[i]
+                elif x[i] < 0:
+                    gx[i] -= gy[i]
+                elif x[i] != x[i]:
+                    gx[i] += x[i]
+        elif code == EXP:
+            for i in range(n):
+                gx[i] += gy[i] * y[i]
+        elif code == LOG:
+            for i in range(n):
+                gx[i] += gy[i] / x[i]
+        elif code == SQRT:
+            for i in range(n):
+                gx[i] += gy[i] * 0.5 / y[i]
+        elif code == TANH:
+            for i in range(n):
+                gx[i] += gy[i] * (1.0 - y[i] * y[i])
+        elif code == SIGMOID:
+            for i in range(n):
+                gx[i] += gy[i] * y[i] * (1.0 - y[i])
+        elif code == RELU:  # the slope at a NaN is NaN (np.heaviside): the NaN reaches x's grad
+            for i in range(n):
+                if x[i] > 0:
+                    gx[i] += gy[i]
+                elif x[i] != x[i]:
+                    gx[i] += x[i]
+        elif code == LEAKY_RELU:
+            for i in range(n):
+                gx[i] += gy[i] if x[i] > 0 else (c0 * gy[i] if x[i] <= 0 else x[i])
+        elif code == SOFTPLUS:
+            for i in range(n):
+                gx[i] += gy[i] * _sigmoid(x[i])
+        elif code == CLIP:  # gradient passes where lo <= x <= hi, as torch.clamp; NaN at NaN
+            for i in range(n):
+                if x[i] >= c0 and x[i] <= c1:
+                    gx[i] += gy[i]
+                elif x[i] != x[i]:
+                    gx[i] += x[i]
+        elif code == ADD_SCALAR:
+            for i in range(n):
+                gx[i] += gy[i]
+        elif code == MUL_SCALAR:
+            for i in range(n):
+                gx[i] += gy[i] * c0
+        elif code == DIV_SCALAR:
+            for i in range(n):
+                gx[i] += gy[i] / c0
+        elif code == RDIV_SCALAR:  # d(c/x) = -c/x^2 = -y/x
+            for i in range(n):
+                gx[i] -= gy[i] * y[i] / x[i]
+        elif code == POW_SCALAR:
+            if c0 == 2.0:
+                for i in range(n):
+                    gx[i] += gy[i] * 2.0 * x[i]
+            elif c0 != 0.0:
+                for i in range(n):
+                    gx[i] += gy[i] * c0 * x[i] ** (c0 - 1.0)
+        elif code == RPOW_SCALAR:  # d(c^x) = c^x log c
+            lc = np.log(c0)
+            for i in range(n):
+                gx[i] += gy[i] * y[i] * lc
+
+    return unary_vjp
+
+
+unary_vjp = per_code(_unary_vjp_of)
+
+
+def _binary_run_forward_of(code):
+    def binary_run_forward(a, oa, sa, b, ob, sb, y, oy, n):
+        if code == ADD:
+            for i in range(n):
+                y[U(oy + i)] = a[U(oa + i * sa)] + b[U(ob + i * sb)]
+        elif code == SUB:
+            for i in range(n):
+                y[U(oy + i)] = a[U(oa + i * sa)] - b[U(ob + i * sb)]
+        elif code == MUL:
+            for i in range(n):
+                y[U(oy + i)] = a[U(oa + i * sa)] * b[U(ob + i * sb)]
+        elif code == DIV:
+            for i in range(n):
+                y[U(oy + i)] = a[U(oa + i * sa)] / b[U(ob + i * sb)]
+        elif code == POW:
+            for i in range(n):
+                y[U(oy + i)] = a[U(oa + i * sa)] ** b[U(ob + i * sb)]
+        elif code == MAXIMUM:
+            for i in range(n):
+                u = a[U(oa + i * sa)]
+                v = b[U(ob + i * sb)]
+                y[U(oy + i)] = u if (u >= v or u != u) else v
+        elif code == MINIMUM:
+            for i in range(n):
+                u = a[U(oa + i * sa)]
+                v = b[U(ob + i * sb)]
+                y[U(oy + i)] = u if (u <= v or u != u) else v
+        elif code == BCE_LOGITS:  # max(x,0) - x z + log1p(exp(-|x|))
+            for i in range(n):
+                u = a[U(oa + i * sa)]
+                y[U(oy + i)] = _softplus(u) - u * b[U(ob + i * sb)]
+        elif code == GT:
+            for i in range(n):
+                y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] > b[U(ob + i * sb)] else 0.0
+        elif code == GE:
+            for i in range(n):
+                y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] >= b[U(ob + i * sb)] else 0.0
+        elif code == LT:
+            for i in range(n):
+                y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] < b[U(ob + i * sb)] else 0.0
+        elif code == LE:
+            for i in range(n):
+                y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] <= b[U(ob + i * sb)] else 0.0
+        elif code == EQ:
+            for i in range(n):
+                y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] == b[U(ob + i * sb)] else 0.0
+        elif code == NE:
+            for i in range(n):
+                y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] != b[U(ob + i * sb)] else 0.0
+
+    return binary_run_forward
+
+
+binary_run_forward = per_code(_binary_run_forward_of)
+
+
+def _binary_run_vjp_of(code):
+    def binary_run_vjp(a, oa, sa, ga, na, b, ob, sb, gb, nb, y, gy, oy, n):
+        """Add this run's contribution to ga (if na) and gb (if nb); broadcast strides sum back.
+
+        One loop per operand, so each loop is branch-free and vectorises."""
+        if code == ADD or code == SUB:
             if na:
-                ga[U(oa + i * sa)] += g * (_sigmoid(u) - b[U(ob + i * sb)])
+                for i in range(n):
+                    ga[U(oa + i * sa)] += gy[U(oy + i)]
             if nb:
-                gb[U(ob + i * sb)] -= g * u
-    # comparisons are piecewise constant: no gradient
+                if code == ADD:
+                    for i in range(n):
+                        gb[U(ob + i * sb)] += gy[U(oy + i)]
+                else:
+                    for i in range(n):
+                        gb[U(ob + i * sb)] -= gy[U(oy + i)]
+        elif code == MUL:
+            if na:
+                for i in range(n):
+                    ga[U(oa + i * sa)] += gy[U(oy + i)] * b[U(ob + i * sb)]
+            if nb:
+                for i in range(n):
+                    gb[U(ob + i * sb)] += gy[U(oy + i)] * a[U(oa + i * sa)]
+        elif code == DIV:
+            if na:
+                for i in range(n):
+                    ga[U(oa + i * sa)] += gy[U(oy + i)] / b[U(ob + i * sb)]
+            if nb:
+                for i in range(n):
+                    gb[U(ob + i * sb)] -= gy[U(oy + i)] * y[U(oy + i)] / b[U(ob + i * sb)]
+        elif code == POW:
+            for i in range(n):
+                g = gy[U(oy + i)]
+                u = a[U(oa + i * sa)]
+                v = b[U(ob + i * sb)]
+                if na and v != 0.0:
+                    ga[U(oa + i * sa)] += g * v * u ** (v - 1.0)
+                if nb and u != 0.0:  # d/dv u^v = u^v log u (0 at u == 0, as in PyTorch)
+                    gb[U(ob + i * sb)] += g * y[U(oy + i)] * np.log(u)
+        elif code == MAXIMUM or code == MINIMUM:
+            # the selected operand gets the gradient; ties split it evenly (as torch.maximum); an
+            # operand that is NaN gets a NaN gradient, the other none (it was not selected)
+            for i in range(n):
+                g = gy[U(oy + i)]
+                u = a[U(oa + i * sa)]
+                v = b[U(ob + i * sb)]
+                if u != u or v != v:
+                    if na and u != u:
+                        ga[U(oa + i * sa)] += u
+                    if nb and v != v:
+                        gb[U(ob + i * sb)] += v
+                elif u == v:
+                    if na:
+                        ga[U(oa + i * sa)] += 0.5 * g
+                    if nb:
+                        gb[U(ob + i * sb)] += 0.5 * g
+                elif (u > v) == (code == MAXIMUM):
+                    if na:
+                        ga[U(oa + i * sa)] += g
+                elif nb:
+                    gb[U(ob + i * sb)] += g
+        elif code == BCE_LOGITS:
+            for i in range(n):
+                g = gy[U(oy + i)]
+                u = a[U(oa + i * sa)]
+                if na:
+                    ga[U(oa + i * sa)] += g * (_sigmoid(u) - b[U(ob + i * sb)])
+                if nb:
+                    gb[U(ob + i * sb)] -= g * u
+        # comparisons are piecewise constant: no gradient
+
+    return binary_run_vjp
+
+
+binary_run_vjp = per_code(_binary_run_vjp_of)
 
 
 @jit
-def broadcast_walk(code, a, b, y, ip, forward, ga, na, gb, nb, gy):
-    """Walk the output in contiguous runs along the last (coalesced) axis.
-
-    ip = [ndim, shape..., strides_a..., strides_b...] in elements, computed at record time with
-    broadcast axes given stride 0 and mergeable axes already merged, so the common cases (equal
-    shapes, scalar operand, bias row) are one or a few long runs.
-    """
-    nd = ip[0]
-    inner = ip[nd]
-    sa_in = ip[U(2 * nd)]
-    sb_in = ip[U(3 * nd)]
-    runs = y.size // inner if inner > 0 else 0
-    if runs == 1:  # equal shapes, a scalar operand: one run, no odometer (nor its allocation)
-        o = np.int64(0)  # not a literal 0, which would compile another copy of each run kernel
-        if forward:
-            binary_run_forward(code, a, o, sa_in, b, o, sb_in, y, o, inner)
-        else:
-            binary_run_vjp(code, a, o, sa_in, ga, na, b, o, sb_in, gb, nb, y, gy, o, inner)
-        return
-    idx = np.zeros(nd, np.int64)
-    oa = 0
-    ob = 0
-    for r in range(runs):
-        if forward:
-            binary_run_forward(code, a, oa, sa_in, b, ob, sb_in, y, r * inner, inner)
-        else:
-            binary_run_vjp(code, a, oa, sa_in, ga, na, b, ob, sb_in, gb, nb, y, gy, r * inner, inner)
-        d = nd - 2
-        while d >= 0:
-            idx[d] += 1
-            oa += ip[U(1 + nd + d)]
-            ob += ip[U(1 + 2 * nd + d)]
-            if idx[d] < ip[U(1 + d)]:
-                break
-            oa -= ip[U(1 + nd + d)] * ip[U(1 + d)]
-            ob -= ip[U(1 + 2 * nd + d)] * ip[U(1 + d)]
-            idx[d] = 0
-            d -= 1
+def _next_run(ip, nd, idx, oa, ob):
+    """Advance the odometer ``idx`` over the outer axes by one run; the operands' new offsets."""
+    d = nd - 2
+    while d >= 0:
+        idx[d] += 1
+        oa += ip[U(1 + nd + d)]
+        ob += ip[U(1 + 2 * nd + d)]
+        if idx[d] < ip[U(1 + d)]:
+            break
+        oa -= ip[U(1 + nd + d)] * ip[U(1 + d)]
+        ob -= ip[U(1 + 2 * nd + d)] * ip[U(1 + d)]
+        idx[d] = 0
+        d -= 1
+    return oa, ob
 
 
 @jit
@@ -404,3 +405,99 @@ def where_walk(c, a, b, y, ip, forward, ga, na, gb, nb):
             ob -= ip[U(1 + 3 * nd + d)] * ip[U(1 + d)]
             idx[d] = 0
             d -= 1
+
+
+# ----------------------------------------------------------------------------- rows of the tape
+# Each family's forward and VJP of one tape row (views.py reads its operands). ``code`` is the
+# op's code, a constant once these are inlined into its row kernels (dispatch.py), so the
+# branches of the other ops of the family are dropped before they are compiled.
+
+
+@jit_inline
+def unary_row_forward(code, tape, values, ivalues, params, r):
+    unary_forward(code, operand(tape, values, params, r, 0), output(tape, values, params, r),
+                  fattr(tape, r, 0), fattr(tape, r, 1))
+
+
+@jit_inline
+def unary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+    if needs(tape, need, r, 0):
+        unary_vjp(code, operand(tape, values, params, r, 0), output(tape, values, params, r),
+                  output_grad(tape, grads, pgrads, r), operand_grad(tape, grads, pgrads, r, 0),
+                  fattr(tape, r, 0), fattr(tape, r, 1))
+
+
+@jit_inline
+def binary_row_forward(code, tape, values, ivalues, params, r):
+    """y = op(a, b) over the output in contiguous runs along the last (coalesced) axis.
+
+    ip = [ndim, shape..., strides_a..., strides_b...] in elements, computed at record time with
+    broadcast axes given stride 0 and mergeable axes already merged, so the common cases (equal
+    shapes, scalar operand, bias row) are one or a few long runs.
+    """
+    a = operand(tape, values, params, r, 0)
+    b = operand(tape, values, params, r, 1)
+    y = output(tape, values, params, r)
+    ip = iattrs(tape, r)
+    nd = ip[0]
+    inner = ip[nd]
+    sa_in = ip[U(2 * nd)]
+    sb_in = ip[U(3 * nd)]
+    runs = y.size // inner if inner > 0 else 0
+    if runs == 1:  # equal shapes, a scalar operand: one run, no odometer (nor its allocation)
+        o = np.int64(0)  # not a literal 0, which would compile another copy of each run kernel
+        binary_run_forward(code, a, o, sa_in, b, o, sb_in, y, o, inner)
+        return
+    idx = np.zeros(nd, np.int64)
+    oa = np.int64(0)
+    ob = np.int64(0)
+    for k in range(runs):
+        binary_run_forward(code, a, oa, sa_in, b, ob, sb_in, y, k * inner, inner)
+        oa, ob = _next_run(ip, nd, idx, oa, ob)
+
+
+@jit_inline
+def binary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+    """Add the VJP of op(a, b) into a's gradient (if it needs one) and b's, walking the output
+    as binary_row_forward does; broadcast strides sum the gradient back."""
+    a = operand(tape, values, params, r, 0)
+    b = operand(tape, values, params, r, 1)
+    y = output(tape, values, params, r)
+    gy = output_grad(tape, grads, pgrads, r)
+    ga = operand_grad(tape, grads, pgrads, r, 0)
+    gb = operand_grad(tape, grads, pgrads, r, 1)
+    na = needs(tape, need, r, 0) != 0
+    nb = needs(tape, need, r, 1) != 0
+    ip = iattrs(tape, r)
+    nd = ip[0]
+    inner = ip[nd]
+    sa_in = ip[U(2 * nd)]
+    sb_in = ip[U(3 * nd)]
+    runs = y.size // inner if inner > 0 else 0
+    if runs == 1:
+        o = np.int64(0)
+        binary_run_vjp(code, a, o, sa_in, ga, na, b, o, sb_in, gb, nb, y, gy, o, inner)
+        return
+    idx = np.zeros(nd, np.int64)
+    oa = np.int64(0)
+    ob = np.int64(0)
+    for k in range(runs):
+        binary_run_vjp(code, a, oa, sa_in, ga, na, b, ob, sb_in, gb, nb, y, gy, k * inner, inner)
+        oa, ob = _next_run(ip, nd, idx, oa, ob)
+
+
+@jit_inline
+def where_row_forward(code, tape, values, ivalues, params, r):
+    B = operand(tape, values, params, r, 1)
+    C = operand(tape, values, params, r, 2)
+    where_walk(operand(tape, values, params, r, 0), B, C, output(tape, values, params, r),
+               iattrs(tape, r), True, B, False, C, False)
+
+
+@jit_inline
+def where_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+    gB = operand_grad(tape, grads, pgrads, r, 1)
+    gC = operand_grad(tape, grads, pgrads, r, 2)
+    where_walk(operand(tape, values, params, r, 0), gB, gC, output_grad(tape, grads, pgrads, r),
+               iattrs(tape, r), False, gB, needs(tape, need, r, 1) != 0, gC,
+               needs(tape, need, r, 2) != 0)

@@ -12,11 +12,13 @@ of an RNN step or a narrow MLP the call overhead dominates and a loop that stays
 import numpy as np
 
 from ..opcodes import Op
-from ._jit import jit, jit_reduce
+from .codes import LINEAR, LINEAR_ACT
+from ._jit import jit, jit_inline, jit_reduce
 from .blas import gemm
 from .elementwise import tanh32
 from .optim import sgd_plain
 from .vecmath import sigmoid32, sigmoid64, tanh64
+from .views import iattrs, needs, operand, operand_grad, output, output_grad
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, measured here).
@@ -403,3 +405,45 @@ def linear_act_vjp(X, W, c, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch, lr):
                     gc[U(j)] += gz[U(i * n + j)]
         if nc == FOLD_SGD:
             sgd_plain(c, gc, lr)
+
+
+# ----------------------------------------------------------------------------- rows of the tape
+# (as in elementwise.py: inlined into each op's row kernels, ``code`` a constant there)
+
+
+@jit_inline
+def matmul_row_forward(code, tape, values, ivalues, params, r):
+    A = operand(tape, values, params, r, 0)
+    B = operand(tape, values, params, r, 1)
+    y = output(tape, values, params, r)
+    ip = iattrs(tape, r)
+    if code == LINEAR:
+        linear_forward(A, B, operand(tape, values, params, r, 2), y, ip)
+    elif code == LINEAR_ACT:
+        linear_act_forward(A, B, operand(tape, values, params, r, 2), y, ip)
+    else:
+        matmul_forward(A, B, y, ip)
+
+
+@jit_inline
+def matmul_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+    """``lr``: the plain-SGD learning rate of the parameters marked FOLD_SGD in ``need``,
+    whose update the VJP applies (see above)."""
+    A = operand(tape, values, params, r, 0)
+    B = operand(tape, values, params, r, 1)
+    gy = output_grad(tape, grads, pgrads, r)
+    gA = operand_grad(tape, grads, pgrads, r, 0)
+    gB = operand_grad(tape, grads, pgrads, r, 1)
+    na, nb = needs(tape, need, r, 0), needs(tape, need, r, 1)
+    ip = iattrs(tape, r)
+    if code == LINEAR or code == LINEAR_ACT:
+        C = operand(tape, values, params, r, 2)
+        gC = operand_grad(tape, grads, pgrads, r, 2)
+        nc = needs(tape, need, r, 2)
+        if code == LINEAR:
+            linear_vjp(A, B, C, gy, gA, na, gB, nb, gC, nc, ip, scratch, lr)
+        else:
+            linear_act_vjp(A, B, C, output(tape, values, params, r), gy, gA, na, gB, nb, gC,
+                           nc, ip, scratch, lr)
+    else:
+        matmul_vjp(A, B, gy, gA, na, gB, nb, ip, scratch, lr)

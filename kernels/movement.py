@@ -6,7 +6,10 @@ Each forward copies into the output slot; each VJP scatters-adds back, so overla
 
 import numpy as np
 
-from ._jit import jit
+from ._jit import jit, jit_inline
+from .codes import CONCAT, GATHER, STRIDED
+from .views import (iattrs, ioperand, n_operands, needs, operand, operand_grad, output,
+                    output_grad)
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, measured here).
@@ -92,3 +95,49 @@ def load_indices(dst, src, lo, hi):
     if not ok:
         dst[:] = lo
     return ok
+
+
+# ----------------------------------------------------------------------------- rows of the tape
+# (as in elementwise.py: inlined into each op's row kernels, ``code`` a constant there)
+
+
+@jit_inline
+def shape_row_forward(code, tape, values, ivalues, params, r):
+    ip = iattrs(tape, r)
+    if code == STRIDED:
+        strided_copy(operand(tape, values, params, r, 0), output(tape, values, params, r), ip,
+                     True)
+    elif code == GATHER:
+        gather_forward(operand(tape, values, params, r, 0), ioperand(tape, ivalues, r, 1),
+                       output(tape, values, params, r), ip[0], ip[1], ip[2])
+    elif code == CONCAT:
+        y = output(tape, values, params, r)
+        outer, total = ip[0], ip[1]
+        pos = 0
+        for t in range(n_operands(tape, r)):
+            width = ip[2 + t]
+            concat_piece(operand(tape, values, params, r, t), y, outer, width, total, pos, True)
+            pos += width
+    # RESHAPE: the output aliases the input's slot; nothing to do
+
+
+@jit_inline
+def shape_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+    ip = iattrs(tape, r)
+    gy = output_grad(tape, grads, pgrads, r)
+    if code == STRIDED:
+        if needs(tape, need, r, 0):
+            strided_copy(operand_grad(tape, grads, pgrads, r, 0), gy, ip, False)
+    elif code == GATHER:
+        if needs(tape, need, r, 0):
+            gather_vjp(ioperand(tape, ivalues, r, 1), gy, operand_grad(tape, grads, pgrads, r, 0),
+                       ip[0], ip[1], ip[2])
+    elif code == CONCAT:
+        outer, total = ip[0], ip[1]
+        pos = 0
+        for t in range(n_operands(tape, r)):
+            width = ip[2 + t]
+            if needs(tape, need, r, t):
+                concat_piece(operand_grad(tape, grads, pgrads, r, t), gy, outer, width, total,
+                             pos, False)
+            pos += width

@@ -7,9 +7,12 @@ time), so one kernel serves every axis: the output is (outer, inner). Reducing "
 
 import numpy as np
 
-from ..opcodes import Op
-from ._jit import jit
+from .codes import (
+    SUM, MAX, SOFTMAX, LOG_SOFTMAX,
+)
+from ._jit import jit, jit_inline, per_code
 from .vecmath import exp64
+from .views import iattrs, ioperand, needs, operand, operand_grad, output, output_grad
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, measured here).
@@ -21,98 +24,108 @@ def _exp(v):
     return exp64(np.float64(v))
 
 
-@jit
-def reduce_forward(code, x, y, outer, n, inner):
-    if code == Op.SUM:
-        if inner == 1:
-            for o in range(outer):
-                s = 0.0
-                base = o * n
-                for k in range(n):
-                    s += x[U(base + k)]
-                y[o] = s
-        else:
+def _reduce_forward_of(code):
+    def reduce_forward(x, y, outer, n, inner):
+        if code == SUM:
+            if inner == 1:
+                for o in range(outer):
+                    s = 0.0
+                    base = o * n
+                    for k in range(n):
+                        s += x[U(base + k)]
+                    y[o] = s
+            else:
+                for o in range(outer):
+                    for j in range(inner):
+                        y[U(o * inner + j)] = 0.0
+                    for k in range(n):
+                        base = (o * n + k) * inner
+                        for j in range(inner):
+                            y[U(o * inner + j)] += x[U(base + j)]
+        elif code == MAX:  # NaN propagates, as np.max
             for o in range(outer):
                 for j in range(inner):
-                    y[U(o * inner + j)] = 0.0
+                    base = o * n * inner + j
+                    m = x[base]
+                    for k in range(1, n):
+                        v = x[U(base + k * inner)]
+                        if v > m or v != v:
+                            m = v
+                            if v != v:
+                                break
+                    y[U(o * inner + j)] = m
+        elif (code == SOFTMAX or code == LOG_SOFTMAX) and n > 0:
+            for o in range(outer):
+                for j in range(inner):
+                    base = o * n * inner + j
+                    m = x[base]
+                    for k in range(1, n):
+                        m = max(m, x[U(base + k * inner)])
+                    s = 0.0
+                    for k in range(n):
+                        s += _exp(x[U(base + k * inner)] - m)
+                    if code == SOFTMAX:
+                        for k in range(n):
+                            y[U(base + k * inner)] = _exp(x[U(base + k * inner)] - m) / s
+                    else:
+                        lse = m + np.log(s)
+                        for k in range(n):
+                            y[U(base + k * inner)] = x[U(base + k * inner)] - lse
+
+    return reduce_forward
+
+
+reduce_forward = per_code(_reduce_forward_of)
+
+
+def _reduce_vjp_of(code):
+    def reduce_vjp(x, y, gy, gx, outer, n, inner):
+        if code == SUM:
+            for o in range(outer):
                 for k in range(n):
                     base = (o * n + k) * inner
                     for j in range(inner):
-                        y[U(o * inner + j)] += x[U(base + j)]
-    elif code == Op.MAX:  # NaN propagates, as np.max
-        for o in range(outer):
-            for j in range(inner):
-                base = o * n * inner + j
-                m = x[base]
-                for k in range(1, n):
-                    v = x[U(base + k * inner)]
-                    if v > m or v != v:
-                        m = v
-                        if v != v:
-                            break
-                y[U(o * inner + j)] = m
-    elif (code == Op.SOFTMAX or code == Op.LOG_SOFTMAX) and n > 0:
-        for o in range(outer):
-            for j in range(inner):
-                base = o * n * inner + j
-                m = x[base]
-                for k in range(1, n):
-                    m = max(m, x[U(base + k * inner)])
-                s = 0.0
-                for k in range(n):
-                    s += _exp(x[U(base + k * inner)] - m)
-                if code == Op.SOFTMAX:
-                    for k in range(n):
-                        y[U(base + k * inner)] = _exp(x[U(base + k * inner)] - m) / s
-                else:
-                    lse = m + np.log(s)
-                    for k in range(n):
-                        y[U(base + k * inner)] = x[U(base + k * inner)] - lse
-
-
-@jit
-def reduce_vjp(code, x, y, gy, gx, outer, n, inner):
-    if code == Op.SUM:
-        for o in range(outer):
-            for k in range(n):
-                base = (o * n + k) * inner
+                        gx[U(base + j)] += gy[U(o * inner + j)]
+        elif code == MAX:  # the first maximal element takes the gradient, as torch.max(dim);
+            # a NaN maximum: every NaN element gets a NaN gradient (the slope at a NaN is NaN), the
+            # others none, as elementwise maximum
+            for o in range(outer):
                 for j in range(inner):
-                    gx[U(base + j)] += gy[U(o * inner + j)]
-    elif code == Op.MAX:  # the first maximal element takes the gradient, as torch.max(dim);
-        # a NaN maximum: every NaN element gets a NaN gradient (the slope at a NaN is NaN), the
-        # others none, as elementwise maximum
-        for o in range(outer):
-            for j in range(inner):
-                base = o * n * inner + j
-                m = y[U(o * inner + j)]
-                for k in range(n):
-                    v = x[U(base + k * inner)]
-                    if m != m:
-                        if v != v:
-                            gx[U(base + k * inner)] += v
-                    elif v == m:
-                        gx[U(base + k * inner)] += gy[U(o * inner + j)]
-                        break
-    elif code == Op.SOFTMAX:  # gx = y * (g - <g, y>)
-        for o in range(outer):
-            for j in range(inner):
-                base = o * n * inner + j
-                dot = 0.0
-                for k in range(n):
-                    dot += gy[U(base + k * inner)] * y[U(base + k * inner)]
-                for k in range(n):
-                    p = base + k * inner
-                    gx[p] += y[p] * (gy[p] - dot)
-    elif code == Op.LOG_SOFTMAX:  # gx = g - softmax * sum(g)
-        for o in range(outer):
-            for j in range(inner):
-                base = o * n * inner + j
-                s = 0.0
-                for k in range(n):
-                    s += gy[U(base + k * inner)]
-                for k in range(n):
-                    p = base + k * inner
-                    gx[p] += gy[p] - _exp(y[p]) * s
+                    base = o * n * inner + j
+                    m = y[U(o * inner + j)]
+                    for k in range(n):
+                        v = x[U(base + k * inner)]
+                        if m != m:
+                            if v != v:
+                                gx[U(base + k * inner)] += v
+                        elif v == m:
+                            gx[U(base + k * inner)] += gy[U(o * inner + j)]
+                            break
+        elif code == SOFTMAX:  # gx = y * (g - <g, y>)
+            for o in range(outer):
+                for j in range(inner):
+                    base = o * n * inner + j
+                    dot = 0.0
+                    for k in range(n):
+                        dot += gy[U(base + k * inner)] * y[U(base + k * inner)]
+                    for k in range(n):
+                        p = base + k * inner
+                        gx[p] += y[p] * (gy[p] - dot)
+        elif code == LOG_SOFTMAX:  # gx = g - softmax * sum(g)
+            for o in range(outer):
+                for j in range(inner):
+                    base = o * n * inner + j
+                    s = 0.0
+                    for k in range(n):
+                        s += gy[U(base + k * inner)]
+                    for k in range(n):
+                        p = base + k * inner
+                        gx[p] += gy[p] - _exp(y[p]) * s
+
+    return reduce_vjp
+
+
+reduce_vjp = per_code(_reduce_vjp_of)
 
 
 @jit
@@ -161,3 +174,39 @@ def cross_entropy_vjp(x, labels, gy, gx, nrows, ncls):
         for c in range(ncls):
             gx[U(base + c)] += g * e[U(base + c)] / s
         gx[base + labels[i]] -= g
+
+
+# ----------------------------------------------------------------------------- rows of the tape
+# (as in elementwise.py: inlined into each op's row kernels, ``code`` a constant there)
+
+
+@jit_inline
+def reduce_row_forward(code, tape, values, ivalues, params, r):
+    ip = iattrs(tape, r)
+    reduce_forward(code, operand(tape, values, params, r, 0), output(tape, values, params, r),
+                   ip[0], ip[1], ip[2])
+
+
+@jit_inline
+def reduce_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+    if needs(tape, need, r, 0):
+        ip = iattrs(tape, r)
+        reduce_vjp(code, operand(tape, values, params, r, 0), output(tape, values, params, r),
+                   output_grad(tape, grads, pgrads, r), operand_grad(tape, grads, pgrads, r, 0),
+                   ip[0], ip[1], ip[2])
+
+
+@jit_inline
+def loss_row_forward(code, tape, values, ivalues, params, r):
+    ip = iattrs(tape, r)
+    cross_entropy_forward(operand(tape, values, params, r, 0), ioperand(tape, ivalues, r, 1),
+                          output(tape, values, params, r), ip[0], ip[1])
+
+
+@jit_inline
+def loss_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+    if needs(tape, need, r, 0):
+        ip = iattrs(tape, r)
+        cross_entropy_vjp(operand(tape, values, params, r, 0), ioperand(tape, ivalues, r, 1),
+                          output_grad(tape, grads, pgrads, r),
+                          operand_grad(tape, grads, pgrads, r, 0), ip[0], ip[1])

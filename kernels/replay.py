@@ -9,15 +9,17 @@ Node v lives at values[node_off[v] : node_off[v] + node_size[v]]; integer nodes 
 ivalues, parameter nodes of a compiled program (kind 2) live in the optimizer's flat parameter
 buffer ``params`` (their gradients in ``pgrads``), and a compiled program's input node of kind 3
 is the caller's array ``external`` itself: no copy is made per step.
-Each row is dispatched by rows.forward_row / rows.backward_row; a scan's body rows (between its
-SCAN_BEGIN and SCAN rows) are skipped here and run T times by scan.py, which checks them at
-every step when ``check`` is set.
+The last entry, ``table``, is the dispatch table of the tape's dtype (kernels/call.py): each row
+is run by its op's row kernel, called through its address, so these loops link no op's code.
+A scan's body rows (between its SCAN_BEGIN and SCAN rows) are skipped here and run T times by
+the SCAN row's kernel (scan.py), which checks them at every step when ``check`` is set.
 """
 
 from ..opcodes import Op
 from ._jit import jit
-from .rows import STEP_CODE, all_finite, backward_row, forward_row, inputs_grads_finite, view
-from .scan import scan_backward, scan_forward
+from .call import SLOTS, call_forward, call_vjp
+from .rows import all_finite, inputs_grads_finite
+from .views import view
 
 
 @jit
@@ -28,7 +30,7 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
     for a row of a scan body at step t, row + (t + 1) * STEP_CODE (rows.py).
     """
     ops, outs, ip_ptr, iparams = tape[0], tape[1], tape[4], tape[5]
-    node_off, node_size, kind = tape[8], tape[9], tape[10]
+    node_off, node_size, kind, table = tape[8], tape[9], tape[10], tape[12]
     r = start
     while r < stop:
         code = ops[r]
@@ -36,12 +38,9 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
             target = iparams[ip_ptr[r]]
             r = target if target >= 0 else r + 1  # -1: body still being recorded, run it inline
             continue
-        if code == Op.SCAN:
-            bad, t = scan_forward(tape, values, ivalues, params, r, check)
-            if bad >= 0:
-                return bad + (t + 1) * STEP_CODE
-        else:
-            forward_row(tape, values, ivalues, params, r)
+        bad = call_forward(table[code], tape, values, ivalues, params, r, check)
+        if bad >= 0:  # a scan body's row, at a step (scan.py)
+            return bad
         if check and not all_finite(view(outs[r], values, params, kind, node_off, node_size,
                                          tape[11])):
             return r
@@ -63,23 +62,18 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
     Returns -1, or with ``check`` the first row (walking backward) that wrote a NaN/Inf gradient,
     encoded as replay_forward's report.
     """
-    ops, outs, ip_ptr, iparams = tape[0], tape[1], tape[4], tape[5]
+    ops, outs, ip_ptr, iparams, table = tape[0], tape[1], tape[4], tape[5], tape[12]
     r = stop - 1
     while r >= start:
-        o = outs[r]
         code = ops[r]
-        if code == Op.SCAN:
-            if need[o]:
-                bad, t = scan_backward(tape, values, ivalues, params, grads, pgrads, need,
-                                       scratch, r, check)
-                if bad >= 0:
-                    return bad + (t + 1) * STEP_CODE
-                if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
-                    return r
-            r = iparams[ip_ptr[r] + 1]  # continue below the body and its SCAN_BEGIN marker
-        elif need[o] and code != Op.SCAN_BEGIN:
-            backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
+        if need[outs[r]] and code != Op.SCAN_BEGIN:
+            bad = call_vjp(table[SLOTS + code], tape, values, ivalues, params, grads, pgrads,
+                           need, scratch, r, lr, check)
+            if bad >= 0:  # a scan body's row, at a step (scan.py)
+                return bad
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
                 return r
+        if code == Op.SCAN:
+            r = iparams[ip_ptr[r] + 1]  # continue below the body and its SCAN_BEGIN marker
         r -= 1
     return -1

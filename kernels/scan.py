@@ -47,8 +47,9 @@ import numpy as np
 from ..opcodes import MATMUL, SHAPE, Op
 from ._jit import jit, jit_inline
 from .linalg import linear_act_forward, linear_act_vjp
-from .rows import (all_finite, backward_row, forward_row, grad_view, inputs_grads_finite,
-                   view)
+from .call import SLOTS, call_forward, call_vjp
+from .rows import all_finite, inputs_grads_finite
+from .views import grad_view, view
 
 U = np.uintp
 
@@ -220,7 +221,7 @@ def _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias, check):
     first row whose output holds a NaN/Inf (the rows after it are not run)."""
     _load_x(values, ip, tape[8], orig, xo, t, alias)
     for r in range(ip[2], ip[3]):
-        forward_row(tape, values, ivalues, params, r)
+        call_forward(tape[12][tape[0][r]], tape, values, ivalues, params, r, False)
         if check and not all_finite(view(tape[1][r], values, params, tape[10], tape[8], tape[9],
                                          tape[11])):
             return r
@@ -517,7 +518,8 @@ def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, 
             _add_within(grads, node_off[v], node_off[out] + t * n, n)
     for r in range(ip[3] - 1, ip[2] - 1, -1):
         if need[outs[r]]:
-            backward_row(tape, values, ivalues, params, grads, pgrads, need, scratch, r, 0.0)
+            call_vjp(tape[12][SLOTS + tape[0][r]], tape, values, ivalues, params, grads, pgrads,
+                     need, scratch, r, 0.0, False)
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
                 return r
     for c in range(nc):

@@ -102,7 +102,7 @@ def c_contiguous_aligned(x):
 
 @jit
 def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_norm,
-               max_value, check, finput, iinput):
+               max_value, check, finput, iinput, table):
     """One compiled step from packed arguments: load one float and one integer input, then
     forward + backward + clip + update.
 
@@ -119,6 +119,7 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
     array on the per-step path, whose layout is checked here rather than in Python (after a
     large step each NumPy call in Python costs µs: flags and reshape cost 4-6 µs at
     784-128-10 batch 64); direction 3 (nothing has run) asks for a C-contiguous copy.
+    ``table``: the dispatch table of the tape's dtype (kernels/call.py).
     ``finput`` (1-D, the tape's dtype) is copied to values at ints[H_FLOAT_OFF]; ``iinput``
     (1-D int64, labels or indices) is copied to ivalues at ints[H_INT_OFF] and the copy is
     checked against [ints[H_INT_LO], ints[H_INT_HI]). Either may be empty: loading them here saves a
@@ -150,7 +151,7 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
     tape = (ints[seg[0] : seg[1]], ints[seg[1] : seg[2]], ints[seg[2] : seg[3]],
             ints[seg[3] : seg[4]], ints[seg[4] : seg[5]], ints[seg[5] : seg[6]],
             ints[seg[6] : seg[7]], floats[:fp_end], ints[seg[7] : seg[8]],
-            ints[seg[8] : seg[9]], bytes_[:nn], external)
+            ints[seg[8] : seg[9]], bytes_[:nn], external, table)
     zero_spans = ints[seg[9] : seg[10]].reshape(((seg[10] - seg[9]) // 3, 3))
     keep_spans = ints[seg[10] : seg[11]].reshape(((seg[11] - seg[10]) // 2, 2))
     fold_need = bytes_[2 * nn : 3 * nn] if ints[H_FOLD] else bytes_[:0]

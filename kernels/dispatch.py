@@ -1,0 +1,172 @@
+"""The dispatch table: each op's row kernels, compiled when a tape first uses the op, and their
+addresses in one int64 array per float dtype, which the entry kernels call through (call.py).
+
+Per op code and dtype there are two kernels, ``forward`` and ``vjp`` (signatures in call.py),
+made by ``row_kernels(code)``: closures over the code, so that Numba compiles and caches one
+machine-code function per op (the code is part of the cache key, as a closure variable) and
+prunes every other op's branches from it (rows.py). A SCAN row's kernels run the scan loops of
+scan.py, which reach the body's ops through the same table.
+
+``Table.ensure(codes)`` compiles (or loads from the cache) the kernels of the codes not yet in
+the table, under a lock, before any entry kernel may run a row of them: a slot not yet filled
+holds the address of ``missing``, whose kernel raises rather than skip a row silently. The
+kernels stay referenced by the table: their machine code lives as long as the process.
+"""
+
+import threading
+
+import numpy as np
+from numba import types
+
+from ..opcodes import Op
+from ._jit import OPTIONS, _njit
+from .call import SLOTS, forward_signature, vjp_signature
+from .codes import ADD, CROSS_ENTROPY, MATMUL, RESHAPE, SUM, WHERE
+from .elementwise import (binary_row_forward, binary_row_vjp, unary_row_forward, unary_row_vjp,
+                          where_row_forward, where_row_vjp)
+from .linalg import matmul_row_forward, matmul_row_vjp
+from .movement import shape_row_forward, shape_row_vjp
+from .reduce import loss_row_forward, loss_row_vjp, reduce_row_forward, reduce_row_vjp
+from .rows import STEP_CODE
+from .scan import scan_backward, scan_forward
+
+
+def row_kernels(code):
+    """The Python functions of op ``code``'s forward and VJP row kernels (see call.py)."""
+    if code == Op.SCAN:
+
+        def forward(tape, values, ivalues, params, r, check):
+            bad, t = scan_forward(tape, values, ivalues, params, r, check)
+            return bad + (t + 1) * STEP_CODE if bad >= 0 else -1
+
+        def vjp(tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr, check):
+            bad, t = scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
+                                   r, check)
+            return bad + (t + 1) * STEP_CODE if bad >= 0 else -1
+
+        return forward, vjp
+
+    # The family chain is written here, in the closure, so that Numba prunes it with ``code`` a
+    # constant before it inlines the one family function left (elementwise.py says why that matters).
+    def forward(tape, values, ivalues, params, r, check):
+        if code < ADD:
+            unary_row_forward(code, tape, values, ivalues, params, r)
+        elif code < WHERE:
+            binary_row_forward(code, tape, values, ivalues, params, r)
+        elif code < SUM:
+            where_row_forward(code, tape, values, ivalues, params, r)
+        elif code < MATMUL:
+            reduce_row_forward(code, tape, values, ivalues, params, r)
+        elif code < RESHAPE:
+            matmul_row_forward(code, tape, values, ivalues, params, r)
+        elif code < CROSS_ENTROPY:
+            shape_row_forward(code, tape, values, ivalues, params, r)
+        else:
+            loss_row_forward(code, tape, values, ivalues, params, r)
+        return -1
+
+    def vjp(tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr, check):
+        if code < ADD:
+            unary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
+        elif code < WHERE:
+            binary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
+                           lr)
+        elif code < SUM:
+            where_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
+        elif code < MATMUL:
+            reduce_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
+                           lr)
+        elif code < RESHAPE:
+            matmul_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
+                           lr)
+        elif code < CROSS_ENTROPY:
+            shape_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
+        else:
+            loss_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
+        return -1
+
+    return forward, vjp
+
+
+def _missing_forward(tape, values, ivalues, params, r, check):
+    raise RuntimeError("fastgrad internal error: an op's forward kernel was not loaded")
+
+
+def _missing_vjp(tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr, check):
+    raise RuntimeError("fastgrad internal error: an op's VJP kernel was not loaded")
+
+
+def _compiled(py_func, signature):
+    """``py_func`` compiled (or loaded from the checked cache) for ``signature``: the
+    dispatcher, which owns the machine code, and the address of the compiled function."""
+    dispatcher = _njit(py_func, OPTIONS)
+    dispatcher.compile(signature)
+    cres = dispatcher.overloads[signature.args]
+    address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+    if not address:
+        raise RuntimeError(f"fastgrad internal error: no address for {py_func.__qualname__}")
+    return dispatcher, address
+
+
+# Codes with row kernels: every op but SCAN_BEGIN, which the loops skip.
+CODES = tuple(int(op) for op in Op if op != Op.SCAN_BEGIN)
+
+
+class Table:
+    """The dispatch table of one float dtype: ``addresses`` (int64, 2 * SLOTS), forward
+    kernels at [code], VJP kernels at [SLOTS + code], filled by ``ensure``."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.numba_dtype = types.float32 if self.dtype == np.float32 else types.float64
+        self.lock = threading.Lock()
+        self.kernels = {}  # code -> (forward dispatcher, vjp dispatcher)
+        self.ready = np.zeros(SLOTS, bool)
+        self.addresses = np.zeros(2 * SLOTS, np.int64)
+        fwd_sig, vjp_sig = self.signatures()
+        (fwd, fwd_address), (bwd, vjp_address) = (_compiled(_missing_forward, fwd_sig),
+                                                  _compiled(_missing_vjp, vjp_sig))
+        self.missing = (fwd, bwd)
+        self.addresses[:SLOTS] = fwd_address
+        self.addresses[SLOTS:] = vjp_address
+
+    def signatures(self):
+        return forward_signature(self.numba_dtype), vjp_signature(self.numba_dtype)
+
+    def ensure(self, codes):
+        """Compile or load the row kernels of the op ``codes`` (any iterable of ints) that the
+        table does not hold yet. Cheap when it holds them all."""
+        codes = np.asarray(codes, np.int64).ravel()
+        if codes.size == 0 or self.ready[codes].all():
+            return
+        with self.lock:  # two threads at first use must not both fill a slot
+            fwd_sig, vjp_sig = self.signatures()
+            for code in sorted(set(codes.tolist())):
+                if self.ready[code] or code == Op.SCAN_BEGIN:
+                    self.ready[code] = True
+                    continue
+                if code not in CODES:
+                    raise ValueError(f"fastgrad internal error: no op has code {code}")
+                forward, vjp = row_kernels(code)
+                fwd, fwd_address = _compiled(forward, fwd_sig)
+                bwd, vjp_address = _compiled(vjp, vjp_sig)
+                self.kernels[code] = (fwd, bwd)
+                self.addresses[code] = fwd_address
+                self.addresses[SLOTS + code] = vjp_address
+                self.ready[code] = True
+
+
+_tables = {}
+_tables_lock = threading.Lock()
+
+
+def table(dtype) -> Table:
+    """The dispatch table of float ``dtype`` (created at first use)."""
+    key = np.dtype(dtype)
+    found = _tables.get(key)
+    if found is None:
+        with _tables_lock:
+            found = _tables.get(key)
+            if found is None:
+                found = _tables[key] = Table(key)
+    return found
