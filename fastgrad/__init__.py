@@ -24,7 +24,7 @@ from .functional import (
     tanh,
 )
 from .gradcheck import GradcheckError, gradcheck
-from .opcodes import Op
+from .ops import Op
 from .tape import Tape
 from .tensor import (
     Tensor,

@@ -8,7 +8,7 @@ a broadcast operand). VJPs always *add* into gradients: a tensor used twice gets
 
 import numpy as np
 
-from ..opcodes import Op
+from ..ops import Op
 from ._jit import jit
 from .vecmath import exp64, sigmoid32, sigmoid64, tanh64
 

@@ -11,7 +11,7 @@ of an RNN step or a narrow MLP the call overhead dominates and a loop that stays
 
 import numpy as np
 
-from ..opcodes import Op
+from ..ops import Op
 from ._jit import jit, jit_reduce
 from .blas import gemm
 from .elementwise import tanh32

@@ -7,7 +7,7 @@ time), so one kernel serves every axis: the output is (outer, inner). Reducing "
 
 import numpy as np
 
-from ..opcodes import Op
+from ..ops import Op
 from ._jit import jit
 from .vecmath import exp64
 

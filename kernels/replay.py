@@ -14,7 +14,7 @@ SCAN_BEGIN and SCAN rows) are skipped here and run T times by scan.py, which che
 every step when ``check`` is set.
 """
 
-from ..opcodes import Op
+from ..ops import Op
 from ._jit import jit
 from .rows import STEP_CODE, all_finite, backward_row, forward_row, inputs_grads_finite, view
 from .scan import scan_backward, scan_forward

@@ -6,7 +6,7 @@ tape tuple and fastgrad/tape.py for the format.
 
 import numpy as np
 
-from ..opcodes import BINARY, LOSS, MATMUL, REDUCE, SHAPE, UNARY, WHERE, Op
+from ..ops import BINARY, LOSS, MATMUL, REDUCE, SHAPE, UNARY, WHERE, Op
 from ._jit import jit
 from .elementwise import broadcast_walk, unary_forward, unary_vjp, where_walk
 from .linalg import (linear_act_forward, linear_act_vjp, linear_forward, linear_vjp,
