@@ -465,6 +465,18 @@ class Tensor:
     def softplus(self):
         return apply(Op.SOFTPLUS, self)
 
+    def sin(self):
+        return apply(Op.SIN, self)
+
+    def cos(self):
+        return apply(Op.COS, self)
+
+    def log1p(self):
+        return apply(Op.LOG1P, self)
+
+    def expm1(self):
+        return apply(Op.EXPM1, self)
+
     def clip(self, min=None, max=None):  # noqa: A002 - NumPy's / PyTorch's names
         lo = -np.inf if min is None else real("clip", "min", min)
         hi = np.inf if max is None else real("clip", "max", max)

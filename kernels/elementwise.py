@@ -134,6 +134,18 @@ def unary_forward(code, x, y, c0, c1):
     elif code == Op.RPOW_SCALAR:
         for i in range(n):
             y[i] = c0 ** x[i]
+    elif code == Op.SIN:
+        for i in range(n):
+            y[i] = np.sin(x[i])
+    elif code == Op.COS:
+        for i in range(n):
+            y[i] = np.cos(x[i])
+    elif code == Op.LOG1P:
+        for i in range(n):
+            y[i] = np.log1p(x[i])
+    elif code == Op.EXPM1:
+        for i in range(n):
+            y[i] = np.expm1(x[i])
 
 
 @jit
@@ -206,6 +218,18 @@ def unary_vjp(code, x, y, gy, gx, c0, c1):
         lc = np.log(c0)
         for i in range(n):
             gx[i] += gy[i] * y[i] * lc
+    elif code == Op.SIN:
+        for i in range(n):
+            gx[i] += gy[i] * np.cos(x[i])
+    elif code == Op.COS:
+        for i in range(n):
+            gx[i] -= gy[i] * np.sin(x[i])
+    elif code == Op.LOG1P:
+        for i in range(n):
+            gx[i] += gy[i] / (1.0 + x[i])
+    elif code == Op.EXPM1:  # exp(x) = y + 1: the output, as PyTorch
+        for i in range(n):
+            gx[i] += gy[i] * (y[i] + 1.0)
 
 
 @jit

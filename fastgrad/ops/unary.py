@@ -94,4 +94,13 @@ POW_SCALAR = unary("pow_scalar", 16, lambda x, c0, c1: x**c0,
 RPOW_SCALAR = unary("rpow_scalar", 17, lambda x, c0, c1: c0**x,
                     lambda x, y, g, c0, c1: g * y * np.log(c0), "real", {"c0": 1.8},
                     front_end="2**x")
+SIN = unary("sin", 18, lambda x, c0, c1: np.sin(x), lambda x, y, g, c0, c1: g * np.cos(x),
+            front_end="x.sin()")
+COS = unary("cos", 19, lambda x, c0, c1: np.cos(x), lambda x, y, g, c0, c1: -g * np.sin(x),
+            front_end="x.cos()")
+# log(1 + x) and exp(x) - 1, accurate near 0; expm1' = exp(x) = y + 1 reads the output (PyTorch)
+LOG1P = unary("log1p", 20, lambda x, c0, c1: np.log1p(x), lambda x, y, g, c0, c1: g / (1 + x),
+              "positive", front_end="x.log1p()")
+EXPM1 = unary("expm1", 21, lambda x, c0, c1: np.expm1(x), lambda x, y, g, c0, c1: g * (y + 1),
+              front_end="x.expm1()", saves="output")
 # fmt: on
