@@ -23,7 +23,8 @@ def reshape_rule(name, shapes, shape):
     size = math.prod(src)
     shape = int_tuple(name, "the target shape", shape)
     if shape.count(-1) > 1 or any(s < -1 for s in shape):
-        raise fail(name, f"bad target shape {fmt(shape)}", "use non-negative sizes and at most one -1")
+        raise fail(name, f"bad target shape {fmt(shape)}",
+                   "use non-negative sizes and at most one -1")
     if -1 in shape:
         rest = math.prod(s for s in shape if s != -1)
         if rest == 0 or size % rest:
