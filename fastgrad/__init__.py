@@ -24,7 +24,7 @@ from .functional import (
     tanh,
 )
 from .gradcheck import GradcheckError, gradcheck
-from .opcodes import Op
+from .ops import Op
 from .tape import Tape
 from .tensor import (
     Tensor,
@@ -73,9 +73,8 @@ def _method(name):
     return fn
 
 
-exp, log, sqrt, abs, clip, sum, mean, max, reshape, maximum, minimum = (  # noqa: A001
-    _method(n) for n in
-    ["exp", "log", "sqrt", "abs", "clip", "sum", "mean", "max", "reshape", "maximum", "minimum"]
+sum, mean, max, reshape, maximum, minimum = (  # noqa: A001
+    _method(n) for n in ["sum", "mean", "max", "reshape", "maximum", "minimum"]
 )
 concat = concatenate
 
@@ -147,3 +146,15 @@ __all__ = [
     "where",
     "zeros",
 ]
+
+# fg.exp, fg.sin, ...: every unary op with a Tensor method of its name is also a function, taken
+# from the op registry so that a new op needs no line here (functional.py's own, documented
+# versions, such as fg.tanh, come first).
+from .ops import TABLE as _TABLE, UNARY as _UNARY  # noqa: E402
+
+for _d in _TABLE.values():
+    if _d.family == _UNARY and hasattr(Tensor, _d.name) and _d.name not in globals():
+        globals()[_d.name] = _method(_d.name)
+        __all__.append(_d.name)
+del _d
+__all__.sort()

@@ -71,8 +71,8 @@ def locate(tape, report):
     if t < 0:
         return row, -1, -1
     for s in tape.scan_rows:
-        ip = tape.iparams.a[tape.ip_ptr.a[s] : tape.ip_ptr.a[s + 1]]
-        if int(ip[2]) <= row < int(ip[3]):
+        b0, b1 = tape.scan_body(s)
+        if b0 <= row < b1:
             return row, t, int(s)
     raise FastgradError(f"internal: anomaly report {report} names no scan body row")
 
@@ -85,7 +85,7 @@ def describe_anomaly(tape, report, direction) -> AnomalyError:
     r, name, ins, out = next(x for x in tape.rows() if x[0] == row)
     where = f"row {r} ({name})"
     if t >= 0:
-        T = int(tape.iparams.a[tape.ip_ptr.a[scan_row]])
+        T = tape.attrs(scan_row).T
         where += f" at step t={t} of {T} of the fg.scan loop body (scan row {scan_row})"
     if direction == "forward":
         y = tape.node_values(out)

@@ -40,8 +40,9 @@ from .kernels import train as _train
 from .kernels._jit import native_entry
 from .kernels.linalg import FOLD_SGD
 from .kernels.movement import load_indices
-from .opcodes import Op
-from .ops import flag, fmt
+from .ops import Op, flag, fmt
+from .ops.matmul import LAYOUT as MATMUL_LAYOUT
+from .ops.matmul import LINEAR_LAYOUT
 from .scan import check_memory
 from .optim import Optimizer
 from .tape import RECORDING, Tape
@@ -51,6 +52,9 @@ from .tensor import (FLOAT_DTYPES, Tensor, checked_indices, get_default_dtype, i
 log = logging.getLogger("fastgrad")
 _EMPTY_F = {dt: np.zeros((0, 1), dt) for dt in FLOAT_DTYPES}
 _EMPTY_I = np.zeros(0, np.int64)
+# where a product row (matmul, linear, linear_act) stores its number of batched products
+_BATCH = MATMUL_LAYOUT.index("batch")
+assert LINEAR_LAYOUT.index("batch") == _BATCH
 
 
 class Program:
@@ -233,7 +237,7 @@ class Program:
         if optimizer is not None and optimizer.kind == _optim_kernels.SGD:
             ops, kinds = tape.ops.view, tape.node_kind.view
             for r in np.flatnonzero((ops == Op.LINEAR) | (ops == Op.LINEAR_ACT)):
-                if tape.iparams.a[tape.ip_ptr.a[r] + 3] != 1:  # batched products
+                if tape.iparams.a[tape.ip_ptr.a[r] + _BATCH] != 1:  # batched products
                     continue
                 weight_bias = tape.in_idx.a[tape.in_ptr.a[r] + 1 : tape.in_ptr.a[r + 1]]
                 for v in weight_bias:
@@ -729,7 +733,7 @@ def overwritten_by_vjp(tape, modes) -> np.ndarray:
     out = np.zeros(tape.n_nodes, bool)
     ops = tape.ops.view
     for r in np.flatnonzero((ops == Op.MATMUL) | (ops == Op.LINEAR) | (ops == Op.LINEAR_ACT)):
-        if tape.iparams.a[tape.ip_ptr.a[r] + 3] == 1:  # one product (nbatch == 1)
+        if tape.iparams.a[tape.ip_ptr.a[r] + _BATCH] == 1:  # one product
             for v in tape.in_idx.a[tape.in_ptr.a[r] : tape.in_ptr.a[r + 1]]:
                 out[v] |= modes[v] == 2
     return out

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import fail
-from .opcodes import Op
-from .ops import fmt
+from .ops import Op, fmt
 from .tensor import apply, as_tensor
 
 

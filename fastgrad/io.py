@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import io
 import json
 import math
@@ -54,10 +53,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import FastgradError, fail
-from .kernels.scan import HEADER as SCAN_HEADER
 from .kernels.scan import binomial_advance
-from .opcodes import CONTROL, UNARY, Op
-from .ops import LINEAR_ACTIVATIONS, MAX_NDIM, TABLE, fmt
+from .ops import CONTROL, MAX_NDIM, TABLE, Op, fmt
+from .ops.control import SCAN_LAYOUT
 from .tape import Tape, _Grow
 
 FORMAT, VERSION = "fastgrad", 1
@@ -514,43 +512,10 @@ def _tape_from(doc, get) -> Tape:
         ip = _ints(tape.iparams.view[tape.ip_ptr.view[r] : tape.ip_ptr.view[r + 1]])
         for v in _scan_results(ip):
             tape.producer[v] = r
-        if ip[1] < tape.n_done <= r:  # never half a loop: replay it from its SCAN_BEGIN row
-            tape.n_done = ip[1]
+        begin = ip[SCAN_LAYOUT.index("begin_row")]
+        if begin < tape.n_done <= r:  # never half a loop: replay it from its SCAN_BEGIN row
+            tape.n_done = begin
     return tape
-
-
-def _attr_names(d) -> list[str]:
-    """The attributes a shape rule takes after (name, shapes)."""
-    return list(inspect.signature(d.rule).parameters)[2:]
-
-
-def _row_attrs(op: Op, shapes, out_shape, ip, fp):
-    """The attribute sets a row of ``op`` could have been recorded with (None: no rule to check
-    it by). Each is re-run through the op's shape rule and must reproduce the row exactly."""
-    fam = op // 100
-    nd = len(shapes[0]) if shapes else 0
-    if fam == UNARY:
-        return [dict(c0=float(fp[0]), c1=float(fp[1]))] if len(fp) == 2 else []
-    if not _attr_names(TABLE[op]):  # a rule without attributes: the shapes decide everything
-        return [{}]
-    if op in (Op.SUM, Op.MAX):
-        return [dict(axis=a, keepdims=k) for a in [None, *range(max(nd, 1))]
-                for k in (False, True)]
-    if op in (Op.SOFTMAX, Op.LOG_SOFTMAX, Op.GATHER, Op.CONCAT):
-        return [dict(axis=a) for a in range(max(nd, 1))]
-    if op == Op.MATMUL:
-        return [dict(trans_b=False), dict(trans_b=True)]
-    if op == Op.LINEAR_ACT:
-        return [dict(activation=a) for a in LINEAR_ACTIVATIONS]
-    if op == Op.RESHAPE:
-        return [dict(shape=out_shape)]
-    if op == Op.STRIDED:
-        k = int(ip[0]) if len(ip) else -1
-        if k < 1 or len(ip) != 2 + 2 * k:
-            return []
-        strides = tuple(int(s) for s in ip[2 + k :]) if out_shape else ()
-        return [dict(out_shape=out_shape, base=int(ip[1]), strides=strides)]
-    return None  # ops this checker does not know (fg.scan's control rows: _check_scan)
 
 
 _INPUT_LABELS = ("leaf", "const")  # how tensors imported into a tape are labelled
@@ -569,9 +534,8 @@ def _ints(a) -> list[int]:
 def _scan_results(ip) -> list[int]:
     """The nodes a (checked) SCAN row writes for the rows after it: the final carries, then the
     stacked output if any."""
-    nc, ns = ip[4], ip[5]
-    return [ip[SCAN_HEADER + 4 * c + 3] for c in range(nc)] + \
-        ([ip[SCAN_HEADER + 4 * nc + 1]] if ns else [])
+    a = SCAN_LAYOUT.decode(ip, [], "scan")
+    return [int(c[3]) for c in a.carries] + [int(s[1]) for s in a.stacked]
 
 
 def _body_own(tape: Tape, first: int, end: int, b0: int, b1: int) -> list[int]:
@@ -628,10 +592,7 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
     records; kernels/scan.py indexes arenas with every integer checked here.
 
     ``producer`` maps each node to the row listed as writing it (node ids and operand lists are
-    already known to be in range). Header (kernels/scan.py): T, begin_row, body_start, body_end,
-    n_carry, n_stack, has_x, xs, x_slot, x_step, store, k, ckpt, schedule, reg_size, n_own, then
-    n_carry x (init, carry_in, carry_out, final), n_stack x (body node, stacked output), n_own
-    own nodes.
+    already known to be in range). Fields: ``SCAN_LAYOUT`` (fastgrad/ops/control.py).
     """
     ops, outs = tape.ops.view, tape.outs.view
     shapes, size, kind = tape.shapes, tape.node_size.view, tape.node_kind.view
@@ -640,25 +601,28 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
     N = tape.n_nodes
     where = f"row {r} (scan)"
     ip = _ints(iparams[ip_ptr[r] : ip_ptr[r + 1]])
-    if len(ip) < SCAN_HEADER:
-        raise bad(f"{where} has {len(ip)} integer attributes, fewer than its {SCAN_HEADER}-entry "
+    header = len(SCAN_LAYOUT.ints)
+    if len(ip) < header:
+        raise bad(f"{where} has {len(ip)} integer attributes, fewer than its {header}-entry "
                   "header")
-    T, begin, b0, b1, nc, ns, has_x, xs, x_slot, x_step, store, k, ckpt, sched, reg, n_own = \
-        ip[:SCAN_HEADER]
+    h = SCAN_LAYOUT.head(ip)
+    T, begin, b0, b1, nc, ns = h.T, h.begin_row, h.body_start, h.body_end, h.n_carry, h.n_stack
+    has_x, xs, x_slot, x_step, n_own = h.has_x, h.xs, h.x_slot, h.x_step, h.n_own
+    store, k, ckpt, sched, reg = h.store, h.k, h.ckpt, h.schedule, h.reg_size
     if T < 1:
         raise bad(f"{where}: T={T} steps; a scan runs T >= 1")
     if nc < 1 or ns not in (0, 1) or has_x not in (0, 1) or n_own < 0:
         raise bad(f"{where}: n_carry={nc}, n_stack={ns}, has_x={has_x}, n_own={n_own}; fg.scan "
                   "records n_carry >= 1, n_stack and has_x 0 or 1, n_own >= 0")
-    want = SCAN_HEADER + 4 * nc + 2 * ns + n_own
+    want = header + 4 * nc + 2 * ns + n_own
     if len(ip) != want:
         raise bad(f"{where} has {len(ip)} integer attributes; n_carry={nc}, n_stack={ns} and "
                   f"n_own={n_own} make {want}")
-    carries = [ip[SCAN_HEADER + 4 * c : SCAN_HEADER + 4 * c + 4] for c in range(nc)]
+    a = SCAN_LAYOUT.decode(ip, [], where)
+    carries = [_ints(c) for c in a.carries]
     inits, cins, couts, finals = (list(col) for col in zip(*carries))
-    own0 = SCAN_HEADER + 4 * nc + 2 * ns
-    stack = ip[SCAN_HEADER + 4 * nc : own0]
-    own = ip[own0:]
+    stack = _ints(a.stacked.reshape(-1))
+    own = _ints(a.own)
 
     # node ids: in range, -1 exactly where unused
     if not has_x and (xs, x_slot, x_step) != (-1, -1, 0):
@@ -982,9 +946,13 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
         out_shape = tape.shapes[o]
         ip = [int(x) for x in iparams[ip_ptr[r] : ip_ptr[r + 1]]]
         fp = fparams[fp_ptr[r] : fp_ptr[r + 1]]
-        candidates = _row_attrs(op, shapes, out_shape, ip, fp)
-        if candidates is None:
-            raise bad(f"{where}: this op's rows cannot be checked")
+        try:  # the row's attributes by name, through its op's layout (fastgrad/ops/)
+            fields = d.layout.decode(ip, fp, where)
+        except FastgradError:
+            raise bad(f"{where} has {len(ip)} integer and {len(fp)} float attributes, which do "
+                      f"not fit its layout {d.layout.describe()}") from None
+        # the attribute sets it may have been recorded with, each re-run through the shape rule
+        candidates = d.recover(shapes, out_shape, fields)
         matched = None
         for attrs in candidates:
             try:

@@ -1,14 +1,11 @@
 """Forward mode: replay a recorded tape carrying k tangent directions at once (``fg.jvp``).
 
-``RULES`` is the one table of JVP rules, keyed by op code, one entry per op in the op table
-(tests/test_jvp.py checks that and checks each rule against central finite differences on the
-op table's own samples). A rule maps the row's primal inputs ``xs``, their tangents ``ts`` (each
-``None`` for "no tangent", i.e. zero, or an array of shape ``(k, *x.shape)``), the primal output
-``y`` and the row's attributes to the output tangent, shape ``(k, *y.shape)``.
-
-Elementwise rules reuse the op table's ``np_vjp``: an elementwise op's Jacobian is diagonal, so
-its transpose is itself and ``vjp(g=dx)`` *is* the JVP. The local derivative of such an op is
-thus written once, in fastgrad/ops.py.
+The JVP rules live in the op registry (fastgrad/ops/, each op's ``jvp``); ``RULES`` is a
+read-only view of them keyed by op code. A rule maps the row's primal inputs ``xs``, their
+tangents ``ts`` (each ``None`` for "no tangent", i.e. zero, or an array of shape
+``(k, *x.shape)``), the primal output ``y`` and the row's decoded attributes to the output
+tangent, shape ``(k, *y.shape)``. tests/test_jvp.py checks every rule against central finite
+differences on the registry's own samples.
 
 The replay is a NumPy interpreter over the tape rows, like fastgrad/reference.py (whose forward
 it uses for primal values), with a leading tangent axis of size k. It suits what forward mode is
@@ -19,193 +16,19 @@ its body T times with the tangents of the carries.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 
 from .errors import fail
-from .opcodes import BINARY, UNARY, Op
-from .ops import TABLE, fmt
-from .reference import Reference, _strided_index
+from .ops import CONTROL, TABLE, Op, fmt
+from .reference import Reference
 from .tape import Tape
 from .tensor import Tensor, get_default_dtype, placeholder, real_array
 
-
-# ----------------------------------------------------------------------------- helpers
-def _lift(t, nd):
-    """A tangent (k, *s) with 1-axes inserted after k so that s is right-aligned to nd axes."""
-    k, s = t.shape[0], t.shape[1:]
-    return t.reshape((k,) + (1,) * (nd - len(s)) + s)
+RULES = MappingProxyType({op: d.jvp for op, d in TABLE.items()})
 
 
-def _prim(x, nd):
-    """A primal of shape s as (1, ..., 1, *s): nd + 1 axes, to broadcast against tangents."""
-    return x.reshape((1,) * (nd + 1 - x.ndim) + x.shape)
-
-
-def _k(ts):
-    return next(t.shape[0] for t in ts if t is not None)
-
-
-# ----------------------------------------------------------------------------- the rules
-def _elementwise_unary(op):
-    vjp = TABLE[op].np_vjp
-
-    def rule(xs, ts, y, ip, fp):
-        return vjp(xs[0], y, ts[0], fp[0], fp[1])  # diagonal Jacobian: J^T dx == J dx
-
-    return rule
-
-
-def _elementwise_binary(op):
-    vjp = TABLE[op].np_vjp
-
-    def rule(xs, ts, y, ip, fp):
-        nd = y.ndim
-        a, b, yy = _prim(xs[0], nd), _prim(xs[1], nd), _prim(y, nd)
-        out = 0
-        if ts[0] is not None:
-            out = out + vjp(a, b, yy, _lift(ts[0], nd))[0]
-        if ts[1] is not None:
-            out = out + vjp(a, b, yy, _lift(ts[1], nd))[1]
-        return np.broadcast_to(out, (_k(ts),) + y.shape)
-
-    return rule
-
-
-def _zero(xs, ts, y, ip, fp):
-    """Piecewise-constant outputs (comparisons): the tangent is zero."""
-    return np.zeros((_k(ts),) + y.shape)
-
-
-def _where(xs, ts, y, ip, fp):
-    nd, k = y.ndim, _k(ts)
-    c = _prim(xs[0], nd) != 0
-    a = _lift(ts[1], nd) if ts[1] is not None else 0.0
-    b = _lift(ts[2], nd) if ts[2] is not None else 0.0
-    return np.broadcast_to(np.where(c, a, b), (k,) + y.shape)
-
-
-def _three(t, ip):
-    return t.reshape(t.shape[0], int(ip[0]), int(ip[1]), int(ip[2]))
-
-
-def _sum(xs, ts, y, ip, fp):
-    return _three(ts[0], ip).sum(axis=2).reshape((-1,) + y.shape)
-
-
-def _max(xs, ts, y, ip, fp):
-    outer, n, inner = (int(v) for v in ip[:3])
-    x3 = xs[0].reshape(outer, n, inner)
-    first = np.argmax(x3 == y.reshape(outer, 1, inner), axis=1)  # the VJP's tie rule
-    t3 = _three(ts[0], ip)
-    picked = np.take_along_axis(t3, first[None, :, None, :], axis=2)
-    return picked.reshape((-1,) + y.shape)
-
-
-def _softmax(xs, ts, y, ip, fp):
-    y3, t3 = _three(y[None], ip), _three(ts[0], ip)
-    return (y3 * (t3 - (y3 * t3).sum(axis=2, keepdims=True))).reshape((-1,) + y.shape)
-
-
-def _log_softmax(xs, ts, y, ip, fp):
-    p3, t3 = np.exp(_three(y[None], ip)), _three(ts[0], ip)
-    return (t3 - (p3 * t3).sum(axis=2, keepdims=True)).reshape((-1,) + y.shape)
-
-
-def _matmul(xs, ts, y, ip, fp):
-    nd = y.ndim
-    a, b = _prim(xs[0], nd), _prim(xs[1], nd)
-    tb = None if ts[1] is None else _lift(ts[1], nd)
-    if ip[4]:  # trans_b: B is stored (n, k) and used transposed
-        b = np.swapaxes(b, -1, -2)
-        tb = None if tb is None else np.swapaxes(tb, -1, -2)
-    out = 0
-    if ts[0] is not None:
-        out = out + np.matmul(_lift(ts[0], nd), b)
-    if tb is not None:
-        out = out + np.matmul(a, tb)
-    return np.broadcast_to(out, (_k(ts),) + y.shape)
-
-
-def _linear(xs, ts, y, ip, fp):
-    """y = x @ W.T + c: ty = tx @ W.T + x @ tW.T + tc, c a bias (n,) or of y's shape."""
-    x, w = xs[0], xs[1]
-    out = 0
-    if ts[0] is not None:
-        out = out + ts[0] @ w.T
-    if ts[1] is not None:
-        out = out + np.einsum("...i,kni->k...n", x, ts[1])
-    if ts[2] is not None:
-        out = out + (ts[2] if ts[2].shape[1:] == y.shape else _lift(ts[2], y.ndim))
-    return np.broadcast_to(out, (_k(ts),) + y.shape)
-
-
-def _linear_act(xs, ts, y, ip, fp):
-    """y = act(z), z = x @ W.T + c: ty = act'(z) tz, with tz linear's tangent and the slope
-    from the activation's own (diagonal) VJP rule."""
-    z = xs[0] @ xs[1].T + xs[2]
-    return TABLE[Op(int(ip[7]))].np_vjp(z[None], y[None], _linear(xs, ts, y, ip, fp), 0.0, 0.0)
-
-
-def _reshape(xs, ts, y, ip, fp):
-    return ts[0].reshape((-1,) + y.shape)
-
-
-def _strided(xs, ts, y, ip, fp):
-    idx = _strided_index(ip, xs[0].size)
-    return ts[0].reshape(ts[0].shape[0], -1)[:, idx].reshape((-1,) + y.shape)
-
-
-def _gather(xs, ts, y, ip, fp):
-    idx = np.asarray(xs[1]).reshape(-1)
-    return np.take(_three(ts[0], ip), idx, axis=2).reshape((-1,) + y.shape)
-
-
-def _concat(xs, ts, y, ip, fp):
-    outer, k = int(ip[0]), _k(ts)
-    parts = [np.zeros((k, outer, x.size // max(outer, 1))) if t is None else t.reshape(k, outer, -1)
-             for x, t in zip(xs, ts)]
-    return np.concatenate(parts, axis=2).reshape((k,) + y.shape)
-
-
-def _cross_entropy(xs, ts, y, ip, fp):
-    x, labels = xs
-    p = np.exp(x - x.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    t = ts[0]
-    return (p[None] * t).sum(axis=2) - t[:, np.arange(x.shape[0]), labels]
-
-
-def _control(xs, ts, y, ip, fp):  # replayed by the interpreter itself (_Replay._scan)
-    raise AssertionError("control rows are replayed by the interpreter")
-
-
-RULES: dict = {}
-for _d in TABLE.values():
-    if _d.family == UNARY:
-        RULES[_d.op] = _elementwise_unary(_d.op)
-    elif _d.family == BINARY:
-        RULES[_d.op] = _elementwise_binary(_d.op) if _d.differentiable else _zero
-RULES.update({
-    Op.WHERE: _where, Op.SUM: _sum, Op.MAX: _max, Op.SOFTMAX: _softmax,
-    Op.LOG_SOFTMAX: _log_softmax, Op.MATMUL: _matmul, Op.LINEAR: _linear,
-    Op.LINEAR_ACT: _linear_act, Op.RESHAPE: _reshape,
-    Op.STRIDED: _strided, Op.GATHER: _gather, Op.CONCAT: _concat,
-    Op.CROSS_ENTROPY: _cross_entropy, Op.SCAN_BEGIN: _control, Op.SCAN: _control,
-})
-del _d
-# Not asserted at import (that would break `import fastgrad` while an op is being added):
-# tests/test_jvp.py requires a rule for every op, and replaying a row without one says so.
-
-
-def _missing(op):
-    def rule(xs, ts, y, ip, fp):
-        raise fail("jvp", f"op {op.name.lower()} has no forward-mode (JVP) rule",
-                   "add one to fastgrad/jvp.py RULES (tests/test_jvp.py checks it)")
-
-    return rule
-
-
-# ----------------------------------------------------------------------------- the replay
 class _Replay:
     """Primal values (NumPy, as fastgrad.reference) and k tangents per node, row by row."""
 
@@ -213,44 +36,40 @@ class _Replay:
         self.tape = tape
         self.ref = ref = Reference(tape)
         self.views = [ref.node(v) for v in range(tape.n_nodes)]  # fixed views into the arenas
-        self.rows = []
-        for r in range(tape.n_rows):
-            op, ins, ip, fp, out = ref._row(r)
-            d = TABLE[op]
-            self.rows.append((op, ins, ip, fp, out, RULES.get(op) or _missing(op),
-                              d.differentiable))
+        self.rows = [ref.row(r) for r in range(tape.n_rows)]  # (op definition, ins, attrs, out)
 
     def run(self, tangents: dict, k: int, start=0, stop=None):
         """Forward rows [start, stop) computing values and tangents (dict node -> (k, *shape))."""
         stop = len(self.rows) if stop is None else stop
-        views, shapes, forward = self.views, self.tape.shapes, self.ref._forward
+        views, shapes, forward = self.views, self.tape.shapes, self.ref.forward_row
         r = start
         while r < stop:
-            op, ins, ip, fp, out, rule, differentiable = self.rows[r]
-            if op == Op.SCAN_BEGIN:
-                r = int(ip[0])  # the SCAN row: its body rows are run by _scan
-                continue
-            if op == Op.SCAN:
-                self._scan(ip, ins, tangents, k)
+            d, ins, a, out = self.rows[r]
+            if d.family == CONTROL:  # a loop: SCAN_BEGIN skips to its SCAN row, which runs it
+                if d.op == Op.SCAN_BEGIN:
+                    r = a.scan_row
+                    continue
+                self._scan(a, tangents, k)
                 r += 1
                 continue
             xs = [views[i] for i in ins]
             y = views[out]
-            y[...] = forward(op, xs, ip, fp, shapes[out])
+            y[...] = forward(d, xs, a, shapes[out])
             ts = [tangents.get(i) for i in ins]
-            if differentiable and any(t is not None for t in ts):
-                tangents[out] = np.ascontiguousarray(rule(xs, ts, y, ip, fp))
+            if d.differentiable and any(t is not None for t in ts):
+                tangents[out] = np.ascontiguousarray(d.jvp(xs, ts, y, a))
             else:
                 tangents.pop(out, None)
             r += 1
         return tangents
 
-    def _scan(self, ip, ins, tangents, k):
+    def _scan(self, a, tangents, k):
+        """Run the loop of a SCAN row with decoded attributes ``a`` (its layout:
+        fastgrad/ops/control.py)."""
         ref = self.ref
-        T, b0, b1, nc, nstack, has_x = (int(v) for v in ip[[0, 2, 3, 4, 5, 6]])
-        x_node, x_slot = int(ip[7]), int(ip[8])
-        quads = ip[16 : 16 + 4 * nc].reshape(nc, 4)
-        stack = ip[16 + 4 * nc : 16 + 4 * nc + 2 * nstack].reshape(nstack, 2)
+        T, b0, b1, has_x, x_node, x_slot = a.T, a.body_start, a.body_end, a.has_x, a.xs, a.x_slot
+        quads, stack = a.carries, a.stacked
+
         def carry(dst, src):  # value and tangent of node src into node dst
             ref.node(dst)[...] = ref.node(src)
             if src in tangents:

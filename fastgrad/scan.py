@@ -23,8 +23,8 @@ import os
 import numpy as np
 
 from .errors import fail
-from .kernels.scan import HEADER
-from .opcodes import Op
+from .ops import Op
+from .ops.control import SCAN_LAYOUT
 from .ops import fmt
 from .tape import RECORDING, Tape, guard_memory
 from .tensor import Tensor, _import, as_tensor, concatenate, is_grad_enabled, recording_into, tensor
@@ -407,15 +407,13 @@ def _record_loop(tape, step, single, carries, x, x_node, init_nodes, marker_row,
     sched = tape.add_node((4 - k,), kind=1, label="scan schedule") if k < 0 else -1
     finals = [tape.add_node(c.shape, need=need, label="carry T") for c in carries]
     stacked = tape.add_node((T, *carries[0].shape), need=need, label="stacked") if stack else -1
-    ip = [T, marker_row, body_start, body_end, len(carries), 1 if stack else 0,
-          1 if x is not None else 0, x_node, x_slot, int(np.prod(x.shape[1:])) if x is not None
-          else 0, store, k, ckpt, sched, size, len(own)]
-    assert len(ip) == HEADER
-    for v, s, co, f in zip(init_nodes, slots, couts, finals):
-        ip += [v, s, co, f]
-    if stack:
-        ip += [couts[0], stacked]
-    ip += own
+    ip, _ = SCAN_LAYOUT.encode(
+        T=T, begin_row=marker_row, body_start=body_start, body_end=body_end,
+        n_carry=len(carries), n_stack=1 if stack else 0, has_x=1 if x is not None else 0,
+        xs=x_node, x_slot=x_slot, x_step=int(np.prod(x.shape[1:])) if x is not None else 0,
+        store=store, k=k, ckpt=ckpt, schedule=sched, reg_size=size, n_own=len(own),
+        carries=[[v, s, co, f] for v, s, co, f in zip(init_nodes, slots, couts, finals)],
+        stacked=[[couts[0], stacked]] if stack else [], own=own)
     inputs = init_nodes + ([x_node] if x is not None else [])
     out0 = tape.record(Op.SCAN, inputs, (0,), ip, [], need)
     row = tape.n_rows - 1

@@ -741,11 +741,11 @@ def local_gradient(activation, y, z=None):
         return np.ones_like(y)
     if z is None:
         raise fail("local_gradient", f"{activation} needs its input z", "pass z")
-    from .ops import _sig
+    from .ops.unary import stable_sigmoid
 
     z = np.asarray(z, np.float64)
     if activation == "softplus":
-        return _sig(z)
+        return stable_sigmoid(z)
     if activation == "leaky_relu":
         return np.where(z > 0, 1.0, 0.01)
     raise fail("local_gradient", f"unknown activation {activation!r}",

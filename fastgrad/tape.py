@@ -2,7 +2,7 @@
 
 Format (R rows, N nodes; every integer array is int64):
 
-    rows     ops[r]         op code (fastgrad.opcodes.Op)
+    rows     ops[r]         op code (fastgrad.ops.Op)
              outs[r]        node id the row writes
              in_ptr[r:r+2]  the row's operands are in_idx[in_ptr[r]:in_ptr[r+1]]  (node ids)
              ip_ptr[r:r+2]  its integer attributes are iparams[ip_ptr[r]:ip_ptr[r+1]]
@@ -52,8 +52,8 @@ import numpy as np
 from . import kernels
 from .kernels import dispatch
 from .errors import FastgradError, fail
-from .opcodes import Op
-from .ops import fmt
+from .ops import TABLE, Op, fmt
+from .ops.control import SCAN_LAYOUT
 
 
 _TAPE_FIX = "use smaller shapes or batches (or raise fg.set_memory_limit)"
@@ -429,8 +429,8 @@ class Tape:
             ins = idx[ptr[r] : ptr[r + 1]]
             live[ins] = True
             if op == Op.SCAN:  # the body rows run T times inside it: all of them are needed
-                ip = self.iparams.a[self.ip_ptr.a[r] : self.ip_ptr.a[r + 1]]
-                live[outs[int(ip[2]) : int(ip[3])]] = True
+                b0, b1 = self.scan_body(r)
+                live[outs[b0:b1]] = True
             if op in VJP_READS_NO_VALUES:
                 continue
             for j, v in enumerate(ins.tolist()):
@@ -448,6 +448,12 @@ class Tape:
                         "forward pass after the change; detach() a tensor carried across "
                         "optimizer steps")
 
+    def scan_body(self, r) -> tuple[int, int]:
+        """The body rows [body_start, body_end) of the SCAN row ``r``."""
+        at = int(self.ip_ptr.a[r])
+        return (int(self.iparams.a[at + SCAN_LAYOUT.index("body_start")]),
+                int(self.iparams.a[at + SCAN_LAYOUT.index("body_end")]))
+
     def grad_modes(self) -> np.ndarray:
         """Per node: 0 no gradient, 1 accumulate, 2 sole consumer (its VJP may overwrite)."""
         need = self.node_need.view.astype(np.int8)
@@ -458,8 +464,7 @@ class Tape:
         aliased[self.in_idx.view[self.in_ptr.view[:-1][reshapes]]] = True
         modes = np.where((need == 1) & (uses == 1) & ~aliased, 2, need).astype(np.int8)
         for r in self.scan_rows:  # nodes a scan body reads from outside run T times: accumulate
-            ip = self.iparams.a[self.ip_ptr.a[r] : self.ip_ptr.a[r + 1]]
-            b0, b1 = int(ip[2]), int(ip[3])
+            b0, b1 = self.scan_body(r)
             used = self.in_idx.a[self.in_ptr.a[b0] : self.in_ptr.a[b1]]
             modes[used] = np.minimum(modes[used], 1)
             modes[self.outs.a[b0:b1]] = np.minimum(modes[self.outs.a[b0:b1]], 1)
@@ -556,14 +561,25 @@ class Tape:
             ins = [int(i) for i in idx[ptr[r] : ptr[r + 1]]]
             yield r, Op(int(self.ops.a[r])).name.lower(), ins, int(self.outs.a[r])
 
+    def attrs(self, r):
+        """Row ``r``'s attributes by name, decoded through its op's layout (fastgrad/ops/)."""
+        d = TABLE[Op(int(self.ops.a[r]))]
+        ip = self.iparams.a[self.ip_ptr.a[r] : self.ip_ptr.a[r + 1]]
+        fp = self.fparams.a[self.fp_ptr.a[r] : self.fp_ptr.a[r + 1]]
+        return d.layout.decode(ip, fp, d.name)
+
     def __str__(self):
+        """One line per node; a row's shown attributes (its layout's ``shown``) follow its type,
+        e.g. ``%3 = sum %2 : f64[] {outer=1, n=4, inner=1}``."""
         lines = [f"Tape({self.dtype.name}, {self.n_rows} rows, {self.n_nodes} nodes)"]
-        made = {o: (name, ins) for _, name, ins, o in self.rows()}
+        made = {o: (r, name, ins) for r, name, ins, o in self.rows()}
         for v in range(self.n_nodes):
             if v in made:
-                name, ins = made[v]
+                r, name, ins = made[v]
                 args = " ".join(f"%{i}" for i in ins)
-                lines.append(f"  %{v} = {name} {args} : {self._type(v)}")
+                shown = TABLE[Op(int(self.ops.a[r]))].layout.brief(self.attrs(r))
+                lines.append(f"  %{v} = {name} {args} : {self._type(v)}" +
+                             (f" {shown}" if shown else ""))
             else:
                 lines.append(f"  %{v} = {self.labels.get(v, 'input')} : {self._type(v)}")
         return "\n".join(lines)
@@ -603,18 +619,14 @@ class Tape:
 RECORDING = threading.RLock()
 
 # ops whose VJP reads no operand value (the output's gradient, the integer attributes, maybe
-# the output):
-# a leaf changed after such a row was recorded leaves its backward exact, as in PyTorch
-VJP_READS_NO_VALUES = frozenset(int(op) for op in (
-    Op.NEG, Op.ADD_SCALAR, Op.MUL_SCALAR, Op.DIV_SCALAR, Op.ADD, Op.SUB, Op.SUM, Op.RESHAPE,
-    Op.STRIDED, Op.GATHER, Op.CONCAT,
-    # these read their own output (exp' = y, tanh' = 1 - y^2, ...), which no leaf change reaches
-    Op.EXP, Op.SQRT, Op.TANH, Op.SIGMOID))
+# the output, e.g. exp' = y, tanh' = 1 - y^2): a leaf changed after such a row was recorded
+# leaves its backward exact, as in PyTorch. Each op says so in the registry (``saves``).
+VJP_READS_NO_VALUES = frozenset(int(op) for op, d in TABLE.items()
+                                if d.saves in ("nothing", "output"))
 # products: operand 0's value is read only for operand 1's gradient and the other way round
 # (a bias or addend, operand 2, not at all), so a changed factor matters only when the other
 # factor needs a gradient, as in PyTorch, which saves each factor only for the other's sake
-VJP_READS_OTHER_FACTOR = frozenset(int(op) for op in (
-    Op.MUL, Op.MATMUL, Op.LINEAR, Op.LINEAR_ACT))
+VJP_READS_OTHER_FACTOR = frozenset(int(op) for op, d in TABLE.items() if d.saves == "other factor")
 
 
 def same_bits(copy, current) -> bool:

@@ -6,7 +6,7 @@ values are computed lazily, in one native call per batch of rows, when something
 (``.numpy()``, ``.item()``, ``print``, ``backward()``). ``backward()`` is one native call into
 ``replay_backward`` and then accumulates into each leaf's ``.grad`` as PyTorch does.
 
-Every op method is one line calling ``apply`` with a row of the op table (fastgrad/ops.py).
+Every op method is one line calling ``apply`` with an op of the registry (fastgrad/ops/).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import warnings
 import numpy as np
 
 from .errors import fail
-from .opcodes import Op
-from .ops import TABLE, flag, fmt, int_tuple, normalize_axis, real
+from .ops import TABLE, Op, flag, fmt, int_tuple, normalize_axis, real
 from .tape import RECORDING, Tape, guard_memory, same_bits
 
 _flag = flag  # requires_grad_'s argument is named flag, as PyTorch's
@@ -465,6 +464,18 @@ class Tensor:
 
     def softplus(self):
         return apply(Op.SOFTPLUS, self)
+
+    def sin(self):
+        return apply(Op.SIN, self)
+
+    def cos(self):
+        return apply(Op.COS, self)
+
+    def log1p(self):
+        return apply(Op.LOG1P, self)
+
+    def expm1(self):
+        return apply(Op.EXPM1, self)
 
     def clip(self, min=None, max=None):  # noqa: A002 - NumPy's / PyTorch's names
         lo = -np.inf if min is None else real("clip", "min", min)

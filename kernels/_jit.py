@@ -2,8 +2,9 @@
 
 Why a digest-keyed cache directory: Numba keys a cached function on its *own* file, so a kernel
 that calls a helper in another file keeps serving the old machine code after that helper changes.
-Keying the cache directory on a digest of every kernel source (and the op table, whose codes are
-frozen into the kernels as constants) makes any edit start a fresh cache.
+Keying the cache directory on a digest of every kernel source (and the op registry's modules,
+fastgrad/ops/, whose codes are frozen into the kernels as constants) makes any edit start a fresh
+cache.
 
 Why a checked cache (``CheckedFunctionCache``): Numba unpickles its index and data files as they
 are, so one damaged file (a truncated or bit-flipped data file, an empty one, a garbled index)
@@ -29,15 +30,22 @@ from numba.core import caching
 log = logging.getLogger("fastgrad")
 
 _HERE = pathlib.Path(__file__).resolve().parent
-_OPCODES = _HERE.parent / "fastgrad" / "opcodes.py"  # editable install: kernels/ sits beside fastgrad/
-if not _OPCODES.exists():
-    _OPCODES = _HERE.parent / "opcodes.py"  # wheel install: kernels/ is fastgrad/kernels/
 
 
-def _source_digest() -> str:
+def registry_files(here: pathlib.Path = _HERE) -> list:
+    """The op registry's modules (fastgrad/ops/*.py), whose op codes and family numbers the
+    kernels freeze in as constants: an editable install has kernels/ beside fastgrad/, a wheel
+    has it as fastgrad/kernels/."""
+    for package in (here.parent / "fastgrad" / "ops", here.parent / "ops"):
+        if (package / "__init__.py").is_file():
+            return sorted(package.glob("*.py"))
+    return []
+
+
+def _source_digest(here: pathlib.Path = _HERE) -> str:
     h = hashlib.sha256(numba.__version__.encode())
-    for path in sorted(_HERE.glob("*.py")) + ([_OPCODES] if _OPCODES.exists() else []):
-        h.update(path.name.encode())
+    for path in sorted(here.glob("*.py")) + registry_files(here):
+        h.update(f"{path.parent.name}/{path.name}".encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

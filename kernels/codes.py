@@ -7,7 +7,7 @@ compiles that op's code alone, but only when it can read both sides as constants
 global or a closure's int, not an attribute of the enum (``Op.ADD`` is a lookup at run time).
 """
 
-from ..opcodes import Op
+from ..ops import Op
 
 globals().update({name: int(op) for name, op in Op.__members__.items()})
 __all__ = list(Op.__members__)

@@ -18,7 +18,7 @@ import threading
 import numpy as np
 from numba import types
 
-from ..opcodes import Op
+from ..ops import Op
 from ._jit import OPTIONS, _njit
 from .call import SLOTS, forward_signature, vjp_signature
 from .codes import ADD, CROSS_ENTROPY, MATMUL, RESHAPE, SUM, WHERE

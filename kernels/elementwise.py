@@ -11,7 +11,7 @@ import numpy as np
 from .codes import (
     NEG, ABS, EXP, LOG, SQRT, TANH, SIGMOID, RELU, LEAKY_RELU, SOFTPLUS, CLIP, ADD_SCALAR,
     MUL_SCALAR, DIV_SCALAR, RDIV_SCALAR, POW_SCALAR, RPOW_SCALAR, ADD, SUB, MUL, DIV, POW,
-    MAXIMUM, MINIMUM, BCE_LOGITS, GT, GE, LT, LE, EQ, NE,
+    MAXIMUM, MINIMUM, BCE_LOGITS, GT, GE, LT, LE, EQ, NE, SIN, COS, LOG1P, EXPM1,
 )
 from ._jit import jit, jit_inline, per_code
 from .vecmath import exp64, sigmoid32, sigmoid64, tanh64
@@ -139,6 +139,18 @@ def _unary_forward_of(code):
         elif code == RPOW_SCALAR:
             for i in range(n):
                 y[i] = c0 ** x[i]
+        elif code == SIN:
+            for i in range(n):
+                y[i] = np.sin(x[i])
+        elif code == COS:
+            for i in range(n):
+                y[i] = np.cos(x[i])
+        elif code == LOG1P:
+            for i in range(n):
+                y[i] = np.log1p(x[i])
+        elif code == EXPM1:
+            for i in range(n):
+                y[i] = np.expm1(x[i])
 
     return unary_forward
 
@@ -216,6 +228,18 @@ def _unary_vjp_of(code):
             lc = np.log(c0)
             for i in range(n):
                 gx[i] += gy[i] * y[i] * lc
+        elif code == SIN:
+            for i in range(n):
+                gx[i] += gy[i] * np.cos(x[i])
+        elif code == COS:
+            for i in range(n):
+                gx[i] -= gy[i] * np.sin(x[i])
+        elif code == LOG1P:
+            for i in range(n):
+                gx[i] += gy[i] / (1.0 + x[i])
+        elif code == EXPM1:  # exp(x) = y + 1: the output, as PyTorch
+            for i in range(n):
+                gx[i] += gy[i] * (y[i] + 1.0)
 
     return unary_vjp
 

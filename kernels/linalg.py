@@ -11,7 +11,7 @@ of an RNN step or a narrow MLP the call overhead dominates and a loop that stays
 
 import numpy as np
 
-from ..opcodes import Op
+from ..ops import Op
 from .codes import LINEAR, LINEAR_ACT
 from ._jit import jit, jit_inline, jit_reduce
 from .blas import gemm

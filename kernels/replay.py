@@ -15,7 +15,7 @@ A scan's body rows (between its SCAN_BEGIN and SCAN rows) are skipped here and r
 the SCAN row's kernel (scan.py), which checks them at every step when ``check`` is set.
 """
 
-from ..opcodes import Op
+from ..ops import Op
 from ._jit import jit
 from .call import SLOTS, call_forward, call_vjp
 from .rows import all_finite, inputs_grads_finite

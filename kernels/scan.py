@@ -44,7 +44,7 @@ With ``check`` off the loops run as they would without it (one untaken branch pe
 
 import numpy as np
 
-from ..opcodes import MATMUL, SHAPE, Op
+from ..ops import MATMUL, SHAPE, Op
 from ._jit import jit, jit_inline
 from .linalg import linear_act_forward, linear_act_vjp
 from .call import SLOTS, call_forward, call_vjp

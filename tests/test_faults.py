@@ -19,8 +19,7 @@ import scipy.special
 
 import fastgrad as fg
 from fastgrad import FastgradError
-from fastgrad.opcodes import BINARY, UNARY
-from fastgrad.ops import TABLE
+from fastgrad.ops import BINARY, TABLE, UNARY
 from fastgrad.reference import Reference
 from fastgrad.tape import Tape
 from fastgrad.tensor import apply, placeholder

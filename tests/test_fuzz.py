@@ -38,8 +38,7 @@ import fastgrad as fg
 from fastgrad import FastgradError
 from fastgrad.gradcheck import GradcheckError, numerical_grad
 from fastgrad.io import _tape_from, _tape_to, validate_tape
-from fastgrad.opcodes import BINARY, CONTROL, REDUCE, UNARY, WHERE, Op
-from fastgrad.ops import TABLE
+from fastgrad.ops import BINARY, CONTROL, REDUCE, TABLE, UNARY, WHERE, Op
 from fastgrad.reference import Reference
 from fastgrad.tensor import Tensor, apply
 
@@ -168,12 +167,12 @@ class _Reference(Reference):
     empty axis (NumPy's max raises; the kernels return the empty result, as tests/test_errors.py
     pins) and concatenating pieces with zero rows (reshape(0, -1) is ambiguous in NumPy)."""
 
-    def _forward(self, op, xs, ip, fp, out_shape):
-        if op in (Op.SOFTMAX, Op.LOG_SOFTMAX) and xs[0].size == 0:
+    def forward_row(self, d, xs, a, out_shape):
+        if d.op in (Op.SOFTMAX, Op.LOG_SOFTMAX) and xs[0].size == 0:
             return xs[0].reshape(out_shape)
-        if op == Op.CONCAT and math.prod(out_shape) == 0:
+        if d.op == Op.CONCAT and math.prod(out_shape) == 0:
             return np.zeros(out_shape, xs[0].dtype)
-        return super()._forward(op, xs, ip, fp, out_shape)
+        return super().forward_row(d, xs, a, out_shape)
 
 
 # ----------------------------------------------------------------------------- graphs

@@ -14,7 +14,7 @@ import fastgrad as fg
 import fastgrad.io
 from fastgrad import FastgradError
 from fastgrad.io import _TAPE_INTS, HEADER, _digest, validate_tape
-from fastgrad.opcodes import Op
+from fastgrad.ops import Op
 
 
 def raises(match):

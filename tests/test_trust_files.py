@@ -38,7 +38,7 @@ import fastgrad.io
 from fastgrad import FastgradError
 from fastgrad.io import HEADER, _body_own, _tape_from, _tape_to
 from fastgrad.kernels.scan import HEADER as H
-from fastgrad.opcodes import Op
+from fastgrad.ops import Op
 from fastgrad.reference import Reference
 from test_save import _rewrite  # a saved file edited with its digest recomputed
 

@@ -1,0 +1,159 @@
+"""Family 3, reductions and normalisations along one axis, the input seen as (outer, n, inner).
+
+sum and max reduce the n axis; softmax and log_softmax normalise along it. The layout is the
+three sizes; the rules turn ``axis`` / ``keepdims`` into them. Kernels: kernels/reduce.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Layout, OpDef, fail, flag, fmt, normalize_axis, split_axis
+
+FAMILY = 3
+LAYOUT = Layout(ints=("outer", "n", "inner"), shown=("outer", "n", "inner"))
+
+
+def reduce_rule(name, shapes, axis=None, keepdims=False):
+    """x (...) -> the reduction over ``axis`` (None: every axis), kept as size 1 with keepdims."""
+    shape = shapes[0]
+    keepdims = flag(name, "keepdims", keepdims)
+    if axis is None:
+        out = tuple(1 for _ in shape) if keepdims else ()
+        outer, n, inner = 1, math.prod(shape), 1
+    else:
+        ax = normalize_axis(name, axis, len(shape))
+        if not shape:
+            return (), *LAYOUT.encode(outer=1, n=1, inner=1)
+        out = shape[:ax] + ((1,) if keepdims else ()) + shape[ax + 1 :]
+        outer, n, inner = split_axis(shape, ax)
+    if name == "max" and n == 0:
+        raise fail(name, f"cannot take the max over an empty axis of shape {fmt(shape)}",
+                   "reduce over a non-empty axis")
+    return out, *LAYOUT.encode(outer=outer, n=n, inner=inner)
+
+
+def softmax_rule(name, shapes, axis=-1):
+    """x (...) -> the same shape, normalised along ``axis``."""
+    shape = shapes[0]
+    ax = normalize_axis(name, axis, len(shape))
+    if not shape:
+        return (), *LAYOUT.encode(outer=1, n=1, inner=1)
+    outer, n, inner = split_axis(shape, ax)
+    return shape, *LAYOUT.encode(outer=outer, n=n, inner=inner)
+
+
+def _x3(x, a):
+    """x as (outer, n, inner)."""
+    return x.reshape(a.outer, a.n, a.inner)
+
+
+def _t3(t, a):
+    """A tangent (k, ...) as (k, outer, n, inner)."""
+    return t.reshape(t.shape[0], a.outer, a.n, a.inner)
+
+
+def reduce_recover(shapes, out_shape, a):
+    nd = len(shapes[0])
+    return [dict(axis=ax, keepdims=k) for ax in [None, *range(max(nd, 1))] for k in (False, True)]
+
+
+def axis_recover(shapes, out_shape, a):
+    """The rule's ``axis`` candidates for a row over operand 0's axes."""
+    return [dict(axis=ax) for ax in range(max(len(shapes[0]), 1))]
+
+
+# ---- sum
+def _sum_vjp(xs, y, g, a):
+    return [np.broadcast_to(g.reshape(a.outer, 1, a.inner), (a.outer, a.n, a.inner))
+            .reshape(xs[0].shape)]
+
+
+SUM = OpDef(
+    "sum", 300, 1, reduce_rule, LAYOUT,
+    forward=lambda xs, a, out_shape: _x3(xs[0], a).sum(axis=1).reshape(out_shape),
+    vjp=_sum_vjp,
+    jvp=lambda xs, ts, y, a: _t3(ts[0], a).sum(axis=2).reshape((-1,) + y.shape),
+    recover=reduce_recover,
+    samples=[([(5,)], {}, "real"), ([(3, 4)], {"axis": 0}, "real"),
+             ([(3, 4)], {"axis": 1, "keepdims": True}, "real"),
+             ([(2, 3, 4)], {"axis": -2}, "real"), ([()], {}, "real")],
+    front_end="x.sum(axis=0)", kernel="reduce", saves="nothing")
+
+
+# ---- max: the first maximal element takes the gradient (the kernels' tie rule)
+def _first_max(x3, y, a):
+    return np.argmax(x3 == y.reshape(a.outer, 1, a.inner), axis=1)
+
+
+def _max_vjp(xs, y, g, a):
+    # where the max is NaN, each NaN element gets a NaN gradient (the slope at a NaN), the
+    # others none
+    x3, y3 = _x3(xs[0], a), y.reshape(a.outer, 1, a.inner)
+    first = _first_max(x3, y, a)
+    out = np.zeros((a.outer, a.n, a.inner))
+    o, j = np.meshgrid(np.arange(a.outer), np.arange(a.inner), indexing="ij")
+    out[o, first, j] = np.where(np.isnan(y3[:, 0, :]), 0.0, g.reshape(a.outer, a.inner))
+    out[np.isnan(x3)] = np.nan
+    return [out.reshape(xs[0].shape)]
+
+
+def _max_jvp(xs, ts, y, a):
+    first = _first_max(_x3(xs[0], a), y, a)
+    picked = np.take_along_axis(_t3(ts[0], a), first[None, :, None, :], axis=2)
+    return picked.reshape((-1,) + y.shape)
+
+
+MAX = OpDef(
+    "max", 301, 1, reduce_rule, LAYOUT,
+    forward=lambda xs, a, out_shape: _x3(xs[0], a).max(axis=1).reshape(out_shape),
+    vjp=_max_vjp, jvp=_max_jvp, recover=reduce_recover,
+    samples=[([(5,)], {}, "distinct"), ([(3, 4)], {"axis": 0}, "distinct"),
+             ([(2, 3, 4)], {"axis": 1, "keepdims": True}, "distinct")],
+    front_end="x.max(axis=1)", kernel="reduce")
+
+
+# ---- softmax and log_softmax: forward through the stable log-sum-exp; both read the output
+def _log_softmax3(x, a):
+    z = _x3(x, a) - _x3(x, a).max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _softmax_vjp(xs, y, g, a):
+    y3, g3 = _x3(y, a), _x3(g, a)
+    return [(y3 * (g3 - (g3 * y3).sum(axis=1, keepdims=True))).reshape(xs[0].shape)]
+
+
+def _softmax_jvp(xs, ts, y, a):
+    y3, t3 = _t3(y[None], a), _t3(ts[0], a)
+    return (y3 * (t3 - (y3 * t3).sum(axis=2, keepdims=True))).reshape((-1,) + y.shape)
+
+
+SOFTMAX = OpDef(
+    "softmax", 302, 1, softmax_rule, LAYOUT,
+    forward=lambda xs, a, out_shape: np.exp(_log_softmax3(xs[0], a)).reshape(out_shape),
+    vjp=_softmax_vjp, jvp=_softmax_jvp, recover=axis_recover,
+    samples=[([(5,)], {}, "real"), ([(3, 4)], {"axis": 0}, "real"),
+             ([(2, 3, 4)], {"axis": 1}, "real")],
+    front_end="x.softmax()", kernel="reduce")
+
+
+def _log_softmax_vjp(xs, y, g, a):
+    y3, g3 = _x3(y, a), _x3(g, a)
+    return [(g3 - np.exp(y3) * g3.sum(axis=1, keepdims=True)).reshape(xs[0].shape)]
+
+
+def _log_softmax_jvp(xs, ts, y, a):
+    p3, t3 = np.exp(_t3(y[None], a)), _t3(ts[0], a)
+    return (t3 - (p3 * t3).sum(axis=2, keepdims=True)).reshape((-1,) + y.shape)
+
+
+LOG_SOFTMAX = OpDef(
+    "log_softmax", 303, 1, softmax_rule, LAYOUT,
+    forward=lambda xs, a, out_shape: _log_softmax3(xs[0], a).reshape(out_shape),
+    vjp=_log_softmax_vjp, jvp=_log_softmax_jvp, recover=axis_recover,
+    samples=[([(5,)], {}, "real"), ([(3, 4)], {"axis": 0}, "real"),
+             ([(2, 3, 4)], {"axis": -1}, "real")],
+    front_end="x.log_softmax()", kernel="reduce")
