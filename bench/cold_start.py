@@ -99,7 +99,7 @@ def run(name, cache, out_dir):
     env = dict(os.environ, FASTGRAD_CACHE_DIR=cache, PYTHONWARNINGS="ignore")
     env.pop("NUMBA_CACHE_DIR", None)
     if name == "demo":
-        cmd = [sys.executable, "-m", "fastgrad", "demo", "--out", out_dir]
+        cmd = [sys.executable, "-m", "fastgrad.cli", "demo", "--out", out_dir]
     elif name.startswith("ops_"):
         cmd = [sys.executable, "-c", ops_program(int(name[4:]))]
     else:

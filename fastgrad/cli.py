@@ -137,8 +137,9 @@ def cmd_warmup(args):
     _say(f"fastgrad warmup: kernel cache {kernel_cache.shorten_home(where)}")
     t0 = time.perf_counter()
     try:
-        rows = kernel_cache.warmup(args.dtype or kernel_cache.DTYPES,
-                                   args.ops or tuple(kernel_cache.FAMILIES), report=_say)
+        rows = kernel_cache.warmup(
+            args.dtype or kernel_cache.DTYPES,
+            args.ops or tuple(kernel_cache.FAMILIES) + (kernel_cache.ALL_OPS,), report=_say)
     except FastgradError as e:
         print(f"fastgrad {e}", file=sys.stderr)
         return 2
@@ -148,8 +149,8 @@ def cmd_warmup(args):
         return 1
     compiled = sum(len(r["compiled"]) for r in rows)
     cached = sum(not r["compiled"] for r in rows)
-    _say(f"fastgrad warmup: {compiled} entry kernels compiled, {cached} of {len(rows)} "
-         f"families already cached, in {time.perf_counter() - t0:.1f} s")
+    _say(f"fastgrad warmup: {compiled} kernels compiled, {cached} of {len(rows)} "
+         f"families or ops already cached, in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -175,13 +176,13 @@ def main(argv=None):
             "directory and the time.", 79) + "\n\nop families (--ops):\n" + "\n".join(
             textwrap.fill(what, 79, initial_indent=f"  {name:<7}", subsequent_indent=" " * 9)
             for name, what in FAMILIES.items()) + "\n\n" + textwrap.fill(
-            "Today each family's kernels hold the code of every op, so --ops names families; "
-            "once kernels are compiled per op, op names will be accepted too.", 79))
+            "--ops also takes op names (each op's forward and VJP kernels: matmul, tanh, ...) "
+            "and all-ops (every op). The default is every family and every op.", 79))
     p.add_argument("--dtype", action="extend", nargs="+", metavar="DTYPE", choices=DTYPES,
                    help=f"dtypes to compile for: {' '.join(DTYPES)} (default: both)")
     p.add_argument("--ops", action="extend", nargs="+", metavar="NAME",
-                   help=f"op families to compile, space- or comma-separated: "
-                   f"{' '.join(FAMILIES)} (default: all)")
+                   help=f"op families or ops to compile, space- or comma-separated: "
+                   f"{' '.join(FAMILIES)}, all-ops or an op name (default: all)")
     p.set_defaults(func=cmd_warmup)
     from .benchmarks import runner as bench_runner  # standard library only at import
 

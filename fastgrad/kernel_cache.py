@@ -276,9 +276,8 @@ def install():
 
 
 # ----------------------------------------------------------------------------- warmup
-# The entry families that can be warmed today. Each kernel (replay_forward, train_step, ...)
-# links the code of every op, so a family compiles all ops at once; once kernels are compiled
-# per op, the names of ops join these (``warmup(ops=["matmul", "relu"])``).
+# What ``fastgrad warmup --ops`` takes: an entry family (its small entry kernels and the ops a
+# tiny program of it uses), the name of an op (its forward and VJP kernels), or "all-ops".
 FAMILIES = {
     "eager": "x.backward() and opt.step(): the forward and backward replay of a recorded tape "
              "(fg.scan loops run inside it) and the optimizer update",
@@ -289,6 +288,15 @@ FAMILIES = {
             "compiled step: the kernels above that they run in",
 }
 DTYPES = ("float32", "float64")
+ALL_OPS = "all-ops"
+
+
+def op_names() -> tuple:
+    """The names of the ops with kernels (``matmul``, ``tanh``, ...), in op-code order."""
+    from .kernels.dispatch import CODES
+    from .ops import Op
+
+    return tuple(Op(code).name.lower() for code in CODES)
 
 
 def _warm_eager(fg, np, dtype):
@@ -358,43 +366,64 @@ def _names(values, known, what, option):
     return names
 
 
-def warmup(dtypes=DTYPES, ops=tuple(FAMILIES), report=print):
-    """Compile the kernels of ``ops`` (entry families, see ``FAMILIES``) for each of
-    ``dtypes`` into the kernel cache, ahead of their first use. Returns one row per (dtype,
-    family): ``{"dtype", "family", "seconds", "compiled": [entry kernels compiled]}``;
+def _compiled_summary(kernels) -> str:
+    """What a warmup row compiled, in one line: the entry kernels by name (a second
+    specialisation counted, not repeated), then the ops whose kernels it compiled."""
+    if not kernels:
+        return "already cached"
+    names = set(op_names()) | {"_missing"}  # the table's stubs for slots not filled yet
+    op_kernels = [k for k in kernels if k.rsplit("_", 1)[0] in names]
+    entries = [k for k in kernels if k not in op_kernels]
+    parts = [", ".join(f"{k} (x{entries.count(k)})" if entries.count(k) > 1 else k
+                       for k in dict.fromkeys(entries))] if entries else []
+    ops = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in op_kernels if k[0] != "_"))
+    if ops:
+        parts.append(f"ops {', '.join(ops)} ({len(op_kernels)} kernels)")
+    return "compiled " + "; ".join(parts) if parts else "compiled the dispatch table"
+
+
+def warmup(dtypes=DTYPES, ops=tuple(FAMILIES) + (ALL_OPS,), report=print):
+    """Compile the kernels of ``ops`` for each of ``dtypes`` into the kernel cache, ahead of
+    their first use. ``ops`` names entry families (see ``FAMILIES``), ops (``"matmul"``,
+    ``"relu"``, ...: their forward and VJP kernels) or ``"all-ops"``. Returns one row per
+    (dtype, name): ``{"dtype", "family", "seconds", "compiled": [kernels compiled]}``;
     ``compiled`` is empty when the cache already had them.
 
     ``report(line)`` receives a line per row (``print`` by default, None for silence).
 
     >>> import fastgrad.kernel_cache as kc
-    >>> rows = kc.warmup(["float64"], ["eager"], report=None)  # doctest: +SKIP
+    >>> rows = kc.warmup(["float64"], ["eager", "tanh"], report=None)  # doctest: +SKIP
     """
     import numpy as np
 
     import fastgrad as fg
 
+    from .kernels import dispatch
+    from .ops import Op
+
+    names = op_names()
     dtypes = _names(dtypes, DTYPES, "dtype", "--dtype")
-    ops = _names(ops, tuple(FAMILIES), "op family", "--ops")
+    ops = _names(ops, tuple(FAMILIES) + (ALL_OPS,) + names, "op family or op", "--ops")
     if not dtypes or not ops:
         raise fail("warmup", "nothing to compile (no dtype or no op family given)",
                    f"name at least one dtype ({', '.join(DTYPES)}) and one family "
-                   f"({', '.join(FAMILIES)})")
+                   f"({', '.join(FAMILIES)}), op name or {ALL_OPS}")
     rows = []
     for dtype in dtypes:
         for family in ops:
             before = len(REPORTER.compiled)
             start = time.perf_counter()
-            _WARMERS[family](fg, np, np.dtype(dtype))
+            if family in FAMILIES:
+                _WARMERS[family](fg, np, np.dtype(dtype))
+            else:
+                wanted = names if family == ALL_OPS else (family,)
+                dispatch.table(dtype).ensure([int(Op[n.upper()]) for n in wanted])
             seconds = time.perf_counter() - start
             entries = [c.kernel for c in REPORTER.compiled[before:]
                        if c.depth == 0 and not c.failed]
             rows.append({"dtype": dtype, "family": family, "seconds": seconds,
                          "compiled": entries})
             if report is not None:
-                # one name per kernel: a second specialisation (train_step for a 1-D and a
-                # 2-D input) is counted, not repeated
-                names = [f"{k} (x{entries.count(k)})" if entries.count(k) > 1 else k
-                         for k in dict.fromkeys(entries)]
-                done = f"compiled {', '.join(names)}" if entries else "already cached"
-                report(f"  {dtype:<8} {family:<6} {done} ({seconds:.1f} s)")
+                report(f"  {dtype:<8} {family:<7} {_compiled_summary(entries)} "
+                       f"({seconds:.1f} s)")
     return rows

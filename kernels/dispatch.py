@@ -32,7 +32,17 @@ from .scan import scan_backward, scan_forward
 
 
 def row_kernels(code):
-    """The Python functions of op ``code``'s forward and VJP row kernels (see call.py)."""
+    """The Python functions of op ``code``'s forward and VJP row kernels (see call.py), named
+    after the op (``tanh_forward``, ``tanh_vjp``): the names the compile log shows, and each
+    op's own files in the kernel cache."""
+    forward, vjp = _row_kernels(code)
+    name = Op(code).name.lower()
+    forward.__name__ = forward.__qualname__ = f"{name}_forward"
+    vjp.__name__ = vjp.__qualname__ = f"{name}_vjp"
+    return forward, vjp
+
+
+def _row_kernels(code):
     if code == Op.SCAN:
 
         def forward(tape, values, ivalues, params, r, check):

@@ -1,0 +1,149 @@
+"""Spec: kernels are compiled per op, on demand, and reached through the dispatch table.
+
+The replay, step, fit and scan loops call each row's op kernel through its address
+(kernels/call.py, kernels/dispatch.py): an op compiles when a tape first uses it, a slot never
+filled refuses to run, a kernel of the wrong types cannot be called, two threads at first use
+fill a slot once, and a second process loads the kernels from the cache.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+from numba.core.errors import TypingError
+
+import fastgrad as fg
+from fastgrad.kernels import call, dispatch
+from fastgrad.ops import TABLE, Op
+
+
+def run_fresh(code, cache):
+    """Run ``code`` in a new process on the kernel cache ``cache``; return its last line as
+    JSON."""
+    env = dict(os.environ, FASTGRAD_CACHE_DIR=str(cache))
+    env.pop("NUMBA_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+FIRST_EXAMPLE = """
+    import json
+    import fastgrad as fg
+    from fastgrad.kernels import dispatch
+    from fastgrad.ops import Op
+    from numba.core import event
+
+    compiled = []
+
+    class Listener(event.Listener):
+        def on_start(self, ev):
+            compiled.append(ev.data["dispatcher"].py_func.__name__)
+
+        def on_end(self, ev):
+            pass
+
+    event.register("numba:compile", Listener())
+    x = fg.tensor(2.0, requires_grad=True)
+    y = fg.tensor(-3.0, requires_grad=True)
+    z = fg.tensor(4.0, requires_grad=True)
+    f = (x + y) * z
+    f.backward()
+    table = dispatch.table("float64")
+    print(json.dumps({"grads": [float(x.grad), float(y.grad), float(z.grad)],
+                      "ops": sorted(Op(c).name for c in table.kernels),
+                      "compiled": compiled}))
+"""
+
+
+def test_a_tape_compiles_the_kernels_of_its_own_ops_only_and_a_second_process_loads_them(
+        tmp_path):
+    cold, log = run_fresh(FIRST_EXAMPLE, tmp_path)
+    assert cold["grads"] == [4.0, 4.0, -1.0]
+    assert cold["ops"] == ["ADD", "MUL"]  # not the other ops of the table
+    assert {"add_forward", "add_vjp", "mul_forward", "mul_vjp"} <= set(cold["compiled"])
+    assert not any(name.startswith(("tanh", "matmul", "scan")) for name in cold["compiled"])
+    assert "compiling kernels for float64" in log
+    warm, log = run_fresh(FIRST_EXAMPLE, tmp_path)
+    assert warm["grads"] == [4.0, 4.0, -1.0] and warm["ops"] == ["ADD", "MUL"]
+    assert warm["compiled"] == [] and "compiling" not in log  # all from the cache
+
+
+def test_every_op_with_rows_has_kernels_in_both_dtypes_and_scan_begin_none():
+    assert set(dispatch.CODES) == {int(op) for op in TABLE} - {int(Op.SCAN_BEGIN)}
+    for dtype in (np.float32, np.float64):
+        table = dispatch.table(dtype)
+        table.ensure([Op.TANH, Op.ADD])
+        assert table.ready[[Op.TANH, Op.ADD]].all()
+        fwd, vjp = table.kernels[int(Op.TANH)]
+        assert table.addresses[Op.TANH] != table.addresses[call.SLOTS + Op.TANH] != 0
+        assert fwd.py_func.__name__ == "tanh_forward" and vjp.py_func.__name__ == "tanh_vjp"
+
+
+def test_a_slot_never_filled_raises_instead_of_skipping_the_row():
+    x = fg.tensor(np.array([0.5, -1.0]), requires_grad=True)
+    y = x.tanh()
+    table = dispatch.table(np.float64)
+    saved = table.addresses[Op.TANH]
+    table.addresses[Op.TANH] = table.addresses[Op.SCAN_BEGIN]  # the "missing" kernel's address
+    try:
+        with pytest.raises(RuntimeError, match="forward kernel was not loaded"):
+            y.numpy()
+    finally:
+        table.addresses[Op.TANH] = saved
+    np.testing.assert_allclose(y.numpy(), np.tanh([0.5, -1.0]))
+
+
+def test_a_call_with_the_wrong_array_types_does_not_compile():
+    @numba.njit
+    def bad_call(addr, tape, values):
+        return call.call_forward(addr, tape, values, tape[1], values, 0, False)
+
+    tape = fg.tensor(np.ones(2)).tape if hasattr(fg.tensor(np.ones(2)), "tape") else None
+    x = fg.tensor(np.ones(3), requires_grad=True)
+    arrays = (x * 2.0).tape.arrays()
+    values32 = np.zeros(4, np.float32)  # the tape holds float64: the row kernels take float64
+    with pytest.raises(TypingError, match="the row kernels take"):
+        bad_call(arrays[12][Op.MUL_SCALAR], arrays, values32)
+    del tape
+
+
+def test_two_threads_using_a_new_op_at_once_fill_its_slot_once_and_both_get_its_result():
+    table = dispatch.table(np.float32)
+    code = int(Op.SOFTPLUS)
+    results, errors = {}, []
+    barrier = threading.Barrier(2)
+
+    def use(i):
+        try:
+            barrier.wait()
+            x = fg.tensor(np.linspace(-2, 2, 5, dtype=np.float32) + i, requires_grad=True)
+            x.softplus().sum().backward()
+            results[i] = x.grad.copy()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=use, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    kernels = table.kernels[code]
+    table.ensure([code])
+    assert table.kernels[code] is kernels  # filled once
+    for i in range(2):
+        x = np.linspace(-2, 2, 5).astype(np.float32) + i
+        np.testing.assert_allclose(results[i], 1 / (1 + np.exp(-x)), rtol=1e-6)
+
+
+def test_an_unknown_code_is_an_internal_error_not_a_silent_slot():
+    with pytest.raises(ValueError, match="no op has code 99"):
+        dispatch.table(np.float64).ensure([99])
