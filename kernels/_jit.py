@@ -276,41 +276,41 @@ def native_entry(dispatcher, args):
 
 def per_code(factory):
     """``f(code, *args)`` for Numba-compiled callers, compiled for each constant op ``code`` as
-    ``factory(code)(*args)`` alone.
+    ``factory(code)(code, *args)``.
 
-    ``factory(code)`` returns a function whose branches compare ``code``, a closure variable,
-    with op codes (codes.py): Numba drops the branches of the other ops before it types them, so
-    each op compiles its own code only (a function taking ``code`` as an argument would compile
-    every branch for every op). ``code`` must be a compile-time constant where ``f`` is called:
-    an op's row kernel is a closure over its code (dispatch.py) and passes it down. Each
-    ``factory(code)`` is compiled with fastgrad's options and cached (the closure's code is part
-    of Numba's cache key).
+    ``factory(op)`` returns a function of ``(code, *args)`` whose branches compare ``op``, a
+    closure variable, with op codes (codes.py): Numba drops the branches of the other ops before
+    it types them, so each op compiles its own code only (a function that branched on its
+    ``code`` argument would compile every branch for every op). ``code`` must be a compile-time
+    constant where ``f`` is called: an op's row kernel is a closure over its code (dispatch.py)
+    and passes it down. The function is compiled into its caller, the op's row kernel, with
+    fastgrad's options; the row kernel is what the cache keeps.
     """
+    import inspect
+
     from numba.core import types
     from numba.core.errors import TypingError
     from numba.extending import overload
 
-    compiled = {}
+    made = {}
     lock = threading.Lock()
+    name = factory.__name__.removesuffix("_of").lstrip("_")
 
-    def f(code, *args):
-        raise TypeError(f"{factory.__name__}: call it from a Numba-compiled function")
-
-    f.__name__ = f.__qualname__ = factory.__name__.removesuffix("_of").lstrip("_")
-
-    @overload(f, prefer_literal=True, jit_options=dict(OPTIONS, cache=False))
-    def _typed(code, *args):
+    def typed(code, *args):
         if not isinstance(code, types.IntegerLiteral):
-            raise TypingError(f"{f.__name__}: the op code must be a compile-time constant")
-        c = code.literal_value
+            raise TypingError(f"{name}: the op code must be a compile-time constant")
         with lock:
-            fn = compiled.get(c)
-            if fn is None:
-                fn = compiled[c] = _njit(factory(c), OPTIONS)
-
-        def impl(code, *args):
-            return fn(*args)
-
+            impl = made.get(code.literal_value)
+            if impl is None:
+                impl = made[code.literal_value] = factory(code.literal_value)
         return impl
 
-    return f
+    # Numba wants the function, its typing function and the implementation to take the same
+    # parameters: the stub and the typing function are written with the factory's.
+    params = ", ".join(inspect.signature(factory(0)).parameters)
+    scope = {"typed": typed}
+    exec(f"def {name}({params}):\n    raise TypeError('{name}: call it from a Numba-compiled "
+         f"function')\n\ndef typed_{name}({params}):\n    return typed({params})\n", scope)
+    overload(scope[name], prefer_literal=True, jit_options=dict(OPTIONS, cache=False))(
+        scope[f"typed_{name}"])
+    return scope[name]

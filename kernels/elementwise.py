@@ -74,81 +74,81 @@ def _softplus(v):
     return max(v, 0.0) + np.log1p(exp64(-abs(np.float64(v))))
 
 
-def _unary_forward_of(code):
-    def unary_forward(x, y, c0, c1):
+def _unary_forward_of(op):
+    def unary_forward(code, x, y, c0, c1):
         n = x.size
-        if code == NEG:
+        if op == NEG:
             for i in range(n):
                 y[i] = -x[i]
-        elif code == ABS:
+        elif op == ABS:
             for i in range(n):
                 y[i] = abs(x[i])
-        elif code == EXP:
+        elif op == EXP:
             for i in range(n):
                 y[i] = exp64(np.float64(x[i]))
-        elif code == LOG:
+        elif op == LOG:
             for i in range(n):
                 y[i] = np.log(x[i])
-        elif code == SQRT:
+        elif op == SQRT:
             for i in range(n):
                 y[i] = np.sqrt(x[i])
-        elif code == TANH:
+        elif op == TANH:
             if x.itemsize == 4:
                 tanh_f32(x, y)
             else:
                 for i in range(n):
                     y[i] = tanh64(np.float64(x[i]))
-        elif code == SIGMOID:
+        elif op == SIGMOID:
             if x.itemsize == 4:
                 for i in range(n):
                     y[i] = sigmoid32(x[i])
             else:
                 for i in range(n):
                     y[i] = _sigmoid(x[i])
-        elif code == RELU:  # written so that NaN fails the test and passes through, as np.maximum
+        elif op == RELU:  # written so that NaN fails the test and passes through, as np.maximum
             for i in range(n):
                 y[i] = 0.0 if x[i] <= 0 else x[i]
-        elif code == LEAKY_RELU:
+        elif op == LEAKY_RELU:
             for i in range(n):
                 y[i] = x[i] if x[i] > 0 else c0 * x[i]
-        elif code == SOFTPLUS:
+        elif op == SOFTPLUS:
             for i in range(n):
                 y[i] = _softplus(x[i])
-        elif code == CLIP:
+        elif op == CLIP:
             for i in range(n):
                 y[i] = min(max(x[i], c0), c1)
-        elif code == ADD_SCALAR:
+        elif op == ADD_SCALAR:
             for i in range(n):
                 y[i] = x[i] + c0
-        elif code == MUL_SCALAR:
+        elif op == MUL_SCALAR:
             for i in range(n):
                 y[i] = x[i] * c0
-        elif code == DIV_SCALAR:
+        elif op == DIV_SCALAR:
             for i in range(n):
                 y[i] = x[i] / c0
-        elif code == RDIV_SCALAR:
+        elif op == RDIV_SCALAR:
             for i in range(n):
                 y[i] = c0 / x[i]
-        elif code == POW_SCALAR:
+        elif op == POW_SCALAR:
             if c0 == 2.0:
                 for i in range(n):
                     y[i] = x[i] * x[i]
             else:
                 for i in range(n):
                     y[i] = x[i] ** c0
-        elif code == RPOW_SCALAR:
+        elif op == RPOW_SCALAR:
             for i in range(n):
                 y[i] = c0 ** x[i]
-        elif code == SIN:
+        elif op == SIN:
             for i in range(n):
                 y[i] = np.sin(x[i])
-        elif code == COS:
+        elif op == COS:
             for i in range(n):
                 y[i] = np.cos(x[i])
-        elif code == LOG1P:
+        elif op == LOG1P:
             for i in range(n):
                 y[i] = np.log1p(x[i])
-        elif code == EXPM1:
+        elif op == EXPM1:
             for i in range(n):
                 y[i] = np.expm1(x[i])
 
@@ -158,13 +158,13 @@ def _unary_forward_of(code):
 unary_forward = per_code(_unary_forward_of)
 
 
-def _unary_vjp_of(code):
-    def unary_vjp(x, y, gy, gx, c0, c1):
+def _unary_vjp_of(op):
+    def unary_vjp(code, x, y, gy, gx, c0, c1):
         n = x.size
-        if code == NEG:
+        if op == NEG:
             for i in range(n):
                 gx[i] -= gy[i]
-        elif code == ABS:  # sign(x); 0 at 0 as in PyTorch; NaN at NaN as np.sign
+        elif op == ABS:  # sign(x); 0 at 0 as in PyTorch; NaN at NaN as np.sign
             for i in range(n):
                 if x[i] > 0:
                     gx[i] += gy[i]
@@ -172,72 +172,72 @@ def _unary_vjp_of(code):
                     gx[i] -= gy[i]
                 elif x[i] != x[i]:
                     gx[i] += x[i]
-        elif code == EXP:
+        elif op == EXP:
             for i in range(n):
                 gx[i] += gy[i] * y[i]
-        elif code == LOG:
+        elif op == LOG:
             for i in range(n):
                 gx[i] += gy[i] / x[i]
-        elif code == SQRT:
+        elif op == SQRT:
             for i in range(n):
                 gx[i] += gy[i] * 0.5 / y[i]
-        elif code == TANH:
+        elif op == TANH:
             for i in range(n):
                 gx[i] += gy[i] * (1.0 - y[i] * y[i])
-        elif code == SIGMOID:
+        elif op == SIGMOID:
             for i in range(n):
                 gx[i] += gy[i] * y[i] * (1.0 - y[i])
-        elif code == RELU:  # the slope at a NaN is NaN (np.heaviside): the NaN reaches x's grad
+        elif op == RELU:  # the slope at a NaN is NaN (np.heaviside): the NaN reaches x's grad
             for i in range(n):
                 if x[i] > 0:
                     gx[i] += gy[i]
                 elif x[i] != x[i]:
                     gx[i] += x[i]
-        elif code == LEAKY_RELU:
+        elif op == LEAKY_RELU:
             for i in range(n):
                 gx[i] += gy[i] if x[i] > 0 else (c0 * gy[i] if x[i] <= 0 else x[i])
-        elif code == SOFTPLUS:
+        elif op == SOFTPLUS:
             for i in range(n):
                 gx[i] += gy[i] * _sigmoid(x[i])
-        elif code == CLIP:  # gradient passes where lo <= x <= hi, as torch.clamp; NaN at NaN
+        elif op == CLIP:  # gradient passes where lo <= x <= hi, as torch.clamp; NaN at NaN
             for i in range(n):
                 if x[i] >= c0 and x[i] <= c1:
                     gx[i] += gy[i]
                 elif x[i] != x[i]:
                     gx[i] += x[i]
-        elif code == ADD_SCALAR:
+        elif op == ADD_SCALAR:
             for i in range(n):
                 gx[i] += gy[i]
-        elif code == MUL_SCALAR:
+        elif op == MUL_SCALAR:
             for i in range(n):
                 gx[i] += gy[i] * c0
-        elif code == DIV_SCALAR:
+        elif op == DIV_SCALAR:
             for i in range(n):
                 gx[i] += gy[i] / c0
-        elif code == RDIV_SCALAR:  # d(c/x) = -c/x^2 = -y/x
+        elif op == RDIV_SCALAR:  # d(c/x) = -c/x^2 = -y/x
             for i in range(n):
                 gx[i] -= gy[i] * y[i] / x[i]
-        elif code == POW_SCALAR:
+        elif op == POW_SCALAR:
             if c0 == 2.0:
                 for i in range(n):
                     gx[i] += gy[i] * 2.0 * x[i]
             elif c0 != 0.0:
                 for i in range(n):
                     gx[i] += gy[i] * c0 * x[i] ** (c0 - 1.0)
-        elif code == RPOW_SCALAR:  # d(c^x) = c^x log c
+        elif op == RPOW_SCALAR:  # d(c^x) = c^x log c
             lc = np.log(c0)
             for i in range(n):
                 gx[i] += gy[i] * y[i] * lc
-        elif code == SIN:
+        elif op == SIN:
             for i in range(n):
                 gx[i] += gy[i] * np.cos(x[i])
-        elif code == COS:
+        elif op == COS:
             for i in range(n):
                 gx[i] -= gy[i] * np.sin(x[i])
-        elif code == LOG1P:
+        elif op == LOG1P:
             for i in range(n):
                 gx[i] += gy[i] / (1.0 + x[i])
-        elif code == EXPM1:  # exp(x) = y + 1: the output, as PyTorch
+        elif op == EXPM1:  # exp(x) = y + 1: the output, as PyTorch
             for i in range(n):
                 gx[i] += gy[i] * (y[i] + 1.0)
 
@@ -247,53 +247,53 @@ def _unary_vjp_of(code):
 unary_vjp = per_code(_unary_vjp_of)
 
 
-def _binary_run_forward_of(code):
-    def binary_run_forward(a, oa, sa, b, ob, sb, y, oy, n):
-        if code == ADD:
+def _binary_run_forward_of(op):
+    def binary_run_forward(code, a, oa, sa, b, ob, sb, y, oy, n):
+        if op == ADD:
             for i in range(n):
                 y[U(oy + i)] = a[U(oa + i * sa)] + b[U(ob + i * sb)]
-        elif code == SUB:
+        elif op == SUB:
             for i in range(n):
                 y[U(oy + i)] = a[U(oa + i * sa)] - b[U(ob + i * sb)]
-        elif code == MUL:
+        elif op == MUL:
             for i in range(n):
                 y[U(oy + i)] = a[U(oa + i * sa)] * b[U(ob + i * sb)]
-        elif code == DIV:
+        elif op == DIV:
             for i in range(n):
                 y[U(oy + i)] = a[U(oa + i * sa)] / b[U(ob + i * sb)]
-        elif code == POW:
+        elif op == POW:
             for i in range(n):
                 y[U(oy + i)] = a[U(oa + i * sa)] ** b[U(ob + i * sb)]
-        elif code == MAXIMUM:
+        elif op == MAXIMUM:
             for i in range(n):
                 u = a[U(oa + i * sa)]
                 v = b[U(ob + i * sb)]
                 y[U(oy + i)] = u if (u >= v or u != u) else v
-        elif code == MINIMUM:
+        elif op == MINIMUM:
             for i in range(n):
                 u = a[U(oa + i * sa)]
                 v = b[U(ob + i * sb)]
                 y[U(oy + i)] = u if (u <= v or u != u) else v
-        elif code == BCE_LOGITS:  # max(x,0) - x z + log1p(exp(-|x|))
+        elif op == BCE_LOGITS:  # max(x,0) - x z + log1p(exp(-|x|))
             for i in range(n):
                 u = a[U(oa + i * sa)]
                 y[U(oy + i)] = _softplus(u) - u * b[U(ob + i * sb)]
-        elif code == GT:
+        elif op == GT:
             for i in range(n):
                 y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] > b[U(ob + i * sb)] else 0.0
-        elif code == GE:
+        elif op == GE:
             for i in range(n):
                 y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] >= b[U(ob + i * sb)] else 0.0
-        elif code == LT:
+        elif op == LT:
             for i in range(n):
                 y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] < b[U(ob + i * sb)] else 0.0
-        elif code == LE:
+        elif op == LE:
             for i in range(n):
                 y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] <= b[U(ob + i * sb)] else 0.0
-        elif code == EQ:
+        elif op == EQ:
             for i in range(n):
                 y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] == b[U(ob + i * sb)] else 0.0
-        elif code == NE:
+        elif op == NE:
             for i in range(n):
                 y[U(oy + i)] = 1.0 if a[U(oa + i * sa)] != b[U(ob + i * sb)] else 0.0
 
@@ -303,37 +303,37 @@ def _binary_run_forward_of(code):
 binary_run_forward = per_code(_binary_run_forward_of)
 
 
-def _binary_run_vjp_of(code):
-    def binary_run_vjp(a, oa, sa, ga, na, b, ob, sb, gb, nb, y, gy, oy, n):
+def _binary_run_vjp_of(op):
+    def binary_run_vjp(code, a, oa, sa, ga, na, b, ob, sb, gb, nb, y, gy, oy, n):
         """Add this run's contribution to ga (if na) and gb (if nb); broadcast strides sum back.
 
         One loop per operand, so each loop is branch-free and vectorises."""
-        if code == ADD or code == SUB:
+        if op == ADD or op == SUB:
             if na:
                 for i in range(n):
                     ga[U(oa + i * sa)] += gy[U(oy + i)]
             if nb:
-                if code == ADD:
+                if op == ADD:
                     for i in range(n):
                         gb[U(ob + i * sb)] += gy[U(oy + i)]
                 else:
                     for i in range(n):
                         gb[U(ob + i * sb)] -= gy[U(oy + i)]
-        elif code == MUL:
+        elif op == MUL:
             if na:
                 for i in range(n):
                     ga[U(oa + i * sa)] += gy[U(oy + i)] * b[U(ob + i * sb)]
             if nb:
                 for i in range(n):
                     gb[U(ob + i * sb)] += gy[U(oy + i)] * a[U(oa + i * sa)]
-        elif code == DIV:
+        elif op == DIV:
             if na:
                 for i in range(n):
                     ga[U(oa + i * sa)] += gy[U(oy + i)] / b[U(ob + i * sb)]
             if nb:
                 for i in range(n):
                     gb[U(ob + i * sb)] -= gy[U(oy + i)] * y[U(oy + i)] / b[U(ob + i * sb)]
-        elif code == POW:
+        elif op == POW:
             for i in range(n):
                 g = gy[U(oy + i)]
                 u = a[U(oa + i * sa)]
@@ -342,7 +342,7 @@ def _binary_run_vjp_of(code):
                     ga[U(oa + i * sa)] += g * v * u ** (v - 1.0)
                 if nb and u != 0.0:  # d/dv u^v = u^v log u (0 at u == 0, as in PyTorch)
                     gb[U(ob + i * sb)] += g * y[U(oy + i)] * np.log(u)
-        elif code == MAXIMUM or code == MINIMUM:
+        elif op == MAXIMUM or op == MINIMUM:
             # the selected operand gets the gradient; ties split it evenly (as torch.maximum); an
             # operand that is NaN gets a NaN gradient, the other none (it was not selected)
             for i in range(n):
@@ -359,12 +359,12 @@ def _binary_run_vjp_of(code):
                         ga[U(oa + i * sa)] += 0.5 * g
                     if nb:
                         gb[U(ob + i * sb)] += 0.5 * g
-                elif (u > v) == (code == MAXIMUM):
+                elif (u > v) == (op == MAXIMUM):
                     if na:
                         ga[U(oa + i * sa)] += g
                 elif nb:
                     gb[U(ob + i * sb)] += g
-        elif code == BCE_LOGITS:
+        elif op == BCE_LOGITS:
             for i in range(n):
                 g = gy[U(oy + i)]
                 u = a[U(oa + i * sa)]

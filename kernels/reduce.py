@@ -24,9 +24,9 @@ def _exp(v):
     return exp64(np.float64(v))
 
 
-def _reduce_forward_of(code):
-    def reduce_forward(x, y, outer, n, inner):
-        if code == SUM:
+def _reduce_forward_of(op):
+    def reduce_forward(code, x, y, outer, n, inner):
+        if op == SUM:
             if inner == 1:
                 for o in range(outer):
                     s = 0.0
@@ -42,7 +42,7 @@ def _reduce_forward_of(code):
                         base = (o * n + k) * inner
                         for j in range(inner):
                             y[U(o * inner + j)] += x[U(base + j)]
-        elif code == MAX:  # NaN propagates, as np.max
+        elif op == MAX:  # NaN propagates, as np.max
             for o in range(outer):
                 for j in range(inner):
                     base = o * n * inner + j
@@ -54,7 +54,7 @@ def _reduce_forward_of(code):
                             if v != v:
                                 break
                     y[U(o * inner + j)] = m
-        elif (code == SOFTMAX or code == LOG_SOFTMAX) and n > 0:
+        elif (op == SOFTMAX or op == LOG_SOFTMAX) and n > 0:
             for o in range(outer):
                 for j in range(inner):
                     base = o * n * inner + j
@@ -64,7 +64,7 @@ def _reduce_forward_of(code):
                     s = 0.0
                     for k in range(n):
                         s += _exp(x[U(base + k * inner)] - m)
-                    if code == SOFTMAX:
+                    if op == SOFTMAX:
                         for k in range(n):
                             y[U(base + k * inner)] = _exp(x[U(base + k * inner)] - m) / s
                     else:
@@ -78,15 +78,15 @@ def _reduce_forward_of(code):
 reduce_forward = per_code(_reduce_forward_of)
 
 
-def _reduce_vjp_of(code):
-    def reduce_vjp(x, y, gy, gx, outer, n, inner):
-        if code == SUM:
+def _reduce_vjp_of(op):
+    def reduce_vjp(code, x, y, gy, gx, outer, n, inner):
+        if op == SUM:
             for o in range(outer):
                 for k in range(n):
                     base = (o * n + k) * inner
                     for j in range(inner):
                         gx[U(base + j)] += gy[U(o * inner + j)]
-        elif code == MAX:  # the first maximal element takes the gradient, as torch.max(dim);
+        elif op == MAX:  # the first maximal element takes the gradient, as torch.max(dim);
             # a NaN maximum: every NaN element gets a NaN gradient (the slope at a NaN is NaN), the
             # others none, as elementwise maximum
             for o in range(outer):
@@ -101,7 +101,7 @@ def _reduce_vjp_of(code):
                         elif v == m:
                             gx[U(base + k * inner)] += gy[U(o * inner + j)]
                             break
-        elif code == SOFTMAX:  # gx = y * (g - <g, y>)
+        elif op == SOFTMAX:  # gx = y * (g - <g, y>)
             for o in range(outer):
                 for j in range(inner):
                     base = o * n * inner + j
@@ -111,7 +111,7 @@ def _reduce_vjp_of(code):
                     for k in range(n):
                         p = base + k * inner
                         gx[p] += y[p] * (gy[p] - dot)
-        elif code == LOG_SOFTMAX:  # gx = g - softmax * sum(g)
+        elif op == LOG_SOFTMAX:  # gx = g - softmax * sum(g)
             for o in range(outer):
                 for j in range(inner):
                     base = o * n * inner + j

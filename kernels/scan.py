@@ -45,7 +45,7 @@ With ``check`` off the loops run as they would without it (one untaken branch pe
 import numpy as np
 
 from ..ops import MATMUL, SHAPE, Op
-from ._jit import jit, jit_inline
+from ._jit import jit
 from .linalg import linear_act_forward, linear_act_vjp
 from .call import SLOTS, call_forward, call_vjp
 from .rows import all_finite, inputs_grads_finite
@@ -215,7 +215,7 @@ def _unload_x(ip, node_off, orig, xo):
             node_off[ip[own0 + i]] = xo
 
 
-@jit_inline
+@jit
 def _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias, check):
     """Load x_t (see _load_x) and run the body rows once. Returns -1, or with ``check`` the
     first row whose output holds a NaN/Inf (the rows after it are not run)."""
@@ -273,7 +273,7 @@ def _load_init(tape, values, params, ip):
               view(init, values, params, tape[10], node_off, node_size, tape[11]))
 
 
-@jit_inline
+@jit
 def _advance(tape, values, ivalues, params, ip, t0, t1, orig, xo, alias):
     """Recompute steps t0 .. t1-1 from the carries in place (nothing stacked or saved)."""
     for t in range(t0, t1):
@@ -281,7 +281,7 @@ def _advance(tape, values, ivalues, params, ip, t0, t1, orig, xo, alias):
         _carry_step(values, ip, tape[8], tape[9], t, False, True)
 
 
-@jit_inline
+@jit
 def _binomial_forward(tape, values, ivalues, params, ip, stack, orig, xo, check):
     """All T steps from the carries in place, storing the binomial schedule's first checkpoints;
     step T-1's state is left in the body nodes (its carry_in is not overwritten). Returns
@@ -440,7 +440,7 @@ def _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, r, t0
     return -1
 
 
-@jit_inline
+@jit
 def scan_forward(tape, values, ivalues, params, r, check):
     """Run the SCAN row r's T steps. Returns (-1, -1), or with ``check`` (body row, step) of the
     first NaN/Inf (see the module docstring)."""
@@ -494,7 +494,7 @@ def scan_forward(tape, values, ivalues, params, r, check):
     return -1, -1
 
 
-@jit_inline
+@jit
 def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t, orig, xo,
                    xb, check):
     """One step of the reverse sweep with the body's values for step t already in place (with
@@ -532,7 +532,7 @@ def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, 
     return -1
 
 
-@jit_inline
+@jit
 def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, orig, xo,
                        xb, check):
     """Reverse steps T-1 .. 0 following the binomial schedule (see the module docstring).
@@ -581,7 +581,7 @@ def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scrat
     return -1, -1
 
 
-@jit_inline
+@jit
 def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r, check):
     """Reverse the SCAN row r's T steps. Returns (-1, -1), or with ``check`` (body row, step)
     of the first NaN/Inf gradient (see the module docstring)."""

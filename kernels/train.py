@@ -84,6 +84,14 @@ H_SIZE = 22
 
 
 @jit
+def _copy(dst, src):
+    """dst[:] = src for equal sizes. Why a loop: a slice assignment checks the shapes and
+    compiles Numba's error message formatting into every kernel that holds one (about 2 s)."""
+    for i in range(src.size):
+        dst[i] = src[i]
+
+
+@jit
 def c_contiguous_aligned(x):
     """Whether ``x`` (a C-typed array that may hold any strides: a native entry called
     directly does not check them) really is C-contiguous and aligned. Strides and the data
@@ -139,12 +147,12 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
     # Copy, then check the copy: ``iinput`` may be the caller's array, which another thread
     # (a loader refilling it) may change meanwhile; the values checked are the values used.
     labels = ivalues[i_off : i_off + iinput.size]
-    labels[:] = iinput
+    _copy(labels, iinput)
     for i in range(labels.size):
         if labels[i] < i_lo or labels[i] >= i_hi:
             labels[:] = i_lo  # no out-of-range index stays in the slot
             return 0.0, 0.0, i, 2
-    values[f_off : f_off + finput.size] = finput
+    _copy(values[f_off : f_off + finput.size], finput)
     seg = ints[H_SEGMENTS : H_SEGMENTS + 12]
     nn = ints[H_NODES]
     fp_end, g_end = ints[H_FPARAMS_END], ints[H_GRADS_END]
@@ -190,11 +198,11 @@ def fit_epoch(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans
             return total, correct, b, -1, 0
         for r in range(batch):
             src = perm[b * batch + r]
-            xdst[r * row : (r + 1) * row] = X[src]
+            _copy(xdst[r * row : (r + 1) * row], X[src])
             if Yi.size > 0:
                 ivalues[y_off + r] = Yi[src]
             else:
-                values[y_off + r * yrow : y_off + (r + 1) * yrow] = Yf[src]
+                _copy(values[y_off + r * yrow : y_off + (r + 1) * yrow], Yf[src])
         loss, norm, bad, direction = _step(
             tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, keep_spans,
             loss_off, flat, flat_grad, kind, s1, s2, s3, hyper, t0 + b,

@@ -6,9 +6,12 @@ indices and labels), the optimizer's flat parameter buffer ``params`` (2, a comp
 program's parameters; their gradients in ``pgrads``) or the caller's input array ``external``
 (3, read in place). Row r's operands are in_idx[in_ptr[r]:in_ptr[r+1]], its integer
 attributes iparams[ip_ptr[r]:ip_ptr[r+1]], its float attributes fparams[fp_ptr[r]:].
+
+The row accessors are inlined (``jit_inline``): each is called with constant operand numbers,
+and a constant argument would otherwise compile a copy of the function per constant.
 """
 
-from ._jit import jit
+from ._jit import jit, jit_inline
 
 
 @jit
@@ -34,55 +37,55 @@ def grad_view(v, grads, param_grads, node_kind, node_off, node_size):
     return grads[o : o + node_size[v]]
 
 
-@jit
+@jit_inline
 def operand(tape, values, params, r, t):
     """The values of row r's t-th operand."""
     return view(tape[3][tape[2][r] + t], values, params, tape[10], tape[8], tape[9], tape[11])
 
 
-@jit
+@jit_inline
 def operand_grad(tape, grads, pgrads, r, t):
     """The gradient of row r's t-th operand."""
     return grad_view(tape[3][tape[2][r] + t], grads, pgrads, tape[10], tape[8], tape[9])
 
 
-@jit
+@jit_inline
 def ioperand(tape, ivalues, r, t):
     """The integer values (indices, labels) of row r's t-th operand."""
     v = tape[3][tape[2][r] + t]
     return ivalues[tape[8][v] : tape[8][v] + tape[9][v]]
 
 
-@jit
+@jit_inline
 def needs(tape, need, r, t):
     """Whether row r's t-th operand wants a gradient (its mode in ``need``)."""
     return need[tape[3][tape[2][r] + t]]
 
 
-@jit
+@jit_inline
 def n_operands(tape, r):
     return tape[2][r + 1] - tape[2][r]
 
 
-@jit
+@jit_inline
 def output(tape, values, params, r):
     """Row r's output values."""
     return view(tape[1][r], values, params, tape[10], tape[8], tape[9], tape[11])
 
 
-@jit
+@jit_inline
 def output_grad(tape, grads, pgrads, r):
     """The gradient of row r's output."""
     return grad_view(tape[1][r], grads, pgrads, tape[10], tape[8], tape[9])
 
 
-@jit
+@jit_inline
 def iattrs(tape, r):
     """Row r's integer attributes."""
     return tape[5][tape[4][r] : tape[4][r + 1]]
 
 
-@jit
+@jit_inline
 def fattr(tape, r, k):
     """Row r's k-th float attribute."""
     return tape[7][tape[6][r] + k]
