@@ -339,7 +339,8 @@ class Tape:
         table = dispatch.table(self.dtype)
         done = getattr(self, "n_dispatched", 0)
         if done < self.n_rows:
-            table.ensure(self.ops.a[done : self.n_rows])
+            table.ensure(dispatch.codes_used(self.ops.a, self.ip_ptr.a, self.iparams.a, done,
+                                             self.n_rows))
             self.n_dispatched = self.n_rows
         return (self.ops.view, self.outs.view, self.in_ptr.view, self.in_idx.view,
                 self.ip_ptr.view, self.iparams.view, self.fp_ptr.view, self.fparams.a,

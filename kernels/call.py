@@ -7,16 +7,17 @@ and dtype (73-109 s before a first result). A call through an address is not lin
 compiles once, small, whatever ops exist, and each op compiles alone when a tape first uses it
 (kernels/dispatch.py fills the table). docs/benchmarks.md, "Dispatch prototype", measures it.
 
-A row kernel has one of two signatures per float dtype F (the tape tuple below, then):
+A row kernel has one of two signatures (FORWARD_SIGNATURE, VJP_SIGNATURE below):
 
-    forward(tape, values, ivalues, params, r, check) -> int64
-    vjp(tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr, check) -> int64
+    forward(ctx, r, check) -> int64
+    vjp(ctx, r, lr, check) -> int64
 
-returning -1, or an anomaly report (kernels/rows.py, STEP_CODE) for a scan row. The call uses
-Numba's own calling convention, so an exception raised in a row kernel reaches the caller as it
-would through a direct call. ``call_forward`` / ``call_vjp`` refuse at compile time any argument
-whose type differs from the signature the table's kernels were compiled for: a mismatch cannot
-reach a kernel.
+``ctx`` is the address of the sweep's context, which a loop writes once per sweep: where the
+tape's arrays and the arenas are (``context``; a row kernel rebuilds them with ``unpack``). A
+kernel returns -1, or an anomaly report (kernels/rows.py, STEP_CODE) for a scan row. The call
+uses Numba's own calling convention, so an exception raised in a row kernel reaches the caller
+as it would through a direct call. A context carries its float dtype, which a kernel of the
+other dtype refuses.
 
 The tape tuple (fastgrad/tape.py ``Tape.arrays``) is
     (ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, node_kind,
@@ -25,12 +26,18 @@ where ``table`` is the dispatch table of the tape's dtype: ``table[code]`` the a
 ``code``'s forward row kernel, ``table[SLOTS + code]`` of its VJP.
 """
 
-from numba import types
+import numpy as np
+from numba import carray, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from ._jit import jit, jit_inline
+
 SLOTS = 1024  # op codes are below this (100 * family + index, families 0-7)
+# Slots past the op codes: the three ways a SCAN row runs (kernels/scan.py), each compiled
+# only when a tape has such a scan. Their kernels take the row signature below.
+SCAN_CELL, SCAN_STEPS, SCAN_BINOMIAL = 1000, 1001, 1002
 
 _I64 = types.Array(types.int64, 1, "C")
 _KIND = types.Array(types.int8, 1, "C")
@@ -46,29 +53,86 @@ def tape_type(dtype):
     return types.Tuple((_I64, _I64, _I64, _I64, _I64, _I64, _I64, F, _I64, _I64, _KIND, F, _I64))
 
 
-def forward_signature(dtype):
-    F = _farray(dtype)
-    return types.int64(tape_type(dtype), F, _I64, F, types.int64, types.boolean)
+# A row kernel's signature: the address of the sweep's context (below), the row, and for a VJP
+# the plain-SGD learning rate of the parameters folded into it (kernels/linalg.py), then
+# ``check``. Three or four machine words per call: the arrays themselves as arguments were 20
+# array structs per row (43 ns of a 1-element row measured; the context costs a few).
+FORWARD_SIGNATURE = types.int64(types.int64, types.int64, types.boolean)
+VJP_SIGNATURE = types.int64(types.int64, types.int64, types.float64, types.boolean)
+
+# The context: (address, length) of each array a row kernel reads, written once per sweep by
+# ``context``, then the float itemsize (a kernel of the other dtype refuses it).
+NARRAYS = 20  # the tape's 13 arrays, values, ivalues, params, grads, pgrads, need, scratch
+CONTEXT_SIZE = 2 * NARRAYS + 1
 
 
-def vjp_signature(dtype):
-    F = _farray(dtype)
-    return types.int64(tape_type(dtype), F, _I64, F, F, F, _KIND, F, types.int64, types.float64,
-                       types.boolean)
+@jit_inline
+def _put(ctx, i, a):
+    ctx[2 * i] = a.ctypes.data
+    ctx[2 * i + 1] = a.size
 
 
-def _check_types(name, expected, given):
-    """Raise a TypingError when an array or tuple argument differs from the row signature;
-    scalars are cast to it."""
-    for i, (want, got) in enumerate(zip(expected, given)):
-        if isinstance(want, (types.Array, types.BaseTuple)) and want != got:
-            raise TypingError(f"{name}: argument {i} is {got}, the row kernels take {want}")
+@jit
+def context(tape, values, ivalues, params, grads, pgrads, need, scratch):
+    """The context of a sweep over ``tape`` (an int64 array whose address the row kernels
+    take): it must stay alive, and the arrays unmoved, while they run. A forward sweep may pass
+    any arrays of the right types for the gradient arenas it does not use."""
+    ctx = np.empty(CONTEXT_SIZE, np.int64)
+    _put(ctx, 0, tape[0])
+    _put(ctx, 1, tape[1])
+    _put(ctx, 2, tape[2])
+    _put(ctx, 3, tape[3])
+    _put(ctx, 4, tape[4])
+    _put(ctx, 5, tape[5])
+    _put(ctx, 6, tape[6])
+    _put(ctx, 7, tape[7])
+    _put(ctx, 8, tape[8])
+    _put(ctx, 9, tape[9])
+    _put(ctx, 10, tape[10])
+    _put(ctx, 11, tape[11])
+    _put(ctx, 12, tape[12])
+    _put(ctx, 13, values)
+    _put(ctx, 14, ivalues)
+    _put(ctx, 15, params)
+    _put(ctx, 16, grads)
+    _put(ctx, 17, pgrads)
+    _put(ctx, 18, need)
+    _put(ctx, 19, scratch)
+    ctx[2 * NARRAYS] = values.itemsize
+    return ctx
 
 
-def _dtype_of(tape):
-    if not isinstance(tape, types.BaseTuple) or len(tape) != 13:
-        raise TypingError(f"the tape must be the 13-array tuple of kernels/call.py, got {tape}")
-    return tape[7].dtype
+@intrinsic
+def _pointer(typingctx, address, dtype):
+    """``address`` (an int) as a pointer to ``dtype`` values (a NumPy scalar type)."""
+    target = types.CPointer(dtype.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(target))
+
+    return target(address, dtype), codegen
+
+
+@jit_inline
+def _array(ctx, i, dtype):
+    return carray(_pointer(ctx[2 * i], dtype), ctx[2 * i + 1])
+
+
+@jit_inline
+def unpack(address, F, itemsize):
+    """The arrays of the context at ``address`` for float type ``F`` (of ``itemsize`` bytes):
+    (tape, values, ivalues, params, grads, pgrads, need, scratch), arrays without an owner (no
+    reference counting)."""
+    ctx = carray(_pointer(address, np.int64), CONTEXT_SIZE)
+    if ctx[2 * NARRAYS] != itemsize:
+        raise RuntimeError("fastgrad internal error: a row kernel got a sweep of another dtype")
+    I, K = np.int64, np.int8
+    tape = (_array(ctx, 0, I), _array(ctx, 1, I), _array(ctx, 2, I), _array(ctx, 3, I),
+            _array(ctx, 4, I), _array(ctx, 5, I), _array(ctx, 6, I), _array(ctx, 7, F),
+            _array(ctx, 8, I), _array(ctx, 9, I), _array(ctx, 10, K), _array(ctx, 11, F),
+            _array(ctx, 12, I))
+    return (tape, _array(ctx, 13, F), _array(ctx, 14, I), _array(ctx, 15, F), _array(ctx, 16, F),
+            _array(ctx, 17, F), _array(ctx, 18, K), _array(ctx, 19, F))
 
 
 def _call(context, builder, sig, args, row_sig):
@@ -85,34 +149,36 @@ def _call(context, builder, sig, args, row_sig):
     return out
 
 
+def _scalars(name, given):
+    for i, t in enumerate(given):
+        if not isinstance(t, (types.Integer, types.Float, types.Boolean)):
+            raise TypingError(f"{name}: argument {i + 1} is {t}, the row kernels take numbers")
+
+
 @intrinsic
-def call_forward(typingctx, addr, tape, values, ivalues, params, r, check):
-    """``forward(tape, values, ivalues, params, r, check)`` of the row kernel at ``addr``."""
-    row_sig = forward_signature(_dtype_of(tape))
-    given = (tape, values, ivalues, params, r, check)
-    _check_types("call_forward", row_sig.args, given)
-    sig = types.int64(types.int64, *given)
+def call_forward(typingctx, addr, ctx, r, check):
+    """``forward(ctx, r, check)`` of the row kernel at ``addr``; ``ctx`` the address of the
+    sweep's context."""
+    _scalars("call_forward", (addr, ctx, r, check))
+    sig = types.int64(addr, ctx, r, check)
 
     def codegen(context, builder, signature, args):
-        return _call(context, builder, signature, args, row_sig)
+        return _call(context, builder, signature, args, FORWARD_SIGNATURE)
 
     return sig, codegen
 
 
 @intrinsic
-def call_vjp(typingctx, addr, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
-             lr, check):
-    """``vjp(tape, values, ..., r, lr, check)`` of the row kernel at ``addr``."""
-    row_sig = vjp_signature(_dtype_of(tape))
-    given = (tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr, check)
-    _check_types("call_vjp", row_sig.args, given)
-    sig = types.int64(types.int64, *given)
+def call_vjp(typingctx, addr, ctx, r, lr, check):
+    """``vjp(ctx, r, lr, check)`` of the row kernel at ``addr``."""
+    _scalars("call_vjp", (addr, ctx, r, lr, check))
+    sig = types.int64(addr, ctx, r, lr, check)
 
     def codegen(context, builder, signature, args):
-        return _call(context, builder, signature, args, row_sig)
+        return _call(context, builder, signature, args, VJP_SIGNATURE)
 
     return sig, codegen
 
 
-__all__ = ["SLOTS", "call_forward", "call_vjp", "forward_signature", "tape_type",
-           "vjp_signature"]
+__all__ = ["CONTEXT_SIZE", "FORWARD_SIGNATURE", "SCAN_BINOMIAL", "SCAN_CELL", "SCAN_STEPS",
+           "SLOTS", "VJP_SIGNATURE", "call_forward", "call_vjp", "context", "tape_type", "unpack"]

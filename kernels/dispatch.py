@@ -20,45 +20,38 @@ from numba import types
 
 from ..ops import Op
 from ._jit import OPTIONS, _njit
-from .call import SLOTS, forward_signature, vjp_signature
+from .call import (FORWARD_SIGNATURE, SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS,
+                   VJP_SIGNATURE, unpack)
 from .codes import ADD, CROSS_ENTROPY, MATMUL, RESHAPE, SUM, WHERE
 from .elementwise import (binary_row_forward, binary_row_vjp, unary_row_forward, unary_row_vjp,
                           where_row_forward, where_row_vjp)
 from .linalg import matmul_row_forward, matmul_row_vjp
 from .movement import shape_row_forward, shape_row_vjp
 from .reduce import loss_row_forward, loss_row_vjp, reduce_row_forward, reduce_row_vjp
-from .rows import STEP_CODE
-from .scan import scan_backward, scan_forward
+from .scan import (scan_backward, scan_binomial_backward, scan_binomial_forward,
+                   scan_cell_backward, scan_cell_forward, scan_forward, scan_steps_backward,
+                   scan_steps_forward)
 
 
-def row_kernels(code):
-    """The Python functions of op ``code``'s forward and VJP row kernels (see call.py), named
-    after the op (``tanh_forward``, ``tanh_vjp``): the names the compile log shows, and each
-    op's own files in the kernel cache."""
-    forward, vjp = _row_kernels(code)
-    name = Op(code).name.lower()
+def row_kernels(code, dtype):
+    """The Python functions of op ``code``'s forward and VJP row kernels for float ``dtype``
+    (see call.py), named after the op (``tanh_forward``, ``tanh_vjp``): the names the compile
+    log shows, and each op's own files in the kernel cache."""
+    forward, vjp = _row_kernels(code, np.dtype(dtype).type, np.dtype(dtype).itemsize)
+    name = STRATEGY_NAMES.get(code) or Op(code).name.lower()
     forward.__name__ = forward.__qualname__ = f"{name}_forward"
     vjp.__name__ = vjp.__qualname__ = f"{name}_vjp"
     return forward, vjp
 
 
-def _row_kernels(code):
-    if code == Op.SCAN:
-
-        def forward(tape, values, ivalues, params, r, check):
-            bad, t = scan_forward(tape, values, ivalues, params, r, check)
-            return bad + (t + 1) * STEP_CODE if bad >= 0 else -1
-
-        def vjp(tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr, check):
-            bad, t = scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
-                                   r, check)
-            return bad + (t + 1) * STEP_CODE if bad >= 0 else -1
-
-        return forward, vjp
+def _row_kernels(code, F, itemsize):
+    if code >= Op.SCAN:
+        return _scan_kernels(code, F, itemsize)
 
     # The family chain is written here, in the closure, so that Numba prunes it with ``code`` a
     # constant before it inlines the one family function left (elementwise.py says why that matters).
-    def forward(tape, values, ivalues, params, r, check):
+    def forward(ctx, r, check):
+        tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
         if code < ADD:
             unary_row_forward(code, tape, values, ivalues, params, r)
         elif code < WHERE:
@@ -75,7 +68,8 @@ def _row_kernels(code):
             loss_row_forward(code, tape, values, ivalues, params, r)
         return -1
 
-    def vjp(tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr, check):
+    def vjp(ctx, r, lr, check):
+        tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
         if code < ADD:
             unary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
         elif code < WHERE:
@@ -98,11 +92,86 @@ def _row_kernels(code):
     return forward, vjp
 
 
-def _missing_forward(tape, values, ivalues, params, r, check):
+def _scan_kernels(code, F, itemsize):
+    """The SCAN row's kernels (which pick the kernel of the scan's strategy, at the slots
+    after the op codes) and the strategies' own. Compiled functions are globals here, not
+    closure variables: a closure's variables are part of its cache key, and a compiled
+    function's would change in every process."""
+    if code == Op.SCAN:
+
+        def forward(ctx, r, check):
+            tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
+            return scan_forward(ctx, tape, values, ivalues, params, r, check)
+
+        def vjp(ctx, r, lr, check):
+            tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
+            return scan_backward(ctx, tape, values, ivalues, params, grads, pgrads, need,
+                                 scratch, r, check)
+
+    elif code == SCAN_CELL:
+
+        def forward(ctx, r, check):
+            tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
+            return scan_cell_forward(ctx, tape, values, ivalues, params, r, check)
+
+        def vjp(ctx, r, lr, check):
+            tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
+            return scan_cell_backward(ctx, tape, values, ivalues, params, grads, pgrads, need,
+                                      scratch, r, check)
+
+    elif code == SCAN_STEPS:
+
+        def forward(ctx, r, check):
+            tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
+            return scan_steps_forward(ctx, tape, values, ivalues, params, r, check)
+
+        def vjp(ctx, r, lr, check):
+            tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
+            return scan_steps_backward(ctx, tape, values, ivalues, params, grads, pgrads, need,
+                                       scratch, r, check)
+
+    else:
+
+        def forward(ctx, r, check):
+            tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
+            return scan_binomial_forward(ctx, tape, values, ivalues, params, r, check)
+
+        def vjp(ctx, r, lr, check):
+            tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
+            return scan_binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads,
+                                          need, scratch, r, check)
+
+    return forward, vjp
+
+
+STRATEGY_NAMES = {SCAN_CELL: "scan_cell", SCAN_STEPS: "scan_steps",
+                  SCAN_BINOMIAL: "scan_binomial"}
+
+
+def codes_used(ops, ip_ptr, iparams, start, stop):
+    """The table slots rows [start, stop) of a tape run: their op codes and, for a SCAN row,
+    the strategies it may take (scan.py ``_strategy``: a single-cell body also falls back to
+    the steps kernel; which one runs depends on the node kinds and gradient modes of the
+    program that replays it, so both are made ready)."""
+    codes = set(np.unique(ops[start:stop]).tolist())
+    if Op.SCAN in codes:
+        for r in np.flatnonzero(ops[start:stop] == Op.SCAN) + start:
+            ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
+            body = ops[ip[2] : ip[3]]
+            if ip[11] < 0:
+                codes.add(SCAN_BINOMIAL)
+            else:
+                codes.add(SCAN_STEPS)
+                if body.size == 1 and body[0] == Op.LINEAR_ACT:
+                    codes.add(SCAN_CELL)
+    return codes
+
+
+def _missing_forward(ctx, r, check):
     raise RuntimeError("fastgrad internal error: an op's forward kernel was not loaded")
 
 
-def _missing_vjp(tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr, check):
+def _missing_vjp(ctx, r, lr, check):
     raise RuntimeError("fastgrad internal error: an op's VJP kernel was not loaded")
 
 
@@ -118,7 +187,8 @@ def _compiled(py_func, signature):
     return dispatcher, address
 
 
-# Codes with row kernels: every op but SCAN_BEGIN, which the loops skip.
+# Codes with row kernels: every op but SCAN_BEGIN, which the loops skip (the scan strategies'
+# slots are not ops: ``codes_used`` adds them).
 CODES = tuple(int(op) for op in Op if op != Op.SCAN_BEGIN)
 
 
@@ -141,12 +211,13 @@ class Table:
         self.addresses[SLOTS:] = vjp_address
 
     def signatures(self):
-        return forward_signature(self.numba_dtype), vjp_signature(self.numba_dtype)
+        return FORWARD_SIGNATURE, VJP_SIGNATURE
 
     def ensure(self, codes):
         """Compile or load the row kernels of the op ``codes`` (any iterable of ints) that the
         table does not hold yet. Cheap when it holds them all."""
-        codes = np.asarray(codes, np.int64).ravel()
+        codes = np.array(sorted(codes) if isinstance(codes, (set, frozenset)) else codes,
+                         np.int64).ravel()
         if codes.size == 0 or self.ready[codes].all():
             return
         with self.lock:  # two threads at first use must not both fill a slot
@@ -155,9 +226,9 @@ class Table:
                 if self.ready[code] or code == Op.SCAN_BEGIN:
                     self.ready[code] = True
                     continue
-                if code not in CODES:
+                if code not in CODES and code not in STRATEGY_NAMES:
                     raise ValueError(f"fastgrad internal error: no op has code {code}")
-                forward, vjp = row_kernels(code)
+                forward, vjp = row_kernels(code, self.dtype)
                 fwd, fwd_address = _compiled(forward, fwd_sig)
                 bwd, vjp_address = _compiled(vjp, vjp_sig)
                 self.kernels[code] = (fwd, bwd)

@@ -17,7 +17,7 @@ the SCAN row's kernel (scan.py), which checks them at every step when ``check`` 
 
 from ..ops import Op
 from ._jit import jit
-from .call import SLOTS, call_forward, call_vjp
+from .call import SLOTS, call_forward, call_vjp, context
 from .rows import all_finite, inputs_grads_finite
 from .views import view
 
@@ -31,6 +31,9 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
     """
     ops, outs, ip_ptr, iparams = tape[0], tape[1], tape[4], tape[5]
     node_off, node_size, kind, table = tape[8], tape[9], tape[10], tape[12]
+    # the forward kernels read no gradients: any arrays of the right types stand in for them
+    ctx = context(tape, values, ivalues, params, values, values, kind, values)
+    at = ctx.ctypes.data
     r = start
     while r < stop:
         code = ops[r]
@@ -38,7 +41,7 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
             target = iparams[ip_ptr[r]]
             r = target if target >= 0 else r + 1  # -1: body still being recorded, run it inline
             continue
-        bad = call_forward(table[code], tape, values, ivalues, params, r, check)
+        bad = call_forward(table[code], at, r, check)
         if bad >= 0:  # a scan body's row, at a step (scan.py)
             return bad
         if check and not all_finite(view(outs[r], values, params, kind, node_off, node_size,
@@ -63,12 +66,13 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
     encoded as replay_forward's report.
     """
     ops, outs, ip_ptr, iparams, table = tape[0], tape[1], tape[4], tape[5], tape[12]
+    ctx = context(tape, values, ivalues, params, grads, pgrads, need, scratch)
+    at = ctx.ctypes.data
     r = stop - 1
     while r >= start:
         code = ops[r]
         if need[outs[r]] and code != Op.SCAN_BEGIN:
-            bad = call_vjp(table[SLOTS + code], tape, values, ivalues, params, grads, pgrads,
-                           need, scratch, r, lr, check)
+            bad = call_vjp(table[SLOTS + code], at, r, lr, check)
             if bad >= 0:  # a scan body's row, at a step (scan.py)
                 return bad
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):

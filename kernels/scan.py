@@ -47,8 +47,8 @@ import numpy as np
 from ..ops import MATMUL, SHAPE, Op
 from ._jit import jit
 from .linalg import linear_act_forward, linear_act_vjp
-from .call import SLOTS, call_forward, call_vjp
-from .rows import all_finite, inputs_grads_finite
+from .call import SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS, call_forward, call_vjp
+from .rows import STEP_CODE, all_finite, inputs_grads_finite
 from .views import grad_view, view
 
 U = np.uintp
@@ -216,12 +216,12 @@ def _unload_x(ip, node_off, orig, xo):
 
 
 @jit
-def _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias, check):
+def _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, alias, check):
     """Load x_t (see _load_x) and run the body rows once. Returns -1, or with ``check`` the
     first row whose output holds a NaN/Inf (the rows after it are not run)."""
     _load_x(values, ip, tape[8], orig, xo, t, alias)
     for r in range(ip[2], ip[3]):
-        call_forward(tape[12][tape[0][r]], tape, values, ivalues, params, r, False)
+        call_forward(tape[12][tape[0][r]], ctx, r, False)
         if check and not all_finite(view(tape[1][r], values, params, tape[10], tape[8], tape[9],
                                          tape[11])):
             return r
@@ -274,15 +274,15 @@ def _load_init(tape, values, params, ip):
 
 
 @jit
-def _advance(tape, values, ivalues, params, ip, t0, t1, orig, xo, alias):
+def _advance(ctx, tape, values, ivalues, params, ip, t0, t1, orig, xo, alias):
     """Recompute steps t0 .. t1-1 from the carries in place (nothing stacked or saved)."""
     for t in range(t0, t1):
-        _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias, False)
+        _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, alias, False)
         _carry_step(values, ip, tape[8], tape[9], t, False, True)
 
 
 @jit
-def _binomial_forward(tape, values, ivalues, params, ip, stack, orig, xo, check):
+def _binomial_forward(ctx, tape, values, ivalues, params, ip, stack, orig, xo, check):
     """All T steps from the carries in place, storing the binomial schedule's first checkpoints;
     step T-1's state is left in the body nodes (its carry_in is not overwritten). Returns
     (row, t) of the first NaN/Inf with ``check`` (see the module docstring), else (-1, -1)."""
@@ -299,7 +299,7 @@ def _binomial_forward(tape, values, ivalues, params, ip, stack, orig, xo, check)
             sched[4 + held] = t
             held += 1
             store_at = t + binomial_advance(T - t, slots - held + 1)
-        bad = _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias, check)
+        bad = _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, alias, check)
         if bad >= 0:
             sched[0] = 0  # the forward sweep did not finish: its checkpoints are not valid
             return bad, t
@@ -441,61 +441,112 @@ def _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, r, t0
 
 
 @jit
-def scan_forward(tape, values, ivalues, params, r, check):
-    """Run the SCAN row r's T steps. Returns (-1, -1), or with ``check`` (body row, step) of the
-    first NaN/Inf (see the module docstring)."""
-    ip_ptr, iparams, node_off, node_size = tape[4], tape[5], tape[8], tape[9]
-    ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
-    T, nc, k = ip[0], ip[4], ip[11]
+def _strategy(tape, ip, orig, xo, cell_ok):
+    """The dispatch table's slot of the way this scan runs (call.py): SCAN_CELL for a
+    single-cell body (``cell_ok``: its backward also needs the carry's gradient), SCAN_BINOMIAL
+    for binomial checkpoints, else SCAN_STEPS (every step stored, or segments)."""
+    if cell_ok and _cell_row(tape, ip, orig, xo) >= 0:
+        return SCAN_CELL
+    return SCAN_BINOMIAL if ip[11] < 0 else SCAN_STEPS
+
+
+@jit
+def _report(bad, t):
+    """An anomaly at body row ``bad`` and step t as one int64 (rows.py STEP_CODE), or -1."""
+    return bad + (t + 1) * STEP_CODE if bad >= 0 else -1
+
+
+@jit
+def scan_forward(ctx, tape, values, ivalues, params, r, check):
+    """Run the SCAN row r's T steps, by the kernel of its strategy (each compiled when a tape
+    first has such a scan: dispatch.py). Returns -1, or with ``check`` the body row and step of
+    the first NaN/Inf as one report (_report; see the module docstring)."""
+    ip = tape[5][tape[4][r] : tape[4][r + 1]]
+    orig, rel, size, xo = _layout(tape, ip)
+    slot = _strategy(tape, ip, orig, xo, True)
+    return call_forward(tape[12][slot], ctx, r, check)
+
+
+@jit
+def scan_cell_forward(ctx, tape, values, ivalues, params, r, check):
+    """scan_forward for a single-cell body."""
+    node_off, node_size = tape[8], tape[9]
+    ip = tape[5][tape[4][r] : tape[4][r + 1]]
+    T, k = ip[0], ip[11]
+    store, ckpt = node_off[ip[10]], node_off[ip[12]]
+    orig, rel, size, xo = _layout(tape, ip)
+    _load_init(tape, values, params, ip)
+    cell = _cell_row(tape, ip, orig, xo)
+    cin, final = ip[HEADER + 1], ip[HEADER + 3]
+    n = node_size[cin]
+    if k == 0:
+        bad = _cell_forward(tape, values, params, ip, cell, 0, T, store, True, check)
+        if bad >= 0:
+            return _report(cell, bad)
+        _copy_within(values, node_off[final], store + (T - 1) * n, n)
+    else:
+        for t0 in range(0, T, k):
+            t1 = min(T, t0 + k)
+            _copy_within(values, ckpt + (t0 // k) * n, node_off[cin], n)
+            bad = _cell_forward(tape, values, params, ip, cell, t0, t1, store, True, check)
+            if bad >= 0:
+                return _report(cell, bad)
+            _copy_within(values, node_off[cin], store + (t1 - 1 - t0) * n, n)
+        _copy_within(values, node_off[final], node_off[cin], n)
+    return -1
+
+
+@jit
+def _forward_done(tape, values, ip, orig, xo):
+    """After the last step: its carry_out is the final carry; the x slot back in place."""
+    node_off, node_size = tape[8], tape[9]
+    for c in range(ip[4]):
+        cout, final = ip[HEADER + 4 * c + 2], ip[HEADER + 4 * c + 3]
+        _copy_within(values, node_off[final], node_off[cout], node_size[final])
+    _unload_x(ip, node_off, orig, xo)
+
+
+@jit
+def scan_binomial_forward(ctx, tape, values, ivalues, params, r, check):
+    """scan_forward with binomial checkpoints."""
+    ip = tape[5][tape[4][r] : tape[4][r + 1]]
+    orig, rel, size, xo = _layout(tape, ip)
+    _load_init(tape, values, params, ip)
+    bad, t = _binomial_forward(ctx, tape, values, ivalues, params, ip, True, orig, xo, check)
+    if bad >= 0:
+        _load_x(values, ip, tape[8], orig, xo, t, False)  # x_t in its own slot, for the report
+        return _report(bad, t)
+    _forward_done(tape, values, ip, orig, xo)
+    return -1
+
+
+@jit
+def scan_steps_forward(ctx, tape, values, ivalues, params, r, check):
+    """scan_forward storing every step's state (k == 0) or every k-th step's carries."""
+    node_off, node_size = tape[8], tape[9]
+    ip = tape[5][tape[4][r] : tape[4][r + 1]]
+    T, k = ip[0], ip[11]
     store, ckpt = node_off[ip[10]], node_off[ip[12]]
     orig, rel, size, xo = _layout(tape, ip)
     alias = xo >= 0
     _load_init(tape, values, params, ip)
-    cell = _cell_row(tape, ip, orig, xo)
-    if cell >= 0:
-        cin, cout, final = ip[HEADER + 1], ip[HEADER + 2], ip[HEADER + 3]
-        n = node_size[cin]
-        if k == 0:
-            bad = _cell_forward(tape, values, params, ip, cell, 0, T, store, True, check)
-            if bad >= 0:
-                return cell, bad
-            _copy_within(values, node_off[final], store + (T - 1) * n, n)
-        else:
-            for t0 in range(0, T, k):
-                t1 = min(T, t0 + k)
-                _copy_within(values, ckpt + (t0 // k) * n, node_off[cin], n)
-                bad = _cell_forward(tape, values, params, ip, cell, t0, t1, store, True, check)
-                if bad >= 0:
-                    return cell, bad
-                _copy_within(values, node_off[cin], store + (t1 - 1 - t0) * n, n)
-            _copy_within(values, node_off[final], node_off[cin], n)
-        return -1, -1
-    if k < 0:
-        bad, t = _binomial_forward(tape, values, ivalues, params, ip, True, orig, xo, check)
+    csize = _carry_size(ip, node_size)
+    for t in range(T):
+        if k > 0 and t % k == 0:
+            _carries(values, ip, node_off, node_size, ckpt + (t // k) * csize, True)
+        bad = _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, alias, check)
         if bad >= 0:
-            _load_x(values, ip, node_off, orig, xo, t, False)  # x_t in its own slot, for the report
-            return bad, t
-    else:
-        csize = _carry_size(ip, node_size)
-        for t in range(T):
-            if k > 0 and t % k == 0:
-                _carries(values, ip, node_off, node_size, ckpt + (t // k) * csize, True)
-            bad = _body_forward(tape, values, ivalues, params, ip, t, orig, xo, alias, check)
-            if bad >= 0:
-                _load_x(values, ip, node_off, orig, xo, t, False)  # as above
-                return bad, t
-            if k == 0:
-                _state(values, ip, node_size, orig, rel, store + t * size, True)
-            _carry_step(values, ip, node_off, node_size, t, True, t < T - 1)
-    for c in range(nc):  # the last step's carry_out is the final carry
-        cout, final = ip[HEADER + 4 * c + 2], ip[HEADER + 4 * c + 3]
-        _copy_within(values, node_off[final], node_off[cout], node_size[final])
-    _unload_x(ip, node_off, orig, xo)
-    return -1, -1
+            _load_x(values, ip, node_off, orig, xo, t, False)  # as above
+            return _report(bad, t)
+        if k == 0:
+            _state(values, ip, node_size, orig, rel, store + t * size, True)
+        _carry_step(values, ip, node_off, node_size, t, True, t < T - 1)
+    _forward_done(tape, values, ip, orig, xo)
+    return -1
 
 
 @jit
-def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t, orig, xo,
+def _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t, orig, xo,
                    xb, check):
     """One step of the reverse sweep with the body's values for step t already in place (with
     xb, the x slot on row t of xs: its gradient is xs's own, not cleared). Returns -1, or with
@@ -518,8 +569,7 @@ def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, 
             _add_within(grads, node_off[v], node_off[out] + t * n, n)
     for r in range(ip[3] - 1, ip[2] - 1, -1):
         if need[outs[r]]:
-            call_vjp(tape[12][SLOTS + tape[0][r]], tape, values, ivalues, params, grads, pgrads,
-                     need, scratch, r, 0.0, False)
+            call_vjp(tape[12][SLOTS + tape[0][r]], ctx, r, 0.0, False)
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
                 return r
     for c in range(nc):
@@ -533,7 +583,7 @@ def _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, 
 
 
 @jit
-def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, orig, xo,
+def _binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip, orig, xo,
                        xb, check):
     """Reverse steps T-1 .. 0 following the binomial schedule (see the module docstring).
     Returns (row, t) of the first NaN/Inf gradient with ``check``, else (-1, -1)."""
@@ -544,12 +594,12 @@ def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scrat
     advanced = 0
     if sched[0] == 0:  # an earlier backward sweep reused the slots: redo the forward sweep
         _load_init(tape, values, params, ip)
-        _binomial_forward(tape, values, ivalues, params, ip, False, orig, xo, False)
+        _binomial_forward(ctx, tape, values, ivalues, params, ip, False, orig, xo, False)
         advanced = T
     sched[0] = 0  # the slots and body nodes are about to stop holding what the forward left
     held = sched[1]
     _load_x(values, ip, node_off, orig, xo, T - 1, xb)
-    bad = _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, T - 1,
+    bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip, T - 1,
                          orig, xo, xb, check)
     if bad >= 0:
         return bad, T - 1
@@ -567,12 +617,12 @@ def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scrat
                     held += 1
                     sched[3] = max(sched[3], held)
                 stop = n + binomial_advance(t + 1 - n, slots - held + 1)
-                _advance(tape, values, ivalues, params, ip, n, stop, orig, xo, xb)
+                _advance(ctx, tape, values, ivalues, params, ip, n, stop, orig, xo, xb)
                 advanced += stop - n
                 n = stop
-        _body_forward(tape, values, ivalues, params, ip, t, orig, xo, xb, False)  # step t again
+        _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, xb, False)  # step t again
         advanced += 1
-        bad = _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t,
+        bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t,
                              orig, xo, xb, check)
         if bad >= 0:
             return bad, t
@@ -582,49 +632,101 @@ def _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scrat
 
 
 @jit
-def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r, check):
-    """Reverse the SCAN row r's T steps. Returns (-1, -1), or with ``check`` (body row, step)
-    of the first NaN/Inf gradient (see the module docstring)."""
-    ip_ptr, iparams, node_off, node_size = tape[4], tape[5], tape[8], tape[9]
-    ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
-    T, nc, k = ip[0], ip[4], ip[11]
+def scan_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, r, check):
+    """Reverse the SCAN row r's T steps, by the kernel of its strategy (as scan_forward).
+    Returns -1, or with ``check`` the body row and step of the first NaN/Inf gradient as one
+    report (_report)."""
+    ip = tape[5][tape[4][r] : tape[4][r + 1]]
+    orig, rel, size, xo = _layout(tape, ip)
+    slot = _strategy(tape, ip, orig, xo, need[ip[HEADER + 2]] != 0)
+    return call_vjp(tape[12][SLOTS + slot], ctx, r, 0.0, check)
+
+
+@jit
+def _x_in_place(ip, xo, need):
+    """Whether x_t is read on row t of xs: the slot's VJPs then add into xs's gradient, unless
+    they overwrite it."""
+    return xo >= 0 and (need[ip[8]] == 0 or (need[ip[8]] == 1 and need[ip[7]] != 0))
+
+
+@jit
+def _backward_done(tape, grads, pgrads, need, ip, orig, xo):
+    """After the first step is reversed: the x slot back in place, and the gradient that
+    reached the first carry_in added to the initial carry's."""
+    node_off, node_size = tape[8], tape[9]
+    _unload_x(ip, node_off, orig, xo)
+    for c in range(ip[4]):
+        init, final = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 3]
+        if need[init]:
+            _add(grad_view(init, grads, pgrads, tape[10], node_off, node_size),
+                 grads[node_off[final] : node_off[final] + node_size[final]])
+
+
+@jit
+def scan_cell_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, r, check):
+    """scan_backward for a single-cell body."""
+    node_off, node_size = tape[8], tape[9]
+    ip = tape[5][tape[4][r] : tape[4][r + 1]]
+    T, k = ip[0], ip[11]
     store, ckpt = node_off[ip[10]], node_off[ip[12]]
     orig, rel, size, xo = _layout(tape, ip)
-    # x_t on row t of xs: the slot's VJPs then add into xs's gradient, unless they overwrite it
-    xb = xo >= 0 and (need[ip[8]] == 0 or (need[ip[8]] == 1 and need[ip[7]] != 0))
-    cell = _cell_row(tape, ip, orig, xo) if need[ip[HEADER + 2]] else -1
-    # the final node's forward value is consumed; keep carry values right for recomputation
-    if cell >= 0:
-        n = node_size[ip[HEADER + 1]]
-        if k == 0:
-            bad = _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell, 0,
-                                 T, store, xb, check)
+    xb = _x_in_place(ip, xo, need)
+    cell = _cell_row(tape, ip, orig, xo)
+    n = node_size[ip[HEADER + 1]]
+    if k == 0:
+        bad = _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell, 0, T,
+                             store, xb, check)
+        if bad >= 0:
+            return _report(cell, bad)
+    else:
+        for t0 in range(((T - 1) // k) * k, -1, -k):
+            t1 = min(T, t0 + k)
+            _copy_within(values, node_off[ip[HEADER + 1]], ckpt + (t0 // k) * n, n)
+            _cell_forward(tape, values, params, ip, cell, t0, t1, store, False, False)
+            bad = _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell,
+                                 t0, t1, store, xb, check)
             if bad >= 0:
-                return cell, bad
-        else:
-            for t0 in range(((T - 1) // k) * k, -1, -k):
-                t1 = min(T, t0 + k)
-                _copy_within(values, node_off[ip[HEADER + 1]], ckpt + (t0 // k) * n, n)
-                _cell_forward(tape, values, params, ip, cell, t0, t1, store, False, False)
-                bad = _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell,
-                                     t0, t1, store, xb, check)
-                if bad >= 0:
-                    return cell, bad
-    elif k == 0:
+                return _report(cell, bad)
+    _backward_done(tape, grads, pgrads, need, ip, orig, xo)
+    return -1
+
+
+@jit
+def scan_binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
+                           check):
+    """scan_backward with binomial checkpoints."""
+    ip = tape[5][tape[4][r] : tape[4][r + 1]]
+    orig, rel, size, xo = _layout(tape, ip)
+    xb = _x_in_place(ip, xo, need)
+    bad, t = _binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip,
+                                orig, xo, xb, check)
+    if bad >= 0:
+        _load_x(values, ip, tape[8], orig, xo, t, False)  # x_t in its slot, for the report
+        return _report(bad, t)
+    _backward_done(tape, grads, pgrads, need, ip, orig, xo)
+    return -1
+
+
+@jit
+def scan_steps_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
+                        check):
+    """scan_backward from every step's stored state (k == 0) or by segments of k steps,
+    recomputed from their first carries."""
+    node_off, node_size = tape[8], tape[9]
+    ip = tape[5][tape[4][r] : tape[4][r + 1]]
+    T, k = ip[0], ip[11]
+    store, ckpt = node_off[ip[10]], node_off[ip[12]]
+    orig, rel, size, xo = _layout(tape, ip)
+    xb = _x_in_place(ip, xo, need)
+    if k == 0:
         for t in range(T - 1, -1, -1):
             _state(values, ip, node_size, orig, rel, store + t * size, False)
             _load_x(values, ip, node_off, orig, xo, t, xb)
-            bad = _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, ip,
+            bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip,
                                  t, orig, xo, xb, check)
             if bad >= 0:
                 _load_x(values, ip, node_off, orig, xo, t, False)  # x_t in its slot, for the report
-                return bad, t
-    elif k < 0:
-        bad, t = _binomial_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
-                                    ip, orig, xo, xb, check)
-        if bad >= 0:
-            _load_x(values, ip, node_off, orig, xo, t, False)  # as above
-            return bad, t
+                return _report(bad, t)
     else:
         csize = _carry_size(ip, node_size)
         nseg = (T + k - 1) // k
@@ -633,21 +735,16 @@ def scan_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, r
             t1 = min(T, t0 + k)
             _carries(values, ip, node_off, node_size, ckpt + s * csize, False)
             for t in range(t0, t1):  # recompute the segment, saving each step's region
-                _body_forward(tape, values, ivalues, params, ip, t, orig, xo, xb, False)
+                _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, xb, False)
                 _state(values, ip, node_size, orig, rel, store + (t - t0) * size, True)
                 _carry_step(values, ip, node_off, node_size, t, False, True)
             for t in range(t1 - 1, t0 - 1, -1):
                 _state(values, ip, node_size, orig, rel, store + (t - t0) * size, False)
                 _load_x(values, ip, node_off, orig, xo, t, xb)
-                bad = _body_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
+                bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch,
                                      ip, t, orig, xo, xb, check)
                 if bad >= 0:
                     _load_x(values, ip, node_off, orig, xo, t, False)  # as above
-                    return bad, t
-    _unload_x(ip, node_off, orig, xo)
-    for c in range(nc):
-        init, final = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 3]
-        if need[init]:
-            _add(grad_view(init, grads, pgrads, tape[10], node_off, node_size),
-                 grads[node_off[final] : node_off[final] + node_size[final]])
-    return -1, -1
+                    return _report(bad, t)
+    _backward_done(tape, grads, pgrads, need, ip, orig, xo)
+    return -1

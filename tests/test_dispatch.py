@@ -85,6 +85,8 @@ def test_every_op_with_rows_has_kernels_in_both_dtypes_and_scan_begin_none():
         fwd, vjp = table.kernels[int(Op.TANH)]
         assert table.addresses[Op.TANH] != table.addresses[call.SLOTS + Op.TANH] != 0
         assert fwd.py_func.__name__ == "tanh_forward" and vjp.py_func.__name__ == "tanh_vjp"
+    assert dispatch.table(np.float32).addresses[Op.TANH] != dispatch.table(
+        np.float64).addresses[Op.TANH]
 
 
 def test_a_slot_never_filled_raises_instead_of_skipping_the_row():
@@ -101,18 +103,28 @@ def test_a_slot_never_filled_raises_instead_of_skipping_the_row():
     np.testing.assert_allclose(y.numpy(), np.tanh([0.5, -1.0]))
 
 
-def test_a_call_with_the_wrong_array_types_does_not_compile():
+def test_a_row_call_takes_numbers_only_and_a_kernel_refuses_a_sweep_of_the_other_dtype():
+    """A row kernel takes the address of its sweep's context (call.py): anything else does not
+    compile, and a float32 kernel given a float64 sweep raises instead of misreading it."""
     @numba.njit
-    def bad_call(addr, tape, values):
-        return call.call_forward(addr, tape, values, tape[1], values, 0, False)
+    def bad_call(addr, arrays):
+        return call.call_forward(addr, arrays, 0, False)
 
-    tape = fg.tensor(np.ones(2)).tape if hasattr(fg.tensor(np.ones(2)), "tape") else None
     x = fg.tensor(np.ones(3), requires_grad=True)
-    arrays = (x * 2.0).tape.arrays()
-    values32 = np.zeros(4, np.float32)  # the tape holds float64: the row kernels take float64
-    with pytest.raises(TypingError, match="the row kernels take"):
-        bad_call(arrays[12][Op.MUL_SCALAR], arrays, values32)
-    del tape
+    tape = (x * 2.0).tape
+    arrays = tape.arrays()
+    with pytest.raises(TypingError, match="the row kernels take numbers"):
+        bad_call(arrays[12][Op.MUL_SCALAR], arrays)
+
+    @numba.njit
+    def run_row(addr, tape, values):
+        ctx = call.context(tape, values, tape[9], values, values, values, tape[10], values)
+        return call.call_forward(addr, ctx.ctypes.data, 0, False)
+
+    table32 = dispatch.table(np.float32)
+    table32.ensure([Op.MUL_SCALAR])
+    with pytest.raises(RuntimeError, match="a sweep of another dtype"):
+        run_row(table32.addresses[Op.MUL_SCALAR], arrays, tape.values.a)
 
 
 def test_two_threads_using_a_new_op_at_once_fill_its_slot_once_and_both_get_its_result():
