@@ -136,10 +136,16 @@ def unpack(address, F, itemsize):
 
 
 def _call(context, builder, sig, args, row_sig):
-    """Cast the scalar arguments to ``row_sig``'s, call the function at address args[0] with
-    Numba's calling convention, and propagate an exception it raised."""
-    values = [context.cast(builder, v, t, want)
-              for v, t, want in zip(args[1:], sig.args[1:], row_sig.args)]
+    """Cast the arguments to ``row_sig``'s (a context array to its data's address), call the
+    function at address args[0] with Numba's calling convention, and propagate an exception it
+    raised."""
+    values = []
+    for v, t, want in zip(args[1:], sig.args[1:], row_sig.args):
+        if isinstance(t, types.Array):
+            data = context.make_array(t)(context, builder, v).data
+            values.append(builder.ptrtoint(data, context.get_value_type(types.int64)))
+        else:
+            values.append(context.cast(builder, v, t, want))
     fnty = context.call_conv.get_function_type(row_sig.return_type, row_sig.args)
     fn = builder.inttoptr(args[0], fnty.as_pointer())
     status, out = context.call_conv.call_function(builder, fn, row_sig.return_type,
@@ -151,14 +157,18 @@ def _call(context, builder, sig, args, row_sig):
 
 def _scalars(name, given):
     for i, t in enumerate(given):
+        if i == 1 and t == _I64:
+            continue  # the context array itself (see call_forward)
         if not isinstance(t, (types.Integer, types.Float, types.Boolean)):
             raise TypingError(f"{name}: argument {i + 1} is {t}, the row kernels take numbers")
 
 
 @intrinsic
 def call_forward(typingctx, addr, ctx, r, check):
-    """``forward(ctx, r, check)`` of the row kernel at ``addr``; ``ctx`` the address of the
-    sweep's context."""
+    """``forward(ctx, r, check)`` of the row kernel at ``addr``. ``ctx`` is the sweep's context:
+    the array ``context`` made, in the loop that owns it, or its address in a row kernel. Pass
+    the array where it was made: Numba frees an array after its last use, so a loop that kept
+    only the address would hand later rows memory that a kernel's allocation had reused."""
     _scalars("call_forward", (addr, ctx, r, check))
     sig = types.int64(addr, ctx, r, check)
 

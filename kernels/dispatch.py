@@ -49,7 +49,7 @@ def _row_kernels(code, F, itemsize):
         return _scan_kernels(code, F, itemsize)
 
     # The family chain is written here, in the closure, so that Numba prunes it with ``code`` a
-    # constant before it inlines the one family function left (elementwise.py says why that matters).
+    # constant before it inlines the one family function left (elementwise.py says why).
     def forward(ctx, r, check):
         tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
         if code < ADD:

@@ -33,7 +33,6 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
     node_off, node_size, kind, table = tape[8], tape[9], tape[10], tape[12]
     # the forward kernels read no gradients: any arrays of the right types stand in for them
     ctx = context(tape, values, ivalues, params, values, values, kind, values)
-    at = ctx.ctypes.data
     r = start
     while r < stop:
         code = ops[r]
@@ -41,7 +40,7 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
             target = iparams[ip_ptr[r]]
             r = target if target >= 0 else r + 1  # -1: body still being recorded, run it inline
             continue
-        bad = call_forward(table[code], at, r, check)
+        bad = call_forward(table[code], ctx, r, check)
         if bad >= 0:  # a scan body's row, at a step (scan.py)
             return bad
         if check and not all_finite(view(outs[r], values, params, kind, node_off, node_size,
@@ -67,12 +66,11 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
     """
     ops, outs, ip_ptr, iparams, table = tape[0], tape[1], tape[4], tape[5], tape[12]
     ctx = context(tape, values, ivalues, params, grads, pgrads, need, scratch)
-    at = ctx.ctypes.data
     r = stop - 1
     while r >= start:
         code = ops[r]
         if need[outs[r]] and code != Op.SCAN_BEGIN:
-            bad = call_vjp(table[SLOTS + code], at, r, lr, check)
+            bad = call_vjp(table[SLOTS + code], ctx, r, lr, check)
             if bad >= 0:  # a scan body's row, at a step (scan.py)
                 return bad
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):

@@ -546,8 +546,8 @@ def scan_steps_forward(ctx, tape, values, ivalues, params, r, check):
 
 
 @jit
-def _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t, orig, xo,
-                   xb, check):
+def _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t, orig,
+                   xo, xb, check):
     """One step of the reverse sweep with the body's values for step t already in place (with
     xb, the x slot on row t of xs: its gradient is xs's own, not cleared). Returns -1, or with
     ``check`` the first body row (walking back) that wrote a NaN/Inf gradient."""
@@ -583,8 +583,8 @@ def _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scra
 
 
 @jit
-def _binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip, orig, xo,
-                       xb, check):
+def _binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip, orig,
+                       xo, xb, check):
     """Reverse steps T-1 .. 0 following the binomial schedule (see the module docstring).
     Returns (row, t) of the first NaN/Inf gradient with ``check``, else (-1, -1)."""
     node_off, node_size = tape[8], tape[9]
@@ -599,8 +599,8 @@ def _binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, 
     sched[0] = 0  # the slots and body nodes are about to stop holding what the forward left
     held = sched[1]
     _load_x(values, ip, node_off, orig, xo, T - 1, xb)
-    bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip, T - 1,
-                         orig, xo, xb, check)
+    bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip,
+                         T - 1, orig, xo, xb, check)
     if bad >= 0:
         return bad, T - 1
     for t in range(T - 2, -1, -1):  # reverse step t: restore the latest checkpoint <= t
@@ -620,10 +620,11 @@ def _binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, 
                 _advance(ctx, tape, values, ivalues, params, ip, n, stop, orig, xo, xb)
                 advanced += stop - n
                 n = stop
-        _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, xb, False)  # step t again
+        # step t again
+        _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, xb, False)
         advanced += 1
-        bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip, t,
-                             orig, xo, xb, check)
+        bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip,
+                             t, orig, xo, xb, check)
         if bad >= 0:
             return bad, t
     sched[1] = held
@@ -698,8 +699,8 @@ def scan_binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, ne
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
     orig, rel, size, xo = _layout(tape, ip)
     xb = _x_in_place(ip, xo, need)
-    bad, t = _binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip,
-                                orig, xo, xb, check)
+    bad, t = _binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch,
+                                ip, orig, xo, xb, check)
     if bad >= 0:
         _load_x(values, ip, tape[8], orig, xo, t, False)  # x_t in its slot, for the report
         return _report(bad, t)
@@ -722,8 +723,8 @@ def scan_steps_backward(ctx, tape, values, ivalues, params, grads, pgrads, need,
         for t in range(T - 1, -1, -1):
             _state(values, ip, node_size, orig, rel, store + t * size, False)
             _load_x(values, ip, node_off, orig, xo, t, xb)
-            bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, ip,
-                                 t, orig, xo, xb, check)
+            bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch,
+                                 ip, t, orig, xo, xb, check)
             if bad >= 0:
                 _load_x(values, ip, node_off, orig, xo, t, False)  # x_t in its slot, for the report
                 return _report(bad, t)
@@ -741,8 +742,8 @@ def scan_steps_backward(ctx, tape, values, ivalues, params, grads, pgrads, need,
             for t in range(t1 - 1, t0 - 1, -1):
                 _state(values, ip, node_size, orig, rel, store + (t - t0) * size, False)
                 _load_x(values, ip, node_off, orig, xo, t, xb)
-                bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch,
-                                     ip, t, orig, xo, xb, check)
+                bad = _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need,
+                                     scratch, ip, t, orig, xo, xb, check)
                 if bad >= 0:
                     _load_x(values, ip, node_off, orig, xo, t, False)  # as above
                     return _report(bad, t)

@@ -119,7 +119,7 @@ def test_a_row_call_takes_numbers_only_and_a_kernel_refuses_a_sweep_of_the_other
     @numba.njit
     def run_row(addr, tape, values):
         ctx = call.context(tape, values, tape[9], values, values, values, tape[10], values)
-        return call.call_forward(addr, ctx.ctypes.data, 0, False)
+        return call.call_forward(addr, ctx, 0, False)
 
     table32 = dispatch.table(np.float32)
     table32.ensure([Op.MUL_SCALAR])
@@ -159,3 +159,20 @@ def test_two_threads_using_a_new_op_at_once_fill_its_slot_once_and_both_get_its_
 def test_an_unknown_code_is_an_internal_error_not_a_silent_slot():
     with pytest.raises(ValueError, match="no op has code 99"):
         dispatch.table(np.float64).ensure([99])
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 16])
+def test_a_sweep_context_outlives_every_row_even_rows_that_allocate(rows):
+    """Cross-entropy allocates inside its kernel; the rows after it in the same sweep must still
+    find the context (a loop that kept only its address once read memory reused by that
+    allocation, and segfaulted at 4 rows)."""
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 10))
+    labels = np.arange(rows) % 10
+    logits = fg.tensor(x.astype(np.float32), requires_grad=True)
+    loss = fg.nn.functional.cross_entropy(logits * 1.0, labels).tanh()
+    shifted = x - x.max(axis=1, keepdims=True)
+    per_row = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(rows), labels]
+    np.testing.assert_allclose(float(loss), np.tanh(per_row.mean()), rtol=1e-5)
+    loss.backward()
+    assert np.isfinite(logits.grad).all()
