@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 from numba.core import event as _numba_event
 from numba.core import types as _nbtypes
 
@@ -139,6 +140,23 @@ def _float_dtype(args):
     return None
 
 
+def _closure_dtype(func):
+    """The float dtype an op's row kernel is made for: its arguments are only the address of
+    a sweep's context and the row (kernels/call.py), its dtype a closure variable (or, for the
+    table's stubs, an attribute)."""
+    marked = getattr(func, "dtype", None)
+    if isinstance(marked, type) and issubclass(marked, np.floating):
+        return np.dtype(marked).name
+    for cell in getattr(func, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, type) and issubclass(value, np.floating):
+            return np.dtype(value).name
+    return None
+
+
 class Compilation:
     """One fastgrad kernel compiled in this process: ``kernel`` name, ``dtype`` (of its first
     float array argument, or None), ``seconds``, ``depth`` (0: an entry kernel the program
@@ -206,7 +224,7 @@ class _CompileReporter(_numba_event.Listener):
         module = getattr(func, "__module__", "") or ""
         if module != _KERNELS_PACKAGE and not module.startswith(_KERNELS_PACKAGE + "."):
             return None  # a user's own Numba function, or Numba's: not ours to report
-        return func.__name__, _float_dtype(data.get("args", ()))
+        return func.__name__, _float_dtype(data.get("args", ())) or _closure_dtype(func)
 
     def on_start(self, event):
         kernel = self._kernel(event)
@@ -371,14 +389,16 @@ def _compiled_summary(kernels) -> str:
     specialisation counted, not repeated), then the ops whose kernels it compiled."""
     if not kernels:
         return "already cached"
-    names = set(op_names()) | {"_missing"}  # the table's stubs for slots not filled yet
+    names = set(op_names()) | {"missing"}  # the table's stubs for slots not filled yet
     op_kernels = [k for k in kernels if k.rsplit("_", 1)[0] in names]
     entries = [k for k in kernels if k not in op_kernels]
     parts = [", ".join(f"{k} (x{entries.count(k)})" if entries.count(k) > 1 else k
                        for k in dict.fromkeys(entries))] if entries else []
-    ops = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in op_kernels if k[0] != "_"))
+    ops = list(dict.fromkeys(op for op in (k.rsplit("_", 1)[0] for k in op_kernels)
+                             if op != "missing"))
     if ops:
-        parts.append(f"ops {', '.join(ops)} ({len(op_kernels)} kernels)")
+        count = sum(not k.startswith("missing") for k in op_kernels)
+        parts.append(f"ops {', '.join(ops)} ({count} kernels)")
     return "compiled " + "; ".join(parts) if parts else "compiled the dispatch table"
 
 

@@ -16,7 +16,6 @@ kernels stay referenced by the table: their machine code lives as long as the pr
 import threading
 
 import numpy as np
-from numba import types
 
 from ..ops import Op
 from ._jit import OPTIONS, _njit
@@ -167,12 +166,18 @@ def codes_used(ops, ip_ptr, iparams, start, stop):
     return codes
 
 
-def _missing_forward(ctx, r, check):
-    raise RuntimeError("fastgrad internal error: an op's forward kernel was not loaded")
+def _missing_kernels(F):
+    """The kernels a slot holds until it is filled: they raise rather than skip the row (one
+    pair per dtype, ``F`` a closure variable as in the op kernels)."""
 
+    def missing_forward(ctx, r, check):
+        raise RuntimeError("fastgrad internal error: an op's forward kernel was not loaded")
 
-def _missing_vjp(ctx, r, lr, check):
-    raise RuntimeError("fastgrad internal error: an op's VJP kernel was not loaded")
+    def missing_vjp(ctx, r, lr, check):
+        raise RuntimeError("fastgrad internal error: an op's VJP kernel was not loaded")
+
+    missing_forward.dtype = missing_vjp.dtype = F  # what the compile log reads
+    return missing_forward, missing_vjp
 
 
 def _compiled(py_func, signature):
@@ -198,14 +203,14 @@ class Table:
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
-        self.numba_dtype = types.float32 if self.dtype == np.float32 else types.float64
         self.lock = threading.Lock()
         self.kernels = {}  # code -> (forward dispatcher, vjp dispatcher)
         self.ready = np.zeros(SLOTS, bool)
         self.addresses = np.zeros(2 * SLOTS, np.int64)
         fwd_sig, vjp_sig = self.signatures()
-        (fwd, fwd_address), (bwd, vjp_address) = (_compiled(_missing_forward, fwd_sig),
-                                                  _compiled(_missing_vjp, vjp_sig))
+        missing_forward, missing_vjp = _missing_kernels(self.dtype.type)
+        (fwd, fwd_address), (bwd, vjp_address) = (_compiled(missing_forward, fwd_sig),
+                                                  _compiled(missing_vjp, vjp_sig))
         self.missing = (fwd, bwd)
         self.addresses[:SLOTS] = fwd_address
         self.addresses[SLOTS:] = vjp_address
