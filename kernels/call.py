@@ -118,11 +118,12 @@ def _array(ctx, i, dtype):
     return carray(_pointer(ctx[2 * i], dtype), ctx[2 * i + 1])
 
 
-@jit_inline
+@jit
 def unpack(address, F, itemsize):
     """The arrays of the context at ``address`` for float type ``F`` (of ``itemsize`` bytes):
     (tape, values, ivalues, params, grads, pgrads, need, scratch), arrays without an owner (no
-    reference counting)."""
+    reference counting). Compiled once per dtype and linked into each row kernel (inlined
+    there, its twenty array constructions would be typed again in every op's kernel)."""
     ctx = carray(_pointer(address, np.int64), CONTEXT_SIZE)
     if ctx[2 * NARRAYS] != itemsize:
         raise RuntimeError("fastgrad internal error: a row kernel got a sweep of another dtype")
