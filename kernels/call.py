@@ -114,26 +114,38 @@ def _pointer(typingctx, address, dtype):
 
 
 @jit_inline
-def _array(ctx, i, dtype):
-    return carray(_pointer(ctx[2 * i], dtype), ctx[2 * i + 1])
-
-
-@jit
 def unpack(address, F, itemsize):
     """The arrays of the context at ``address`` for float type ``F`` (of ``itemsize`` bytes):
     (tape, values, ivalues, params, grads, pgrads, need, scratch), arrays without an owner (no
-    reference counting). Compiled once per dtype and linked into each row kernel (inlined
-    there, its twenty array constructions would be typed again in every op's kernel)."""
+    reference counting). Inlined into each row kernel: linked as a call, returning the twenty
+    arrays cost about 110 ns per row (measured on 1-element rows)."""
     ctx = carray(_pointer(address, np.int64), CONTEXT_SIZE)
     if ctx[2 * NARRAYS] != itemsize:
         raise RuntimeError("fastgrad internal error: a row kernel got a sweep of another dtype")
     I, K = np.int64, np.int8
-    tape = (_array(ctx, 0, I), _array(ctx, 1, I), _array(ctx, 2, I), _array(ctx, 3, I),
-            _array(ctx, 4, I), _array(ctx, 5, I), _array(ctx, 6, I), _array(ctx, 7, F),
-            _array(ctx, 8, I), _array(ctx, 9, I), _array(ctx, 10, K), _array(ctx, 11, F),
-            _array(ctx, 12, I))
-    return (tape, _array(ctx, 13, F), _array(ctx, 14, I), _array(ctx, 15, F), _array(ctx, 16, F),
-            _array(ctx, 17, F), _array(ctx, 18, K), _array(ctx, 19, F))
+    # written out, not a helper per array: each inlined helper would cost its own inlining
+    a0 = carray(_pointer(ctx[0], I), ctx[1])
+    a1 = carray(_pointer(ctx[2], I), ctx[3])
+    a2 = carray(_pointer(ctx[4], I), ctx[5])
+    a3 = carray(_pointer(ctx[6], I), ctx[7])
+    a4 = carray(_pointer(ctx[8], I), ctx[9])
+    a5 = carray(_pointer(ctx[10], I), ctx[11])
+    a6 = carray(_pointer(ctx[12], I), ctx[13])
+    a7 = carray(_pointer(ctx[14], F), ctx[15])
+    a8 = carray(_pointer(ctx[16], I), ctx[17])
+    a9 = carray(_pointer(ctx[18], I), ctx[19])
+    a10 = carray(_pointer(ctx[20], K), ctx[21])
+    a11 = carray(_pointer(ctx[22], F), ctx[23])
+    a12 = carray(_pointer(ctx[24], I), ctx[25])
+    a13 = carray(_pointer(ctx[26], F), ctx[27])
+    a14 = carray(_pointer(ctx[28], I), ctx[29])
+    a15 = carray(_pointer(ctx[30], F), ctx[31])
+    a16 = carray(_pointer(ctx[32], F), ctx[33])
+    a17 = carray(_pointer(ctx[34], F), ctx[35])
+    a18 = carray(_pointer(ctx[36], K), ctx[37])
+    a19 = carray(_pointer(ctx[38], F), ctx[39])
+    return ((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12), a13, a14, a15, a16, a17, a18,
+            a19)
 
 
 def _call(context, builder, sig, args, row_sig):
