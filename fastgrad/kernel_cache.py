@@ -142,11 +142,7 @@ def _float_dtype(args):
 
 def _closure_dtype(func):
     """The float dtype an op's row kernel is made for: its arguments are only the address of
-    a sweep's context and the row (kernels/call.py), its dtype a closure variable (or, for the
-    table's stubs, an attribute)."""
-    marked = getattr(func, "dtype", None)
-    if isinstance(marked, type) and issubclass(marked, np.floating):
-        return np.dtype(marked).name
+    a sweep's context and the row (kernels/call.py), its dtype a closure variable."""
     for cell in getattr(func, "__closure__", None) or ():
         try:
             value = cell.cell_contents
@@ -389,16 +385,14 @@ def _compiled_summary(kernels) -> str:
     specialisation counted, not repeated), then the ops whose kernels it compiled."""
     if not kernels:
         return "already cached"
-    names = set(op_names()) | {"missing"}  # the table's stubs for slots not filled yet
+    names = set(op_names()) | {"scan_cell", "scan_steps", "scan_binomial"}  # scan strategies
     op_kernels = [k for k in kernels if k.rsplit("_", 1)[0] in names]
     entries = [k for k in kernels if k not in op_kernels]
     parts = [", ".join(f"{k} (x{entries.count(k)})" if entries.count(k) > 1 else k
                        for k in dict.fromkeys(entries))] if entries else []
-    ops = list(dict.fromkeys(op for op in (k.rsplit("_", 1)[0] for k in op_kernels)
-                             if op != "missing"))
+    ops = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in op_kernels))
     if ops:
-        count = sum(not k.startswith("missing") for k in op_kernels)
-        parts.append(f"ops {', '.join(ops)} ({count} kernels)")
+        parts.append(f"ops {', '.join(ops)} ({len(op_kernels)} kernels)")
     return "compiled " + "; ".join(parts) if parts else "compiled the dispatch table"
 
 

@@ -66,40 +66,44 @@ NARRAYS = 20  # the tape's 13 arrays, values, ivalues, params, grads, pgrads, ne
 CONTEXT_SIZE = 2 * NARRAYS + 1
 
 
-@jit_inline
-def _put(ctx, i, a):
-    ctx[2 * i] = a.ctypes.data
-    ctx[2 * i + 1] = a.size
-
-
 @jit
 def context(tape, values, ivalues, params, grads, pgrads, need, scratch):
     """The context of a sweep over ``tape`` (an int64 array whose address the row kernels
     take): it must stay alive, and the arrays unmoved, while they run. A forward sweep may pass
     any arrays of the right types for the gradient arenas it does not use."""
     ctx = np.empty(CONTEXT_SIZE, np.int64)
-    _put(ctx, 0, tape[0])
-    _put(ctx, 1, tape[1])
-    _put(ctx, 2, tape[2])
-    _put(ctx, 3, tape[3])
-    _put(ctx, 4, tape[4])
-    _put(ctx, 5, tape[5])
-    _put(ctx, 6, tape[6])
-    _put(ctx, 7, tape[7])
-    _put(ctx, 8, tape[8])
-    _put(ctx, 9, tape[9])
-    _put(ctx, 10, tape[10])
-    _put(ctx, 11, tape[11])
-    _put(ctx, 12, tape[12])
-    _put(ctx, 13, values)
-    _put(ctx, 14, ivalues)
-    _put(ctx, 15, params)
-    _put(ctx, 16, grads)
-    _put(ctx, 17, pgrads)
-    _put(ctx, 18, need)
-    _put(ctx, 19, scratch)
+    ctx[0], ctx[1] = tape[0].ctypes.data, tape[0].size
+    ctx[2], ctx[3] = tape[1].ctypes.data, tape[1].size
+    ctx[4], ctx[5] = tape[2].ctypes.data, tape[2].size
+    ctx[6], ctx[7] = tape[3].ctypes.data, tape[3].size
+    ctx[8], ctx[9] = tape[4].ctypes.data, tape[4].size
+    ctx[10], ctx[11] = tape[5].ctypes.data, tape[5].size
+    ctx[12], ctx[13] = tape[6].ctypes.data, tape[6].size
+    ctx[14], ctx[15] = tape[7].ctypes.data, tape[7].size
+    ctx[16], ctx[17] = tape[8].ctypes.data, tape[8].size
+    ctx[18], ctx[19] = tape[9].ctypes.data, tape[9].size
+    ctx[20], ctx[21] = tape[10].ctypes.data, tape[10].size
+    ctx[22], ctx[23] = tape[11].ctypes.data, tape[11].size
+    ctx[24], ctx[25] = tape[12].ctypes.data, tape[12].size
+    ctx[26], ctx[27] = values.ctypes.data, values.size
+    ctx[28], ctx[29] = ivalues.ctypes.data, ivalues.size
+    ctx[30], ctx[31] = params.ctypes.data, params.size
+    ctx[32], ctx[33] = grads.ctypes.data, grads.size
+    ctx[34], ctx[35] = pgrads.ctypes.data, pgrads.size
+    ctx[36], ctx[37] = need.ctypes.data, need.size
+    ctx[38], ctx[39] = scratch.ctypes.data, scratch.size
     ctx[2 * NARRAYS] = values.itemsize
     return ctx
+
+
+@jit_inline
+def row_kernel(table, slot):
+    """The address of the kernel in ``table[slot]``; a slot never filled (0) raises rather
+    than skip the row (Tape.arrays fills the slots of a tape's rows before they run)."""
+    address = table[slot]
+    if address == 0:
+        raise RuntimeError("fastgrad internal error: the kernel of a row was not loaded")
+    return address
 
 
 @intrinsic
@@ -204,4 +208,5 @@ def call_vjp(typingctx, addr, ctx, r, lr, check):
 
 
 __all__ = ["CONTEXT_SIZE", "FORWARD_SIGNATURE", "SCAN_BINOMIAL", "SCAN_CELL", "SCAN_STEPS",
-           "SLOTS", "VJP_SIGNATURE", "call_forward", "call_vjp", "context", "tape_type", "unpack"]
+           "SLOTS", "VJP_SIGNATURE", "call_forward", "call_vjp", "context", "row_kernel",
+           "tape_type", "unpack"]

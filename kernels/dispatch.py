@@ -9,8 +9,9 @@ scan.py, which reach the body's ops through the same table.
 
 ``Table.ensure(codes)`` compiles (or loads from the cache) the kernels of the codes not yet in
 the table, under a lock, before any entry kernel may run a row of them: a slot not yet filled
-holds the address of ``missing``, whose kernel raises rather than skip a row silently. The
-kernels stay referenced by the table: their machine code lives as long as the process.
+holds 0, which the loops refuse to call (call.py ``row_kernel`` raises rather than skip a row
+silently). The kernels stay referenced by the table: their machine code lives as long as the
+process.
 """
 
 import threading
@@ -166,20 +167,6 @@ def codes_used(ops, ip_ptr, iparams, start, stop):
     return codes
 
 
-def _missing_kernels(F):
-    """The kernels a slot holds until it is filled: they raise rather than skip the row (one
-    pair per dtype, ``F`` a closure variable as in the op kernels)."""
-
-    def missing_forward(ctx, r, check):
-        raise RuntimeError("fastgrad internal error: an op's forward kernel was not loaded")
-
-    def missing_vjp(ctx, r, lr, check):
-        raise RuntimeError("fastgrad internal error: an op's VJP kernel was not loaded")
-
-    missing_forward.dtype = missing_vjp.dtype = F  # what the compile log reads
-    return missing_forward, missing_vjp
-
-
 def _compiled(py_func, signature):
     """``py_func`` compiled (or loaded from the checked cache) for ``signature``: the
     dispatcher, which owns the machine code, and the address of the compiled function."""
@@ -207,13 +194,7 @@ class Table:
         self.kernels = {}  # code -> (forward dispatcher, vjp dispatcher)
         self.ready = np.zeros(SLOTS, bool)
         self.addresses = np.zeros(2 * SLOTS, np.int64)
-        fwd_sig, vjp_sig = self.signatures()
-        missing_forward, missing_vjp = _missing_kernels(self.dtype.type)
-        (fwd, fwd_address), (bwd, vjp_address) = (_compiled(missing_forward, fwd_sig),
-                                                  _compiled(missing_vjp, vjp_sig))
-        self.missing = (fwd, bwd)
-        self.addresses[:SLOTS] = fwd_address
-        self.addresses[SLOTS:] = vjp_address
+        # 0: not filled yet (call.py ``row_kernel`` refuses to run it)
 
     def signatures(self):
         return FORWARD_SIGNATURE, VJP_SIGNATURE

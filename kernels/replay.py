@@ -17,7 +17,7 @@ the SCAN row's kernel (scan.py), which checks them at every step when ``check`` 
 
 from ..ops import Op
 from ._jit import jit
-from .call import SLOTS, call_forward, call_vjp, context
+from .call import SLOTS, call_forward, call_vjp, context, row_kernel
 from .rows import all_finite, inputs_grads_finite
 from .views import view
 
@@ -40,7 +40,7 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
             target = iparams[ip_ptr[r]]
             r = target if target >= 0 else r + 1  # -1: body still being recorded, run it inline
             continue
-        bad = call_forward(table[code], ctx, r, check)
+        bad = call_forward(row_kernel(table, code), ctx, r, check)
         if bad >= 0:  # a scan body's row, at a step (scan.py)
             return bad
         if check and not all_finite(view(outs[r], values, params, kind, node_off, node_size,
@@ -70,7 +70,7 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
     while r >= start:
         code = ops[r]
         if need[outs[r]] and code != Op.SCAN_BEGIN:
-            bad = call_vjp(table[SLOTS + code], ctx, r, lr, check)
+            bad = call_vjp(row_kernel(table, SLOTS + code), ctx, r, lr, check)
             if bad >= 0:  # a scan body's row, at a step (scan.py)
                 return bad
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):

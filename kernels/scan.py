@@ -47,7 +47,8 @@ import numpy as np
 from ..ops import MATMUL, SHAPE, Op
 from ._jit import jit
 from .linalg import linear_act_forward, linear_act_vjp
-from .call import SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS, call_forward, call_vjp
+from .call import (SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS, call_forward, call_vjp,
+                   row_kernel)
 from .rows import STEP_CODE, all_finite, inputs_grads_finite
 from .views import grad_view, view
 
@@ -221,7 +222,7 @@ def _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, alias, ch
     first row whose output holds a NaN/Inf (the rows after it are not run)."""
     _load_x(values, ip, tape[8], orig, xo, t, alias)
     for r in range(ip[2], ip[3]):
-        call_forward(tape[12][tape[0][r]], ctx, r, False)
+        call_forward(row_kernel(tape[12], tape[0][r]), ctx, r, False)
         if check and not all_finite(view(tape[1][r], values, params, tape[10], tape[8], tape[9],
                                          tape[11])):
             return r
@@ -464,7 +465,7 @@ def scan_forward(ctx, tape, values, ivalues, params, r, check):
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
     orig, rel, size, xo = _layout(tape, ip)
     slot = _strategy(tape, ip, orig, xo, True)
-    return call_forward(tape[12][slot], ctx, r, check)
+    return call_forward(row_kernel(tape[12], slot), ctx, r, check)
 
 
 @jit
@@ -569,7 +570,7 @@ def _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scra
             _add_within(grads, node_off[v], node_off[out] + t * n, n)
     for r in range(ip[3] - 1, ip[2] - 1, -1):
         if need[outs[r]]:
-            call_vjp(tape[12][SLOTS + tape[0][r]], ctx, r, 0.0, False)
+            call_vjp(row_kernel(tape[12], SLOTS + tape[0][r]), ctx, r, 0.0, False)
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
                 return r
     for c in range(nc):
@@ -640,7 +641,7 @@ def scan_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scrat
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
     orig, rel, size, xo = _layout(tape, ip)
     slot = _strategy(tape, ip, orig, xo, need[ip[HEADER + 2]] != 0)
-    return call_vjp(tape[12][SLOTS + slot], ctx, r, 0.0, check)
+    return call_vjp(row_kernel(tape[12], SLOTS + slot), ctx, r, 0.0, check)
 
 
 @jit

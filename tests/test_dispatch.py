@@ -94,9 +94,9 @@ def test_a_slot_never_filled_raises_instead_of_skipping_the_row():
     y = x.tanh()
     table = dispatch.table(np.float64)
     saved = table.addresses[Op.TANH]
-    table.addresses[Op.TANH] = table.addresses[Op.SCAN_BEGIN]  # the "missing" kernel's address
+    table.addresses[Op.TANH] = 0  # as a slot never filled
     try:
-        with pytest.raises(RuntimeError, match="forward kernel was not loaded"):
+        with pytest.raises(RuntimeError, match="the kernel of a row was not loaded"):
             y.numpy()
     finally:
         table.addresses[Op.TANH] = saved
