@@ -38,7 +38,7 @@ from .errors import FastgradError, fail
 from .kernels import optim as _optim_kernels
 from .kernels import train as _train
 from .kernels._jit import native_entry
-from .kernels.linalg import FOLD_SGD
+from .kernels.views import INTO_VALUE
 from .kernels.movement import load_indices
 from .ops import Op, flag, fmt
 from .ops.matmul import LAYOUT as MATMUL_LAYOUT
@@ -224,7 +224,7 @@ class Program:
         return np.array(spans, np.int64).reshape(-1, 3)
 
     def _fold_marks(self, modes, optimizer):
-        """``modes`` with FOLD_SGD (kernels/linalg.py) on the weights and biases whose plain-SGD
+        """``modes`` with INTO_VALUE (kernels/views.py) on the weights and biases whose plain-SGD
         update their VJP may apply, and the spans of ``flat`` the update loop still runs over
         then, as rows (offset, size). Marked: a parameter (kind 2) that is the weight or the
         bias of an unbatched LINEAR or LINEAR_ACT row, its only consumer (mode 2, which also
@@ -242,13 +242,13 @@ class Program:
                 weight_bias = tape.in_idx.a[tape.in_ptr.a[r] + 1 : tape.in_ptr.a[r + 1]]
                 for v in weight_bias:
                     if kinds[v] == 2 and modes[v] == 2:
-                        fold[v] = FOLD_SGD
-        return fold, _flat_runs_without(tape, self.flat_size, fold == FOLD_SGD)
+                        fold[v] = INTO_VALUE
+        return fold, _flat_runs_without(tape, self.flat_size, fold == INTO_VALUE)
 
     @property
     def folds(self) -> bool:
         """Whether any parameter may have its plain-SGD update folded into its VJP."""
-        return bool((self.fold_modes == FOLD_SGD).any())
+        return bool((self.fold_modes == INTO_VALUE).any())
 
     def allow_folding(self, allowed: bool):
         """Let this program's steps fold updates (when ``folds``), or keep every gradient:

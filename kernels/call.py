@@ -10,10 +10,12 @@ compiles once, small, whatever ops exist, and each op compiles alone when a tape
 A row kernel has one of two signatures (FORWARD_SIGNATURE, VJP_SIGNATURE below):
 
     forward(ctx, r, check) -> int64
-    vjp(ctx, r, lr, check) -> int64
+    vjp(ctx, r, check) -> int64
 
 ``ctx`` is the address of the sweep's context, which a loop writes once per sweep: where the
-tape's arrays and the arenas are (``context``; a row kernel rebuilds them with ``unpack``). A
+tape's arrays and the arenas are, and the scale of gradients written into INTO_VALUE targets
+(``context``; a row kernel rebuilds the arrays with ``unpack``, reads the scale with
+``value_alpha``). A
 kernel returns -1, or an anomaly report (kernels/rows.py, STEP_CODE) for a scan row. The call
 uses Numba's own calling convention, so an exception raised in a row kernel reaches the caller
 as it would through a direct call. A context carries its float dtype, which a kernel of the
@@ -53,24 +55,26 @@ def tape_type(dtype):
     return types.Tuple((_I64, _I64, _I64, _I64, _I64, _I64, _I64, F, _I64, _I64, _KIND, F, _I64))
 
 
-# A row kernel's signature: the address of the sweep's context (below), the row, and for a VJP
-# the plain-SGD learning rate of the parameters folded into it (kernels/linalg.py), then
-# ``check``. Three or four machine words per call: the arrays themselves as arguments were 20
-# array structs per row (43 ns of a 1-element row measured; the context costs a few).
+# A row kernel's signature: the address of the sweep's context (below), the row, ``check``.
+# Three machine words per call: the arrays themselves as arguments were 20 array structs per
+# row (43 ns of a 1-element row measured; the context costs a few).
 FORWARD_SIGNATURE = types.int64(types.int64, types.int64, types.boolean)
-VJP_SIGNATURE = types.int64(types.int64, types.int64, types.float64, types.boolean)
+VJP_SIGNATURE = FORWARD_SIGNATURE
 
 # The context: (address, length) of each array a row kernel reads, written once per sweep by
-# ``context``, then the float itemsize (a kernel of the other dtype refuses it).
+# ``context``, then the float itemsize (a kernel of the other dtype refuses it), then the bits
+# of the float64 ``value_alpha`` (kernels/views.py, INTO_VALUE).
 NARRAYS = 20  # the tape's 13 arrays, values, ivalues, params, grads, pgrads, need, scratch
-CONTEXT_SIZE = 2 * NARRAYS + 1
+ITEMSIZE, VALUE_ALPHA = 2 * NARRAYS, 2 * NARRAYS + 1
+CONTEXT_SIZE = 2 * NARRAYS + 2
 
 
 @jit
-def context(tape, values, ivalues, params, grads, pgrads, need, scratch):
+def context(tape, values, ivalues, params, grads, pgrads, need, scratch, value_alpha):
     """The context of a sweep over ``tape`` (an int64 array whose address the row kernels
     take): it must stay alive, and the arrays unmoved, while they run. A forward sweep may pass
-    any arrays of the right types for the gradient arenas it does not use."""
+    any arrays of the right types for the gradient arenas it does not use. ``value_alpha``
+    scales the gradients written into INTO_VALUE targets (kernels/views.py)."""
     ctx = np.empty(CONTEXT_SIZE, np.int64)
     ctx[0], ctx[1] = tape[0].ctypes.data, tape[0].size
     ctx[2], ctx[3] = tape[1].ctypes.data, tape[1].size
@@ -92,7 +96,8 @@ def context(tape, values, ivalues, params, grads, pgrads, need, scratch):
     ctx[34], ctx[35] = pgrads.ctypes.data, pgrads.size
     ctx[36], ctx[37] = need.ctypes.data, need.size
     ctx[38], ctx[39] = scratch.ctypes.data, scratch.size
-    ctx[2 * NARRAYS] = values.itemsize
+    ctx[ITEMSIZE] = values.itemsize
+    ctx.view(np.float64)[VALUE_ALPHA] = value_alpha
     return ctx
 
 
@@ -118,13 +123,19 @@ def _pointer(typingctx, address, dtype):
 
 
 @jit_inline
+def value_alpha(address):
+    """The ``value_alpha`` of the context at ``address``."""
+    return carray(_pointer(address, np.float64), CONTEXT_SIZE)[VALUE_ALPHA]
+
+
+@jit_inline
 def unpack(address, F, itemsize):
     """The arrays of the context at ``address`` for float type ``F`` (of ``itemsize`` bytes):
     (tape, values, ivalues, params, grads, pgrads, need, scratch), arrays without an owner (no
     reference counting). Inlined into each row kernel: linked as a call, returning the twenty
     arrays cost about 110 ns per row (measured on 1-element rows)."""
     ctx = carray(_pointer(address, np.int64), CONTEXT_SIZE)
-    if ctx[2 * NARRAYS] != itemsize:
+    if ctx[ITEMSIZE] != itemsize:
         raise RuntimeError("fastgrad internal error: a row kernel got a sweep of another dtype")
     I, K = np.int64, np.int8
     # written out, not a helper per array: each inlined helper would cost its own inlining
@@ -196,10 +207,10 @@ def call_forward(typingctx, addr, ctx, r, check):
 
 
 @intrinsic
-def call_vjp(typingctx, addr, ctx, r, lr, check):
-    """``vjp(ctx, r, lr, check)`` of the row kernel at ``addr``."""
-    _scalars("call_vjp", (addr, ctx, r, lr, check))
-    sig = types.int64(addr, ctx, r, lr, check)
+def call_vjp(typingctx, addr, ctx, r, check):
+    """``vjp(ctx, r, check)`` of the row kernel at ``addr`` (as call_forward)."""
+    _scalars("call_vjp", (addr, ctx, r, check))
+    sig = types.int64(addr, ctx, r, check)
 
     def codegen(context, builder, signature, args):
         return _call(context, builder, signature, args, VJP_SIGNATURE)
@@ -209,4 +220,4 @@ def call_vjp(typingctx, addr, ctx, r, lr, check):
 
 __all__ = ["CONTEXT_SIZE", "FORWARD_SIGNATURE", "SCAN_BINOMIAL", "SCAN_CELL", "SCAN_STEPS",
            "SLOTS", "VJP_SIGNATURE", "call_forward", "call_vjp", "context", "row_kernel",
-           "tape_type", "unpack"]
+           "tape_type", "unpack", "value_alpha"]

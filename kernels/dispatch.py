@@ -21,7 +21,7 @@ import numpy as np
 from ..ops import Op
 from ._jit import OPTIONS, _njit
 from .call import (FORWARD_SIGNATURE, SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS,
-                   VJP_SIGNATURE, unpack)
+                   VJP_SIGNATURE, unpack, value_alpha)
 from .codes import ADD, CROSS_ENTROPY, MATMUL, RESHAPE, SUM, WHERE
 from .elementwise import (binary_row_forward, binary_row_vjp, unary_row_forward, unary_row_vjp,
                           where_row_forward, where_row_vjp)
@@ -68,25 +68,23 @@ def _row_kernels(code, F, itemsize):
             loss_row_forward(code, tape, values, ivalues, params, r)
         return -1
 
-    def vjp(ctx, r, lr, check):
+    def vjp(ctx, r, check):
         tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
         if code < ADD:
-            unary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
+            unary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r)
         elif code < WHERE:
-            binary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
-                           lr)
+            binary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r)
         elif code < SUM:
-            where_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
+            where_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r)
         elif code < MATMUL:
-            reduce_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
-                           lr)
-        elif code < RESHAPE:
+            reduce_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r)
+        elif code < RESHAPE:  # the one family with INTO_VALUE targets (kernels/views.py)
             matmul_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
-                           lr)
+                           value_alpha(ctx))
         elif code < CROSS_ENTROPY:
-            shape_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
+            shape_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r)
         else:
-            loss_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr)
+            loss_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r)
         return -1
 
     return forward, vjp
@@ -103,7 +101,7 @@ def _scan_kernels(code, F, itemsize):
             tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
             return scan_forward(ctx, tape, values, ivalues, params, r, check)
 
-        def vjp(ctx, r, lr, check):
+        def vjp(ctx, r, check):
             tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
             return scan_backward(ctx, tape, values, ivalues, params, grads, pgrads, need,
                                  scratch, r, check)
@@ -114,7 +112,7 @@ def _scan_kernels(code, F, itemsize):
             tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
             return scan_cell_forward(ctx, tape, values, ivalues, params, r, check)
 
-        def vjp(ctx, r, lr, check):
+        def vjp(ctx, r, check):
             tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
             return scan_cell_backward(ctx, tape, values, ivalues, params, grads, pgrads, need,
                                       scratch, r, check)
@@ -125,7 +123,7 @@ def _scan_kernels(code, F, itemsize):
             tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
             return scan_steps_forward(ctx, tape, values, ivalues, params, r, check)
 
-        def vjp(ctx, r, lr, check):
+        def vjp(ctx, r, check):
             tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
             return scan_steps_backward(ctx, tape, values, ivalues, params, grads, pgrads, need,
                                        scratch, r, check)
@@ -136,7 +134,7 @@ def _scan_kernels(code, F, itemsize):
             tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
             return scan_binomial_forward(ctx, tape, values, ivalues, params, r, check)
 
-        def vjp(ctx, r, lr, check):
+        def vjp(ctx, r, check):
             tape, values, ivalues, params, grads, pgrads, need, scratch = unpack(ctx, F, itemsize)
             return scan_binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads,
                                           need, scratch, r, check)

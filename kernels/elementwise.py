@@ -444,7 +444,7 @@ def unary_row_forward(code, tape, values, ivalues, params, r):
 
 
 @jit_inline
-def unary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+def unary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r):
     if needs(tape, need, r, 0):
         unary_vjp(code, operand(tape, values, params, r, 0), output(tape, values, params, r),
                   output_grad(tape, grads, pgrads, r), operand_grad(tape, grads, pgrads, r, 0),
@@ -481,7 +481,7 @@ def binary_row_forward(code, tape, values, ivalues, params, r):
 
 
 @jit_inline
-def binary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+def binary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r):
     """Add the VJP of op(a, b) into a's gradient (if it needs one) and b's, walking the output
     as binary_row_forward does; broadcast strides sum the gradient back."""
     a = operand(tape, values, params, r, 0)
@@ -519,7 +519,7 @@ def where_row_forward(code, tape, values, ivalues, params, r):
 
 
 @jit_inline
-def where_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+def where_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r):
     gB = operand_grad(tape, grads, pgrads, r, 1)
     gC = operand_grad(tape, grads, pgrads, r, 2)
     where_walk(operand(tape, values, params, r, 0), gB, gC, output_grad(tape, grads, pgrads, r),

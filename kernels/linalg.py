@@ -16,9 +16,9 @@ from .codes import LINEAR, LINEAR_ACT
 from ._jit import jit, jit_inline, jit_reduce
 from .blas import gemm
 from .elementwise import tanh32
-from .optim import sgd_plain
 from .vecmath import sigmoid32, sigmoid64, tanh64
-from .views import iattrs, needs, operand, operand_grad, output, output_grad
+from .views import (INTO_VALUE, add_scaled, iattrs, needs, operand, operand_grad, output,
+                    output_grad)
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, measured here).
@@ -33,15 +33,11 @@ BLAS_MIN_WORK = 16384  # m*k*n from which BLAS beats the simple loops (plain @ p
 # those products once they have a few hundred outputs (100x2x16: 1.2 vs 0.6 us).
 TB_LOOP_MAX_WORK = 131072
 
-# A gradient mode beyond need's 0 / 1 / 2 (kernels/replay.py): a parameter whose only consumer
-# is this single product (mode 2) and whose optimizer is plain SGD has its update folded into
-# the VJP, p -= lr g, instead of the gradient being written for a later pass. For the weight,
-# the BLAS path runs it as the gradient's own product, gemm(alpha=-lr, beta=1, C=p): the
-# gradient is never stored, and neither a zeroing pass (beta 0) nor an update pass over it
-# runs (64x784x128 float32 weight gradient, then the update: 209 us; folded: 149 us). The
-# loop path and the bias write the gradient, then update from it while it is hot.
-# fastgrad/compile.py marks these nodes; kernels/train.py decides per step whether it may.
-FOLD_SGD = 3
+# An operand whose gradient target is its own value (INTO_VALUE, kernels/views.py): the BLAS
+# path writes the weight's gradient product straight onto it, gemm(alpha=value_alpha, beta=1,
+# C=the weight), so the gradient is never stored and no zeroing or second pass over it runs
+# (docs/benchmarks.md, "Plain SGD folded into the backward sweep"). The loop path and the bias
+# write the gradient into their slot, then add it while it is hot.
 
 
 def _host_has_avx512() -> bool:
@@ -201,14 +197,15 @@ def matmul_forward(A, B, C, ip):
 
 
 @jit
-def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch, lr):
+def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch, value_alpha):
     """gA += gC @ B^T (if na); gB += A^T @ gC (if nb_); with B stored transposed when trans_b.
 
     na / nb_ are gradient modes: 0 none, 1 accumulate, 2 this row is the only consumer: with a
     single (unbatched) product the gradient is then overwritten, not added to, on both paths, so
     a training step skips clearing it (fastgrad/compile.py, ``overwritten_by_vjp``). The BLAS
     path accumulates with gemm's beta = 1 (kernels/blas.py): no scratch, no second pass.
-    nb_ = FOLD_SGD (a single product): B -= lr gB, after gA has read B (see FOLD_SGD).
+    nb_ = INTO_VALUE (a single product): B += value_alpha * (A^T @ gC), after gA has read B;
+    gB is then work space (the loop path).
     ``scratch`` is unused here; it stays in the signature every VJP kernel shares.
     """
     m, k, n, nb, tb = ip[0], ip[1], ip[2], ip[3], ip[4]
@@ -225,10 +222,10 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch, lr):
                 beta = 0.0 if na == 2 and nb == 1 else 1.0
                 gemm(False, not tb, m, k, n, 1.0, gC, co, B, bo, beta, gA, ao)
             if nb_:
-                # folded: B += -lr (its gradient), the update in the product; else gB (+)=
+                # B's target: its gradient slot (+)=, or B itself += value_alpha (its gradient)
                 alpha, beta, out = 1.0, 1.0, gB
-                if nb_ == FOLD_SGD:
-                    alpha, out = -lr, B
+                if nb_ == INTO_VALUE:
+                    alpha, out = value_alpha, B
                 elif nb_ == 2 and nb == 1:
                     beta = 0.0
                 if tb:  # gB (n, k) (+)= gC^T (n, m) @ A (m, k)
@@ -237,8 +234,8 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch, lr):
                     gemm(True, False, k, n, m, alpha, A, ao, gC, co, beta, out, bo)
             continue
         _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, min(nb_, 2), m, k, n, tb, nb == 1)
-        if nb_ == FOLD_SGD:
-            sgd_plain(B[bo : bo + k * n], gB[bo : bo + k * n], lr)
+        if nb_ == INTO_VALUE:
+            add_scaled(B[bo : bo + k * n], value_alpha, gB[bo : bo + k * n])
 
 
 @jit_reduce
@@ -314,10 +311,10 @@ def linear_forward(X, W, b, Y, ip):
 
 
 @jit
-def linear_vjp(X, W, b, gY, gX, nx, gW, nw, gb, nbias, ip, scratch, lr):
+def linear_vjp(X, W, b, gY, gX, nx, gW, nw, gb, nbias, ip, scratch, value_alpha):
     """The matmul VJPs, and gb (+)= column sums of gY (overwritten in mode 2, as matmul; then
-    b -= lr gb in mode FOLD_SGD)."""
-    matmul_vjp(X, W, gY, gX, nx, gW, nw, ip, scratch, lr)
+    b += value_alpha gb for an INTO_VALUE target)."""
+    matmul_vjp(X, W, gY, gX, nx, gW, nw, ip, scratch, value_alpha)
     if nbias:
         m, n = ip[0], ip[2]
         if nbias >= 2:
@@ -325,8 +322,8 @@ def linear_vjp(X, W, b, gY, gX, nx, gW, nw, gb, nbias, ip, scratch, lr):
         for i in range(m):
             for j in range(n):
                 gb[j] += gY[U(i * n + j)]
-        if nbias == FOLD_SGD:
-            sgd_plain(b, gb, lr)
+        if nbias == INTO_VALUE:
+            add_scaled(b, value_alpha, gb)
 
 
 @jit
@@ -374,12 +371,12 @@ def _add_activate(act, Y, c, m, n):
 
 
 @jit
-def linear_act_vjp(X, W, c, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch, lr):
+def linear_act_vjp(X, W, c, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch, value_alpha):
     """gZ = gY * act'(Z), read off the output (tanh: 1 - Y^2, sigmoid: Y (1 - Y), relu: Y > 0,
     NaN where Y is: relu's slope at a NaN, as the unary RELU row),
     into scratch[:m*n]; then the matmul VJPs of gZ (the rest of scratch is theirs) and gc (+)=
-    gZ or its column sums (overwritten in mode 2, as matmul; then c -= lr gc in mode
-    FOLD_SGD)."""
+    gZ or its column sums (overwritten in mode 2, as matmul; then c += value_alpha gc for an
+    INTO_VALUE target)."""
     m, n, act = ip[0], ip[2], ip[7]
     mn = m * n
     gz = scratch[:mn]
@@ -392,7 +389,7 @@ def linear_act_vjp(X, W, c, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch, lr):
     else:
         for i in range(mn):
             gz[i] = gY[i] if Y[i] > 0 else (0.0 if Y[i] <= 0 else Y[i])
-    matmul_vjp(X, W, gz, gX, nx, gW, nw, ip, scratch[mn:], lr)
+    matmul_vjp(X, W, gz, gX, nx, gW, nw, ip, scratch[mn:], value_alpha)
     if nc:
         if nc >= 2:
             gc[:] = 0.0
@@ -403,8 +400,8 @@ def linear_act_vjp(X, W, c, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch, lr):
             for i in range(m):
                 for j in range(n):
                     gc[U(j)] += gz[U(i * n + j)]
-        if nc == FOLD_SGD:
-            sgd_plain(c, gc, lr)
+        if nc == INTO_VALUE:
+            add_scaled(c, value_alpha, gc)
 
 
 # ----------------------------------------------------------------------------- rows of the tape
@@ -426,9 +423,9 @@ def matmul_row_forward(code, tape, values, ivalues, params, r):
 
 
 @jit_inline
-def matmul_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
-    """``lr``: the plain-SGD learning rate of the parameters marked FOLD_SGD in ``need``,
-    whose update the VJP applies (see above)."""
+def matmul_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
+                   value_alpha):
+    """``value_alpha``: the scale of the gradient written into an INTO_VALUE target."""
     A = operand(tape, values, params, r, 0)
     B = operand(tape, values, params, r, 1)
     gy = output_grad(tape, grads, pgrads, r)
@@ -441,9 +438,9 @@ def matmul_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scr
         gC = operand_grad(tape, grads, pgrads, r, 2)
         nc = needs(tape, need, r, 2)
         if code == LINEAR:
-            linear_vjp(A, B, C, gy, gA, na, gB, nb, gC, nc, ip, scratch, lr)
+            linear_vjp(A, B, C, gy, gA, na, gB, nb, gC, nc, ip, scratch, value_alpha)
         else:
             linear_act_vjp(A, B, C, output(tape, values, params, r), gy, gA, na, gB, nb, gC,
-                           nc, ip, scratch, lr)
+                           nc, ip, scratch, value_alpha)
     else:
-        matmul_vjp(A, B, gy, gA, na, gB, nb, ip, scratch, lr)
+        matmul_vjp(A, B, gy, gA, na, gB, nb, ip, scratch, value_alpha)

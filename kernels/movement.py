@@ -122,7 +122,7 @@ def shape_row_forward(code, tape, values, ivalues, params, r):
 
 
 @jit_inline
-def shape_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+def shape_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r):
     ip = iattrs(tape, r)
     gy = output_grad(tape, grads, pgrads, r)
     if code == STRIDED:

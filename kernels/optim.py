@@ -23,7 +23,8 @@ SGD, ADAGRAD, RMSPROP, ADAM = 0, 1, 2, 3
 @jit
 def sgd_plain(p, g, lr):
     """p -= lr g, with lr rounded to p's dtype: SGD without momentum or weight decay, as
-    optimizer_update runs it (and the VJPs that fold that update in, kernels/linalg.py)."""
+    optimizer_update runs it (and the VJPs that fold it in as p += -lr g, kernels/views.py
+    ``add_scaled``: the same bits)."""
     lr_p = p.dtype.type(lr)
     for i in range(p.size):
         p[i] -= lr_p * g[i]
@@ -31,7 +32,7 @@ def sgd_plain(p, g, lr):
 
 @jit_inline
 def folds_sgd(kind, hyper, max_norm, max_value, check):
-    """Whether a training step may fold the update into the VJPs (FOLD_SGD, kernels/linalg.py):
+    """Whether a training step may fold the update into the VJPs (INTO_VALUE, kernels/views.py):
     plain SGD (no momentum, no weight decay), no clipping (it needs every gradient first) and
     no anomaly check (it checks each gradient a row writes)."""
     return (kind == SGD and hyper[1] == 0.0 and hyper[4] == 0.0 and max_norm <= 0.0

@@ -188,7 +188,7 @@ def reduce_row_forward(code, tape, values, ivalues, params, r):
 
 
 @jit_inline
-def reduce_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+def reduce_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r):
     if needs(tape, need, r, 0):
         ip = iattrs(tape, r)
         reduce_vjp(code, operand(tape, values, params, r, 0), output(tape, values, params, r),
@@ -204,7 +204,7 @@ def loss_row_forward(code, tape, values, ivalues, params, r):
 
 
 @jit_inline
-def loss_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r, lr):
+def loss_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scratch, r):
     if needs(tape, need, r, 0):
         ip = iattrs(tape, r)
         cross_entropy_vjp(operand(tape, values, params, r, 0), ioperand(tape, ivalues, r, 1),

@@ -32,7 +32,7 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
     ops, outs, ip_ptr, iparams = tape[0], tape[1], tape[4], tape[5]
     node_off, node_size, kind, table = tape[8], tape[9], tape[10], tape[12]
     # the forward kernels read no gradients: any arrays of the right types stand in for them
-    ctx = context(tape, values, ivalues, params, values, values, kind, values)
+    ctx = context(tape, values, ivalues, params, values, values, kind, values, 0.0)
     r = start
     while r < stop:
         code = ops[r]
@@ -52,25 +52,25 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
 
 @jit
 def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, start, stop,
-                    check, lr):
+                    check, value_alpha):
     """Accumulate vector-Jacobian products for rows [stop-1 .. start] into ``grads``.
 
     ``grads`` must hold the seed gradient at the output node and zeros (or gradients to
-    accumulate onto) elsewhere. ``need[v]`` says whether node v wants a gradient (0: no,
-    1: accumulate, 2: its only consumer may overwrite it, FOLD_SGD: a parameter its only
-    consumer updates with learning rate ``lr``, kernels/linalg.py); rows whose output needs none are
-    skipped and no VJP is computed for inputs that need none. ``scratch`` is a work buffer at
+    accumulate onto) elsewhere. ``need[v]`` is node v's gradient target (0: none, 1: accumulate,
+    2: its only consumer may overwrite it, INTO_VALUE: its own value += ``value_alpha`` times
+    its gradient; kernels/views.py); rows whose output needs none are skipped and no VJP is
+    computed for inputs that need none. ``scratch`` is a work buffer at
     least as large as the largest node.
     Returns -1, or with ``check`` the first row (walking backward) that wrote a NaN/Inf gradient,
     encoded as replay_forward's report.
     """
     ops, outs, ip_ptr, iparams, table = tape[0], tape[1], tape[4], tape[5], tape[12]
-    ctx = context(tape, values, ivalues, params, grads, pgrads, need, scratch)
+    ctx = context(tape, values, ivalues, params, grads, pgrads, need, scratch, value_alpha)
     r = stop - 1
     while r >= start:
         code = ops[r]
         if need[outs[r]] and code != Op.SCAN_BEGIN:
-            bad = call_vjp(row_kernel(table, SLOTS + code), ctx, r, lr, check)
+            bad = call_vjp(row_kernel(table, SLOTS + code), ctx, r, check)
             if bad >= 0:  # a scan body's row, at a step (scan.py)
                 return bad
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):

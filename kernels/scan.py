@@ -425,8 +425,8 @@ def _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, r, t0
         gx = ox + t * step if xb else oc
         if not xb and nc != 2:
             _zero(grads, oc, step)
-        # c's values are read only to fold an SGD update (FOLD_SGD), and nothing a loop body
-        # reads is ever marked (Tape.grad_modes: mode 1 at most): the slot stands in for c
+        # c's values are read only for an INTO_VALUE target (kernels/views.py), and nothing a
+        # loop body reads is ever one (Tape.grad_modes: mode 1 at most): the slot stands in for c
         linear_act_vjp(values[prev : prev + n], W, grads[gx : gx + step], values[cur : cur + n],
                        grads[ocout : ocout + n], grads[ocin : ocin + n], na, gW, nw,
                        grads[gx : gx + step], nc, rip, scratch, 0.0)
@@ -570,7 +570,7 @@ def _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scra
             _add_within(grads, node_off[v], node_off[out] + t * n, n)
     for r in range(ip[3] - 1, ip[2] - 1, -1):
         if need[outs[r]]:
-            call_vjp(row_kernel(tape[12], SLOTS + tape[0][r]), ctx, r, 0.0, False)
+            call_vjp(row_kernel(tape[12], SLOTS + tape[0][r]), ctx, r, False)
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
                 return r
     for c in range(nc):
@@ -641,7 +641,7 @@ def scan_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scrat
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
     orig, rel, size, xo = _layout(tape, ip)
     slot = _strategy(tape, ip, orig, xo, need[ip[HEADER + 2]] != 0)
-    return call_vjp(row_kernel(tape[12], SLOTS + slot), ctx, r, 0.0, check)
+    return call_vjp(row_kernel(tape[12], SLOTS + slot), ctx, r, check)
 
 
 @jit

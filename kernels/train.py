@@ -8,9 +8,11 @@ gradient slots to clear before a backward sweep: only nodes that need a gradient
 VJP overwrites whole (big input slots and most weight gradients are never touched).
 
 With plain SGD (no momentum, weight decay, clipping or anomaly check) the update of a layer's
-weight and bias is folded into their VJP (FOLD_SGD, kernels/linalg.py): ``fold_need`` marks
-them, and the update loop then runs over the other parameters alone, ``keep_spans`` rows
-(offset, size) of ``flat``. Their ``flat_grad`` entries are not written then.
+weight and bias is folded into their VJP: ``fold_need`` gives them the gradient target
+INTO_VALUE (kernels/views.py), the weight itself with value_alpha = -lr, so that their VJP
+writes p += -lr g; the update loop then runs over the other parameters alone, ``keep_spans``
+rows (offset, size) of ``flat``. Their ``flat_grad`` entries are not written then. This
+module is the only place that turns a learning rate into a gradient target.
 """
 
 
@@ -44,12 +46,12 @@ def _step(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, ke
         else:
             flat_grad[a:b] = 0.0
     grads[loss_off] = 1.0
-    # fold_need marks the parameters whose plain-SGD update their VJP applies (FOLD_SGD,
-    # kernels/linalg.py); empty when the program has none or keeps every gradient
+    # fold_need gives the parameters whose plain-SGD update their VJP applies the target
+    # INTO_VALUE (kernels/views.py); empty when the program has none or keeps every gradient
     fold = fold_need.size > 0 and folds_sgd(kind, hyper, max_norm, max_value, check)
-    lr = hyper[0] if fold else 0.0
+    lr = hyper[0]
     bad = replay_backward(tape, values, ivalues, flat, grads, flat_grad,
-                          fold_need if fold else need, scratch, first, nrows, check, lr)
+                          fold_need if fold else need, scratch, first, nrows, check, -lr)
     if bad >= 0:
         return loss, 0.0, bad, 1
     norm = 0.0
@@ -72,7 +74,7 @@ def _step(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, ke
 H_SEGMENTS = 0
 H_FPARAMS_END = 12  # floats = fparams | grads | scratch: where each of the first two ends
 H_GRADS_END = 13
-H_NODES = 14  # bytes = node_kind | grad modes | modes with FOLD_SGD, each this long
+H_NODES = 14  # bytes = node_kind | grad modes | modes with INTO_VALUE, each this long
 H_LOSS_OFF = 15
 H_KIND = 16
 H_FLOAT_OFF = 17
@@ -118,7 +120,7 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
     0.16 µs each once a large step has evicted the interpreter's data from cache); the tape,
     the work buffers and the optimizer's buffers as separate arrays were 24 of them. Here
     ``ints`` holds the header above and every int64 array of the program, ``bytes_`` the node
-    kinds, the gradient modes and the same with FOLD_SGD marks, ``floats`` the float
+    kinds, the gradient modes and the same with INTO_VALUE marks, ``floats`` the float
     parameters of the tape and the gradient and scratch arenas, ``buffers`` the rows flat,
     flat_grad and three optimizer states (two rows without an optimizer). The views rebuilt
     here have the types the eager replay uses, so the replay kernels compile once for both.

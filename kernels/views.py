@@ -7,11 +7,30 @@ program's parameters; their gradients in ``pgrads``) or the caller's input array
 (3, read in place). Row r's operands are in_idx[in_ptr[r]:in_ptr[r+1]], its integer
 attributes iparams[ip_ptr[r]:ip_ptr[r+1]], its float attributes fparams[fp_ptr[r]:].
 
+A node's gradient target is its mode in ``need`` (fastgrad/tape.py ``grad_modes``): 0 none,
+ACCUMULATE (its gradient slot += the VJP), OVERWRITE (this row is its only writer: slot = the
+VJP, so nobody clears the slot first) or INTO_VALUE (the target is the node's own value, with
+the sweep's ``value_alpha``: value += value_alpha * VJP, as gemm's C = alpha A B + beta C with
+C the value and beta 1). VJP kernels only follow the target they are given; a compiled
+training step is what marks a weight INTO_VALUE with value_alpha = -lr (kernels/train.py), so
+that a plain-SGD update happens inside the weight gradient's own product.
+
 The row accessors are inlined (``jit_inline``): each is called with constant operand numbers,
 and a constant argument would otherwise compile a copy of the function per constant.
 """
 
 from ._jit import jit, jit_inline
+
+ACCUMULATE, OVERWRITE, INTO_VALUE = 1, 2, 3  # gradient targets, the modes in ``need``
+
+
+@jit
+def add_scaled(dest, alpha, g):
+    """dest += alpha * g, elementwise, with alpha rounded to dest's dtype (as PyTorch's
+    ``p.add_(g, alpha=a)``): how a VJP writes into an INTO_VALUE target."""
+    a = dest.dtype.type(alpha)
+    for i in range(dest.size):
+        dest[i] += a * g[i]
 
 
 @jit

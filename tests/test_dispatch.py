@@ -118,7 +118,7 @@ def test_a_row_call_takes_numbers_only_and_a_kernel_refuses_a_sweep_of_the_other
 
     @numba.njit
     def run_row(addr, tape, values):
-        ctx = call.context(tape, values, tape[9], values, values, values, tape[10], values)
+        ctx = call.context(tape, values, tape[9], values, values, values, tape[10], values, 0.0)
         return call.call_forward(addr, ctx, 0, False)
 
     table32 = dispatch.table(np.float32)

@@ -349,7 +349,7 @@ def test_anomaly_mode_is_off_by_default_and_then_the_kernels_skip_the_check(monk
     kernels = importlib.import_module("fastgrad.kernels")
     fwd, bwd = kernels.replay_forward, kernels.replay_backward
     monkeypatch.setattr(kernels, "replay_forward", lambda *a: flags.append(a[-1]) or fwd(*a))
-    # replay_backward(..., check, lr): its check is the second last argument
+    # replay_backward(..., check, value_alpha): its check is the second last argument
     monkeypatch.setattr(kernels, "replay_backward", lambda *a: flags.append(a[-2]) or bwd(*a))
     x = fg.tensor([1.0, -1.0], requires_grad=True)
     with np.errstate(all="ignore"):

@@ -1,13 +1,15 @@
 """A plain-SGD compiled step folds the update of each Linear layer's weight and bias into the
-backward sweep (kernels/linalg.py, FOLD_SGD): the weight's as part of its gradient's BLAS
-product, W -= lr (gZ^T X). It must update exactly like the step that keeps every gradient, to
+backward sweep (their gradient target is INTO_VALUE, kernels/views.py): the weight's as part of
+its gradient's BLAS product, W -= lr (gZ^T X). It must update exactly like the step that keeps every gradient, to
 rounding, and stay off whenever the update needs the whole gradient first."""
 
 import numpy as np
 import pytest
 
 import fastgrad as fg
-from fastgrad.kernels.linalg import FOLD_SGD, VJP_LOOP_MAX_ROWS
+from fastgrad import kernels
+from fastgrad.kernels.linalg import VJP_LOOP_MAX_ROWS
+from fastgrad.kernels.views import INTO_VALUE
 
 # (sizes, activation, batch): the VJP's loop path (few rows), BLAS on the calling thread, and
 # a product large enough for OpenBLAS's thread pool (or MKL, when installed)
@@ -49,7 +51,7 @@ def test_a_folded_step_updates_like_the_step_that_keeps_every_gradient(sizes, ac
     prog = folded._last
     params = [v for v in range(prog.tape.n_nodes) if prog.tape.node_kind.a[v] == 2]
     assert len(params) == 2 * (len(sizes) - 1)  # every weight and bias is marked
-    assert (prog.fold_modes[params] == FOLD_SGD).all()
+    assert (prog.fold_modes[params] == INTO_VALUE).all()
     np.testing.assert_allclose(folded_losses, kept_losses, **tolerances(dtype))
     np.testing.assert_allclose(folded_opt.flat, kept_opt.flat, **tolerances(dtype))
     assert not np.array_equal(folded_opt.flat, train(sizes, act, batch, dtype, True, 0)[1].flat)
@@ -140,7 +142,7 @@ def test_a_layer_applied_twice_is_not_folded_and_trains_like_the_eager_engine():
         if compiled:
             prog = step._last
             marked = {int(prog.tape.node_off.a[v]) for v in range(prog.tape.n_nodes)
-                      if prog.fold_modes[v] == FOLD_SGD}
+                      if prog.fold_modes[v] == INTO_VALUE}
         trained.append(opt.flat.copy())
     np.testing.assert_allclose(trained[0], trained[1], rtol=1e-12, atol=1e-14)
     # the first layer folds (its weight, 16 values, and its bias, in opt.flat); the layer
@@ -177,3 +179,39 @@ def test_fit_inside_detect_anomaly_writes_every_gradient():
     with fg.detect_anomaly():
         fg.fit(step, X, Y, epochs=1, batch_size=20, shuffle=False, progress=False)
     assert np.isfinite(opt.flat_grad).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [3, VJP_LOOP_MAX_ROWS + 9], ids=["loops", "blas"])
+@pytest.mark.parametrize("activation", [None, "tanh"])
+def test_a_vjp_writes_into_an_into_value_target_with_the_sweeps_alpha(rows, activation, dtype):
+    """The VJP kernels know no optimizer: given the target INTO_VALUE and value_alpha, the
+    linear VJP adds value_alpha times the weight's and bias's gradients onto their values,
+    whoever chose the target (here a hand-made sweep with alpha 0.5, not a learning rate)."""
+    rng = np.random.default_rng(3)
+    x0 = rng.standard_normal((rows, 5)).astype(dtype)
+    w0 = rng.standard_normal((4, 5)).astype(dtype)
+    b0 = rng.standard_normal(4).astype(dtype)
+    w, b = fg.tensor(w0, requires_grad=True), fg.tensor(b0, requires_grad=True)
+    z = fg.nn.functional.linear(fg.tensor(x0), w, b)
+    loss = (z if activation is None else fg.tanh(z)).sum()
+    tape = loss.tape
+    tape.flush()
+    gz = np.ones((rows, 4)) if activation is None else 1 - np.tanh(x0 @ w0.T + b0) ** 2
+    want_gw, want_gb = gz.T @ x0, gz.sum(0)
+    node = {id(leaf): v for leaf, v in tape.leaves}
+    modes = tape.grad_modes().copy()
+    modes[[node[id(w)], node[id(b)]]] = INTO_VALUE
+    grads = np.zeros(tape.values.a.size, tape.dtype)
+    grads[tape.node_off.a[loss._node]] = 1.0
+    bad = kernels.replay_backward(tape.arrays(), tape.values.a, tape.ivalues.a, tape.param_arena,
+                                  grads, tape.param_grads, modes, tape.scratch(), 0,
+                                  tape.producer[loss._node] + 1, False, 0.5)
+    assert bad == -1
+
+    def value(t):
+        return tape.node_values(node[id(t)]).reshape(t.shape)
+
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(value(w), w0 + 0.5 * want_gw, **tol)
+    np.testing.assert_allclose(value(b), b0 + 0.5 * want_gb, **tol)
