@@ -125,7 +125,8 @@ class Program:
         self.modes = modes
         self.zero_spans = self._zero_spans(modes)
         self.fold_modes, self.keep_spans = self._fold_marks(modes, optimizer)
-        self.arrays = tape.arrays()
+        # the ops' kernels are loaded at the first run, with the entry kernel it needs
+        self.arrays = tape.arrays(dispatch_rows=False)
         self.kind = -1 if optimizer is None else int(optimizer.kind)
         self._pack(tape.values.a.size, tape.scratch_size())
         self.logits_off, self.ncls = self._find_logits()
@@ -307,12 +308,20 @@ class Program:
         args = (self.ints, self.bytes, self.floats, tape.values.a, tape.ivalues.a,
                 tape.external, buffers, hyper, int(t), float(max_norm), float(max_value),
                 anomaly_enabled(), finput, iinput, self.arrays[12])
+        self.dispatch(_train.train_step, args)
         loss, norm, bad, direction = _train.train_step(*args)
         if reuse and self._entry is None:
             self._entry = native_entry(_train.train_step, args)
         if bad >= 0:
             raise self.failure(bad, direction)
         return loss, norm  # Python floats (Numba boxes float32 as float too)
+
+    def dispatch(self, entry, args):
+        """Load (or compile) the kernels of this program's ops before ``entry`` runs it with
+        ``args``; the first time, ``entry`` itself compiles alongside them (Table.ensure)."""
+        if self.tape.n_dispatched < self.tape.n_rows:
+            types = tuple(entry.typeof_pyval(a) for a in args)
+            self.tape.arrays(((entry, types),))
 
     def failure(self, bad, direction):
         """The error for train_step's (row or position, direction) report."""
@@ -868,8 +877,7 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
                     prog.reload_frozen()
                     check = anomaly_enabled()
                     try:
-                        epoch_result = ctrl_c.run(
-                            _train.fit_epoch,
+                        epoch_args = (
                             arrays, prog.tape.values.a, prog.tape.ivalues.a, prog.tape.grads,
                             prog.modes, prog.fold_modes if prog.ints[_train.H_FOLD]
                             and not check else prog.fold_modes[:0], prog.scratch,
@@ -878,6 +886,8 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
                             opt.hyper(), opt.t + 1, step.max_norm, step.max_value,
                             X2, x_off, prog.external == 0, Yf, Yi, y_off, perm, batch_size, nfull,
                             prog.logits_off, ncls, check, ctrl_c.stop)
+                        prog.dispatch(_train.fit_epoch, epoch_args)
+                        epoch_result = ctrl_c.run(_train.fit_epoch, *epoch_args)
                     except BaseException:
                         if ctrl_c.late is not None:  # the batches it completed are applied
                             opt.t += ctrl_c.late[2]

@@ -20,6 +20,11 @@ compile inside its compilation (nested events): the outermost one is the entry t
 Each kernel is written to the cache as soon as it is compiled (Numba saves a callee before the
 caller's compilation goes on), so a Ctrl-C loses only the kernel being compiled.
 
+Op kernels missing from the cache may compile in forked worker processes (kernels/workers.py):
+this process announces the dtype before they start, each child says what it compiles on the
+same stderr (progress lines included, no second "compiling kernels" line), and sends the
+records of what it compiled back, so ``REPORTER.compiled`` lists the children's kernels too.
+
 Why this module lives in ``fastgrad/`` and not ``kernels/``: the cache key hashes every file of
 ``kernels/``, so reporting code there would make each of its edits recompile every kernel.
 """
@@ -38,6 +43,7 @@ from numba.core import types as _nbtypes
 
 from .errors import fail
 from .kernels import _jit
+from .kernels import workers as _workers
 
 log = logging.getLogger("fastgrad")
 
@@ -271,6 +277,40 @@ class _CompileReporter(_numba_event.Listener):
             _say("fastgrad: compiled %s in %.0f s", what, seconds)
 
 
+    def announce(self, dtype):
+        """Show the compile line for ``dtype`` unless this process showed it already."""
+        with self._lock:
+            first = dtype not in self._announced
+            self._announced.add(dtype)
+        if first:
+            _say("fastgrad: compiling kernels for %s (%s)", dtype, cache_status()[1])
+
+
+class _WorkerReporting(_workers.Reporting):
+    """The compile report across forked compile workers (kernels/workers.py)."""
+
+    def announce(self, dtype):
+        REPORTER.announce(np.dtype(dtype).name)
+
+    def in_child(self):
+        with REPORTER._lock:
+            REPORTER._announced.update(("float32", "float64", None))
+            REPORTER.compiled = []
+
+    def child_records(self):
+        return [[c.kernel, c.dtype, c.seconds, c.depth, c.failed] for c in REPORTER.compiled]
+
+    def add_records(self, rows):
+        records = []
+        for row in rows:
+            if isinstance(row, list) and len(row) == 5:
+                kernel, dtype, seconds, depth, failed = row
+                records.append(Compilation(str(kernel), dtype, float(seconds), int(depth),
+                                           bool(failed)))
+        with REPORTER._lock:
+            REPORTER.compiled.extend(records)
+
+
 REPORTER = _CompileReporter()
 _installed = False
 _install_lock = threading.Lock()
@@ -286,6 +326,7 @@ def install():
         if not any(isinstance(h, _StderrUnlessConfigured) for h in log.handlers):
             log.addHandler(_StderrUnlessConfigured())
         _numba_event.register("numba:compile", REPORTER)
+        _workers.REPORTING = _WorkerReporting()
         _installed = True
 
 

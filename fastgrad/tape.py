@@ -51,6 +51,7 @@ import numpy as np
 
 from . import kernels
 from .kernels import dispatch
+from .kernels.replay import replay_entries as _replay_entries
 from .errors import FastgradError, fail
 from .ops import TABLE, Op, fmt
 from .ops.control import SCAN_LAYOUT
@@ -332,15 +333,17 @@ class Tape:
         self.n_dispatched -= self.n_dispatched > r
 
     # ------------------------------------------------------------------ replay
-    def arrays(self):
+    def arrays(self, entries=(), dispatch_rows=True):
         """The tape as the tuple the replay kernels take (kernels/call.py), its ops' kernels
         compiled or loaded first: the rows recorded since the last call are looked up in the
-        dispatch table of the tape's dtype, which compiles an op's kernels at its first use."""
+        dispatch table of the tape's dtype, which compiles an op's kernels at its first use
+        (with ``entries``, the entry kernels the caller runs next: ``Table.ensure``). Without
+        ``dispatch_rows``, the caller must call this again before any kernel runs the tape."""
         table = dispatch.table(self.dtype)
         done = getattr(self, "n_dispatched", 0)
-        if done < self.n_rows:
+        if dispatch_rows and done < self.n_rows:
             table.ensure(dispatch.codes_used(self.ops.a, self.ip_ptr.a, self.iparams.a, done,
-                                             self.n_rows))
+                                             self.n_rows), entries)
             self.n_dispatched = self.n_rows
         return (self.ops.view, self.outs.view, self.in_ptr.view, self.in_idx.view,
                 self.ip_ptr.view, self.iparams.view, self.fp_ptr.view, self.fparams.a,
@@ -353,7 +356,8 @@ class Tape:
             with self.lock:
                 if self.n_done >= self.n_rows:  # another thread computed them meanwhile
                     return
-                bad = kernels.replay_forward(self.arrays(), self.values.a, self.ivalues.a,
+                bad = kernels.replay_forward(self.arrays(_replay_entries(self.dtype)),
+                                             self.values.a, self.ivalues.a,
                                              self.param_arena, self.n_done, self.n_rows,
                                              check or _anomaly_on())
                 if bad >= 0:

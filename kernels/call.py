@@ -35,6 +35,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_inline
+from .vecmath import _bits_from_f64, _f64_from_bits
 
 SLOTS = 1024  # op codes are below this (100 * family + index, families 0-7)
 # Slots past the op codes: the three ways a SCAN row runs (kernels/scan.py), each compiled
@@ -69,6 +70,20 @@ ITEMSIZE, VALUE_ALPHA = 2 * NARRAYS, 2 * NARRAYS + 1
 CONTEXT_SIZE = 2 * NARRAYS + 2
 
 
+@intrinsic
+def _address(typingctx, array):
+    """The address of ``array``'s data, as an int64 (``array.ctypes.data`` builds a ctypes
+    object first, which took most of the compile time of ``context``)."""
+    if not isinstance(array, types.Array):
+        raise TypingError(f"_address takes an array, not {array}")
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, context.get_value_type(types.int64))
+
+    return types.int64(array), codegen
+
+
 @jit
 def context(tape, values, ivalues, params, grads, pgrads, need, scratch, value_alpha):
     """The context of a sweep over ``tape`` (an int64 array whose address the row kernels
@@ -76,28 +91,28 @@ def context(tape, values, ivalues, params, grads, pgrads, need, scratch, value_a
     any arrays of the right types for the gradient arenas it does not use. ``value_alpha``
     scales the gradients written into INTO_VALUE targets (kernels/views.py)."""
     ctx = np.empty(CONTEXT_SIZE, np.int64)
-    ctx[0], ctx[1] = tape[0].ctypes.data, tape[0].size
-    ctx[2], ctx[3] = tape[1].ctypes.data, tape[1].size
-    ctx[4], ctx[5] = tape[2].ctypes.data, tape[2].size
-    ctx[6], ctx[7] = tape[3].ctypes.data, tape[3].size
-    ctx[8], ctx[9] = tape[4].ctypes.data, tape[4].size
-    ctx[10], ctx[11] = tape[5].ctypes.data, tape[5].size
-    ctx[12], ctx[13] = tape[6].ctypes.data, tape[6].size
-    ctx[14], ctx[15] = tape[7].ctypes.data, tape[7].size
-    ctx[16], ctx[17] = tape[8].ctypes.data, tape[8].size
-    ctx[18], ctx[19] = tape[9].ctypes.data, tape[9].size
-    ctx[20], ctx[21] = tape[10].ctypes.data, tape[10].size
-    ctx[22], ctx[23] = tape[11].ctypes.data, tape[11].size
-    ctx[24], ctx[25] = tape[12].ctypes.data, tape[12].size
-    ctx[26], ctx[27] = values.ctypes.data, values.size
-    ctx[28], ctx[29] = ivalues.ctypes.data, ivalues.size
-    ctx[30], ctx[31] = params.ctypes.data, params.size
-    ctx[32], ctx[33] = grads.ctypes.data, grads.size
-    ctx[34], ctx[35] = pgrads.ctypes.data, pgrads.size
-    ctx[36], ctx[37] = need.ctypes.data, need.size
-    ctx[38], ctx[39] = scratch.ctypes.data, scratch.size
+    ctx[0], ctx[1] = _address(tape[0]), tape[0].size
+    ctx[2], ctx[3] = _address(tape[1]), tape[1].size
+    ctx[4], ctx[5] = _address(tape[2]), tape[2].size
+    ctx[6], ctx[7] = _address(tape[3]), tape[3].size
+    ctx[8], ctx[9] = _address(tape[4]), tape[4].size
+    ctx[10], ctx[11] = _address(tape[5]), tape[5].size
+    ctx[12], ctx[13] = _address(tape[6]), tape[6].size
+    ctx[14], ctx[15] = _address(tape[7]), tape[7].size
+    ctx[16], ctx[17] = _address(tape[8]), tape[8].size
+    ctx[18], ctx[19] = _address(tape[9]), tape[9].size
+    ctx[20], ctx[21] = _address(tape[10]), tape[10].size
+    ctx[22], ctx[23] = _address(tape[11]), tape[11].size
+    ctx[24], ctx[25] = _address(tape[12]), tape[12].size
+    ctx[26], ctx[27] = _address(values), values.size
+    ctx[28], ctx[29] = _address(ivalues), ivalues.size
+    ctx[30], ctx[31] = _address(params), params.size
+    ctx[32], ctx[33] = _address(grads), grads.size
+    ctx[34], ctx[35] = _address(pgrads), pgrads.size
+    ctx[36], ctx[37] = _address(need), need.size
+    ctx[38], ctx[39] = _address(scratch), scratch.size
     ctx[ITEMSIZE] = values.itemsize
-    ctx.view(np.float64)[VALUE_ALPHA] = value_alpha
+    ctx[VALUE_ALPHA] = _bits_from_f64(np.float64(value_alpha))
     return ctx
 
 
@@ -125,7 +140,7 @@ def _pointer(typingctx, address, dtype):
 @jit_inline
 def value_alpha(address):
     """The ``value_alpha`` of the context at ``address``."""
-    return carray(_pointer(address, np.float64), CONTEXT_SIZE)[VALUE_ALPHA]
+    return _f64_from_bits(carray(_pointer(address, np.int64), CONTEXT_SIZE)[VALUE_ALPHA])
 
 
 @jit_inline

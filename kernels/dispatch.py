@@ -19,7 +19,6 @@ import threading
 import numpy as np
 
 from ..ops import Op
-from ._jit import OPTIONS, _njit
 from .call import (FORWARD_SIGNATURE, SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS,
                    VJP_SIGNATURE, unpack, value_alpha)
 from .codes import ADD, CROSS_ENTROPY, MATMUL, RESHAPE, SUM, WHERE
@@ -31,6 +30,7 @@ from .reduce import loss_row_forward, loss_row_vjp, reduce_row_forward, reduce_r
 from .scan import (scan_backward, scan_binomial_backward, scan_binomial_forward,
                    scan_cell_backward, scan_cell_forward, scan_forward, scan_steps_backward,
                    scan_steps_forward)
+from .workers import compile_units, compiled
 
 
 def row_kernels(code, dtype):
@@ -165,18 +165,6 @@ def codes_used(ops, ip_ptr, iparams, start, stop):
     return codes
 
 
-def _compiled(py_func, signature):
-    """``py_func`` compiled (or loaded from the checked cache) for ``signature``: the
-    dispatcher, which owns the machine code, and the address of the compiled function."""
-    dispatcher = _njit(py_func, OPTIONS)
-    dispatcher.compile(signature)
-    cres = dispatcher.overloads[signature.args]
-    address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
-    if not address:
-        raise RuntimeError(f"fastgrad internal error: no address for {py_func.__qualname__}")
-    return dispatcher, address
-
-
 # Codes with row kernels: every op but SCAN_BEGIN, which the loops skip (the scan strategies'
 # slots are not ops: ``codes_used`` adds them).
 CODES = tuple(int(op) for op in Op if op != Op.SCAN_BEGIN)
@@ -197,28 +185,57 @@ class Table:
     def signatures(self):
         return FORWARD_SIGNATURE, VJP_SIGNATURE
 
-    def ensure(self, codes):
+    def ensure(self, codes, entries=()):
         """Compile or load the row kernels of the op ``codes`` (any iterable of ints) that the
-        table does not hold yet. Cheap when it holds them all."""
+        table does not hold yet. Cheap when it holds them all. ``entries``: (dispatcher,
+        argument types) of the entry kernels the caller will run next, compiled alongside the
+        row kernels when several processes compile (workers.py); else left to the call."""
         codes = np.array(sorted(codes) if isinstance(codes, (set, frozenset)) else codes,
                          np.int64).ravel()
         if codes.size == 0 or self.ready[codes].all():
             return
         with self.lock:  # two threads at first use must not both fill a slot
             fwd_sig, vjp_sig = self.signatures()
+            todo = []
             for code in sorted(set(codes.tolist())):
                 if self.ready[code] or code == Op.SCAN_BEGIN:
                     self.ready[code] = True
                     continue
                 if code not in CODES and code not in STRATEGY_NAMES:
                     raise ValueError(f"fastgrad internal error: no op has code {code}")
-                forward, vjp = row_kernels(code, self.dtype)
-                fwd, fwd_address = _compiled(forward, fwd_sig)
-                bwd, vjp_address = _compiled(vjp, vjp_sig)
+                todo.append((code, *row_kernels(code, self.dtype)))
+            # on several cores where that helps: the rest below then loads from the cache
+            units = [(f, fwd_sig, (_family(code), 0), _weight(code, 0)) for code, f, _ in todo]
+            units += [(v, vjp_sig, (_family(code), 1), _weight(code, 1)) for code, _, v in todo]
+            units += [(entry, types, entry, ENTRY_WEIGHT) for entry, types in entries]
+            done = compile_units(units if todo else [], self.dtype)
+            for code, forward, vjp in todo:
+                fwd, fwd_address = done.get(forward) or compiled(forward, fwd_sig)
+                bwd, vjp_address = done.get(vjp) or compiled(vjp, vjp_sig)
                 self.kernels[code] = (fwd, bwd)
                 self.addresses[code] = fwd_address
                 self.addresses[SLOTS + code] = vjp_address
                 self.ready[code] = True
+
+
+# Rough compile costs, in units of a small op's kernel (docs/benchmarks.md, "Cold start"):
+# what compile_units balances its processes with.
+ENTRY_WEIGHT = 5.0
+
+
+def _family(code):
+    """The family of an op code (the hundreds); a scan strategy counts as the scan family."""
+    return Op.SCAN // 100 if code >= SCAN_CELL else code // 100
+
+
+def _weight(code, vjp):
+    if code >= Op.SCAN:  # the scan loops and strategies link a cell's linear algebra
+        return 4.0
+    if MATMUL <= code < RESHAPE:
+        return 3.0 if vjp else 2.0
+    if code >= CROSS_ENTROPY:
+        return 1.5
+    return 1.0
 
 
 _tables = {}

@@ -14,53 +14,12 @@ from .codes import (
     MAXIMUM, MINIMUM, BCE_LOGITS, GT, GE, LT, LE, EQ, NE, SIN, COS, LOG1P, EXPM1,
 )
 from ._jit import jit, jit_inline, per_code
-from .vecmath import exp64, sigmoid32, sigmoid64, tanh64
+from .vecmath import exp64, sigmoid64, sigmoid_of, tanh_of
 from .views import fattr, iattrs, needs, operand, operand_grad, output, output_grad
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, measured here).
 U = np.uintp
-
-
-# float32 tanh as a rational polynomial (Eigen's generic_fast_tanh_float, also used by XLA):
-# it vectorises, where np.tanh inside Numba is a scalar libm call ~6x slower than NumPy's SIMD
-# loop. Max error 6 ulp (3.4e-7 relative) on float32, pinned by a test. float64: vecmath.tanh64.
-_TANH_CLAMP = np.float32(7.90531110763549805)
-_A1 = np.float32(4.89352455891786e-03)
-_A3 = np.float32(6.37261928875436e-04)
-_A5 = np.float32(1.48572235717979e-05)
-_A7 = np.float32(5.12229709037114e-08)
-_A9 = np.float32(-8.60467152213735e-11)
-_A11 = np.float32(2.00018790482477e-13)
-_A13 = np.float32(-2.76076847742355e-16)
-_B0 = np.float32(4.89352518554385e-03)
-_B2 = np.float32(2.26843463243900e-03)
-_B4 = np.float32(1.18534705686654e-04)
-_B6 = np.float32(1.19825839466702e-06)
-
-
-@jit
-def tanh_f32(x, y):
-    for i in range(x.size):
-        y[i] = tanh32(x[i])
-
-
-@jit
-def tanh32(x):
-    """tanh of a float32 scalar (a rational function, branch-free so that loops vectorise)."""
-    v = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
-    v2 = v * v
-    p = v2 * _A13 + _A11
-    p = p * v2 + _A9
-    p = p * v2 + _A7
-    p = p * v2 + _A5
-    p = p * v2 + _A3
-    p = p * v2 + _A1
-    p = p * v
-    q = v2 * _B6 + _B4
-    q = q * v2 + _B2
-    q = q * v2 + _B0
-    return x if abs(x) < np.float32(0.0004) else p / q
 
 
 @jit
@@ -93,18 +52,11 @@ def _unary_forward_of(op):
             for i in range(n):
                 y[i] = np.sqrt(x[i])
         elif op == TANH:
-            if x.itemsize == 4:
-                tanh_f32(x, y)
-            else:
-                for i in range(n):
-                    y[i] = tanh64(np.float64(x[i]))
+            for i in range(n):
+                y[i] = tanh_of(x[i])
         elif op == SIGMOID:
-            if x.itemsize == 4:
-                for i in range(n):
-                    y[i] = sigmoid32(x[i])
-            else:
-                for i in range(n):
-                    y[i] = _sigmoid(x[i])
+            for i in range(n):
+                y[i] = sigmoid_of(x[i])
         elif op == RELU:  # written so that NaN fails the test and passes through, as np.maximum
             for i in range(n):
                 y[i] = 0.0 if x[i] <= 0 else x[i]

@@ -15,8 +15,7 @@ from ..ops import Op
 from .codes import LINEAR, LINEAR_ACT
 from ._jit import jit, jit_inline, jit_reduce
 from .blas import gemm
-from .elementwise import tanh32
-from .vecmath import sigmoid32, sigmoid64, tanh64
+from .vecmath import sigmoid_of, tanh_of
 from .views import (INTO_VALUE, add_scaled, iattrs, needs, operand, operand_grad, output,
                     output_grad)
 
@@ -333,10 +332,9 @@ def linear_act_forward(X, W, c, Y, ip):
     c has Y's shape)."""
     matmul_forward(X, W, Y, ip)
     m, n = ip[0], ip[2]
-    if ip[8]:
-        _add_activate(ip[7], Y, c, 1, m * n)
-    else:
-        _add_activate(ip[7], Y, c, m, n)
+    # one call with variables: a constant argument would compile a second copy (train.py)
+    rows, cols = (np.int64(1), m * n) if ip[8] else (m, n)
+    _add_activate(ip[7], Y, c, rows, cols)
 
 
 @jit
@@ -351,19 +349,11 @@ def _add_activate(act, Y, c, m, n):
     for i in range(m):
         o = i * n
         if act == Op.TANH:
-            if Y.itemsize == 4:
-                for j in range(n):
-                    Y[U(o + j)] = tanh32(Y[U(o + j)] + c[U(j)])
-            else:
-                for j in range(n):
-                    Y[U(o + j)] = tanh64(np.float64(Y[U(o + j)] + c[U(j)]))
+            for j in range(n):
+                Y[U(o + j)] = tanh_of(Y[U(o + j)] + c[U(j)])
         elif act == Op.SIGMOID:
-            if Y.itemsize == 4:
-                for j in range(n):
-                    Y[U(o + j)] = sigmoid32(Y[U(o + j)] + c[U(j)])
-            else:
-                for j in range(n):
-                    Y[U(o + j)] = sigmoid64(np.float64(Y[U(o + j)] + c[U(j)]))
+            for j in range(n):
+                Y[U(o + j)] = sigmoid_of(Y[U(o + j)] + c[U(j)])
         else:
             for j in range(n):
                 v = Y[U(o + j)] + c[U(j)]

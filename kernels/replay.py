@@ -15,9 +15,14 @@ A scan's body rows (between its SCAN_BEGIN and SCAN rows) are skipped here and r
 the SCAN row's kernel (scan.py), which checks them at every step when ``check`` is set.
 """
 
+import functools
+
+import numpy as np
+from numba import types
+
 from ..ops import Op
 from ._jit import jit
-from .call import SLOTS, call_forward, call_vjp, context, row_kernel
+from .call import SLOTS, call_forward, call_vjp, context, row_kernel, tape_type
 from .rows import all_finite, inputs_grads_finite
 from .views import view
 
@@ -79,3 +84,16 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
             r = iparams[ip_ptr[r] + 1]  # continue below the body and its SCAN_BEGIN marker
         r -= 1
     return -1
+
+
+@functools.lru_cache(maxsize=None)
+def replay_entries(dtype):
+    """(dispatcher, argument types) of the two replay loops as an eager tape of float
+    ``dtype`` calls them (fastgrad/tape.py): what a first ``backward()`` runs, compiled
+    alongside its ops' kernels (dispatch.py ``Table.ensure``)."""
+    F = types.float64 if np.dtype(dtype) == np.float64 else types.float32
+    A, I = types.Array(F, 1, "C"), types.Array(types.int64, 1, "C")
+    n, tape = types.int64, tape_type(F)
+    return ((replay_forward, (tape, A, I, A, n, n, types.boolean)),
+            (replay_backward, (tape, A, I, A, A, A, types.Array(types.int8, 1, "C"), A, n, n,
+                               types.boolean, types.float64)))

@@ -12,7 +12,7 @@ instruction instead of four, 1.3 against 2.8 ns per value.
 
 import numpy as np
 from numba.core import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ._jit import jit
 
@@ -128,3 +128,69 @@ def sigmoid32(v):
     r = _ONE32 / (_ONE32 + e)
     y = r if x >= 0 else e * r
     return x if x != x else y
+
+
+# float32 tanh as a rational polynomial (Eigen's generic_fast_tanh_float, also used by XLA):
+# it vectorises, where np.tanh inside Numba is a scalar libm call ~6x slower than NumPy's SIMD
+# loop. Max error 6 ulp (3.4e-7 relative) on float32, pinned by a test. float64: vecmath.tanh64.
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_A1 = np.float32(4.89352455891786e-03)
+_A3 = np.float32(6.37261928875436e-04)
+_A5 = np.float32(1.48572235717979e-05)
+_A7 = np.float32(5.12229709037114e-08)
+_A9 = np.float32(-8.60467152213735e-11)
+_A11 = np.float32(2.00018790482477e-13)
+_A13 = np.float32(-2.76076847742355e-16)
+_B0 = np.float32(4.89352518554385e-03)
+_B2 = np.float32(2.26843463243900e-03)
+_B4 = np.float32(1.18534705686654e-04)
+_B6 = np.float32(1.19825839466702e-06)
+
+
+@jit
+def tanh32(x):
+    """tanh of a float32 scalar (a rational function, branch-free so that loops vectorise)."""
+    v = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
+    v2 = v * v
+    p = v2 * _A13 + _A11
+    p = p * v2 + _A9
+    p = p * v2 + _A7
+    p = p * v2 + _A5
+    p = p * v2 + _A3
+    p = p * v2 + _A1
+    p = p * v
+    q = v2 * _B6 + _B4
+    q = q * v2 + _B2
+    q = q * v2 + _B0
+    return x if abs(x) < np.float32(0.0004) else p / q
+
+
+def tanh_of(x):
+    """tanh of a float scalar by its own type's routine: tanh32 for float32, tanh64 (in
+    float64) otherwise. Chosen when Numba types the call, so that a kernel compiles only its
+    dtype's routine (a test of ``x.itemsize`` at run time compiled both). Numba code only."""
+    raise TypeError("tanh_of is called from Numba-compiled kernels only")
+
+
+def sigmoid_of(x):
+    """sigmoid of a float scalar by its own type's routine (sigmoid32, else sigmoid64 in
+    float64), chosen when Numba types the call, as ``tanh_of``. Numba code only."""
+    raise TypeError("sigmoid_of is called from Numba-compiled kernels only")
+
+
+def _is_float32(x):
+    return isinstance(x, types.Float) and x.bitwidth == 32
+
+
+@overload(tanh_of)
+def _tanh_of(x):
+    if _is_float32(x):
+        return lambda x: tanh32(x)
+    return lambda x: tanh64(np.float64(x))
+
+
+@overload(sigmoid_of)
+def _sigmoid_of(x):
+    if _is_float32(x):
+        return lambda x: sigmoid32(x)
+    return lambda x: sigmoid64(np.float64(x))
