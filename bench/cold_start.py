@@ -17,6 +17,8 @@ Scenarios:
 
 Run:    python bench/cold_start.py                 (every scenario, 3 cold/warm pairs each)
         python bench/cold_start.py --repeats 1 readme step_mlp
+        python bench/cold_start.py --workers 1,auto  (one compiling process against the
+                                                      default, alternating: docs/kernel-cache.md)
 Prints a table of medians (min-max) in seconds. Results: docs/benchmarks.md, "Cold start".
 """
 
@@ -96,9 +98,12 @@ def ops_program(k):
     return "\n".join(lines)
 
 
-def run(name, cache, out_dir):
+def run(name, cache, out_dir, workers="auto"):
     env = dict(os.environ, FASTGRAD_CACHE_DIR=cache, PYTHONWARNINGS="ignore")
     env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("FASTGRAD_COMPILE_WORKERS", None)
+    if workers != "auto":
+        env["FASTGRAD_COMPILE_WORKERS"] = workers
     if name == "demo":
         cmd = [sys.executable, "-m", "fastgrad.cli", "demo", "--out", out_dir]
     elif name.startswith("ops_"):
@@ -130,7 +135,14 @@ def main(argv=None):
     parser.add_argument("scenarios", nargs="*", help="default: all (readme eager_mlp step_mlp "
                         "step_rnn demo ops_1 ops_2 ops_4 ops_8 ops_16)")
     parser.add_argument("--repeats", type=int, default=3, help="cold/warm pairs per scenario")
+    parser.add_argument("--workers", default="auto",
+                        help="compiling processes (FASTGRAD_COMPILE_WORKERS), a comma-separated "
+                        "list to compare settings in alternating runs; auto: the default")
     args = parser.parse_args(argv)
+    settings = [w.strip() for w in args.workers.split(",") if w.strip()]
+    for w in settings:
+        if w != "auto" and not w.isdigit():
+            parser.error(f"--workers: {w!r} is not a number or auto")
     names = args.scenarios or (list(SCENARIOS) + [f"ops_{k}" for k in (1, 2, 4, 8, 16)])
     for name in names:
         if name not in SCENARIOS and not (name.startswith("ops_") and name[4:].isdigit()):
@@ -144,17 +156,22 @@ def main(argv=None):
     results = {}
     for rep in range(args.repeats):
         for name in names:
-            with tempfile.TemporaryDirectory(prefix="fastgrad-cold-") as scratch:
-                cache = os.path.join(scratch, "cache")
-                cold = run(name, cache, scratch)
-                warm = run(name, cache, scratch)
-            results.setdefault(name, []).append((cold, warm))
-            print(f"  {name}: cold {cold:.1f} s, warm {warm:.1f} s", flush=True)
-    print("\n| first … (whole process) | cold, s | warm, s |\n|---|---:|---:|")
+            for w in settings:
+                with tempfile.TemporaryDirectory(prefix="fastgrad-cold-") as scratch:
+                    cache = os.path.join(scratch, "cache")
+                    cold = run(name, cache, scratch, w)
+                    warm = run(name, cache, scratch, w)
+                results.setdefault((name, w), []).append((cold, warm))
+                print(f"  {name} (workers {w}): cold {cold:.1f} s, warm {warm:.1f} s", flush=True)
+    head = " | ".join(f"cold, s (workers {w}) | warm, s (workers {w})" for w in settings)
+    print(f"\n| first … (whole process) | {head} |\n|---|" + "---:|" * (2 * len(settings)))
     for name in names:
-        pairs = results[name]
         label = f"{name} ({DISTINCT[name]} distinct ops)" if name in DISTINCT else name
-        print(f"| {label} | {spread([c for c, _ in pairs])} | {spread([w for _, w in pairs])} |")
+        cells = []
+        for w in settings:
+            pairs = results[(name, w)]
+            cells += [spread([c for c, _ in pairs]), spread([v for _, v in pairs])]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

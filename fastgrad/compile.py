@@ -35,6 +35,7 @@ import numpy as np
 from .anomaly import _state as anomaly_state
 from .anomaly import AnomalyError, anomaly_enabled, describe_anomaly
 from .errors import FastgradError, fail
+from .kernels import dispatch as _dispatch
 from .kernels import optim as _optim_kernels
 from .kernels import train as _train
 from .kernels._jit import native_entry
@@ -127,6 +128,7 @@ class Program:
         self.fold_modes, self.keep_spans = self._fold_marks(modes, optimizer)
         # the ops' kernels are loaded at the first run, with the entry kernel it needs
         self.arrays = tape.arrays(dispatch_rows=False)
+        self._dispatched = False
         self.kind = -1 if optimizer is None else int(optimizer.kind)
         self._pack(tape.values.a.size, tape.scratch_size())
         self.logits_off, self.ncls = self._find_logits()
@@ -317,11 +319,19 @@ class Program:
         return loss, norm  # Python floats (Numba boxes float32 as float too)
 
     def dispatch(self, entry, args):
-        """Load (or compile) the kernels of this program's ops before ``entry`` runs it with
-        ``args``; the first time, ``entry`` itself compiles alongside them (Table.ensure)."""
-        if self.tape.n_dispatched < self.tape.n_rows:
-            types = tuple(entry.typeof_pyval(a) for a in args)
-            self.tape.arrays(((entry, types),))
+        """Load (or compile) the kernels of this program's ops before ``entry`` first runs it
+        with ``args``, ``entry`` itself alongside them (Table.ensure). Decided on the program's
+        own node kinds (parameters, the input read in place), which pick its scans'
+        strategies: every row, even rows an eager flush of the trace dispatched."""
+        if self._dispatched:
+            return
+        tape = self.tape
+        codes = _dispatch.codes_used(tape.ops.a, tape.ip_ptr.a, tape.iparams.a, 0, tape.n_rows,
+                                     tape.arrays(dispatch_rows=False), tape.node_need.view)
+        types = tuple(entry.typeof_pyval(a) for a in args)
+        _dispatch.table(tape.dtype).ensure(codes, ((entry, types),))
+        tape.n_dispatched = tape.n_rows
+        self._dispatched = True
 
     def failure(self, bad, direction):
         """The error for train_step's (row or position, direction) report."""

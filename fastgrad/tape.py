@@ -340,15 +340,17 @@ class Tape:
         (with ``entries``, the entry kernels the caller runs next: ``Table.ensure``). Without
         ``dispatch_rows``, the caller must call this again before any kernel runs the tape."""
         table = dispatch.table(self.dtype)
+        arrays = (self.ops.view, self.outs.view, self.in_ptr.view, self.in_idx.view,
+                  self.ip_ptr.view, self.iparams.view, self.fp_ptr.view, self.fparams.a,
+                  self.node_off.view, self.node_size.view, self.node_kind.view,
+                  self.external.reshape(-1), table.addresses)
         done = getattr(self, "n_dispatched", 0)
         if dispatch_rows and done < self.n_rows:
             table.ensure(dispatch.codes_used(self.ops.a, self.ip_ptr.a, self.iparams.a, done,
-                                             self.n_rows), entries)
+                                             self.n_rows, arrays, self.node_need.view),
+                         entries)
             self.n_dispatched = self.n_rows
-        return (self.ops.view, self.outs.view, self.in_ptr.view, self.in_idx.view,
-                self.ip_ptr.view, self.iparams.view, self.fp_ptr.view, self.fparams.a,
-                self.node_off.view, self.node_size.view, self.node_kind.view,
-                self.external.reshape(-1), table.addresses)
+        return arrays
 
     def flush(self, check=False):
         """Compute every row not yet computed (one native call)."""
@@ -356,8 +358,10 @@ class Tape:
             with self.lock:
                 if self.n_done >= self.n_rows:  # another thread computed them meanwhile
                     return
-                bad = kernels.replay_forward(self.arrays(_replay_entries(self.dtype)),
-                                             self.values.a, self.ivalues.a,
+                # the replay loops compile with the ops' kernels; the backward one only for a
+                # tape with leaves that want gradients
+                entries = _replay_entries(self.dtype)[: 2 if self.leaves else 1]
+                bad = kernels.replay_forward(self.arrays(entries), self.values.a, self.ivalues.a,
                                              self.param_arena, self.n_done, self.n_rows,
                                              check or _anomaly_on())
                 if bad >= 0:

@@ -27,7 +27,7 @@ from .elementwise import (binary_row_forward, binary_row_vjp, unary_row_forward,
 from .linalg import matmul_row_forward, matmul_row_vjp
 from .movement import shape_row_forward, shape_row_vjp
 from .reduce import loss_row_forward, loss_row_vjp, reduce_row_forward, reduce_row_vjp
-from .scan import (scan_backward, scan_binomial_backward, scan_binomial_forward,
+from .scan import (HEADER, _cell_row, scan_backward, scan_binomial_backward, scan_binomial_forward,
                    scan_cell_backward, scan_cell_forward, scan_forward, scan_steps_backward,
                    scan_steps_forward)
 from .workers import compile_units, compiled
@@ -146,23 +146,37 @@ STRATEGY_NAMES = {SCAN_CELL: "scan_cell", SCAN_STEPS: "scan_steps",
                   SCAN_BINOMIAL: "scan_binomial"}
 
 
-def codes_used(ops, ip_ptr, iparams, start, stop):
+def codes_used(ops, ip_ptr, iparams, start, stop, tape=None, need=None):
     """The table slots rows [start, stop) of a tape run: their op codes and, for a SCAN row,
-    the strategies it may take (scan.py ``_strategy``: a single-cell body also falls back to
-    the steps kernel; which one runs depends on the node kinds and gradient modes of the
-    program that replays it, so both are made ready)."""
+    the strategies it will take (scan.py ``_strategy``). Given the tape tuple (kernels/call.py)
+    and ``need`` (whether each node wants a gradient), that is decided as the scan kernels
+    decide it, so a program compiles only the strategies it runs; without them, every
+    strategy the scan may take."""
     codes = set(np.unique(ops[start:stop]).tolist())
     if Op.SCAN in codes:
         for r in np.flatnonzero(ops[start:stop] == Op.SCAN) + start:
             ip = iparams[ip_ptr[r] : ip_ptr[r + 1]]
-            body = ops[ip[2] : ip[3]]
-            if ip[11] < 0:
-                codes.add(SCAN_BINOMIAL)
-            else:
-                codes.add(SCAN_STEPS)
-                if body.size == 1 and body[0] == Op.LINEAR_ACT:
-                    codes.add(SCAN_CELL)
+            codes |= _strategies(ops, ip, tape, need)
     return codes
+
+
+def _strategies(ops, ip, tape, need):
+    """The strategies of the scan with attributes ``ip``: scan_forward takes the single-cell
+    kernel when ``_cell_row`` finds one cell, scan_backward when also the carry's gradient is
+    wanted; else binomial checkpoints (ip[11] < 0) or the steps kernel."""
+    general = SCAN_BINOMIAL if ip[11] < 0 else SCAN_STEPS
+    body = ops[ip[2] : ip[3]]
+    if ip[11] < 0 or body.size != 1 or body[0] != Op.LINEAR_ACT:
+        return {general}  # _cell_row's first tests
+    if tape is None or need is None:
+        return {general, SCAN_CELL}
+    node_off, kind = tape[8], tape[10]
+    own0 = HEADER + 4 * ip[4] + 2 * ip[5]
+    orig = node_off[ip[own0 : own0 + ip[15]]]  # as scan.py _layout: the body nodes' offsets
+    xo = node_off[ip[8]] if ip[6] and kind[ip[7]] == 0 else -1
+    if _cell_row.py_func(tape, ip, orig, xo) < 0:
+        return {general}
+    return {SCAN_CELL} if need[ip[HEADER + 2]] else {SCAN_CELL, general}
 
 
 # Codes with row kernels: every op but SCAN_BEGIN, which the loops skip (the scan strategies'
@@ -224,13 +238,16 @@ ENTRY_WEIGHT = 5.0
 
 
 def _family(code):
-    """The family of an op code (the hundreds); a scan strategy counts as the scan family."""
-    return Op.SCAN // 100 if code >= SCAN_CELL else code // 100
+    """The family of an op code (the hundreds), whose kernels link the same helpers; a scan
+    strategy is its own (each is several seconds: one process each balances better)."""
+    return code if code >= SCAN_CELL else code // 100
 
 
 def _weight(code, vjp):
-    if code >= Op.SCAN:  # the scan loops and strategies link a cell's linear algebra
-        return 4.0
+    if code == SCAN_CELL:  # the single-cell loops inline the fused cell's forward and VJP
+        return 8.0
+    if code >= Op.SCAN:  # the scan loops and the other strategies
+        return 3.0
     if MATMUL <= code < RESHAPE:
         return 3.0 if vjp else 2.0
     if code >= CROSS_ENTROPY:

@@ -168,3 +168,46 @@ def test_a_sweep_context_outlives_every_row_even_rows_that_allocate(rows):
     np.testing.assert_allclose(float(loss), np.tanh(per_row.mean()), rtol=1e-5)
     loss.backward()
     assert np.isfinite(logits.grad).all()
+
+
+def _scan_program(kind):
+    """An eager tape with one scan, and its loss: a fused single cell (fg.nn.RNN), a cell of
+    plain ops, or the fused cell under binomial checkpoints."""
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((12, 2, 3))
+    if kind == "plain":
+        w = fg.tensor(rng.standard_normal((4, 4)) * 0.3, requires_grad=True)
+        u = fg.tensor(rng.standard_normal((3, 4)) * 0.3, requires_grad=True)
+
+        h = fg.scan(lambda h, x: (h @ w + x @ u).tanh(), fg.tensor(np.zeros((2, 4))),
+                    fg.tensor(xs))
+        return h.sum()
+    rnn = fg.nn.RNN(3, 4, seed=0, checkpoint=fg.Binomial(slots=3) if kind == "binomial" else None)
+    _, h = rnn(fg.tensor(xs))
+    return h.sum()
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("cell", {call.SCAN_CELL}), ("plain", {call.SCAN_STEPS}),
+    ("binomial", {call.SCAN_BINOMIAL})])
+def test_a_scan_compiles_only_the_strategy_it_runs_and_runs_with_only_that_one(kind, expected):
+    loss = _scan_program(kind)
+    tape = loss.tape
+    arrays = tape.arrays(dispatch_rows=False)
+    strategies = {call.SCAN_CELL, call.SCAN_STEPS, call.SCAN_BINOMIAL}
+    exact = dispatch.codes_used(tape.ops.a, tape.ip_ptr.a, tape.iparams.a, 0, tape.n_rows,
+                                arrays, tape.node_need.view) & strategies
+    assert exact == expected
+    unknown = dispatch.codes_used(tape.ops.a, tape.ip_ptr.a, tape.iparams.a, 0, tape.n_rows)
+    assert expected <= unknown & strategies  # without the tape's needs: every possible one
+    # the prediction is enough: with every other strategy's slots empty, both sweeps run
+    table = dispatch.table(tape.dtype)
+    table.ensure(strategies)
+    others = [s for s in strategies - expected for s in (s, call.SLOTS + s)]
+    saved = table.addresses[others].copy()
+    table.addresses[others] = 0
+    try:
+        loss.backward()
+    finally:
+        table.addresses[others] = saved
+    assert np.isfinite(loss.item())
