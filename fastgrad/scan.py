@@ -315,15 +315,18 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     # --- record the body, once; a failure on the way takes the loop back off the tape
     marker = tape.record(Op.SCAN_BEGIN, [init_nodes[0]], (0,), [-1], [], False)
     marker_row = tape.n_rows - 1
+    tape.scan_marker, tape.hoisted = marker_row, set()
     try:
         finals, stacked, need = _record_loop(tape, step, single, carries, x, x_node,
-                                             init_nodes, marker_row, T, dtype, grad_on,
-                                             checkpoint, stack)
+                                             init_nodes, T, dtype, grad_on, checkpoint, stack)
     except BaseException:
+        marker_row = tape.scan_marker  # rows hoisted out of the body moved it down
         if tape.n_rows > marker_row and tape.ops.a[marker_row] == Op.SCAN_BEGIN and \
                 not (tape.scan_rows and tape.scan_rows[-1] > marker_row):
             tape.remove_row(marker_row)  # the body rows stay, as plain rows on init and xs[0]
         raise
+    finally:
+        tape.scan_marker, tape.body_first_node, tape.hoisted = -1, -1, set()
     results = [Tensor._on_tape(tape, f, need) for f in finals]
     final = results[0] if single else tuple(results)
     if stack:
@@ -331,12 +334,14 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     return final
 
 
-def _record_loop(tape, step, single, carries, x, x_node, init_nodes, marker_row, T, dtype,
-                 grad_on, checkpoint, stack):
-    """Record the body of fg.scan after its SCAN_BEGIN row, then the SCAN row; returns the
-    final carries' nodes, the stacked output's node (-1 without stack) and whether they need
-    gradients."""
+def _record_loop(tape, step, single, carries, x, x_node, init_nodes, T, dtype, grad_on,
+                 checkpoint, stack):
+    """Record the body of fg.scan after its SCAN_BEGIN row (``tape.scan_marker``), then the
+    SCAN row; returns the final carries' nodes, the stacked output's node (-1 without stack)
+    and whether they need gradients. Rows of the step that read only outside nodes are
+    recorded before the marker instead (``Tape.hoist_last_row``): computed once."""
     first_node = tape.n_nodes
+    tape.body_first_node = first_node
     slots = []
     for c, v in zip(carries, init_nodes):
         s = tape.add_node(c.shape, need=grad_on, label="carry")
@@ -346,7 +351,6 @@ def _record_loop(tape, step, single, carries, x, x_node, init_nodes, marker_row,
     if x is not None:
         x_slot = tape.add_node(x.shape[1:], need=grad_on and x.requires_grad, label="x_t")
         tape.node_values(x_slot)[...] = tape.node_values(x_node)[0]
-    body_start = tape.n_rows
     tape.recording_scan = True
     try:
         carry_in = [Tensor._on_tape(tape, s, grad_on) for s in slots]
@@ -363,14 +367,15 @@ def _record_loop(tape, step, single, carries, x, x_node, init_nodes, marker_row,
                     raise fail("scan", f"step returned a carry of shape {fmt(o.shape)} {o.dtype} "
                                f"for init {fmt(c.shape)} {c.dtype}",
                                "the carry must keep its shape and dtype from step to step")
-                if o._tape is None or o.tape is not tape or o.node < first_node or \
+                if o._tape is None or o.tape is not tape or tape.outside_body(o.node) or \
                         o.node not in tape.producer or tape.ops.a[tape.producer[o.node]] == Op.RESHAPE:
                     o = o + 0.0  # carry_out must be a body-owned slot of its own: copy
                 couts.append(o.node)
     finally:
         tape.recording_scan = False
-    body_end = tape.n_rows
-    captured = set()
+    marker_row = tape.scan_marker
+    body_start, body_end = marker_row + 1, tape.n_rows
+    captured = set(tape.hoisted)  # nodes the body reads but does not compute
     for v in range(first_node, tape.n_nodes):
         if tape.labels.get(v) in ("leaf", "const") or tape.node_kind.a[v] != 0:
             captured.add(v)

@@ -174,6 +174,9 @@ class Tape:
         self.n_done = 0  # rows whose values are computed
         self.n_dispatched = 0  # rows whose ops' kernels are in the dispatch table
         self.recording_scan = False  # a scan body is being recorded: no merges, no nesting
+        # while it is: the row of its SCAN_BEGIN marker, the body's first node, and the nodes of
+        # rows hoisted out of it (``hoist_last_row``)
+        self.scan_marker, self.body_first_node, self.hoisted = -1, -1, set()
         self.scan_rows: list[int] = []
         self.merged_into: Tape | None = None
         self.node_shift = 0
@@ -331,6 +334,41 @@ class Tape:
         self.scan_rows = [row - (row > r) for row in self.scan_rows]
         self.n_done -= self.n_done > r
         self.n_dispatched -= self.n_dispatched > r
+
+    def hoist_last_row(self):
+        """Move the last row, recorded in the scan body being recorded but reading only nodes
+        from outside it, to just before the body's SCAN_BEGIN marker: the loop then computes
+        it once, not at every step, and its VJP runs once, on the gradient the steps summed
+        into its output (a body reads outside nodes in mode 1, ``grad_modes``). Every later
+        row moves down by one; rows are named by number only in the columns fixed here."""
+        r, pos = self.n_rows - 1, self.scan_marker
+        out = int(self.outs.a[r])
+        for items, ptr in ((self.in_idx, self.in_ptr), (self.iparams, self.ip_ptr),
+                           (self.fparams, self.fp_ptr)):
+            a, lo, hi = int(ptr.a[pos]), int(ptr.a[r]), int(ptr.a[r + 1])
+            length = hi - lo
+            moved = items.a[lo:hi].copy()
+            items.a[a + length : hi] = items.a[a:lo].copy()
+            items.a[a : a + length] = moved
+            ptr.a[pos + 1 : r + 1] = ptr.a[pos:r] + length
+        for column in (self.ops, self.outs):
+            moved = column.a[r]
+            column.a[pos + 1 : r + 1] = column.a[pos:r].copy()
+            column.a[pos] = moved
+        self.producer = {v: (pos if v == out else row + (pos <= row < r))
+                         for v, row in self.producer.items()}
+        self.scan_rows = [row + (row >= pos) for row in self.scan_rows]
+        self.n_done = min(self.n_done, pos)
+        self.n_dispatched = min(self.n_dispatched, pos)
+        self.scan_marker += 1
+        self.hoisted.add(out)
+
+    def outside_body(self, v) -> bool:
+        """Whether node v, read by the scan body being recorded, is the same at every step:
+        made before the body, a leaf or constant captured into it, or a hoisted row's."""
+        return (v < self.body_first_node or v in self.hoisted
+                or (v not in self.producer
+                    and (self.labels.get(v) in ("leaf", "const") or self.node_kind.a[v] != 0)))
 
     # ------------------------------------------------------------------ replay
     def arrays(self, entries=(), dispatch_rows=True):

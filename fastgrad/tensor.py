@@ -1002,7 +1002,11 @@ def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_grap
                 old = tape.int_bounds.get(v, (0, hi))
                 tape.int_bounds[v] = (0, min(old[1], hi))
             nodes.append(v)
-    return tape.record(op, nodes, out_shape, ip, fp, need)
+    out = tape.record(op, nodes, out_shape, ip, fp, need)
+    if body is not None and tape.recording_scan and tape.scan_marker >= 0 and \
+            all(tape.outside_body(v) for v in nodes):
+        tape.hoist_last_row()  # loop-invariant: computed once, before the loop
+    return out
 
 
 # -------------------------------------------------------------------------- composite front end

@@ -714,3 +714,58 @@ def test_the_compiled_functions_input_as_a_scans_sequence_or_carry_matches_eager
         eager.backward()
         assert loss == pytest.approx(eager.item(), rel=1e-13)
         np.testing.assert_allclose(g, V.grad, rtol=1e-12)
+
+
+def _transposed_cell_loop(w0, xs, compiled=False):
+    """((h @ w.T) + x).tanh() over xs; returns (h_T, w's gradient, the ops before the loop's
+    SCAN_BEGIN row, the ops of its body)."""
+    w = fg.tensor(w0, requires_grad=True)
+
+    def loss(x):
+        h = fg.scan(lambda h, x_t: ((h @ w.T) + x_t).tanh(), fg.tensor(np.zeros((2, 4))), x)
+        return (h * h).sum(), h
+
+    if compiled:
+        (value, grads) = fg.compile(lambda x: loss(x)[0], params=[w])(xs)
+        return value, grads[0], None, None
+    value, h = loss(fg.tensor(xs))
+    tape = value.tape
+    ops = [fg.ops.Op(c).name for c in tape.ops.view]
+    begin, end = ops.index("SCAN_BEGIN"), tape.scan_rows[-1]
+    value.backward()
+    return value.item(), w.grad, ops[:begin], ops[begin + 1 : end]
+
+
+def test_a_row_that_reads_only_outside_tensors_runs_once_before_the_loop(monkeypatch):
+    """A step's loop-invariant rows (here the weight's transpose) are recorded before the
+    loop, not in its body: computed once, their VJP run once on the gradient summed over the
+    steps. Values and gradients are those of the same loop with the row inside the body."""
+    rng = np.random.default_rng(1)
+    w0, xs = rng.standard_normal((4, 4)) * 0.4, rng.standard_normal((30, 2, 4)) * 0.3
+    value, grad, before, body = _transposed_cell_loop(w0, xs)
+    assert before[-1:] == ["STRIDED"] and body == ["MATMUL", "ADD", "TANH"]
+    monkeypatch.setattr(fg.tape.Tape, "hoist_last_row", lambda self: None)
+    value_in, grad_in, before_in, body_in = _transposed_cell_loop(w0, xs)
+    assert "STRIDED" not in before_in and body_in == ["STRIDED", "MATMUL", "ADD", "TANH"]
+    assert value == value_in
+    np.testing.assert_allclose(grad, grad_in, rtol=1e-13, atol=1e-15)
+    monkeypatch.undo()
+    compiled_value, compiled_grad, _, _ = _transposed_cell_loop(w0, xs, compiled=True)
+    np.testing.assert_allclose(compiled_value, value, rtol=1e-13)
+    np.testing.assert_allclose(compiled_grad, grad, rtol=1e-12, atol=1e-15)
+
+
+def test_a_hoisted_row_of_a_parameter_is_recomputed_at_every_call_of_a_compiled_step():
+    rng = np.random.default_rng(2)
+    w0, xs = rng.standard_normal((4, 4)) * 0.4, rng.standard_normal((10, 2, 4)) * 0.3
+    w = fg.tensor(w0.copy(), requires_grad=True)
+    opt = fg.optim.SGD([w], lr=0.1)
+    step = fg.compile(lambda x: (fg.scan(lambda h, x_t: ((h @ w.T) + x_t).tanh(),
+                                         fg.tensor(np.zeros((2, 4))), x) ** 2).sum(),
+                      optimizer=opt)
+    w_eager = w0.copy()
+    for _ in range(3):
+        want, grad, _, _ = _transposed_cell_loop(w_eager, xs)  # the loss at the current weight
+        np.testing.assert_allclose(step(xs), want, rtol=1e-12)
+        w_eager = w_eager - 0.1 * grad
+    np.testing.assert_allclose(w.numpy(), w_eager, rtol=1e-12)
