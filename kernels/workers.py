@@ -131,7 +131,10 @@ def compile_units(units, dtype):
     try:
         with global_compiler_lock:  # no other thread is inside Numba while the children fork
             for share in shares[1:]:
-                children.append(_fork(share))
+                try:
+                    children.append(_fork(share))
+                except OSError:  # no memory or process slots for a child: compile it here
+                    break
         done = {target: _compile_unit(target, sig) for target, sig in shares[0]}
     finally:
         for pid, read_end in children:

@@ -128,3 +128,15 @@ def test_shares_keep_groups_whole_balance_the_weights_and_give_this_process_the_
     assert names[1] == {"linear_vjp", "linear_act_vjp", "tanh_forward"}
     (whole,) = workers._balanced(units, 1)
     assert sorted(id(t) for t, _ in whole) == sorted(id(t) for t, _, _, _ in units)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers fork: Linux only")
+def test_a_fork_that_fails_leaves_the_work_to_this_process(tmp_path):
+    setup = """
+        def refused(share):
+            raise OSError(12, "Cannot allocate memory")
+        workers._fork = refused
+    """
+    cold, _ = run_fresh(tmp_path, "2", setup)
+    assert cold["grads"] == [4.0, 4.0, -1.0]
+    assert ROW_KERNELS | {"replay_forward", "replay_backward"} <= set(cold["compiled"])
