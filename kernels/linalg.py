@@ -12,12 +12,23 @@ of an RNN step or a narrow MLP the call overhead dominates and a loop that stays
 import numpy as np
 
 from ..ops import Op
+from ..ops import matmul as _layouts
 from .codes import LINEAR, LINEAR_ACT
 from ._jit import jit, jit_inline, jit_reduce
 from .blas import gemm
 from .vecmath import sigmoid_of, tanh_of
 from .views import (INTO_VALUE, add_scaled, iattrs, needs, operand, operand_grad, output,
                     output_grad)
+
+# Where a product row's integer attributes sit (the layouts of fastgrad/ops/matmul.py; Numba
+# reads these module ints as constants): m, k, n, the batch count, trans_b, then per batch
+# entry the (a, b) offsets (a linear row's one pair at the same place), and for linear_act the
+# activation's op code and whether the addend has the output's shape.
+_PRODUCT, _FUSED = _layouts.LAYOUT, _layouts.LINEAR_ACT_LAYOUT
+M, K, N, BATCH, TRANS_B = (_PRODUCT.index(f) for f in ("m", "k", "n", "batch", "trans_b"))
+OFFSETS = len(_PRODUCT.ints)
+ACTIVATION, C_FULL = _FUSED.index("activation"), _FUSED.index("c_full")
+assert _FUSED.index("a_offset") == OFFSETS and _FUSED.index("b_offset") == OFFSETS + 1
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, measured here).
@@ -180,14 +191,14 @@ def _small_matmul(A, ao, B, bo, C, co, m, k, n, tb):
 
 @jit
 def matmul_forward(A, B, C, ip):
-    m, k, n, nb, tb = ip[0], ip[1], ip[2], ip[3], ip[4]
+    m, k, n, nb, tb = ip[M], ip[K], ip[N], ip[BATCH], ip[TRANS_B]
     if tb:
         big = _use_blas(m, k, n, C.itemsize)
     else:
         big = m * k * n >= BLAS_MIN_WORK and m > 1 and n > 1
     for bi in range(nb):
-        ao = ip[U(5 + 2 * bi)]
-        bo = ip[U(6 + 2 * bi)]
+        ao = ip[U(OFFSETS + 2 * bi)]
+        bo = ip[U(OFFSETS + 1 + 2 * bi)]
         co = bi * m * n
         if big:
             gemm(False, tb, m, n, k, 1.0, A, ao, B, bo, 0.0, C, co)
@@ -207,14 +218,14 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch, value_alpha):
     gB is then work space (the loop path).
     ``scratch`` is unused here; it stays in the signature every VJP kernel shares.
     """
-    m, k, n, nb, tb = ip[0], ip[1], ip[2], ip[3], ip[4]
+    m, k, n, nb, tb = ip[M], ip[K], ip[N], ip[BATCH], ip[TRANS_B]
     if tb:
         big = m > VJP_LOOP_MAX_ROWS and n > 1
     else:
         big = m * k * n >= BLAS_MIN_WORK and m > 1 and n > 1
     for bi in range(nb):
-        ao = ip[5 + 2 * bi]
-        bo = ip[6 + 2 * bi]
+        ao = ip[OFFSETS + 2 * bi]
+        bo = ip[OFFSETS + 1 + 2 * bi]
         co = bi * m * n
         if big:
             if na:  # gA (m, k) (+)= gC (m, n) @ B^T, B stored (n, k) when tb, else (k, n)
@@ -303,7 +314,7 @@ def _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb, single
 def linear_forward(X, W, b, Y, ip):
     """Y (m, n) = X (m, k) @ W.T + b: the matmul, then the bias row added while Y is hot."""
     matmul_forward(X, W, Y, ip)
-    m, n = ip[0], ip[2]
+    m, n = ip[M], ip[N]
     for i in range(m):
         for j in range(n):
             Y[U(i * n + j)] += b[j]
@@ -315,7 +326,7 @@ def linear_vjp(X, W, b, gY, gX, nx, gW, nw, gb, nbias, ip, scratch, value_alpha)
     b += value_alpha gb for an INTO_VALUE target)."""
     matmul_vjp(X, W, gY, gX, nx, gW, nw, ip, scratch, value_alpha)
     if nbias:
-        m, n = ip[0], ip[2]
+        m, n = ip[M], ip[N]
         if nbias >= 2:
             gb[:] = 0.0
         for i in range(m):
@@ -328,13 +339,13 @@ def linear_vjp(X, W, b, gY, gX, nx, gW, nw, gb, nbias, ip, scratch, value_alpha)
 @jit
 def linear_act_forward(X, W, c, Y, ip):
     """Y (m, n) = act(X (m, k) @ W.T + c), c a bias (n,) or (m, n): the product, then the add
-    and the activation in one pass while Y is hot (ip[7]: the activation's unary op code, ip[8]:
-    c has Y's shape)."""
+    and the activation in one pass while Y is hot (ip[ACTIVATION]: the activation's unary op
+    code, ip[C_FULL]: c has Y's shape)."""
     matmul_forward(X, W, Y, ip)
-    m, n = ip[0], ip[2]
+    m, n = ip[M], ip[N]
     # one call with variables: a constant argument would compile a second copy (train.py)
-    rows, cols = (np.int64(1), m * n) if ip[8] else (m, n)
-    _add_activate(ip[7], Y, c, rows, cols)
+    rows, cols = (np.int64(1), m * n) if ip[C_FULL] else (m, n)
+    _add_activate(ip[ACTIVATION], Y, c, rows, cols)
 
 
 @jit
@@ -367,7 +378,7 @@ def linear_act_vjp(X, W, c, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch, value_al
     into scratch[:m*n]; then the matmul VJPs of gZ (the rest of scratch is theirs) and gc (+)=
     gZ or its column sums (overwritten in mode 2, as matmul; then c += value_alpha gc for an
     INTO_VALUE target)."""
-    m, n, act = ip[0], ip[2], ip[7]
+    m, n, act = ip[M], ip[N], ip[ACTIVATION]
     mn = m * n
     gz = scratch[:mn]
     if act == Op.TANH:
@@ -383,7 +394,7 @@ def linear_act_vjp(X, W, c, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch, value_al
     if nc:
         if nc >= 2:
             gc[:] = 0.0
-        if ip[8]:
+        if ip[C_FULL]:
             for i in range(mn):
                 gc[U(i)] += gz[U(i)]
         else:

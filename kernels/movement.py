@@ -8,8 +8,18 @@ import numpy as np
 
 from ._jit import jit, jit_inline
 from .codes import CONCAT, GATHER, STRIDED
+from ..ops import movement as _layouts
 from .views import (iattrs, ioperand, n_operands, needs, operand, operand_grad, output,
                     output_grad)
+
+# Where the rows' integer attributes sit (fastgrad/ops/movement.py; Numba reads these module
+# ints as constants): strided [ndim, base, dims..., strides...], gather [outer, n, inner],
+# concat [outer, total, widths...]
+_STRIDED, _AXIS = _layouts.STRIDED_LAYOUT, _layouts.AXIS_LAYOUT
+_CONCAT = _layouts.CONCAT_LAYOUT
+NDIM, BASE, DIMS = _STRIDED.index("ndim"), _STRIDED.index("base"), len(_STRIDED.ints)
+OUTER, N, INNER = (_AXIS.index(f) for f in ("outer", "n", "inner"))
+CONCAT_OUTER, TOTAL, WIDTHS = _CONCAT.index("outer"), _CONCAT.index("total"), len(_CONCAT.ints)
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, measured here).
@@ -22,9 +32,9 @@ def strided_copy(x, y, ip, forward):
 
     ip = [ndim, base, shape..., strides...]; the multi-index advances like an odometer.
     """
-    nd = ip[0]
+    nd = ip[NDIM]
     idx = np.zeros(nd, np.int64)
-    off = ip[1]
+    off = ip[BASE]
     for i in range(y.size):
         if forward:
             y[i] = x[off]
@@ -33,10 +43,10 @@ def strided_copy(x, y, ip, forward):
         d = nd - 1
         while d >= 0:
             idx[d] += 1
-            off += ip[U(2 + nd + d)]
-            if idx[d] < ip[U(2 + d)]:
+            off += ip[U(DIMS + nd + d)]
+            if idx[d] < ip[U(DIMS + d)]:
                 break
-            off -= ip[U(2 + nd + d)] * ip[U(2 + d)]
+            off -= ip[U(DIMS + nd + d)] * ip[U(DIMS + d)]
             idx[d] = 0
             d -= 1
 
@@ -109,13 +119,13 @@ def shape_row_forward(code, tape, values, ivalues, params, r):
                      True)
     elif code == GATHER:
         gather_forward(operand(tape, values, params, r, 0), ioperand(tape, ivalues, r, 1),
-                       output(tape, values, params, r), ip[0], ip[1], ip[2])
+                       output(tape, values, params, r), ip[OUTER], ip[N], ip[INNER])
     elif code == CONCAT:
         y = output(tape, values, params, r)
-        outer, total = ip[0], ip[1]
+        outer, total = ip[CONCAT_OUTER], ip[TOTAL]
         pos = 0
         for t in range(n_operands(tape, r)):
-            width = ip[2 + t]
+            width = ip[WIDTHS + t]
             concat_piece(operand(tape, values, params, r, t), y, outer, width, total, pos, True)
             pos += width
     # RESHAPE: the output aliases the input's slot; nothing to do
@@ -131,12 +141,12 @@ def shape_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scra
     elif code == GATHER:
         if needs(tape, need, r, 0):
             gather_vjp(ioperand(tape, ivalues, r, 1), gy, operand_grad(tape, grads, pgrads, r, 0),
-                       ip[0], ip[1], ip[2])
+                       ip[OUTER], ip[N], ip[INNER])
     elif code == CONCAT:
-        outer, total = ip[0], ip[1]
+        outer, total = ip[CONCAT_OUTER], ip[TOTAL]
         pos = 0
         for t in range(n_operands(tape, r)):
-            width = ip[2 + t]
+            width = ip[WIDTHS + t]
             if needs(tape, need, r, t):
                 concat_piece(operand_grad(tape, grads, pgrads, r, t), gy, outer, width, total,
                              pos, False)

@@ -13,6 +13,14 @@ from .codes import (
 from ._jit import jit, jit_inline, per_code
 from .vecmath import exp64
 from .views import iattrs, ioperand, needs, operand, operand_grad, output, output_grad
+from ..ops import loss as _loss_ops
+from ..ops import reduce as _reduce_ops
+
+# Where the rows' integer attributes sit (fastgrad/ops/reduce.py, loss.py; Numba reads these
+# module ints as constants)
+_REDUCTION, _LOSS = _reduce_ops.LAYOUT, _loss_ops.LAYOUT
+OUTER, N, INNER = (_REDUCTION.index(f) for f in ("outer", "n", "inner"))
+ROWS, CLASSES = _LOSS.index("rows"), _LOSS.index("classes")
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, measured here).
@@ -184,7 +192,7 @@ def cross_entropy_vjp(x, labels, gy, gx, nrows, ncls):
 def reduce_row_forward(code, tape, values, ivalues, params, r):
     ip = iattrs(tape, r)
     reduce_forward(code, operand(tape, values, params, r, 0), output(tape, values, params, r),
-                   ip[0], ip[1], ip[2])
+                   ip[OUTER], ip[N], ip[INNER])
 
 
 @jit_inline
@@ -193,14 +201,14 @@ def reduce_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scr
         ip = iattrs(tape, r)
         reduce_vjp(code, operand(tape, values, params, r, 0), output(tape, values, params, r),
                    output_grad(tape, grads, pgrads, r), operand_grad(tape, grads, pgrads, r, 0),
-                   ip[0], ip[1], ip[2])
+                   ip[OUTER], ip[N], ip[INNER])
 
 
 @jit_inline
 def loss_row_forward(code, tape, values, ivalues, params, r):
     ip = iattrs(tape, r)
     cross_entropy_forward(operand(tape, values, params, r, 0), ioperand(tape, ivalues, r, 1),
-                          output(tape, values, params, r), ip[0], ip[1])
+                          output(tape, values, params, r), ip[ROWS], ip[CLASSES])
 
 
 @jit_inline
@@ -209,4 +217,4 @@ def loss_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scrat
         ip = iattrs(tape, r)
         cross_entropy_vjp(operand(tape, values, params, r, 0), ioperand(tape, ivalues, r, 1),
                           output_grad(tape, grads, pgrads, r),
-                          operand_grad(tape, grads, pgrads, r, 0), ip[0], ip[1])
+                          operand_grad(tape, grads, pgrads, r, 0), ip[ROWS], ip[CLASSES])
