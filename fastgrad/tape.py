@@ -355,8 +355,8 @@ class Tape:
             moved = column.a[r]
             column.a[pos + 1 : r + 1] = column.a[pos:r].copy()
             column.a[pos] = moved
-        self.producer = {v: (pos if v == out else row + (pos <= row < r))
-                         for v, row in self.producer.items()}
+        for row in range(pos, r + 1):  # the rows that moved: the body so far and its marker
+            self.producer[int(self.outs.a[row])] = row
         self.scan_rows = [row + (row >= pos) for row in self.scan_rows]
         self.n_done = min(self.n_done, pos)
         self.n_dispatched = min(self.n_dispatched, pos)

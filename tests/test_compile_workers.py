@@ -100,7 +100,11 @@ def test_the_number_of_workers_comes_from_the_environment_or_the_cpus(monkeypatc
     monkeypatch.setenv("FASTGRAD_COMPILE_WORKERS", "many")
     assert workers.workers() == 1
     monkeypatch.delenv("FASTGRAD_COMPILE_WORKERS")
-    assert 1 <= workers.workers() <= workers.MAX_WORKERS
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert workers.workers() == 3  # the CPUs this process may run on
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(64)),
+                        raising=False)
+    assert workers.workers() == workers.MAX_WORKERS  # at most this many
 
 
 def test_shares_keep_groups_whole_balance_the_weights_and_give_this_process_the_entries():
