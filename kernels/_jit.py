@@ -224,7 +224,26 @@ def _njit(fn, options):
             dispatcher._cache = CheckedFunctionCache(dispatcher.py_func)
         except Exception as exc:  # noqa: BLE001 - no usable directory: compile in memory
             _cache_fault(CACHE_DIR, "used", exc, unwritable=True)
+    if options.get("inline") != "always":
+        _one_specialisation_per_type(dispatcher)
     return dispatcher
+
+
+def _one_specialisation_per_type(dispatcher):
+    """Type a kernel's calls to ``dispatcher`` by their arguments' plain types, not their
+    literal values: Numba would compile a separate copy for a call passing ``0`` or ``True``
+    beside one passing an int64 or bool variable (measured: three copies of the single-cell
+    loop, a second each). The kernels prune nothing on an argument's value across a call
+    (inlined helpers and closures over an op code do, and keep their literals)."""
+    from numba.core import types
+
+    get_call_template = dispatcher.get_call_template
+
+    def plain_call_template(args, kws):
+        return get_call_template([types.unliteral(a) for a in args],
+                                 {k: types.unliteral(v) for k, v in kws.items()})
+
+    dispatcher.get_call_template = plain_call_template
 
 # error_model="numpy": no zero-division check per "/" (it blocks vectorisation); IEEE inf/nan
 # results instead, which detect_anomaly reports. No fastmath: gradients must match finite

@@ -221,7 +221,7 @@ class Table:
             # on several cores where that helps: the rest below then loads from the cache
             units = [(f, fwd_sig, (_family(code), 0), _weight(code, 0)) for code, f, _ in todo]
             units += [(v, vjp_sig, (_family(code), 1), _weight(code, 1)) for code, _, v in todo]
-            units += [(entry, types, entry, ENTRY_WEIGHT) for entry, types in entries]
+            units += [(entry, types, entry, _entry_weight(entry)) for entry, types in entries]
             done = compile_units(units if todo else [], self.dtype)
             for code, forward, vjp in todo:
                 fwd, fwd_address = done.get(forward) or compiled(forward, fwd_sig)
@@ -232,9 +232,15 @@ class Table:
                 self.ready[code] = True
 
 
-# Rough compile costs, in units of a small op's kernel (docs/benchmarks.md, "Cold start"):
-# what compile_units balances its processes with.
-ENTRY_WEIGHT = 5.0
+# Rough compile costs in seconds on one core, measured cold (docs/benchmarks.md, "Cold start"):
+# what compile_units balances its processes with. The first kernel of a family pays for the
+# family's shared helpers; the weights spread that over its members.
+ENTRY_WEIGHTS = {"train_step": 4.5, "fit_epoch": 4.5, "replay_forward": 1.0,
+                 "replay_backward": 0.8}
+
+
+def _entry_weight(entry):
+    return ENTRY_WEIGHTS.get(getattr(entry, "py_func", entry).__name__, 1.0)
 
 
 def _family(code):
@@ -244,15 +250,15 @@ def _family(code):
 
 
 def _weight(code, vjp):
-    if code == SCAN_CELL:  # the single-cell loops inline the fused cell's forward and VJP
-        return 8.0
-    if code >= Op.SCAN:  # the scan loops and the other strategies
-        return 3.0
+    if code == SCAN_CELL:  # the single-cell loops: the fused cell's forward and VJP inlined
+        return 4.0 if vjp else 2.5
+    if code >= Op.SCAN:  # the scan row, and the loops of the other strategies
+        return 2.5 if code > Op.SCAN else (1.0 if vjp else 1.8)
     if MATMUL <= code < RESHAPE:
-        return 3.0 if vjp else 2.0
+        return 2.5 if vjp else 1.8
     if code >= CROSS_ENTROPY:
-        return 1.5
-    return 1.0
+        return 1.0 if vjp else 1.2
+    return 0.7 if vjp else 0.5
 
 
 _tables = {}

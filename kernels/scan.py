@@ -45,7 +45,7 @@ With ``check`` off the loops run as they would without it (one untaken branch pe
 import numpy as np
 
 from ..ops import MATMUL, SHAPE, Op
-from ._jit import jit
+from ._jit import jit, jit_inline
 from .linalg import linear_act_forward, linear_act_vjp
 from .call import (SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS, call_forward, call_vjp,
                    row_kernel)
@@ -457,7 +457,7 @@ def _report(bad, t):
     return bad + (t + 1) * STEP_CODE if bad >= 0 else -1
 
 
-@jit
+@jit_inline
 def scan_forward(ctx, tape, values, ivalues, params, r, check):
     """Run the SCAN row r's T steps, by the kernel of its strategy (each compiled when a tape
     first has such a scan: dispatch.py). Returns -1, or with ``check`` the body row and step of
@@ -468,7 +468,7 @@ def scan_forward(ctx, tape, values, ivalues, params, r, check):
     return call_forward(row_kernel(tape[12], slot), ctx, r, check)
 
 
-@jit
+@jit_inline
 def scan_cell_forward(ctx, tape, values, ivalues, params, r, check):
     """scan_forward for a single-cell body."""
     node_off, node_size = tape[8], tape[9]
@@ -507,7 +507,7 @@ def _forward_done(tape, values, ip, orig, xo):
     _unload_x(ip, node_off, orig, xo)
 
 
-@jit
+@jit_inline
 def scan_binomial_forward(ctx, tape, values, ivalues, params, r, check):
     """scan_forward with binomial checkpoints."""
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
@@ -521,7 +521,7 @@ def scan_binomial_forward(ctx, tape, values, ivalues, params, r, check):
     return -1
 
 
-@jit
+@jit_inline
 def scan_steps_forward(ctx, tape, values, ivalues, params, r, check):
     """scan_forward storing every step's state (k == 0) or every k-th step's carries."""
     node_off, node_size = tape[8], tape[9]
@@ -633,7 +633,7 @@ def _binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, 
     return -1, -1
 
 
-@jit
+@jit_inline
 def scan_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, r, check):
     """Reverse the SCAN row r's T steps, by the kernel of its strategy (as scan_forward).
     Returns -1, or with ``check`` the body row and step of the first NaN/Inf gradient as one
@@ -664,7 +664,7 @@ def _backward_done(tape, grads, pgrads, need, ip, orig, xo):
                  grads[node_off[final] : node_off[final] + node_size[final]])
 
 
-@jit
+@jit_inline
 def scan_cell_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, r, check):
     """scan_backward for a single-cell body."""
     node_off, node_size = tape[8], tape[9]
@@ -693,7 +693,7 @@ def scan_cell_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, 
     return -1
 
 
-@jit
+@jit_inline
 def scan_binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
                            check):
     """scan_backward with binomial checkpoints."""
@@ -709,7 +709,7 @@ def scan_binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, ne
     return -1
 
 
-@jit
+@jit_inline
 def scan_steps_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scratch, r,
                         check):
     """scan_backward from every step's stored state (k == 0) or by segments of k steps,
