@@ -415,10 +415,11 @@ def matmul_row_forward(code, tape, values, ivalues, params, r):
     B = operand(tape, values, params, r, 1)
     y = output(tape, values, params, r)
     ip = iattrs(tape, r)
-    if code == LINEAR:
-        linear_forward(A, B, operand(tape, values, params, r, 2), y, ip)
-    elif code == LINEAR_ACT:
-        linear_act_forward(A, B, operand(tape, values, params, r, 2), y, ip)
+    if code == LINEAR or code == LINEAR_ACT:  # one kernel runs both (dispatch.py KERNEL_OF)
+        if tape[0][r] == LINEAR_ACT:
+            linear_act_forward(A, B, operand(tape, values, params, r, 2), y, ip)
+        else:
+            linear_forward(A, B, operand(tape, values, params, r, 2), y, ip)
     else:
         matmul_forward(A, B, y, ip)
 
@@ -438,7 +439,7 @@ def matmul_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scr
         C = operand(tape, values, params, r, 2)
         gC = operand_grad(tape, grads, pgrads, r, 2)
         nc = needs(tape, need, r, 2)
-        if code == LINEAR:
+        if tape[0][r] == LINEAR:
             linear_vjp(A, B, C, gy, gA, na, gB, nb, gC, nc, ip, scratch, value_alpha)
         else:
             linear_act_vjp(A, B, C, output(tape, values, params, r), gy, gA, na, gB, nb, gC,

@@ -211,3 +211,38 @@ def test_a_scan_compiles_only_the_strategy_it_runs_and_runs_with_only_that_one(k
     finally:
         table.addresses[others] = saved
     assert np.isfinite(loss.item())
+
+
+def test_a_linear_row_runs_on_the_linear_act_kernels_compiled_once_for_both():
+    """A LINEAR row is a LINEAR_ACT row without the activation: one pair of kernels, filled
+    into both slots, computes both (dispatch.KERNEL_OF)."""
+    rng = np.random.default_rng(0)
+    x = fg.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    w = fg.tensor(rng.standard_normal((5, 4)), requires_grad=True)
+    b = fg.tensor(rng.standard_normal(5), requires_grad=True)
+    fg.nn.functional.linear(x, w, b).sum().backward()
+    table = dispatch.table(np.float64)
+    assert table.ready[[Op.LINEAR, Op.LINEAR_ACT]].all()
+    assert table.kernels[int(Op.LINEAR)] is table.kernels[int(Op.LINEAR_ACT)]
+    assert table.addresses[Op.LINEAR] == table.addresses[Op.LINEAR_ACT] != 0
+    np.testing.assert_allclose(w.grad, np.ones((5, 3)) @ x.numpy())
+    np.testing.assert_allclose(b.grad, np.full(5, 3.0))
+    np.testing.assert_allclose(x.grad, np.ones((3, 5)) @ w.numpy())
+
+
+def test_a_kernel_called_with_a_constant_and_with_a_variable_compiles_once():
+    """Calls between kernels are typed by their arguments' plain types: a literal 0 or True
+    does not compile a second copy of the callee (_jit._one_specialisation_per_type)."""
+    from fastgrad.kernels._jit import jit
+
+    def scale(a, k, flag):
+        return a * k if flag else a
+
+    callee = jit(scale)
+
+    def twice(a, k, flag):
+        return callee(a, 0, True) + callee(a, k, flag)
+
+    caller = jit(twice)
+    assert caller(2.0, 3, False) == 2.0
+    assert len(callee.signatures) == 1
