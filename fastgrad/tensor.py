@@ -505,8 +505,7 @@ class Tensor:
         return _reduce(Op.MAX, self, axis, keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        total = self.sum(axis, keepdims)
-        return total / (self.size // total.size if total.size else 0)
+        return _reduce(Op.MEAN, self, axis, keepdims)
 
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape

@@ -8,7 +8,7 @@ time), so one kernel serves every axis: the output is (outer, inner). Reducing "
 import numpy as np
 
 from .codes import (
-    SUM, MAX, SOFTMAX, LOG_SOFTMAX,
+    SUM, MAX, SOFTMAX, LOG_SOFTMAX, MEAN,
 )
 from ._jit import jit, jit_inline, per_code
 from .vecmath import exp64
@@ -34,14 +34,14 @@ def _exp(v):
 
 def _reduce_forward_of(op):
     def reduce_forward(code, x, y, outer, n, inner):
-        if op == SUM:
+        if op == SUM or op == MEAN:  # mean: the sum / n (0 / 0 = NaN for an empty axis)
             if inner == 1:
                 for o in range(outer):
                     s = 0.0
                     base = o * n
                     for k in range(n):
                         s += x[U(base + k)]
-                    y[o] = s
+                    y[o] = s / n if op == MEAN else s
             else:
                 for o in range(outer):
                     for j in range(inner):
@@ -50,6 +50,9 @@ def _reduce_forward_of(op):
                         base = (o * n + k) * inner
                         for j in range(inner):
                             y[U(o * inner + j)] += x[U(base + j)]
+                if op == MEAN:
+                    for i in range(outer * inner):
+                        y[U(i)] = y[U(i)] / n
         elif op == MAX:  # NaN propagates, as np.max
             for o in range(outer):
                 for j in range(inner):
@@ -94,6 +97,12 @@ def _reduce_vjp_of(op):
                     base = (o * n + k) * inner
                     for j in range(inner):
                         gx[U(base + j)] += gy[U(o * inner + j)]
+        elif op == MEAN:
+            for o in range(outer):
+                for k in range(n):
+                    base = (o * n + k) * inner
+                    for j in range(inner):
+                        gx[U(base + j)] += gy[U(o * inner + j)] / n
         elif op == MAX:  # the first maximal element takes the gradient, as torch.max(dim);
             # a NaN maximum: every NaN element gets a NaN gradient (the slope at a NaN is NaN), the
             # others none, as elementwise maximum

@@ -1,6 +1,6 @@
 """Family 3, reductions and normalisations along one axis, the input seen as (outer, n, inner).
 
-sum and max reduce the n axis; softmax and log_softmax normalise along it. The layout is the
+sum, mean and max reduce the n axis; softmax and log_softmax normalise along it. The layout is the
 three sizes; the rules turn ``axis`` / ``keepdims`` into them. Kernels: kernels/reduce.py.
 """
 
@@ -157,3 +157,21 @@ LOG_SOFTMAX = OpDef(
     samples=[([(5,)], {}, "real"), ([(3, 4)], {"axis": 0}, "real"),
              ([(2, 3, 4)], {"axis": -1}, "real")],
     front_end="x.log_softmax()", kernel="reduce")
+
+
+# ---- mean: the sum divided by n (as NumPy, 0 / 0 is NaN for an empty axis); one row, where
+# a sum then a division by the count were two (and two ops' kernels to compile)
+def _mean_vjp(xs, y, g, a):
+    return _sum_vjp(xs, y, g / max(a.n, 1), a)  # an empty axis has no element to receive it
+
+
+MEAN = OpDef(
+    "mean", 304, 1, reduce_rule, LAYOUT,
+    forward=lambda xs, a, out_shape: (_x3(xs[0], a).sum(axis=1) / a.n).reshape(out_shape),
+    vjp=_mean_vjp,
+    jvp=lambda xs, ts, y, a: (_t3(ts[0], a).sum(axis=2) / a.n).reshape((-1,) + y.shape),
+    recover=reduce_recover,
+    samples=[([(5,)], {}, "real"), ([(3, 4)], {"axis": 0}, "real"),
+             ([(3, 4)], {"axis": 1, "keepdims": True}, "real"),
+             ([(2, 3, 4)], {"axis": -2}, "real"), ([()], {}, "real")],
+    front_end="x.mean(axis=0)", kernel="reduce", saves="nothing")
