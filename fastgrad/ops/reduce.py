@@ -161,15 +161,19 @@ LOG_SOFTMAX = OpDef(
 
 # ---- mean: the sum divided by n (as NumPy, 0 / 0 is NaN for an empty axis); one row, where
 # a sum then a division by the count were two (and two ops' kernels to compile)
+def _mean(xs, a, out_shape):
+    with np.errstate(invalid="ignore"):  # an empty axis: 0 / 0, NaN as the kernel gives
+        return (_x3(xs[0], a).sum(axis=1) / a.n).reshape(out_shape)
+
+
 def _mean_vjp(xs, y, g, a):
     return _sum_vjp(xs, y, g / max(a.n, 1), a)  # an empty axis has no element to receive it
 
 
 MEAN = OpDef(
     "mean", 304, 1, reduce_rule, LAYOUT,
-    forward=lambda xs, a, out_shape: (_x3(xs[0], a).sum(axis=1) / a.n).reshape(out_shape),
-    vjp=_mean_vjp,
-    jvp=lambda xs, ts, y, a: (_t3(ts[0], a).sum(axis=2) / a.n).reshape((-1,) + y.shape),
+    forward=_mean, vjp=_mean_vjp,
+    jvp=lambda xs, ts, y, a: (_t3(ts[0], a).sum(axis=2) / max(a.n, 1)).reshape((-1,) + y.shape),
     recover=reduce_recover,
     samples=[([(5,)], {}, "real"), ([(3, 4)], {"axis": 0}, "real"),
              ([(3, 4)], {"axis": 1, "keepdims": True}, "real"),
