@@ -53,6 +53,7 @@ from . import nn, optim  # noqa: E402
 from .compile import Compiled, History, compile, fit  # noqa: E402
 from .nn import manual_seed  # noqa: E402
 from .scan import scan, set_memory_limit  # noqa: E402
+from .blas_threads import get_blas_threads, set_blas_threads  # noqa: E402
 from .io import load, save  # noqa: E402
 from .scan import Binomial, truncated_bptt  # noqa: E402, F401
 from .jvp import jvp, linearize  # noqa: E402
@@ -131,6 +132,8 @@ __all__ = [
     "scan",
     "set_default_dtype",
     "set_memory_limit",
+    "set_blas_threads",
+    "get_blas_threads",
     "sigmoid",
     "softmax",
     "softplus",

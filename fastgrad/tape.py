@@ -49,6 +49,7 @@ import weakref
 
 import numpy as np
 
+from . import blas_threads as _blas_threads
 from . import kernels
 from .kernels import dispatch
 from .kernels.replay import replay_entries as _replay_entries
@@ -415,6 +416,7 @@ class Tape:
         The caller holds ``self.lock`` until it has read the gradients it needs (the arena is
         the tape's, reused by the next backward). Raises FastgradError before the sweep when a
         row it runs reads a leaf copy whose leaf has been changed since (check_saved_leaves)."""
+        _blas_threads.refresh()
         self.flush()
         stop = self.producer.get(node, -1) + 1
         self.check_saved_leaves(node, stop)

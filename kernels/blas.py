@@ -114,8 +114,35 @@ def _mkl_gemm(wide=True):
             pass
         addresses = {k: ctypes.cast(getattr(lib, k + "gemm_"), ctypes.c_void_p).value
                      for k in "sd"}
+        addresses["threads"] = _address_of(lib, "MKL_Set_Num_Threads_Local")
         _LOADED.append(lib)
         return addresses, version
+    return None
+
+
+def _address_of(lib, name):
+    """The address of the function ``name`` in ``lib``, or None."""
+    try:
+        return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+    except AttributeError:
+        return None
+
+
+def _openblas_threads_setter():
+    """The address of openblas_set_num_threads_local in SciPy's OpenBLAS (scipy.libs in SciPy's
+    wheels), or None for a SciPy built on another BLAS."""
+    try:
+        import scipy
+    except ImportError:
+        return None
+    libs = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas*"))):
+        try:
+            found = _address_of(ctypes.CDLL(path), "openblas_set_num_threads_local")
+        except OSError:
+            continue
+        if found:
+            return found
     return None
 
 
@@ -138,10 +165,42 @@ def _bind_gemm():
     for kind in "sd":
         llvm.add_symbol(_SYMBOLS[kind], scipy[kind])
         llvm.add_symbol(_LARGE_SYMBOLS[kind], large[kind])
-    return provider
+    setter = large.get("threads") if mkl is not None else _openblas_threads_setter()
+    # without a thread-local setter, C's abs stands in: int(int), changes nothing
+    llvm.add_symbol(_SET_THREADS_SYMBOL, setter or _address_of(ctypes.CDLL(None), "abs"))
+    llvm.add_symbol(_THREADS_SYMBOL, ctypes.addressof(_THREADS))
+    return provider, setter is not None
 
 
-PROVIDER = _bind_gemm()
+# ----------------------------------------------------------------------------- threads
+# A product above OPENBLAS_ONE_THREAD_MAX_WORK runs on the BLAS's thread pool. On a machine
+# that another process keeps busy, a pool with a thread per core waits at every product for
+# the thread that shares its core with that process (a new user measured a 784-128-10 step at
+# 7-46 ms against 1.4 ms with one thread). So every large product runs with ``threads()``
+# threads, set through the library's own thread-local setter (OpenBLAS's
+# openblas_set_num_threads_local, MKL's MKL_Set_Num_Threads_Local) around the call and
+# restored after it: another thread's products, and the user's own NumPy, keep their count.
+# fastgrad/blas_threads.py chooses the count: never more than the cores that other processes
+# leave free. The kernels read it from _THREADS (a symbol, so the cached code serves any
+# process).
+_THREADS_SYMBOL = "fastgrad_blas_threads"
+_SET_THREADS_SYMBOL = "fastgrad_blas_set_threads_local"
+_THREADS = ctypes.c_int32(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else (os.cpu_count() or 1)))
+
+PROVIDER, THREADS_SETTABLE = _bind_gemm()
+
+
+def threads() -> int:
+    """How many threads a large product (more than OPENBLAS_ONE_THREAD_MAX_WORK multiply-adds)
+    runs on: the count the kernels pass to the BLAS's thread-local setter."""
+    return _THREADS.value
+
+
+def set_threads(n: int) -> None:
+    """Run every large product on ``n`` threads from now on (n >= 1); without a thread-local
+    setter in the bound BLAS (THREADS_SETTABLE False) the library's own count stays."""
+    _THREADS.value = max(1, int(n))
 
 
 def describe_provider() -> str:
@@ -216,7 +275,7 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, alpha, A, a_off, B, b_off, beta, 
         work = builder.mul(builder.mul(builder.sext(m_, i64), builder.sext(n_, i64)),
                            builder.sext(k_, i64))
         is_large = builder.icmp_signed(">", work, ir.Constant(i64, OPENBLAS_ONE_THREAD_MAX_WORK))
-        builder.call(builder.select(is_large, large, small), [
+        gemm_args = [
             by_ref(builder.select(tb, t, nt)), by_ref(builder.select(ta, t, nt)),
             by_ref(n_), by_ref(m_), by_ref(k_),
             by_ref(context.cast(builder, alpha_, tys[5], dt)),
@@ -224,7 +283,19 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, alpha, A, a_off, B, b_off, beta, 
             data(a, tys[6], ao, tys[7]), by_ref(builder.select(ta, m_, k_)),
             by_ref(context.cast(builder, beta_, tys[10], dt)),
             data(c, tys[11], co, tys[12]), by_ref(n_),
-        ])
+        ]
+        with builder.if_else(is_large) as (then, otherwise):
+            with then:  # on threads() threads (see above), the caller's count restored after
+                setter = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(_I32, [_I32]), _SET_THREADS_SYMBOL)
+                count = builder.module.globals.get(_THREADS_SYMBOL)
+                if count is None:
+                    count = ir.GlobalVariable(builder.module, _I32, _THREADS_SYMBOL)
+                before = builder.call(setter, [builder.load(count)])
+                builder.call(large, gemm_args)
+                builder.call(setter, [before])
+            with otherwise:
+                builder.call(small, gemm_args)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -634,6 +634,13 @@ def add_arguments(p):
                    help="time fastgrad and each reference (default: numba) in alternating "
                    "rounds in one process per pair, for ratios precise to about a percent; "
                    "--repeat sets the rounds (default 21)")
+    p.add_argument("--contended", action="store_true",
+                   help="the 784-128-10 batch-64 float32 SGD step on an idle machine and "
+                   "beside --busy spinning processes, alternating, with fastgrad's automatic "
+                   "BLAS threads and with a thread per CPU; --repeat sets the rounds (default "
+                   "5), --min-time the seconds timed per phase (default 1)")
+    p.add_argument("--busy", type=int, default=1, metavar="N",
+                   help="with --contended: how many busy processes (default 1)")
 
 
 def command(args):
@@ -660,6 +667,16 @@ def command(args):
 
     if args.processes < 1:
         raise SystemExit("fastgrad bench: --processes must be at least 1")
+    if args.contended:
+        from . import contended
+
+        if args.busy < 1:
+            raise SystemExit("fastgrad bench: --busy must be at least 1")
+        seconds = args.min_time if args.min_time is not None else (
+            0.05 if args.quick else contended.DEFAULT_SECONDS)
+        return contended.command(
+            args.repeat or (1 if args.quick else contended.DEFAULT_ROUNDS), seconds,
+            min(seconds * 1.5, contended.DEFAULT_SETTLE), args.busy, args.out, args.json, log)
     if args.paired:
         from . import paired
 
