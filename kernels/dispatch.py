@@ -27,7 +27,8 @@ from .elementwise import (binary_row_forward, binary_row_vjp, unary_row_forward,
 from .linalg import matmul_row_forward, matmul_row_vjp
 from .movement import shape_row_forward, shape_row_vjp
 from .reduce import loss_row_forward, loss_row_vjp, reduce_row_forward, reduce_row_vjp
-from .scan import (HEADER, _cell_row, scan_backward, scan_binomial_backward, scan_binomial_forward,
+from . import scan as _scan
+from .scan import (scan_backward, scan_binomial_backward, scan_binomial_forward,
                    scan_cell_backward, scan_cell_forward, scan_forward, scan_steps_backward,
                    scan_steps_forward)
 from .workers import compile_units, compiled
@@ -169,19 +170,19 @@ def _strategies(ops, ip, tape, need):
     """The strategies of the scan with attributes ``ip``: scan_forward takes the single-cell
     kernel when ``_cell_row`` finds one cell, scan_backward when also the carry's gradient is
     wanted; else binomial checkpoints (ip[11] < 0) or the steps kernel."""
-    general = SCAN_BINOMIAL if ip[11] < 0 else SCAN_STEPS
-    body = ops[ip[2] : ip[3]]
-    if ip[11] < 0 or body.size != 1 or body[0] != Op.LINEAR_ACT:
+    general = SCAN_BINOMIAL if ip[_scan.CKPT_EVERY] < 0 else SCAN_STEPS
+    body = ops[ip[_scan.BODY_START] : ip[_scan.BODY_END]]
+    if ip[_scan.CKPT_EVERY] < 0 or body.size != 1 or body[0] != Op.LINEAR_ACT:
         return {general}  # _cell_row's first tests
     if tape is None or need is None:
         return {general, SCAN_CELL}
     node_off, kind = tape[8], tape[10]
-    own0 = HEADER + 4 * ip[4] + 2 * ip[5]
-    orig = node_off[ip[own0 : own0 + ip[15]]]  # as scan.py _layout: the body nodes' offsets
-    xo = node_off[ip[8]] if ip[6] and kind[ip[7]] == 0 else -1
-    if _cell_row.py_func(tape, ip, orig, xo) < 0:
+    own0 = _scan.HEADER + _scan.CARRY * ip[_scan.N_CARRY] + _scan.STACKED * ip[_scan.N_STACK]
+    orig = node_off[ip[own0 : own0 + ip[_scan.N_OWN]]]  # as scan.py _layout: the body's offsets
+    xo = node_off[ip[_scan.X_SLOT]] if ip[_scan.HAS_X] and kind[ip[_scan.XS]] == 0 else -1
+    if _scan._cell_row.py_func(tape, ip, orig, xo) < 0:
         return {general}
-    return {SCAN_CELL} if need[ip[HEADER + 2]] else {SCAN_CELL, general}
+    return {SCAN_CELL} if need[ip[_scan.HEADER + _scan.CARRY_OUT]] else {SCAN_CELL, general}
 
 
 # Codes with row kernels: every op but SCAN_BEGIN, which the loops skip (the scan strategies'

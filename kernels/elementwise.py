@@ -16,6 +16,14 @@ from .codes import (
 from ._jit import jit, jit_inline, per_code
 from .vecmath import exp64, sigmoid64, sigmoid_of, tanh_of
 from .views import fattr, iattrs, needs, operand, operand_grad, output, output_grad
+from ..ops import binary as _binary_ops
+from ..ops import selection as _selection_ops
+
+# Where the broadcasting rows' attributes sit (fastgrad/ops/binary.py, selection.py): ndim, then
+# the output's dims and each operand's strides, ndim each; Numba reads these ints as constants.
+NDIM = _binary_ops.LAYOUT.index("ndim")
+DIMS = NDIM + 1  # where the dims start; each operand's strides follow, ndim apiece
+assert _selection_ops.LAYOUT.index("ndim") == NDIM
 
 # Unsigned indices: Numba then skips the negative-index wraparound branch, which otherwise
 # blocks vectorisation of strided loops (4x on a bias add, measured here).
@@ -338,12 +346,12 @@ def _next_run(ip, nd, idx, oa, ob):
     d = nd - 2
     while d >= 0:
         idx[d] += 1
-        oa += ip[U(1 + nd + d)]
-        ob += ip[U(1 + 2 * nd + d)]
-        if idx[d] < ip[U(1 + d)]:
+        oa += ip[U(DIMS + nd + d)]
+        ob += ip[U(DIMS + 2 * nd + d)]
+        if idx[d] < ip[U(DIMS + d)]:
             break
-        oa -= ip[U(1 + nd + d)] * ip[U(1 + d)]
-        ob -= ip[U(1 + 2 * nd + d)] * ip[U(1 + d)]
+        oa -= ip[U(DIMS + nd + d)] * ip[U(DIMS + d)]
+        ob -= ip[U(DIMS + 2 * nd + d)] * ip[U(DIMS + d)]
         idx[d] = 0
         d -= 1
     return oa, ob
@@ -355,7 +363,7 @@ def where_walk(c, a, b, y, ip, forward, ga, na, gb, nb):
 
     ip = [ndim, shape..., strides_c..., strides_a..., strides_b...].
     """
-    nd = ip[0]
+    nd = ip[NDIM]
     idx = np.zeros(nd, np.int64)
     oc = 0
     oa = 0
@@ -371,14 +379,14 @@ def where_walk(c, a, b, y, ip, forward, ga, na, gb, nb):
         d = nd - 1
         while d >= 0:
             idx[d] += 1
-            oc += ip[U(1 + nd + d)]
-            oa += ip[U(1 + 2 * nd + d)]
-            ob += ip[U(1 + 3 * nd + d)]
-            if idx[d] < ip[U(1 + d)]:
+            oc += ip[U(DIMS + nd + d)]
+            oa += ip[U(DIMS + 2 * nd + d)]
+            ob += ip[U(DIMS + 3 * nd + d)]
+            if idx[d] < ip[U(DIMS + d)]:
                 break
-            oc -= ip[U(1 + nd + d)] * ip[U(1 + d)]
-            oa -= ip[U(1 + 2 * nd + d)] * ip[U(1 + d)]
-            ob -= ip[U(1 + 3 * nd + d)] * ip[U(1 + d)]
+            oc -= ip[U(DIMS + nd + d)] * ip[U(DIMS + d)]
+            oa -= ip[U(DIMS + 2 * nd + d)] * ip[U(DIMS + d)]
+            ob -= ip[U(DIMS + 3 * nd + d)] * ip[U(DIMS + d)]
             idx[d] = 0
             d -= 1
 
@@ -415,10 +423,10 @@ def binary_row_forward(code, tape, values, ivalues, params, r):
     b = operand(tape, values, params, r, 1)
     y = output(tape, values, params, r)
     ip = iattrs(tape, r)
-    nd = ip[0]
-    inner = ip[nd]
-    sa_in = ip[U(2 * nd)]
-    sb_in = ip[U(3 * nd)]
+    nd = ip[NDIM]
+    inner = ip[DIMS + nd - 1]  # the last dim, and each operand's stride along it
+    sa_in = ip[U(DIMS + 2 * nd - 1)]
+    sb_in = ip[U(DIMS + 3 * nd - 1)]
     runs = y.size // inner if inner > 0 else 0
     if runs == 1:  # equal shapes, a scalar operand: one run, no odometer (nor its allocation)
         o = np.int64(0)  # not a literal 0, which would compile another copy of each run kernel
@@ -445,10 +453,10 @@ def binary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scr
     na = needs(tape, need, r, 0) != 0
     nb = needs(tape, need, r, 1) != 0
     ip = iattrs(tape, r)
-    nd = ip[0]
-    inner = ip[nd]
-    sa_in = ip[U(2 * nd)]
-    sb_in = ip[U(3 * nd)]
+    nd = ip[NDIM]
+    inner = ip[DIMS + nd - 1]  # the last dim, and each operand's stride along it
+    sa_in = ip[U(DIMS + 2 * nd - 1)]
+    sb_in = ip[U(DIMS + 3 * nd - 1)]
     runs = y.size // inner if inner > 0 else 0
     if runs == 1:
         o = np.int64(0)

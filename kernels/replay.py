@@ -23,6 +23,7 @@ from numba import types
 from ..ops import Op
 from ._jit import jit
 from .call import SLOTS, call_forward, call_vjp, context, row_kernel, tape_type
+from .scan import BEGIN_ROW
 from .rows import all_finite, inputs_grads_finite
 from .views import view
 
@@ -81,7 +82,7 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
                 return r
         if code == Op.SCAN:
-            r = iparams[ip_ptr[r] + 1]  # continue below the body and its SCAN_BEGIN marker
+            r = iparams[ip_ptr[r] + BEGIN_ROW]  # continue below the body and its SCAN_BEGIN
         r -= 1
     return -1
 

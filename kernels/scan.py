@@ -2,7 +2,7 @@
 
 SCAN row integer attributes (node ids and row indices; see fastgrad/scan.py):
 
-    ip[0:16]  T, begin_row, body_start, body_end, n_carry, n_stack, has_x, xs, x_slot, x_step,
+    ip[0:HEADER]  T, begin_row, body_start, body_end, n_carry, n_stack, has_x, xs, x_slot, x_step,
               store, k, ckpt, schedule, reg_size, n_own
     then      n_carry x (init, carry_in, carry_out, final)   carry c flows carry_out -> carry_in
               n_stack x (body node, stacked output)          stacked output[t] = body node at t
@@ -45,8 +45,9 @@ With ``check`` off the loops run as they would without it (one untaken branch pe
 import numpy as np
 
 from ..ops import MATMUL, SHAPE, Op
+from ..ops import control as _control
 from ._jit import jit, jit_inline
-from .linalg import linear_act_forward, linear_act_vjp
+from .linalg import C_FULL, linear_act_forward, linear_act_vjp
 from .call import (SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS, call_forward, call_vjp,
                    row_kernel)
 from .rows import STEP_CODE, all_finite, inputs_grads_finite
@@ -54,7 +55,21 @@ from .views import grad_view, view
 
 U = np.uintp
 
-HEADER = 16
+# Where the SCAN row's attributes sit (fastgrad/ops/control.py SCAN_LAYOUT; Numba reads these
+# module ints as constants): the header's fixed fields, then per carry its four nodes, per
+# stacked output two, then the body's own nodes.
+_SCAN = _control.SCAN_LAYOUT
+(N_STEPS, BEGIN_ROW, BODY_START, BODY_END, N_CARRY, N_STACK, HAS_X, XS, X_SLOT, X_STEP, STORE,
+ CKPT_EVERY, CKPT, SCHEDULE, REG_SIZE, N_OWN) = (_SCAN.index(f) for f in (
+    "T", "begin_row", "body_start", "body_end", "n_carry", "n_stack", "has_x", "xs", "x_slot",
+    "x_step", "store", "k", "ckpt", "schedule", "reg_size", "n_own"))
+HEADER = len(_SCAN.ints)
+_CARRIES, _STACKED = (next(t for t in _SCAN.tails if t.name == name)
+                      for name in ("carries", "stacked"))
+CARRY, STACKED = _CARRIES.width, _STACKED.width  # integers per carry, per stacked output
+INIT, CARRY_IN, CARRY_OUT, FINAL = (_CARRIES.items.index(f)
+                                    for f in ("init", "carry_in", "carry_out", "final"))
+STACKED_BODY, STACKED_OUT = (_STACKED.items.index(f) for f in ("body_node", "output"))
 
 
 # Why offsets, not slices: every slice of an arena is a new array whose memory-info is
@@ -148,14 +163,14 @@ def _layout(tape, ip):
     shares its input's slot, so equal offsets are one node here."""
     outs, in_ptr, in_idx, node_off, node_size, kind = (tape[1], tape[2], tape[3], tape[8],
                                                        tape[9], tape[10])
-    own0 = HEADER + 4 * ip[4] + 2 * ip[5]
-    n = ip[15]
+    own0 = HEADER + CARRY * ip[N_CARRY] + STACKED * ip[N_STACK]
+    n = ip[N_OWN]
     orig = np.empty(n, np.int64)
     rel = np.full(n, -1, np.int64)
     for i in range(n):
         orig[i] = node_off[ip[own0 + i]]
-    xso = node_off[ip[8]] if ip[6] else -1  # x_t is loaded per step, never saved
-    for r in range(ip[2], ip[3]):
+    xso = node_off[ip[X_SLOT]] if ip[HAS_X] else -1  # x_t is loaded per step, never saved
+    for r in range(ip[BODY_START], ip[BODY_END]):
         n_in = in_ptr[r + 1] - in_ptr[r]
         for j in range(n_in + 1):
             v = outs[r] if j == n_in else in_idx[in_ptr[r] + j]
@@ -173,15 +188,15 @@ def _layout(tape, ip):
                     break
             if rel[i] == pos:
                 pos += node_size[ip[own0 + i]]
-    xo = xso if ip[6] and kind[ip[7]] == 0 else -1
+    xo = xso if ip[HAS_X] and kind[ip[XS]] == 0 else -1
     return orig, rel, pos, xo
 
 
 @jit
 def _state(values, ip, node_size, orig, rel, pos, save):
     """Save the values the VJPs read to values[pos:] (save) or restore them from there."""
-    own0 = HEADER + 4 * ip[4] + 2 * ip[5]
-    for i in range(ip[15]):
+    own0 = HEADER + CARRY * ip[N_CARRY] + STACKED * ip[N_STACK]
+    for i in range(ip[N_OWN]):
         if rel[i] >= 0:
             n = node_size[ip[own0 + i]]
             o, p = orig[i], pos + rel[i]
@@ -195,12 +210,12 @@ def _state(values, ip, node_size, orig, rel, pos, save):
 def _load_x(values, ip, node_off, orig, xo, t, alias):
     """x_t into the x slot for step t: with alias (and xs in the value arena) the slot and its
     RESHAPEs point at row t of xs, else at their own slot, and x_t is copied in."""
-    if ip[6]:
-        xs, xslot, step = ip[7], ip[8], ip[9]
+    if ip[HAS_X]:
+        xs, xslot, step = ip[XS], ip[X_SLOT], ip[X_STEP]
         src = node_off[xs] + t * step
         at = src if alias and xo >= 0 else xo
-        own0 = HEADER + 4 * ip[4] + 2 * ip[5]
-        for i in range(ip[15] if xo >= 0 else 0):
+        own0 = HEADER + CARRY * ip[N_CARRY] + STACKED * ip[N_STACK]
+        for i in range(ip[N_OWN] if xo >= 0 else 0):
             if orig[i] == xo:
                 node_off[ip[own0 + i]] = at
         if at != src:
@@ -210,8 +225,8 @@ def _load_x(values, ip, node_off, orig, xo, t, alias):
 @jit
 def _unload_x(ip, node_off, orig, xo):
     """Point the x slot and its RESHAPEs back at their own slot."""
-    own0 = HEADER + 4 * ip[4] + 2 * ip[5]
-    for i in range(ip[15] if xo >= 0 else 0):
+    own0 = HEADER + CARRY * ip[N_CARRY] + STACKED * ip[N_STACK]
+    for i in range(ip[N_OWN] if xo >= 0 else 0):
         if orig[i] == xo:
             node_off[ip[own0 + i]] = xo
 
@@ -221,7 +236,7 @@ def _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, alias, ch
     """Load x_t (see _load_x) and run the body rows once. Returns -1, or with ``check`` the
     first row whose output holds a NaN/Inf (the rows after it are not run)."""
     _load_x(values, ip, tape[8], orig, xo, t, alias)
-    for r in range(ip[2], ip[3]):
+    for r in range(ip[BODY_START], ip[BODY_END]):
         call_forward(row_kernel(tape[12], tape[0][r]), ctx, r, False)
         if check and not all_finite(view(tape[1][r], values, params, tape[10], tape[8], tape[9],
                                          tape[11])):
@@ -233,22 +248,22 @@ def _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, alias, ch
 def _carry_step(values, ip, node_off, node_size, t, stack, move):
     """After step t: stacked outputs take the body values (stack), carry_in takes carry_out
     (move)."""
-    nc, ns = ip[4], ip[5]
-    base = HEADER + 4 * nc
+    nc, ns = ip[N_CARRY], ip[N_STACK]
+    base = HEADER + CARRY * nc
     for s in range(ns if stack else 0):
-        v, out = ip[base + 2 * s], ip[base + 2 * s + 1]
+        v, out = ip[base + STACKED * s + STACKED_BODY], ip[base + STACKED * s + STACKED_OUT]
         n = node_size[v]
         _copy_within(values, node_off[out] + t * n, node_off[v], n)
     for c in range(nc if move else 0):
-        cin, cout = ip[HEADER + 4 * c + 1], ip[HEADER + 4 * c + 2]
+        cin, cout = ip[HEADER + CARRY * c + CARRY_IN], ip[HEADER + CARRY * c + CARRY_OUT]
         _copy_within(values, node_off[cin], node_off[cout], node_size[cin])
 
 
 @jit
 def _carries(values, ip, node_off, node_size, pos, save):
     """Save the carry_in slots to values[pos:] (save) or restore them from there."""
-    for c in range(ip[4]):
-        cin = ip[HEADER + 4 * c + 1]
+    for c in range(ip[N_CARRY]):
+        cin = ip[HEADER + CARRY * c + CARRY_IN]
         n = node_size[cin]
         if save:
             _copy_within(values, pos, node_off[cin], n)
@@ -260,16 +275,16 @@ def _carries(values, ip, node_off, node_size, pos, save):
 @jit
 def _carry_size(ip, node_size):
     csize = 0
-    for c in range(ip[4]):
-        csize += node_size[ip[HEADER + 4 * c + 1]]
+    for c in range(ip[N_CARRY]):
+        csize += node_size[ip[HEADER + CARRY * c + CARRY_IN]]
     return csize
 
 
 @jit
 def _load_init(tape, values, params, ip):
     node_off, node_size = tape[8], tape[9]
-    for c in range(ip[4]):
-        init, cin = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 1]
+    for c in range(ip[N_CARRY]):
+        init, cin = ip[HEADER + CARRY * c + INIT], ip[HEADER + CARRY * c + CARRY_IN]
         _copy(values[node_off[cin] : node_off[cin] + node_size[cin]],
               view(init, values, params, tape[10], node_off, node_size, tape[11]))
 
@@ -288,9 +303,9 @@ def _binomial_forward(ctx, tape, values, ivalues, params, ip, stack, orig, xo, c
     step T-1's state is left in the body nodes (its carry_in is not overwritten). Returns
     (row, t) of the first NaN/Inf with ``check`` (see the module docstring), else (-1, -1)."""
     node_off, node_size = tape[8], tape[9]
-    T, slots = ip[0], -ip[11]
-    ckpt, csize = node_off[ip[12]], _carry_size(ip, node_size)
-    sched = ivalues[node_off[ip[13]] : node_off[ip[13]] + node_size[ip[13]]]
+    T, slots = ip[N_STEPS], -ip[CKPT_EVERY]
+    ckpt, csize = node_off[ip[CKPT]], _carry_size(ip, node_size)
+    sched = ivalues[node_off[ip[SCHEDULE]] : node_off[ip[SCHEDULE]] + node_size[ip[SCHEDULE]]]
     alias = xo >= 0
     held = 0
     store_at = 0
@@ -329,20 +344,21 @@ def _cell_row(tape, ip, orig, xo):
     ops, outs, in_ptr, in_idx, ip_ptr, iparams = tape[0], tape[1], tape[2], tape[3], tape[4], \
         tape[5]
     node_off, kind = tape[8], tape[10]
-    if ip[3] - ip[2] != 1 or ip[4] != 1 or ip[11] < 0 or xo < 0 or not ip[6]:
+    if (ip[BODY_END] - ip[BODY_START] != 1 or ip[N_CARRY] != 1 or ip[CKPT_EVERY] < 0 or xo < 0
+            or not ip[HAS_X]):
         return -1
-    r = ip[2]
+    r = ip[BODY_START]
     i0 = in_ptr[r]
-    if ops[r] != Op.LINEAR_ACT or in_ptr[r + 1] - i0 != 3 or iparams[ip_ptr[r] + 8] == 0:
+    if ops[r] != Op.LINEAR_ACT or in_ptr[r + 1] - i0 != 3 or iparams[ip_ptr[r] + C_FULL] == 0:
         return -1
-    cout = ip[HEADER + 2]
-    if in_idx[i0] != ip[HEADER + 1] or outs[r] != cout or in_idx[i0 + 2] != ip[8]:
+    cout = ip[HEADER + CARRY_OUT]
+    if in_idx[i0] != ip[HEADER + CARRY_IN] or outs[r] != cout or in_idx[i0 + 2] != ip[X_SLOT]:
         return -1
-    if ip[5] > 1 or (ip[5] == 1 and ip[HEADER + 4] != cout):
+    if ip[N_STACK] > 1 or (ip[N_STACK] == 1 and ip[HEADER + CARRY + STACKED_BODY] != cout):
         return -1
     w = in_idx[i0 + 1]
     if kind[w] == 0:
-        for i in range(ip[15]):
+        for i in range(ip[N_OWN]):
             if orig[i] == node_off[w]:
                 return -1
     return r
@@ -353,8 +369,8 @@ def _cell_report(values, grads, ip, node_off, n, prev, cur, x, gx):
     """For an anomaly report at one step of a single-cell body: that step's h_{t-1}, h_t, x_t
     and x_t's gradient (at ``gx``) into the carry_in, carry_out and x slots, where the body row's
     nodes live (the cell loop keeps them in the store and xs instead)."""
-    cin, cout, xslot, step = node_off[ip[HEADER + 1]], node_off[ip[HEADER + 2]], \
-        node_off[ip[8]], ip[9]
+    cin, cout, xslot, step = node_off[ip[HEADER + CARRY_IN]], node_off[ip[HEADER + CARRY_OUT]], \
+        node_off[ip[X_SLOT]], ip[X_STEP]
     if prev != cin:
         _copy_within(values, cin, prev, n)
     _copy_within(values, cout, cur, n)
@@ -376,8 +392,8 @@ def _cell_forward(tape, values, params, ip, r, t0, t1, base, stack, check):
     n = node_size[cin]
     W = view(w, values, params, kind, node_off, node_size, tape[11])
     rip = tape[5][tape[4][r] : tape[4][r + 1]]
-    ox, step = node_off[ip[7]], ip[9]
-    out = node_off[ip[HEADER + 5]] if ip[5] == 1 else 0
+    ox, step = node_off[ip[XS]], ip[X_STEP]
+    out = node_off[ip[HEADER + CARRY + STACKED_OUT]] if ip[N_STACK] == 1 else 0
     prev = node_off[cin]
     for t in range(t0, t1):
         cur = base + (t - t0) * n
@@ -385,9 +401,9 @@ def _cell_forward(tape, values, params, ip, r, t0, t1, base, stack, check):
         linear_act_forward(values[prev : prev + n], W, values[x : x + step],
                            values[cur : cur + n], rip)
         if check and not all_finite(values[cur : cur + n]):
-            _cell_report(values, values, ip, node_off, n, prev, cur, x, node_off[ip[8]])
+            _cell_report(values, values, ip, node_off, n, prev, cur, x, node_off[ip[X_SLOT]])
             return t
-        if stack and ip[5] == 1:
+        if stack and ip[N_STACK] == 1:
             _copy_within(values, out + t * n, cur, n)
         prev = cur
     return -1
@@ -403,17 +419,17 @@ def _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, r, t0
     node_off, node_size, kind = tape[8], tape[9], tape[10]
     i0 = tape[2][r]
     cin, w, c = tape[3][i0], tape[3][i0 + 1], tape[3][i0 + 2]
-    cout, final = ip[HEADER + 2], ip[HEADER + 3]
+    cout, final = ip[HEADER + CARRY_OUT], ip[HEADER + FINAL]
     n = node_size[cin]
     W = view(w, values, params, kind, node_off, node_size, tape[11])
     gW = grad_view(w, grads, pgrads, kind, node_off, node_size)
     rip = tape[5][tape[4][r] : tape[4][r + 1]]
     ocin, ocout, ofinal, oc = node_off[cin], node_off[cout], node_off[final], node_off[c]
     na, nw, nc = need[cin], need[w], need[c]
-    ox, step = node_off[ip[7]], ip[9]
-    addx = not xb and need[ip[7]] != 0
-    stacked = ip[5] == 1 and need[ip[HEADER + 5]] != 0
-    out = node_off[ip[HEADER + 5]] if ip[5] == 1 else 0
+    ox, step = node_off[ip[XS]], ip[X_STEP]
+    addx = not xb and need[ip[XS]] != 0
+    stacked = ip[N_STACK] == 1 and need[ip[HEADER + CARRY + STACKED_OUT]] != 0
+    out = node_off[ip[HEADER + CARRY + STACKED_OUT]] if ip[N_STACK] == 1 else 0
     for t in range(t1 - 1, t0 - 1, -1):
         cur = base + (t - t0) * n
         prev = ocin if t == t0 else cur - n
@@ -448,7 +464,7 @@ def _strategy(tape, ip, orig, xo, cell_ok):
     for binomial checkpoints, else SCAN_STEPS (every step stored, or segments)."""
     if cell_ok and _cell_row(tape, ip, orig, xo) >= 0:
         return SCAN_CELL
-    return SCAN_BINOMIAL if ip[11] < 0 else SCAN_STEPS
+    return SCAN_BINOMIAL if ip[CKPT_EVERY] < 0 else SCAN_STEPS
 
 
 @jit
@@ -473,12 +489,12 @@ def scan_cell_forward(ctx, tape, values, ivalues, params, r, check):
     """scan_forward for a single-cell body."""
     node_off, node_size = tape[8], tape[9]
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
-    T, k = ip[0], ip[11]
-    store, ckpt = node_off[ip[10]], node_off[ip[12]]
+    T, k = ip[N_STEPS], ip[CKPT_EVERY]
+    store, ckpt = node_off[ip[STORE]], node_off[ip[CKPT]]
     orig, rel, size, xo = _layout(tape, ip)
     _load_init(tape, values, params, ip)
     cell = _cell_row(tape, ip, orig, xo)
-    cin, final = ip[HEADER + 1], ip[HEADER + 3]
+    cin, final = ip[HEADER + CARRY_IN], ip[HEADER + FINAL]
     n = node_size[cin]
     if k == 0:
         bad = _cell_forward(tape, values, params, ip, cell, 0, T, store, True, check)
@@ -501,8 +517,8 @@ def scan_cell_forward(ctx, tape, values, ivalues, params, r, check):
 def _forward_done(tape, values, ip, orig, xo):
     """After the last step: its carry_out is the final carry; the x slot back in place."""
     node_off, node_size = tape[8], tape[9]
-    for c in range(ip[4]):
-        cout, final = ip[HEADER + 4 * c + 2], ip[HEADER + 4 * c + 3]
+    for c in range(ip[N_CARRY]):
+        cout, final = ip[HEADER + CARRY * c + CARRY_OUT], ip[HEADER + CARRY * c + FINAL]
         _copy_within(values, node_off[final], node_off[cout], node_size[final])
     _unload_x(ip, node_off, orig, xo)
 
@@ -526,8 +542,8 @@ def scan_steps_forward(ctx, tape, values, ivalues, params, r, check):
     """scan_forward storing every step's state (k == 0) or every k-th step's carries."""
     node_off, node_size = tape[8], tape[9]
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
-    T, k = ip[0], ip[11]
-    store, ckpt = node_off[ip[10]], node_off[ip[12]]
+    T, k = ip[N_STEPS], ip[CKPT_EVERY]
+    store, ckpt = node_off[ip[STORE]], node_off[ip[CKPT]]
     orig, rel, size, xo = _layout(tape, ip)
     alias = xo >= 0
     _load_init(tape, values, params, ip)
@@ -553,31 +569,31 @@ def _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scra
     xb, the x slot on row t of xs: its gradient is xs's own, not cleared). Returns -1, or with
     ``check`` the first body row (walking back) that wrote a NaN/Inf gradient."""
     outs, node_off, node_size = tape[1], tape[8], tape[9]
-    nc, ns = ip[4], ip[5]
+    nc, ns = ip[N_CARRY], ip[N_STACK]
     own0 = HEADER + 4 * nc + 2 * ns
-    for i in range(ip[15]):
+    for i in range(ip[N_OWN]):
         if not (xb and orig[i] == xo):
             v = ip[own0 + i]
             _zero(grads, node_off[v], node_size[v])
     for c in range(nc):  # the gradient flowing into carry_out is kept in the final node's slot
-        cout, final = ip[HEADER + 4 * c + 2], ip[HEADER + 4 * c + 3]
+        cout, final = ip[HEADER + CARRY * c + CARRY_OUT], ip[HEADER + CARRY * c + FINAL]
         _add_within(grads, node_off[cout], node_off[final], node_size[cout])
-    base = HEADER + 4 * nc
+    base = HEADER + CARRY * nc
     for s in range(ns):
-        v, out = ip[base + 2 * s], ip[base + 2 * s + 1]
+        v, out = ip[base + STACKED * s + STACKED_BODY], ip[base + STACKED * s + STACKED_OUT]
         n = node_size[v]
         if need[out]:
             _add_within(grads, node_off[v], node_off[out] + t * n, n)
-    for r in range(ip[3] - 1, ip[2] - 1, -1):
+    for r in range(ip[BODY_END] - 1, ip[BODY_START] - 1, -1):
         if need[outs[r]]:
             call_vjp(row_kernel(tape[12], SLOTS + tape[0][r]), ctx, r, False)
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
                 return r
     for c in range(nc):
-        cin, final = ip[HEADER + 4 * c + 1], ip[HEADER + 4 * c + 3]
+        cin, final = ip[HEADER + CARRY * c + CARRY_IN], ip[HEADER + CARRY * c + FINAL]
         _copy_within(grads, node_off[final], node_off[cin], node_size[final])
-    if ip[6] and not xb and need[ip[7]]:
-        xs, xslot, step = ip[7], ip[8], ip[9]
+    if ip[HAS_X] and not xb and need[ip[XS]]:
+        xs, xslot, step = ip[XS], ip[X_SLOT], ip[X_STEP]
         dst = node_off[xs] + t * step
         _add_within(grads, dst, node_off[xslot], step)
     return -1
@@ -589,9 +605,9 @@ def _binomial_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, 
     """Reverse steps T-1 .. 0 following the binomial schedule (see the module docstring).
     Returns (row, t) of the first NaN/Inf gradient with ``check``, else (-1, -1)."""
     node_off, node_size = tape[8], tape[9]
-    T, slots = ip[0], -ip[11]
-    ckpt, csize = node_off[ip[12]], _carry_size(ip, node_size)
-    sched = ivalues[node_off[ip[13]] : node_off[ip[13]] + node_size[ip[13]]]
+    T, slots = ip[N_STEPS], -ip[CKPT_EVERY]
+    ckpt, csize = node_off[ip[CKPT]], _carry_size(ip, node_size)
+    sched = ivalues[node_off[ip[SCHEDULE]] : node_off[ip[SCHEDULE]] + node_size[ip[SCHEDULE]]]
     advanced = 0
     if sched[0] == 0:  # an earlier backward sweep reused the slots: redo the forward sweep
         _load_init(tape, values, params, ip)
@@ -640,7 +656,7 @@ def scan_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scrat
     report (_report)."""
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
     orig, rel, size, xo = _layout(tape, ip)
-    slot = _strategy(tape, ip, orig, xo, need[ip[HEADER + 2]] != 0)
+    slot = _strategy(tape, ip, orig, xo, need[ip[HEADER + CARRY_OUT]] != 0)
     return call_vjp(row_kernel(tape[12], SLOTS + slot), ctx, r, check)
 
 
@@ -648,7 +664,7 @@ def scan_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scrat
 def _x_in_place(ip, xo, need):
     """Whether x_t is read on row t of xs: the slot's VJPs then add into xs's gradient, unless
     they overwrite it."""
-    return xo >= 0 and (need[ip[8]] == 0 or (need[ip[8]] == 1 and need[ip[7]] != 0))
+    return xo >= 0 and (need[ip[X_SLOT]] == 0 or (need[ip[X_SLOT]] == 1 and need[ip[XS]] != 0))
 
 
 @jit
@@ -657,8 +673,8 @@ def _backward_done(tape, grads, pgrads, need, ip, orig, xo):
     reached the first carry_in added to the initial carry's."""
     node_off, node_size = tape[8], tape[9]
     _unload_x(ip, node_off, orig, xo)
-    for c in range(ip[4]):
-        init, final = ip[HEADER + 4 * c], ip[HEADER + 4 * c + 3]
+    for c in range(ip[N_CARRY]):
+        init, final = ip[HEADER + CARRY * c + INIT], ip[HEADER + CARRY * c + FINAL]
         if need[init]:
             _add(grad_view(init, grads, pgrads, tape[10], node_off, node_size),
                  grads[node_off[final] : node_off[final] + node_size[final]])
@@ -669,12 +685,12 @@ def scan_cell_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, 
     """scan_backward for a single-cell body."""
     node_off, node_size = tape[8], tape[9]
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
-    T, k = ip[0], ip[11]
-    store, ckpt = node_off[ip[10]], node_off[ip[12]]
+    T, k = ip[N_STEPS], ip[CKPT_EVERY]
+    store, ckpt = node_off[ip[STORE]], node_off[ip[CKPT]]
     orig, rel, size, xo = _layout(tape, ip)
     xb = _x_in_place(ip, xo, need)
     cell = _cell_row(tape, ip, orig, xo)
-    n = node_size[ip[HEADER + 1]]
+    n = node_size[ip[HEADER + CARRY_IN]]
     if k == 0:
         bad = _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell, 0, T,
                              store, xb, check)
@@ -683,7 +699,7 @@ def scan_cell_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, 
     else:
         for t0 in range(((T - 1) // k) * k, -1, -k):
             t1 = min(T, t0 + k)
-            _copy_within(values, node_off[ip[HEADER + 1]], ckpt + (t0 // k) * n, n)
+            _copy_within(values, node_off[ip[HEADER + CARRY_IN]], ckpt + (t0 // k) * n, n)
             _cell_forward(tape, values, params, ip, cell, t0, t1, store, False, False)
             bad = _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell,
                                  t0, t1, store, xb, check)
@@ -716,8 +732,8 @@ def scan_steps_backward(ctx, tape, values, ivalues, params, grads, pgrads, need,
     recomputed from their first carries."""
     node_off, node_size = tape[8], tape[9]
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
-    T, k = ip[0], ip[11]
-    store, ckpt = node_off[ip[10]], node_off[ip[12]]
+    T, k = ip[N_STEPS], ip[CKPT_EVERY]
+    store, ckpt = node_off[ip[STORE]], node_off[ip[CKPT]]
     orig, rel, size, xo = _layout(tape, ip)
     xb = _x_in_place(ip, xo, need)
     if k == 0:
