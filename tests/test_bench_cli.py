@@ -38,7 +38,7 @@ def quick(tmp_path_factory):
 
 def expected_impls(workload):
     peers = runner.peer_versions()
-    impls = {"fastgrad", "numpy", "numba"}
+    impls = {"fastgrad", "fastgrad-plain", "numpy", "numba"}
     impls |= {"fastgrad-eager"} if workload.startswith("quick-mlp") else set()
     if workload.startswith("quick-mlp") and runner._blas_provider() != "scipy":
         impls |= {"fastgrad-scipy"}  # beside MKL's run, the default install's

@@ -97,6 +97,25 @@ def make_fastgrad(w, dtype):
     return fg.compile(loss, optimizer=opt)
 
 
+def make_fastgrad_plain(w, dtype):
+    """The same Elman cell written with plain ops in ``fg.scan``, as the PyTorch and JAX
+    references spell it: tanh(x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh). Same weights, same
+    compiled SGD step; fg.nn.RNN records the fused single-cell row instead (issue "Native speed
+    for the code people write")."""
+    params = [fg.tensor(p, requires_grad=True) for p in weights(dtype)]
+    Wih, Whh, bih, bhh, Wo, bo = params
+    opt = fg.optim.SGD(params, lr=w.lr)
+
+    def cell(h, x):
+        return (x @ Wih.T + bih + h @ Whh.T + bhh).tanh()
+
+    def loss(xs, y):
+        h = fg.scan(cell, fg.zeros(xs.shape[1], H, dtype=dtype), xs)
+        return fg.mse_loss(h @ Wo.T + bo, y)
+
+    return fg.compile(loss, optimizer=opt)
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _numba_bptt(Wih, Whh, bih, bhh, Wo, bo, xs, y, hs, lr):
     T, B, In = xs.shape
@@ -251,6 +270,7 @@ def make_jax(w, dtype):
 
 RNN_IMPLEMENTATIONS = {
     "fastgrad": make_fastgrad,
+    "fastgrad-plain": make_fastgrad_plain,
     "numba": make_numba,
     "numpy": make_numpy,
     "torch": make_torch_eager,

@@ -39,7 +39,7 @@ import time
 
 RESULT_MARK = "FASTGRAD-BENCH-CELL "
 IMPL_ORDER = ["fastgrad", "fastgrad-scipy", "numpy", "numba", "torch", "torch.nn.RNN", "jax",
-              "fastgrad-eager"]
+              "fastgrad-eager", "fastgrad-plain"]
 IMPL_TITLES = {
     "fastgrad": "fastgrad",
     "fastgrad-scipy": "fastgrad, SciPy's BLAS",
@@ -49,6 +49,7 @@ IMPL_TITLES = {
     "torch.nn.RNN": "torch.nn.RNN",
     "jax": "JAX jit",
     "fastgrad-eager": "fastgrad eager",
+    "fastgrad-plain": "fastgrad, plain ops",
 }
 PEERS = ("torch", "jax")
 COLUMNS = {  # the fields of a row of bench.json
