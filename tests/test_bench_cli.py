@@ -18,7 +18,8 @@ from fastgrad.benchmarks import runner
 from fastgrad.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-QUICK = ["quick-mlp-8-16-4-tanh-b8", "quick-rnn-h64-T50-b2"]
+QUICK = ["quick-mlp-8-16-4-tanh-b8", "quick-rnn-h64-T50-b2", "quick-lstm-h16-T20-b2",
+         "quick-gru-h16-T20-b2"]
 
 
 def run_cli(argv):
@@ -38,6 +39,9 @@ def quick(tmp_path_factory):
 
 def expected_impls(workload):
     peers = runner.peer_versions()
+    for cell, layer in (("lstm", "torch.nn.LSTM"), ("gru", "torch.nn.GRU")):
+        if workload.startswith(f"quick-{cell}-"):  # against PyTorch's layer only
+            return {"fastgrad"} | ({layer} if peers["torch"] else set())
     impls = {"fastgrad", "fastgrad-plain", "numpy", "numba"}
     impls |= {"fastgrad-eager"} if workload.startswith("quick-mlp") else set()
     if workload.startswith("quick-mlp") and runner._blas_provider() != "scipy":
@@ -100,7 +104,8 @@ def test_json_rows_are_consistent(quick):
         assert r["seconds"] > 0 and r["median_us"] == pytest.approx(r["seconds"] * 1e6)
         assert r["ratio_to_fastgrad"] == pytest.approx(r["seconds"] / base["seconds"])
         if r["kind"] == "rnn":
-            assert r["us_per_unrolled_step"] == pytest.approx(r["median_us"] / 50)
+            T = int(r["workload"].split("-T")[1].split("-")[0])
+            assert r["us_per_unrolled_step"] == pytest.approx(r["median_us"] / T)
         else:
             assert r["us_per_unrolled_step"] is None
         if sys.platform.startswith("linux"):

@@ -1,6 +1,7 @@
 """Recurrence benchmark: one training step of an Elman RNN (hidden 64, input 8) with a linear
 readout of the last state and an MSE loss, by BPTT over T steps; batch 1 and 16; T 1,000 and
-10,000. Results are quoted in microseconds per unrolled step.
+10,000. Results are quoted in microseconds per unrolled step. On request (by name), the same
+step with an LSTM or a GRU layer (input 32, hidden 64 and 128, T = 100) against PyTorch's.
 
 References: a fused hand-written Numba BPTT with small-matrix loops (an honest, tuned
 baseline), hand-written NumPy, and PyTorch (eager autograd over a Python loop, and
@@ -33,13 +34,16 @@ class RNNWorkload:
     lr: float = 1e-3
     long: bool = False  # checkpointed fastgrad only, one timed step
     quick: bool = False  # a smoke-test size
+    cell: str = "rnn"  # "rnn" (Elman, tanh), "lstm" or "gru" (fg.nn.LSTM / fg.nn.GRU)
+    hidden: int = H
+    inputs: int = I
 
     kind = "rnn"
 
     @property
     def name(self):
         prefix = ("quick-" if self.quick else "") + ("long-" if self.long else "")
-        return f"{prefix}rnn-h64-T{self.T}-b{self.batch}"
+        return f"{prefix}{self.cell}-h{self.hidden}-T{self.T}-b{self.batch}"
 
     @property
     def steps(self):
@@ -63,6 +67,8 @@ class RNNWorkload:
 
     def tiny(self):
         """A short unroll on the same code paths (see ``Workload.tiny``)."""
+        if self.cell != "rnn":
+            return _quick_gate(self.cell)
         return RNNWorkload(50, 2, long=self.long, quick=True)
 
 
@@ -70,10 +76,23 @@ RNN_WORKLOADS = [RNNWorkload(T, B) for B in (1, 16) for T in (1000, 10_000)]
 RNN_LONG_WORKLOADS = [RNNWorkload(T, 1, long=True) for T in (1_000_000, 10_000_000)]
 QUICK_RNN_WORKLOADS = [RNNWorkload(50, 2, quick=True)]
 
+# LSTM and GRU steps (input 32, T = 100), run when asked for by name ('lstm-*', 'gru-*'):
+# fg.nn.LSTM / fg.nn.GRU against torch.nn.LSTM / torch.nn.GRU with the same weights.
+GATE_INPUTS = 32
+
+
+def _quick_gate(cell):
+    return RNNWorkload(20, 2, quick=True, cell=cell, hidden=16, inputs=GATE_INPUTS)
+
+
+GATE_WORKLOADS = [RNNWorkload(100, B, cell=cell, hidden=h, inputs=GATE_INPUTS)
+                  for cell in ("lstm", "gru") for h in (64, 128) for B in (1, 16)]
+QUICK_GATE_WORKLOADS = [_quick_gate(cell) for cell in ("lstm", "gru")]
+
 
 def data(w, dtype, seed=0):
     rng = np.random.default_rng(seed)
-    xs = rng.normal(size=(w.T, w.batch, I)).astype(dtype)
+    xs = rng.normal(size=(w.T, w.batch, w.inputs)).astype(dtype)
     y = rng.normal(size=(w.batch, 1)).astype(dtype)
     return xs, y
 
@@ -268,6 +287,55 @@ def make_jax(w, dtype):
     return jax_sgd_step(loss_fn, params, w.lr)
 
 
+def _gate_layer(w, dtype, seed=1):
+    layer = {"lstm": fg.nn.LSTM, "gru": fg.nn.GRU}[w.cell]
+    return layer(w.inputs, w.hidden, seed=seed, dtype=dtype, stack_outputs=False)
+
+
+def make_fastgrad_gate(w, dtype):
+    """fg.nn.LSTM / fg.nn.GRU (plain ops in the scan body) with a linear readout of the last
+    state, MSE, one compiled SGD step."""
+    rnn = _gate_layer(w, dtype)
+    head = fg.nn.Linear(w.hidden, 1, seed=2, dtype=dtype)
+    opt = fg.optim.SGD(rnn.parameters() + head.parameters(), lr=w.lr)
+
+    def loss(xs, y):
+        _, final = rnn(xs)
+        h = final[0] if isinstance(final, tuple) else final
+        return fg.mse_loss(head(h), y)
+
+    return fg.compile(loss, optimizer=opt)
+
+
+def make_torch_gate(w, dtype):
+    """torch.nn.LSTM / torch.nn.GRU with fastgrad's weights (the same layout), the same readout."""
+    import torch
+
+    tdt = torch_dtype(dtype)
+    layer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[w.cell](w.inputs, w.hidden).to(tdt)
+    head = torch.nn.Linear(w.hidden, 1).to(tdt)
+    ours = _gate_layer(w, dtype).parameters() + fg.nn.Linear(w.hidden, 1, seed=2,
+                                                             dtype=dtype).parameters()
+    params = list(layer.parameters()) + list(head.parameters())
+    with torch.no_grad():
+        for p, v in zip(params, ours):
+            p.copy_(torch.from_numpy(v.numpy()))
+
+    def loss_of(x, y):
+        _, final = layer(x)
+        h = final[0] if isinstance(final, tuple) else final
+        return torch.nn.functional.mse_loss(head(h[0]), y)
+
+    return torch_sgd_step(params, w.lr, loss_of)
+
+
+GATE_IMPLEMENTATIONS = {
+    "fastgrad": make_fastgrad_gate,
+    "torch.nn.LSTM": make_torch_gate,
+    "torch.nn.GRU": make_torch_gate,
+}
+
+
 RNN_IMPLEMENTATIONS = {
     "fastgrad": make_fastgrad,
     "fastgrad-plain": make_fastgrad_plain,
@@ -281,4 +349,7 @@ RNN_IMPLEMENTATIONS = {
 
 def implementations(w: RNNWorkload):
     """name -> factory ``make(w, dtype)`` returning ``step(xs, y) -> loss`` for workload ``w``."""
+    if w.cell != "rnn":
+        return {k: v for k, v in GATE_IMPLEMENTATIONS.items()
+                if k == "fastgrad" or k.lower().endswith(w.cell)}
     return {"fastgrad": make_fastgrad} if w.long else RNN_IMPLEMENTATIONS

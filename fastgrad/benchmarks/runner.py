@@ -38,8 +38,8 @@ import sys
 import time
 
 RESULT_MARK = "FASTGRAD-BENCH-CELL "
-IMPL_ORDER = ["fastgrad", "fastgrad-scipy", "numpy", "numba", "torch", "torch.nn.RNN", "jax",
-              "fastgrad-eager", "fastgrad-plain"]
+IMPL_ORDER = ["fastgrad", "fastgrad-scipy", "numpy", "numba", "torch", "torch.nn.RNN",
+              "torch.nn.LSTM", "torch.nn.GRU", "jax", "fastgrad-eager", "fastgrad-plain"]
 IMPL_TITLES = {
     "fastgrad": "fastgrad",
     "fastgrad-scipy": "fastgrad, SciPy's BLAS",
@@ -47,6 +47,8 @@ IMPL_TITLES = {
     "numba": "Numba (hand-written)",
     "torch": "PyTorch eager",
     "torch.nn.RNN": "torch.nn.RNN",
+    "torch.nn.LSTM": "torch.nn.LSTM",
+    "torch.nn.GRU": "torch.nn.GRU",
     "jax": "JAX jit",
     "fastgrad-eager": "fastgrad eager",
     "fastgrad-plain": "fastgrad, plain ops",
@@ -81,8 +83,8 @@ def _modules():
 def all_workloads():
     """Every workload by name: the default set, the opt-in long unrolls and the quick ones."""
     W, R = _modules()
-    lists = (W.MLP_WORKLOADS, R.RNN_WORKLOADS, R.RNN_LONG_WORKLOADS, W.QUICK_MLP_WORKLOADS,
-             R.QUICK_RNN_WORKLOADS)
+    lists = (W.MLP_WORKLOADS, R.RNN_WORKLOADS, R.RNN_LONG_WORKLOADS, R.GATE_WORKLOADS,
+             W.QUICK_MLP_WORKLOADS, R.QUICK_RNN_WORKLOADS, R.QUICK_GATE_WORKLOADS)
     return {w.name: w for ws in lists for w in ws}
 
 
@@ -92,7 +94,7 @@ def select_workloads(patterns=None, quick=False):
     """
     W, R = _modules()
     if quick:
-        pool = W.QUICK_MLP_WORKLOADS + R.QUICK_RNN_WORKLOADS
+        pool = W.QUICK_MLP_WORKLOADS + R.QUICK_RNN_WORKLOADS + R.QUICK_GATE_WORKLOADS
     elif not patterns:
         return W.MLP_WORKLOADS + R.RNN_WORKLOADS
     else:
