@@ -9,7 +9,7 @@ Every option of ``fastgrad bench`` is accepted (see docs/benchmarks.md).
 import sys
 
 from fastgrad.benchmarks.workloads import MLP_WORKLOADS
-from fastgrad.benchmarks.runner import restricted_main
+from fastgrad.benchmarks.command import restricted_main
 
 if __name__ == "__main__":
     sys.exit(restricted_main(MLP_WORKLOADS))

@@ -9,7 +9,7 @@ Each workload runs three steps (trace, calibrate, time): about 35 s at 10^6 and 
 
 import sys
 
-from fastgrad.benchmarks.runner import restricted_main
+from fastgrad.benchmarks.command import restricted_main
 from fastgrad.benchmarks.rnn_workloads import RNN_LONG_WORKLOADS
 
 if __name__ == "__main__":

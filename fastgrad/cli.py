@@ -184,12 +184,12 @@ def main(argv=None):
                    help=f"op families or ops to compile, space- or comma-separated: "
                    f"{' '.join(FAMILIES)}, all-ops or an op name (default: all)")
     p.set_defaults(func=cmd_warmup)
-    from .benchmarks import runner as bench_runner  # standard library only at import
+    from .benchmarks import command as bench_command  # standard library only at import
 
     p = sub.add_parser("bench", help="time the benchmark workloads against hand-written NumPy "
                        "and Numba, and PyTorch and JAX when installed: one table, JSON, PNG")
-    bench_runner.add_arguments(p)
-    p.set_defaults(func=bench_runner.command)
+    bench_command.add_arguments(p)
+    p.set_defaults(func=bench_command.command)
     from .study import add_parser as add_study_parser  # fastgrad study ... (fastgrad/study.py)
 
     add_study_parser(sub)

@@ -27,8 +27,8 @@ import os
 import statistics
 import time
 
-from .runner import (RESULT_MARK, _write, all_workloads, implementations, machine_info,
-                     make_data, run_child)
+from .runner import (RESULT_MARK, all_workloads, implementations, machine_info,
+                     make_data, run_child, write_text)
 
 DEFAULT_ROUNDS = 21
 DEFAULT_MIN_TIME = 0.1  # seconds per round, both halves together
@@ -197,7 +197,7 @@ def command(workloads, dtypes, impls, processes, rounds, min_time, out, json_pat
                   settings=dict(processes=processes, rounds=rounds, min_time=min_time),
                   rows=rows)
     json_path = json_path or f"{out}/paired.json"
-    _write(json_path, json.dumps(result, indent=2) + "\n")
+    write_text(json_path, json.dumps(result, indent=2) + "\n")
     print(format_table(rows), flush=True)
     print(f"Wrote {json_path}  ({result['seconds']:.0f} s)")
     return 1 if any(r.get("error") or r.get("failed_processes") for r in rows) else 0
