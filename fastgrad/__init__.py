@@ -52,7 +52,8 @@ from .tensor import (
 from . import nn, optim  # noqa: E402
 from .compile import Compiled, History, compile, fit  # noqa: E402
 from .nn import manual_seed  # noqa: E402
-from .scan import scan, set_memory_limit  # noqa: E402
+from .memory import set_memory_limit  # noqa: E402
+from .scan import scan  # noqa: E402
 from .blas_threads import get_blas_threads, set_blas_threads  # noqa: E402
 from .io import load, save  # noqa: E402
 from .scan import Binomial, truncated_bptt  # noqa: E402, F401

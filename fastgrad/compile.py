@@ -45,7 +45,7 @@ from .kernels.movement import load_indices
 from .ops import Op, flag, fmt
 from .ops.matmul import LAYOUT as MATMUL_LAYOUT
 from .ops.matmul import LINEAR_LAYOUT
-from .scan import check_memory
+from .memory import check_memory
 from .optim import Optimizer
 from .tape import RECORDING, Tape
 from .tensor import (FLOAT_DTYPES, Tensor, checked_indices, get_default_dtype, input_array,

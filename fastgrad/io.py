@@ -346,7 +346,7 @@ def _read_members(zf: zipfile.ZipFile, f, name) -> dict:
     each member stored uncompressed (as np.savez writes it), its size inside the file, all of
     them together under the memory guard, and each one exactly its .npy header plus the data
     that header's shape and dtype make. So a small file can never expand into a large load."""
-    from .tape import guard_memory
+    from .memory import guard_memory
 
     end = f.seek(0, os.SEEK_END)
     infos = zf.infolist()

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import inspect
 import math
-import os
 
 import numpy as np
 
@@ -26,60 +25,10 @@ from .errors import fail
 from .ops import Op
 from .ops.control import SCAN_LAYOUT
 from .ops import fmt
-from .tape import RECORDING, Tape, guard_memory
+from .memory import check_memory, guard_memory
+from .memory import set_memory_limit  # noqa: F401 - fastgrad.scan.set_memory_limit, its old place
+from .tape import RECORDING, Tape
 from .tensor import Tensor, _import, as_tensor, concatenate, is_grad_enabled, recording_into, tensor
-
-_LIMIT = [None]  # user memory limit in bytes for buffers a tape allocates
-
-
-def set_memory_limit(nbytes):
-    """Cap the memory fastgrad allocates for one structure, in bytes (None: the machine's
-    available memory, the default).
-
-    The guard counts what is really allocated, before allocating it: a tape's buffers together
-    (value and integer arenas at their capacity, the copy made while one grows, gradients and
-    scratch), a compiled program's buffers together, a scan's store, one array made by
-    ``fg.zeros``/``ones``/``randn``/``arange`` or a layer's weights. ``nbytes`` must be a
-    positive int (``1 << 30``, ``int(1e9)``); floats, strings and booleans are refused.
-
-    >>> import fastgrad as fg
-    >>> fg.set_memory_limit(1 << 20)        # 1 MiB
-    >>> fg.zeros(1 << 20)                   # 8 MiB of float64  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    fastgrad.errors.FastgradError: zeros: needs 0.01 GiB of buffers but only 0.00 GiB are ...
-    >>> fg.set_memory_limit(None)           # back to the available memory
-    """
-    if nbytes is not None and (isinstance(nbytes, (bool, np.bool_))
-                               or not isinstance(nbytes, (int, np.integer)) or nbytes <= 0):
-        raise fail("set_memory_limit", f"nbytes must be a positive int number of bytes or None, "
-                   f"got {nbytes!r}", "pass e.g. 1 << 30 for 1 GiB (int(1e9) for a float), "
-                   "or None for the available memory")
-    _LIMIT[0] = None if nbytes is None else int(nbytes)
-
-
-def available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def check_memory(what, nbytes, fix, held=0):
-    """Raise before allocating ``nbytes`` for a structure already holding ``held`` bytes: past
-    the user limit (which bounds the structure: held + nbytes) or past the available memory
-    (which the held bytes are already out of: nbytes)."""
-    if _LIMIT[0] is not None:
-        nbytes, limit = held + nbytes, _LIMIT[0]
-    else:
-        limit = available_memory()
-    if nbytes > limit:
-        raise fail(what, f"needs {nbytes / 2**30:.2f} GiB of buffers but only "
-                   f"{limit / 2**30:.2f} GiB are {'allowed' if _LIMIT[0] else 'available'}", fix)
-
 
 class Binomial:
     """Binomial checkpointing for ``fg.scan`` (Griewank & Walther's revolve schedule):

@@ -38,7 +38,7 @@ from . import functional as F
 from .errors import FastgradError, fail
 from .io import atomic_write
 from .jvp import Linearized
-from .tape import guard_memory
+from .memory import guard_memory
 
 log = logging.getLogger("fastgrad")
 

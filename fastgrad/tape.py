@@ -54,6 +54,7 @@ from . import kernels
 from .kernels import dispatch
 from .kernels.replay import replay_entries as _replay_entries
 from .errors import FastgradError, fail
+from .memory import available_memory, guard_memory, memory_limit, needs_no_check
 from .ops import TABLE, Op, fmt
 from .ops.control import SCAN_LAYOUT
 
@@ -199,14 +200,14 @@ class Tape:
 
         While growing, the old buffer and the new one are both held, so the guard counts the
         tape's bytes as they are (old buffer included) plus the new buffer."""
-        from .scan import _LIMIT, available_memory
 
         item = grow.a.itemsize
-        if _no_limit_below(cap * item):
+        if needs_no_check(cap * item):
             return cap
         held = self.nbytes()
         # a user limit bounds the whole tape; the available memory, the new buffer
-        room = (_LIMIT[0] - held if _LIMIT[0] is not None else available_memory()) // item
+        limit = memory_limit()
+        room = (limit - held if limit is not None else available_memory()) // item
         if need > room:
             guard_memory(what, need * item, fix, held=held)
             room = need  # the guard passed (the available memory went up meanwhile)
@@ -701,25 +702,6 @@ def same_bits(copy, current) -> bool:
     return bool((copy.view(unsigned) == current.view(unsigned)).all())
 
 
-_CHECK_FROM = 1 << 26  # below 64 MiB only a user limit (fg.set_memory_limit) is checked
-
-
-def _no_limit_below(nbytes) -> bool:
-    """True when ``nbytes`` need no check: no user limit and below _CHECK_FROM."""
-    from .scan import _LIMIT
-
-    return _LIMIT[0] is None and nbytes < _CHECK_FROM
-
-
-def guard_memory(what, nbytes, fix, held=0):
-    """Raise FastgradError before allocating ``nbytes`` for a structure (a tape, a program, an
-    array) that already holds ``held``: past fg.set_memory_limit (held + nbytes) or the
-    available memory (nbytes). Small requests skip reading /proc/meminfo."""
-    from .scan import check_memory
-
-    if _no_limit_below(nbytes):
-        return
-    check_memory(what, nbytes, fix, held)
 
 
 # anomaly mode lives in autodiff; imported lazily to keep this module the format's owner

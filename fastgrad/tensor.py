@@ -22,7 +22,8 @@ import numpy as np
 
 from .errors import fail
 from .ops import TABLE, Op, flag, fmt, int_tuple, normalize_axis, real
-from .tape import RECORDING, Tape, guard_memory, same_bits
+from .memory import guard_memory
+from .tape import RECORDING, Tape, same_bits
 
 _flag = flag  # requires_grad_'s argument is named flag, as PyTorch's
 _state = threading.local()

@@ -24,7 +24,7 @@ from fastgrad.reference import Reference
 from fastgrad.tape import Tape
 from fastgrad.tensor import apply, placeholder
 
-scan_module = importlib.import_module("fastgrad.scan")
+from fastgrad import memory  # the memory guard (fg.set_memory_limit)
 
 
 def raises(match):
@@ -34,7 +34,7 @@ def raises(match):
 @pytest.fixture
 def memory_limit():
     """Set fg.set_memory_limit for one test; restore the previous limit after."""
-    old = scan_module._LIMIT[0]
+    old = memory.memory_limit()
     yield fg.set_memory_limit
     fg.set_memory_limit(old)
 

@@ -81,7 +81,7 @@ class _Summary:
 @pytest.fixture(scope="module", autouse=True)
 def _fuzz_session(request):
     request.config.pluginmanager.register(_Summary(), "fastgrad-fuzz-summary")
-    old = importlib.import_module("fastgrad.scan")._LIMIT[0]
+    old = importlib.import_module("fastgrad.memory").memory_limit()
     fg.set_memory_limit(MEMORY_LIMIT)
     yield
     fg.set_memory_limit(old)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import fastgrad as fg
 from fastgrad import FastgradError
 
-scan_module = importlib.import_module("fastgrad.scan")
+from fastgrad import memory  # the memory guard (fg.set_memory_limit)
 nn_module = importlib.import_module("fastgrad.nn")
 MiB = 1 << 20
 
@@ -26,7 +26,7 @@ MiB = 1 << 20
 @pytest.fixture
 def memory_limit():
     """Set fg.set_memory_limit for one test; restore the previous limit after."""
-    old = scan_module._LIMIT[0]
+    old = memory.memory_limit()
     yield fg.set_memory_limit
     fg.set_memory_limit(old)
 
@@ -56,11 +56,11 @@ def test_set_memory_limit_takes_only_a_positive_int_or_none(bad, memory_limit):
     memory_limit(1 << 30)
     with refused("set_memory_limit"):
         fg.set_memory_limit(bad)
-    assert scan_module._LIMIT[0] == 1 << 30  # unchanged by the refused call
+    assert memory.memory_limit() == 1 << 30  # unchanged by the refused call
     fg.set_memory_limit(np.int64(1 << 20))
-    assert scan_module._LIMIT[0] == 1 << 20 and type(scan_module._LIMIT[0]) is int
+    assert memory.memory_limit() == 1 << 20 and type(memory.memory_limit()) is int
     fg.set_memory_limit(None)
-    assert scan_module._LIMIT[0] is None
+    assert memory.memory_limit() is None
 
 
 def test_a_tape_never_holds_more_than_the_limit_while_its_arena_grows(memory_limit):
@@ -110,7 +110,7 @@ def test_fuzz_a_tape_under_any_limit_holds_no_more_than_it(limit_kib, n, steps):
     w = fg.tensor(np.ones(2), requires_grad=True)  # the kernels load before anything is measured
     (fg.broadcast_to((w * 1.5 + w).exp(), (2, 2)) * 1.0).sum(axis=0).sum().backward()
     x = fg.tensor(np.linspace(0.0, 1.0, n), requires_grad=True)
-    old = scan_module._LIMIT[0]
+    old = memory.memory_limit()
     fg.set_memory_limit(limit)
     tracemalloc.start()
     try:
@@ -555,7 +555,7 @@ def test_public_calls_give_a_result_or_a_fastgrad_error_never_a_raw_exception(na
     passed to the public API (creation functions, Tensor methods, functional ops, fg.scan,
     fg.jvp, gradcheck, layers, initialisers). A FastgradError must name an op and carry a fix.
     Hypothesis runs out of the finite set of values, so every call meets every value."""
-    limit, rng = scan_module._LIMIT[0], nn_module._RNG[0]
+    limit, rng = memory.memory_limit(), nn_module._RNG[0]
     fg.set_memory_limit(256 * MiB)  # a huge size is refused, never allocated
     try:
         with np.errstate(all="ignore"):
