@@ -34,6 +34,7 @@ import time
 
 from .errors import fail
 from .kernels import blas as _blas
+from .kernels import workers as _workers
 
 REFRESH_SECONDS = 0.25  # at most one sample per this long
 SAMPLES = 3  # the neighbours' count is the lowest of this many recent samples
@@ -46,9 +47,7 @@ NEXT_SAMPLE = [0.0]  # time.monotonic() of the next sample: a hot loop compares 
 
 def cpus() -> int:
     """The CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    return _workers.usable_cpus()
 
 
 def env_cap():

@@ -200,7 +200,6 @@ class Tape:
 
         While growing, the old buffer and the new one are both held, so the guard counts the
         tape's bytes as they are (old buffer included) plus the new buffer."""
-
         item = grow.a.itemsize
         if needs_no_check(cap * item):
             return cap
@@ -700,8 +699,6 @@ def same_bits(copy, current) -> bool:
     if unsigned is None:
         return copy.tobytes() == current.tobytes()
     return bool((copy.view(unsigned) == current.view(unsigned)).all())
-
-
 
 
 # anomaly mode lives in autodiff; imported lazily to keep this module the format's owner

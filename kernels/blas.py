@@ -36,6 +36,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .workers import usable_cpus
+
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
 _VOIDP = _I8.as_pointer()
@@ -185,8 +187,7 @@ def _bind_gemm():
 # process).
 _THREADS_SYMBOL = "fastgrad_blas_threads"
 _SET_THREADS_SYMBOL = "fastgrad_blas_set_threads_local"
-_THREADS = ctypes.c_int32(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                              else (os.cpu_count() or 1)))
+_THREADS = ctypes.c_int32(usable_cpus())
 
 PROVIDER, THREADS_SETTABLE = _bind_gemm()
 

@@ -343,8 +343,7 @@ def linear_act_forward(X, W, c, Y, ip):
     code, ip[C_FULL]: c has Y's shape)."""
     matmul_forward(X, W, Y, ip)
     m, n = ip[M], ip[N]
-    # one call with variables: a constant argument would compile a second copy (train.py)
-    rows, cols = (np.int64(1), m * n) if ip[C_FULL] else (m, n)
+    rows, cols = (1, m * n) if ip[C_FULL] else (m, n)  # a full addend: one long row
     _add_activate(ip[ACTIVATION], Y, c, rows, cols)
 
 

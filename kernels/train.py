@@ -15,26 +15,21 @@ rows (offset, size) of ``flat``. Their ``flat_grad`` entries are not written the
 module is the only place that turns a learning rate into a gradient target.
 """
 
-
-import numpy as np
-
 from ._jit import jit, jit_inline
 from .optim import clip_gradients, folds_sgd, optimizer_update, sgd_plain
 from .replay import replay_backward, replay_forward
 
 
-# Why no constants in the calls below: Numba types a constant argument (0, False) as a literal
-# and compiles a separate copy of the callee for it, which for the replay loops means compiling
-# every kernel a second time (about 50 s cold, measured). np.int64(0) and the caller's ``check``
-# are plain int64 and bool, so the eager replay's compiled code is reused.
+# Constants in the calls below are fine: calls between kernels are typed by their arguments'
+# plain types (_jit._one_specialisation_per_type), so the eager replay's compiled code serves
+# this step too (a literal 0 once compiled every kernel a second time, about 50 s cold).
 
 
 @jit_inline
 def _step(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, keep_spans,
           loss_off, flat, flat_grad, kind, s1, s2, s3, hyper, t, max_norm, max_value, check):
     nrows = tape[0].size
-    first = np.int64(0)
-    bad = replay_forward(tape, values, ivalues, flat, first, nrows, check)
+    bad = replay_forward(tape, values, ivalues, flat, 0, nrows, check)
     if bad >= 0:
         return values[loss_off], 0.0, bad, 0
     loss = values[loss_off]
@@ -51,7 +46,7 @@ def _step(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, ke
     fold = fold_need.size > 0 and folds_sgd(kind, hyper, max_norm, max_value, check)
     lr = hyper[0]
     bad = replay_backward(tape, values, ivalues, flat, grads, flat_grad,
-                          fold_need if fold else need, scratch, first, nrows, check, -lr)
+                          fold_need if fold else need, scratch, 0, nrows, check, -lr)
     if bad >= 0:
         return loss, 0.0, bad, 1
     norm = 0.0

@@ -58,11 +58,15 @@ def workers() -> int:
             return max(1, int(given))
         except ValueError:
             return 1
+    return max(1, min(usable_cpus(), MAX_WORKERS))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, MAX_WORKERS))
+        return max(1, os.cpu_count() or 1)
 
 
 def compiled(py_func, signature):

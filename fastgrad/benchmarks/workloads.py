@@ -8,7 +8,6 @@ the project's ``bench/`` folder.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -215,10 +214,9 @@ def torch_dtype(dtype):
 
 def usable_cores():
     """The cores this process may run on (the affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    from ..kernels.workers import usable_cpus
+
+    return usable_cpus()
 
 
 IMPLEMENTATIONS = {
