@@ -4,10 +4,14 @@ Per step of forward + backward (a compiled value-and-gradient, no optimizer), fo
 of hidden H, batch B, float32 or float64, T steps:
 
   fused      fg.nn.RNN(H, H): one LINEAR_ACT row, run by the single-cell scan kernel
-  plain_T    fg.scan over (h @ Wh.T + x).tanh(): matmul, add, tanh rows by the general path
-  plain      fg.scan over (h @ Wh + x).tanh() (weight stored (in, out))
-  unrolled   the rows of ``plain`` recorded T times on one tape, no scan: what the rows cost
-             through the replay loops, the floor the general scan path is measured against
+  plain_T    fg.scan over (h @ Wh.T + x).tanh(): matmul, add, tanh rows, which the fusion
+             pass (fastgrad/fusion.py) makes one LINEAR_ACT row, as fused
+  plain      fg.scan over (h @ Wh + x).tanh() (weight stored (in, out)): the same, the product
+             on the weight as it is stored (trans_b=0)
+  unfused_T  plain_T with fg.compile(..., fuse=False): the three rows by the general path
+  unrolled   the rows of ``plain`` recorded T times on one tape, no scan, not fused: what the
+             rows cost through the replay loops, the floor the general scan path is measured
+             against
 
 Run:   python bench/scan_body.py                  (H 64, B 1, T 2000, both dtypes)
        python bench/scan_body.py --hidden 64 --batch 16 --steps 5000 --dtype float32
@@ -45,7 +49,7 @@ def fused(hidden, batch, steps, dtype):
     return fg.compile(loss, params=rnn.parameters()), xs
 
 
-def _plain(hidden, batch, steps, dtype, transposed):
+def _plain(hidden, batch, steps, dtype, transposed, fuse=True):
     xs, w = _data(hidden, batch, steps, dtype)
     wt = fg.tensor(w if transposed else np.ascontiguousarray(w.T), requires_grad=True)
 
@@ -55,11 +59,15 @@ def _plain(hidden, batch, steps, dtype, transposed):
     def loss(x):
         return fg.scan(cell, fg.tensor(np.zeros((batch, hidden), dtype)), x).sum()
 
-    return fg.compile(loss, params=[wt]), xs
+    return fg.compile(loss, params=[wt], fuse=fuse), xs
 
 
 def plain_T(hidden, batch, steps, dtype):
     return _plain(hidden, batch, steps, dtype, True)
+
+
+def unfused_T(hidden, batch, steps, dtype):
+    return _plain(hidden, batch, steps, dtype, True, fuse=False)
 
 
 def plain(hidden, batch, steps, dtype):
@@ -76,10 +84,11 @@ def unrolled(hidden, batch, steps, dtype):
             h = ((h @ wt) + x[t]).tanh()
         return h.sum()
 
-    return fg.compile(loss, params=[wt]), xs
+    return fg.compile(loss, params=[wt], fuse=False), xs
 
 
-PATHS = {"fused": fused, "plain_T": plain_T, "plain": plain, "unrolled": unrolled}
+PATHS = {"fused": fused, "plain_T": plain_T, "plain": plain, "unfused_T": unfused_T,
+         "unrolled": unrolled}
 
 
 def per_step(make, hidden, batch, steps, dtype, rounds):

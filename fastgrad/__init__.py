@@ -54,6 +54,7 @@ from .compile import Compiled, History, compile, fit  # noqa: E402
 from .nn import manual_seed  # noqa: E402
 from .memory import set_memory_limit  # noqa: E402
 from .scan import scan  # noqa: E402
+from .carry_norms import carry_gradient_log_norms  # noqa: E402
 from .blas_threads import get_blas_threads, set_blas_threads  # noqa: E402
 from .io import load, save  # noqa: E402
 from .scan import Binomial, truncated_bptt  # noqa: E402, F401
@@ -96,6 +97,7 @@ __all__ = [
     "as_tensor",
     "binary_cross_entropy_with_logits",
     "broadcast_to",
+    "carry_gradient_log_norms",
     "clip",
     "compile",
     "concat",

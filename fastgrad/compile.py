@@ -33,6 +33,7 @@ import weakref
 import numpy as np
 
 from . import blas_threads as _blas_threads
+from . import fusion
 from .anomaly import _state as anomaly_state
 from .anomaly import AnomalyError, anomaly_enabled, describe_anomaly
 from .errors import FastgradError, fail
@@ -62,10 +63,10 @@ assert LINEAR_LAYOUT.index("batch") == _BATCH
 class Program:
     """One traced signature: the tape, its input slots, and where parameters live in it."""
 
-    def __init__(self, fn, inputs, optimizer, params, dtype):
+    def __init__(self, fn, inputs, optimizer, params, dtype, fuse=True):
         self.tape = tape = Tape(dtype)
         slots = [placeholder(tape, x, label=f"input {i}") for i, x in enumerate(inputs)]
-        with tracing():
+        with tracing(), fusion.fusion_off(not fuse):
             out = fn(*slots)
         if not isinstance(out, Tensor) or out.size != 1:
             raise fail("compile", "the function must return a one-element loss tensor, got "
@@ -90,6 +91,8 @@ class Program:
         tape = self.tape = out.tape.copy()
         self.slot_nodes = [s.node for s in slots]
         self.loss_node = out.node
+        if fuse:  # the program reads back only its loss (and fills its input slots)
+            fusion.fuse_program(tape, [self.loss_node, *self.slot_nodes])
         self.loss_off = int(tape.node_off.a[self.loss_node])
         self.params = list(params) if params is not None else list(
             {id(leaf): leaf for leaf, _ in tape.leaves}.values())
@@ -501,7 +504,7 @@ class Compiled:
                         doc="``step(*inputs)``: see the class docstring.")
 
     def __init__(self, fn, optimizer=None, params=None, clip_grad_norm=None,
-                 clip_grad_value=None, keep_grads=False):
+                 clip_grad_value=None, keep_grads=False, fuse=True):
         if not callable(fn):
             raise fail("compile", f"fn must be a function returning a scalar loss, got "
                        f"{type(fn).__name__}", "pass a function: fg.compile(lambda x, y: "
@@ -510,7 +513,11 @@ class Compiled:
             raise fail("compile", f"optimizer must be a fastgrad optimizer or None, got "
                        f"{type(optimizer).__name__}", "pass fg.optim.SGD(model.parameters(), "
                        "lr=0.1) (or another fg.optim optimizer)")
+        if not isinstance(fuse, (bool, np.bool_)):
+            raise fail("compile", f"fuse must be True or False, got {fuse!r}",
+                       "pass fuse=False to replay the rows as recorded")
         self.fn = fn
+        self.fuse = bool(fuse)
         self._optimizer = optimizer
         self.params = optimizer.params if optimizer is not None else _checked_params(params)
         # Calls of one step, and of every step over the same optimizer, run one at a time:
@@ -570,7 +577,7 @@ class Compiled:
             cast = [a.astype(np.int64) if a.dtype.kind in "iu" and i not in as_float
                     else a.astype(dtype) for i, a in enumerate(arrays)]
             try:
-                return Program(self.fn, cast, self.optimizer, self.params, dtype)
+                return Program(self.fn, cast, self.optimizer, self.params, dtype, self.fuse)
             except FastgradError as e:
                 label = getattr(e, "integer_input", None) or ""
                 index = int(label[6:]) if label.startswith("input ") else None
@@ -765,7 +772,7 @@ def overwritten_by_vjp(tape, modes) -> np.ndarray:
 
 
 def compile(fn, optimizer=None, params=None, clip_grad_norm=None,  # noqa: A001
-            clip_grad_value=None, keep_grads=False):
+            clip_grad_value=None, keep_grads=False, fuse=True):
     """Trace ``fn(*inputs) -> scalar loss`` once per input signature and replay it natively.
 
     With ``optimizer``: each call runs forward, backward, optional clipping (``clip_grad_value``
@@ -779,8 +786,13 @@ def compile(fn, optimizer=None, params=None, clip_grad_norm=None,  # noqa: A001
     call, so that gradient is never stored and no separate pass runs over it. The update is
     the same to rounding, but ``optimizer.flat_grad`` may then hold stale values for those
     parameters. ``keep_grads=True`` writes every gradient, as PyTorch keeps ``p.grad``.
+
+    The traced tape goes through the fusion pass (fastgrad/fusion.py): a layer written with
+    plain ops, ``(x @ W.T + b).relu()``, replays as one fused LINEAR_ACT row, as ``fg.nn``'s
+    layers record it; ``print(step.programs[...].tape)`` shows the rows it runs.
+    ``fuse=False`` replays the rows as recorded (for debugging; results agree to rounding).
     """
-    return Compiled(fn, optimizer, params, clip_grad_norm, clip_grad_value, keep_grads)
+    return Compiled(fn, optimizer, params, clip_grad_norm, clip_grad_value, keep_grads, fuse)
 
 
 class History(dict):

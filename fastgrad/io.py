@@ -541,12 +541,14 @@ def _scan_results(ip) -> list[int]:
 def _body_own(tape: Tape, first: int, end: int, b0: int, b1: int) -> list[int]:
     """The body's own nodes as fastgrad/scan.py picks them from the nodes first..end-1 recorded
     for the body: all but the captured ones (leaves and constants imported in the body, integer
-    and parameter nodes, reshapes of those or of outer nodes, which share their slot) and the
-    empty ones."""
+    and parameter nodes, outputs of rows hoisted out of the body or fused away, reshapes of
+    those or of outer nodes, which share their slot) and the empty ones."""
     kind, size, labels = tape.node_kind.view, tape.node_size.view, tape.labels
     ops, outs = tape.ops.view, tape.outs.view
     in_ptr, in_idx = tape.in_ptr.view, tape.in_idx.view
-    captured = {v for v in range(first, end) if labels.get(v) in ("leaf", "const") or kind[v]}
+    captured = {v for v in range(first, end)
+                if labels.get(v) in ("leaf", "const", "fused") or kind[v]}
+    captured.update(int(v) for v in outs[: max(b0 - 1, 0)] if first <= v < end)  # hoisted
     for r in range(b0, b1):
         if ops[r] == Op.RESHAPE and in_ptr[r + 1] > in_ptr[r]:
             src = int(in_idx[in_ptr[r]])
@@ -692,8 +694,18 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
     if stray.size:
         raise bad(f"row {b0 + int(stray[0])} in the body of {where} writes "
                   f"%{int(body_outs[stray[0]])}, not a node of the body (%{first}..%{tail - 1})")
-    if np.any(outs[:begin] >= M) or np.any(outs[r + 1 :] <= out):
+    # rows hoisted out of the body (they read only what is the same at every step: computed
+    # once, Tape.hoist_last_row) sit just before its scan_begin row and write body nodes
+    hoisted = begin
+    while hoisted > 0 and first <= outs[hoisted - 1] < tail:
+        hoisted -= 1
+    if np.any(outs[:hoisted] >= M) or np.any(outs[r + 1 :] <= out):
         raise bad(f"a row outside the body of {where} writes one of its nodes %{M}..%{out}")
+    per_step = set(_ints(outs[b0:b1])) | set(cins) | ({x_slot} if has_x else set())
+    for row in range(hoisted, begin):
+        if per_step & set(_ints(in_idx[in_ptr[row] : in_ptr[row + 1]])):
+            raise bad(f"row {row}, hoisted out of the body of {where}, reads a node the loop "
+                      "writes at every step")
 
     # fg.scan treats the body's float nodes labelled 'leaf' or 'const' as captured inputs,
     # neither saved nor restored per step, and every other one as the body's own state: so the
@@ -701,7 +713,8 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
     slots = set(cins) | ({x_slot} if has_x else set())
     for v in range(first, tail):
         label = tape.labels.get(v)
-        if kind[v] != 0 or (label in _INPUT_LABELS) == (v not in producer and v not in slots):
+        if kind[v] != 0 or (label in _INPUT_LABELS) == (v not in producer and v not in slots) \
+                or label == "fused":  # checked with every node labelled so, above
             continue
         if label in _INPUT_LABELS:
             role = f"computed by row {producer[v]}" if v in producer else "a carry or x slot"
@@ -893,6 +906,18 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
         if o in producer:
             raise bad(f"node %{o} is written by rows {producer[o]} and {r}")
         producer[o] = r
+    # a node labelled 'fused' held an output of a row the fusion pass dropped: no row may
+    # write or read it (its values are whatever it held when it was recorded)
+    fused = [v for v, label in tape.labels.items() if label == "fused"]
+    if fused:
+        read = set(in_idx.tolist())
+        for v in fused:
+            if v in producer:
+                raise bad(f"node %{v} is labelled 'fused' (its row was fused away), but row "
+                          f"{producer[v]} writes it")
+            if v in read:
+                raise bad(f"node %{v} is labelled 'fused' (its row was fused away), but a row "
+                          "reads it")
 
     # fg.scan loops, before any of their body rows
     in_body = np.zeros(R, bool)

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from . import fusion
 from .errors import fail
 from .ops import Op
 from .ops.control import SCAN_LAYOUT
@@ -191,7 +192,7 @@ def _recording_alone(record):
 
 
 @_recording_alone
-def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
+def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=True):
     """Run ``carry = step(carry, x_t)`` for t = 0..T-1 and return the final carry.
 
     step:   (carry, x_t) -> new carry, where carry is a tensor or a tuple of tensors with the
@@ -205,6 +206,10 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
             fg.Binomial(slots=s)  at most s carries, recomputing with the binomial schedule
                       (fewest recomputations for s slots; see fg.Binomial, docs/recurrence.md).
     stack:  also return the first carry component stacked over time, shape (T, ...).
+    fuse:   rewrite chains of plain rows in the body into fused rows (fastgrad/fusion.py):
+            ``act(h @ W.T + x)`` becomes one LINEAR_ACT row. Off inside
+            ``fg.compile(..., fuse=False)``. Tensors made inside ``step`` other than the carry
+            it returns are not meant to be read after the loop; a fused one is not computed.
 
     Returns the final carry (same structure as init), or (stacked, final carry) with stack=True.
     """
@@ -217,6 +222,8 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
                    "pass the number of steps as an int, or xs of shape (T, ...)")
     if not isinstance(stack, (bool, np.bool_)):
         raise fail("scan", f"stack must be True or False, got {stack!r}", "pass stack=True")
+    if not isinstance(fuse, (bool, np.bool_)):
+        raise fail("scan", f"fuse must be True or False, got {fuse!r}", "pass fuse=False")
     length = None if length is None else int(length)
     single = not isinstance(init, (tuple, list))
     carries = [as_tensor(c) for c in ([init] if single else init)]
@@ -267,7 +274,8 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
     tape.scan_marker, tape.hoisted = marker_row, set()
     try:
         finals, stacked, need = _record_loop(tape, step, single, carries, x, x_node,
-                                             init_nodes, T, dtype, grad_on, checkpoint, stack)
+                                             init_nodes, T, dtype, grad_on, checkpoint, stack,
+                                             fuse and fusion.enabled())
     except BaseException:
         marker_row = tape.scan_marker  # rows hoisted out of the body moved it down
         if tape.n_rows > marker_row and tape.ops.a[marker_row] == Op.SCAN_BEGIN and \
@@ -284,7 +292,7 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False):
 
 
 def _record_loop(tape, step, single, carries, x, x_node, init_nodes, T, dtype, grad_on,
-                 checkpoint, stack):
+                 checkpoint, stack, fuse):
     """Record the body of fg.scan after its SCAN_BEGIN row (``tape.scan_marker``), then the
     SCAN row; returns the final carries' nodes, the stacked output's node (-1 without stack)
     and whether they need gradients. Rows of the step that read only outside nodes are
@@ -322,11 +330,14 @@ def _record_loop(tape, step, single, carries, x, x_node, init_nodes, T, dtype, g
                 couts.append(o.node)
     finally:
         tape.recording_scan = False
+    if fuse:
+        fusion.fuse_body(tape, tape.scan_marker + 1,
+                         set(couts) | set(slots) | ({x_slot} if x_slot >= 0 else set()))
     marker_row = tape.scan_marker
     body_start, body_end = marker_row + 1, tape.n_rows
     captured = set(tape.hoisted)  # nodes the body reads but does not compute
-    for v in range(first_node, tape.n_nodes):
-        if tape.labels.get(v) in ("leaf", "const") or tape.node_kind.a[v] != 0:
+    for v in range(first_node, tape.n_nodes):  # (and nodes of rows fused away: written by none)
+        if tape.labels.get(v) in ("leaf", "const", "fused") or tape.node_kind.a[v] != 0:
             captured.add(v)
     for r in range(body_start, body_end):  # a RESHAPE of an outside tensor shares its slot
         src = int(tape.in_idx.a[tape.in_ptr.a[r]])

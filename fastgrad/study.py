@@ -30,6 +30,7 @@ import os
 import pathlib
 import sys
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -408,26 +409,43 @@ def growth_rate(norms, floor=1e-290, ceil=1e290):
     -0.693147181
     """
     norms = np.asarray(norms, np.float64)
-    back = np.arange(norms.size)[::-1].astype(np.float64)  # steps back from the loss
     ok = np.isfinite(norms) & (norms > floor) & (norms < ceil)
+    with np.errstate(all="ignore"):
+        return log_growth_rate(np.where(ok, np.log(np.where(ok, norms, 1.0)), np.nan))
+
+
+def log_growth_rate(log_norms):
+    """Least-squares slope of ``log_norms[t] = log ||dL/dh_t||`` (t = 0..T-1, the loss at
+    t = T-1) against steps back from the loss, per step, over every finite entry: the rate
+    ``growth_rate`` measures, at any magnitude.
+
+    >>> round(log_growth_rate(np.arange(10.0) * 2.0), 9)   # e^-2 with every step back
+    -2.0
+    """
+    logs = np.asarray(log_norms, np.float64)
+    back = np.arange(logs.size)[::-1].astype(np.float64)  # steps back from the loss
+    ok = np.isfinite(logs)
     if ok.sum() < 2:
         return float("nan")
-    slope = np.polyfit(back[ok], np.log(norms[ok]), 1)[0]
-    return float(slope)
+    return float(np.polyfit(back[ok], logs[ok], 1)[0])
 
 
 class RNNGradientNorms(StudyResult):
     """Per run (radius, seed): growth rate of log||dL/dh_t|| per step back through time,
     log(radius), the top Lyapunov exponent, ||W_hh||_2, and the time index t at which the
     gradient first vanished (< 1/threshold) or exploded (> threshold or non-finite), looking
-    back from the loss. ``norms[(radius, seed)]`` holds ||dL/dh_t|| for every t."""
+    back from the loss. ``log_norms[(radius, seed)]`` holds log ||dL/dh_t|| (natural log) for
+    every t, exact at any magnitude; ``norms[(radius, seed)]`` the same as plain float64 norms,
+    0 or inf where float64 cannot hold them (counted in the row's ``unrepresentable``)."""
 
     name = "rnn_gradient_norms"
 
-    def __init__(self, rows, norms, params=None, seconds=None, loss_vectors=None):
+    def __init__(self, rows, norms, params=None, seconds=None, loss_vectors=None,
+                 log_norms=None):
         super().__init__(rows, params, seconds)
         self.norms = dict(norms)
         self.loss_vectors = dict(loss_vectors or {})  # c of L = c . h_{T-1}, per run
+        self.log_norms = dict(log_norms) if log_norms is not None else _logs_of(self.norms)
 
     @classmethod
     def combine(cls, results):
@@ -443,48 +461,52 @@ class RNNGradientNorms(StudyResult):
             params[key] = vals
         secs = [res.seconds for res in results if res.seconds is not None]
         cs = {k: v for res in results for k, v in res.loss_vectors.items()}
-        return cls(rows, norms, params, sum(secs) if secs else None, cs)
+        logs = {k: v for res in results
+                for k, v in (getattr(res, "log_norms", None) or _logs_of(res.norms)).items()}
+        return cls(rows, norms, params, sum(secs) if secs else None, cs, logs)
 
     def save(self, folder, stem=None, plot=True):
+        """The table and plot (StudyResult.save), then ``<stem>_norms.npz`` and
+        ``<stem>_log_norms.npz``: one (T,) array per run, named ``radius=<r>_seed=<s>``."""
         paths = super().save(folder, stem, plot)
         stem = stem or self.name
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **{f"radius={r:g}_seed={s}": v for (r, s), v in self.norms.items()})
-        path = pathlib.Path(folder) / f"{stem}_norms.npz"
-        _atomic_write(path, buf.getvalue())
-        return paths + [path]
+        for suffix, runs in (("norms", self.norms), ("log_norms", self.log_norms)):
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **{f"radius={r:g}_seed={s}": v for (r, s), v in runs.items()})
+            path = pathlib.Path(folder) / f"{stem}_{suffix}.npz"
+            _atomic_write(path, buf.getvalue())
+            paths.append(path)
+        return paths
 
     def plot(self, path):
-        """||dL/dh_t|| against steps back from the loss (log axis), one colour per radius;
-        dashed: radius^steps, the linearised prediction."""
+        """log10 ||dL/dh_t|| against steps back from the loss, one colour per radius (any
+        magnitude: the values are logs); dashed: radius^steps, the linearised prediction."""
         fig, (ax,) = _pyplot_figure(width=7.5, height=4.8)
-        radii = sorted({r for r, _ in self.norms})
+        runs = {k: v / math.log(10) for k, v in self.log_norms.items()}
+        radii = sorted({r for r, _ in runs})
         colors = _colors(len(radii))
-        for (r, s), v in sorted(self.norms.items()):
+        for (r, s), v in sorted(runs.items()):
             c = colors[radii.index(r)]
             back = np.arange(v.size)
             g = v[::-1]  # index = steps back
-            ok = np.isfinite(g) & (g > 0)
             idx = _thin(v.size)
-            idx = idx[ok[idx]]
-            first = s == min(s2 for r2, s2 in self.norms if r2 == r)
+            idx = idx[np.isfinite(g[idx])]
+            first = s == min(s2 for r2, s2 in runs if r2 == r)
             ax.plot(back[idx] + 1, g[idx], color=c, lw=1.2 if first else 0.5,
                     alpha=1.0 if first else 0.5, label=f"radius {r:g}" if first else None)
-        T = max(v.size for v in self.norms.values()) if self.norms else 1
-        lo = min((v[(v > 0) & np.isfinite(v)].min() for v in self.norms.values()
-                  if ((v > 0) & np.isfinite(v)).any()), default=1e-300)
-        hi = max((v[np.isfinite(v)].max() for v in self.norms.values()
-                  if np.isfinite(v).any()), default=1.0)
-        bottom, top = max(lo, 1e-300) / 10, min(hi * 1e5, 1e300)
+        T = max(v.size for v in runs.values()) if runs else 1
+        finite = [v[np.isfinite(v)] for v in runs.values()]
+        lo = min((f.min() for f in finite if f.size), default=-10.0)
+        hi = max((f.max() for f in finite if f.size), default=1.0)
+        pad = max(1.0, 0.05 * (hi - lo))
         ks = np.linspace(1, T, 400)
         for r in radii:
-            logs = (ks - 1) * math.log(r)
-            keep = (logs > math.log(bottom)) & (logs < math.log(top))
-            ax.plot(ks[keep], np.exp(logs[keep]), color=colors[radii.index(r)], ls="--", lw=0.8)
-        ax.set_yscale("log")  # exponential growth or decay: straight lines
-        ax.set_ylim(bottom, top)
+            logs = (ks - 1) * math.log10(r)
+            keep = (logs > lo - pad) & (logs < hi + pad)
+            ax.plot(ks[keep], logs[keep], color=colors[radii.index(r)], ls="--", lw=0.8)
+        ax.set_ylim(lo - pad, hi + pad)  # exponential growth or decay: straight lines
         ax.set_xlabel("steps back from the loss (T - t)")
-        ax.set_ylabel("||dL/dh_t||")
+        ax.set_ylabel("log10 ||dL/dh_t||")
         p = self.params
         ax.set_title(f"{p.get('nonlinearity')} RNN, hidden {p.get('hidden')}, T={p.get('T')} "
                      f"({p.get('weights')} W_hh; dashed: radius^steps)")
@@ -502,7 +524,41 @@ def _colors(n):
     return [cmap(i / max(n - 1, 1) * 0.9) for i in range(n)]
 
 
+class _Drive:
+    """The study's input drive d_t ~ N(0, std^2) of shape (1, hidden), drawn per block of
+    ``block`` steps from its own stream (seeded by the run's seed and the block's number), so
+    ``drive(a, b)`` gives the same d_a..d_{b-1} however the steps are asked for and nothing of
+    size T is ever held (memory is one block)."""
+
+    def __init__(self, seed, std, hidden, block=1024):
+        self.seed, self.std, self.hidden, self.block = seed, std, hidden, block
+        self._last = (None, None)
+
+    def _block(self, j):
+        if self._last[0] != j:
+            rng = np.random.default_rng([self.seed, 2, j])
+            self._last = (j, self.std * rng.standard_normal((self.block, 1, self.hidden)))
+        return self._last[1]
+
+    def __call__(self, a, b):
+        out = np.empty((b - a, 1, self.hidden))
+        t = a
+        while t < b:
+            j, lo = divmod(t, self.block)
+            n = min(self.block - lo, b - t)
+            out[t - a : t - a + n] = self._block(j)[lo : lo + n]
+            t += n
+        return out
+
+
+def _logs_of(norms):
+    """log ||dL/dh_t|| from plain norms (results saved before log_norms existed)."""
+    with np.errstate(all="ignore"):
+        return {k: np.log(np.asarray(v, np.float64)) for k, v in norms.items()}
+
+
 def _rnn_step(W, nonlinearity):
+    """The map h_t = act(h_{t-1} W^T + d_t) as a step of fg.scan (and of forward mode)."""
     from .tensor import tensor
 
     if nonlinearity not in F.ACTIVATIONS:
@@ -511,13 +567,10 @@ def _rnn_step(W, nonlinearity):
     act = F.ACTIVATIONS[nonlinearity]
     Wt = tensor(W)
 
-    def step(h, x):  # x (2, 1, H): the input drive and the zero probe
-        return act(F.linear(h, Wt) + x[0]) + x[1]
-
-    def plain(h, d):  # the same map without the probe, for forward mode
+    def step(h, d):
         return act(F.linear(h, Wt) + d)
 
-    return step, plain
+    return step
 
 
 def rnn_gradient_norms(hidden=64, T=1000, spectral_radius=(0.8, 0.9, 1.0, 1.1, 1.2), seeds=1,
@@ -525,10 +578,13 @@ def rnn_gradient_norms(hidden=64, T=1000, spectral_radius=(0.8, 0.9, 1.0, 1.1, 1
                        threshold=1e6, lyapunov_steps=2000, seed=None):
     """||dL/dh_t|| for every t of a T-step unroll, per spectral radius of W_hh and seed.
 
-    The RNN is h_t = act(h_{t-1} W^T + d_t) + e_t with h_0 = 0, W (hidden, hidden) drawn by
-    ``recurrent_matrix(hidden, radius, weights, seed)``, an input drive d_t ~ N(0, input_std^2)
-    and e_t = 0; the loss is L = c . h_{T-1} for a random unit vector c. One backward sweep gives
-    dL/de_t = dL/dh_t for every t (``checkpoint``: None, "sqrt" or k, as ``fg.scan``).
+    The RNN is h_t = act(h_{t-1} W^T + d_t) with h_0 = 0, W (hidden, hidden) drawn by
+    ``recurrent_matrix(hidden, radius, weights, seed)`` and an input drive d_t ~ N(0,
+    input_std^2), drawn per block of 1024 steps from the seed (nothing of size T is held but
+    the results: 16 bytes per step); the loss is L = c . h_{T-1} for a random unit vector c. The backward sweep
+    runs in segments with a renormalised seed (``fg.carry_gradient_log_norms``), so
+    log ||dL/dh_t|| is exact to rounding for every t at any magnitude (``checkpoint``: None,
+    "sqrt" or k, as ``fg.scan``, per segment: the results do not depend on it).
 
     spectral_radius: a number or a list.  seeds: a count (range(seeds)) or a list of seeds;
     ``seed=`` runs that one seed (handy in a sweep grid).  nonlinearity: "tanh", "linear",
@@ -536,9 +592,12 @@ def rnn_gradient_norms(hidden=64, T=1000, spectral_radius=(0.8, 0.9, 1.0, 1.1, 1
     exponent (0: skip).
 
     Returns an :class:`RNNGradientNorms`: one row per run (radius, seed) with
-    growth_rate (fit of log||dL/dh_t|| per step back), log_radius, lyapunov, norm_W (||W||_2),
-    vanished_at_t / exploded_at_t (largest t whose norm is < 1/threshold, > threshold or not
-    finite: the first crossing seen by the backward sweep), and ``norms[(radius, seed)]`` (T,).
+    growth_rate (fit of log||dL/dh_t|| per step back, over every t), log_radius, lyapunov,
+    norm_W (||W||_2), vanished_at_t / exploded_at_t (largest t whose norm is < 1/threshold,
+    > threshold or not finite: the first crossing seen by the backward sweep), unrepresentable
+    (how many norms float64 cannot hold: 0 or inf in ``norms``) and nonfinite (how many
+    log-norms are NaN: the forward sweep overflowed; a warning says so), with
+    ``log_norms[(radius, seed)]`` and ``norms[(radius, seed)]`` (T,).
 
     >>> r = rnn_gradient_norms(hidden=4, T=400, spectral_radius=0.5, nonlinearity="linear",
     ...                        weights="symmetric", lyapunov_steps=200)
@@ -548,48 +607,54 @@ def rnn_gradient_norms(hidden=64, T=1000, spectral_radius=(0.8, 0.9, 1.0, 1.1, 1
     >>> r.norms[(0.5, 0)].shape
     (400,)
     """
-    from .scan import scan
-    from .tensor import tensor, zeros
+    from .carry_norms import carry_gradient_log_norms
 
     t0 = time.perf_counter()
     radii = [float(r) for r in _as_list(spectral_radius)]
     seed_list = _seeds(seeds, seed)
-    rows, norms, loss_vectors = [], {}, {}
+    rows, norms, loss_vectors, log_norms = [], {}, {}, {}
     for radius in radii:
         for s in seed_list:
             rng = np.random.default_rng([s, 1])
             W = recurrent_matrix(hidden, radius, weights, seed=s)
-            step, plain = _rnn_step(W, nonlinearity)
-            xs = np.zeros((T, 2, 1, hidden))
-            xs[:, 0] = input_std * rng.standard_normal((T, 1, hidden))
-            x = tensor(xs, requires_grad=True)
+            step = _rnn_step(W, nonlinearity)
+            drive = _Drive(s, input_std, hidden)
             c = rng.standard_normal((1, hidden))
             c /= np.linalg.norm(c)
+            logs = carry_gradient_log_norms(step, np.zeros((1, hidden)), drive, c,
+                                            checkpoint=checkpoint, length=T,
+                                            segment=drive.block)
             with np.errstate(all="ignore"):
-                h_last = scan(step, zeros(1, hidden), x, checkpoint=checkpoint)
-                h_last.backward(c)
-                g = np.linalg.norm(x.grad[:, 1, 0, :], axis=1)  # ||dL/dh_t||, t = 0..T-1
-            norms[(radius, s)] = g
+                g = np.exp(logs)  # 0 or inf where float64 cannot hold the norm
+            log_norms[(radius, s)], norms[(radius, s)] = logs, g
             loss_vectors[(radius, s)] = c[0]
             lyap = None
             if lyapunov_steps:
                 n_l = min(int(lyapunov_steps), T)
                 with np.errstate(all="ignore"):
-                    lyap = float(lyapunov_exponents(plain, np.zeros((1, hidden)),
-                                                    xs[:n_l, 0], k=1, seed=s,
+                    lyap = float(lyapunov_exponents(step, np.zeros((1, hidden)), drive(0, n_l),
+                                                    k=1, seed=s,
                                                     transient=min(100, n_l // 5))[0])
-            bad = ~np.isfinite(g)
+            nan = np.isnan(logs)
+            if nan.any():
+                warnings.warn(f"rnn_gradient_norms: {int(nan.sum())} of {T} log-norms at radius "
+                              f"{radius:g}, seed {s} are NaN: the forward sweep left float64's "
+                              "range (use a bounded nonlinearity or a smaller radius)",
+                              RuntimeWarning, stacklevel=2)
             rows.append({
-                "radius": radius, "seed": s, "growth_rate": growth_rate(g),
+                "radius": radius, "seed": s, "growth_rate": log_growth_rate(logs),
                 "log_radius": math.log(radius), "lyapunov": lyap,
                 "norm_W": largest_singular_value(W),
-                "vanished_at_t": _last(np.isfinite(g) & (g < 1 / threshold)),
-                "exploded_at_t": _last(bad | (g > threshold)),
+                "vanished_at_t": _last(logs < -math.log(threshold)),
+                "exploded_at_t": _last(nan | (logs > math.log(threshold))),
+                "unrepresentable": int(np.sum(np.isfinite(logs) & ((g == 0) | ~np.isfinite(g)))),
+                "nonfinite": int(nan.sum()),
             })
     params = {"hidden": hidden, "T": T, "spectral_radius": radii, "seeds": seed_list,
               "nonlinearity": nonlinearity, "weights": weights, "checkpoint": checkpoint,
               "input_std": input_std, "threshold": threshold, "lyapunov_steps": lyapunov_steps}
-    return RNNGradientNorms(rows, norms, params, time.perf_counter() - t0, loss_vectors)
+    return RNNGradientNorms(rows, norms, params, time.perf_counter() - t0, loss_vectors,
+                            log_norms)
 
 
 def _last(mask):

@@ -56,7 +56,7 @@ from .kernels.replay import replay_entries as _replay_entries
 from .errors import FastgradError, fail
 from .memory import available_memory, guard_memory, memory_limit, needs_no_check
 from .ops import TABLE, Op, fmt
-from .ops.control import SCAN_LAYOUT
+from .ops.control import BEGIN_LAYOUT, SCAN_LAYOUT
 
 
 _TAPE_FIX = "use smaller shapes or batches (or raise fg.set_memory_limit)"
@@ -363,6 +363,57 @@ class Tape:
         self.n_dispatched = min(self.n_dispatched, pos)
         self.scan_marker += 1
         self.hoisted.add(out)
+
+    def rewrite(self, replace, drop, dead_label="fused"):
+        """Rewrite rows in place: ``replace`` maps a row to its new (op, inputs, iparams,
+        fparams), writing the same output node; the rows in ``drop`` go, their output nodes
+        stay unwritten (labelled ``dead_label``: no row reads them). Row numbers held in the
+        tape (scan headers and markers, ``scan_rows``, ``producer``) follow the rows that stay.
+        The fusion pass (fastgrad/fusion.py) is the caller."""
+        n = self.n_rows
+        if not replace and not drop:
+            return
+        kept = [r for r in range(n) if r not in drop]
+        new_of = {r: i for i, r in enumerate(kept)}
+        for r in drop:  # no gradient either: nothing clears or reads its slot
+            self.labels[int(self.outs.a[r])] = dead_label
+            self.node_need.a[int(self.outs.a[r])] = 0
+        ptrs = {"in": (self.in_ptr.a, self.in_idx.a), "ip": (self.ip_ptr.a, self.iparams.a),
+                "fp": (self.fp_ptr.a, self.fparams.a)}
+        rows = []
+        for r in kept:
+            out = int(self.outs.a[r])
+            if r in replace:
+                op, ins, ip, fp = replace[r]
+            else:
+                op = int(self.ops.a[r])
+                ins, ip, fp = (a[p[r] : p[r + 1]].copy() for p, a in ptrs.values())
+            rows.append((int(op), out, np.asarray(ins, np.int64), np.asarray(ip, np.int64),
+                         np.asarray(fp, self.dtype)))
+        at_begin = BEGIN_LAYOUT.index("scan_row")
+        fields = [SCAN_LAYOUT.index(f) for f in ("begin_row", "body_start", "body_end")]
+        for i, (op, out, ins, ip, fp) in enumerate(rows):
+            if op == Op.SCAN_BEGIN and ip[at_begin] >= 0:
+                ip[at_begin] = new_of[int(ip[at_begin])]
+            elif op == Op.SCAN:
+                begin = new_of[int(ip[fields[0]])]
+                ip[fields[0]], ip[fields[1]], ip[fields[2]] = begin, begin + 1, i
+        for grow, ptr, pos in ((self.in_idx, self.in_ptr, 2), (self.iparams, self.ip_ptr, 3),
+                               (self.fparams, self.fp_ptr, 4)):
+            grow.n, ptr.n = 0, 1
+            for row in rows:
+                grow.extend(row[pos])
+                ptr.append(grow.n)
+        self.ops.n = self.outs.n = 0
+        self.ops.extend([row[0] for row in rows])
+        self.outs.extend([row[1] for row in rows])
+        self.producer = {v: new_of[r] for v, r in self.producer.items() if r in new_of}
+        self.scan_rows = [new_of[r] for r in self.scan_rows]
+        if self.scan_marker >= 0:
+            self.scan_marker = new_of[self.scan_marker]
+        first = min(list(replace) + list(drop))
+        self.n_done = min(self.n_done, first)
+        self.n_dispatched = min(self.n_dispatched, first)
 
     def outside_body(self, v) -> bool:
         """Whether node v, read by the scan body being recorded, is the same at every step:

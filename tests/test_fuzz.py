@@ -127,7 +127,7 @@ def oracle(op, xs, attrs, dtype):
         b = np.swapaxes(f[1], -1, -2) if attrs.get("trans_b") else f[1]
         return np.matmul(x, b)
     if d.name == "linear":
-        return np.matmul(x, f[1].T) + f[2]
+        return np.matmul(x, f[1].T if attrs.get("trans_b", True) else f[1]) + f[2]
     if op == Op.RESHAPE:
         return x.reshape(attrs["shape"])
     if op == Op.STRIDED:

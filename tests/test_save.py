@@ -619,3 +619,22 @@ def test_training_resumed_from_a_checkpoint_continues_the_exact_trajectory(tmp_p
         assert p.numpy().tobytes() == q.numpy().tobytes(), name
     for a, b in zip(opt.state, opt2.state):
         assert a.tobytes() == b.tobytes()
+
+
+def test_a_tape_whose_scan_has_a_hoisted_row_round_trips(tmp_path):
+    """``w.T`` in a step is recorded before the loop (Tape.hoist_last_row) and writes a node
+    of the body's range: the validator accepts such a row right before the loop, as fg.scan
+    records it, and refuses one that reads a node the loop writes."""
+    rng = np.random.default_rng(4)
+    w = fg.tensor(rng.standard_normal((3, 3)), requires_grad=True)
+    h = fg.scan(lambda h, x: (h @ w.T + x).tanh(), fg.zeros((1, 3)),
+                fg.tensor(rng.standard_normal((5, 1, 3))), fuse=False)
+    tape = (h * h).sum().tape
+    begin = tape.scan_body(tape.scan_rows[0])[0] - 1
+    assert Op(int(tape.ops.view[begin - 1])) == Op.STRIDED  # the hoisted transpose
+    fg.save(tape, tmp_path / "hoisted.npz")
+    assert str(fg.load(tmp_path / "hoisted.npz")) == str(tape)
+    slot = int(tape.in_idx.view[tape.in_ptr.view[begin + 1]])  # the body's carry slot
+    tape.in_idx.view[tape.in_ptr.view[begin - 1]] = slot  # the hoisted row reads it
+    with pytest.raises(fg.FastgradError, match="hoisted out of the body"):
+        fg.save(tape, tmp_path / "bad.npz")

@@ -22,6 +22,7 @@ from enum import IntEnum
 from . import binary, control, loss, matmul, movement, reduce, selection, unary
 from .base import (  # noqa: F401 - the shape helpers, re-exported for the front end
     MAX_NDIM,
+    Fusion,
     Layout,
     OpDef,
     Tail,
@@ -36,7 +37,7 @@ from .base import (  # noqa: F401 - the shape helpers, re-exported for the front
     real,
     split_axis,
 )
-from .matmul import LINEAR_ACTIVATIONS  # noqa: F401
+from .matmul import FUSIONS, LINEAR_ACTIVATIONS  # noqa: F401
 
 FAMILIES = (unary, binary, selection, reduce, matmul, movement, loss, control)
 UNARY, BINARY, WHERE, REDUCE, MATMUL, SHAPE, LOSS, CONTROL = (m.FAMILY for m in FAMILIES)

@@ -307,6 +307,29 @@ class OpDef:
         return self.code // 100
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """A pattern of the fusion pass (fastgrad/fusion.py), kept with the fused op it makes.
+
+    chain:  per row of the chain, first to last, the op codes that row may have; each row's
+            output is read by the next row alone (and by nothing a caller sees).
+    build:  ``build(rows, tools) -> [(stage, op code, operand nodes, attrs), ...] | None``: the
+            rows that replace a match, in order, each recorded through its op's shape rule at
+            the place of chain row ``stage`` and writing that row's output node (the last one
+            the chain's output), or None where the match does not fit. ``rows[i]`` has ``row, op, inputs, out, attrs`` and ``link`` (which operand is
+            the previous row's output); ``tools.shape(v)`` is node v's shape and
+            ``tools.transposed(v)`` the node that v is the matrix transpose of (or -1).
+    samples: front-end expressions that record a chain this pattern fuses, over ``fg``,
+            ``x`` (6, 4), ``w`` (5, 4), ``wt`` (4, 5), ``b`` (5,) and ``c`` (6, 5) (the
+            generated tests compile each with and without the pass and compare).
+    """
+
+    name: str
+    chain: tuple
+    build: Callable
+    samples: tuple = ()
+
+
 def no_attrs(shapes, out_shape, a):
     """``recover`` of a rule that takes no attributes: the shapes decide everything."""
     return [{}]
