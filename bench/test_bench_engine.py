@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastgrad as fg
-from fastgrad.baselines import numpy_step
+from fastgrad.benchmarks.baselines import numpy_step
 
 SIZES, BATCH = [784, 128, 10], 64
 

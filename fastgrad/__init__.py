@@ -57,7 +57,8 @@ from .scan import scan  # noqa: E402
 from .carry_norms import carry_gradient_log_norms  # noqa: E402
 from .blas_threads import get_blas_threads, set_blas_threads  # noqa: E402
 from .io import load, save  # noqa: E402
-from .scan import Binomial, truncated_bptt  # noqa: E402, F401
+from .scan import Binomial  # noqa: E402, F401
+from .bptt import truncated_bptt  # noqa: E402, F401
 from .jvp import jvp, linearize  # noqa: E402
 from . import study  # noqa: E402
 from . import kernel_cache as _kernel_cache  # noqa: E402
@@ -163,4 +164,4 @@ for _d in _TABLE.values():
         globals()[_d.name] = _method(_d.name)
         __all__.append(_d.name)
 del _d
-__all__.sort()
+__all__ = sorted(set(__all__))  # (abs, exp, ... are listed above and made by the loop)

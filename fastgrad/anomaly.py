@@ -15,6 +15,8 @@ import numpy as np
 from .errors import FastgradError
 from .errors import flag
 
+__all__ = ["AnomalyError", "anomaly_enabled", "describe_anomaly", "detect_anomaly", "locate"]
+
 
 class _State(threading.local):
     on = False  # per thread; a class default, so reading it is one attribute lookup

@@ -21,8 +21,11 @@ import math
 
 import numpy as np
 
+from .compile import compile as compile_step
 from .errors import fail
 from .ops import fmt
+from .scan import scan
+from .tensor import Tensor, concatenate, tensor
 
 __all__ = ["carry_gradient_log_norms", "log_norm"]
 
@@ -63,12 +66,10 @@ def carry_gradient_log_norms(step, init, xs, seed, segment=1024, checkpoint=None
 
     Returns a float64 array (T,): -inf where the gradient is exactly zero, NaN where a step's
     values or gradients are not finite (e.g. a forward sweep that overflowed). Costs two
-    forward sweeps and one backward sweep, one recorded scan per segment; memory is one segment
-    plus a carry per segment. ``fg.study.rnn_gradient_norms`` reports these.
+    forward sweeps and one backward sweep, each segment a compiled step (traced once per
+    segment length); memory is one segment plus a carry per segment.
+    ``fg.study.rnn_gradient_norms`` reports these.
     """
-    from .scan import scan
-    from .tensor import Tensor, no_grad, tensor
-
     h0 = init.numpy() if isinstance(init, Tensor) else np.asarray(init)
     if not callable(step):
         raise fail("carry_gradient_log_norms", f"step must be a function (carry, x_t) -> carry, "
@@ -108,27 +109,39 @@ def carry_gradient_log_norms(step, init, xs, seed, segment=1024, checkpoint=None
     segment = int(segment)
     x_shape = inputs(0, 1).shape[1:]
     nx, nh = int(np.prod(x_shape)), h0.size
-    # the forward sweep, keeping the carry entering each segment only
-    starts = list(range(0, T, segment))
-    carries, h = [], tensor(h0)
-    with no_grad(), np.errstate(all="ignore"):
-        for a in starts:
-            carries.append(h.numpy().copy())
-            h = scan(step, h, tensor(inputs(a, min(a + segment, T))), checkpoint=checkpoint)
+    # Each segment runs as a compiled step (traced once per segment length): the carry at a
+    # segment's end is the gradient of <h_end, p> with respect to a zero parameter p, and the
+    # gradients of a zero probe e_t added to each step's incoming carry are dL/dh_{t-1}.
+    end = tensor(np.zeros(h0.shape, dtype), requires_grad=True)
+    ends = compile_step(lambda xs, h_in: (scan(step, h_in, xs) * end).sum(), params=[end])
+    sweeps = {}
+
+    def carry_after(a, b, h_in):
+        """h_{b-1}, from h_in entering step a."""
+        with np.errstate(all="ignore"):
+            return ends(inputs(a, b), h_in)[1][0].copy()
 
     def probed(hc, xe):  # the step with e_t added to its incoming carry: dL/de_t = dL/dh_{t-1}
-        xt = xe[:nx].reshape(x_shape) if nx else None
-        return step(hc + xe[nx:].reshape(h0.shape), xt)
+        return step(hc + xe[nx:].reshape(h0.shape), xe[:nx].reshape(x_shape))
 
     def backward(a, b, h_in, unit):
         """(dL/dh_{t-1} for t = a..b-1, as (b - a, nh) float64) for L = <unit, h_{b-1}>."""
-        xe = np.zeros((b - a, nx + nh), dtype)
-        xe[:, :nx] = inputs(a, b).reshape(b - a, nx)
-        probe = tensor(xe, requires_grad=True)
+        n = b - a
+        if n not in sweeps:
+            probe = tensor(np.zeros((n, nh), dtype), requires_grad=True)
+
+            def loss(xs, h_in, unit):
+                xe = concatenate([xs.reshape(n, nx), probe], axis=1)
+                return (scan(probed, h_in, xe, checkpoint=checkpoint) * unit).sum()
+            sweeps[n] = compile_step(loss, params=[probe])
         with np.errstate(all="ignore"):
-            out = scan(probed, tensor(h_in), probe, checkpoint=checkpoint)
-            out.backward(unit.astype(dtype))
-        return probe.grad[:, nx:].astype(np.float64)
+            return sweeps[n](inputs(a, b), h_in, unit.astype(dtype))[1][0].astype(np.float64)
+
+    # the forward sweep, keeping the carry entering each segment only
+    starts = list(range(0, T, segment))
+    carries = [h0.copy()]
+    for a in starts[:-1]:
+        carries.append(carry_after(a, a + segment, carries[-1]))
 
     # log(largest) in float64 / float32, less a margin for the sum and the next step's growth
     limit = 0.9 * math.log(np.finfo(dtype).max)
@@ -153,10 +166,7 @@ def carry_gradient_log_norms(step, init, xs, seed, segment=1024, checkpoint=None
         if b - a > 1 and (left_band or np.isnan(per).any()
                           or (np.isneginf(per).any() and np.isfinite(per[-1]))):
             mid = (a + b) // 2
-            with no_grad(), np.errstate(all="ignore"):
-                h_mid = scan(step, tensor(h_in), tensor(inputs(a, mid)),
-                             checkpoint=checkpoint).numpy()
-            stack += [(a, mid, h_in), (mid, b, h_mid)]
+            stack += [(a, mid, h_in), (mid, b, carry_after(a, mid, h_in))]
             continue
         if a > 0:
             logs[a - 1 : b - 1] = per + scale

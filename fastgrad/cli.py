@@ -14,6 +14,8 @@ import numpy as np
 
 from .timing import median_time
 
+__all__ = ["cmd_demo", "cmd_warmup", "demo_lecture", "demo_mlp", "demo_rnn", "main"]
+
 
 def _say(text=""):
     print(text, flush=True)
@@ -38,7 +40,7 @@ def demo_lecture():
 
 def demo_mlp(quick, seed):
     import fastgrad as fg
-    from fastgrad.baselines import numpy_step
+    from fastgrad.benchmarks.baselines import numpy_step
     from fastgrad.datasets import load_digits
 
     Xtr, ytr, Xte, yte = load_digits(seed=seed, dtype=np.float64)

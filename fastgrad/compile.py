@@ -46,11 +46,15 @@ from .kernels.movement import load_indices
 from .ops import Op, flag, fmt
 from .ops.matmul import LAYOUT as MATMUL_LAYOUT
 from .ops.matmul import LINEAR_LAYOUT
+from .ops.nodes import EXTERNAL_NODE, FLOAT_NODE, INDEX_NODE, PARAM_NODE
 from .memory import check_memory
 from .optim import Optimizer
 from .tape import RECORDING, Tape
 from .tensor import (FLOAT_DTYPES, Tensor, checked_indices, get_default_dtype, input_array,
                      input_dtype_problem, placeholder, tracing)
+
+__all__ = ["Compiled", "History", "Program", "as_entry", "compile", "entry_array", "fit",
+           "overwritten_by_vjp", "step_lock"]
 
 log = logging.getLogger("fastgrad")
 _EMPTY_F = {dt: np.zeros((0, 1), dt) for dt in FLOAT_DTYPES}
@@ -107,18 +111,19 @@ class Program:
         seen = {}
         for leaf, v in tape.leaves:
             if id(leaf) in index:
-                tape.node_kind.a[v] = 2
+                tape.node_kind.a[v] = PARAM_NODE
                 tape.node_off.a[v] = flat_off[index[id(leaf)]]
                 seen.setdefault(id(leaf), []).append(v)
-        self.frozen = [(leaf, v) for leaf, v in tape.copies if tape.node_kind.a[v] == 0]
+        self.frozen = [(leaf, v) for leaf, v in tape.copies if tape.node_kind.a[v] == FLOAT_NODE]
         self.frozen_index = list(tape.index_copies)  # captured index arrays, checked per call
         # The first input is read in place from the caller's array (kind 3): no copy per step
         # (a 1024 x 784 float64 batch: 0.4 ms of each 9 ms step was that copy).
         self.external = self._external_slot(inputs)
         if self.external is not None:
-            tape.node_kind.a[self.slot_nodes[self.external]] = 3
+            tape.node_kind.a[self.slot_nodes[self.external]] = EXTERNAL_NODE
         for r, name, ins, out in tape.rows():  # a RESHAPE output shares its input's slot
-            if tape.ops.a[r] == Op.RESHAPE and tape.node_kind.a[ins[0]] in (2, 3):
+            if tape.ops.a[r] == Op.RESHAPE and \
+                    tape.node_kind.a[ins[0]] in (PARAM_NODE, EXTERNAL_NODE):
                 tape.node_kind.a[out] = tape.node_kind.a[ins[0]]
                 tape.node_off.a[out] = tape.node_off.a[ins[0]]
         for nodes in seen.values():
@@ -142,7 +147,7 @@ class Program:
         # (load_indices): (input, slot, lo, hi). Every other input is copied into its slot.
         self.index_slots = [(i, self.slot_views[i].reshape(-1), *tape.int_bounds[v])
                             for i, v in enumerate(self.slot_nodes)
-                            if tape.node_kind.a[v] == 1 and v in tape.int_bounds]
+                            if tape.node_kind.a[v] == INDEX_NODE and v in tape.int_bounds]
         indexed = {i for i, *_ in self.index_slots}
         self.copy_slots = [(i, view) for i, view in enumerate(self.slot_views)
                            if view is not None and i not in indexed]
@@ -203,7 +208,7 @@ class Program:
         if not self.slot_nodes or inputs[0].size == 0:
             return None
         x = self.slot_nodes[0]
-        if tape.node_kind.a[x] != 0:
+        if tape.node_kind.a[x] != FLOAT_NODE:
             return None
         aliases = {x}
         for r, name, ins, out in tape.rows():

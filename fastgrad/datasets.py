@@ -6,6 +6,8 @@ import pathlib
 
 import numpy as np
 
+__all__ = ["load_digits"]
+
 _DATA = pathlib.Path(__file__).resolve().parent / "data"
 
 

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+__all__ = ["FastgradError", "fail", "flag"]
+
 
 class FastgradError(ValueError, TypeError):
     """Bad input caught by fastgrad before it can reach a kernel.

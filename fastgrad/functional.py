@@ -182,5 +182,6 @@ def identity(x):
 ACTIVATIONS = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid, "leaky_relu": leaky_relu,
                "softplus": softplus, "identity": identity, "linear": identity}
 
-__all__ = ["linear", "linear_act", "mse_loss", "cross_entropy", "binary_cross_entropy_with_logits", *ACTIVATIONS,
-           "softmax", "log_softmax", "np"]
+__all__ = ["ACTIVATIONS", "binary_cross_entropy_with_logits", "cross_entropy", "identity",
+           "leaky_relu", "linear", "linear_act", "log_softmax", "mse_loss", "relu", "sigmoid",
+           "softmax", "softplus", "tanh"]

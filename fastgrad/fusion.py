@@ -38,6 +38,9 @@ import numpy as np
 from .ops import FUSIONS, TABLE, Op
 from .ops.control import SCAN_LAYOUT
 
+__all__ = ["body_rows", "enabled", "fuse_body", "fuse_program", "fuse_rows", "fusion_off",
+           "scan_nodes"]
+
 _STATE = threading.local()
 
 

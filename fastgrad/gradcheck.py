@@ -10,6 +10,8 @@ from .errors import FastgradError, fail
 from .ops import real
 from .tensor import Tensor, real_array, tensor
 
+__all__ = ["GradcheckError", "gradcheck", "numerical_grad"]
+
 
 class GradcheckError(FastgradError, AssertionError):
     """Analytic and numerical gradients disagree past the tolerance."""

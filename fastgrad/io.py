@@ -56,7 +56,10 @@ from .errors import FastgradError, fail
 from .kernels.scan import binomial_advance
 from .ops import CONTROL, MAX_NDIM, TABLE, Op, fmt
 from .ops.control import SCAN_LAYOUT
+from .ops.nodes import FLOAT_NODE, INDEX_NODE, PARAM_NODE
 from .tape import Tape, _Grow
+
+__all__ = ["FORMAT", "HEADER", "VERSION", "atomic_write", "load", "save", "validate_tape"]
 
 FORMAT, VERSION = "fastgrad", 1
 HEADER = "__fastgrad__"
@@ -670,7 +673,7 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
     # checkpoints, schedule, final carries, stacked output and the SCAN row's own output
     M, out = int(outs[begin]), int(outs[r])
     for v, name in ((M, f"row {begin} (scan_begin)"), (out, where)):
-        if shapes[v] != (0,) or kind[v] != 0:
+        if shapes[v] != (0,) or kind[v] != FLOAT_NODE:
             raise bad(f"{name}: its output %{v} is not an empty marker node")
     first = M + 1
     tail = out - 2 - (k < 0) - nc - ns  # where fg.scan puts the store node
@@ -713,7 +716,8 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
     slots = set(cins) | ({x_slot} if has_x else set())
     for v in range(first, tail):
         label = tape.labels.get(v)
-        if kind[v] != 0 or (label in _INPUT_LABELS) == (v not in producer and v not in slots) \
+        unwritten = v not in producer and v not in slots
+        if kind[v] != FLOAT_NODE or (label in _INPUT_LABELS) == unwritten \
                 or label == "fused":  # checked with every node labelled so, above
             continue
         if label in _INPUT_LABELS:
@@ -726,11 +730,11 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
 
     # carries: init -> carry_in, carry_out -> carry_in / final, all of one shape
     for c, (init, cin, cout, fin) in enumerate(carries):
-        if kind[init] == 1 or init >= M:
+        if kind[init] == INDEX_NODE or init >= M:
             raise bad(f"{where}: carry {c}'s init %{init} is not a float node recorded before "
                       "the loop")
         for name, v in (("carry_in", cin), ("carry_out", cout), ("final", fin)):
-            if shapes[v] != shapes[init] or kind[v] != 0:
+            if shapes[v] != shapes[init] or kind[v] != FLOAT_NODE:
                 raise bad(f"{where}: carry {c}'s {name} %{v} is not a float node of its init's "
                           f"shape {fmt(shapes[init])}")
         if cin in producer:
@@ -742,12 +746,12 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
 
     # xs: T steps of x_step values each, loaded into the x slot
     if has_x:
-        if kind[xs] != 0 or xs >= M:
+        if kind[xs] != FLOAT_NODE or xs >= M:
             raise bad(f"{where}: xs %{xs} is not a float node recorded before the loop")
         xshape = shapes[xs]
         if not xshape or xshape[0] != T:
             raise bad(f"{where}: xs %{xs} of shape {fmt(xshape)} does not hold T={T} steps")
-        if shapes[x_slot] != xshape[1:] or kind[x_slot] != 0 or x_slot in producer:
+        if shapes[x_slot] != xshape[1:] or kind[x_slot] != FLOAT_NODE or x_slot in producer:
             raise bad(f"{where}: x_slot %{x_slot} is not an input slot of shape {fmt(xshape[1:])}")
         if x_step != size[x_slot]:
             raise bad(f"{where}: x_step {x_step} is not the {int(size[x_slot])} values of one step "
@@ -759,7 +763,7 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
         if v != couts[0]:
             raise bad(f"{where}: the stacked body node %{v} is not carry 0's carry_out "
                       f"%{couts[0]}")
-        if shapes[st] != (T, *shapes[v]) or kind[st] != 0:
+        if shapes[st] != (T, *shapes[v]) or kind[st] != FLOAT_NODE:
             raise bad(f"{where}: the stacked output %{st} has shape {fmt(shapes[st])}, not "
                       f"{fmt((T, *shapes[v]))}")
 
@@ -784,17 +788,18 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
         n_store, n_ckpt = k * reg, -(-T // k) * csize
     else:
         n_store, n_ckpt = T * reg, 0
-    if shapes[ckpt] != (n_ckpt,) or kind[ckpt] != 0:
+    if shapes[ckpt] != (n_ckpt,) or kind[ckpt] != FLOAT_NODE:
         raise bad(f"{where}: its checkpoint node %{ckpt} has shape {fmt(shapes[ckpt])}; k={k} for "
                   f"T={T} steps of carries of {csize} values needs ({n_ckpt},)")
-    if shapes[store] != (n_store,) or kind[store] != 0:
+    if shapes[store] != (n_store,) or kind[store] != FLOAT_NODE:
         raise bad(f"{where}: its store node %{store} has shape {fmt(shapes[store])}; k={k} for "
                   f"T={T} steps with reg_size {reg} needs ({n_store},)")
     internal = [M, out, store, ckpt]
     if k < 0:
-        if kind[sched] != 1:
+        if kind[sched] != INDEX_NODE:
             raise bad(f"{where}: its schedule node %{sched} is a "
-                      f"{'float' if kind[sched] == 0 else 'parameter'} node, not an integer node")
+                      f"{'float' if kind[sched] == FLOAT_NODE else 'parameter'} node, not an "
+                      "integer node")
         if shapes[sched] != (4 + slots,):
             raise bad(f"{where}: its schedule node %{sched} has shape {fmt(shapes[sched])}, not "
                       f"({4 + slots},) for {slots} slots")
@@ -870,10 +875,10 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
     # nodes: shapes, sizes, kinds, places in their arenas
     off, size = tape.node_off.view, tape.node_size.view
     kind, need = tape.node_kind.view, tape.node_need.view
-    if np.any((kind < 0) | (kind > 2)) or np.any((need != 0) & (need != 1)):
+    if np.any((kind < FLOAT_NODE) | (kind > PARAM_NODE)) or np.any((need != 0) & (need != 1)):
         raise bad("a node kind is not 0/1/2 or a gradient flag is not 0/1")
-    if np.any((need == 1) & (kind == 1)):
-        raise bad(f"integer node %{int(np.flatnonzero((need == 1) & (kind == 1))[0])} is "
+    if np.any((need == 1) & (kind == INDEX_NODE)):
+        raise bad(f"integer node %{int(np.flatnonzero((need == 1) & (kind == INDEX_NODE))[0])} is "
                   "marked as needing a gradient")
     for v, s in enumerate(tape.shapes):
         if not isinstance(s, tuple) or len(s) > MAX_NDIM or \
@@ -958,14 +963,14 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
             if in_body[r] and v >= o:  # a body row runs T times: it reads what existed before
                 raise bad(f"{where} in an fg.scan body reads %{v}, recorded after its output")
             want_int = pos in d.int_inputs
-            if (kind[v] == 1) != want_int:
+            if (kind[v] == INDEX_NODE) != want_int:
                 raise bad(f"{where}: operand {pos} (%{v}) is "
-                          f"{'an integer' if kind[v] == 1 else 'a float'} node")
+                          f"{'an integer' if kind[v] == INDEX_NODE else 'a float'} node")
         if op == Op.RESHAPE:
             if kind[o] != kind[ins[0]] or off[o] != off[ins[0]]:
                 raise bad(f"{where}: the output does not share its input's slot")
             aliases.add(o)
-        elif kind[o] != 0:
+        elif kind[o] != FLOAT_NODE:
             raise bad(f"{where}: the output %{o} is not a float node of the value arena")
         shapes = [tape.shapes[v] for v in ins]
         out_shape = tape.shapes[o]
@@ -1002,7 +1007,7 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
 
     # the ranges a compiled step checks each batch's indices against: inside what rows read
     for v, bounds in tape.int_bounds.items():
-        if not isinstance(v, int) or not 0 <= v < N or kind[v] != 1 or len(bounds) != 2:
+        if not isinstance(v, int) or not 0 <= v < N or kind[v] != INDEX_NODE or len(bounds) != 2:
             raise bad(f"an index range names node {v!r}, not an integer node of the tape")
         lo, hi = bounds
         if not isinstance(lo, (int, np.integer)) or not isinstance(hi, (int, np.integer)) or \

@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import fail
 from .ops import CONTROL, TABLE, Op, fmt
+from .ops.nodes import FLOAT_NODE
 from .reference import Reference
 from .tape import Tape
 from .tensor import Tensor, get_default_dtype, placeholder, real_array
@@ -175,7 +176,7 @@ class Linearized:
                                "give every tangent the same leading size k")
                 k = t.shape[0]
             if v >= 0:
-                if ref.t.node_kind.a[v] == 0:
+                if ref.t.node_kind.a[v] == FLOAT_NODE:
                     ref.node(v)[...] = p
                     if t is not None:
                         tangent_in[v] = t

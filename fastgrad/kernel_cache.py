@@ -45,6 +45,9 @@ from .errors import fail
 from .kernels import _jit
 from .kernels import workers as _workers
 
+__all__ = ["ALL_OPS", "Compilation", "DTYPES", "FAMILIES", "PROGRESS_SECONDS", "REPORTER",
+           "cache_status", "install", "op_names", "shorten_home", "warmup"]
+
 log = logging.getLogger("fastgrad")
 
 PROGRESS_SECONDS = 5.0  # a "still compiling" line this often while one entry kernel compiles

@@ -25,6 +25,11 @@ from .errors import fail
 from .ops import LINEAR_ACTIVATIONS, int_tuple, real
 from .tensor import Tensor, dtype_arg, get_default_dtype, guard_new, make_rng, real_array
 
+__all__ = ["Activation", "GRU", "INITS", "Identity", "LSTM", "LeakyReLU", "Linear", "MLP",
+           "Module", "Parameter", "RNN", "ReLU", "Sequential", "Sigmoid", "Softplus", "Tanh",
+           "functional", "guard_weights", "init", "init_default_bias", "layer_sizes",
+           "make_weight", "manual_seed", "utils"]
+
 _RNG = [np.random.default_rng(0)]
 
 

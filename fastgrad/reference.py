@@ -3,7 +3,11 @@
 It reads the same flat arrays (ops, operands, iparams, fparams, node table), decodes each row's
 attributes through its op's layout and runs the op registry's NumPy forward and VJP
 (fastgrad/ops/), returning fresh value and gradient arenas. Slow and plain on purpose; it knows
-no op by name (fg.scan's control rows are run by fastgrad/jvp.py's replay, not here).
+no op by name but the loop of ``fg.scan``, which it runs as the semantics say (every step's body
+state kept: checkpointing changes what is stored, never the result): forward, T passes over the
+body rows with the carries copied from carry_out to carry_in and x_t loaded from xs; backward,
+the body's VJPs for t = T-1 .. 0 with the carries' gradients passed back and the gradients of
+what the body reads from outside summed over the steps.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from .ops import TABLE, Op
+from .ops.nodes import FLOAT_NODE
+
+__all__ = ["Reference"]
 
 
 class Reference:
@@ -23,7 +30,8 @@ class Reference:
 
     def node(self, v, arena=None):
         t = self.t
-        arena = (self.values if t.node_kind.a[v] == 0 else self.ivalues) if arena is None else arena
+        if arena is None:
+            arena = self.values if t.node_kind.a[v] == FLOAT_NODE else self.ivalues
         off = int(t.node_off.a[v])
         return arena[off : off + int(t.node_size.a[v])].reshape(t.shapes[v])
 
@@ -37,11 +45,40 @@ class Reference:
         return d, ins, d.layout.decode(ip, fp, d.name), int(t.outs.a[r])
 
     def forward(self):
-        for r in range(self.t.n_rows):
-            d, ins, a, out = self.row(r)
-            self.node(out)[...] = self.forward_row(d, [self.node(i) for i in ins], a,
-                                                   self.t.shapes[out])
+        self.steps = {}  # SCAN row -> the body state after each step (for backward)
+        self._forward(0, self.t.n_rows)
         return self.values
+
+    def _forward(self, start, stop):
+        r = start
+        while r < stop:
+            d, ins, a, out = self.row(r)
+            if d.op == Op.SCAN_BEGIN:  # the loop runs from its SCAN row
+                r = a.scan_row if a.scan_row >= 0 else r + 1
+                continue
+            if d.op == Op.SCAN:
+                self._scan_forward(r, a)
+            else:
+                self.node(out)[...] = self.forward_row(d, [self.node(i) for i in ins], a,
+                                                       self.t.shapes[out])
+            r += 1
+
+    def _scan_forward(self, r, a):
+        own, saved = [int(v) for v in a.own], []
+        for init, slot, _, _ in a.carries:
+            self.node(slot)[...] = self.node(init)
+        for t in range(a.T):
+            if a.has_x:
+                self.node(a.x_slot)[...] = self.node(a.xs)[t]
+            self._forward(a.body_start, a.body_end)
+            saved.append([self.node(v).copy() for v in own])
+            for body, stacked in a.stacked:
+                self.node(stacked)[t] = self.node(body)
+            for _, slot, cout, _ in a.carries:
+                self.node(slot)[...] = self.node(cout)
+        for _, _, cout, final in a.carries:
+            self.node(final)[...] = self.node(cout)
+        self.steps[r] = saved
 
     def forward_row(self, d, xs, a, out_shape):
         """One row's output: the registry's NumPy forward (a hook for subclasses)."""
@@ -50,13 +87,25 @@ class Reference:
         return d.forward(xs, a, out_shape)
 
     def backward(self, node, seed):
-        """Gradient arena after a reverse sweep seeded with ``seed`` at ``node``."""
-        t = self.t
+        """Gradient arena after a reverse sweep seeded with ``seed`` at ``node`` (after
+        ``forward``, whose per-step states a loop's backward reads)."""
         self.grads = np.zeros_like(self.values)
         self.node(node, self.grads)[...] = seed
-        stop = t.producer.get(node, -1) + 1
-        for r in range(stop - 1, -1, -1):
+        self._backward(self.t.producer.get(node, -1), -1)
+        return self.grads
+
+    def _backward(self, start, stop):
+        """The VJPs of rows start, start-1, ..., stop+1."""
+        t = self.t
+        r = start
+        while r > stop:
             d, ins, a, out = self.row(r)
+            if d.op == Op.SCAN:
+                if t.node_need.a[out]:
+                    self._scan_backward(r, a)
+                r = a.begin_row - 1  # the body and its marker ran in the loop
+                continue
+            r -= 1
             if not t.node_need.a[out] or not d.differentiable:
                 continue
             if d.vjp is None:
@@ -66,4 +115,22 @@ class Reference:
             for i, g in zip(ins, d.vjp(xs, self.node(out), self.node(out, self.grads), a)):
                 if g is not None and t.node_need.a[i]:
                     self.node(i, self.grads)[...] += g
-        return self.grads
+
+    def _scan_backward(self, r, a):
+        own, grads = [int(v) for v in a.own], self.grads
+        carried = [self.node(final, grads).copy() for _, _, _, final in a.carries]
+        for t in range(a.T - 1, -1, -1):
+            for v, value in zip(own, self.steps[r][t]):  # the body as it was at step t
+                self.node(v)[...] = value
+                self.node(v, grads)[...] = 0
+            for (_, _, cout, _), g in zip(a.carries, carried):
+                self.node(cout, grads)[...] += g
+            for body, stacked in a.stacked:
+                self.node(body, grads)[...] += self.node(stacked, grads)[t]
+            self._backward(a.body_end - 1, a.body_start - 1)
+            if a.has_x and self.t.node_need.a[a.xs]:
+                self.node(a.xs, grads)[t] += self.node(a.x_slot, grads)
+            carried = [self.node(slot, grads).copy() for _, slot, _, _ in a.carries]
+        for (init, _, _, _), g in zip(a.carries, carried):
+            if self.t.node_need.a[init]:
+                self.node(init, grads)[...] += g

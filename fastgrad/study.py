@@ -41,6 +41,16 @@ from .io import atomic_write
 from .jvp import Linearized
 from .memory import guard_memory
 
+__all__ = ["CELL_FORMAT", "CELL_VERSION", "CellFileError", "ClippingResult", "DataScaleResult",
+           "DeadReLUResult", "RNNGradientNorms", "SCENARIOS", "SaturationResult", "StudyResult",
+           "SweepResult", "Table", "WEIGHTS", "add_parser", "adding_problem", "data_scale",
+           "dead_relu_fraction", "dead_relus", "decode_cell_value", "encode_cell_value",
+           "format_table", "gradient_clipping", "grid_cells", "growth_rate",
+           "jacobian_product_norms", "largest_singular_value", "layer_gradient_stats",
+           "local_gradient", "log_growth_rate", "lyapunov_exponents", "parse_range",
+           "read_cell_file", "recurrent_matrix", "rnn_gradient_norms", "saturation",
+           "set_spectral_radius", "spectral_radius", "sweep", "write_cell_file"]
+
 log = logging.getLogger("fastgrad")
 
 
@@ -423,11 +433,15 @@ def log_growth_rate(log_norms):
     -2.0
     """
     logs = np.asarray(log_norms, np.float64)
-    back = np.arange(logs.size)[::-1].astype(np.float64)  # steps back from the loss
     ok = np.isfinite(logs)
     if ok.sum() < 2:
         return float("nan")
-    return float(np.polyfit(back[ok], logs[ok], 1)[0])
+    # the least-squares slope in closed form: np.polyfit would build a (T, 2) design matrix
+    # and copies of it, several times the log-norms' own memory
+    back = (logs.size - 1 - np.flatnonzero(ok)).astype(np.float64)  # steps back from the loss
+    y = logs[ok]
+    back -= back.mean()
+    return float(np.dot(back, y - y.mean()) / np.dot(back, back))
 
 
 class RNNGradientNorms(StudyResult):
@@ -480,7 +494,8 @@ class RNNGradientNorms(StudyResult):
 
     def plot(self, path):
         """log10 ||dL/dh_t|| against steps back from the loss, one colour per radius (any
-        magnitude: the values are logs); dashed: radius^steps, the linearised prediction."""
+        magnitude: the values are logs); dashed: radius^steps, the linearised prediction;
+        dotted: e^(lyapunov * steps) from each radius's first seed, where it was measured."""
         fig, (ax,) = _pyplot_figure(width=7.5, height=4.8)
         runs = {k: v / math.log(10) for k, v in self.log_norms.items()}
         radii = sorted({r for r, _ in runs})
@@ -500,16 +515,24 @@ class RNNGradientNorms(StudyResult):
         hi = max((f.max() for f in finite if f.size), default=1.0)
         pad = max(1.0, 0.05 * (hi - lo))
         ks = np.linspace(1, T, 400)
+        lyapunov = {}
+        for row in self.rows:  # each radius's first seed
+            if row.get("lyapunov") is not None:
+                lyapunov.setdefault(row["radius"], row["lyapunov"])
         for r in radii:
-            logs = (ks - 1) * math.log10(r)
-            keep = (logs > lo - pad) & (logs < hi + pad)
-            ax.plot(ks[keep], logs[keep], color=colors[radii.index(r)], ls="--", lw=0.8)
+            for rate, style in ((math.log(r), "--"), (lyapunov.get(r), ":")):
+                if rate is None:
+                    continue
+                logs = (ks - 1) * rate / math.log(10)
+                keep = (logs > lo - pad) & (logs < hi + pad)
+                ax.plot(ks[keep], logs[keep], color=colors[radii.index(r)], ls=style, lw=0.8)
         ax.set_ylim(lo - pad, hi + pad)  # exponential growth or decay: straight lines
         ax.set_xlabel("steps back from the loss (T - t)")
         ax.set_ylabel("log10 ||dL/dh_t||")
         p = self.params
         ax.set_title(f"{p.get('nonlinearity')} RNN, hidden {p.get('hidden')}, T={p.get('T')} "
-                     f"({p.get('weights')} W_hh; dashed: radius^steps)")
+                     f"({p.get('weights')} W_hh; dashed: radius^steps, dotted: Lyapunov)",
+                     fontsize=9)
         ax.legend(fontsize=8)
         return _save_fig(fig, path)
 
@@ -581,8 +604,9 @@ def rnn_gradient_norms(hidden=64, T=1000, spectral_radius=(0.8, 0.9, 1.0, 1.1, 1
     The RNN is h_t = act(h_{t-1} W^T + d_t) with h_0 = 0, W (hidden, hidden) drawn by
     ``recurrent_matrix(hidden, radius, weights, seed)`` and an input drive d_t ~ N(0,
     input_std^2), drawn per block of 1024 steps from the seed (nothing of size T is held but
-    the results: 16 bytes per step); the loss is L = c . h_{T-1} for a random unit vector c. The backward sweep
-    runs in segments with a renormalised seed (``fg.carry_gradient_log_norms``), so
+    the results: 16 bytes per step); the loss is L = c . h_{T-1} for a random unit vector c.
+    The backward sweep runs in segments with a renormalised seed
+    (``fg.carry_gradient_log_norms``), so
     log ||dL/dh_t|| is exact to rounding for every t at any magnitude (``checkpoint``: None,
     "sqrt" or k, as ``fg.scan``, per segment: the results do not depend on it).
 

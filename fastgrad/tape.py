@@ -9,10 +9,12 @@ Format (R rows, N nodes; every integer array is int64):
              fp_ptr[r:r+2]  its float attributes are fparams[fp_ptr[r]:fp_ptr[r+1]] (tape dtype)
     nodes    node_off[v]    offset of node v in its arena
              node_size[v]   number of elements
-             node_kind[v]   0: float node in ``values``; 1: integer node (indices, labels) in
-                            ``ivalues``; 2: parameter of a compiled program, in its flat buffer;
-                            3: a compiled program's input read in place from the caller's
-                            array (``external``, from offset 0; its gradient slot stays in grads)
+             node_kind[v]   (named in fastgrad/ops/nodes.py) FLOAT_NODE 0: float node in
+                            ``values``; INDEX_NODE 1: integer node (indices, labels) in
+                            ``ivalues``; PARAM_NODE 2: parameter of a compiled program, in its
+                            flat buffer; EXTERNAL_NODE 3: a compiled program's input read in
+                            place from the caller's array (``external``, from offset 0; its
+                            gradient slot stays in grads)
              node_need[v]   1 if a gradient must flow to v
              shapes[v]      its shape (Python tuple; also node_shape / node_ndim arrays on demand)
     arenas   values         one contiguous buffer of the tape's float dtype; grads mirrors it
@@ -57,6 +59,9 @@ from .errors import FastgradError, fail
 from .memory import available_memory, guard_memory, memory_limit, needs_no_check
 from .ops import TABLE, Op, fmt
 from .ops.control import BEGIN_LAYOUT, SCAN_LAYOUT
+from .ops.nodes import EXTERNAL_NODE, FLOAT_NODE, INDEX_NODE, PARAM_NODE
+
+__all__ = ["RECORDING", "Tape", "VJP_READS_NO_VALUES", "VJP_READS_OTHER_FACTOR", "same_bits"]
 
 
 _TAPE_FIX = "use smaller shapes or batches (or raise fg.set_memory_limit)"
@@ -259,13 +264,14 @@ class Tape:
     def n_nodes(self) -> int:
         return self.node_off.n
 
-    def add_node(self, shape, kind=0, need=False, alias_of=None, label=None, what=None) -> int:
+    def add_node(self, shape, kind=FLOAT_NODE, need=False, alias_of=None, label=None,
+                 what=None) -> int:
         shape = tuple(int(s) for s in shape)
         size = math.prod(shape)
         if alias_of is not None:
             off = int(self.node_off.a[alias_of])
         else:
-            arena = self.values if kind == 0 else self.ivalues
+            arena = self.values if kind == FLOAT_NODE else self.ivalues
             off = arena.n
             # growing: refuse what cannot fit (the guard counts the whole tape) before allocating
             arena.reserve(size, what or label or "tape",
@@ -284,18 +290,18 @@ class Tape:
     def _arena(self, v, grads=False):
         kind = self.node_kind.a[v]
         if grads:
-            return self.param_grads if kind == 2 else self.grads
-        if kind == 3:
+            return self.param_grads if kind == PARAM_NODE else self.grads
+        if kind == EXTERNAL_NODE:
             return self.external.reshape(-1)
         return (self.values.a, self.ivalues.a, self.param_arena)[kind]
 
     def node_values(self, v) -> np.ndarray:
         """The node's values as an array of its shape (a view into its arena)."""
         arena = self._arena(v)
-        off = int(self.node_off.a[v]) if self.node_kind.a[v] != 3 else 0
+        off = int(self.node_off.a[v]) if self.node_kind.a[v] != EXTERNAL_NODE else 0
         return arena[off : off + int(self.node_size.a[v])].reshape(self.shapes[v])
 
-    def add_input(self, array, kind=0, need=False, label="input", what=None) -> int:
+    def add_input(self, array, kind=FLOAT_NODE, need=False, label="input", what=None) -> int:
         """A node without a producing row, holding a copy of ``array``."""
         array = np.asarray(array)
         v = self.add_node(array.shape, kind=kind, need=need, label=label, what=what)
@@ -420,7 +426,8 @@ class Tape:
         made before the body, a leaf or constant captured into it, or a hoisted row's."""
         return (v < self.body_first_node or v in self.hoisted
                 or (v not in self.producer
-                    and (self.labels.get(v) in ("leaf", "const") or self.node_kind.a[v] != 0)))
+                    and (self.labels.get(v) in ("leaf", "const")
+                         or self.node_kind.a[v] != FLOAT_NODE)))
 
     # ------------------------------------------------------------------ replay
     def arrays(self, entries=(), dispatch_rows=True):
@@ -651,7 +658,8 @@ class Tape:
 
     # ------------------------------------------------------------------ seeing it
     def _type(self, v):
-        kind = "i64" if self.node_kind.a[v] == 1 else {4: "f32", 8: "f64"}[self.dtype.itemsize]
+        floats = {4: "f32", 8: "f64"}[self.dtype.itemsize]
+        kind = "i64" if self.node_kind.a[v] == INDEX_NODE else floats
         return f"{kind}[{','.join(str(s) for s in self.shapes[v])}]"
 
     def rows(self):

@@ -22,8 +22,16 @@ import numpy as np
 
 from .errors import fail
 from .ops import TABLE, Op, flag, fmt, int_tuple, normalize_axis, real
+from .ops.nodes import FLOAT_NODE, INDEX_NODE
 from .memory import guard_memory
 from .tape import RECORDING, Tape, same_bits
+
+__all__ = ["FLOAT_DTYPES", "Tensor", "apply", "arange", "as_tensor", "broadcast_to",
+           "checked_indices", "concatenate", "dtype_arg", "enable_grad", "from_numpy",
+           "get_default_dtype", "getitem", "guard_new", "input_array", "input_dtype_problem",
+           "is_grad_enabled", "is_tracing", "make_rng", "matmul", "no_grad", "ones", "placeholder",
+           "randn", "real_array", "recording_into", "set_default_dtype", "shape_arg", "stack",
+           "take", "tensor", "tracing", "transpose", "unary", "where", "zeros"]
 
 _flag = flag  # requires_grad_'s argument is named flag, as PyTorch's
 _state = threading.local()
@@ -226,7 +234,7 @@ class Tensor:
         t._tape = tape
         t._node = node
         t.shape = tape.shapes[node]
-        t.dtype = tape.dtype if tape.node_kind.a[node] == 0 else np.dtype(np.int64)
+        t.dtype = tape.dtype if tape.node_kind.a[node] == FLOAT_NODE else np.dtype(np.int64)
         t.requires_grad = requires_grad
         t.grad = None
         return t
@@ -855,21 +863,21 @@ def _import(tape, t, kind, need_values, what=None):
     if t._tape is not None and not need_values and t.tape is tape:
         return t._node
     key = id(t)
-    if kind == 0 and key in tape.imported:
+    if kind == FLOAT_NODE and key in tape.imported:
         v = tape.imported[key][1]
         # a recorded tensor's values never change; a leaf's may have since it was copied
         if t._tape is not None or same_bits(tape.node_values(v), t.numpy()):
             return v
     values = t.numpy()
-    if kind == 0 and values.dtype != tape.dtype:
+    if kind == FLOAT_NODE and values.dtype != tape.dtype:
         values = values.astype(tape.dtype)
-    need = t.requires_grad and t._tape is None and kind == 0 and is_grad_enabled()
+    need = t.requires_grad and t._tape is None and kind == FLOAT_NODE and is_grad_enabled()
     v = tape.add_input(values, kind=kind, need=need, label="leaf" if need else "const",
                        what=what)
-    if kind == 0 and (need or not t.requires_grad):
+    if kind == FLOAT_NODE and (need or not t.requires_grad):
         # not a parameter's no_grad copy: a later use with grad on must import it afresh
         tape.imported[key] = (t, v)
-    if kind == 0 and t._tape is None:
+    if kind == FLOAT_NODE and t._tape is None:
         tape.copies.append((t, v))
     if need:
         tape.leaves.append((t, v))
@@ -982,14 +990,14 @@ def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_grap
         if kind and t._tape is None:
             lo, hi = d.int_bound(shapes, **attrs)
             where = "operand shapes " + ", ".join(fmt(s) for s in shapes)
-            v = tape.add_input(checked_indices(name, t.numpy(), lo, hi, where), kind=1,
+            v = tape.add_input(checked_indices(name, t.numpy(), lo, hi, where), kind=INDEX_NODE,
                                label="const", what=name)
             if is_tracing():  # fg.compile reloads it (checked again) at each call
                 tape.index_copies.append((t, v, lo, hi, f"{name}: {where}"))
             nodes.append(v)
         else:
             v = _import(tape, t, kind, need_values=not on_graph and body is None, what=name)
-            if tape.node_kind.a[v] == 1 and kind == 0:
+            if tape.node_kind.a[v] == INDEX_NODE and kind == FLOAT_NODE:
                 # fg.compile traces an integer input as an index slot; it catches this error
                 # and traces again with that input cast to floats, as eager ops cast it
                 err = fail(name, f"operand {i} (shape {fmt(t.shape)}) is an integer input of a "

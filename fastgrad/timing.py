@@ -3,6 +3,8 @@
 import statistics
 import time
 
+__all__ = ["median_time"]
+
 
 def median_time(fn, *args, repeat=7, min_time=0.2, warmup=3):
     """Median seconds per call of ``fn(*args)`` over ``repeat`` rounds, each of enough calls to

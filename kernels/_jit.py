@@ -27,6 +27,10 @@ import threading
 import numba
 from numba.core import caching
 
+__all__ = ["CACHE_DIR", "CACHE_ENABLED", "CacheDamaged", "CheckedFunctionCache", "OPTIONS",
+           "REDUCE_OPTIONS", "jit", "jit_inline", "jit_reduce", "native_entry", "per_code",
+           "registry_files"]
+
 log = logging.getLogger("fastgrad")
 
 _HERE = pathlib.Path(__file__).resolve().parent

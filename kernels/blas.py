@@ -38,6 +38,9 @@ from numba.extending import intrinsic
 
 from .workers import usable_cpus
 
+__all__ = ["OPENBLAS_ONE_THREAD_MAX_WORK", "PROVIDER", "THREADS_SETTABLE", "describe_provider",
+           "gemm", "set_threads", "threads"]
+
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
 _VOIDP = _I8.as_pointer()

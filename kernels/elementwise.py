@@ -19,6 +19,10 @@ from .views import fattr, iattrs, needs, operand, operand_grad, output, output_g
 from ..ops import binary as _binary_ops
 from ..ops import selection as _selection_ops
 
+__all__ = ["DIMS", "NDIM", "binary_row_forward", "binary_row_vjp", "binary_run_forward",
+           "binary_run_vjp", "unary_forward", "unary_row_forward", "unary_row_vjp", "unary_vjp",
+           "where_row_forward", "where_row_vjp", "where_walk"]
+
 # Where the broadcasting rows' attributes sit (fastgrad/ops/binary.py, selection.py): ndim, then
 # the output's dims and each operand's strides, ndim each; Numba reads these ints as constants.
 NDIM = _binary_ops.LAYOUT.index("ndim")

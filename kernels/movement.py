@@ -12,6 +12,10 @@ from ..ops import movement as _layouts
 from .views import (iattrs, ioperand, n_operands, needs, operand, operand_grad, output,
                     output_grad)
 
+__all__ = ["BASE", "CONCAT_OUTER", "DIMS", "INNER", "N", "NDIM", "OUTER", "TOTAL", "WIDTHS",
+           "concat_piece", "gather_forward", "gather_vjp", "load_indices", "shape_row_forward",
+           "shape_row_vjp", "strided_copy"]
+
 # Where the rows' integer attributes sit (fastgrad/ops/movement.py; Numba reads these module
 # ints as constants): strided [ndim, base, dims..., strides...], gather [outer, n, inner],
 # concat [outer, total, widths...]

@@ -17,6 +17,9 @@ import numpy as np
 
 from ._jit import jit, jit_inline
 
+__all__ = ["ADAGRAD", "ADAM", "RMSPROP", "SGD", "clip_gradients", "folds_sgd", "optimizer_update",
+           "sgd_plain"]
+
 SGD, ADAGRAD, RMSPROP, ADAM = 0, 1, 2, 3
 
 

@@ -16,6 +16,10 @@ from .views import iattrs, ioperand, needs, operand, operand_grad, output, outpu
 from ..ops import loss as _loss_ops
 from ..ops import reduce as _reduce_ops
 
+__all__ = ["CLASSES", "INNER", "N", "OUTER", "ROWS", "cross_entropy_forward", "cross_entropy_vjp",
+           "loss_row_forward", "loss_row_vjp", "reduce_forward", "reduce_row_forward",
+           "reduce_row_vjp", "reduce_vjp"]
+
 # Where the rows' integer attributes sit (fastgrad/ops/reduce.py, loss.py; Numba reads these
 # module ints as constants)
 _REDUCTION, _LOSS = _reduce_ops.LAYOUT, _loss_ops.LAYOUT

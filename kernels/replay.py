@@ -27,6 +27,8 @@ from .scan import BEGIN_ROW
 from .rows import all_finite, inputs_grads_finite
 from .views import view
 
+__all__ = ["replay_backward", "replay_entries", "replay_forward"]
+
 
 @jit
 def replay_forward(tape, values, ivalues, params, start, stop, check):

@@ -46,12 +46,20 @@ import numpy as np
 
 from ..ops import MATMUL, SHAPE, Op
 from ..ops import control as _control
+from ..ops.nodes import FLOAT_NODE
 from ._jit import jit, jit_inline
 from .linalg import C_FULL, linear_act_forward, linear_act_vjp
 from .call import (SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS, call_forward, call_vjp,
                    row_kernel)
 from .rows import STEP_CODE, all_finite, inputs_grads_finite
 from .views import grad_view, view
+
+__all__ = ["BEGIN_ROW", "BODY_END", "BODY_START", "CARRY", "CARRY_IN", "CARRY_OUT", "CKPT",
+           "CKPT_EVERY", "FINAL", "HAS_X", "HEADER", "INIT", "N_CARRY", "N_OWN", "N_STACK",
+           "N_STEPS", "REG_SIZE", "SCHEDULE", "STACKED", "STACKED_BODY", "STACKED_OUT", "STORE",
+           "XS", "X_SLOT", "X_STEP", "binomial_advance", "scan_backward", "scan_binomial_backward",
+           "scan_binomial_forward", "scan_cell_backward", "scan_cell_forward", "scan_forward",
+           "scan_steps_backward", "scan_steps_forward"]
 
 U = np.uintp
 
@@ -174,7 +182,7 @@ def _layout(tape, ip):
         n_in = in_ptr[r + 1] - in_ptr[r]
         for j in range(n_in + 1):
             v = outs[r] if j == n_in else in_idx[in_ptr[r] + j]
-            if kind[v] == 0 and node_off[v] != xso and _reads(tape[0][r], j, n_in):
+            if kind[v] == FLOAT_NODE and node_off[v] != xso and _reads(tape[0][r], j, n_in):
                 for i in range(n):
                     if orig[i] == node_off[v]:
                         rel[i] = 0  # marked
@@ -188,7 +196,7 @@ def _layout(tape, ip):
                     break
             if rel[i] == pos:
                 pos += node_size[ip[own0 + i]]
-    xo = xso if ip[HAS_X] and kind[ip[XS]] == 0 else -1
+    xo = xso if ip[HAS_X] and kind[ip[XS]] == FLOAT_NODE else -1
     return orig, rel, pos, xo
 
 
@@ -357,7 +365,7 @@ def _cell_row(tape, ip, orig, xo):
     if ip[N_STACK] > 1 or (ip[N_STACK] == 1 and ip[HEADER + CARRY + STACKED_BODY] != cout):
         return -1
     w = in_idx[i0 + 1]
-    if kind[w] == 0:
+    if kind[w] == FLOAT_NODE:
         for i in range(ip[N_OWN]):
             if orig[i] == node_off[w]:
                 return -1

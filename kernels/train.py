@@ -19,6 +19,10 @@ from ._jit import jit, jit_inline
 from .optim import clip_gradients, folds_sgd, optimizer_update, sgd_plain
 from .replay import replay_backward, replay_forward
 
+__all__ = ["H_FLOAT_OFF", "H_FOLD", "H_FPARAMS_END", "H_GRADS_END", "H_INT_HI", "H_INT_LO",
+           "H_INT_OFF", "H_KIND", "H_LOSS_OFF", "H_NODES", "H_SEGMENTS", "H_SIZE",
+           "c_contiguous_aligned", "fit_epoch", "train_step"]
+
 
 # Constants in the calls below are fine: calls between kernels are typed by their arguments'
 # plain types (_jit._one_specialisation_per_type), so the eager replay's compiled code serves

@@ -16,6 +16,9 @@ from numba.extending import intrinsic, overload
 
 from ._jit import jit
 
+__all__ = ["exp64", "expneg32", "sigmoid32", "sigmoid64", "sigmoid_of", "tanh32", "tanh64",
+           "tanh_of"]
+
 
 def _bitcast(src, dst, name):
     """An intrinsic that reads the bits of a ``src`` value as a ``dst`` of the same width (no

@@ -19,7 +19,12 @@ The row accessors are inlined (``jit_inline``): each is called with constant ope
 and a constant argument would otherwise compile a copy of the function per constant.
 """
 
+from ..ops.nodes import EXTERNAL_NODE, PARAM_NODE
 from ._jit import jit, jit_inline
+
+__all__ = ["ACCUMULATE", "INTO_VALUE", "OVERWRITE", "add_scaled", "fattr", "grad_view", "iattrs",
+           "ioperand", "n_operands", "needs", "operand", "operand_grad", "output", "output_grad",
+           "view"]
 
 ACCUMULATE, OVERWRITE, INTO_VALUE = 1, 2, 3  # gradient targets, the modes in ``need``
 
@@ -39,9 +44,9 @@ def view(v, values, param_arena, node_kind, node_off, node_size, external):
     2), or the caller's input array ``external`` (kind 3, fg.compile reads it in place)."""
     o = node_off[v]
     kind = node_kind[v]
-    if kind == 2:
+    if kind == PARAM_NODE:
         return param_arena[o : o + node_size[v]]
-    if kind == 3:
+    if kind == EXTERNAL_NODE:
         return external[: node_size[v]]
     return values[o : o + node_size[v]]
 
@@ -51,7 +56,7 @@ def grad_view(v, grads, param_grads, node_kind, node_off, node_size):
     """Node v's gradient: in ``param_grads`` for parameter nodes (kind 2), else its slice of
     ``grads`` (an external input, kind 3, keeps its value-arena offset there; it needs none)."""
     o = node_off[v]
-    if node_kind[v] == 2:
+    if node_kind[v] == PARAM_NODE:
         return param_grads[o : o + node_size[v]]
     return grads[o : o + node_size[v]]
 

@@ -771,3 +771,49 @@ def test_a_hoisted_row_of_a_parameter_is_recomputed_at_every_call_of_a_compiled_
         np.testing.assert_allclose(step(xs), want, rtol=1e-12)
         w_eager = w_eager - 0.1 * grad
     np.testing.assert_allclose(w.numpy(), w_eager, rtol=1e-12)
+
+
+def _two_carry_cell(w, u):
+    def step(carry, x):
+        h, s = carry
+        h = (h @ w.T + x @ u.T).tanh()
+        return h, s + (h * h).sum(axis=1, keepdims=True)
+    return step
+
+
+@pytest.mark.parametrize("checkpoint", [None, "sqrt", 3, fg.Binomial(slots=2)], ids=str)
+@pytest.mark.parametrize("cell", ["plain", "fused", "two carries"])
+def test_the_numpy_reference_runs_scans_as_the_kernels_do(cell, checkpoint):
+    """fastgrad.reference interprets a loop from its rows (the semantics: T passes over the
+    body, carries passed on, x_t loaded; the VJPs backwards with the carries' gradients passed
+    back): its values and gradients are the kernels', in every checkpoint mode, on the general
+    path (plain rows), the single-cell path (one fused row) and with two carries, a stacked
+    output and xs and the init wanting gradients."""
+    from fastgrad.reference import Reference
+
+    rng = np.random.default_rng(12)
+    w = fg.tensor(rng.standard_normal((4, 4)) * 0.5, requires_grad=True)
+    u = fg.tensor(rng.standard_normal((4, 3)) * 0.5, requires_grad=True)
+    xs = fg.tensor(rng.standard_normal((9, 2, 3)), requires_grad=True)
+    h0 = fg.tensor(rng.standard_normal((2, 4)) * 0.3, requires_grad=True)
+    if cell == "two carries":
+        hs, (h, s) = fg.scan(_two_carry_cell(w, u), (h0, fg.zeros((2, 1))), xs,
+                             checkpoint=checkpoint, stack=True)
+        loss = (hs * hs).sum() + s.sum() + h.sum()
+    else:
+        proj = xs @ u.T  # (9, 2, 4): the fused cell's addend is x_t itself
+        hs, h = fg.scan(lambda h, x: (h @ w.T + x).tanh(), h0, proj, checkpoint=checkpoint,
+                        stack=True, fuse=cell == "fused")
+        loss = (hs * hs).sum() + (h * h).sum()
+    tape = loss.tape
+    b0, b1 = tape.scan_body(tape.scan_rows[0])
+    body = [fg.ops.Op(int(o)).name for o in tape.ops.view[b0:b1]]
+    assert (body == ["LINEAR_ACT"]) == (cell == "fused")
+    loss.backward()
+    ref = Reference(tape)
+    ref.forward()
+    np.testing.assert_allclose(ref.node(loss.node), loss.numpy(), rtol=1e-12)
+    grads = ref.backward(loss.node, np.ones(()))
+    for leaf in (w, u, xs, h0):
+        (node,) = {v for t, v in tape.leaves if t is leaf}
+        np.testing.assert_allclose(ref.node(node, grads), leaf.grad, rtol=1e-10, atol=1e-12)

@@ -5,6 +5,9 @@ this fresh process and printed as JSON (what ``fastgrad bench`` runs for every c
 
 import sys
 
+# A script (``python -m fastgrad.benchmarks``): it defines nothing to import.
+__all__ = []
+
 if len(sys.argv) > 1 and sys.argv[1] == "cell":
     from .runner import cell_main
 

@@ -1,7 +1,7 @@
 """Honest hand-written baselines for an MLP training step (forward + backward + SGD update).
 
-``numpy_step``: plain NumPy, the way one writes it by hand (``fastgrad/baselines.py``, shared
-with ``fastgrad demo``).
+``numpy_step``: plain NumPy, the way one writes it by hand: BLAS matmuls, in-place SGD
+updates, nothing clever (``fastgrad demo`` times it too).
 ``NumbaStep``: one fused @njit function over a flat parameter buffer, BLAS for the matmuls,
 fused activation/gradient loops and the SGD update; compiled once, cached.
 Both compute exactly the same function as the fastgrad workloads in ``workloads.py``.
@@ -13,7 +13,58 @@ fastgrad, not part of the engine (which reaches Numba only through ``fastgrad.ke
 import numba
 import numpy as np
 
-from ..baselines import numpy_step  # noqa: F401 - re-exported for the suites
+__all__ = ["NumbaStep", "numpy_step"]
+
+def numpy_step(params, x, y, act, loss, lr):
+    """params: [W0 (out,in), b0, W1, b1, ...] updated in place; returns the loss."""
+    n = len(params) // 2
+    hs = [x]
+    h = x
+    for i in range(n):
+        W, b = params[2 * i], params[2 * i + 1]
+        z = h @ W.T + b
+        if i < n - 1:
+            if act == "relu":
+                h = np.maximum(z, 0)
+            elif act == "tanh":
+                h = np.tanh(z)
+            else:
+                h = 1 / (1 + np.exp(-z))
+        else:
+            h = z
+        hs.append(h)
+    out = hs[-1]
+    B = x.shape[0]
+    if loss == "mse":
+        d = out - y
+        value = float((d * d).mean())
+        g = (2.0 / d.size) * d
+    else:
+        m = out.max(axis=1, keepdims=True)
+        e = np.exp(out - m)
+        s = e.sum(axis=1, keepdims=True)
+        value = float((np.log(s[:, 0]) + m[:, 0] - out[np.arange(B), y]).mean())
+        g = e / s
+        g[np.arange(B), y] -= 1
+        g /= B
+    for i in range(n - 1, -1, -1):
+        W, b = params[2 * i], params[2 * i + 1]
+        h_in = hs[i]
+        gW = g.T @ h_in
+        gb = g.sum(axis=0)
+        if i > 0:
+            g = g @ W
+            a = hs[i]
+            if act == "relu":
+                g *= a > 0
+            elif act == "tanh":
+                g *= 1 - a * a
+            else:
+                g *= a * (1 - a)
+        W -= lr * gW
+        b -= lr * gb
+    return value
+
 
 ACT = {"relu": 0, "tanh": 1, "sigmoid": 2}
 LOSS = {"mse": 0, "ce": 1}

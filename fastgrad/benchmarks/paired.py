@@ -30,6 +30,10 @@ import time
 from .runner import (RESULT_MARK, all_workloads, implementations, machine_info,
                      make_data, run_child, write_text)
 
+__all__ = ["DEFAULT_MIN_TIME", "DEFAULT_ROUNDS", "calls_per_half", "combine", "command",
+           "format_table", "measure_pair", "pair_main", "paired_times", "ratio_summary",
+           "run_pair"]
+
 DEFAULT_ROUNDS = 21
 DEFAULT_MIN_TIME = 0.1  # seconds per round, both halves together
 

@@ -24,6 +24,12 @@ import fastgrad as fg
 from .workloads import available, jax_sgd_step, torch_dtype, torch_sgd_step  # noqa: F401
 # (available: re-exported for the bench suites)
 
+__all__ = ["GATE_IMPLEMENTATIONS", "GATE_INPUTS", "GATE_WORKLOADS", "H", "I",
+           "QUICK_GATE_WORKLOADS", "QUICK_RNN_WORKLOADS", "RNNWorkload", "RNN_IMPLEMENTATIONS",
+           "RNN_LONG_WORKLOADS", "RNN_WORKLOADS", "available", "data", "implementations",
+           "make_fastgrad", "make_fastgrad_gate", "make_fastgrad_plain", "make_jax", "make_numba",
+           "make_numpy", "make_torch_eager", "make_torch_gate", "make_torch_rnn", "weights"]
+
 H, I = 64, 8
 
 

@@ -37,6 +37,11 @@ import subprocess
 import sys
 import time
 
+__all__ = ["COLUMNS", "IMPL_ORDER", "IMPL_TITLES", "PEERS", "PeakRSS", "RESULT_MARK",
+           "TABLE_HEADER", "all_workloads", "cell_main", "format_table", "implementations",
+           "machine_info", "make_data", "markdown", "measure_cell", "peer_versions", "plot", "run",
+           "run_cell", "run_child", "select_workloads", "write_text"]
+
 RESULT_MARK = "FASTGRAD-BENCH-CELL "
 IMPL_ORDER = ["fastgrad", "fastgrad-scipy", "numpy", "numba", "torch", "torch.nn.RNN",
               "torch.nn.LSTM", "torch.nn.GRU", "jax", "fastgrad-eager", "fastgrad-plain"]

@@ -16,6 +16,11 @@ import fastgrad as fg
 
 from .baselines import NumbaStep, numpy_step
 
+__all__ = ["IMPLEMENTATIONS", "MLP_WORKLOADS", "QUICK_MLP_WORKLOADS", "Workload", "available",
+           "data", "implementations", "jax_sgd_step", "make_fastgrad", "make_fastgrad_eager",
+           "make_fastgrad_plain", "make_fastgrad_scipy_blas", "make_jax", "make_numba",
+           "make_numpy", "make_torch", "torch_dtype", "torch_sgd_step", "usable_cores", "weights"]
+
 
 @dataclass
 class Workload:

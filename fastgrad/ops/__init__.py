@@ -39,6 +39,12 @@ from .base import (  # noqa: F401 - the shape helpers, re-exported for the front
 )
 from .matmul import FUSIONS, LINEAR_ACTIVATIONS  # noqa: F401
 
+__all__ = ["BINARY", "CONTROL", "FAMILIES", "FUSIONS", "Fusion", "KERNEL_FILES",
+           "LINEAR_ACTIVATIONS", "LOSS", "Layout", "MATMUL", "MAX_NDIM", "Op", "OpDef", "REDUCE",
+           "SAVES", "SHAPE", "TABLE", "Tail", "UNARY", "WHERE", "broadcast_shapes",
+           "broadcast_strides", "coalesce", "contiguous_strides", "flag", "fmt", "incomplete",
+           "int_tuple", "normalize_axis", "real", "split_axis"]
+
 FAMILIES = (unary, binary, selection, reduce, matmul, movement, loss, control)
 UNARY, BINARY, WHERE, REDUCE, MATMUL, SHAPE, LOSS, CONTROL = (m.FAMILY for m in FAMILIES)
 

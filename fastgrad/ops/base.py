@@ -18,6 +18,11 @@ import numpy as np
 
 from ..errors import fail, flag  # noqa: F401 - flag: re-exported for the shape rules
 
+__all__ = ["BINARY_SHAPES", "Fusion", "Layout", "MAX_NDIM", "NO_ATTRS", "OpDef", "Tail",
+           "UNARY_SHAPES", "broadcast_shapes", "broadcast_strides", "coalesce",
+           "contiguous_strides", "directions", "fail", "flag", "fmt", "int_tuple", "lift",
+           "no_attrs", "normalize_axis", "prim", "real", "split_axis", "unbroadcast"]
+
 MAX_NDIM = 32
 
 
@@ -316,8 +321,9 @@ class Fusion:
     build:  ``build(rows, tools) -> [(stage, op code, operand nodes, attrs), ...] | None``: the
             rows that replace a match, in order, each recorded through its op's shape rule at
             the place of chain row ``stage`` and writing that row's output node (the last one
-            the chain's output), or None where the match does not fit. ``rows[i]`` has ``row, op, inputs, out, attrs`` and ``link`` (which operand is
-            the previous row's output); ``tools.shape(v)`` is node v's shape and
+            the chain's output), or None where the match does not fit. ``rows[i]`` has
+            ``row, op, inputs, out, attrs`` and ``link`` (which operand is the previous row's
+            output); ``tools.shape(v)`` is node v's shape and
             ``tools.transposed(v)`` the node that v is the matrix transpose of (or -1).
     samples: front-end expressions that record a chain this pattern fuses, over ``fg``,
             ``x`` (6, 4), ``w`` (5, 4), ``wt`` (4, 5), ``b`` (5,) and ``c`` (6, 5) (the

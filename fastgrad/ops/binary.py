@@ -15,6 +15,9 @@ from .base import (BINARY_SHAPES, Layout, OpDef, Tail, broadcast_shapes, broadca
                    coalesce, directions, lift, no_attrs, prim, unbroadcast)
 from .unary import softplus, stable_sigmoid
 
+__all__ = ["ADD", "BCE_LOGITS", "DIV", "EQ", "FAMILY", "GE", "GT", "LAYOUT", "LE", "LT", "MAXIMUM",
+           "MINIMUM", "MUL", "NE", "POW", "SUB", "binary", "binary_rule", "comparison", "nan_at"]
+
 FAMILY = 1
 # the broadcast walk: ndim coalesced axes, their sizes, then each operand's element strides
 LAYOUT = Layout(ints=("ndim",), tails=(Tail("dims", "ndim"), Tail("a_strides", "ndim"),

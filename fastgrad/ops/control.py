@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from .base import Layout, OpDef, Tail, fail
 
+__all__ = ["BEGIN_LAYOUT", "FAMILY", "SCAN", "SCAN_BEGIN", "SCAN_LAYOUT", "control_rule"]
+
 FAMILY = 7
 
 BEGIN_LAYOUT = Layout(ints=("scan_row",), shown=("scan_row",))

@@ -9,6 +9,8 @@ import numpy as np
 
 from .base import Layout, OpDef, fail, fmt, no_attrs
 
+__all__ = ["CROSS_ENTROPY", "FAMILY", "LAYOUT", "cross_entropy_rule"]
+
 FAMILY = 6
 LAYOUT = Layout(ints=("rows", "classes"), shown=("rows", "classes"))
 

@@ -12,10 +12,14 @@ import math
 
 import numpy as np
 
-from .base import (Fusion, Layout, OpDef, Tail, broadcast_shapes, broadcast_strides, directions, fail,
-                   fmt, lift, no_attrs, prim, unbroadcast)
+from .base import (Fusion, Layout, OpDef, Tail, broadcast_shapes, broadcast_strides, directions,
+                   fail, fmt, lift, no_attrs, prim, unbroadcast)
 from .binary import ADD
 from .unary import RELU, SIGMOID, TANH
+
+__all__ = ["ACTIVATIONS", "BLAS_MAX_DIM", "FAMILY", "FUSIONS", "LAYOUT", "LINEAR", "LINEAR_ACT",
+           "LINEAR_ACTIVATIONS", "LINEAR_ACT_LAYOUT", "LINEAR_LAYOUT", "MATMUL", "check_blas_dims",
+           "linear_act_rule", "linear_rule", "matmul_rule"]
 
 FAMILY = 4
 LAYOUT = Layout(ints=("m", "k", "n", "batch", "trans_b"),

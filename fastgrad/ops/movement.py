@@ -13,6 +13,10 @@ from .base import (NO_ATTRS, Layout, OpDef, Tail, directions, fail, fmt, int_tup
                    normalize_axis, split_axis)
 from .reduce import axis_recover
 
+__all__ = ["AXIS_LAYOUT", "CONCAT", "CONCAT_LAYOUT", "FAMILY", "GATHER", "RESHAPE", "STRIDED",
+           "STRIDED_LAYOUT", "concat_rule", "gather_bound", "gather_rule", "reshape_rule",
+           "strided_index", "strided_rule"]
+
 FAMILY = 5
 
 

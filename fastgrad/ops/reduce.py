@@ -12,6 +12,9 @@ import numpy as np
 
 from .base import Layout, OpDef, fail, flag, fmt, normalize_axis, split_axis
 
+__all__ = ["FAMILY", "LAYOUT", "LOG_SOFTMAX", "MAX", "MEAN", "SOFTMAX", "SUM", "axis_recover",
+           "reduce_recover", "reduce_rule", "softmax_rule"]
+
 FAMILY = 3
 LAYOUT = Layout(ints=("outer", "n", "inner"), shown=("outer", "n", "inner"))
 

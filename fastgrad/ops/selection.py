@@ -10,6 +10,8 @@ import numpy as np
 from .base import (Layout, OpDef, Tail, broadcast_shapes, broadcast_strides, directions, lift,
                    no_attrs, prim, unbroadcast)
 
+__all__ = ["FAMILY", "LAYOUT", "WHERE", "where_rule"]
+
 FAMILY = 2
 # the output's ndim axes (not coalesced), their sizes, then each operand's element strides
 LAYOUT = Layout(ints=("ndim",), tails=(Tail("dims", "ndim"), Tail("cond_strides", "ndim"),

@@ -13,6 +13,11 @@ import numpy as np
 
 from .base import UNARY_SHAPES, Layout, OpDef, real
 
+__all__ = ["ABS", "ADD_SCALAR", "CLIP", "COS", "DIV_SCALAR", "EXP", "EXPM1", "FAMILY", "LAYOUT",
+           "LEAKY_RELU", "LOG", "LOG1P", "MUL_SCALAR", "NEG", "POW_SCALAR", "RDIV_SCALAR", "RELU",
+           "RPOW_SCALAR", "SIGMOID", "SIN", "SOFTPLUS", "SQRT", "TANH", "slope", "softplus",
+           "stable_sigmoid", "unary", "unary_rule"]
+
 FAMILY = 0
 LAYOUT = Layout(floats=("c0", "c1"), shown=("c0", "c1"))
 
