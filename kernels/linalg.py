@@ -140,11 +140,13 @@ def _dot_row_tb(A, a0, B, bo, C, c0, k, n, add):
         j += 1
 
 
-@jit_reduce
+@jit_inline
 def _add_rows(x, x0, B, bo, y, y0, rows, width):
     """y[y0 : y0 + width] += sum_r x[x0 + r] B[r, :] over the ``rows`` rows of B (``width``
     values each, from bo), four rows per pass over y: a row of a plain product, or of a
-    trans_b product's gradient with respect to its left factor."""
+    trans_b product's gradient with respect to its left factor. Inlined into its callers (the
+    small-matrix loops, compiled with reassociation): at these sizes a call per row costs a
+    measurable share of a small layer's step."""
     r = 0
     while r + 4 <= rows:
         a0, a1, a2, a3 = x[U(x0 + r)], x[U(x0 + r + 1)], x[U(x0 + r + 2)], x[U(x0 + r + 3)]
