@@ -99,16 +99,13 @@ def _use_blas(m, k, n, itemsize):
 # bound by the add latency; eight chains sharing two loads of A and four of B keep the SIMD
 # units busy (16x64x64 float32: 6.0 us with one row by four columns, 2.4 us like this). The
 # sums start from a zero of the arrays' dtype, so float32 products are summed in float32.
-# Without trans_b (a plain ``@``, ``x @ W`` with W stored (in, out)) the forward adds four
-# rows of B per pass over a row of C and the VJP sums four dot products per pass over gC, for
-# the same reason.
+# Without trans_b (a plain ``@``) the loops stay simple: products no built-in layer records.
 
 
 @jit_reduce
-def _dot_row_tb(A, a0, B, bo, C, c0, k, n, add):
-    """C[c0 + j] = <A[a0:a0+k], B[j]> (``add``: +=) for the n rows of B (stored (n, k) from
-    bo), four at a time: a single row of a trans_b product (an RNN step at batch 1, or the last
-    of an odd count), or a row of a plain product's gA = gC @ B^T."""
+def _dot_row_tb(A, a0, B, bo, C, c0, k, n):
+    """C[c0 + j] = <A[a0:a0+k], B[j]> for the n rows of B (stored (n, k) from bo), four at a
+    time: a single row (an RNN step at batch 1, or the last of an odd count)."""
     z = C.dtype.type(0)
     j = 0
     while j + 4 <= n:
@@ -121,11 +118,6 @@ def _dot_row_tb(A, a0, B, bo, C, c0, k, n, add):
             s1 += x * B[U(b1 + p)]
             s2 += x * B[U(b2 + p)]
             s3 += x * B[U(b3 + p)]
-        if add:
-            s0 += C[U(c0 + j)]
-            s1 += C[U(c0 + j + 1)]
-            s2 += C[U(c0 + j + 2)]
-            s3 += C[U(c0 + j + 3)]
         C[U(c0 + j)] = s0
         C[U(c0 + j + 1)] = s1
         C[U(c0 + j + 2)] = s2
@@ -136,30 +128,8 @@ def _dot_row_tb(A, a0, B, bo, C, c0, k, n, add):
         s = z
         for p in range(k):
             s += A[U(a0 + p)] * B[U(b0 + p)]
-        C[U(c0 + j)] = C[U(c0 + j)] + s if add else s
+        C[U(c0 + j)] = s
         j += 1
-
-
-@jit_inline
-def _add_rows(x, x0, B, bo, y, y0, rows, width):
-    """y[y0 : y0 + width] += sum_r x[x0 + r] B[r, :] over the ``rows`` rows of B (``width``
-    values each, from bo), four rows per pass over y: a row of a plain product, or of a
-    trans_b product's gradient with respect to its left factor. Inlined into its callers (the
-    small-matrix loops, compiled with reassociation): at these sizes a call per row costs a
-    measurable share of a small layer's step."""
-    r = 0
-    while r + 4 <= rows:
-        a0, a1, a2, a3 = x[U(x0 + r)], x[U(x0 + r + 1)], x[U(x0 + r + 2)], x[U(x0 + r + 3)]
-        b0 = bo + r * width
-        b1, b2, b3 = b0 + width, b0 + 2 * width, b0 + 3 * width
-        for j in range(width):
-            y[U(y0 + j)] += (a0 * B[U(b0 + j)] + a1 * B[U(b1 + j)]
-                             + a2 * B[U(b2 + j)] + a3 * B[U(b3 + j)])
-        r += 4
-    for r in range(r, rows):
-        a, b0 = x[U(x0 + r)], bo + r * width
-        for j in range(width):
-            y[U(y0 + j)] += a * B[U(b0 + j)]
 
 
 @jit_reduce
@@ -211,13 +181,17 @@ def _small_matmul(A, ao, B, bo, C, co, m, k, n, tb):
             a0, c0 = ao + i * k, co + i * n
             _dot_rows_tb(A, a0, a0 + k, B, bo, C, c0, c0 + n, k, n)
         if m % 2:
-            _dot_row_tb(A, ao + (m - 1) * k, B, bo, C, co + (m - 1) * n, k, n, False)
+            _dot_row_tb(A, ao + (m - 1) * k, B, bo, C, co + (m - 1) * n, k, n)
         return
-    for i in range(m):  # C[i, :] = sum_p A[i, p] B[p, :], B stored (k, n)
+    for i in range(m):  # C[i, :] = sum_p A[i, p] B[p, :]
         crow = co + i * n
         for j in range(n):
             C[U(crow + j)] = 0.0
-        _add_rows(A, ao + i * k, B, bo, C, crow, k, n)
+        for p in range(k):
+            a = A[U(ao + i * k + p)]
+            brow = bo + p * n
+            for j in range(n):
+                C[U(crow + j)] += a * B[U(brow + j)]
 
 
 @jit
@@ -292,10 +266,27 @@ def _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb, single
     if na:
         for i in range(m):
             ai, ci = ao + i * k, co + i * n
-            if tb:  # gA[i, :] += sum_j gC[i, j] B[j, :], B stored (n, k)
-                _add_rows(gC, ci, B, bo, gA, ai, n, k)
-            else:  # gA[i, :] += gC[i, :] @ B^T: four rows of B (k, n) per pass over gC[i]
-                _dot_row_tb(gC, ci, B, bo, gA, ai, n, k, True)
+            if tb:  # gA[i, :] += sum_j gC[i, j] B[j, :]: four rows of B per pass
+                j = 0
+                while j + 4 <= n:
+                    g0, g1, g2, g3 = gC[U(ci + j)], gC[U(ci + j + 1)], gC[U(ci + j + 2)], gC[
+                        U(ci + j + 3)]
+                    b0 = bo + j * k
+                    b1, b2, b3 = b0 + k, b0 + 2 * k, b0 + 3 * k
+                    for p in range(k):
+                        gA[U(ai + p)] += (g0 * B[U(b0 + p)] + g1 * B[U(b1 + p)]
+                                          + g2 * B[U(b2 + p)] + g3 * B[U(b3 + p)])
+                    j += 4
+                for j in range(j, n):
+                    g0, b0 = gC[U(ci + j)], bo + j * k
+                    for p in range(k):
+                        gA[U(ai + p)] += g0 * B[U(b0 + p)]
+            else:  # gA[i, p] += <gC[i, :], B[p, :]>
+                for p in range(k):
+                    s = 0.0
+                    for j in range(n):
+                        s += gC[U(ci + j)] * B[U(bo + p * n + j)]
+                    gA[U(ai + p)] += s
     if nb_ and tb:  # gB[j, :] += gC[i, j] A[i, :]: four rows of gB per pass over A[i, :]
         for i in range(m):
             ai, ci = ao + i * k, co + i * n
