@@ -25,7 +25,7 @@ from .compile import compile as compile_step
 from .errors import fail
 from .ops import fmt
 from .scan import scan
-from .tensor import Tensor, concatenate, tensor
+from .tensor import Tensor, concatenate, no_grad, tensor
 
 __all__ = ["carry_gradient_log_norms", "log_norm"]
 
@@ -47,8 +47,8 @@ def log_norm(x, axis=-1) -> np.ndarray:
     return np.where(finite, out, np.nan)
 
 
-def carry_gradient_log_norms(step, init, xs, seed, segment=1024, checkpoint=None,
-                             length=None) -> np.ndarray:
+def carry_gradient_log_norms(step, init, xs, seed, segment=4096, checkpoint=None,
+                             length=None, compiled=None) -> np.ndarray:
     """``log ||dL/dh_t||`` for t = 0..T-1, where ``h_t`` is the carry after step t of
     ``fg.scan(step, init, xs)`` and ``L = <seed, h_{T-1}>`` (so entry T-1 is ``log ||seed||``).
 
@@ -62,12 +62,15 @@ def carry_gradient_log_norms(step, init, xs, seed, segment=1024, checkpoint=None
     segment: steps per backward segment: the seed of each segment has norm 1, so within it the
              gradient may grow or shrink by up to about 1e300 (float64; 1e37 in float32) before
              the segment is split in two and run again, down to single steps.
-    checkpoint: passed to each segment's ``fg.scan`` (the result does not depend on it).
+    checkpoint: each segment's ``fg.scan`` checkpointing (None: "sqrt", which keeps a
+             segment's memory small); the result does not depend on it.
+    compiled: run each segment as a compiled step (traced once per segment length: faster
+             per step, but a first call compiles the training-step kernel) or record it
+             eagerly; None: compiled from 64 segments on.
 
     Returns a float64 array (T,): -inf where the gradient is exactly zero, NaN where a step's
     values or gradients are not finite (e.g. a forward sweep that overflowed). Costs two
-    forward sweeps and one backward sweep, each segment a compiled step (traced once per
-    segment length); memory is one segment plus a carry per segment.
+    forward sweeps and one backward sweep; memory is one segment plus a carry per segment.
     ``fg.study.rnn_gradient_norms`` reports these.
     """
     h0 = init.numpy() if isinstance(init, Tensor) else np.asarray(init)
@@ -105,37 +108,62 @@ def carry_gradient_log_norms(step, init, xs, seed, segment=1024, checkpoint=None
                    f"{fmt(h0.shape)}", "pass dL/dh_{T-1}, an array of the carry's shape")
     if isinstance(segment, bool) or not isinstance(segment, (int, np.integer)) or segment < 1:
         raise fail("carry_gradient_log_norms", f"segment must be an int >= 1, got {segment!r}",
-                   "pass e.g. segment=1024")
+                   "pass e.g. segment=4096")
     segment = int(segment)
+    checkpoint = "sqrt" if checkpoint is None else checkpoint
+    if compiled is not None and not isinstance(compiled, (bool, np.bool_)):
+        raise fail("carry_gradient_log_norms", f"compiled must be True, False or None, got "
+                   f"{compiled!r}", "pass compiled=True to compile each segment")
     x_shape = inputs(0, 1).shape[1:]
     nx, nh = int(np.prod(x_shape)), h0.size
-    # Each segment runs as a compiled step (traced once per segment length): the carry at a
-    # segment's end is the gradient of <h_end, p> with respect to a zero parameter p, and the
-    # gradients of a zero probe e_t added to each step's incoming carry are dL/dh_{t-1}.
-    end = tensor(np.zeros(h0.shape, dtype), requires_grad=True)
-    ends = compile_step(lambda xs, h_in: (scan(step, h_in, xs) * end).sum(), params=[end])
-    sweeps = {}
+    # Each segment runs the step with a zero probe e_t added to its incoming carry: the probe's
+    # gradients are dL/dh_{t-1}. The forward sweeps run the same body (one scan strategy's
+    # kernels serve both), without gradients. Eager, a segment is recorded anew each time;
+    # compiled (long loops), each segment length is traced once and replayed, which pays for
+    # compiling the training-step kernel.
+    def probed(hc, xe):
+        return step(hc + xe[nx:].reshape(h0.shape), xe[:nx].reshape(x_shape))
+
+    def with_probe(a, b):
+        xe = np.zeros((b - a, nx + nh), dtype)
+        xe[:, :nx] = inputs(a, b).reshape(b - a, nx)
+        return xe
+
+    if compiled is None:
+        compiled = T >= 64 * segment
+    if compiled:
+        end = tensor(np.zeros(h0.shape, dtype), requires_grad=True)
+        ends = compile_step(lambda xe, h_in: (scan(probed, h_in, xe, checkpoint=checkpoint)
+                                              * end).sum(), params=[end])
+        sweeps = {}
 
     def carry_after(a, b, h_in):
-        """h_{b-1}, from h_in entering step a."""
+        """h_{b-1}, from h_in entering step a (compiled: the gradient of <h_{b-1}, end>
+        with respect to the zero parameter ``end``)."""
         with np.errstate(all="ignore"):
-            return ends(inputs(a, b), h_in)[1][0].copy()
-
-    def probed(hc, xe):  # the step with e_t added to its incoming carry: dL/de_t = dL/dh_{t-1}
-        return step(hc + xe[nx:].reshape(h0.shape), xe[:nx].reshape(x_shape))
+            if compiled:
+                return ends(with_probe(a, b), h_in)[1][0].copy()
+            with no_grad():
+                return scan(probed, tensor(h_in), tensor(with_probe(a, b)),
+                            checkpoint=checkpoint).numpy().copy()
 
     def backward(a, b, h_in, unit):
         """(dL/dh_{t-1} for t = a..b-1, as (b - a, nh) float64) for L = <unit, h_{b-1}>."""
         n = b - a
-        if n not in sweeps:
-            probe = tensor(np.zeros((n, nh), dtype), requires_grad=True)
-
-            def loss(xs, h_in, unit):
-                xe = concatenate([xs.reshape(n, nx), probe], axis=1)
-                return (scan(probed, h_in, xe, checkpoint=checkpoint) * unit).sum()
-            sweeps[n] = compile_step(loss, params=[probe])
         with np.errstate(all="ignore"):
-            return sweeps[n](inputs(a, b), h_in, unit.astype(dtype))[1][0].astype(np.float64)
+            if compiled:
+                if n not in sweeps:
+                    probe = tensor(np.zeros((n, nh), dtype), requires_grad=True)
+
+                    def loss(xs, h_in, unit):
+                        xe = concatenate([xs.reshape(n, nx), probe], axis=1)
+                        return (scan(probed, h_in, xe, checkpoint=checkpoint) * unit).sum()
+                    sweeps[n] = compile_step(loss, params=[probe])
+                xs = inputs(a, b)
+                return sweeps[n](xs, h_in, unit.astype(dtype))[1][0].astype(np.float64)
+            probe = tensor(with_probe(a, b), requires_grad=True)
+            scan(probed, tensor(h_in), probe, checkpoint=checkpoint).backward(unit.astype(dtype))
+            return probe.grad[:, nx:].astype(np.float64)
 
     # the forward sweep, keeping the carry entering each segment only
     starts = list(range(0, T, segment))

@@ -647,7 +647,7 @@ def rnn_gradient_norms(hidden=64, T=1000, spectral_radius=(0.8, 0.9, 1.0, 1.1, 1
             c /= np.linalg.norm(c)
             logs = carry_gradient_log_norms(step, np.zeros((1, hidden)), drive, c,
                                             checkpoint=checkpoint, length=T,
-                                            segment=drive.block)
+                                            segment=4 * drive.block)
             with np.errstate(all="ignore"):
                 g = np.exp(logs)  # 0 or inf where float64 cannot hold the norm
             log_norms[(radius, s)], norms[(radius, s)] = logs, g

@@ -34,17 +34,20 @@ def test_log_norm_needs_no_squares_that_overflow_or_underflow():
     assert np.isnan(log_norm(np.array([1.0, np.inf])))
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_log_norms_are_the_plain_backward_sweeps_where_it_can_hold_them(dtype):
-    """A tanh RNN, 300 steps in segments of 64: each log-norm is the log of the norm one plain
-    backward sweep gives (a probe e_t added to the carry), to rounding."""
+def test_log_norms_are_the_plain_backward_sweeps_where_it_can_hold_them(dtype, compiled):
+    """A tanh RNN, 300 steps in segments of 64, each recorded eagerly or run as a compiled
+    step: each log-norm is the log of the norm one plain backward sweep gives (a probe e_t
+    added to the carry), to rounding."""
     rng = np.random.default_rng(0)
     H, T = 6, 300
     Wt = fg.tensor((rng.standard_normal((H, H)) * 0.4).astype(dtype))
     xs = (rng.standard_normal((T, 1, H)) * 0.5).astype(dtype)
     seed = rng.standard_normal((1, H))
     logs = fg.carry_gradient_log_norms(lambda h, x: (h @ Wt.T + x).tanh(),
-                                       np.zeros((1, H), dtype), xs, seed, segment=64)
+                                       np.zeros((1, H), dtype), xs, seed, segment=64,
+                                       compiled=compiled)
     probe = fg.tensor(np.stack([xs, np.zeros_like(xs)], axis=1), requires_grad=True)
     h = fg.scan(lambda h, x: (h @ Wt.T + x[0]).tanh() + x[1], fg.zeros((1, H), dtype=dtype),
                 probe)
@@ -88,13 +91,14 @@ def test_growing_gradients_are_exact_past_the_largest_float(dtype):
                                np.float32 else 1e-9)
 
 
-def test_the_result_does_not_depend_on_the_checkpoint_mode():
+def test_the_result_does_not_depend_on_the_checkpoint_mode_or_on_compiling():
     rng = np.random.default_rng(3)
     Wt = fg.tensor(rng.standard_normal((4, 4)) * 0.6)
     xs = rng.standard_normal((200, 1, 4))
     runs = [fg.carry_gradient_log_norms(lambda h, x: (h @ Wt.T + x).tanh(), np.zeros((1, 4)),
-                                        xs, np.ones((1, 4)), segment=50, checkpoint=ck)
-            for ck in (None, "sqrt", 7, fg.Binomial(slots=3))]
+                                        xs, np.ones((1, 4)), segment=50, checkpoint=ck,
+                                        compiled=compiled)
+            for ck in (None, "sqrt", 7, fg.Binomial(slots=3)) for compiled in (False, True)]
     for other in runs[1:]:
         np.testing.assert_array_equal(runs[0], other)
 
@@ -116,6 +120,9 @@ def test_bad_arguments_are_refused_by_name():
     with pytest.raises(fg.FastgradError, match="segment must be an int"):
         fg.carry_gradient_log_norms(lambda h, x: h + x, np.zeros(2), np.zeros((3, 2)),
                                     np.ones(2), segment=0)
+    with pytest.raises(fg.FastgradError, match="compiled must be"):
+        fg.carry_gradient_log_norms(lambda h, x: h + x, np.zeros(2), np.zeros((3, 2)),
+                                    np.ones(2), compiled="yes")
 
 
 def test_the_study_reports_log_norms_where_plain_norms_vanish():
