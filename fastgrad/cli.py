@@ -95,8 +95,9 @@ def demo_rnn(quick, seed, out):
     T = 1_000 if quick else 10_000
     radii = [0.9, 1.0, 1.1]
     _say(f"\n3. An Elman RNN (hidden 64, tanh) unrolled over {T:,} steps at spectral radii "
-         f"{radii} of W_hh:\n   ||dL/dh_t|| for every t from ONE backward sweep, its growth "
-         "rate per step against log(radius) and the top Lyapunov exponent (forward mode)")
+         f"{radii} of W_hh:\n   log ||dL/dh_t|| for every t (the backward sweep in segments, "
+         "exact at any magnitude), its growth rate per step against log(radius) and the top "
+         "Lyapunov exponent (forward mode)")
     r = study.rnn_gradient_norms(hidden=64, T=T, spectral_radius=radii, seed=seed,
                                  lyapunov_steps=500 if quick else 2000)
     for line in str(r.table()).splitlines():
