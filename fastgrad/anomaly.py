@@ -15,14 +15,15 @@ import numpy as np
 from .errors import FastgradError
 from .errors import flag
 
-__all__ = ["AnomalyError", "anomaly_enabled", "describe_anomaly", "detect_anomaly", "locate"]
+__all__ = ["AnomalyError", "STATE", "anomaly_enabled", "describe_anomaly", "detect_anomaly",
+           "locate"]
 
 
 class _State(threading.local):
     on = False  # per thread; a class default, so reading it is one attribute lookup
 
 
-_state = _State()
+STATE = _State()  # detect_anomaly's switch, per thread: ``STATE.on``
 
 
 class AnomalyError(FastgradError, FloatingPointError):
@@ -30,7 +31,7 @@ class AnomalyError(FastgradError, FloatingPointError):
 
 
 def anomaly_enabled() -> bool:
-    return _state.on
+    return STATE.on
 
 
 @contextlib.contextmanager
@@ -47,11 +48,11 @@ def detect_anomaly(enabled: bool = True):
     """
     enabled = flag("detect_anomaly", "enabled", enabled)
     prev = anomaly_enabled()
-    _state.on = enabled
+    STATE.on = enabled
     try:
         yield
     finally:
-        _state.on = prev
+        STATE.on = prev
 
 
 def _stats(a):

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import blas_threads as _blas_threads
 from . import fusion
-from .anomaly import _state as anomaly_state
+from .anomaly import STATE as anomaly_state
 from .anomaly import AnomalyError, anomaly_enabled, describe_anomaly
 from .errors import FastgradError, fail
 from .kernels import dispatch as _dispatch

@@ -57,7 +57,7 @@ from .kernels.scan import binomial_advance
 from .ops import CONTROL, MAX_NDIM, TABLE, Op, fmt
 from .ops.control import SCAN_LAYOUT
 from .ops.nodes import FLOAT_NODE, INDEX_NODE, PARAM_NODE
-from .tape import Tape, _Grow
+from .tape import Tape, GrowingArray
 
 __all__ = ["FORMAT", "HEADER", "VERSION", "atomic_write", "load", "save", "validate_tape"]
 
@@ -471,7 +471,7 @@ def _tape_to(tape: Tape, put) -> dict:
 
 
 def _grow(a, dtype):
-    g = _Grow(dtype, max(1, a.size))
+    g = GrowingArray(dtype, max(1, a.size))
     g.a[: a.size] = a
     g.n = a.size
     return g
@@ -852,7 +852,7 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
              "node_need": np.int8, "values": dtype, "ivalues": np.int64}
     for name, want in grows.items():
         g = getattr(tape, name)
-        if not isinstance(g, _Grow) or g.a.ndim != 1 or g.a.dtype != want or \
+        if not isinstance(g, GrowingArray) or g.a.ndim != 1 or g.a.dtype != want or \
                 not 0 <= g.n <= g.a.size:
             raise bad(f"array {name} is not a 1-D {np.dtype(want)} buffer")
     params = tape.param_arena

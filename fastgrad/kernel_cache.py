@@ -129,7 +129,7 @@ def cache_status() -> tuple:
     if not _jit.CACHE_ENABLED:
         return None, "once per process: no writable cache"
     root = str(_jit.CACHE_DIR)
-    if any(d == root or d.startswith(root + os.sep) for d in list(_jit._unwritable_dirs)):
+    if any(d == root or d.startswith(root + os.sep) for d in list(_jit.unwritable_dirs)):
         return None, f"once per process: the cache in {shorten_home(root)} cannot be written"
     return _jit.CACHE_DIR, f"once; cached in {shorten_home(root)}"
 

@@ -29,7 +29,7 @@ from .ops import fmt
 from .memory import check_memory, guard_memory
 from .memory import set_memory_limit  # noqa: F401 - fastgrad.scan.set_memory_limit, its old place
 from .tape import RECORDING, Tape
-from .tensor import Tensor, _import, as_tensor, is_grad_enabled, recording_into
+from .tensor import Tensor, import_tensor, as_tensor, is_grad_enabled, recording_into
 
 __all__ = ["Binomial", "scan", "set_memory_limit"]
 
@@ -268,8 +268,8 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
     if tape.recording_scan:
         raise fail("scan", "nested scans are not supported",
                    "unroll the inner loop or fold it into the step function")
-    init_nodes = [_import(tape, c, FLOAT_NODE, not grad_on) for c in carries]
-    x_node = _import(tape, x, FLOAT_NODE, not grad_on) if x is not None else -1
+    init_nodes = [import_tensor(tape, c, FLOAT_NODE, not grad_on) for c in carries]
+    x_node = import_tensor(tape, x, FLOAT_NODE, not grad_on) if x is not None else -1
     tape.flush()
     # --- record the body, once; a failure on the way takes the loop back off the tape
     marker = tape.record(Op.SCAN_BEGIN, [init_nodes[0]], (0,), [-1], [], False)

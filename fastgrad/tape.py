@@ -61,13 +61,14 @@ from .ops import TABLE, Op, fmt
 from .ops.control import BEGIN_LAYOUT, SCAN_LAYOUT
 from .ops.nodes import EXTERNAL_NODE, FLOAT_NODE, INDEX_NODE, PARAM_NODE
 
-__all__ = ["RECORDING", "Tape", "VJP_READS_NO_VALUES", "VJP_READS_OTHER_FACTOR", "same_bits"]
+__all__ = ["GrowingArray", "RECORDING", "Tape", "VJP_READS_NO_VALUES", "VJP_READS_OTHER_FACTOR",
+           "same_bits"]
 
 
 _TAPE_FIX = "use smaller shapes or batches (or raise fg.set_memory_limit)"
 
 
-class _Grow:
+class GrowingArray:
     """An int64 or float array with amortised-doubling append.
 
     ``owner`` (a weak reference to the Tape holding it, set by ``Tape.__setattr__``) lets the
@@ -115,13 +116,13 @@ class _Grow:
         self.owner = None
 
     def copy(self):
-        new = _Grow(self.a.dtype, 0)
+        new = GrowingArray(self.a.dtype, 0)
         new.a, new.n = self.a.copy(), self.n
         return new
 
 
 def _nbytes(value) -> int:
-    if isinstance(value, _Grow):
+    if isinstance(value, GrowingArray):
         return value.a.nbytes
     return value.nbytes if isinstance(value, np.ndarray) else 0
 
@@ -139,25 +140,25 @@ class Tape:
         if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise FastgradError(f"Tape: unsupported dtype {dtype!r}. Fix: a tape holds "
                                 "float32 or float64 values")
-        self.ops = _Grow(np.int64)
-        self.outs = _Grow(np.int64)
-        self.in_ptr = _Grow(np.int64)
-        self.in_idx = _Grow(np.int64)
-        self.ip_ptr = _Grow(np.int64)
-        self.iparams = _Grow(np.int64)
-        self.fp_ptr = _Grow(np.int64)
-        self.fparams = _Grow(self.dtype)
+        self.ops = GrowingArray(np.int64)
+        self.outs = GrowingArray(np.int64)
+        self.in_ptr = GrowingArray(np.int64)
+        self.in_idx = GrowingArray(np.int64)
+        self.ip_ptr = GrowingArray(np.int64)
+        self.iparams = GrowingArray(np.int64)
+        self.fp_ptr = GrowingArray(np.int64)
+        self.fparams = GrowingArray(self.dtype)
         for ptr in (self.in_ptr, self.ip_ptr, self.fp_ptr):
             ptr.append(0)
-        self.node_off = _Grow(np.int64)
-        self.node_size = _Grow(np.int64)
-        self.node_kind = _Grow(np.int8)
-        self.node_need = _Grow(np.int8)
+        self.node_off = GrowingArray(np.int64)
+        self.node_size = GrowingArray(np.int64)
+        self.node_kind = GrowingArray(np.int8)
+        self.node_need = GrowingArray(np.int8)
         self.shapes: list[tuple] = []
         self.labels: dict[int, str] = {}  # node -> "leaf", "const", "input 0", ...
         self.producer: dict[int, int] = {}  # node -> row
-        self.values = _Grow(self.dtype, 64)
-        self.ivalues = _Grow(np.int64, 8)
+        self.values = GrowingArray(self.dtype, 64)
+        self.ivalues = GrowingArray(np.int64, 8)
         self.grads: np.ndarray | None = None
         self._scratch: np.ndarray | None = None
         # the arena of kind-2 (parameter) nodes, set by fg.compile; empty for eager tapes
@@ -189,7 +190,7 @@ class Tape:
         self.node_shift = 0
 
     def __setattr__(self, name, value):
-        if isinstance(value, _Grow):  # the guard sees the whole tape when one array grows
+        if isinstance(value, GrowingArray):  # the guard sees the whole tape when one array grows
             value.owner = weakref.ref(self)
         object.__setattr__(self, name, value)
 
@@ -233,7 +234,7 @@ class Tape:
         with RECORDING, self.lock:
             state = self.__getstate__()
         for name, value in state.items():
-            if isinstance(value, _Grow):
+            if isinstance(value, GrowingArray):
                 value = value.copy()
                 value.owner = weakref.ref(new)
             elif isinstance(value, np.ndarray):
@@ -601,7 +602,7 @@ class Tape:
         of the tape, the tape's integer arrays packed (cast, then concatenated) and one float
         buffer of float attributes, gradients (as many as values) and scratch."""
         ints = sum(g.a.nbytes for g in vars(self).values()
-                   if isinstance(g, _Grow) and g.a.dtype != self.dtype)
+                   if isinstance(g, GrowingArray) and g.a.dtype != self.dtype)
         floats = self.fparams.a.size + self.values.a.size + self.scratch_size()
         return self.nbytes() + 2 * ints + floats * self.dtype.itemsize
 

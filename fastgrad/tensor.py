@@ -28,7 +28,8 @@ from .tape import RECORDING, Tape, same_bits
 
 __all__ = ["FLOAT_DTYPES", "Tensor", "apply", "arange", "as_tensor", "broadcast_to",
            "checked_indices", "concatenate", "dtype_arg", "enable_grad", "from_numpy",
-           "get_default_dtype", "getitem", "guard_new", "input_array", "input_dtype_problem",
+           "get_default_dtype", "getitem", "guard_new", "import_tensor", "input_array",
+           "input_dtype_problem",
            "is_grad_enabled", "is_tracing", "make_rng", "matmul", "no_grad", "ones", "placeholder",
            "randn", "real_array", "recording_into", "set_default_dtype", "shape_arg", "stack",
            "take", "tensor", "tracing", "transpose", "unary", "where", "zeros"]
@@ -851,7 +852,7 @@ def unary(op, x, c0=0.0, c1=0.0) -> Tensor:
     return apply(op, x, c0=c0, c1=c1)  # the shape rule checks they are real numbers
 
 
-def _import(tape, t, kind, need_values, what=None):
+def import_tensor(tape, t, kind, need_values, what=None):
     """Node id of tensor ``t`` on ``tape``, copying a leaf's (or foreign tensor's) values in.
 
     A leaf used again on the same tape reuses its copy only while the copy holds the leaf's
@@ -996,7 +997,7 @@ def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_grap
                 tape.index_copies.append((t, v, lo, hi, f"{name}: {where}"))
             nodes.append(v)
         else:
-            v = _import(tape, t, kind, need_values=not on_graph and body is None, what=name)
+            v = import_tensor(tape, t, kind, need_values=not on_graph and body is None, what=name)
             if tape.node_kind.a[v] == INDEX_NODE and kind == FLOAT_NODE:
                 # fg.compile traces an integer input as an index slot; it catches this error
                 # and traces again with that input cast to floats, as eager ops cast it

@@ -28,8 +28,8 @@ import numba
 from numba.core import caching
 
 __all__ = ["CACHE_DIR", "CACHE_ENABLED", "CacheDamaged", "CheckedFunctionCache", "OPTIONS",
-           "REDUCE_OPTIONS", "jit", "jit_inline", "jit_reduce", "native_entry", "per_code",
-           "registry_files"]
+           "REDUCE_OPTIONS", "jit", "jit_inline", "jit_reduce", "native_entry", "njit_with",
+           "per_code", "registry_files", "unwritable_dirs"]
 
 log = logging.getLogger("fastgrad")
 
@@ -98,7 +98,7 @@ if CACHE_ENABLED:
 _SEAL = b"fastgrad-kernel-cache 1\n"  # then 32 bytes of SHA-256, then the pickled payload
 _faults_lock = threading.Lock()
 _warned_dirs: set = set()  # one warning per directory and process
-_unwritable_dirs: set = set()  # a write failed there: keep later kernels in memory
+unwritable_dirs: set = set()  # a write failed there: keep later kernels in memory
 
 
 class CacheDamaged(Exception):
@@ -111,7 +111,7 @@ def _cache_fault(directory, action, exc, *, unwritable=False) -> None:
     directory = str(directory)
     with _faults_lock:
         if unwritable:
-            _unwritable_dirs.add(directory)
+            unwritable_dirs.add(directory)
         if directory in _warned_dirs:
             return
         _warned_dirs.add(directory)
@@ -203,7 +203,7 @@ class CheckedFunctionCache(caching.FunctionCache):
             return None
 
     def save_overload(self, sig, data):
-        if str(self._cache_path) in _unwritable_dirs:
+        if str(self._cache_path) in unwritable_dirs:
             return
         try:
             super().save_overload(sig, data)
@@ -217,7 +217,7 @@ class CheckedFunctionCache(caching.FunctionCache):
             _cache_fault(self._cache_path, "written", exc, unwritable=True)
 
 
-def _njit(fn, options):
+def njit_with(fn, options):
     """``numba.njit`` with ``options``, caching through ``CheckedFunctionCache``."""
     options = dict(options)
     cache = options.pop("cache", False)
@@ -257,7 +257,7 @@ OPTIONS = dict(cache=CACHE_ENABLED, nogil=True, error_model="numpy", fastmath=Fa
 
 def jit(fn):
     """Compile ``fn`` with fastgrad's Numba options (cached, nogil, numpy error model)."""
-    return _njit(fn, OPTIONS)
+    return njit_with(fn, OPTIONS)
 
 
 # Reassociation lets LLVM vectorise a dot-product reduction (it must reorder the sum to use
@@ -269,7 +269,7 @@ REDUCE_OPTIONS = dict(OPTIONS, fastmath={"reassoc", "nsz", "contract", "arcp"})
 
 def jit_reduce(fn):
     """``jit`` plus floating-point reassociation, for dot-product loops (see above)."""
-    return _njit(fn, REDUCE_OPTIONS)
+    return njit_with(fn, REDUCE_OPTIONS)
 
 
 def jit_inline(fn):
@@ -279,7 +279,7 @@ def jit_inline(fn):
     the whole linked tree there. A function that calls the row dispatchers would cost a full
     copy of that work (about 4 s per layer, measured); inlined, it costs its own few lines.
     """
-    return _njit(fn, dict(OPTIONS, inline="always"))
+    return njit_with(fn, dict(OPTIONS, inline="always"))
 
 
 def native_entry(dispatcher, args):

@@ -35,7 +35,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_inline
-from .vecmath import _bits_from_f64, _f64_from_bits
+from .vecmath import bits_from_f64, f64_from_bits
 
 SLOTS = 1024  # op codes are below this (100 * family + index, families 0-7)
 # Slots past the op codes: the three ways a SCAN row runs (kernels/scan.py), each compiled
@@ -112,7 +112,7 @@ def context(tape, values, ivalues, params, grads, pgrads, need, scratch, value_a
     ctx[36], ctx[37] = _address(need), need.size
     ctx[38], ctx[39] = _address(scratch), scratch.size
     ctx[ITEMSIZE] = values.itemsize
-    ctx[VALUE_ALPHA] = _bits_from_f64(np.float64(value_alpha))
+    ctx[VALUE_ALPHA] = bits_from_f64(np.float64(value_alpha))
     return ctx
 
 
@@ -140,7 +140,7 @@ def _pointer(typingctx, address, dtype):
 @jit_inline
 def value_alpha(address):
     """The ``value_alpha`` of the context at ``address``."""
-    return _f64_from_bits(carray(_pointer(address, np.int64), CONTEXT_SIZE)[VALUE_ALPHA])
+    return f64_from_bits(carray(_pointer(address, np.int64), CONTEXT_SIZE)[VALUE_ALPHA])
 
 
 def _unpacked_type(F):

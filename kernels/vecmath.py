@@ -16,8 +16,8 @@ from numba.extending import intrinsic, overload
 
 from ._jit import jit
 
-__all__ = ["exp64", "expneg32", "sigmoid32", "sigmoid64", "sigmoid_of", "tanh32", "tanh64",
-           "tanh_of"]
+__all__ = ["bits_from_f64", "exp64", "expneg32", "f64_from_bits", "sigmoid32", "sigmoid64",
+           "sigmoid_of", "tanh32", "tanh64", "tanh_of"]
 
 
 def _bitcast(src, dst, name):
@@ -34,8 +34,8 @@ def _bitcast(src, dst, name):
     return intrinsic(reinterpret)
 
 
-_f64_from_bits = _bitcast(types.int64, types.float64, "_f64_from_bits")
-_bits_from_f64 = _bitcast(types.float64, types.int64, "_bits_from_f64")
+f64_from_bits = _bitcast(types.int64, types.float64, "f64_from_bits")
+bits_from_f64 = _bitcast(types.float64, types.int64, "bits_from_f64")
 _f32_from_bits = _bitcast(types.int32, types.float32, "_f32_from_bits")
 _bits_from_f32 = _bitcast(types.float32, types.int32, "_bits_from_f32")
 
@@ -63,10 +63,10 @@ def exp64(x):
     px = r * ((_P0 * rr + _P1) * rr + _P2)
     q = ((_Q0 * rr + _Q1) * rr + _Q2) * rr + _Q3
     e = 1.0 + 2.0 * px / (q - px)
-    k = _bits_from_f64(t) - _bits_from_f64(_SHIFT)  # the integer n
+    k = bits_from_f64(t) - bits_from_f64(_SHIFT)  # the integer n
     k1 = k >> 1  # scale by 2**k as 2**k1 * 2**(k - k1): both factors stay normal numbers
-    s1 = _f64_from_bits((k1 + 1023) << 52)
-    s2 = _f64_from_bits((k - k1 + 1023) << 52)
+    s1 = f64_from_bits((k1 + 1023) << 52)
+    s2 = f64_from_bits((k - k1 + 1023) << 52)
     y = e * s1 * s2
     y = np.inf if x > _MAXLOG else y
     y = 0.0 if x < _MINLOG else y

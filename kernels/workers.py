@@ -23,7 +23,7 @@ import sys
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.dispatcher import Dispatcher
 
-from ._jit import CACHE_ENABLED, OPTIONS, CheckedFunctionCache, _njit, _unwritable_dirs
+from ._jit import CACHE_ENABLED, OPTIONS, CheckedFunctionCache, njit_with, unwritable_dirs
 
 MAX_WORKERS = 8
 
@@ -72,7 +72,7 @@ def usable_cpus() -> int:
 def compiled(py_func, signature):
     """``py_func`` compiled (or loaded from the checked cache) for ``signature``: the
     dispatcher, which owns the machine code, and the address of the compiled function."""
-    dispatcher = _njit(py_func, OPTIONS)
+    dispatcher = njit_with(py_func, OPTIONS)
     dispatcher.compile(signature)
     cres = dispatcher.overloads[signature.args]
     address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
@@ -90,7 +90,7 @@ def is_cached(target, signature) -> bool:
             return True
         dispatcher = target
     else:
-        dispatcher = _njit(target, OPTIONS)
+        dispatcher = njit_with(target, OPTIONS)
     cache = getattr(dispatcher, "_cache", None)
     if not isinstance(cache, CheckedFunctionCache):
         return False
@@ -103,7 +103,7 @@ def is_cached(target, signature) -> bool:
 
 def _can_fork() -> bool:
     return (sys.platform.startswith("linux") and hasattr(os, "fork") and CACHE_ENABLED
-            and not _unwritable_dirs)
+            and not unwritable_dirs)
 
 
 def _compile_unit(target, signature):

@@ -602,7 +602,7 @@ def test_fuzz_any_truncation_or_bit_flip_of_a_sealed_cache_file_is_detected(payl
 
 def test_cache_fault_helper_warns_once_per_directory(caplog, monkeypatch):
     monkeypatch.setattr(jit, "_warned_dirs", set())
-    monkeypatch.setattr(jit, "_unwritable_dirs", set())
+    monkeypatch.setattr(jit, "unwritable_dirs", set())
     with caplog.at_level("WARNING", logger="fastgrad"):
         for _ in range(3):
             jit._cache_fault(pathlib.Path("cache-a"), "written",
@@ -610,7 +610,7 @@ def test_cache_fault_helper_warns_once_per_directory(caplog, monkeypatch):
         jit._cache_fault("cache-b", "read", EOFError("Ran out of input"))
     assert [r.getMessage().split(" could")[0] for r in caplog.records] == [
         "fastgrad: the kernel cache in cache-a", "fastgrad: the kernel cache in cache-b"]
-    assert jit._unwritable_dirs == {"cache-a"}
+    assert jit.unwritable_dirs == {"cache-a"}
 
 
 # ------------------------------------------------- two optimizers over one parameter
