@@ -105,7 +105,10 @@ def truncated_bptt(model, init, xs, targets, k1, k2, loss, optimizer, clip_grad_
                     mid = h
             y = args[-1]
             out = outs[-1] if outs[-1].shape[0] >= y.shape[0] else concatenate(outs)
-            traced.append([mid] if single else list(mid))
+            # the carry is read back from the program's values after each call: a copy of it
+            # is a row of its own, which the fusion pass never drops (the carry itself could
+            # be the inside of a fused chain, e.g. h @ W read only by a following + b)
+            traced.append([m + 0.0 for m in ([mid] if single else mid)])
             return loss(out[out.shape[0] - y.shape[0] :], y)
 
         return _compile(fn, optimizer=optimizer, clip_grad_norm=clip_grad_norm,

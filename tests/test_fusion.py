@@ -238,3 +238,31 @@ def test_a_cell_with_its_input_projection_inside_fuses_saves_and_loads(tmp_path)
             p.grad = None
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_truncated_bptt_reads_a_carry_that_a_fused_chain_would_swallow(monkeypatch):
+    """The carry a model returns is read back from the compiled window's values. Here it is
+    h_T @ V, which the next part reads only through (carry + b).tanh(): a chain the pass fuses.
+    The carry's values and the losses are those of the same training without the pass."""
+    def run():
+        rng = np.random.default_rng(13)
+        W, V = (fg.nn.Parameter(rng.standard_normal((4, 4)) * 0.4) for _ in range(2))
+        b = fg.nn.Parameter(rng.standard_normal(4) * 0.1)
+
+        def model(xs, h):
+            hs, h_T = fg.scan(lambda h, x: (h @ W.T + x).tanh(), (h + b).tanh(), xs,
+                              stack=True)
+            return hs, h_T @ V
+
+        xs = rng.standard_normal((40, 2, 4))
+        ys = rng.standard_normal((40, 2, 4)) * 0.1
+        opt = fg.optim.SGD([W, V, b], lr=0.05)
+        losses, h = fg.truncated_bptt(model, np.zeros((2, 4)), xs, ys, k1=5, k2=10,
+                                      loss=fg.mse_loss, optimizer=opt)
+        return losses, h.numpy()
+
+    fused = run()
+    monkeypatch.setattr(fg.fusion, "fuse_program", lambda tape, keep: 0)
+    plain = run()
+    for a, b in zip(fused, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
