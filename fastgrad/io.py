@@ -56,7 +56,7 @@ from .errors import FastgradError, fail
 from .kernels.scan import binomial_advance
 from .ops import CONTROL, MAX_NDIM, TABLE, Op, fmt
 from .ops.control import SCAN_LAYOUT
-from .ops.nodes import FLOAT_NODE, INDEX_NODE, PARAM_NODE
+from .ops.nodes import FLOAT_NODE, FUSED_LABEL, INDEX_NODE, PARAM_NODE
 from .tape import Tape, GrowingArray
 
 __all__ = ["FORMAT", "HEADER", "VERSION", "atomic_write", "load", "save", "validate_tape"]
@@ -550,7 +550,7 @@ def _body_own(tape: Tape, first: int, end: int, b0: int, b1: int) -> list[int]:
     ops, outs = tape.ops.view, tape.outs.view
     in_ptr, in_idx = tape.in_ptr.view, tape.in_idx.view
     captured = {v for v in range(first, end)
-                if labels.get(v) in ("leaf", "const", "fused") or kind[v]}
+                if labels.get(v) in ("leaf", "const", FUSED_LABEL) or kind[v]}
     captured.update(int(v) for v in outs[: max(b0 - 1, 0)] if first <= v < end)  # hoisted
     for r in range(b0, b1):
         if ops[r] == Op.RESHAPE and in_ptr[r + 1] > in_ptr[r]:
@@ -718,7 +718,7 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
         label = tape.labels.get(v)
         unwritten = v not in producer and v not in slots
         if kind[v] != FLOAT_NODE or (label in _INPUT_LABELS) == unwritten \
-                or label == "fused":  # checked with every node labelled so, above
+                or label == FUSED_LABEL:  # checked with every node labelled so, above
             continue
         if label in _INPUT_LABELS:
             role = f"computed by row {producer[v]}" if v in producer else "a carry or x slot"
@@ -913,7 +913,7 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
         producer[o] = r
     # a node labelled 'fused' held an output of a row the fusion pass dropped: no row may
     # write or read it (its values are whatever it held when it was recorded)
-    fused = [v for v, label in tape.labels.items() if label == "fused"]
+    fused = [v for v, label in tape.labels.items() if label == FUSED_LABEL]
     if fused:
         read = set(in_idx.tolist())
         for v in fused:

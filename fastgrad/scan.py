@@ -24,7 +24,7 @@ from . import fusion
 from .errors import fail
 from .ops import Op
 from .ops.control import SCAN_LAYOUT
-from .ops.nodes import FLOAT_NODE, INDEX_NODE
+from .ops.nodes import FLOAT_NODE, FUSED_LABEL, INDEX_NODE
 from .ops import fmt
 from .memory import check_memory, guard_memory
 from .memory import set_memory_limit  # noqa: F401 - fastgrad.scan.set_memory_limit, its old place
@@ -340,7 +340,8 @@ def _record_loop(tape, step, single, carries, x, x_node, init_nodes, T, dtype, g
     body_start, body_end = marker_row + 1, tape.n_rows
     captured = set(tape.hoisted)  # nodes the body reads but does not compute
     for v in range(first_node, tape.n_nodes):  # (and nodes of rows fused away: written by none)
-        if tape.labels.get(v) in ("leaf", "const", "fused") or tape.node_kind.a[v] != FLOAT_NODE:
+        if tape.labels.get(v) in ("leaf", "const", FUSED_LABEL) \
+                or tape.node_kind.a[v] != FLOAT_NODE:
             captured.add(v)
     for r in range(body_start, body_end):  # a RESHAPE of an outside tensor shares its slot
         src = int(tape.in_idx.a[tape.in_ptr.a[r]])

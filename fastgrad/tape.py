@@ -59,7 +59,7 @@ from .errors import FastgradError, fail
 from .memory import available_memory, guard_memory, memory_limit, needs_no_check
 from .ops import TABLE, Op, fmt
 from .ops.control import BEGIN_LAYOUT, SCAN_LAYOUT
-from .ops.nodes import EXTERNAL_NODE, FLOAT_NODE, INDEX_NODE, PARAM_NODE
+from .ops.nodes import EXTERNAL_NODE, FLOAT_NODE, FUSED_LABEL, INDEX_NODE, PARAM_NODE
 
 __all__ = ["GrowingArray", "RECORDING", "Tape", "VJP_READS_NO_VALUES", "VJP_READS_OTHER_FACTOR",
            "same_bits"]
@@ -371,10 +371,10 @@ class Tape:
         self.scan_marker += 1
         self.hoisted.add(out)
 
-    def rewrite(self, replace, drop, dead_label="fused"):
+    def rewrite(self, replace, drop):
         """Rewrite rows in place: ``replace`` maps a row to its new (op, inputs, iparams,
         fparams), writing the same output node; the rows in ``drop`` go, their output nodes
-        stay unwritten (labelled ``dead_label``: no row reads them). Row numbers held in the
+        stay unwritten (labelled FUSED_LABEL: no row reads them). Row numbers held in the
         tape (scan headers and markers, ``scan_rows``, ``producer``) follow the rows that stay.
         The fusion pass (fastgrad/fusion.py) is the caller."""
         n = self.n_rows
@@ -383,10 +383,10 @@ class Tape:
         kept = [r for r in range(n) if r not in drop]
         new_of = {r: i for i, r in enumerate(kept)}
         for r in drop:  # no gradient either: nothing clears or reads its slot
-            self.labels[int(self.outs.a[r])] = dead_label
+            self.labels[int(self.outs.a[r])] = FUSED_LABEL
             self.node_need.a[int(self.outs.a[r])] = 0
-        ptrs = {"in": (self.in_ptr.a, self.in_idx.a), "ip": (self.ip_ptr.a, self.iparams.a),
-                "fp": (self.fp_ptr.a, self.fparams.a)}
+        ptrs = ((self.in_ptr.a, self.in_idx.a), (self.ip_ptr.a, self.iparams.a),
+                (self.fp_ptr.a, self.fparams.a))
         rows = []
         for r in kept:
             out = int(self.outs.a[r])
@@ -394,7 +394,7 @@ class Tape:
                 op, ins, ip, fp = replace[r]
             else:
                 op = int(self.ops.a[r])
-                ins, ip, fp = (a[p[r] : p[r + 1]].copy() for p, a in ptrs.values())
+                ins, ip, fp = (a[p[r] : p[r + 1]].copy() for p, a in ptrs)
             rows.append((int(op), out, np.asarray(ins, np.int64), np.asarray(ip, np.int64),
                          np.asarray(fp, self.dtype)))
         at_begin = BEGIN_LAYOUT.index("scan_row")
