@@ -14,7 +14,15 @@ from .errors import FastgradError
 from .functional import (
     binary_cross_entropy_with_logits,
     cross_entropy,
+    elu,
+    gelu,
+    hardswish,
     leaky_relu,
+    logsigmoid,
+    mish,
+    relu6,
+    selu,
+    silu,
     log_softmax,
     mse_loss,
     relu,
@@ -32,12 +40,23 @@ from .tensor import (
     as_tensor,
     broadcast_to,
     concatenate,
+    empty,
     enable_grad,
+    eye,
     from_numpy,
+    full,
+    full_like,
+    linspace,
+    ones_like,
+    rand,
+    randint,
+    zeros_like,
     get_default_dtype,
     is_grad_enabled,
     matmul,
     no_grad,
+    permute,
+    swapaxes,
     ones,
     randn,
     set_default_dtype,
@@ -77,10 +96,11 @@ def _method(name):
     return fn
 
 
-sum, mean, max, reshape, maximum, minimum = (  # noqa: A001
-    _method(n) for n in ["sum", "mean", "max", "reshape", "maximum", "minimum"]
+sum, mean, max, min, amax, amin, argmax, argmin, reshape, maximum, minimum = (  # noqa: A001
+    _method(n) for n in ["sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin",
+                         "reshape", "maximum", "minimum"]
 )
-concat = concatenate
+concat = cat = concatenate
 
 __all__ = [
     "AnomalyError",
@@ -94,6 +114,11 @@ __all__ = [
     "Tensor",
     "__version__",
     "abs",
+    "amax",
+    "amin",
+    "argmax",
+    "argmin",
+    "cat",
     "arange",
     "as_tensor",
     "binary_cross_entropy_with_logits",
@@ -123,12 +148,14 @@ __all__ = [
     "max",
     "maximum",
     "mean",
+    "min",
     "minimum",
     "mse_loss",
     "nn",
     "no_grad",
     "ones",
     "optim",
+    "permute",
     "randn",
     "relu",
     "reshape",
@@ -145,6 +172,7 @@ __all__ = [
     "stack",
     "study",
     "sum",
+    "swapaxes",
     "take",
     "tanh",
     "tensor",
@@ -152,6 +180,7 @@ __all__ = [
     "truncated_bptt",
     "where",
     "zeros",
+    "empty",
 ]
 
 # fg.exp, fg.sin, ...: every unary op with a Tensor method of its name is also a function, taken

@@ -100,6 +100,12 @@ class Program:
         self.loss_off = int(tape.node_off.a[self.loss_node])
         self.params = list(params) if params is not None else list(
             {id(leaf): leaf for leaf, _ in tape.leaves}.values())
+        for p in self.params:
+            if getattr(p, "_cast_of", None) is not None:
+                raise fail("compile", f"a parameter of shape {fmt(p.shape)} is a cast of another "
+                           "tensor (x.float() or x.astype(...) made outside the function): its "
+                           "updates would not reach the tensor it was cast from",
+                           "cast the model first (model.astype(...)) and pass its parameters")
         index = {id(p): i for i, p in enumerate(self.params)}
         flat_off = np.concatenate([[0], np.cumsum([p.size for p in self.params])])
         self.flat_size = int(flat_off[-1])

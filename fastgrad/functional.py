@@ -142,18 +142,67 @@ def leaky_relu(x, negative_slope=0.01):
     return as_tensor(x).leaky_relu(negative_slope)
 
 
-def softplus(x):
-    """log(1 + exp(x)) elementwise, computed stably; the result has the shape of ``x``.
+def softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta x)) / beta elementwise, computed stably, and x itself where
+    beta x > threshold, as PyTorch's; the result has the shape of ``x``.
 
     >>> import fastgrad as fg
     >>> fg.softplus(fg.tensor([0.0, 1.0])).numpy().round(4)
     array([0.6931, 1.3133])
     """
-    return as_tensor(x).softplus()
+    return as_tensor(x).softplus(beta, threshold)
 
 
-def softmax(x, axis=-1):
-    """exp(x) / sum(exp(x)) along ``axis``, stably; same shape as ``x``, each slice sums to 1.
+def gelu(x, approximate="none"):
+    """x Phi(x) (Phi the standard normal CDF), or with ``approximate="tanh"`` PyTorch's tanh
+    approximation, as torch.nn.functional.gelu.
+
+    >>> import fastgrad as fg
+    >>> fg.gelu(fg.tensor([0.0, 1.0])).numpy().round(4)
+    array([0.    , 0.8413])
+    """
+    if approximate not in ("none", "tanh"):
+        raise fail("gelu", f"approximate={approximate!r}", 'pass "none" or "tanh"')
+    return apply(Op.GELU, x, c0=float(approximate == "tanh"))
+
+
+def silu(x):
+    """x * sigmoid(x) (swish), as torch.nn.functional.silu."""
+    return apply(Op.SILU, x)
+
+
+def elu(x, alpha=1.0):
+    """x where x > 0, else alpha (exp(x) - 1), as torch.nn.functional.elu."""
+    return apply(Op.ELU, x, c0=alpha)
+
+
+def selu(x):
+    """scale * elu(x, alpha) with the self-normalising constants, as torch's selu."""
+    return apply(Op.SELU, x)
+
+
+def mish(x):
+    """x * tanh(softplus(x)), as torch.nn.functional.mish."""
+    return apply(Op.MISH, x)
+
+
+def hardswish(x):
+    """x * relu6(x + 3) / 6, as torch.nn.functional.hardswish."""
+    return apply(Op.HARDSWISH, x)
+
+
+def relu6(x):
+    """min(max(x, 0), 6); the gradient passes where 0 < x < 6, as torch's relu6."""
+    return apply(Op.RELU6, x)
+
+
+def logsigmoid(x):
+    """log(sigmoid(x)) = -softplus(-x), computed stably, as torch.nn.functional.logsigmoid."""
+    return apply(Op.LOGSIGMOID, x)
+
+
+def softmax(x, dim=-1, *, axis=None):
+    """exp(x) / sum(exp(x)) along ``dim`` (NumPy's ``axis=`` too), stably; same shape as ``x``, each slice sums to 1.
 
     For logits (N, C) the default ``axis=-1`` gives one distribution over C classes per row.
 
@@ -162,17 +211,17 @@ def softmax(x, axis=-1):
     array([[0.5 , 0.5 ],
            [0.25, 0.75]])
     """
-    return as_tensor(x).softmax(axis)
+    return as_tensor(x).softmax(dim, axis=axis)
 
 
-def log_softmax(x, axis=-1):
-    """x - logsumexp(x) along ``axis``: log(softmax(x)) without overflow; same shape as ``x``.
+def log_softmax(x, dim=-1, *, axis=None):
+    """x - logsumexp(x) along ``dim`` (NumPy's ``axis=`` too): log(softmax(x)) without overflow; same shape as ``x``.
 
     >>> import fastgrad as fg
     >>> fg.log_softmax(fg.tensor([0.0, 0.0])).numpy().round(6)
     array([-0.693147, -0.693147])
     """
-    return as_tensor(x).log_softmax(axis)
+    return as_tensor(x).log_softmax(dim, axis=axis)
 
 
 def identity(x):
@@ -180,8 +229,11 @@ def identity(x):
 
 
 ACTIVATIONS = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid, "leaky_relu": leaky_relu,
-               "softplus": softplus, "identity": identity, "linear": identity}
+               "softplus": softplus, "identity": identity, "linear": identity, "gelu": gelu,
+               "silu": silu, "elu": elu, "selu": selu, "mish": mish, "hardswish": hardswish,
+               "relu6": relu6, "logsigmoid": logsigmoid}
 
-__all__ = ["ACTIVATIONS", "binary_cross_entropy_with_logits", "cross_entropy", "identity",
-           "leaky_relu", "linear", "linear_act", "log_softmax", "mse_loss", "relu", "sigmoid",
+__all__ = ["ACTIVATIONS", "binary_cross_entropy_with_logits", "cross_entropy", "elu", "gelu",
+           "hardswish", "identity", "leaky_relu", "linear", "linear_act", "log_softmax",
+           "logsigmoid", "mish", "mse_loss", "relu", "relu6", "selu", "sigmoid", "silu",
            "softmax", "softplus", "tanh"]

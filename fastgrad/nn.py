@@ -25,8 +25,9 @@ from .errors import fail
 from .ops import LINEAR_ACTIVATIONS, int_tuple, real
 from .tensor import Tensor, dtype_arg, get_default_dtype, guard_new, make_rng, real_array
 
-__all__ = ["Activation", "GRU", "INITS", "Identity", "LSTM", "LeakyReLU", "Linear", "MLP",
-           "Module", "Parameter", "RNN", "ReLU", "Sequential", "Sigmoid", "Softplus", "Tanh",
+__all__ = ["Activation", "ELU", "GELU", "GRU", "Hardswish", "INITS", "Identity", "LSTM",
+           "LeakyReLU", "Linear", "LogSigmoid", "MLP", "Mish", "Module", "Parameter", "RNN",
+           "ReLU", "ReLU6", "SELU", "Sequential", "SiLU", "Sigmoid", "Softplus", "Tanh",
            "functional", "guard_weights", "init", "init_default_bias", "layer_sizes",
            "make_weight", "manual_seed", "utils"]
 
@@ -411,8 +412,8 @@ class Activation(Module):
     """A Module applying the elementwise activation ``name``; ``kwargs`` go to the function.
 
     ``name`` is a key of ``fg.nn.functional.ACTIVATIONS`` (relu, tanh, sigmoid, leaky_relu,
-    softplus, identity, linear). The output has the input's shape. ``fg.nn.ReLU()`` and its
-    siblings build one.
+    softplus, gelu, silu, ...). The output has the input's shape. ``fg.nn.ReLU`` and its
+    siblings are its subclasses, PyTorch's activation modules.
 
     >>> import fastgrad as fg
     >>> act = fg.nn.Activation("leaky_relu", negative_slope=0.1)
@@ -433,67 +434,139 @@ class Activation(Module):
         return functional.ACTIVATIONS[self.name](x, **self.kwargs)
 
     def extra_repr(self):
-        return self.name
+        if type(self) is Activation:
+            return self.name
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
 
 
-def ReLU():  # noqa: N802 - PyTorch's names
-    """An ``Activation`` computing max(x, 0), as torch.nn.ReLU; output shape = input shape.
+class ReLU(Activation):
+    """max(x, 0), as torch.nn.ReLU; output shape = input shape.
 
     >>> import fastgrad as fg
     >>> fg.nn.ReLU()(fg.tensor([-1.0, 2.0])).numpy()
     array([0., 2.])
+    >>> isinstance(fg.nn.ReLU(), fg.nn.ReLU), fg.nn.ReLU()
+    (True, ReLU())
     """
-    return Activation("relu")
+
+    def __init__(self):
+        super().__init__("relu")
 
 
-def Tanh():  # noqa: N802
-    """An ``Activation`` computing tanh(x), as torch.nn.Tanh; output shape = input shape.
+class Tanh(Activation):
+    """tanh(x), as torch.nn.Tanh; output shape = input shape.
 
     >>> import fastgrad as fg
     >>> fg.nn.Tanh()(fg.tensor([0.0, 1.0])).numpy().round(4)
     array([0.    , 0.7616])
     """
-    return Activation("tanh")
+
+    def __init__(self):
+        super().__init__("tanh")
 
 
-def Sigmoid():  # noqa: N802
-    """An ``Activation`` computing 1 / (1 + exp(-x)), as torch.nn.Sigmoid; same shape out.
+class Sigmoid(Activation):
+    """1 / (1 + exp(-x)), as torch.nn.Sigmoid; same shape out.
 
     >>> import fastgrad as fg
     >>> fg.nn.Sigmoid()(fg.tensor([0.0])).numpy()
     array([0.5])
     """
-    return Activation("sigmoid")
+
+    def __init__(self):
+        super().__init__("sigmoid")
 
 
-def LeakyReLU(negative_slope=0.01):  # noqa: N802
-    """An ``Activation`` computing x if x > 0 else negative_slope * x, as torch.nn.LeakyReLU.
+class LeakyReLU(Activation):
+    """x if x > 0 else negative_slope * x, as torch.nn.LeakyReLU.
 
     >>> import fastgrad as fg
     >>> fg.nn.LeakyReLU(0.1)(fg.tensor([-1.0, 2.0])).numpy()
     array([-0.1,  2. ])
     """
-    return Activation("leaky_relu", negative_slope=negative_slope)
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__("leaky_relu", negative_slope=negative_slope)
 
 
-def Softplus():  # noqa: N802
-    """An ``Activation`` computing log(1 + exp(x)), as torch.nn.Softplus; same shape out.
+class Softplus(Activation):
+    """log(1 + exp(beta x)) / beta (x where beta x > threshold), as torch.nn.Softplus.
 
     >>> import fastgrad as fg
     >>> fg.nn.Softplus()(fg.tensor([0.0])).numpy().round(4)
     array([0.6931])
     """
-    return Activation("softplus")
+
+    def __init__(self, beta=1.0, threshold=20.0):
+        super().__init__("softplus", beta=beta, threshold=threshold)
 
 
-def Identity():  # noqa: N802
-    """An ``Activation`` returning its input unchanged, as torch.nn.Identity.
+class Identity(Activation):
+    """Its input unchanged, as torch.nn.Identity.
 
     >>> import fastgrad as fg
     >>> fg.nn.Identity()(fg.tensor([-1.0, 2.0])).numpy()
     array([-1.,  2.])
     """
-    return Activation("identity")
+
+    def __init__(self):
+        super().__init__("identity")
+
+
+class GELU(Activation):
+    """x Phi(x) (``approximate="tanh"``: PyTorch's tanh approximation), as torch.nn.GELU."""
+
+    def __init__(self, approximate="none"):
+        super().__init__("gelu", approximate=approximate)
+
+
+class SiLU(Activation):
+    """x sigmoid(x), as torch.nn.SiLU."""
+
+    def __init__(self):
+        super().__init__("silu")
+
+
+class ELU(Activation):
+    """x if x > 0 else alpha (exp(x) - 1), as torch.nn.ELU."""
+
+    def __init__(self, alpha=1.0):
+        super().__init__("elu", alpha=alpha)
+
+
+class SELU(Activation):
+    """The self-normalising ELU, as torch.nn.SELU."""
+
+    def __init__(self):
+        super().__init__("selu")
+
+
+class Mish(Activation):
+    """x tanh(softplus(x)), as torch.nn.Mish."""
+
+    def __init__(self):
+        super().__init__("mish")
+
+
+class Hardswish(Activation):
+    """x relu6(x + 3) / 6, as torch.nn.Hardswish."""
+
+    def __init__(self):
+        super().__init__("hardswish")
+
+
+class ReLU6(Activation):
+    """min(max(x, 0), 6), as torch.nn.ReLU6."""
+
+    def __init__(self):
+        super().__init__("relu6")
+
+
+class LogSigmoid(Activation):
+    """log(sigmoid(x)), as torch.nn.LogSigmoid."""
+
+    def __init__(self):
+        super().__init__("logsigmoid")
 
 
 class Sequential(Module):
@@ -506,7 +579,7 @@ class Sequential(Module):
     >>> model(np.ones((4, 3))).shape  # (batch, 3) -> (batch, 2)
     (4, 2)
     >>> len(model), model[1]
-    (2, Activation(tanh))
+    (2, Tanh())
     >>> [name for name, _ in model.named_parameters()]
     ['0.weight', '0.bias']
     """

@@ -20,19 +20,21 @@ import warnings
 
 import numpy as np
 
-from .errors import fail
+from .errors import FastgradError, fail
 from .ops import TABLE, Op, flag, fmt, int_tuple, normalize_axis, real
 from .ops.nodes import FLOAT_NODE, INDEX_NODE
 from .memory import guard_memory
 from .tape import RECORDING, Tape, same_bits
 
-__all__ = ["FLOAT_DTYPES", "Tensor", "apply", "arange", "as_tensor", "broadcast_to",
-           "checked_indices", "concatenate", "dtype_arg", "enable_grad", "from_numpy",
+__all__ = ["FLOAT_DTYPES", "Tensor", "TensorSize", "ValuesIndices", "apply", "arange", "as_tensor", "broadcast_to",
+           "checked_indices", "concatenate", "dtype_arg", "empty", "enable_grad", "eye",
+           "from_numpy", "full", "full_like", "linspace", "ones_like", "rand", "randint",
+           "zeros_like",
            "get_default_dtype", "getitem", "guard_new", "import_tensor", "input_array",
            "input_dtype_problem",
-           "is_grad_enabled", "is_tracing", "make_rng", "matmul", "no_grad", "ones", "placeholder",
+           "is_grad_enabled", "is_tracing", "make_rng", "matmul", "no_grad", "ones", "permute", "placeholder",
            "randn", "real_array", "recording_into", "set_default_dtype", "shape_arg", "stack",
-           "take", "tensor", "tracing", "transpose", "unary", "where", "zeros"]
+           "swapaxes", "take", "tensor", "tracing", "transpose", "unary", "where", "zeros"]
 
 _flag = flag  # requires_grad_'s argument is named flag, as PyTorch's
 _state = threading.local()
@@ -212,7 +214,7 @@ class Tensor:
     """
 
     __slots__ = ("_data", "_tape", "_node", "shape", "dtype", "requires_grad", "grad",
-                 "__weakref__")
+                 "_cast_of", "_as", "__weakref__")
     __array_priority__ = 100  # numpy_array * tensor -> Tensor.__rmul__
 
     def __init__(self, data, requires_grad=False):
@@ -220,6 +222,8 @@ class Tensor:
         self._data = data
         self._tape = None
         self._node = -1
+        self._cast_of = None  # a cast of a leaf: the leaf its gradient goes to (astype)
+        self._as = None  # a bool or int64 dtype shown for a float node (comparisons, indices)
         self.shape = data.shape
         self.dtype = data.dtype
         self.grad = None
@@ -238,12 +242,23 @@ class Tensor:
         t.dtype = tape.dtype if tape.node_kind.a[node] == FLOAT_NODE else np.dtype(np.int64)
         t.requires_grad = requires_grad
         t.grad = None
+        t._cast_of = None
+        t._as = None
         return t
+
+    def _shown_as(self, dtype) -> "Tensor":
+        """This float node seen as bool or int64 values (a comparison's mask, max's indices),
+        as PyTorch types them; arithmetic reads the node's floats, ``numpy()`` the cast."""
+        if self._tape is None:
+            return Tensor(self._data.astype(dtype))
+        self._as = np.dtype(dtype)
+        self.dtype = self._as
+        return self
 
     # ---------------------------------------------------------------- identity
     @property
     def is_leaf(self) -> bool:
-        return self._tape is None or not self.requires_grad
+        return (self._tape is None and self._cast_of is None) or not self.requires_grad
 
     @property
     def tape(self) -> Tape | None:
@@ -271,8 +286,16 @@ class Tensor:
         return len(self.shape)
 
     @property
-    def size(self) -> int:
+    def size(self) -> "TensorSize":
+        """The number of elements (NumPy's ``x.size``), callable as PyTorch's ``x.size()`` (the
+        shape) and ``x.size(dim)``."""
+        return TensorSize(self.shape)
+
+    def numel(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
+
+    def dim(self) -> int:
+        return len(self.shape)
 
     def __len__(self):
         if not self.shape:  # a FastgradError is a TypeError, as len() requires
@@ -287,12 +310,24 @@ class Tensor:
         tape = self.tape
         tape.flush()
         v = tape.node_values(self._node).view()
+        if self._as is not None:
+            v = v.astype(self._as)
         v.flags.writeable = False
         return v
 
     def __array__(self, dtype=None, copy=None):
         a = self.numpy()
         return a.astype(dtype) if dtype is not None else a
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """NumPy's ufuncs on tensors (``np.exp(t)``, ``array + t``) record fastgrad's op, or
+        raise: never a NumPy array silently cut from the graph."""
+        return _numpy_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        """NumPy's functions on tensors (``np.sum(t)``, ``np.stack([a, b])``) as fastgrad's
+        ops with NumPy's meanings, or a FastgradError naming the fastgrad spelling."""
+        return _numpy_function(func, args, kwargs)
 
     def item(self):
         if self.size != 1:
@@ -331,13 +366,41 @@ class Tensor:
         return Tensor(np.array(self.numpy()))
 
     def astype(self, dtype) -> "Tensor":
-        dtype = dtype_arg("astype", dtype)
-        if self._tape is not None and self.requires_grad and dtype != self.dtype:
-            raise fail("astype", f"cannot cast a recorded {self.dtype} tensor to {dtype}",
-                       "a tape holds one dtype: build the graph in the dtype you need, or "
-                       "detach() first")
-        return Tensor(self.numpy().astype(dtype), requires_grad=self.requires_grad
-                      and dtype in FLOAT_DTYPES and self._tape is None)
+        """This tensor in ``dtype`` (itself when it has that dtype already, as PyTorch's casts).
+
+        A cast of a leaf that requires grad is differentiable: its gradient is cast back and
+        accumulated into the leaf's ``.grad``. A recorded value cannot change dtype (a tape
+        holds one float dtype) except when nothing about it can change: outside ``fg.compile``
+        and ``fg.scan``, one that requires no grad becomes a constant.
+
+        >>> import fastgrad as fg, numpy as np
+        >>> w = fg.tensor([1.0, 2.0], requires_grad=True)     # float64
+        >>> (w.float() * 3).sum().backward()                  # float32 arithmetic
+        >>> w.grad
+        array([3., 3.])
+        """
+        return _cast(self, dtype_arg("astype", dtype), "astype")
+
+    def to(self, dtype) -> "Tensor":
+        """PyTorch's ``x.to(dtype)`` (the CPU is fastgrad's only device: ``"cpu"`` is accepted)."""
+        if isinstance(dtype, str) and dtype == "cpu":
+            return self
+        return _cast(self, dtype_arg("to", dtype), "to")
+
+    def float(self) -> "Tensor":
+        return _cast(self, np.dtype(np.float32), "float")
+
+    def double(self) -> "Tensor":
+        return _cast(self, np.dtype(np.float64), "double")
+
+    def long(self) -> "Tensor":
+        return _cast(self, np.dtype(np.int64), "long")
+
+    def int(self) -> "Tensor":
+        return _cast(self, np.dtype(np.int32), "int")
+
+    def bool(self) -> "Tensor":
+        return _cast(self, np.dtype(bool), "bool")
 
     def requires_grad_(self, flag=True) -> "Tensor":
         flag = _flag("requires_grad_", "flag", flag)
@@ -421,26 +484,50 @@ class Tensor:
     def __neg__(self):
         return apply(Op.NEG, self)
 
+    def __pos__(self):
+        return self
+
     def __abs__(self):
         return apply(Op.ABS, self)
 
     def __gt__(self, o):
-        return apply(Op.GT, self, o)
+        return apply(Op.GT, self, o)._shown_as(bool)
 
     def __ge__(self, o):
-        return apply(Op.GE, self, o)
+        return apply(Op.GE, self, o)._shown_as(bool)
 
     def __lt__(self, o):
-        return apply(Op.LT, self, o)
+        return apply(Op.LT, self, o)._shown_as(bool)
 
     def __le__(self, o):
-        return apply(Op.LE, self, o)
+        return apply(Op.LE, self, o)._shown_as(bool)
 
     def __eq__(self, o):
-        return apply(Op.EQ, self, o)
+        return apply(Op.EQ, self, o)._shown_as(bool)
 
     def __ne__(self, o):
-        return apply(Op.NE, self, o)
+        return apply(Op.NE, self, o)._shown_as(bool)
+
+    # logical ops on masks (bool tensors), recorded as their 0/1 arithmetic
+    def __invert__(self):
+        return (1 - _mask(self, "~")).__ne__(0)
+
+    def __and__(self, o):
+        return (_mask(self, "&") * _mask(o, "&")).__ne__(0)
+
+    __rand__ = __and__
+
+    def __or__(self, o):
+        return (_mask(self, "|") + _mask(o, "|")).__ne__(0)
+
+    __ror__ = __or__
+
+    def __xor__(self, o):
+        return _mask(self, "^").__ne__(_mask(o, "^"))
+
+    __rxor__ = __xor__
+
+    logical_not, logical_and, logical_or, logical_xor = __invert__, __and__, __or__, __xor__
 
     def __matmul__(self, o):
         return matmul(self, o)
@@ -472,8 +559,11 @@ class Tensor:
     def leaky_relu(self, negative_slope=0.01):
         return unary(Op.LEAKY_RELU, self, negative_slope)
 
-    def softplus(self):
-        return apply(Op.SOFTPLUS, self)
+    def softplus(self, beta=1.0, threshold=20.0):
+        """log(1 + exp(beta x)) / beta, and x where beta x > threshold, as PyTorch's."""
+        if real("softplus", "beta", beta) == 0:
+            raise fail("softplus", "beta is 0", "pass a non-zero beta (1 is the default)")
+        return unary(Op.SOFTPLUS, self, beta, threshold)
 
     def sin(self):
         return apply(Op.SIN, self)
@@ -486,6 +576,77 @@ class Tensor:
 
     def expm1(self):
         return apply(Op.EXPM1, self)
+
+    def tan(self):
+        return apply(Op.TAN, self)
+
+    def asin(self):
+        return apply(Op.ASIN, self)
+
+    def acos(self):
+        return apply(Op.ACOS, self)
+
+    def atan(self):
+        return apply(Op.ATAN, self)
+
+    def sinh(self):
+        return apply(Op.SINH, self)
+
+    def cosh(self):
+        return apply(Op.COSH, self)
+
+    def asinh(self):
+        return apply(Op.ASINH, self)
+
+    def acosh(self):
+        return apply(Op.ACOSH, self)
+
+    def atanh(self):
+        return apply(Op.ATANH, self)
+
+    arcsin, arccos, arctan, arcsinh, arccosh, arctanh = asin, acos, atan, asinh, acosh, atanh
+
+    def log2(self):
+        return apply(Op.LOG2, self)
+
+    def log10(self):
+        return apply(Op.LOG10, self)
+
+    def rsqrt(self):
+        return apply(Op.RSQRT, self)
+
+    def floor(self):
+        return apply(Op.FLOOR, self)
+
+    def ceil(self):
+        return apply(Op.CEIL, self)
+
+    def round(self, decimals=0):
+        """Half to even, as torch.round (``decimals`` places, scaled by 10**decimals)."""
+        if decimals == 0:
+            return apply(Op.ROUND, self)
+        scale = 10.0 ** _one_int("round", "decimals", decimals, -300)
+        return apply(Op.ROUND, self * scale) / scale
+
+    def sign(self):
+        return apply(Op.SIGN, self)
+
+    def all(self, dim=None, keepdim=False):
+        """Whether every element along ``dim`` (every dim when None) is non-zero (True)."""
+        return _mask(self != 0, "all").amin(dim, keepdim) != 0
+
+    def any(self, dim=None, keepdim=False):
+        """Whether some element along ``dim`` (every dim when None) is non-zero (True)."""
+        return _mask(self != 0, "any").amax(dim, keepdim) != 0
+
+    def isnan(self):
+        return self != self
+
+    def isinf(self):
+        return self.abs() == np.inf
+
+    def isfinite(self):
+        return (self - self) == 0  # inf - inf and NaN - NaN are NaN
 
     def clip(self, min=None, max=None):  # noqa: A002 - NumPy's / PyTorch's names
         lo = -np.inf if min is None else real("clip", "min", min)
@@ -502,42 +663,380 @@ class Tensor:
     def minimum(self, o):
         return apply(Op.MINIMUM, self, o)
 
-    def softmax(self, axis=-1):
-        return apply(Op.SOFTMAX, self, axis=axis)
+    def softmax(self, dim=-1, *, axis=None):
+        return apply(Op.SOFTMAX, self, axis=_dim("softmax", dim, axis, -1))
 
-    def log_softmax(self, axis=-1):
-        return apply(Op.LOG_SOFTMAX, self, axis=axis)
+    def log_softmax(self, dim=-1, *, axis=None):
+        return apply(Op.LOG_SOFTMAX, self, axis=_dim("log_softmax", dim, axis, -1))
 
-    def sum(self, axis=None, keepdims=False):
-        return _reduce(Op.SUM, self, axis, keepdims)
+    # Reductions take PyTorch's dim= / keepdim= and NumPy's axis= / keepdims= alike; a tuple of
+    # dims reduces each (NumPy's and PyTorch's sum/mean/amax)
+    def sum(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return _reduce(Op.SUM, self, _dim("sum", dim, axis), _keep("sum", keepdim, keepdims))
 
-    def max(self, axis=None, keepdims=False):
-        return _reduce(Op.MAX, self, axis, keepdims)
+    def mean(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return _reduce(Op.MEAN, self, _dim("mean", dim, axis), _keep("mean", keepdim, keepdims))
 
-    def mean(self, axis=None, keepdims=False):
-        return _reduce(Op.MEAN, self, axis, keepdims)
+    def max(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """PyTorch's ``max``: over every element, the value (ties share the gradient);
+        along one ``dim``, ``(values, indices)`` (the first maximal element, which takes the
+        gradient); with a tensor, the elementwise maximum. A tuple of dims gives the values
+        alone (NumPy's ``max(axis=tuple)``). ``amax`` always gives the values alone."""
+        return _extreme("max", self, dim, axis, keepdim, keepdims)
+
+    def min(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """PyTorch's ``min``: as ``max``, for the least elements."""
+        return _extreme("min", self, dim, axis, keepdim, keepdims)
+
+    def prod(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """The product along ``dim`` (every dim when None); each element's gradient is the
+        product of the others, as ``torch.prod`` (zeros included)."""
+        return _reduce(Op.PROD, self, _dim("prod", dim, axis), _keep("prod", keepdim, keepdims))
+
+    def logsumexp(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """log(sum(exp(x))) along ``dim``, without overflow, as ``torch.logsumexp``."""
+        return _reduce(Op.LOGSUMEXP, self, _dim("logsumexp", dim, axis),
+                       _keep("logsumexp", keepdim, keepdims))
+
+    def cumsum(self, dim=None, *, axis=None):
+        """Running sums along ``dim``, as ``torch.cumsum`` (NumPy's ``axis=None``: of the
+        flattened tensor)."""
+        dim = _dim("cumsum", dim, axis)
+        if dim is None:
+            return apply(Op.CUMSUM, self.reshape(-1), axis=0)
+        return apply(Op.CUMSUM, self, axis=dim)
+
+    def var(self, dim=None, keepdim=False, *, correction=1, unbiased=None, ddof=None,
+            axis=None, keepdims=None):
+        """The variance along ``dim``, divided by n - ``correction`` (PyTorch's default 1, the
+        unbiased estimate; NumPy's ``ddof=`` names the same number, default 0 in NumPy)."""
+        return _variance("var", self, dim, keepdim, correction, unbiased, ddof, axis, keepdims)
+
+    def std(self, dim=None, keepdim=False, *, correction=1, unbiased=None, ddof=None,
+            axis=None, keepdims=None):
+        """The square root of ``var`` (the same arguments), as ``torch.std``."""
+        return _variance("std", self, dim, keepdim, correction, unbiased, ddof, axis,
+                         keepdims).sqrt()
+
+    def norm(self, p=2, dim=None, keepdim=False):
+        """The vector p-norm along ``dim`` (of every element when None), as
+        ``torch.linalg.vector_norm``: p = 2 (default), 1, inf, -inf, 0 or any p > 0; the
+        gradient at a zero vector is 0, as PyTorch's."""
+        return _norm(self, p, dim, keepdim)
+
+    def amax(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """The largest values along ``dim`` (every dim when None); maximal elements share the
+        gradient equally, as ``torch.amax``."""
+        return _reduce(Op.AMAX, self, _dim("amax", dim, axis), _keep("amax", keepdim, keepdims))
+
+    def amin(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """The least values along ``dim``, as ``torch.amin`` (``-(-x).amax(dim)``)."""
+        return -(-self).amax(_dim("amin", dim, axis), _keep("amin", keepdim, keepdims))
+
+    def argmax(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """The index of the first maximal element along ``dim`` (of the flattened tensor when
+        None), int64, as ``torch.argmax``; not differentiable."""
+        return _arg_extreme("argmax", self, _dim("argmax", dim, axis),
+                            _keep("argmax", keepdim, keepdims))
+
+    def argmin(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """The index of the first least element along ``dim``, as ``torch.argmin``."""
+        return _arg_extreme("argmin", self, _dim("argmin", dim, axis),
+                            _keep("argmin", keepdim, keepdims))
 
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         return apply(Op.RESHAPE, self, shape=tuple(shape))
 
-    def flatten(self):
-        return self.reshape(-1)
+    def view(self, *shape):
+        """``reshape`` (a tape value is never shared, so PyTorch's view and reshape agree)."""
+        return self.reshape(*shape)
 
-    def transpose(self, *axes):
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            return transpose(self, axes[0])  # an explicit sequence, even empty, as NumPy
-        return transpose(self, axes or None)
+    def flatten(self, start_dim=0, end_dim=-1):
+        """Dims ``start_dim`` to ``end_dim`` merged into one, as ``torch.flatten``."""
+        if self.ndim == 0:
+            return self.reshape(1)
+        a, b = (normalize_axis("flatten", d, self.ndim) for d in (start_dim, end_dim))
+        if a > b:
+            raise fail("flatten", f"start_dim {start_dim} comes after end_dim {end_dim} for "
+                       f"shape {fmt(self.shape)}", "pass start_dim <= end_dim")
+        return self.reshape(self.shape[:a] + (math.prod(self.shape[a : b + 1]),)
+                            + self.shape[b + 1 :])
+
+    def squeeze(self, dim=None):
+        """The dims of size 1 removed (only those of ``dim``, an int or tuple, when given)."""
+        dims = range(self.ndim) if dim is None else {
+            normalize_axis("squeeze", d, self.ndim) for d in int_tuple("squeeze", "dim", dim)}
+        return self.reshape(tuple(s for i, s in enumerate(self.shape)
+                                  if not (i in dims and s == 1)))
+
+    def unsqueeze(self, dim):
+        """A dim of size 1 inserted at ``dim`` (in [-ndim - 1, ndim])."""
+        d = normalize_axis("unsqueeze", dim, self.ndim + 1)
+        return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
+
+    def expand(self, *sizes):
+        """A broadcast view to ``sizes`` (-1 keeps a dim's size), as ``torch.expand``."""
+        sizes = int_tuple("expand", "sizes", sizes[0] if len(sizes) == 1 and isinstance(
+            sizes[0], (tuple, list)) else sizes, minimum=-1)
+        lead = len(sizes) - self.ndim
+        if lead < 0:
+            raise fail("expand", f"{len(sizes)} sizes for shape {fmt(self.shape)}",
+                       f"pass at least {self.ndim} sizes")
+        return broadcast_to(self, tuple(self.shape[i - lead] if s == -1 and i >= lead else s
+                                        for i, s in enumerate(sizes)))
+
+    def flip(self, *dims):
+        """The order of the elements along ``dims`` reversed (a strided view)."""
+        dims = int_tuple("flip", "dims", dims[0] if len(dims) == 1 and isinstance(
+            dims[0], (tuple, list)) else dims)
+        flipped = {normalize_axis("flip", d, self.ndim) for d in dims}
+        return self[tuple(slice(None, None, -1) if i in flipped else slice(None)
+                          for i in range(self.ndim))]
+
+    def repeat(self, *repeats):
+        """The tensor tiled ``repeats[i]`` times along dim i, as ``torch.repeat`` / ``np.tile``
+        (``repeats`` may have more entries than dims: new leading dims)."""
+        reps = int_tuple("repeat", "repeats", repeats[0] if len(repeats) == 1 and isinstance(
+            repeats[0], (tuple, list)) else repeats, minimum=0)
+        if len(reps) < self.ndim:
+            raise fail("repeat", f"{len(reps)} repeats for shape {fmt(self.shape)}",
+                       f"pass at least {self.ndim} (one per dim)")
+        shape = (1,) * (len(reps) - self.ndim) + self.shape
+        pairs = tuple(v for s in shape for v in (1, s))
+        tiled = tuple(v for r, s in zip(reps, shape) for v in (r, s))
+        return self.reshape(pairs).broadcast_to(tiled).reshape(
+            tuple(r * s for r, s in zip(reps, shape)))
+
+    def split(self, split_size_or_sections, dim=0):
+        """Pieces along ``dim``: of ``split_size`` each (the last may be smaller), or of the
+        listed sizes, as ``torch.split``; a tuple of views."""
+        d = normalize_axis("split", dim, self.ndim)
+        n = self.shape[d] if self.ndim else 1
+        if isinstance(split_size_or_sections, (int, np.integer)):
+            step = int(split_size_or_sections)
+            if step <= 0:
+                raise fail("split", f"split_size {step}", "pass a positive size")
+            sizes = [min(step, n - i) for i in range(0, n, step)] or [0]
+        else:
+            sizes = list(int_tuple("split", "sections", split_size_or_sections, minimum=0))
+            if sum(sizes) != n:
+                raise fail("split", f"sections {sizes} sum to {sum(sizes)}, not the size {n} of "
+                           f"dim {d}", "pass sizes that add up to the dim's size")
+        starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        pre = (slice(None),) * d
+        return tuple(self[pre + (slice(a, b),)] for a, b in zip(starts[:-1], starts[1:]))
+
+    def chunk(self, chunks, dim=0):
+        """``chunks`` pieces along ``dim`` (fewer when it does not divide), as ``torch.chunk``."""
+        chunks = _one_int("chunk", "chunks", chunks, 1)
+        n = self.shape[normalize_axis("chunk", dim, self.ndim)] if self.ndim else 1
+        return self.split(max(-(-n // chunks), 1), dim)
+
+    # method spellings of the operators, as PyTorch's
+    def add(self, other, *, alpha=1):
+        return self + (other if alpha == 1 else other * alpha)
+
+    def sub(self, other, *, alpha=1):
+        return self - (other if alpha == 1 else other * alpha)
+
+    def mul(self, other):
+        return self * other
+
+    def div(self, other):
+        return self / other
+
+    def pow(self, exponent):
+        return self**exponent
+
+    def neg(self):
+        return -self
+
+    def matmul(self, other):
+        return matmul(self, other)
+
+    def transpose(self, *dims):
+        """PyTorch's ``x.transpose(dim0, dim1)``: swap two dims. NumPy's spellings, which
+        cannot be read as that, permute: ``x.transpose()`` reverses the dims,
+        ``x.transpose((1, 0, 2))`` and ``x.transpose(1, 0, 2)`` (not two ints) are
+        ``x.permute(1, 0, 2)``."""
+        if len(dims) == 2 and all(not isinstance(d, (tuple, list)) for d in dims):
+            return swapaxes(self, *dims)
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            return transpose(self, dims[0])  # an explicit sequence, even empty, as NumPy
+        return transpose(self, dims or None)
+
+    def permute(self, *dims):
+        """Axis i of the result is axis ``dims[i]`` of this tensor, as ``torch.permute``."""
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = dims[0]
+        return transpose(self, dims)
+
+    def swapaxes(self, axis0, axis1):
+        return swapaxes(self, axis0, axis1)
 
     @property
     def T(self):  # noqa: N802 - NumPy's name
         return transpose(self, None)
+
+    @property
+    def mT(self):  # noqa: N802 - PyTorch's name
+        """The last two dims swapped (a batch of matrices transposed), as PyTorch's ``x.mT``."""
+        if self.ndim < 2:
+            raise fail("mT", f"needs at least 2 dims, got shape {fmt(self.shape)}",
+                       "use .T or reshape to a matrix first")
+        return swapaxes(self, -2, -1)
 
     def broadcast_to(self, shape):
         return broadcast_to(self, shape)
 
     def __getitem__(self, key):
         return getitem(self, key)
+
+
+# ---------------------------------------------------------------- NumPy's protocols
+# ufunc -> (method, reflected method for a tensor on the right)
+_UFUNCS = {
+    np.add: ("__add__", "__radd__"), np.subtract: ("__sub__", "__rsub__"),
+    np.multiply: ("__mul__", "__rmul__"), np.true_divide: ("__truediv__", "__rtruediv__"),
+    np.power: ("__pow__", "__rpow__"), np.matmul: ("__matmul__", "__rmatmul__"),
+    np.maximum: ("maximum", "maximum"), np.minimum: ("minimum", "minimum"),
+    np.greater: ("__gt__", "__lt__"), np.greater_equal: ("__ge__", "__le__"),
+    np.less: ("__lt__", "__gt__"), np.less_equal: ("__le__", "__ge__"),
+    np.equal: ("__eq__", "__eq__"), np.not_equal: ("__ne__", "__ne__"),
+    np.logical_and: ("__and__", "__and__"), np.logical_or: ("__or__", "__or__"),
+    np.logical_xor: ("__xor__", "__xor__"),
+    np.negative: ("__neg__",), np.absolute: ("abs",), np.exp: ("exp",), np.log: ("log",),
+    np.sqrt: ("sqrt",), np.tanh: ("tanh",), np.sin: ("sin",), np.cos: ("cos",),
+    np.log1p: ("log1p",), np.expm1: ("expm1",), np.logical_not: ("__invert__",),
+    np.positive: ("__pos__",), np.tan: ("tan",), np.arcsin: ("asin",), np.arccos: ("acos",),
+    np.arctan: ("atan",), np.sinh: ("sinh",), np.cosh: ("cosh",), np.arcsinh: ("asinh",),
+    np.arccosh: ("acosh",), np.arctanh: ("atanh",), np.log2: ("log2",), np.log10: ("log10",),
+    np.floor: ("floor",), np.ceil: ("ceil",), np.rint: ("round",), np.sign: ("sign",),
+    np.isnan: ("isnan",), np.isinf: ("isinf",), np.isfinite: ("isfinite",),
+}
+# Not differentiable and not recorded: answered from the values eagerly (their gradient is
+# zero, so nothing is cut), refused inside fg.compile or fg.scan (the first call's values).
+_VALUE_QUERIES = {np.signbit, np.isclose, np.allclose, np.array_equal, np.shape, np.ndim,
+                  np.size, np.result_type}
+
+
+def _leave_graph_hint(name):
+    return (f"use fastgrad's op (x.{name}(...) or fg.{name}(...)) where it has one, or leave "
+            "the graph explicitly with x.numpy()")
+
+
+def _numpy_ufunc(ufunc, method, inputs, kwargs):
+    name = f"np.{ufunc.__name__}"
+    if ufunc in _VALUE_QUERIES and method == "__call__" and not kwargs:
+        return _value_query(name, ufunc, inputs, {})
+    spec = _UFUNCS.get(ufunc)
+    if spec is None or method != "__call__" or kwargs:
+        what = (f"with {sorted(kwargs)}" if kwargs and spec else
+                f"as {method}" if spec else "is not an op fastgrad records")
+        raise fail(name, f"{what} on a tensor (the result would be cut from the graph)",
+                   _leave_graph_hint(ufunc.__name__))
+    if len(inputs) == 1:
+        return getattr(as_tensor(inputs[0]), spec[0])()
+    a, b = inputs
+    if isinstance(a, Tensor):
+        return getattr(a, spec[0])(b)
+    return getattr(b, spec[1])(a)
+
+
+def _value_query(name, fn, args, kwargs):
+    if is_tracing() or getattr(_state, "body_tape", None) is not None:
+        raise fail(name, "inside fg.compile or fg.scan would read the first call's values",
+                   "compute it on the compiled function's result, outside")
+    plain = [a.numpy() if isinstance(a, Tensor) else a for a in args]
+    return fn(*plain, **kwargs)
+
+
+def _np_reduction(method):
+    def call(a, axis=None, *rest, keepdims=False, **kwargs):
+        if rest or kwargs:
+            raise fail(f"np.{method}", f"arguments {sorted(kwargs) or list(rest)} on a tensor",
+                       f"use x.{method}(axis=..., keepdims=...)")
+        return getattr(as_tensor(a), method)(axis=axis, keepdims=keepdims)
+
+    return call
+
+
+def _np_arg(method):
+    def call(a, axis=None, *, keepdims=False):
+        return getattr(as_tensor(a), method)(axis=axis, keepdims=keepdims)
+
+    return call
+
+
+_ARRAY_FUNCTIONS = {
+    np.sum: _np_reduction("sum"), np.mean: _np_reduction("mean"),
+    np.prod: _np_reduction("prod"),
+    np.var: lambda a, axis=None, ddof=0, keepdims=False: as_tensor(a).var(
+        axis=axis, ddof=ddof, keepdims=keepdims),
+    np.std: lambda a, axis=None, ddof=0, keepdims=False: as_tensor(a).std(
+        axis=axis, ddof=ddof, keepdims=keepdims),
+    np.cumsum: lambda a, axis=None: as_tensor(a).cumsum(axis=axis),
+    np.max: _np_reduction("amax"), np.amax: _np_reduction("amax"),
+    np.min: _np_reduction("amin"), np.amin: _np_reduction("amin"),
+    np.argmax: _np_arg("argmax"), np.argmin: _np_arg("argmin"),
+    np.reshape: lambda a, shape=None, **kw: as_tensor(a).reshape(kw.get("newshape", shape)),
+    np.transpose: lambda a, axes=None: transpose(a, axes),
+    np.swapaxes: lambda a, axis1, axis2: swapaxes(a, axis1, axis2),
+    np.concatenate: lambda arrays, axis=0: concatenate(arrays, axis=axis),
+    np.stack: lambda arrays, axis=0: stack(arrays, axis=axis),
+    np.where: lambda cond, *ab: where(cond, *ab) if len(ab) == 2 else _np_where_one(),
+    np.clip: lambda a, a_min=None, a_max=None: as_tensor(a).clip(a_min, a_max),
+    np.broadcast_to: lambda a, shape: broadcast_to(a, shape),
+    np.take: lambda a, indices, axis=None: take(a, indices, 0 if axis is None else axis)
+    if axis is not None or as_tensor(a).ndim == 1 else take(as_tensor(a).reshape(-1), indices),
+    np.matmul: lambda a, b: matmul(a, b),
+}
+
+
+def _np_where_one():
+    raise fail("np.where", "with one argument gives data-dependent shapes",
+               "use np.nonzero(x.numpy()) outside the graph")
+
+
+def _numpy_function(func, args, kwargs):
+    name = f"np.{func.__name__}"
+    impl = _ARRAY_FUNCTIONS.get(func)
+    if impl is not None:
+        try:
+            return impl(*args, **kwargs)
+        except TypeError as e:
+            if isinstance(e, FastgradError):
+                raise
+            raise fail(name, f"arguments fastgrad does not take ({e})",
+                       _leave_graph_hint(func.__name__)) from None
+    if func in _VALUE_QUERIES:
+        return _value_query(name, func, args, kwargs)
+    raise fail(name, "has no fastgrad op: applied to a tensor it would cut the result from "
+               "the graph", _leave_graph_hint(func.__name__))
+
+
+class TensorSize(int):
+    """``x.size``: the element count, an int, which also answers PyTorch's calls: ``x.size()``
+    is the shape and ``x.size(dim)`` one size.
+
+    >>> import fastgrad as fg
+    >>> x = fg.zeros(2, 3)
+    >>> x.size, x.size(), x.size(-1)
+    (6, (2, 3), 3)
+    """
+
+    def __new__(cls, shape):
+        size = super().__new__(cls, int(np.prod(shape, dtype=np.int64)))
+        size.shape = tuple(shape)
+        return size
+
+    def __call__(self, dim=None):
+        if dim is None:
+            return self.shape
+        if not self.shape:
+            raise fail("size", "a 0-d tensor has no dims", "call x.size() for its shape ()")
+        return self.shape[normalize_axis("size", dim, len(self.shape))]
 
 
 def real_array(op, what, value) -> np.ndarray:
@@ -579,6 +1078,8 @@ _ACCUMULATING = threading.Lock()  # threads adding into one leaf's .grad take tu
 
 
 def _accumulate(leaf, g):
+    while leaf._cast_of is not None:  # a cast's gradient is its source's, cast back
+        leaf = leaf._cast_of
     g = np.asarray(g, leaf.dtype)
     with _ACCUMULATING:
         if leaf.grad is None:
@@ -595,6 +1096,12 @@ def tensor(data, dtype=None, requires_grad=False) -> Tensor:
     >>> fg.tensor([1.0, 2.0], requires_grad=True)
     tensor([1., 2.], requires_grad=True)
     """
+    if isinstance(data, ValuesIndices):
+        raise fail("tensor", "got the (values, indices) that max or min along a dim returns",
+                   "use .values or .indices (or x.amax(dim) for the values alone)")
+    requires_grad = flag("tensor", "requires_grad", requires_grad)
+    if isinstance(data, (list, tuple)) and not requires_grad and _holds_graph(data):
+        return _stack_nested(data, dtype)  # recorded: gradients reach the tensors inside
     if isinstance(data, Tensor):
         if is_tracing():  # fg.compile recomputes recorded values and reloads leaves per call
             same_dtype = dtype is None or np.dtype(dtype) == data.dtype
@@ -609,7 +1116,6 @@ def tensor(data, dtype=None, requires_grad=False) -> Tensor:
                                           and not requires_grad):
                 return _traced_copy(data, "tensor")
         data = data.numpy()
-    requires_grad = flag("tensor", "requires_grad", requires_grad)
     if dtype is not None:
         dtype = dtype_arg("tensor", dtype)
     if isinstance(data, np.ndarray):  # a copy as large as a broadcast view's shape
@@ -630,6 +1136,46 @@ def tensor(data, dtype=None, requires_grad=False) -> Tensor:
         raise fail("tensor", f"unsupported dtype {a.dtype}", "pass numbers (float32/float64 "
                    "values, integer indices or labels)")
     return Tensor(a, requires_grad=requires_grad)
+
+
+def _holds_graph(data, depth=0) -> bool:
+    """Whether nested lists ``data`` hold a tensor that is recorded or requires grad."""
+    for e in data:
+        if isinstance(e, Tensor):
+            if e._tape is not None or e.requires_grad or is_tracing():
+                return True
+        elif isinstance(e, (list, tuple)) and depth < 32 and _holds_graph(e, depth + 1):
+            return True
+    return False
+
+
+def _stack_nested(data, dtype):
+    """``fg.tensor`` of nested lists holding tensors: recorded stacks of the elements (numbers
+    taking the tensors' float dtype), so that gradients flow back into them."""
+    ref = dtype_arg("tensor", dtype) if dtype is not None else None
+
+    def first_float(d):
+        for e in d:
+            if isinstance(e, Tensor):
+                return _float_dtype(e)
+            if isinstance(e, (list, tuple)):
+                found = first_float(e)
+                if found is not None:
+                    return found
+        return None
+
+    ref = ref or first_float(data) or get_default_dtype()
+
+    def build(d):
+        if isinstance(d, Tensor):
+            return d if d.dtype == ref or d._tape is not None else d.astype(ref)
+        if isinstance(d, (list, tuple)):
+            if not d:
+                raise fail("tensor", "an empty list among tensors", "pass rectangular data")
+            return stack([build(e) for e in d])
+        return tensor(d, dtype=ref)
+
+    return build(data)
 
 
 def from_numpy(array) -> Tensor:
@@ -766,6 +1312,107 @@ def ones(*shape, dtype=None, requires_grad=False) -> Tensor:
     return Tensor(np.ones(shape, dtype), requires_grad)
 
 
+def empty(*shape, dtype=None, requires_grad=False) -> Tensor:
+    """A leaf tensor of ``shape`` (PyTorch leaves its values undefined; these are zeros)."""
+    return zeros(*shape, dtype=dtype, requires_grad=requires_grad)
+
+
+def full(shape, fill_value, dtype=None, requires_grad=False) -> Tensor:
+    """A leaf tensor of ``shape`` filled with ``fill_value``; its dtype, unless given, is
+    int64 for an int, bool for a bool and the default float dtype for a float, as PyTorch.
+
+    >>> import fastgrad as fg
+    >>> fg.full((2,), 7).numpy(), fg.full((1, 2), 0.5).dtype
+    (array([7, 7]), dtype('float64'))
+    """
+    if dtype is None and not isinstance(fill_value, (bool, np.bool_)):
+        real("full", "fill_value", fill_value)
+        if isinstance(fill_value, (int, np.integer)) and not -(2**63) <= fill_value < 2**63:
+            raise fail("full", f"fill_value {fill_value} does not fit int64",
+                       "pass a smaller int, or a float")
+    if dtype is None:
+        dtype = np.bool_ if isinstance(fill_value, (bool, np.bool_)) else np.int64 if \
+            isinstance(fill_value, (int, np.integer)) else None
+    shape, dtype = _creation_args("full", (shape,), dtype, requires_grad)
+    guard_new("full", math.prod(shape) * dtype.itemsize, shape)
+    return Tensor(np.full(shape, fill_value, dtype), requires_grad)
+
+
+def _one_int(op, what, value, minimum) -> int:
+    """``value`` as one Python int >= ``minimum`` (bools, floats and sequences refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or \
+            value < minimum:
+        raise fail(op, f"{what} must be an int >= {minimum}, got {value!r}",
+                   f"pass an int {what}")
+    return int(value)
+
+
+def _like(op, x, dtype):
+    x = as_tensor(x)
+    return x.shape, (x.dtype if dtype is None else dtype_arg(op, dtype))
+
+
+def zeros_like(x, dtype=None, requires_grad=False) -> Tensor:
+    """Zeros of ``x``'s shape and dtype (or ``dtype``)."""
+    shape, dtype = _like("zeros_like", x, dtype)
+    return zeros(shape, dtype=dtype, requires_grad=requires_grad)
+
+
+def ones_like(x, dtype=None, requires_grad=False) -> Tensor:
+    """Ones of ``x``'s shape and dtype (or ``dtype``)."""
+    shape, dtype = _like("ones_like", x, dtype)
+    return ones(shape, dtype=dtype, requires_grad=requires_grad)
+
+
+def full_like(x, fill_value, dtype=None, requires_grad=False) -> Tensor:
+    """``fill_value`` in ``x``'s shape and dtype (or ``dtype``)."""
+    shape, dtype = _like("full_like", x, dtype)
+    return full(shape, fill_value, dtype=dtype, requires_grad=requires_grad)
+
+
+def eye(n, m=None, dtype=None, requires_grad=False) -> Tensor:
+    """The (n, m) identity matrix (m = n by default), as torch.eye."""
+    shape, dtype = _creation_args("eye", (n, n if m is None else m), dtype, requires_grad)
+    guard_new("eye", math.prod(shape) * dtype.itemsize, shape)
+    return Tensor(np.eye(*shape, dtype=dtype), requires_grad)
+
+
+def linspace(start, end, steps, dtype=None, requires_grad=False) -> Tensor:
+    """``steps`` evenly spaced values from ``start`` to ``end`` inclusive, as torch.linspace."""
+    start, end = real("linspace", "start", start), real("linspace", "end", end)
+    steps = _one_int("linspace", "steps", steps, 0)
+    dtype = dtype_arg("linspace", dtype, floats_only=True)
+    guard_new("linspace", steps * 8, (steps,))
+    return Tensor(np.linspace(start, end, steps).astype(dtype), requires_grad)
+
+
+def rand(*shape, dtype=None, requires_grad=False, seed=None) -> Tensor:
+    """Uniform samples in [0, 1); ``seed`` (int or np.random.Generator) makes them
+    reproducible, as in ``fg.randn``."""
+    shape, dtype = _creation_args("rand", shape, dtype, requires_grad, floats_only=True)
+    guard_new("rand", math.prod(shape) * 8, shape)
+    return Tensor(make_rng("rand", seed).random(shape).astype(dtype, copy=False), requires_grad)
+
+
+def randint(low, high=None, size=(), dtype=np.int64, seed=None) -> Tensor:
+    """Integers drawn uniformly from [low, high) (from [0, low) when ``high`` is None), as
+    torch.randint; int64 unless ``dtype`` says otherwise."""
+    if isinstance(high, (tuple, list)):  # torch.randint(high, size)
+        high, size = None, high
+    low, high = (0, low) if high is None else (low, high)
+    for what, v in (("low", low), ("high", high)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise fail("randint", f"{what} must be an int, got {v!r}", f"pass an int {what}")
+    if high <= low:
+        raise fail("randint", f"high {high} is not above low {low}", "pass low < high")
+    if not -(2**63) <= low < high <= 2**63:
+        raise fail("randint", f"bounds [{low}, {high}) do not fit int64", "pass smaller bounds")
+    shape = shape_arg("randint", (size,))
+    dtype = dtype_arg("randint", dtype)
+    guard_new("randint", math.prod(shape) * 8, shape)
+    return Tensor(make_rng("randint", seed).integers(low, high, shape).astype(dtype))
+
+
 _RANDN_CHUNK = 1 << 16  # float64 draws per chunk when making float32 samples
 
 
@@ -893,11 +1540,11 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
     if allowed is not None and not allowed.issuperset(attrs):
         raise fail(name, f"unknown attribute(s) {sorted(set(attrs) - allowed)}",
                    f"{name} takes " + (", ".join(sorted(allowed)) or "no attributes"))
-    ts = [as_tensor(o) for o in operands]
+    ts = _operands(operands)
     if (d.arity >= 0 and len(ts) != d.arity) or not ts:
         raise fail(name, f"takes {d.arity if d.arity >= 0 else 'one or more'} operand(s), got "
                    f"{len(ts)}")
-    floats = {t.dtype for i, t in enumerate(ts) if i not in d.int_inputs and t.dtype.kind == "f"}
+    floats = {_float_dtype(t) for i, t in enumerate(ts) if i not in d.int_inputs} - {None}
     for i, t in enumerate(ts):
         problem = input_dtype_problem(t.dtype, None)
         if problem is not None:
@@ -910,6 +1557,7 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
             "fastgrad does not promote silently: cast one side with .astype(np.float64) or "
             ".astype(np.float32)",
         )
+    any_float = bool(floats)
     dtype = floats.pop() if floats else get_default_dtype()
     for i in d.int_inputs:
         if ts[i].dtype.kind not in "iu":
@@ -917,6 +1565,15 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
                        f"of shape {fmt(ts[i].shape)}", "pass an integer array (np.int64)")
     shapes = [t.shape for t in ts]
     out_shape, ip, fp = d.rule(name, shapes, **attrs)
+    if not any_float and op in _INTEGER_OPS and all(t._tape is None for t in ts) and \
+            not is_tracing() and getattr(_state, "body_tape", None) is None:
+        # integer and bool constants stay integers, as in PyTorch (a bool sum counts)
+        try:
+            out = d.forward([t._data for t in ts], d.layout.decode(ip, fp, name), out_shape)
+        except TypeError as e:  # -mask: NumPy and PyTorch refuse it
+            raise fail(name, f"not defined for {ts[0].dtype} operands ({e})",
+                       "cast first, e.g. x.long() or x.float()") from None
+        return Tensor(np.array(out))
     grad_on = is_grad_enabled()
     need = grad_on and d.differentiable and any(
         t.requires_grad for i, t in enumerate(ts) if i not in d.int_inputs)
@@ -929,6 +1586,35 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
     if folding:
         return Tensor(np.array(result.numpy()))
     return result
+
+
+def _operands(operands) -> list:
+    """An op's operands as tensors, Python numbers taking the float dtype of the tensors (or
+    float arrays) beside them, as PyTorch's scalars do: ``x32 > 0.5`` compares in float32."""
+    ref = None
+    for o in operands:
+        if isinstance(o, Tensor):
+            ref = _float_dtype(o)
+        elif isinstance(o, np.ndarray) and o.dtype in FLOAT_DTYPES:
+            ref = o.dtype
+        if ref is not None:
+            break
+    return [tensor(o, dtype=ref) if ref is not None and isinstance(o, (int, float))
+            else as_tensor(o) for o in operands]
+
+
+# Ops whose NumPy forward is exact on integers (and keeps their dtype, a sum widening to int64):
+# on integer constants they give integers, as PyTorch's do.
+_INTEGER_OPS = frozenset({Op.RESHAPE, Op.STRIDED, Op.GATHER, Op.CONCAT, Op.SUM, Op.MAX, Op.AMAX,
+                          Op.ADD, Op.SUB, Op.MUL, Op.NEG, Op.ABS, Op.MAXIMUM, Op.MINIMUM})
+
+
+def _float_dtype(t):
+    """The float dtype operand ``t`` brings to an op: its own, its tape's for a mask or index
+    values held as floats on a tape, None for integer and bool constants."""
+    if t._as is not None and t._tape is not None:
+        return t.tape.dtype
+    return t.dtype if t.dtype.kind == "f" else None
 
 
 def _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp, dtype, grad_on, need):
@@ -1006,6 +1692,11 @@ def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_grap
                            "pass that input as floats, e.g. y.astype(np.float32)")
                 err.integer_input = tape.labels.get(v)
                 raise err
+            if kind and tape.node_kind.a[v] != INDEX_NODE:
+                raise fail(name, f"operand {i} (shape {fmt(t.shape)}) holds indices computed "
+                           "inside fg.compile or fg.scan (argmax, max's indices), which "
+                           "cannot index yet", "index with an input of the function, or use "
+                           "the indices in comparisons and arithmetic")
             if kind and t._tape is not None:
                 lo, hi = d.int_bound(shapes, **attrs)
                 old = tape.int_bounds.get(v, (0, hi))
@@ -1033,6 +1724,175 @@ def _reduce(op, x, axis, keepdims):
     return apply(op, x, axis=axis, keepdims=keepdims)
 
 
+def _dim(name, dim, axis, default=None):
+    """A reduction's dim, given as PyTorch's ``dim`` or NumPy's ``axis`` (not both)."""
+    if axis is None:
+        return dim
+    if dim is not default and not (isinstance(dim, (int, np.integer)) and dim == default):
+        raise fail(name, f"got both dim={dim!r} and axis={axis!r}", "pass one of them")
+    return axis
+
+
+def _keep(name, keepdim, keepdims):
+    """A reduction's keepdim, given as PyTorch's ``keepdim`` or NumPy's ``keepdims``."""
+    if keepdims is None:
+        return flag(name, "keepdim", keepdim)
+    if keepdim is not False:
+        raise fail(name, f"got both keepdim={keepdim!r} and keepdims={keepdims!r}",
+                   "pass one of them")
+    return flag(name, "keepdims", keepdims)
+
+
+class ValuesIndices:
+    """What ``max`` and ``min`` along a dim return, as PyTorch's ``torch.return_types.max``:
+    ``values`` (a tensor; the gradient goes to the element ``indices`` names) and ``indices``
+    (int64, computed when first read); unpacks as ``values, indices = x.max(1)``."""
+
+    __slots__ = ("values", "_indices", "_make")
+
+    def __init__(self, values, make_indices):
+        self.values, self._indices, self._make = values, None, make_indices
+
+    @property
+    def indices(self):
+        if self._indices is None:
+            self._indices = self._make()
+        return self._indices
+
+    def __getitem__(self, i):
+        return (self.values, self.indices)[i]
+
+    def __iter__(self):
+        return iter((self.values, self.indices))
+
+    def __len__(self):
+        return 2
+
+    def __repr__(self):
+        return f"ValuesIndices(values={self.values!r}, indices={self.indices!r})"
+
+
+def _extreme(name, x, dim, axis, keepdim, keepdims):
+    """``x.max(...)`` / ``x.min(...)`` with PyTorch's meanings (Tensor.max)."""
+    dim, keepdim = _dim(name, dim, axis), _keep(name, keepdim, keepdims)
+    if isinstance(dim, (Tensor, np.ndarray)):  # torch.max(a, b): elementwise
+        return x.maximum(dim) if name == "max" else x.minimum(dim)
+    if dim is None or isinstance(dim, (tuple, list)):
+        return x.amax(dim, keepdim) if name == "max" else x.amin(dim, keepdim)
+    x = as_tensor(x)
+    signed = x if name == "max" else -x
+    values = apply(Op.MAX, signed, axis=dim, keepdims=keepdim)
+    return ValuesIndices(values if name == "max" else -values,
+                         lambda: _arg_extreme("arg" + name, x, dim, keepdim))
+
+
+def _arg_extreme(name, x, dim, keepdim):
+    """The first maximal (argmax) or least (argmin) element's index along ``dim`` (of the
+    flattened tensor when None), NaN counting as the extreme, as PyTorch: an int64 constant
+    eagerly; inside fg.compile or fg.scan, recorded (as exact floats on the tape, shown as
+    int64) so that it follows each call's values."""
+    x = as_tensor(x)
+    flat = x.reshape(-1) if dim is None else x
+    ax = 0 if dim is None else normalize_axis(name, dim, x.ndim)
+    n = flat.shape[ax] if flat.ndim else 1
+    if n == 0:
+        raise fail(name, f"cannot take the {name} over an empty axis of shape {fmt(x.shape)}",
+                   "reduce over a non-empty axis")
+    if not is_tracing() and getattr(_state, "body_tape", None) is None:
+        values = x.numpy()
+        idx = (np.argmax if name == "argmax" else np.argmin)(values, axis=dim, keepdims=keepdim)
+        return Tensor(np.asarray(idx, np.int64))
+    if n >= 2**24:
+        raise fail(name, f"an axis of {n} elements inside fg.compile or fg.scan",
+                   "take the index outside the compiled function")
+    signed = flat if name == "argmax" else -flat
+    top = apply(Op.MAX, signed, axis=ax, keepdims=True)
+    at = apply(Op.EQ, signed, top) + apply(Op.NE, signed, signed)  # 0/1; NaN is the extreme
+    shape = [1] * max(flat.ndim, 1)
+    shape[ax] = n
+    rank = Tensor(np.arange(n, 0, -1).reshape(shape))  # n - k: the first hit ranks highest
+    first = n - apply(Op.AMAX, at * rank, axis=ax, keepdims=keepdim and dim is not None)
+    if dim is None and keepdim:
+        first = first.reshape((1,) * x.ndim)
+    return first._shown_as(np.int64)
+
+
+def _variance(name, x, dim, keepdim, correction, unbiased, ddof, axis, keepdims):
+    dim, keepdim = _dim(name, dim, axis), _keep(name, keepdim, keepdims)
+    if unbiased is not None:
+        correction = 1 if flag(name, "unbiased", unbiased) else 0
+    if ddof is not None:
+        correction = ddof
+    correction = real(name, "correction", correction)
+    x = as_tensor(x)
+    dims = range(x.ndim) if dim is None else [
+        normalize_axis(name, d, x.ndim) for d in int_tuple(name, "dim", dim)]
+    n = math.prod(x.shape[d] for d in dims) if x.ndim else 1
+    centred = x - x.mean(dim, keepdim=True)
+    return (centred * centred).sum(dim, keepdim) / max(n - correction, 0)
+
+
+def _norm(x, p, dim, keepdim):
+    x = as_tensor(x)
+    p = real("norm", "p", p)
+    if p == 2:  # sqrt(s), written so that a zero vector has a zero gradient (not 0 * inf)
+        s = (x * x).sum(dim, keepdim)
+        zero = s == 0
+        return where(zero, 0.0, where(zero, 1.0, s).sqrt())
+    a = x.abs()
+    if p == 1:
+        return a.sum(dim, keepdim)
+    if p == np.inf:
+        return a.amax(dim, keepdim)
+    if p == -np.inf:
+        return a.amin(dim, keepdim)
+    if p == 0:  # how many are non-zero, in x's float dtype
+        return where(a != 0, ones_like(a), zeros_like(a)).sum(dim, keepdim)
+    if p < 0 or not math.isfinite(p):
+        raise fail("norm", f"p={p}", "pass p = 2, 1, inf, -inf, 0 or any p > 0")
+    s = (a**p).sum(dim, keepdim)
+    zero = s == 0
+    return where(zero, 0.0, where(zero, 1.0, s) ** (1.0 / p))
+
+
+def _cast(x, dtype, name):
+    """``x`` as ``dtype`` (Tensor.astype): differentiable for a leaf that requires grad."""
+    if dtype == x.dtype:
+        return x
+    if x._as is not None and x._tape is not None and dtype == x.tape.dtype:
+        return Tensor._on_tape(x.tape, x.node, False)  # a mask's floats, as they are
+    inside = is_tracing() or getattr(_state, "body_tape", None) is not None
+    if x._tape is not None:
+        if x.requires_grad or inside:
+            raise fail(name, f"cannot cast a recorded {x.dtype} value of shape "
+                       f"{fmt(x.shape)} to {dtype}" + (" inside fg.compile or fg.scan"
+                                                       if inside else ""),
+                       "a tape holds one float dtype: cast the inputs and parameters before "
+                       "the computation (model.astype(...)), or detach() first")
+        return Tensor(x.numpy().astype(dtype))  # eager and without grad: a constant
+    if x.requires_grad and dtype in FLOAT_DTYPES:
+        if inside:
+            raise fail(name, f"cannot cast a leaf that requires grad to {dtype} inside "
+                       "fg.compile or fg.scan", "cast the parameters before: model.astype(...)")
+        out = Tensor(x._data.astype(dtype), requires_grad=True)
+        out._cast_of = x  # backward accumulates into x (_accumulate)
+        return out
+    return Tensor(x._data.astype(dtype))
+
+
+def _mask(t, op):
+    """A bool operand of ``& | ^ ~`` as 0/1 numbers (floats on a tape, int64 constants)."""
+    if isinstance(t, (bool, np.bool_)):
+        return Tensor(np.int64(t))
+    t = as_tensor(t)
+    if t.dtype != np.bool_:
+        raise fail(op, f"takes bool tensors (masks), got {t.dtype} of shape {fmt(t.shape)}",
+                   "compare first (x > 0), or cast with .bool()")
+    if t._tape is not None:
+        return Tensor._on_tape(t.tape, t.node, False)
+    return Tensor(t._data.astype(np.int64))
+
+
 def matmul(a, b) -> Tensor:
     """Matrix product with NumPy's rules: 2-D, batched leading dims (broadcast), 1-D operands."""
     a, b = as_tensor(a), as_tensor(b)
@@ -1051,11 +1911,11 @@ def matmul(a, b) -> Tensor:
     return y
 
 
-def transpose(x, axes=None) -> Tensor:
-    """Permute the axes of ``x`` as np.transpose: axis i of the result is axis ``axes[i]`` of x.
-
-    ``axes=None`` reverses them, so a matrix (m, n) becomes (n, m). The result is a strided view
-    of ``x``; ``x.transpose(*axes)`` and ``x.T`` are the same op.
+def transpose(x, axes=None, dim1=None) -> Tensor:
+    """``fg.transpose(x, dim0, dim1)`` swaps two dims, as ``torch.transpose``; given one
+    sequence ``axes`` (or None), it permutes as ``np.transpose``: axis i of the result is axis
+    ``axes[i]`` of x, and None reverses them, so a matrix (m, n) becomes (n, m). The result is
+    a strided view of ``x``; ``x.transpose(...)``, ``x.permute(...)`` and ``x.T`` are this op.
 
     >>> import fastgrad as fg, numpy as np
     >>> x = fg.tensor(np.arange(6.0).reshape(2, 3))
@@ -1066,6 +1926,8 @@ def transpose(x, axes=None) -> Tensor:
     >>> fg.transpose(fg.zeros(2, 3, 4), (1, 0, 2)).shape
     (3, 2, 4)
     """
+    if dim1 is not None:
+        return swapaxes(x, axes, dim1)
     x = as_tensor(x)
     nd = x.ndim
     axes = tuple(reversed(range(nd))) if axes is None else int_tuple("transpose", "axes", axes)
@@ -1077,6 +1939,30 @@ def transpose(x, axes=None) -> Tensor:
     cs = _contig(x.shape)
     return apply(Op.STRIDED, x, out_shape=tuple(x.shape[a] for a in axes), base=0,
                  strides=tuple(cs[a] for a in axes))
+
+
+def swapaxes(x, dim0, dim1) -> Tensor:
+    """``x`` with dims ``dim0`` and ``dim1`` swapped, as ``torch.transpose(x, dim0, dim1)``.
+
+    >>> import fastgrad as fg
+    >>> fg.swapaxes(fg.zeros(2, 3, 4), 1, 2).shape
+    (2, 4, 3)
+    """
+    x = as_tensor(x)
+    nd = x.ndim
+    axes = list(range(nd))
+    if nd == 0:  # PyTorch allows swapping dim 0 (or -1) of a 0-d tensor with itself
+        for d in (dim0, dim1):
+            normalize_axis("transpose", d, 0)
+        return transpose(x, ())
+    a, b = (normalize_axis("transpose", d, nd) for d in (dim0, dim1))
+    axes[a], axes[b] = axes[b], axes[a]
+    return transpose(x, axes)
+
+
+def permute(x, dims) -> Tensor:
+    """Axis i of the result is axis ``dims[i]`` of ``x``, as ``torch.permute``."""
+    return transpose(x, dims)
 
 
 def broadcast_to(x, shape) -> Tensor:
@@ -1100,6 +1986,9 @@ def broadcast_to(x, shape) -> Tensor:
 
     x = as_tensor(x)
     shape = int_tuple("broadcast_to", "shape", shape, minimum=0)
+    if math.prod(shape) >= 2**62:
+        raise fail("broadcast_to", f"shape {fmt(shape)} has more elements than fit in memory",
+                   "broadcast to a smaller shape")
     if broadcast_shapes("broadcast_to", x.shape, shape) != shape:
         raise fail("broadcast_to", f"cannot broadcast {fmt(x.shape)} to {fmt(shape)}",
                    "the target must keep every non-1 size of the input")
@@ -1175,8 +2064,9 @@ def take(x, indices, axis=0) -> Tensor:
     return apply(Op.GATHER, x, indices, axis=axis)
 
 
-def concatenate(tensors, axis=0) -> Tensor:
-    """Join tensors along an existing ``axis``, as np.concatenate; ``fg.concat`` is this function.
+def concatenate(tensors, dim=0, *, axis=None) -> Tensor:
+    """Join tensors along an existing ``dim`` (or NumPy's ``axis=``), as torch.cat and
+    np.concatenate; ``fg.cat`` and ``fg.concat`` are this function.
 
     Shapes must agree except along ``axis``, where the sizes add: (2, 3) and (4, 3) on axis 0
     give (6, 3). The gradient is split back into the inputs' slices.
@@ -1188,11 +2078,12 @@ def concatenate(tensors, axis=0) -> Tensor:
     array([1., 2., 3.])
     """
     tensors = _tensor_list("concat", tensors)
-    return apply(Op.CONCAT, *tensors, axis=axis)
+    return apply(Op.CONCAT, *tensors, axis=_dim("concat", dim, axis, 0))
 
 
-def stack(tensors, axis=0) -> Tensor:
-    """Join k tensors of one shape along a new ``axis``, as np.stack.
+def stack(tensors, dim=0, *, axis=None) -> Tensor:
+    """Join k tensors of one shape along a new ``dim`` (or ``axis=``), as torch.stack and
+    np.stack.
 
     The result has size k at ``axis``: three (2,) tensors give (3, 2) on axis 0, (2, 3) on axis 1.
 
@@ -1206,6 +2097,7 @@ def stack(tensors, axis=0) -> Tensor:
     (2, 3)
     """
     tensors = [as_tensor(t) for t in _tensor_list("stack", tensors)]
+    axis = _dim("stack", dim, axis, 0)
     nd = tensors[0].ndim + 1
     ax = normalize_axis("stack", axis, nd)
     for t in tensors:

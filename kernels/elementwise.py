@@ -12,12 +12,17 @@ from .codes import (
     NEG, ABS, EXP, LOG, SQRT, TANH, SIGMOID, RELU, LEAKY_RELU, SOFTPLUS, CLIP, ADD_SCALAR,
     MUL_SCALAR, DIV_SCALAR, RDIV_SCALAR, POW_SCALAR, RPOW_SCALAR, ADD, SUB, MUL, DIV, POW,
     MAXIMUM, MINIMUM, BCE_LOGITS, GT, GE, LT, LE, EQ, NE, SIN, COS, LOG1P, EXPM1,
+    TAN, ASIN, ACOS, ATAN, SINH, COSH, ASINH, ACOSH, ATANH, LOG2, LOG10, RSQRT, FLOOR, CEIL,
+    ROUND, SIGN, GELU, SILU, ELU, SELU, MISH, HARDSWISH, RELU6, LOGSIGMOID,
 )
+import math
+
 from ._jit import jit, jit_inline, per_code
 from .vecmath import exp64, sigmoid64, sigmoid_of, tanh_of
 from .views import fattr, iattrs, needs, operand, operand_grad, output, output_grad
 from ..ops import binary as _binary_ops
 from ..ops import selection as _selection_ops
+from ..ops.unary import SELU_ALPHA, SELU_SCALE
 
 __all__ = ["DIMS", "NDIM", "binary_row_forward", "binary_row_vjp", "binary_run_forward",
            "binary_run_vjp", "unary_forward", "unary_row_forward", "unary_row_vjp", "unary_vjp",
@@ -43,6 +48,21 @@ def _sigmoid(v):
 def _softplus(v):
     # log(1 + e^v) without overflow: max(v, 0) + log1p(e^-|v|)
     return max(v, 0.0) + np.log1p(exp64(-abs(np.float64(v))))
+
+
+LN2, LN10 = math.log(2.0), math.log(10.0)
+SQRT2, SQRT_2_PI, SQRT_2PI = math.sqrt(2.0), math.sqrt(2.0 / math.pi), math.sqrt(2.0 * math.pi)
+
+
+@jit
+def _gelu_phi(v, approximate):
+    """(Phi, d/dx of x Phi): GELU's factor and slope, exact or with the tanh approximation."""
+    if approximate == 0.0:
+        phi = 0.5 * (1.0 + math.erf(v / SQRT2))
+        return phi, phi + v * math.exp(-0.5 * v * v) / SQRT_2PI
+    t = np.tanh(SQRT_2_PI * (v + 0.044715 * (v * v * v)))
+    return 0.5 * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * SQRT_2_PI * (
+        1.0 + 3.0 * 0.044715 * (v * v))
 
 
 def _unary_forward_of(op):
@@ -75,9 +95,11 @@ def _unary_forward_of(op):
         elif op == LEAKY_RELU:
             for i in range(n):
                 y[i] = x[i] if x[i] > 0 else c0 * x[i]
-        elif op == SOFTPLUS:
+        elif op == SOFTPLUS:  # c0: beta, c1: threshold; c0 = 0: beta 1 and no threshold
+            beta = 1.0 if c0 == 0.0 else c0
             for i in range(n):
-                y[i] = _softplus(x[i])
+                bx = beta * x[i]
+                y[i] = x[i] if c0 != 0.0 and bx > c1 else _softplus(bx) / beta
         elif op == CLIP:
             for i in range(n):
                 y[i] = min(max(x[i], c0), c1)
@@ -115,6 +137,79 @@ def _unary_forward_of(op):
         elif op == EXPM1:
             for i in range(n):
                 y[i] = np.expm1(x[i])
+        elif op == TAN:
+            for i in range(n):
+                y[i] = np.tan(x[i])
+        elif op == ASIN:
+            for i in range(n):
+                y[i] = np.arcsin(x[i])
+        elif op == ACOS:
+            for i in range(n):
+                y[i] = np.arccos(x[i])
+        elif op == ATAN:
+            for i in range(n):
+                y[i] = np.arctan(x[i])
+        elif op == SINH:
+            for i in range(n):
+                y[i] = np.sinh(x[i])
+        elif op == COSH:
+            for i in range(n):
+                y[i] = np.cosh(x[i])
+        elif op == ASINH:
+            for i in range(n):
+                y[i] = np.arcsinh(x[i])
+        elif op == ACOSH:
+            for i in range(n):
+                y[i] = np.arccosh(x[i])
+        elif op == ATANH:
+            for i in range(n):
+                y[i] = np.arctanh(x[i])
+        elif op == LOG2:
+            for i in range(n):
+                y[i] = np.log2(x[i])
+        elif op == LOG10:
+            for i in range(n):
+                y[i] = np.log10(x[i])
+        elif op == RSQRT:
+            for i in range(n):
+                y[i] = 1.0 / np.sqrt(x[i])
+        elif op == FLOOR:
+            for i in range(n):
+                y[i] = np.floor(x[i])
+        elif op == CEIL:
+            for i in range(n):
+                y[i] = np.ceil(x[i])
+        elif op == ROUND:  # half to even
+            for i in range(n):
+                y[i] = np.rint(x[i])
+        elif op == SIGN:  # NaN stays NaN
+            for i in range(n):
+                v = x[i]
+                y[i] = 1.0 if v > 0 else (-1.0 if v < 0 else v)
+        elif op == GELU:
+            for i in range(n):
+                y[i] = x[i] * _gelu_phi(np.float64(x[i]), c0)[0]
+        elif op == SILU:
+            for i in range(n):
+                y[i] = x[i] * _sigmoid(x[i])
+        elif op == ELU:
+            for i in range(n):
+                y[i] = x[i] if x[i] > 0 else c0 * np.expm1(x[i])
+        elif op == SELU:
+            for i in range(n):
+                y[i] = SELU_SCALE * (x[i] if x[i] > 0 else SELU_ALPHA * np.expm1(x[i]))
+        elif op == MISH:
+            for i in range(n):
+                y[i] = x[i] * np.tanh(_softplus(x[i]))
+        elif op == HARDSWISH:
+            for i in range(n):
+                y[i] = x[i] * min(max(x[i] + 3.0, 0.0), 6.0) / 6.0
+        elif op == RELU6:
+            for i in range(n):
+                y[i] = min(max(x[i], 0.0), 6.0)
+        elif op == LOGSIGMOID:
+            for i in range(n):
+                y[i] = -_softplus(-x[i])
 
     return unary_forward
 
@@ -161,8 +256,10 @@ def _unary_vjp_of(op):
             for i in range(n):
                 gx[i] += gy[i] if x[i] > 0 else (c0 * gy[i] if x[i] <= 0 else x[i])
         elif op == SOFTPLUS:
+            beta = 1.0 if c0 == 0.0 else c0
             for i in range(n):
-                gx[i] += gy[i] * _sigmoid(x[i])
+                bx = beta * x[i]
+                gx[i] += gy[i] * (1.0 if c0 != 0.0 and bx > c1 else _sigmoid(bx))
         elif op == CLIP:  # gradient passes where lo <= x <= hi, as torch.clamp; NaN at NaN
             for i in range(n):
                 if x[i] >= c0 and x[i] <= c1:
@@ -188,10 +285,15 @@ def _unary_vjp_of(op):
             elif c0 != 0.0:
                 for i in range(n):
                     gx[i] += gy[i] * c0 * x[i] ** (c0 - 1.0)
-        elif op == RPOW_SCALAR:  # d(c^x) = c^x log c
+        elif op == RPOW_SCALAR:  # d(c^x) = c^x log c; 0 at c == 0 where x >= 0, as PyTorch
             lc = np.log(c0)
-            for i in range(n):
-                gx[i] += gy[i] * y[i] * lc
+            if c0 == 0.0:
+                for i in range(n):
+                    if not x[i] >= 0.0:
+                        gx[i] += gy[i] * (y[i] * lc)
+            else:
+                for i in range(n):
+                    gx[i] += gy[i] * (y[i] * lc)
         elif op == SIN:
             for i in range(n):
                 gx[i] += gy[i] * np.cos(x[i])
@@ -204,6 +306,85 @@ def _unary_vjp_of(op):
         elif op == EXPM1:  # exp(x) = y + 1: the output, as PyTorch
             for i in range(n):
                 gx[i] += gy[i] * (y[i] + 1.0)
+        elif op == TAN:
+            for i in range(n):
+                gx[i] += gy[i] * (1.0 + y[i] * y[i])
+        elif op == ASIN:
+            for i in range(n):
+                gx[i] += gy[i] / np.sqrt(1.0 - x[i] * x[i])
+        elif op == ACOS:
+            for i in range(n):
+                gx[i] -= gy[i] / np.sqrt(1.0 - x[i] * x[i])
+        elif op == ATAN:
+            for i in range(n):
+                gx[i] += gy[i] / (1.0 + x[i] * x[i])
+        elif op == SINH:
+            for i in range(n):
+                gx[i] += gy[i] * np.cosh(x[i])
+        elif op == COSH:
+            for i in range(n):
+                gx[i] += gy[i] * np.sinh(x[i])
+        elif op == ASINH:
+            for i in range(n):
+                gx[i] += gy[i] / np.sqrt(x[i] * x[i] + 1.0)
+        elif op == ACOSH:
+            for i in range(n):
+                gx[i] += gy[i] / np.sqrt(x[i] * x[i] - 1.0)
+        elif op == ATANH:
+            for i in range(n):
+                gx[i] += gy[i] / (1.0 - x[i] * x[i])
+        elif op == LOG2:
+            for i in range(n):
+                gx[i] += gy[i] / (x[i] * LN2)
+        elif op == LOG10:
+            for i in range(n):
+                gx[i] += gy[i] / (x[i] * LN10)
+        elif op == RSQRT:  # -y^3 / 2, from the output as PyTorch
+            for i in range(n):
+                gx[i] += -0.5 * gy[i] * (y[i] * y[i] * y[i])
+        elif op == FLOOR or op == CEIL or op == ROUND or op == SIGN:
+            pass  # a zero slope, even at NaN (PyTorch's)
+        elif op == GELU:
+            for i in range(n):
+                gx[i] += gy[i] * _gelu_phi(np.float64(x[i]), c0)[1]
+        elif op == SILU:
+            for i in range(n):
+                s = _sigmoid(x[i])
+                gx[i] += gy[i] * (s * (1.0 + x[i] * (1.0 - s)))
+        elif op == ELU or op == SELU:
+            scale = SELU_SCALE if op == SELU else 1.0
+            alpha = SELU_ALPHA if op == SELU else c0
+            for i in range(n):
+                if x[i] > 0:
+                    gx[i] += gy[i] * scale
+                elif x[i] <= 0:
+                    gx[i] += gy[i] * (scale * (alpha * np.exp(x[i])))
+                else:
+                    gx[i] += x[i]
+        elif op == MISH:
+            for i in range(n):
+                t = np.tanh(_softplus(x[i]))
+                gx[i] += gy[i] * (t + x[i] * _sigmoid(x[i]) * (1.0 - t * t))
+        elif op == HARDSWISH:  # PyTorch's: 0 below -3, x / 3 + 1/2 up to 3, then 1
+            for i in range(n):
+                v = x[i]
+                if v < -3.0:
+                    gx[i] += gy[i] * 0.0
+                elif v <= 3.0:
+                    gx[i] += gy[i] * (v / 3.0 + 0.5)
+                elif v > 3.0:
+                    gx[i] += gy[i]
+                else:
+                    gx[i] += v
+        elif op == RELU6:  # passes where 0 < x < 6, as torch's hardtanh
+            for i in range(n):
+                if x[i] > 0.0 and x[i] < 6.0:
+                    gx[i] += gy[i]
+                elif x[i] != x[i]:
+                    gx[i] += x[i]
+        elif op == LOGSIGMOID:
+            for i in range(n):
+                gx[i] += gy[i] * _sigmoid(-x[i])
 
     return unary_vjp
 
@@ -304,8 +485,9 @@ def _binary_run_vjp_of(op):
                 v = b[U(ob + i * sb)]
                 if na and v != 0.0:
                     ga[U(oa + i * sa)] += g * v * u ** (v - 1.0)
-                if nb and u != 0.0:  # d/dv u^v = u^v log u (0 at u == 0, as in PyTorch)
-                    gb[U(ob + i * sb)] += g * y[U(oy + i)] * np.log(u)
+                if nb and not (u == 0.0 and v >= 0.0):  # d/dv u^v = u^v log u; 0 at u == 0
+                    # where v >= 0 and -inf where v < 0, as PyTorch
+                    gb[U(ob + i * sb)] += g * (y[U(oy + i)] * np.log(u))
         elif op == MAXIMUM or op == MINIMUM:
             # the selected operand gets the gradient; ties split it evenly (as torch.maximum); an
             # operand that is NaN gets a NaN gradient, the other none (it was not selected)

@@ -8,7 +8,7 @@ time), so one kernel serves every axis: the output is (outer, inner). Reducing "
 import numpy as np
 
 from .codes import (
-    SUM, MAX, SOFTMAX, LOG_SOFTMAX, MEAN,
+    SUM, MAX, SOFTMAX, LOG_SOFTMAX, MEAN, AMAX, LOGSUMEXP, PROD, CUMSUM,
 )
 from ._jit import jit, jit_inline, per_code
 from .vecmath import exp64
@@ -57,7 +57,7 @@ def _reduce_forward_of(op):
                 if op == MEAN:
                     for i in range(outer * inner):
                         y[U(i)] = y[U(i)] / n
-        elif op == MAX:  # NaN propagates, as np.max
+        elif op == MAX or op == AMAX:  # NaN propagates, as np.max
             for o in range(outer):
                 for j in range(inner):
                     base = o * n * inner + j
@@ -69,6 +69,38 @@ def _reduce_forward_of(op):
                             if v != v:
                                 break
                     y[U(o * inner + j)] = m
+        elif op == LOGSUMEXP:  # an infinite max is not subtracted (PyTorch's rule)
+            for o in range(outer):
+                for j in range(inner):
+                    base = o * n * inner + j
+                    m = x[base] if n > 0 else 0.0
+                    for k in range(1, n):
+                        v = x[U(base + k * inner)]
+                        if v > m or v != v:
+                            m = v
+                            if v != v:
+                                break
+                    shift = 0.0 if m == np.inf or m == -np.inf else m
+                    s = 0.0
+                    for k in range(n):
+                        s += _exp(x[U(base + k * inner)] - shift)
+                    y[U(o * inner + j)] = np.log(s) + shift
+        elif op == PROD:
+            for o in range(outer):
+                for j in range(inner):
+                    base = o * n * inner + j
+                    p = 1.0
+                    for k in range(n):
+                        p *= x[U(base + k * inner)]
+                    y[U(o * inner + j)] = p
+        elif op == CUMSUM:
+            for o in range(outer):
+                for j in range(inner):
+                    base = o * n * inner + j
+                    s = 0.0
+                    for k in range(n):
+                        s += x[U(base + k * inner)]
+                        y[U(base + k * inner)] = s
         elif (op == SOFTMAX or op == LOG_SOFTMAX) and n > 0:
             for o in range(outer):
                 for j in range(inner):
@@ -122,6 +154,68 @@ def _reduce_vjp_of(op):
                         elif v == m:
                             gx[U(base + k * inner)] += gy[U(o * inner + j)]
                             break
+        elif op == AMAX:  # the maximal elements share the gradient equally, as torch.amax;
+            # a NaN maximum as MAX's
+            for o in range(outer):
+                for j in range(inner):
+                    base = o * n * inner + j
+                    m = y[U(o * inner + j)]
+                    if m != m:
+                        for k in range(n):
+                            v = x[U(base + k * inner)]
+                            if v != v:
+                                gx[U(base + k * inner)] += v
+                        continue
+                    count = 0
+                    for k in range(n):
+                        if x[U(base + k * inner)] == m:
+                            count += 1
+                    share = gy[U(o * inner + j)] / count
+                    for k in range(n):
+                        if x[U(base + k * inner)] == m:
+                            gx[U(base + k * inner)] += share
+        elif op == LOGSUMEXP:  # gx = g * softmax = g * exp(x - y)
+            for o in range(outer):
+                for j in range(inner):
+                    base = o * n * inner + j
+                    m = y[U(o * inner + j)]
+                    g = gy[U(o * inner + j)]
+                    for k in range(n):
+                        p = base + k * inner
+                        gx[p] += _exp(x[p] - m) * g
+        elif op == PROD:  # the product of the others: y / x without zeros (PyTorch's rule)
+            for o in range(outer):
+                for j in range(inner):
+                    base = o * n * inner + j
+                    g = gy[U(o * inner + j)]
+                    zeros = 0
+                    for k in range(n):
+                        if x[U(base + k * inner)] == 0:
+                            zeros += 1
+                    if zeros == 0:
+                        m = y[U(o * inner + j)]
+                        for k in range(n):
+                            p = base + k * inner
+                            gx[p] += m / x[p] * g
+                    elif zeros == 1:
+                        rest = 1.0
+                        for k in range(n):
+                            v = x[U(base + k * inner)]
+                            if v != 0:
+                                rest *= v
+                        for k in range(n):
+                            p = base + k * inner
+                            if x[p] == 0:
+                                gx[p] += rest * g
+        elif op == CUMSUM:  # the reversed running sum of g
+            for o in range(outer):
+                for j in range(inner):
+                    base = o * n * inner + j
+                    s = 0.0
+                    for k in range(n - 1, -1, -1):
+                        p = base + k * inner
+                        s += gy[p]
+                        gx[p] += s
         elif op == SOFTMAX:  # gx = y * (g - <g, y>)
             for o in range(outer):
                 for j in range(inner):

@@ -30,7 +30,8 @@ def rng():
 
 
 def sample_array(rng, shape, domain, dtype=np.float64):
-    """Test inputs for an op's domain: real, positive, nonzero, distinct (no ties), cond (0/1)."""
+    """Test inputs for an op's domain: real, positive, nonzero, distinct (no ties), unit
+    (|x| < 1), above1, wide (-8 to 8), cond (0/1)."""
     if domain == "positive":
         a = rng.uniform(0.5, 2.0, shape)
     elif domain == "nonzero":
@@ -38,6 +39,12 @@ def sample_array(rng, shape, domain, dtype=np.float64):
     elif domain == "distinct":
         n = int(np.prod(shape, dtype=np.int64))
         a = (rng.permutation(n) * 0.37 - n * 0.15).reshape(shape)
+    elif domain == "unit":  # inside (-1, 1): asin, atanh
+        a = rng.uniform(-0.9, 0.9, shape)
+    elif domain == "above1":  # acosh
+        a = rng.uniform(1.2, 3.0, shape)
+    elif domain == "wide":  # every piece of relu6 and hardswish
+        a = rng.uniform(-8.0, 8.0, shape)
     elif domain == "cond":
         a = (rng.uniform(size=shape) > 0.5).astype(np.float64)
     else:

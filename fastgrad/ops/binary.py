@@ -77,6 +77,14 @@ def nan_at(x):
     return np.where(np.isnan(x), np.nan, 0.0).astype(np.result_type(x, np.float32))
 
 
+def _pow_vjp(a, b, y, g):
+    """d/da a^b = b a^(b-1), 0 where b == 0; d/db a^b = a^b log a, 0 where a == 0 and b >= 0
+    (so 0 ** b has a zero gradient in b, -inf where b < 0): PyTorch's rules, and the kernel's."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (np.where(b == 0, 0.0, g * b * a ** (b - 1)),
+                np.where((a == 0) & (b >= 0), 0.0, g * (y * np.log(a))))
+
+
 # fmt: off
 ADD = binary("add", 100, lambda a, b: a + b, lambda a, b, y, g: (g, g),
              front_end="x + v", saves="nothing")
@@ -86,10 +94,7 @@ MUL = binary("mul", 102, lambda a, b: a * b, lambda a, b, y, g: (g * b, g * a),
              front_end="x * v", saves="other factor")
 DIV = binary("div", 103, lambda a, b: a / b, lambda a, b, y, g: (g / b, -g * y / b), "nonzero",
              front_end="x / v")
-# d/da a^b is 0 where b == 0 and d/db a^b is 0 where a == 0, as in PyTorch (and the kernel)
-POW = binary("pow", 104, lambda a, b: a**b,
-             lambda a, b, y, g: (np.where(b == 0, 0.0, g * b * a ** (b - 1)),
-                                 np.where(a == 0, 0.0, g * y * np.log(np.where(a == 0, 1, a)))),
+POW = binary("pow", 104, lambda a, b: a**b, lambda a, b, y, g: _pow_vjp(a, b, y, g),
              "positive", front_end="x**v")
 MAXIMUM = binary("maximum", 105, lambda a, b: np.maximum(a, b),
                  lambda a, b, y, g: (g * (a > b) + 0.5 * g * (a == b) + nan_at(a),

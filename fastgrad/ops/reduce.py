@@ -1,6 +1,7 @@
 """Family 3, reductions and normalisations along one axis, the input seen as (outer, n, inner).
 
-sum, mean and max reduce the n axis; softmax and log_softmax normalise along it. The layout is the
+sum, mean, max, amax, logsumexp and prod reduce the n axis; softmax and log_softmax normalise
+along it, cumsum accumulates along it. The layout is the
 three sizes; the rules turn ``axis`` / ``keepdims`` into them. Kernels: kernels/reduce.py.
 """
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from .base import Layout, OpDef, fail, flag, fmt, normalize_axis, split_axis
 
-__all__ = ["FAMILY", "LAYOUT", "LOG_SOFTMAX", "MAX", "MEAN", "SOFTMAX", "SUM", "axis_recover",
+__all__ = ["AMAX", "CUMSUM", "FAMILY", "LAYOUT", "LOGSUMEXP", "LOG_SOFTMAX", "MAX", "PROD", "MEAN", "SOFTMAX", "SUM", "axis_recover",
            "reduce_recover", "reduce_rule", "softmax_rule"]
 
 FAMILY = 3
@@ -32,7 +33,7 @@ def reduce_rule(name, shapes, axis=None, keepdims=False):
             return (), *LAYOUT.encode(outer=1, n=1, inner=1)
         out = shape[:ax] + ((1,) if keepdims else ()) + shape[ax + 1 :]
         outer, n, inner = split_axis(shape, ax)
-    if name == "max" and n == 0:
+    if name in ("max", "amax") and n == 0:
         raise fail(name, f"cannot take the max over an empty axis of shape {fmt(shape)}",
                    "reduce over a non-empty axis")
     return out, *LAYOUT.encode(outer=outer, n=n, inner=inner)
@@ -86,7 +87,8 @@ SUM = OpDef(
     front_end="x.sum(axis=0)", kernel="reduce", saves="nothing")
 
 
-# ---- max: the first maximal element takes the gradient (the kernels' tie rule)
+# ---- max: the first maximal element takes the gradient, as the values of torch.max(x, dim),
+# whose indices name that element (the kernels' tie rule)
 def _first_max(x3, y, a):
     return np.argmax(x3 == y.reshape(a.outer, 1, a.inner), axis=1)
 
@@ -115,7 +117,38 @@ MAX = OpDef(
     vjp=_max_vjp, jvp=_max_jvp, recover=reduce_recover,
     samples=[([(5,)], {}, "distinct"), ([(3, 4)], {"axis": 0}, "distinct"),
              ([(2, 3, 4)], {"axis": 1, "keepdims": True}, "distinct")],
-    front_end="x.max(axis=1)", kernel="reduce")
+    front_end="x.max(axis=1).values", kernel="reduce")
+
+
+# ---- amax: every maximal element takes an equal share of the gradient, as torch.amax and the
+# full torch.max(x) (a tie is a kink: the mean of the one-sided slopes)
+def _maximal(x3, y, a):
+    """Where x (outer, n, inner) equals its max, and how many elements do per reduction."""
+    at = x3 == y.reshape(a.outer, 1, a.inner)
+    return at, np.maximum(at.sum(axis=1, keepdims=True), 1)
+
+
+def _amax_vjp(xs, y, g, a):
+    # a NaN maximum: each NaN element gets a NaN gradient, the others none (as max)
+    x3 = _x3(xs[0], a)
+    at, count = _maximal(x3, y, a)
+    out = np.where(at, g.reshape(a.outer, 1, a.inner) / count, 0.0)
+    out[np.isnan(x3)] = np.nan
+    return [out.reshape(xs[0].shape)]
+
+
+def _amax_jvp(xs, ts, y, a):
+    at, count = _maximal(_x3(xs[0], a), y, a)
+    return ((_t3(ts[0], a) * at).sum(axis=2) / count[:, 0, :]).reshape((-1,) + y.shape)
+
+
+AMAX = OpDef(
+    "amax", 305, 1, reduce_rule, LAYOUT,
+    forward=lambda xs, a, out_shape: _x3(xs[0], a).max(axis=1).reshape(out_shape),
+    vjp=_amax_vjp, jvp=_amax_jvp, recover=reduce_recover,
+    samples=[([(5,)], {}, "distinct"), ([(3, 4)], {"axis": 0}, "distinct"),
+             ([(2, 3, 4)], {"axis": 1, "keepdims": True}, "distinct")],
+    front_end="x.amax(axis=1)", kernel="reduce")
 
 
 # ---- softmax and log_softmax: forward through the stable log-sum-exp; both read the output
@@ -182,3 +215,80 @@ MEAN = OpDef(
              ([(3, 4)], {"axis": 1, "keepdims": True}, "real"),
              ([(2, 3, 4)], {"axis": -2}, "real"), ([()], {}, "real")],
     front_end="x.mean(axis=0)", kernel="reduce", saves="nothing")
+
+
+
+# ---- logsumexp: log(sum(exp(x))) through the max shift; an infinite max is not subtracted
+# (PyTorch's rule: a row of -inf gives -inf, a +inf gives +inf); the gradient is softmax
+def _lse_shift(x3):
+    m = x3.max(axis=1, keepdims=True) if x3.shape[1] else np.zeros(x3.shape[:1] + (1,) + x3.shape[2:])
+    return np.where(np.isinf(m), 0.0, m).astype(x3.dtype)
+
+
+def _logsumexp(xs, a, out_shape):
+    x3 = _x3(xs[0], a)
+    m = _lse_shift(x3)
+    with np.errstate(divide="ignore"):  # an empty axis or a row of -inf: log(0) = -inf
+        return (np.log(np.exp(x3 - m).sum(axis=1, keepdims=True)) + m).reshape(out_shape)
+
+
+def _logsumexp_vjp(xs, y, g, a):
+    p = np.exp(_x3(xs[0], a) - y.reshape(a.outer, 1, a.inner))
+    return [(p * g.reshape(a.outer, 1, a.inner)).reshape(xs[0].shape)]
+
+
+def _logsumexp_jvp(xs, ts, y, a):
+    p = np.exp(_x3(xs[0], a) - y.reshape(a.outer, 1, a.inner))
+    return (_t3(ts[0], a) * p[None]).sum(axis=2).reshape((-1,) + y.shape)
+
+
+LOGSUMEXP = OpDef(
+    "logsumexp", 306, 1, reduce_rule, LAYOUT,
+    forward=_logsumexp, vjp=_logsumexp_vjp, jvp=_logsumexp_jvp, recover=reduce_recover,
+    samples=[([(5,)], {}, "real"), ([(3, 4)], {"axis": 0}, "real"),
+             ([(2, 3, 4)], {"axis": 1, "keepdims": True}, "real")],
+    front_end="x.logsumexp(1)", kernel="reduce", saves="output")
+
+
+# ---- prod: the gradient of each element is the product of the others (PyTorch's rule: y / x
+# without zeros; with one zero only that element's, the product of the rest; with two, none)
+def _others(x3):
+    """The product of the other elements along axis 1, for each element."""
+    zeros = (x3 == 0).sum(axis=1, keepdims=True)
+    nonzero = np.where(x3 == 0, 1, x3).prod(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        no_zero = x3.prod(axis=1, keepdims=True) / x3
+    return np.where(zeros == 0, no_zero, np.where((zeros == 1) & (x3 == 0), nonzero, 0.0))
+
+
+def _prod_vjp(xs, y, g, a):
+    return [(_others(_x3(xs[0], a)) * g.reshape(a.outer, 1, a.inner)).reshape(xs[0].shape)]
+
+
+PROD = OpDef(
+    "prod", 307, 1, reduce_rule, LAYOUT,
+    forward=lambda xs, a, out_shape: _x3(xs[0], a).prod(axis=1).reshape(out_shape),
+    vjp=_prod_vjp,
+    jvp=lambda xs, ts, y, a: (_t3(ts[0], a) * _others(_x3(xs[0], a))[None]).sum(axis=2)
+    .reshape((-1,) + y.shape),
+    recover=reduce_recover,
+    samples=[([(5,)], {}, "nonzero"), ([(3, 4)], {"axis": 0}, "nonzero"),
+             ([(2, 3, 4)], {"axis": 1, "keepdims": True}, "nonzero"), ([()], {}, "nonzero")],
+    front_end="x.prod(1)", kernel="reduce")
+
+
+# ---- cumsum: running sums along the axis; the gradient is the reversed running sum of g
+def _cumsum_vjp(xs, y, g, a):
+    g3 = _x3(g, a)
+    return [np.flip(np.flip(g3, axis=1).cumsum(axis=1), axis=1).reshape(xs[0].shape)]
+
+
+CUMSUM = OpDef(
+    "cumsum", 308, 1, softmax_rule, LAYOUT,
+    forward=lambda xs, a, out_shape: _x3(xs[0], a).cumsum(axis=1).reshape(out_shape),
+    vjp=_cumsum_vjp,
+    jvp=lambda xs, ts, y, a: _t3(ts[0], a).cumsum(axis=2).reshape((-1,) + y.shape),
+    recover=axis_recover,
+    samples=[([(5,)], {}, "real"), ([(3, 4)], {"axis": 0}, "real"),
+             ([(2, 3, 4)], {"axis": 1}, "real")],
+    front_end="x.cumsum(1)", kernel="reduce", saves="nothing")

@@ -1,0 +1,504 @@
+"""PyTorch code runs with PyTorch's meaning, or fails loudly: never silently differently.
+
+Each spec states PyTorch's documented behaviour with its expected values written out (so it
+runs without PyTorch); where torch is installed (the ``torch`` extra, torch==2.13.0) the same
+expressions are also run through torch and compared, values and gradients.
+"""
+
+import numpy as np
+import pytest
+
+import fastgrad as fg
+
+try:
+    import torch
+except ImportError:  # the specs below still run; the comparisons with torch are skipped
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+X = np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 2.0]])  # ties in both rows
+
+
+def leaf(a=X, dtype=np.float64):
+    return fg.tensor(np.array(a, dtype), requires_grad=True)
+
+
+def grad_of(fn, a=X):
+    x = leaf(a)
+    fn(x).backward()
+    return x.grad
+
+
+# ----------------------------------------------------------------------------- transpose
+def test_transpose_with_two_dims_swaps_them_as_pytorch():
+    x = fg.tensor(np.arange(24.0).reshape(2, 3, 4))
+    assert x.transpose(1, 2).shape == (2, 4, 3)
+    np.testing.assert_array_equal(x.transpose(1, 2).numpy(), np.swapaxes(x.numpy(), 1, 2))
+    m = fg.tensor(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(m.transpose(0, 1).numpy(), m.numpy().T)  # not unchanged
+    np.testing.assert_array_equal(fg.transpose(x, 0, 2).numpy(), np.swapaxes(x.numpy(), 0, 2))
+
+
+def test_permute_mT_T_and_numpy_permutations():
+    x = fg.tensor(np.arange(24.0).reshape(2, 3, 4))
+    assert x.permute(2, 0, 1).shape == (4, 2, 3)
+    assert x.permute((2, 0, 1)).shape == (4, 2, 3)
+    np.testing.assert_array_equal(x.mT.numpy(), np.swapaxes(x.numpy(), -1, -2))
+    np.testing.assert_array_equal(x.T.numpy(), x.numpy().T)
+    # NumPy's spellings that cannot mean a swap keep NumPy's meaning
+    assert x.transpose(1, 0, 2).shape == (3, 2, 4)
+    assert x.transpose((1, 0, 2)).shape == (3, 2, 4)
+    assert x.transpose().shape == (4, 3, 2)
+    with pytest.raises(fg.FastgradError, match="mT: needs at least 2 dims"):
+        fg.tensor([1.0]).mT
+
+
+def test_gradients_flow_back_through_a_swap():
+    w = np.arange(6.0).reshape(3, 2)
+    g = grad_of(lambda x: (x.transpose(0, 1) * w).sum())
+    np.testing.assert_array_equal(g, w.T)
+
+
+# ----------------------------------------------------------------------------- max and min
+def test_max_along_a_dim_returns_values_and_indices():
+    values, indices = leaf().max(1)
+    np.testing.assert_array_equal(values.numpy(), [3.0, 2.0])
+    np.testing.assert_array_equal(indices.numpy(), [1, 0])  # the first maximal element
+    assert indices.dtype == np.int64
+    r = leaf().min(dim=1, keepdim=True)
+    np.testing.assert_array_equal(r.values.numpy(), [[1.0], [0.0]])
+    np.testing.assert_array_equal(r.indices.numpy(), [[0], [1]])
+    np.testing.assert_array_equal(leaf().max(1)[0].numpy(), [3.0, 2.0])  # not a row
+
+
+def test_the_element_an_index_names_takes_the_gradient_of_max_along_a_dim():
+    np.testing.assert_array_equal(grad_of(lambda x: x.max(1).values.sum()),
+                                  [[0, 1, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(grad_of(lambda x: x.min(0).values.sum()),
+                                  [[1, 0, 0], [0, 1, 1]])
+
+
+def test_ties_share_the_gradient_of_a_full_max_and_of_amax():
+    np.testing.assert_array_equal(grad_of(lambda x: x.max()), [[0, 0.5, 0.5], [0, 0, 0]])
+    np.testing.assert_array_equal(grad_of(lambda x: x.amax(1).sum()),
+                                  [[0, 0.5, 0.5], [0.5, 0, 0.5]])
+    np.testing.assert_array_equal(grad_of(lambda x: x.amin(dim=0).sum()),
+                                  [[1, 0, 0], [0, 1, 1]])
+    np.testing.assert_array_equal(grad_of(lambda x: fg.tensor(np.ones(3)).max() * x.min()),
+                                  [[0, 0, 0], [0, 1, 0]])
+
+
+def test_argmax_argmin_and_max_with_another_tensor():
+    x = fg.tensor(X)
+    assert x.argmax().item() == 1 and x.argmin().item() == 4  # of the flattened tensor
+    np.testing.assert_array_equal(x.argmax(dim=1).numpy(), [1, 0])
+    assert x.argmin(1, keepdim=True).shape == (2, 1)
+    np.testing.assert_array_equal(x.max(fg.tensor(2.5)).numpy(), np.maximum(X, 2.5))
+
+
+def test_nan_is_the_max_and_its_index_as_in_pytorch():
+    x = fg.tensor([[1.0, np.nan, 3.0]])
+    values, indices = x.max(1)
+    assert np.isnan(values.item()) and indices.item() == 1
+    assert x.argmin().item() == 1 and np.isnan(x.amax().item())
+
+
+def test_max_and_argmax_inside_compile_follow_each_call():
+    w = fg.tensor(np.ones(3, np.float32), requires_grad=True)
+
+    def loss(x):
+        values, indices = (x * w).max(1)
+        return values.sum() + (indices == 2).float().sum() + (x * w).argmin(1).float().sum()
+
+    step = fg.compile(loss)
+    for a in (X, X[:, ::-1], np.array([[0.0, 1.0, 5.0], [9.0, 1.0, 2.0]])):
+        a = np.ascontiguousarray(a, np.float32)
+        value, (gw,) = step(a)
+        assert value == a.max(1).sum() + (a.argmax(1) == 2).sum() + a.argmin(1).sum()
+        want = np.zeros(3, np.float32)  # each row's first maximal element takes the gradient
+        np.add.at(want, a.argmax(1), a.max(1))
+        np.testing.assert_array_equal(gw, want)
+
+
+def test_indices_computed_inside_compile_cannot_index_yet():
+    w = fg.tensor(np.ones(3), requires_grad=True)
+    step = fg.compile(lambda x: fg.take(x * w, x.argmax(1), axis=1).sum())
+    with pytest.raises(fg.FastgradError, match="holds indices computed inside fg.compile"):
+        step(X)
+
+
+def test_values_and_indices_are_not_an_array():
+    with pytest.raises(fg.FastgradError, match="use .values or .indices"):
+        fg.tensor(X) - fg.tensor(X).max(1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------- casts
+def test_a_cast_of_a_leaf_is_differentiable():
+    w = fg.tensor([1.0, 2.0], requires_grad=True)  # float64
+    w32 = w.float()
+    assert w32.dtype == np.float32 and w32.requires_grad and not w32.is_leaf
+    (w32 * fg.tensor(np.float32([3.0, 4.0]))).sum().backward()
+    assert w.grad.dtype == np.float64
+    np.testing.assert_array_equal(w.grad, [3.0, 4.0])
+    assert w32.grad is None
+    w.to(np.float32).double().sum().backward()  # two casts: back to the leaf
+    np.testing.assert_array_equal(w.grad, [4.0, 5.0])
+
+
+def test_casting_to_the_same_dtype_is_the_tensor_itself():
+    w = fg.tensor([1.0, 2.0], requires_grad=True)
+    assert w.double() is w and w.to(np.float64) is w and w.astype(np.float64) is w
+
+
+def test_casts_that_cannot_be_followed_are_refused():
+    w = fg.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(fg.FastgradError, match="cannot cast a recorded float64"):
+        (w * 2).float()
+    step = fg.compile(lambda x: (x * w.float()).sum())
+    with pytest.raises(fg.FastgradError, match="inside fg.compile or fg.scan"):
+        step(np.ones(2, np.float32))
+    outside = w.float()
+    with pytest.raises(fg.FastgradError, match="is a cast of another tensor"):
+        fg.compile(lambda x: (x * outside).sum())(np.ones(2, np.float32))
+
+
+def test_integer_casts():
+    i = fg.tensor([1.7, -2.2]).long()
+    assert i.dtype == np.int64
+    np.testing.assert_array_equal(i.numpy(), [1, -2])
+    assert fg.tensor([0, 2]).bool().dtype == np.bool_
+
+
+# ----------------------------------------------------------------------------- NumPy functions
+def test_numpy_ufuncs_on_tensors_are_recorded():
+    g = grad_of(lambda x: np.exp(x).sum())
+    np.testing.assert_allclose(g, np.exp(X))
+    g = grad_of(lambda x: (np.ones(3) * x + np.maximum(x, 2.0)).sum())
+    np.testing.assert_array_equal(g, 1.0 + (X > 2) + 0.5 * (X == 2))
+    assert isinstance(np.float64(2.0) - leaf(), fg.Tensor)
+
+
+def test_numpy_functions_on_tensors_keep_numpy_meanings():
+    np.testing.assert_array_equal(grad_of(lambda x: np.sum(x, axis=0).sum()), np.ones((2, 3)))
+    np.testing.assert_array_equal(np.max(fg.tensor(X), axis=1).numpy(), [3.0, 2.0])  # values
+    np.testing.assert_array_equal(np.argmax(fg.tensor(X), axis=1).numpy(), [1, 0])
+    np.testing.assert_array_equal(np.transpose(fg.tensor(X)).numpy(), X.T)
+    np.testing.assert_array_equal(np.stack([fg.tensor(X), fg.tensor(X)]).numpy(),
+                                  np.stack([X, X]))
+    assert np.isnan(fg.tensor([np.nan, 1.0])).tolist() == [True, False]
+
+
+def test_numpy_functions_fastgrad_does_not_have_are_refused():
+    for fn in (np.median, np.cumprod, np.sort):
+        with pytest.raises(fg.FastgradError, match="would cut the result from the graph"):
+            fn(leaf())
+    with pytest.raises(fg.FastgradError, match="np.cbrt: is not an op fastgrad records"):
+        np.cbrt(leaf())
+
+
+def test_a_tensor_of_tensors_is_their_stack():
+    a, b = fg.tensor(2.0, requires_grad=True), fg.tensor(3.0, requires_grad=True)
+    s = fg.tensor([a * b, a, 1.0])
+    np.testing.assert_array_equal(s.numpy(), [6.0, 2.0, 1.0])
+    (s * fg.tensor([1.0, 10.0, 100.0])).sum().backward()
+    assert a.grad == 13.0 and b.grad == 2.0
+    rows = fg.tensor([[a, b], [b, a]])
+    assert rows.shape == (2, 2)
+
+
+# ----------------------------------------------------------------------------- pow at zero
+def test_zero_to_a_power_has_pytorch_gradients():
+    y = leaf([1.0, -1.0, 0.0, 2.5])
+    (0.0 ** y).sum().backward()
+    np.testing.assert_array_equal(y.grad, [0.0, -np.inf, 0.0, 0.0])
+    a, b = leaf([0.0, 0.0, 0.0]), leaf([2.0, -1.0, 0.0])
+    (a**b).sum().backward()
+    np.testing.assert_array_equal(a.grad, [0.0, -np.inf, 0.0])
+    np.testing.assert_array_equal(b.grad, [0.0, -np.inf, 0.0])
+
+
+def test_pow_rules_agree_compiled_and_eager():
+    b = fg.tensor(np.array([2.0, -1.0, 0.5]), requires_grad=True)
+    step = fg.compile(lambda a: (a**b).sum() + (0.0**b).sum())
+    _, (gb,) = step(np.array([0.0, 0.0, 2.0]))
+    np.testing.assert_array_equal(gb, [0.0, -2 * np.inf, 2.0**0.5 * np.log(2.0)])
+
+
+# ----------------------------------------------------------------------------- dtypes of results
+def test_comparisons_give_bool_masks():
+    x = leaf()
+    m = x > 2
+    assert m.dtype == np.bool_ and m.numpy().dtype == np.bool_
+    np.testing.assert_array_equal(m.numpy(), X > 2)
+    np.testing.assert_array_equal((~m).numpy(), ~(X > 2))
+    np.testing.assert_array_equal((m & (x < 3)).numpy(), np.zeros((2, 3), bool))
+    np.testing.assert_array_equal((m | (x == 0)).numpy(), (X > 2) | (X == 0))
+    assert (m.sum()).item() == 2
+    g = grad_of(lambda x: (x * (x > 2)).sum())  # a mask multiplies as 0/1
+    np.testing.assert_array_equal(g, X > 2)
+    np.testing.assert_array_equal((x > 2).float().numpy(), (X > 2).astype(np.float32))
+
+
+def test_masks_inside_compile_follow_each_call():
+    w = fg.tensor(np.ones(3, np.float32), requires_grad=True)
+    step = fg.compile(lambda x: ((x * w > 1.5).float() * w).sum())
+    for a in (X, 3 - X):
+        value, (gw,) = step(a.astype(np.float32))
+        assert value == (a > 1.5).sum()
+        np.testing.assert_array_equal(gw, (a > 1.5).sum(0) + 0.0)
+
+
+def test_all_and_any():
+    m = fg.tensor(X) > 1
+    assert not m.all().item() and m.any().item()
+    np.testing.assert_array_equal(m.all(1).numpy(), [False, False])
+    np.testing.assert_array_equal(m.any(dim=0).numpy(), [True, True, True])
+    assert fg.tensor([1.0, 2.0]).all().item()
+
+
+def test_integer_tensors_stay_integers():
+    i = fg.tensor(np.arange(6))
+    assert i.reshape(2, 3).dtype == np.int64 and i[1:].dtype == np.int64
+    assert (i + i).dtype == np.int64 and i.sum().item() == 15
+    assert fg.tensor([True, True, False]).sum().item() == 2
+    with pytest.raises(fg.FastgradError, match="neg: not defined for bool"):
+        -fg.tensor([True])
+
+
+# ----------------------------------------------------------------------------- dim= spellings
+def test_dim_and_keepdim_are_accepted_with_numpy_aliases():
+    x = fg.tensor(X)
+    assert x.sum(dim=0, keepdim=True).shape == (1, 3) == x.sum(axis=0, keepdims=True).shape
+    assert x.mean(1).shape == (2,) and x.amax(dim=(0, 1)).shape == ()
+    np.testing.assert_allclose(x.softmax(dim=0).numpy().sum(0), 1.0)
+    with pytest.raises(fg.FastgradError, match="got both dim=0 and axis=1"):
+        x.sum(0, axis=1)
+
+
+# ----------------------------------------------------------------------------- against torch
+CASES = {
+    "transpose(0, 1)": lambda x: x.transpose(0, 1) * x.transpose(0, 1).cos(),
+    "max(1).values": lambda x: x.max(1).values,
+    "max(0)[0] * 2": lambda x: x.max(0)[0] * 2,
+    "min(1, keepdim).values": lambda x: x.min(1, keepdim=True).values,
+    "max()": lambda x: x.max(),
+    "amax(1)": lambda x: x.amax(1),
+    "amin(0)": lambda x: x.amin(0),
+    "0 ** x": lambda x: 0.0 ** (x - 1),
+    "x.mT @ x": lambda x: x.mT @ x,
+    "where(x > 2, x, -x)": lambda x: x * (x > 2) - x * (x <= 2),
+}
+
+
+@needs_torch
+@pytest.mark.parametrize("name", CASES)
+def test_values_and_gradients_match_torch(name):
+    fn = CASES[name]
+    x = leaf()
+    y = fn(x)
+    seed = np.arange(1.0, 1.0 + y.size).reshape(y.shape)
+    y.backward(seed)
+    tx = torch.tensor(X, requires_grad=True)
+    ty = fn(tx)
+    ty.backward(torch.tensor(seed))
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy())
+    np.testing.assert_allclose(x.grad, tx.grad.numpy())
+
+
+@needs_torch
+def test_indices_and_dtypes_match_torch():
+    t, x = torch.tensor(X), fg.tensor(X)
+    for f in (lambda a: a.max(1).indices, lambda a: a.min(0).indices, lambda a: a.argmax(),
+              lambda a: a.argmin(1, keepdim=True)):
+        np.testing.assert_array_equal(f(x).numpy(), f(t).numpy())
+    assert str((x > 2).dtype) == str((t > 2).dtype).replace("torch.", "")
+    assert str(fg.tensor(np.arange(3)).reshape(3, 1).dtype) == "int64"
+
+
+# ----------------------------------------------------------------------------- PyTorch spellings
+A = np.arange(24.0).reshape(2, 3, 4)
+SHAPE_CASES = {
+    "flip(1)": (lambda v: v.flip(1), A[:, ::-1]),
+    "flip(0, 2)": (lambda v: v.flip(0, 2), A[::-1, :, ::-1]),
+    "repeat(2, 1, 3)": (lambda v: v.repeat(2, 1, 3), np.tile(A, (2, 1, 3))),
+    "repeat(2, 2, 1, 1)": (lambda v: v.repeat(2, 2, 1, 1), np.tile(A, (2, 2, 1, 1))),
+    "flatten(1)": (lambda v: v.flatten(1), A.reshape(2, 12)),
+    "flatten(0, 1)": (lambda v: v.flatten(0, 1), A.reshape(6, 4)),
+    "unsqueeze(-1)": (lambda v: v.unsqueeze(-1), A[..., None]),
+    "squeeze(1) of [:, :1]": (lambda v: v[:, :1].squeeze(1), A[:, 0]),
+    "expand(3, -1, -1) of [:1]": (lambda v: v[:1].expand(3, -1, -1), np.broadcast_to(A[:1],
+                                                                                    (3, 3, 4))),
+    "view(6, 4)": (lambda v: v.view(6, 4), A.reshape(6, 4)),
+    "add(alpha=2)": (lambda v: v.add(v, alpha=2), 3 * A),
+    "mul, sub, div, pow, neg": (lambda v: v.mul(2).sub(1).div(2).pow(2).neg(),
+                                -(((A * 2 - 1) / 2) ** 2)),
+}
+
+
+@pytest.mark.parametrize("name", SHAPE_CASES)
+def test_pytorch_shape_methods(name):
+    fn, want = SHAPE_CASES[name]
+    x = fg.tensor(A, requires_grad=True)
+    y = fn(x)
+    np.testing.assert_array_equal(y.numpy(), want)
+    y.backward(np.ones(y.shape))
+    if torch is not None:
+        t = torch.tensor(A, requires_grad=True)
+        fn(t).backward(torch.ones(tuple(y.shape), dtype=torch.float64))
+        np.testing.assert_array_equal(x.grad, t.grad.numpy())
+
+
+def test_split_chunk_and_size():
+    x = fg.tensor(A)
+    assert [p.shape for p in x.split(3, dim=2)] == [(2, 3, 3), (2, 3, 1)]
+    assert [p.shape for p in x.split([1, 2], 1)] == [(2, 1, 4), (2, 2, 4)]
+    assert [p.shape for p in x.chunk(3, 2)] == [(2, 3, 2), (2, 3, 2)]
+    np.testing.assert_array_equal(fg.cat(x.chunk(2, dim=1), dim=1).numpy(), A)
+    assert x.size() == (2, 3, 4) and x.size(-1) == 4 and x.size == 24 == x.numel()
+    assert x.dim() == 3
+
+
+def test_creation_functions():
+    assert fg.full((2,), 7).dtype == np.int64 and fg.full((2,), 0.5).dtype == np.float64
+    assert fg.full((1,), True).dtype == np.bool_
+    np.testing.assert_array_equal(fg.eye(2, 3).numpy(), np.eye(2, 3))
+    np.testing.assert_array_equal(fg.linspace(0, 1, 5).numpy(), [0, 0.25, 0.5, 0.75, 1])
+    z = fg.zeros_like(fg.ones(2, 3, dtype=np.float32))
+    assert z.shape == (2, 3) and z.dtype == np.float32 and not z.numpy().any()
+    assert fg.ones_like(fg.tensor([1, 2])).dtype == np.int64
+    r = fg.rand(1000, seed=0).numpy()
+    assert 0 <= r.min() and r.max() < 1 and np.array_equal(r, fg.rand(1000, seed=0).numpy())
+    i = fg.randint(5, (100,), seed=0).numpy()
+    assert i.dtype == np.int64 and set(i.tolist()) == {0, 1, 2, 3, 4}
+    assert fg.randint(2, 4, size=(3,), seed=0).numpy().min() >= 2
+    with pytest.raises(fg.FastgradError, match="randint: high 1 is not above low 2"):
+        fg.randint(2, 1)
+
+
+# ----------------------------------------------------------------------------- the op table
+def _torch_namespace():
+    """``fg.name`` in an op's front-end call, read as torch.nn.functional.name or torch.name."""
+    import torch.nn.functional as F
+
+    class Names:
+        def __getattr__(self, name):
+            return getattr(F, name, None) or getattr(torch, name)
+
+    return Names()
+
+
+ELEMENTWISE = [d for d in fg.ops.TABLE.values() if d.family in (fg.ops.UNARY, fg.ops.BINARY)]
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("d", ELEMENTWISE, ids=[d.name for d in ELEMENTWISE])
+def test_every_elementwise_op_matches_torch_values_and_gradients(d, dtype):
+    """Each elementwise op's front-end call (the registry's ``front_end``) run through fastgrad
+    and through torch on the op's sample domain: values, and gradients of both operands."""
+    from conftest import sample_array
+
+    rng = np.random.default_rng(d.code)
+    domain = d.samples[0][2]
+    arrays = [sample_array(rng, (3, 4), domain, dtype) for _ in range(d.arity)]
+    names = ["x", "v"][: d.arity]
+    ours = [fg.tensor(a, requires_grad=d.differentiable) for a in arrays]
+    theirs = [torch.tensor(a, requires_grad=d.differentiable) for a in arrays]
+    y = eval(d.front_end, {"fg": fg, "np": np, **dict(zip(names, ours))})
+    ty = eval(d.front_end, {"fg": _torch_namespace(), "np": np, **dict(zip(names, theirs))})
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), **tol)
+    if not d.differentiable:
+        return
+    seed = sample_array(rng, y.shape, "real", dtype)
+    y.backward(seed)
+    ty.backward(torch.tensor(seed))
+    for ours_t, theirs_t in zip(ours, theirs):
+        np.testing.assert_allclose(ours_t.grad, theirs_t.grad.numpy(), **tol)
+
+
+# ----------------------------------------------------------------------------- reductions
+Z = np.array([[1.0, 0.0, 3.0], [2.0, -1.0, 0.5]])  # a zero in the first row
+
+
+def _vector_norm(p, **kw):
+    def fn(v):
+        if torch is not None and isinstance(v, torch.Tensor):
+            return torch.linalg.vector_norm(v, p, **kw)
+        return v.norm(p, **kw)
+
+    return fn
+
+
+REDUCTIONS = {
+    "prod(1) with a zero": (lambda v: v.prod(1), [[0, 3, 0], [-0.5, 1, -2]]),
+    "prod()": (lambda v: v.prod(), None),
+    "logsumexp(1)": (lambda v: v.logsumexp(1), None),
+    "cumsum(1)": (lambda v: v.cumsum(1), None),
+    "var(1) (unbiased)": (lambda v: v.var(1), None),
+    "var(0, correction=0)": (lambda v: v.var(0, correction=0), None),
+    "std(1, keepdim=True)": (lambda v: v.std(1, keepdim=True), None),
+    "norm()": (_vector_norm(2), None),
+    "norm(1, dim=1)": (_vector_norm(1, dim=1), None),
+    "norm(inf)": (_vector_norm(float("inf")), None),
+    "norm(3, dim=0)": (_vector_norm(3, dim=0), None),
+}
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+def test_reductions_follow_pytorch(name):
+    fn, want_grad = REDUCTIONS[name]
+    x = leaf(Z)
+    y = fn(x)
+    y.backward(np.ones(y.shape))
+    if want_grad is not None:
+        np.testing.assert_allclose(x.grad, want_grad)
+    if torch is not None:
+        t = torch.tensor(Z, requires_grad=True)
+        ty = fn(t)
+        ty.backward(torch.ones(tuple(ty.shape), dtype=torch.float64))
+        np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(x.grad, t.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_the_zero_norm_counts_non_zeros_and_is_constant_in_x():
+    x = leaf(Z)
+    n = x.norm(0, dim=1)
+    np.testing.assert_array_equal(n.numpy(), [2.0, 3.0])
+    assert not n.requires_grad  # PyTorch: a zero gradient
+
+
+def test_edge_cases_of_the_reductions():
+    z = leaf(np.zeros(3))
+    z.norm().backward()  # PyTorch: 0, not NaN, at the zero vector
+    np.testing.assert_array_equal(z.grad, 0.0)
+    two_zeros = leaf([0.0, 2.0, 0.0])
+    two_zeros.prod().backward()
+    np.testing.assert_array_equal(two_zeros.grad, 0.0)
+    rows = fg.tensor([[-np.inf, -np.inf], [np.inf, 1.0], [1e4, 1e4]])
+    np.testing.assert_allclose(rows.logsumexp(1).numpy(), [-np.inf, np.inf, 1e4 + np.log(2)])
+    assert fg.tensor([[1.0, 2.0]]).var(0).isnan().all().item()  # n - 1 = 0: 0 / 0
+    np.testing.assert_allclose(np.var(fg.tensor(Z), axis=1).numpy(), np.var(Z, axis=1))  # ddof 0
+    np.testing.assert_allclose(fg.tensor(Z).cumsum().numpy(), np.cumsum(Z))  # flattened
+
+
+# ----------------------------------------------------------------------------- layers
+MODULES = ["ReLU", "Tanh", "Sigmoid", "LeakyReLU", "Softplus", "Identity", "GELU", "SiLU", "ELU",
+           "SELU", "Mish", "Hardswish", "ReLU6", "LogSigmoid"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_activation_modules_are_classes_as_in_pytorch(name):
+    m = getattr(fg.nn, name)()
+    assert isinstance(m, getattr(fg.nn, name)) and isinstance(m, fg.nn.Module)
+    assert repr(m).startswith(name + "(")
+    a = np.linspace(-5, 5, 11) + 0.1
+    x = leaf(a)
+    m(x).sum().backward()
+    if torch is not None:
+        t = torch.tensor(a, requires_grad=True)
+        getattr(torch.nn, name)()(t).sum().backward()
+        np.testing.assert_allclose(m(fg.tensor(a)).numpy(), getattr(torch.nn, name)()(
+            torch.tensor(a)).numpy(), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(x.grad, t.grad.numpy(), rtol=1e-12, atol=1e-15)
