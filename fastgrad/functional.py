@@ -1,7 +1,6 @@
-"""Losses and activations as functions (also available as ``fg.nn.functional``).
+"""Layers and activations as functions, and the losses (losses.py), as ``fg.nn.functional``.
 
-Compositions of op-table primitives, except where a fused primitive is numerically necessary
-(cross-entropy over integer labels, BCE with logits: both log-sum-exp stable).
+Activations are op-table primitives, each with PyTorch's forward and backward formulas.
 """
 
 from __future__ import annotations
@@ -9,63 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import fail
-from .ops import Op, fmt
-from .tensor import apply, as_tensor
-
-
-def _reduce(loss, reduction, name):
-    if not isinstance(reduction, str):
-        raise fail(name, f"reduction must be a string, got {reduction!r}",
-                   "use 'mean', 'sum' or 'none'")
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "none":
-        return loss
-    raise fail(name, f"unknown reduction {reduction!r}", "use 'mean', 'sum' or 'none'")
-
-
-def mse_loss(pred, target, reduction="mean"):
-    """Mean squared error, mean((pred - target)^2), as torch.nn.functional.mse_loss.
-
-    pred and target must have the same shape (no silent broadcasting, a common bug).
-
-    >>> import fastgrad as fg
-    >>> fg.mse_loss(fg.tensor([1.0, 2.0]), fg.tensor([0.0, 0.0])).item()
-    2.5
-    """
-    pred, target = as_tensor(pred), as_tensor(target)
-    if pred.shape != target.shape:
-        raise fail("mse_loss", f"pred {fmt(pred.shape)} and target {fmt(target.shape)} differ",
-                   "reshape the target to the prediction's shape (e.g. y.reshape(-1, 1))")
-    diff = pred - target
-    return _reduce(diff * diff, reduction, "mse_loss")
-
-
-def cross_entropy(logits, labels, reduction="mean"):
-    """Softmax cross-entropy of logits (N, C) against integer class labels (N,).
-
-    Stable at any logit scale (log-sum-exp). As torch.nn.functional.cross_entropy.
-
-    >>> import fastgrad as fg, numpy as np
-    >>> round(fg.cross_entropy(fg.tensor([[0.0, 0.0]]), np.array([1])).item(), 6)
-    0.693147
-    """
-    return _reduce(apply(Op.CROSS_ENTROPY, logits, labels), reduction, "cross_entropy")
-
-
-def binary_cross_entropy_with_logits(logits, targets, reduction="mean"):
-    """Sigmoid + binary cross-entropy in one stable op: softplus(x) - x*z, elementwise.
-
-    Targets broadcast against logits as in NumPy.
-
-    >>> import fastgrad as fg
-    >>> round(fg.binary_cross_entropy_with_logits(fg.tensor([0.0]), fg.tensor([1.0])).item(), 6)
-    0.693147
-    """
-    return _reduce(apply(Op.BCE_LOGITS, logits, targets), reduction,
-                   "binary_cross_entropy_with_logits")
+from .ops import Op, int_tuple
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
+                     huber_loss, kl_div, l1_loss, mse_loss, nll_loss, one_hot, smooth_l1_loss)
+from .tensor import apply, as_tensor, is_tracing, make_rng, take, where
 
 
 def linear(x, weight, bias=None):
@@ -153,6 +99,50 @@ def softplus(x, beta=1.0, threshold=20.0):
     return as_tensor(x).softplus(beta, threshold)
 
 
+def embedding(indices, weight, padding_idx=None):
+    """Rows ``weight[indices]``: integer indices (...) and a weight (n, d) give (..., d), as
+    torch.nn.functional.embedding; the row ``padding_idx`` gets no gradient."""
+    weight = as_tensor(weight)
+    if padding_idx is not None:  # that row read through a copy no gradient flows into
+        pad = np.zeros((weight.shape[0], 1), bool)
+        pad[padding_idx] = True
+        weight = where(pad, weight.detach(), weight)
+    return take(weight, indices, axis=0)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) over the last ``len(normalized_shape)`` dims (the biased
+    variance), times ``weight`` plus ``bias``, as torch.nn.functional.layer_norm."""
+    x = as_tensor(x)
+    shape = int_tuple("layer_norm", "normalized_shape", normalized_shape, minimum=1)
+    if x.shape[x.ndim - len(shape):] != shape:
+        raise fail("layer_norm", f"normalized_shape {shape} is not the end of the input's "
+                   f"shape {x.shape}", "pass the sizes of the input's last dims")
+    dims = tuple(range(x.ndim - len(shape), x.ndim))
+    centred = x - x.mean(dims, keepdim=True)
+    y = centred * ((centred * centred).mean(dims, keepdim=True) + eps).rsqrt()
+    if weight is not None:
+        y = y * weight
+    return y if bias is None else y + bias
+
+
+def dropout(x, p=0.5, training=True, rng=None):
+    """Elements zeroed with probability ``p``, the rest scaled by 1 / (1 - p), when
+    ``training`` (as torch.nn.functional.dropout); the mask is drawn from ``rng`` (a
+    np.random.Generator or seed). Eager only: inside fg.compile a mask would be drawn once."""
+    x = as_tensor(x)
+    if not training or p == 0:
+        return x
+    if is_tracing():
+        raise fail("dropout", "inside fg.compile a mask would be drawn once, at trace time, "
+                   "and reused at every call", "call model.eval() before compiling, or train "
+                   "this model eagerly")
+    if p == 1:
+        return x * 0.0
+    keep = make_rng("dropout", rng).random(x.shape) >= p
+    return x * (keep / (1.0 - p)).astype(x.dtype if x.dtype.kind == "f" else np.float64)
+
+
 def gelu(x, approximate="none"):
     """x Phi(x) (Phi the standard normal CDF), or with ``approximate="tanh"`` PyTorch's tanh
     approximation, as torch.nn.functional.gelu.
@@ -161,7 +151,7 @@ def gelu(x, approximate="none"):
     >>> fg.gelu(fg.tensor([0.0, 1.0])).numpy().round(4)
     array([0.    , 0.8413])
     """
-    if approximate not in ("none", "tanh"):
+    if not isinstance(approximate, str) or approximate not in ("none", "tanh"):
         raise fail("gelu", f"approximate={approximate!r}", 'pass "none" or "tanh"')
     return apply(Op.GELU, x, c0=float(approximate == "tanh"))
 
@@ -233,7 +223,8 @@ ACTIVATIONS = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid, "leaky_relu": lea
                "silu": silu, "elu": elu, "selu": selu, "mish": mish, "hardswish": hardswish,
                "relu6": relu6, "logsigmoid": logsigmoid}
 
-__all__ = ["ACTIVATIONS", "binary_cross_entropy_with_logits", "cross_entropy", "elu", "gelu",
-           "hardswish", "identity", "leaky_relu", "linear", "linear_act", "log_softmax",
-           "logsigmoid", "mish", "mse_loss", "relu", "relu6", "selu", "sigmoid", "silu",
-           "softmax", "softplus", "tanh"]
+__all__ = ["ACTIVATIONS", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+           "cross_entropy", "dropout", "elu", "embedding", "gelu", "layer_norm", "hardswish", "huber_loss", "identity", "kl_div",
+           "l1_loss", "leaky_relu", "linear", "linear_act", "log_softmax", "logsigmoid", "mish",
+           "mse_loss", "nll_loss", "one_hot", "relu", "relu6", "selu", "sigmoid", "silu",
+           "smooth_l1_loss", "softmax", "softplus", "tanh"]

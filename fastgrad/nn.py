@@ -23,11 +23,13 @@ import numpy as np
 from . import functional
 from .errors import fail
 from .ops import LINEAR_ACTIVATIONS, int_tuple, real
-from .tensor import Tensor, dtype_arg, get_default_dtype, guard_new, make_rng, real_array
+from .tensor import (Tensor, as_tensor, dtype_arg, get_default_dtype, guard_new, make_rng,
+                     real_array)
 
-__all__ = ["Activation", "ELU", "GELU", "GRU", "Hardswish", "INITS", "Identity", "LSTM",
-           "LeakyReLU", "Linear", "LogSigmoid", "MLP", "Mish", "Module", "Parameter", "RNN",
-           "ReLU", "ReLU6", "SELU", "Sequential", "SiLU", "Sigmoid", "Softplus", "Tanh",
+__all__ = ["Activation", "Dropout", "ELU", "Embedding", "Flatten", "GELU", "GRU", "Hardswish",
+           "INITS", "Identity", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "LogSigmoid", "MLP",
+           "Mish", "Module", "Parameter", "RNN", "ReLU", "ReLU6", "SELU", "Sequential", "SiLU",
+           "Sigmoid", "Softplus", "Tanh",
            "functional", "guard_weights", "init", "init_default_bias", "layer_sizes",
            "make_weight", "manual_seed", "utils"]
 
@@ -567,6 +569,101 @@ class LogSigmoid(Activation):
 
     def __init__(self):
         super().__init__("logsigmoid")
+
+
+class Flatten(Module):
+    """Dims ``start_dim`` to ``end_dim`` merged into one, as torch.nn.Flatten (from dim 1: a
+    batch of images (N, C, H, W) becomes (N, C H W))."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        return as_tensor(x).flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Embedding(Module):
+    """A lookup table, as torch.nn.Embedding: ``weight`` (num_embeddings, embedding_dim) drawn
+    from N(0, 1); integer indices (...) give rows (..., embedding_dim). The row
+    ``padding_idx`` starts at zero and gets no gradient. Indices may be the inputs of a
+    compiled function or of ``fg.scan``.
+
+    >>> import fastgrad as fg, numpy as np
+    >>> emb = fg.nn.Embedding(10, 3, seed=0)
+    >>> emb(np.array([[1, 2], [3, 9]])).shape
+    (2, 2, 3)
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, seed=None, dtype=None):
+        super().__init__()
+        n, d = layer_sizes("Embedding", num_embeddings=num_embeddings,
+                           embedding_dim=embedding_dim)
+        dtype = dtype_arg("Embedding", dtype, floats_only=True)
+        guard_weights("Embedding", [(n, d)], dtype)
+        if padding_idx is not None:
+            if isinstance(padding_idx, (bool, np.bool_)) or not isinstance(
+                    padding_idx, (int, np.integer)) or not -n <= padding_idx < n:
+                raise fail("Embedding", f"padding_idx {padding_idx} for {n} embeddings",
+                           f"pass an index in [{-n}, {n - 1}]")
+            padding_idx %= n
+        weight = _rng(seed, "Embedding").standard_normal((n, d))
+        if padding_idx is not None:
+            weight[padding_idx] = 0.0
+        self.num_embeddings, self.embedding_dim, self.padding_idx = n, d, padding_idx
+        self.weight = Parameter(weight.astype(dtype))
+
+    def forward(self, indices):
+        return functional.embedding(indices, self.weight, self.padding_idx)
+
+    def extra_repr(self):
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
+
+
+class LayerNorm(Module):
+    """(x - mean) / sqrt(var + eps) over the last dims ``normalized_shape``, then times
+    ``weight`` plus ``bias`` (ones and zeros at first), as torch.nn.LayerNorm."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
+                 dtype=None):
+        super().__init__()
+        shape = int_tuple("LayerNorm", "normalized_shape", normalized_shape, minimum=1)
+        dtype = dtype_arg("LayerNorm", dtype, floats_only=True)
+        guard_weights("LayerNorm", [shape, shape], dtype)
+        self.normalized_shape, self.eps = shape, real("LayerNorm", "eps", eps)
+        self.weight = Parameter(np.ones(shape, dtype)) if elementwise_affine else None
+        self.bias = Parameter(np.zeros(shape, dtype)) if elementwise_affine and bias else None
+
+    def forward(self, x):
+        return functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class Dropout(Module):
+    """Each element zeroed with probability ``p`` and the rest scaled by 1 / (1 - p) while
+    training; the identity in ``eval()``, as torch.nn.Dropout. The masks are drawn from
+    ``seed`` (or from ``fg.manual_seed``'s generator). Eager only while training: inside
+    fg.compile a mask would be drawn once, at trace time, and it is refused."""
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        p = real("Dropout", "p", p)
+        if not 0.0 <= p <= 1.0:
+            raise fail("Dropout", f"p={p}", "pass a probability in [0, 1]")
+        self.p = p
+        self.rng = np.random.default_rng(_rng(seed, "Dropout").integers(2**63))
+
+    def forward(self, x):
+        return functional.dropout(x, self.p, self.training, self.rng)
+
+    def extra_repr(self):
+        return f"p={self.p}"
 
 
 class Sequential(Module):

@@ -623,9 +623,12 @@ class Tensor:
 
     def round(self, decimals=0):
         """Half to even, as torch.round (``decimals`` places, scaled by 10**decimals)."""
+        decimals = _one_int("round", "decimals", decimals, -300)
+        if decimals > 300:
+            raise fail("round", f"decimals={decimals}", "pass decimals <= 300")
         if decimals == 0:
             return apply(Op.ROUND, self)
-        scale = 10.0 ** _one_int("round", "decimals", decimals, -300)
+        scale = 10.0 ** decimals
         return apply(Op.ROUND, self * scale) / scale
 
     def sign(self):
@@ -889,6 +892,37 @@ class Tensor:
 
     def broadcast_to(self, shape):
         return broadcast_to(self, shape)
+
+    def masked_fill(self, mask, value):
+        """``value`` where ``mask`` (bool, broadcast) holds, else this tensor, as PyTorch's."""
+        return where(mask, value, self)
+
+    def index_select(self, dim, index):
+        """The entries ``index`` (1-d integers) along ``dim``, as ``torch.index_select``."""
+        return take(self, index, axis=dim)
+
+    def gather(self, dim, index):
+        """``out[i][j] = x[i][index[i][j]]`` along ``dim`` (``torch.gather``,
+        ``np.take_along_axis``); the gradient is added back at the gathered places. The
+        index must be known when recorded (eager, or a constant inside fg.compile)."""
+        idx = as_tensor(index)
+        if idx._tape is not None:
+            raise fail("gather", "index computed inside fg.compile or fg.scan",
+                       "pass an index array, or gather eagerly")
+        values = idx.numpy()
+        d = normalize_axis("gather", dim, self.ndim)
+        if values.dtype.kind not in "iu" or values.ndim != self.ndim:
+            raise fail("gather", f"index of dtype {values.dtype} and shape "
+                       f"{fmt(values.shape)} for a tensor of shape {fmt(self.shape)}",
+                       "pass integers with as many dims as the tensor")
+        if any(values.shape[a] > self.shape[a] for a in range(self.ndim) if a != d):
+            raise fail("gather", f"index shape {fmt(values.shape)} exceeds {fmt(self.shape)} "
+                       f"outside dim {d}", "keep the other dims within the tensor's")
+        grid = list(np.indices(values.shape, sparse=True))
+        grid[d] = checked_indices("gather", values, -self.shape[d], self.shape[d],
+                                  f"dim {d} of shape {fmt(self.shape)}")
+        flat = np.ravel_multi_index(tuple(grid), self.shape)
+        return take(self.reshape(-1), flat.reshape(values.shape), axis=0)
 
     def __getitem__(self, key):
         return getitem(self, key)
@@ -2003,19 +2037,33 @@ def _contig(shape):
 
 
 def getitem(x, key) -> Tensor:
-    """Basic indexing (ints, slices, None, ...) as a strided view; an integer array gathers."""
-    if isinstance(key, (Tensor, np.ndarray, list)):
-        if isinstance(key, list):
-            key = np.asarray(key) if key else np.zeros(0, np.int64)
-        idx = as_tensor(key)
-        if idx.dtype.kind == "b":
-            raise fail("getitem", "boolean masks give data-dependent shapes",
-                       "use fg.where(mask, x, 0) or index with np.nonzero(mask)[0]")
-        return apply(Op.GATHER, x, idx, axis=0)
+    """Basic indexing (ints, slices, None, ...) as a strided view; one integer array among
+    them gathers along its axis (``x[:, idx]``, as NumPy and PyTorch); a boolean mask selects
+    eagerly (``x[mask]``: its shape depends on the values, so not inside fg.compile)."""
     key = key if isinstance(key, tuple) else (key,)
-    if any(isinstance(k, (Tensor, np.ndarray, list)) for k in key):
-        raise fail("getitem", "mixing integer-array and basic indices is not supported",
-                   "index in two steps, e.g. x[:, 1:][idx], or use fg.take(x, idx, axis)")
+    arrays = [i for i, k in enumerate(key) if isinstance(k, (Tensor, np.ndarray, list))]
+    if len(arrays) > 1:
+        raise fail("getitem", "several index arrays in one index are not supported",
+                   "index one axis at a time, e.g. x[idx0][:, idx1], or use fg.take")
+    if arrays:
+        i = arrays[0]
+        k = key[i]
+        if isinstance(k, list):
+            k = np.asarray(k) if k else np.zeros(0, np.int64)
+        idx = as_tensor(k)
+        if idx.dtype.kind == "b":
+            if len(key) != 1:
+                raise fail("getitem", "a boolean mask among other indices",
+                           "apply the mask alone: x[mask]")
+            return _masked_select(x, idx)
+        rest = key[:i] + (slice(None),) + key[i + 1 :]
+        base = getitem(x, rest) if len(key) > 1 else as_tensor(x)
+        # the gathered axis: where the array sits, counted in the output of the basic index
+        before = key[:i]
+        n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+        axis = sum(1 for k in before if k is None or isinstance(k, slice)) + (
+            as_tensor(x).ndim - n_real if any(k is Ellipsis for k in before) else 0)
+        return apply(Op.GATHER, base, idx, axis=axis)
     n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
     if sum(1 for k in key if k is Ellipsis) > 1:
         raise fail("getitem", "an index can only have one Ellipsis", "remove the extra ...")
@@ -2057,6 +2105,22 @@ def getitem(x, key) -> Tensor:
                        "an integer array")
         d += 1
     return apply(Op.STRIDED, x, out_shape=tuple(shape), base=base, strides=tuple(strides))
+
+
+def _masked_select(x, mask) -> Tensor:
+    """``x[mask]`` for a bool ``mask`` of x's shape or of its leading dims: the selected
+    elements (or rows) in order, as one gather; eager only."""
+    x = as_tensor(x)
+    if is_tracing() or getattr(_state, "body_tape", None) is not None:
+        raise fail("getitem", "a boolean mask inside fg.compile or fg.scan gives a shape that "
+                   "depends on each call's values", "use fg.where(mask, x, 0) or "
+                   "x.masked_fill(~mask, 0)")
+    m = mask.numpy()
+    if m.shape != x.shape[: m.ndim]:
+        raise fail("getitem", f"mask of shape {fmt(m.shape)} for shape {fmt(x.shape)}",
+                   "pass a mask of the tensor's shape or of its leading dims")
+    rows = x.reshape((math.prod(m.shape),) + x.shape[m.ndim :])
+    return apply(Op.GATHER, rows, np.flatnonzero(m), axis=0)
 
 
 def take(x, indices, axis=0) -> Tensor:

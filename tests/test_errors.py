@@ -53,9 +53,9 @@ def test_out_of_range_indices_and_labels_never_reach_a_kernel():
         fg.cross_entropy(x, np.array([0, 1, 4]))
     with raises("getitem: index 5 is out of bounds for axis 1"):
         x[:, 5]
-    with raises("cross_entropy: expects logits"):
+    with raises(r"cross_entropy: input \(3, 4\) and target \(2,\)"):
         fg.cross_entropy(x, np.array([0, 1]))
-    with raises("operand 1 must hold integers"):
+    with raises("class indices must be integers"):
         fg.cross_entropy(x, np.array([0.0, 1.0, 2.0]))
 
 

@@ -502,3 +502,137 @@ def test_activation_modules_are_classes_as_in_pytorch(name):
         np.testing.assert_allclose(m(fg.tensor(a)).numpy(), getattr(torch.nn, name)()(
             torch.tensor(a)).numpy(), rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(x.grad, t.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------- losses
+_R = np.random.default_rng(0)
+LOGITS, PROBS = _R.standard_normal((6, 4)), _R.dirichlet(np.ones(4), 6)
+LABELS, LABELS_IGNORED = np.array([0, 3, 1, 1, 2, 0]), np.array([0, 3, 1, 1, 2, -100])
+LOGITS3, LABELS3 = _R.standard_normal((2, 4, 3)), _R.integers(0, 4, (2, 3))
+W4 = np.array([0.5, 1.0, 2.0, 1.5])
+
+
+def _w(m):
+    return torch.tensor(W4) if torch is not None and m is torch.nn.functional else fg.tensor(W4)
+
+
+LOSSES = {
+    "cross_entropy": (lambda m, x, y: m.cross_entropy(x, y), LOGITS, LABELS),
+    "ignore_index=-100": (lambda m, x, y: m.cross_entropy(x, y), LOGITS, LABELS_IGNORED),
+    "weight": (lambda m, x, y: m.cross_entropy(x, y, weight=_w(m)), LOGITS, LABELS),
+    "weight, ignore_index=1": (lambda m, x, y: m.cross_entropy(x, y, weight=_w(m),
+                                                               ignore_index=1), LOGITS, LABELS),
+    "label_smoothing": (lambda m, x, y: m.cross_entropy(x, y, label_smoothing=0.1), LOGITS,
+                        LABELS),
+    "smoothing, weight, ignore": (lambda m, x, y: m.cross_entropy(
+        x, y, weight=_w(m), ignore_index=3, label_smoothing=0.2), LOGITS, LABELS),
+    "probability targets": (lambda m, x, y: m.cross_entropy(x, y), LOGITS, PROBS),
+    "probabilities, weight, smoothing": (lambda m, x, y: m.cross_entropy(
+        x, y, weight=_w(m), label_smoothing=0.3), LOGITS, PROBS),
+    "(N, C, d)": (lambda m, x, y: m.cross_entropy(x, y), LOGITS3, LABELS3),
+    "(N, C, d), none": (lambda m, x, y: m.cross_entropy(x, y, reduction="none"), LOGITS3,
+                        LABELS3),
+    "nll_loss, weight": (lambda m, x, y: m.nll_loss(x.log_softmax(1), y, weight=_w(m)),
+                         LOGITS, LABELS),
+    "nll_loss, ignored": (lambda m, x, y: m.nll_loss(x.log_softmax(1), y), LOGITS,
+                          LABELS_IGNORED),
+    "l1_loss": (lambda m, x, y: m.l1_loss(x, y), LOGITS, PROBS),
+    "smooth_l1_loss": (lambda m, x, y: m.smooth_l1_loss(x, y, beta=0.5), LOGITS, PROBS),
+    "huber_loss": (lambda m, x, y: m.huber_loss(x, y, delta=0.7), LOGITS, PROBS),
+    "kl_div batchmean": (lambda m, x, y: m.kl_div(x.log_softmax(1), y, reduction="batchmean"),
+                         LOGITS, PROBS),
+    "binary_cross_entropy": (lambda m, x, y: m.binary_cross_entropy(x.sigmoid(), y), LOGITS,
+                             PROBS),
+    "bce with logits, pos_weight": (lambda m, x, y: m.binary_cross_entropy_with_logits(
+        x, y, pos_weight=_w(m)), LOGITS, PROBS),
+}
+
+
+@needs_torch
+@pytest.mark.parametrize("name", LOSSES)
+def test_losses_match_torch(name):
+    fn, x, y = LOSSES[name]
+    ours, theirs = leaf(x), torch.tensor(x, requires_grad=True)
+    loss = fn(fg.nn.functional, ours, y)
+    t_loss = fn(torch.nn.functional, theirs, torch.tensor(y))
+    loss.backward(np.ones(loss.shape))
+    t_loss.backward(torch.ones(tuple(t_loss.shape), dtype=torch.float64))
+    np.testing.assert_allclose(loss.numpy(), t_loss.detach().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_an_ignored_class_is_ignored_and_weights_divide_the_mean():
+    x = np.zeros((3, 2))  # every row: loss log 2
+    loss = fg.cross_entropy(fg.tensor(x), np.array([0, 1, -100]))
+    assert loss.item() == pytest.approx(np.log(2))
+    weighted = fg.cross_entropy(fg.tensor(x), np.array([0, 1, 1]), weight=np.array([1.0, 3.0]))
+    assert weighted.item() == pytest.approx(np.log(2))  # (1 + 3 + 3) log 2 / 7
+
+
+def test_weights_and_ignored_classes_follow_the_labels_of_each_compiled_call():
+    w = fg.tensor(np.zeros(3, np.float32), requires_grad=True)
+    step = fg.compile(lambda x, y: fg.cross_entropy(x + w, y, weight=np.float32([1, 2, 4]),
+                                                    ignore_index=0))
+    x = np.zeros((4, 3), np.float32)
+    for y in (np.array([0, 1, 2, 2]), np.array([1, 1, 0, 0])):
+        value, (gw,) = step(x, y)
+        eager = leaf(x.astype(np.float64))
+        want = fg.cross_entropy(eager, y, weight=np.array([1.0, 2, 4]), ignore_index=0)
+        want.backward()
+        assert value == pytest.approx(want.item(), rel=1e-6)
+        np.testing.assert_allclose(gw, eager.grad.sum(0), rtol=1e-5, atol=1e-7)
+
+
+def test_one_hot():
+    np.testing.assert_array_equal(fg.nn.functional.one_hot(fg.tensor([0, 2]), 3).numpy(),
+                                  [[1, 0, 0], [0, 0, 1]])
+    assert fg.nn.functional.one_hot(fg.tensor([1, 3])).shape == (2, 4)
+
+
+# ----------------------------------------------------------------------------- indexing
+GATHER_INDEX = np.array([[[0, 3], [1, 1], [2, 0]], [[3, 3], [0, 1], [2, 2]]])
+
+
+def _index(v, a):
+    return torch.tensor(a) if torch is not None and isinstance(v, torch.Tensor) else a
+
+
+INDEXING = {
+    "x[:, idx]": (lambda v: v[:, [2, 0, 2]], None),
+    "x[..., idx]": (lambda v: v[..., [2, 0, 2]], None),
+    "x[1, :, idx]": (lambda v: v[1, :, [3, 1]], None),
+    "x[:, None, 1:, idx]": (lambda v: v[:, None, 1:, [2, 0]], None),
+    "x[mask]": (lambda v: v[v > 10], A[A > 10]),
+    "x[row mask]": (lambda v: v[(v > 10).all(2)], A[(A > 10).all(2)]),
+    "masked_fill": (lambda v: v.masked_fill(v > 5, -1.0), np.where(A > 5, -1.0, A)),
+    "index_select": (lambda v: v.index_select(2, _index(v, np.array([3, 1]))), A[:, :, [3, 1]]),
+    "gather(2)": (lambda v: v.gather(2, _index(v, GATHER_INDEX)),
+                  np.take_along_axis(A, GATHER_INDEX, 2)),
+    "gather(0)": (lambda v: v.gather(0, _index(v, GATHER_INDEX[:1, :2] % 2)),
+                  np.take_along_axis(A[:, :2, :2], GATHER_INDEX[:1, :2] % 2, 0)),
+}
+
+
+@pytest.mark.parametrize("name", INDEXING)
+def test_indexing_as_pytorch(name):
+    fn, want = INDEXING[name]
+    x = fg.tensor(A, requires_grad=True)
+    y = fn(x)
+    if want is not None:
+        np.testing.assert_array_equal(y.numpy(), want)
+    seed = np.arange(1.0, 1.0 + y.size).reshape(y.shape)
+    y.backward(seed)
+    if torch is not None:
+        t = torch.tensor(A, requires_grad=True)
+        ty = fn(t)
+        np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
+        ty.backward(torch.tensor(seed))
+        np.testing.assert_array_equal(x.grad, t.grad.numpy())
+
+
+def test_masks_that_would_shape_a_compiled_value_are_refused():
+    w = fg.tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(fg.FastgradError, match="boolean mask inside fg.compile"):
+        fg.compile(lambda x: (x * w)[x > 0].sum())(np.ones(3))
+    with pytest.raises(fg.FastgradError, match="several index arrays"):
+        fg.tensor(A)[[0], [1]]
