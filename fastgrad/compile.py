@@ -828,16 +828,25 @@ def _progress(total, enabled):
         return "text"
 
 
-def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, drop_last=False,
-        scheduler=None, progress=True):
+_CONTINUE = object()  # fit's default seed: the step's own generator, continued across calls
+
+
+def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=_CONTINUE,
+        drop_last=False, scheduler=None, progress=True, validation_data=None, callbacks=()):
     """Train ``step`` (a compiled step with an optimizer) over minibatches of (X, Y).
 
     Each epoch of full batches is ONE native call (kernels/train.fit_epoch): minibatch
     gathering, forward, backward, clipping and updates, with no Python per batch. A final
     partial batch (unless ``drop_last``) is one more compiled call, traced once. Shuffling is
-    seeded. Returns a History with per-epoch ``loss`` and, when Y holds integer classes and the
-    loss is a cross-entropy, ``accuracy``; the History being filled is also ``step.history``
-    (as Keras keeps ``model.history``).
+    seeded: by default from the step's own generator, seeded 0 at its first fit and continued
+    by the next, so that ``fit(epochs=1)`` called twice shuffles as ``fit(epochs=2)`` (never
+    the same order twice); ``seed=`` an int restarts from that seed, None draws fresh entropy.
+    Returns a History with per-epoch ``loss`` and, when Y holds integer classes and the loss is
+    a cross-entropy, ``accuracy``; the History being filled is also ``step.history`` (as Keras
+    keeps ``model.history``). ``validation_data=(Xv, Yv)`` adds ``val_loss`` (the loss
+    function on them after each epoch, without an update). ``callbacks``: functions called
+    ``cb(epoch, history)`` after each epoch (evaluation, checkpointing with ``fg.save``); one
+    returning True stops training there (early stopping).
 
     X: (N, ...) inputs; Y: (N,) integer labels or (N, ...) float targets, by the input rule of
     eager ops and compiled steps (``fastgrad.tensor.input_dtype_problem``). Integer labels are
@@ -863,9 +872,14 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
     epochs = _count_argument("epochs", epochs, 0)
     batch_size = _count_argument("batch_size", batch_size, 1)
     shuffle, drop_last = flag("fit", "shuffle", shuffle), flag("fit", "drop_last", drop_last)
-    if not (seed is None or isinstance(seed, (np.random.Generator, np.random.SeedSequence)) or (
+    if not (seed is None or seed is _CONTINUE or isinstance(
+            seed, (np.random.Generator, np.random.SeedSequence)) or (
             isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0)):
         raise fail("fit", f"seed must be None or an int >= 0, got {seed!r}", "pass seed=0")
+    callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    if not all(callable(cb) for cb in callbacks):
+        raise fail("fit", "callbacks must be functions cb(epoch, history)",
+                   "pass a list of functions, e.g. callbacks=[lambda epoch, h: ...]")
     if scheduler is not None and not callable(getattr(scheduler, "step", None)):
         raise fail("fit", f"scheduler must have a step() method, got {type(scheduler).__name__}",
                    "pass an fg.optim scheduler (e.g. StepLR(opt, 10)) or None")
@@ -903,8 +917,16 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
     ncls = prog.ncls if int_labels else 0
     nfull = n // batch_size
     rest = 0 if drop_last else n - nfull * batch_size
-    rng = np.random.default_rng(seed)
+    if seed is _CONTINUE:
+        if getattr(step, "_shuffle_rng", None) is None:
+            step._shuffle_rng = np.random.default_rng(0)
+        rng = step._shuffle_rng
+    else:
+        rng = np.random.default_rng(seed)
+    validate = _validator(step, validation_data, batch_size, dtype)
     history = step.history = History(loss=[], accuracy=[], seconds=[], lr=[])
+    if validate is not None:
+        history["val_loss"] = []
     bar = _progress(epochs, progress)
     ctrl_c = _HeldInterrupt()
     try:
@@ -969,9 +991,13 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
                     break
                 if scheduler is not None:
                     scheduler.step()
+                if validate is not None:
+                    history["val_loss"].append(validate())
                 _report(bar, epoch, epochs, history)
                 if ctrl_c.pressed:
                     break
+                if any([bool(cb(epoch, history)) for cb in callbacks]):
+                    break  # a callback asked to stop (every callback saw this epoch)
         ctrl_c.raise_if_pressed()  # pressed during an epoch or its bookkeeping
     except KeyboardInterrupt as e:
         e.history = _finished(history)
@@ -980,6 +1006,31 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=0, dro
         if bar is not None and not isinstance(bar, str):
             bar.close()
     return _finished(history)
+
+
+def _validator(step, validation_data, batch_size, dtype):
+    """A function returning the mean loss over ``validation_data`` (X, Y), batch by batch,
+    computed by a compiled twin of the step without its optimizer (no update); None without
+    validation data."""
+    if validation_data is None:
+        return None
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise fail("fit", "validation_data must be a pair (X, Y)",
+                   "pass validation_data=(X_val, Y_val)")
+    Xv, Yv = (_fit_data(name, v, dtype) for name, v in zip(("X", "Y"), validation_data))
+    if Xv.shape[0] != Yv.shape[0] or Xv.shape[0] == 0:
+        raise fail("fit", f"validation_data has {Xv.shape[0]} and {Yv.shape[0]} rows",
+                   "pass matching, non-empty X_val and Y_val")
+    twin = Compiled(step.fn, params=step.params, fuse=step.fuse)
+
+    def evaluate():
+        total = 0.0
+        for i in range(0, Xv.shape[0], batch_size):
+            loss, _ = twin(Xv[i : i + batch_size], Yv[i : i + batch_size])
+            total += float(loss) * len(Xv[i : i + batch_size])
+        return total / Xv.shape[0]
+
+    return evaluate
 
 
 def _finished(history):

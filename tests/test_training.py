@@ -760,3 +760,46 @@ def test_the_per_step_path_loads_extra_inputs_and_frozen_leaves_in_python():
     assert step._fast is not None and len(step.programs) == 1
     with pytest.raises(fg.FastgradError, match=r"input 4 holds indices outside \[0, 3\)"):
         step(x, target, scale, labels, np.array([0, 3]))
+
+
+def _digits_step(seed=0):
+    from fastgrad.datasets import load_digits
+
+    X, y, Xte, yte = load_digits()
+    model = fg.nn.MLP([64, 16, 10], seed=seed, dtype=np.float32)
+    opt = fg.optim.SGD(model.parameters(), lr=0.1)
+    step = fg.compile(lambda a, b: fg.cross_entropy(model(a), b), optimizer=opt)
+    return model, step, (X[:256], y[:256], Xte[:100], yte[:100])
+
+
+def test_successive_fits_continue_the_shuffle_instead_of_repeating_it():
+    model_a, step_a, (X, y, _, _) = _digits_step()
+    fg.fit(step_a, X, y, epochs=1, batch_size=32, progress=False)
+    fg.fit(step_a, X, y, epochs=1, batch_size=32, progress=False)
+    model_b, step_b, _ = _digits_step()
+    fg.fit(step_b, X, y, epochs=2, batch_size=32, progress=False)
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # one continued stream
+    model_c, step_c, _ = _digits_step()
+    first = fg.fit(step_c, X, y, epochs=1, batch_size=32, progress=False, seed=0).loss
+    again = fg.fit(step_c, X, y, epochs=1, batch_size=32, progress=False, seed=0).loss
+    assert first != again  # trained further either way; an explicit seed restarts its order
+
+
+def test_fit_reports_validation_loss_and_callbacks_can_stop_it():
+    model, step, (X, y, Xv, yv) = _digits_step()
+    calls = []
+
+    def stop_at_three(epoch, history):
+        calls.append((epoch, len(history.val_loss)))
+        return epoch == 2
+
+    h = fg.fit(step, X, y, epochs=10, batch_size=32, progress=False, validation_data=(Xv, yv),
+               callbacks=[stop_at_three])
+    assert calls == [(0, 1), (1, 2), (2, 3)] and len(h.loss) == 3
+    with fg.no_grad():  # the loss function on the validation batches, after the last update
+        want = sum(fg.cross_entropy(model(Xv[i : i + 32]), yv[i : i + 32]).item()
+                   * len(yv[i : i + 32]) for i in range(0, 100, 32)) / 100
+    assert h.val_loss[-1] == pytest.approx(want, rel=1e-5)
+    with pytest.raises(fg.FastgradError, match="callbacks must be functions"):
+        fg.fit(step, X, y, callbacks=[1], progress=False)
