@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import fail
 from .ops import Op, int_tuple
+from .conv import avg_pool2d, conv1d, conv2d, max_pool2d
 from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
                      huber_loss, kl_div, l1_loss, mse_loss, nll_loss, one_hot, smooth_l1_loss)
 from .tensor import apply, as_tensor, is_tracing, make_rng, take, where
@@ -223,8 +224,8 @@ ACTIVATIONS = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid, "leaky_relu": lea
                "silu": silu, "elu": elu, "selu": selu, "mish": mish, "hardswish": hardswish,
                "relu6": relu6, "logsigmoid": logsigmoid}
 
-__all__ = ["ACTIVATIONS", "binary_cross_entropy", "binary_cross_entropy_with_logits",
-           "cross_entropy", "dropout", "elu", "embedding", "gelu", "layer_norm", "hardswish", "huber_loss", "identity", "kl_div",
+__all__ = ["ACTIVATIONS", "avg_pool2d", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+           "conv1d", "conv2d", "cross_entropy", "dropout", "max_pool2d", "elu", "embedding", "gelu", "layer_norm", "hardswish", "huber_loss", "identity", "kl_div",
            "l1_loss", "leaky_relu", "linear", "linear_act", "log_softmax", "logsigmoid", "mish",
            "mse_loss", "nll_loss", "one_hot", "relu", "relu6", "selu", "sigmoid", "silu",
            "smooth_l1_loss", "softmax", "softplus", "tanh"]

@@ -26,7 +26,8 @@ from .ops import LINEAR_ACTIVATIONS, int_tuple, real
 from .tensor import (Tensor, as_tensor, dtype_arg, get_default_dtype, guard_new, make_rng,
                      real_array)
 
-__all__ = ["Activation", "Dropout", "ELU", "Embedding", "Flatten", "GELU", "GRU", "Hardswish",
+__all__ = ["Activation", "AvgPool2d", "Conv1d", "Conv2d", "Dropout", "ELU", "Embedding",
+           "Flatten", "GELU", "GRU", "Hardswish", "MaxPool2d",
            "INITS", "Identity", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "LogSigmoid", "MLP",
            "Mish", "Module", "Parameter", "RNN", "ReLU", "ReLU6", "SELU", "Sequential", "SiLU",
            "Sigmoid", "Softplus", "Tanh",
@@ -569,6 +570,95 @@ class LogSigmoid(Activation):
 
     def __init__(self):
         super().__init__("logsigmoid")
+
+
+class _Conv(Module):
+    """Conv1d / Conv2d: weight (out, in / groups, *kernel) and bias (out,) drawn as PyTorch's
+    (uniform within 1 / sqrt(fan_in))."""
+
+    dims = 2
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, seed=None, dtype=None):
+        super().__init__()
+        name = type(self).__name__
+        cin, cout, groups = layer_sizes(name, in_channels=in_channels,
+                                        out_channels=out_channels, groups=groups)
+        if cin % groups or cout % groups:
+            raise fail(name, f"{cin} in and {cout} out channels for {groups} groups",
+                       "pass channel counts that divide by groups")
+        kernel = int_tuple(name, "kernel_size", kernel_size, minimum=1)
+        kernel = kernel * self.dims if len(kernel) == 1 else kernel
+        if len(kernel) != self.dims:
+            raise fail(name, f"kernel_size {kernel_size!r}", f"pass an int or {self.dims} ints")
+        dtype = dtype_arg(name, dtype, floats_only=True)
+        shape = (cout, cin // groups, *kernel)
+        guard_weights(name, [shape, (cout,)], dtype)
+        rng, fan_in = _rng(seed, name), cin // groups * math.prod(kernel)
+        self.weight = Parameter(init.pytorch_default(shape, fan_in, rng).astype(dtype))
+        self.bias = Parameter(init.pytorch_default((cout,), fan_in, rng).astype(dtype)) \
+            if bias else None
+        self.in_channels, self.out_channels, self.kernel_size = cin, cout, kernel
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+
+    def forward(self, x):
+        conv = functional.conv2d if self.dims == 2 else functional.conv1d
+        return conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                    self.groups)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}")
+
+
+class Conv2d(_Conv):
+    """A 2-d convolution over (N, C, H, W), as torch.nn.Conv2d (stride, padding, dilation,
+    groups; PyTorch's weight layout and init).
+
+    >>> import fastgrad as fg, numpy as np
+    >>> fg.nn.Conv2d(1, 4, 3, padding=1, seed=0)(np.ones((2, 1, 8, 8))).shape
+    (2, 4, 8, 8)
+    """
+
+    dims = 2
+
+
+class Conv1d(_Conv):
+    """A 1-d convolution over (N, C, L), as torch.nn.Conv1d."""
+
+    dims = 1
+
+
+class MaxPool2d(Module):
+    """The largest value of each window, as torch.nn.MaxPool2d."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, self.dilation = (kernel_size, stride,
+                                                                      padding, dilation)
+
+    def forward(self, x):
+        return functional.max_pool2d(x, self.kernel_size, self.stride, self.padding,
+                                     self.dilation)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class AvgPool2d(Module):
+    """The mean of each window, as torch.nn.AvgPool2d."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.count_include_pad = count_include_pad
+
+    def forward(self, x):
+        return functional.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
+                                     count_include_pad=self.count_include_pad)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
 
 class Flatten(Module):

@@ -18,7 +18,7 @@ LAYERS = {
     "kernels": 4,
     "anomaly": 5, "blas_threads": 5, "tape": 5, "fusion": 5, "reference": 5,
     "kernel_cache": 5,
-    "tensor": 6, "functional": 6, "losses": 6,
+    "tensor": 6, "functional": 6, "losses": 6, "conv": 6,
     "optim": 7,
     "compile": 8, "scan": 8, "jvp": 8, "gradcheck": 8,
     "bptt": 9, "carry_norms": 9, "nn": 9,

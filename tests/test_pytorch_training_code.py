@@ -141,3 +141,34 @@ def test_dropout_is_seeded_off_in_eval_and_refused_inside_compile():
     step = fg.compile(lambda x: fg.nn.Dropout(0.5, seed=0)(lin(x)).sum())
     with pytest.raises(fg.FastgradError, match="dropout: inside fg.compile a mask"):
         step(np.ones((2, 3)))
+
+
+def test_a_cnn_on_the_shipped_digits():
+    from fastgrad.datasets import load_digits
+
+    X, y, _, _ = load_digits()
+    images = X.astype(np.float64).reshape(-1, 1, 8, 8)
+    batches = [(images[i : i + 32], y[i : i + 32]) for i in range(0, 96, 32)]
+
+    def build(nn, **kw):
+        return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, **kw), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(8, 8, 3, padding=1, **kw), nn.ReLU(), nn.AvgPool2d(2),
+                             nn.Flatten(), nn.Linear(8 * 2 * 2, 10, **kw))
+
+    model = build(fg.nn, seed=0)
+    opt = fg.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = _train(model, opt, batches, fg.nn.functional.cross_entropy)
+    assert losses[-1] < losses[0]
+    # the same steps compiled give the same losses
+    compiled_model = build(fg.nn, seed=0)
+    c_opt = fg.optim.SGD(compiled_model.parameters(), lr=0.05, momentum=0.9)
+    step = fg.compile(lambda a, b: fg.cross_entropy(compiled_model(a), b), optimizer=c_opt)
+    np.testing.assert_allclose([step(a, b) for a, b in batches], losses, rtol=1e-10)
+    if torch is None:
+        return
+    ref = build(torch.nn).double()
+    _copy_weights(build(fg.nn, seed=0), ref)
+    t_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    t_losses = _train(ref, t_opt, [(torch.tensor(a), torch.tensor(b)) for a, b in batches],
+                      torch.nn.functional.cross_entropy)
+    np.testing.assert_allclose(losses, t_losses, rtol=1e-9)

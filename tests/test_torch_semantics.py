@@ -636,3 +636,59 @@ def test_masks_that_would_shape_a_compiled_value_are_refused():
         fg.compile(lambda x: (x * w)[x > 0].sum())(np.ones(3))
     with pytest.raises(fg.FastgradError, match="several index arrays"):
         fg.tensor(A)[[0], [1]]
+
+
+# ----------------------------------------------------------------------------- convolution
+_C = np.random.default_rng(5)
+IMG, KER, BIAS = _C.standard_normal((2, 4, 7, 6)), _C.standard_normal((6, 4, 3, 3)), \
+    _C.standard_normal(6)
+KER_G, SEQ, KER1 = _C.standard_normal((6, 2, 3, 2)), _C.standard_normal((2, 3, 10)), \
+    _C.standard_normal((5, 3, 4))
+
+
+def _f(v):
+    return torch.nn.functional if torch is not None and isinstance(v, torch.Tensor) \
+        else fg.nn.functional
+
+
+CONV = {
+    "conv2d": (lambda x, w, b: _f(x).conv2d(x, w, b), (IMG, KER, BIAS)),
+    "stride 2, padding 1, dilation 2": (lambda x, w, b: _f(x).conv2d(
+        x, w, b, stride=2, padding=1, dilation=2), (IMG, KER, BIAS)),
+    'padding="same"': (lambda x, w: _f(x).conv2d(x, w, padding="same"), (IMG, KER)),
+    "groups 2, padding (1, 0), stride (1, 2)": (lambda x, w: _f(x).conv2d(
+        x, w, groups=2, padding=(1, 0), stride=(1, 2)), (IMG, KER_G)),
+    "conv1d": (lambda x, w: _f(x).conv1d(x, w, stride=2, padding=1), (SEQ, KER1)),
+    'conv1d "same", dilation 2': (lambda x, w: _f(x).conv1d(x, w, padding="same", dilation=2),
+                                  (SEQ, KER1)),
+    "max_pool2d": (lambda x: _f(x).max_pool2d(x, 2), (IMG,)),
+    "max_pool2d stride 1, padding 1": (lambda x: _f(x).max_pool2d(x, 3, stride=1, padding=1),
+                                       (IMG,)),
+    "max_pool2d ties": (lambda x: _f(x).max_pool2d(x, 2), (np.zeros((1, 1, 2, 2)),)),
+    "avg_pool2d": (lambda x: _f(x).avg_pool2d(x, 2), (IMG,)),
+    "avg_pool2d without padded zeros": (lambda x: _f(x).avg_pool2d(
+        x, 3, stride=2, padding=1, count_include_pad=False), (IMG,)),
+}
+
+
+def test_conv2d_is_a_cross_correlation():
+    x, w = IMG[:1, :1], KER[:1, :1]
+    y = fg.nn.functional.conv2d(x, fg.tensor(w)).numpy()
+    want = np.array([[(x[0, 0, i : i + 3, j : j + 3] * w[0, 0]).sum() for j in range(4)]
+                     for i in range(5)])
+    np.testing.assert_allclose(y[0, 0], want, rtol=1e-12)
+
+
+@needs_torch
+@pytest.mark.parametrize("name", CONV)
+def test_convolution_and_pooling_match_torch(name):
+    fn, arrays = CONV[name]
+    ours = [fg.tensor(a, requires_grad=True) for a in arrays]
+    theirs = [torch.tensor(a, requires_grad=True) for a in arrays]
+    y, ty = fn(*ours), fn(*theirs)
+    seed = _C.standard_normal(y.shape)
+    y.backward(seed)
+    ty.backward(torch.tensor(seed))
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.grad, b.grad.numpy(), rtol=1e-10, atol=1e-12)
