@@ -16,8 +16,8 @@ import math
 import numpy as np
 
 from .errors import fail
-from .ops import fmt
-from .tensor import as_tensor, concatenate, full, guard_new, take
+from .ops import Op, fmt
+from .tensor import apply, as_tensor, concatenate, full, guard_new, take
 
 __all__ = ["avg_pool2d", "conv1d", "conv2d", "max_pool2d", "window_index"]
 
@@ -128,16 +128,19 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     stride = _pair("conv2d", "stride", stride, 1)
     dilation = _pair("conv2d", "dilation", dilation, 1)
     padding = _padding("conv2d", padding, (kh, kw), dilation, stride)
-    outs = []
+    outs, og = [], o // groups
     for g in range(groups):
         xg = x if groups == 1 else x[:, g * cg : (g + 1) * cg]
         cols, (oh, ow) = _windows("conv2d", xg, (kh, kw), stride, padding, dilation, 0.0)
-        wg = weight if groups == 1 else weight[g * (o // groups) : (g + 1) * (o // groups)]
-        outs.append(cols @ wg.reshape(wg.shape[0], cg * kh * kw).T)  # (N, OH OW, O / g)
-    y = outs[0] if groups == 1 else concatenate(outs, dim=2)
-    if bias is not None:
-        y = y + bias
-    return y.permute(0, 2, 1).reshape(n, o, oh, ow)
+        wg = weight if groups == 1 else weight[g * og : (g + 1) * og]
+        bg = None if bias is None else as_tensor(bias) if groups == 1 else \
+            as_tensor(bias)[g * og : (g + 1) * og]
+        # every window of the batch as one row: one product (and bias) for the whole batch
+        rows, w2 = cols.reshape(n * oh * ow, cg * kh * kw), wg.reshape(og, cg * kh * kw)
+        outs.append(apply(Op.MATMUL, rows, w2, trans_b=True) if bg is None else
+                    apply(Op.LINEAR, rows, w2, bg))  # (N OH OW, O / g)
+    y = outs[0] if groups == 1 else concatenate(outs, dim=1)
+    return y.reshape(n, oh * ow, o).permute(0, 2, 1).reshape(n, o, oh, ow)
 
 
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
