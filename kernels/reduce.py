@@ -36,6 +36,19 @@ def _exp(v):
     return exp64(np.float64(v))
 
 
+@jit_inline
+def _nan_max(x, base, n, inner):
+    """The largest of x[base + k * inner] for k < n (n >= 1); NaN if one is NaN, as np.max."""
+    m = x[base]
+    for k in range(1, n):
+        v = x[U(base + k * inner)]
+        if v > m or v != v:
+            m = v
+            if v != v:
+                break
+    return m
+
+
 def _reduce_forward_of(op):
     def reduce_forward(code, x, y, outer, n, inner):
         if op == SUM or op == MEAN:  # mean: the sum / n (0 / 0 = NaN for an empty axis)
@@ -57,29 +70,15 @@ def _reduce_forward_of(op):
                 if op == MEAN:
                     for i in range(outer * inner):
                         y[U(i)] = y[U(i)] / n
-        elif op == MAX or op == AMAX:  # NaN propagates, as np.max
+        elif op == MAX or op == AMAX:
             for o in range(outer):
                 for j in range(inner):
-                    base = o * n * inner + j
-                    m = x[base]
-                    for k in range(1, n):
-                        v = x[U(base + k * inner)]
-                        if v > m or v != v:
-                            m = v
-                            if v != v:
-                                break
-                    y[U(o * inner + j)] = m
+                    y[U(o * inner + j)] = _nan_max(x, o * n * inner + j, n, inner)
         elif op == LOGSUMEXP:  # an infinite max is not subtracted (PyTorch's rule)
             for o in range(outer):
                 for j in range(inner):
                     base = o * n * inner + j
-                    m = x[base] if n > 0 else 0.0
-                    for k in range(1, n):
-                        v = x[U(base + k * inner)]
-                        if v > m or v != v:
-                            m = v
-                            if v != v:
-                                break
+                    m = _nan_max(x, base, n, inner) if n > 0 else 0.0
                     shift = 0.0 if m == np.inf or m == -np.inf else m
                     s = 0.0
                     for k in range(n):
