@@ -12,7 +12,7 @@ from .ops import Op, int_tuple
 from .conv import avg_pool2d, conv1d, conv2d, max_pool2d
 from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
                      huber_loss, kl_div, l1_loss, mse_loss, nll_loss, one_hot, smooth_l1_loss)
-from .tensor import apply, as_tensor, is_tracing, make_rng, take, where
+from .tensor import apply, as_tensor, is_replayed, make_rng, take, where
 
 
 def linear(x, weight, bias=None):
@@ -134,10 +134,10 @@ def dropout(x, p=0.5, training=True, rng=None):
     x = as_tensor(x)
     if not training or p == 0:
         return x
-    if is_tracing():
-        raise fail("dropout", "inside fg.compile a mask would be drawn once, at trace time, "
-                   "and reused at every call", "call model.eval() before compiling, or train "
-                   "this model eagerly")
+    if is_replayed():
+        raise fail("dropout", "inside fg.compile (or fg.scan) a mask would be drawn once and "
+                   "reused at every call (or step)", "call model.eval() before compiling, or "
+                   "train this model eagerly")
     if p == 1:
         return x * 0.0
     keep = make_rng("dropout", rng).random(x.shape) >= p

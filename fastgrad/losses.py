@@ -9,11 +9,13 @@ the samples counted, as PyTorch), ``"sum"``, ``"none"``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import fail
 from .ops import Op, fmt, real
-from .tensor import Tensor, apply, as_tensor, guard_new, is_tracing, real_array, take, where
+from .tensor import Tensor, apply, as_tensor, guard_new, is_replayed, real_array, take, where
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
            "huber_loss", "kl_div", "l1_loss", "mse_loss", "nll_loss", "one_hot",
@@ -106,9 +108,9 @@ def kl_div(input, target, reduction="mean", log_target=False):  # noqa: A002 - P
     x, t = as_tensor(input), as_tensor(target)
     if log_target:
         pointwise = t.exp() * (t - x)
-    else:  # xlogy: 0 * log 0 is 0
-        positive = t > 0
-        pointwise = where(positive, t * where(positive, t, 1.0).log(), 0.0) - t * x
+    else:  # xlogy: 0 * log 0 is 0 (a negative target gives NaN, as PyTorch)
+        zero = t == 0
+        pointwise = where(zero, 0.0, t * where(zero, 1.0, t).log()) - t * x
     if isinstance(reduction, str) and reduction == "batchmean":
         return pointwise.sum() / (x.shape[0] if x.ndim else 1)
     return _reduce(pointwise, reduction, "kl_div")
@@ -118,7 +120,10 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):  # noqa:
     """-(t log p + (1 - t) log(1 - p)) for probabilities ``input``, each log clamped at -100,
     as torch.nn.functional.binary_cross_entropy (same shapes; ``weight`` broadcasts)."""
     p, t = _same_shape("binary_cross_entropy", input, target)
-    loss = -(t * p.log().clip(min=-100.0) + (1 - t) * (1 - p).log().clip(min=-100.0))
+    # log(max(p, e^-100)) is PyTorch's log clamped at -100, with a zero (not NaN) slope where
+    # p is 0 or 1
+    floor = math.exp(-100.0)
+    loss = -(t * p.clip(min=floor).log() + (1 - t) * (1 - p).clip(min=floor).log())
     if weight is not None:
         loss = loss * _as(weight, loss)
     return _reduce(loss, reduction, "binary_cross_entropy")
@@ -128,7 +133,7 @@ def binary_cross_entropy_with_logits(logits, targets, weight=None, reduction="me
                                      pos_weight=None):
     """Sigmoid + binary cross-entropy, stably: softplus(x) - x t, elementwise (one row), as
     torch.nn.functional.binary_cross_entropy_with_logits. ``pos_weight`` scales the positive
-    term: (1 - t) x + (1 + (pos_weight - 1) t) softplus(-x). Targets broadcast as in NumPy.
+    term: (1 - t) x + (1 + (pos_weight - 1) t) softplus(-x). Targets have the logits' shape.
 
     >>> import fastgrad as fg
     >>> round(fg.binary_cross_entropy_with_logits(fg.tensor([0.0]), fg.tensor([1.0])).item(), 6)
@@ -136,6 +141,7 @@ def binary_cross_entropy_with_logits(logits, targets, weight=None, reduction="me
     """
     if isinstance(weight, str):  # fastgrad's older positional reduction
         weight, reduction = None, weight
+    logits, targets = _same_shape("binary_cross_entropy_with_logits", logits, targets)
     if pos_weight is None:
         loss = apply(Op.BCE_LOGITS, logits, targets)
     else:
@@ -158,14 +164,14 @@ def one_hot(labels, num_classes=-1):
         raise fail("one_hot", f"num_classes must be an int (or -1), got {num_classes!r}",
                    "pass the number of classes")
     if num_classes == -1:
-        if y._tape is not None or is_tracing():
+        if y._tape is not None or is_replayed():
             raise fail("one_hot", "num_classes=-1 reads the labels' values, which change "
                        "with each call inside fg.compile", "pass num_classes")
         num_classes = int(y.numpy().max()) + 1 if y.size else 0
     guard_new("one_hot", (max(y.size, 1) + num_classes) * num_classes * 8,
               (y.size, num_classes))
     eye = np.eye(num_classes, dtype=np.int64)
-    if y._tape is None and not is_tracing():
+    if y._tape is None and not is_replayed():
         values = y.numpy()
         if values.size and (values.min() < 0 or values.max() >= num_classes):
             raise fail("one_hot", f"a label is outside [0, {num_classes})",
@@ -221,7 +227,7 @@ def _sample_weights(name, weight, labels, classes, ignore_index, dtype):
 def _eager_ignored(labels, ignore_index, classes):
     """Labels equal to an ``ignore_index`` outside [0, C) (PyTorch's default -100), eagerly:
     (labels with those set to 0, a 0/1 mask of the kept samples), else (labels, None)."""
-    if 0 <= ignore_index < classes or labels._tape is not None or is_tracing():
+    if 0 <= ignore_index < classes or labels._tape is not None or is_replayed():
         return labels, None
     values = labels.numpy()
     ignored = values == ignore_index

@@ -207,6 +207,11 @@ class Optimizer:
             if not isinstance(p, Tensor) or p.tape is not None or not p.requires_grad:
                 raise fail(name, "parameters must be leaf tensors with "
                            "requires_grad=True", "pass model.parameters()")
+            if not p.is_leaf:  # a cast: its gradient goes to the tensor it was cast from
+                raise fail(name, f"a parameter of shape {p.shape} is a cast of another tensor "
+                           "(x.float() or x.astype(...)), not a leaf; as PyTorch, it cannot "
+                           "be optimized", "cast the model first (model.astype(...)) and "
+                           "pass its parameters")
         if len({id(p) for p in params}) != len(params):
             # each would get its own slot of ``flat`` and the parameter would view only the last
             raise fail(name, "a parameter appears more than once in params",

@@ -32,7 +32,7 @@ __all__ = ["FLOAT_DTYPES", "Tensor", "TensorSize", "ValuesIndices", "apply", "ar
            "zeros_like",
            "get_default_dtype", "getitem", "guard_new", "import_tensor", "input_array",
            "input_dtype_problem",
-           "is_grad_enabled", "is_tracing", "make_rng", "matmul", "no_grad", "ones", "permute", "placeholder",
+           "is_grad_enabled", "is_replayed", "is_tracing", "make_rng", "matmul", "no_grad", "ones", "permute", "placeholder",
            "randn", "real_array", "recording_into", "set_default_dtype", "shape_arg", "stack",
            "swapaxes", "take", "tensor", "tracing", "transpose", "unary", "where", "zeros"]
 
@@ -90,6 +90,21 @@ def tracing():
 def is_tracing() -> bool:
     """Whether this thread is inside ``tracing()`` (a function fg.compile records)."""
     return getattr(_state, "tracing", False)
+
+
+def is_replayed() -> bool:
+    """Whether ops recorded now are replayed later with new values: inside a function
+    fg.compile traces, or inside an fg.scan body (then a value computed from the present
+    values, such as a random draw or a data-dependent shape, would be frozen)."""
+    return is_tracing() or getattr(_state, "body_tape", None) is not None
+
+
+def _fresh_draw(op, seed):
+    """Refuse an unseeded random draw where it would be frozen (``is_replayed``)."""
+    if seed is None and is_replayed():
+        raise fail(op, "an unseeded random draw inside fg.compile or fg.scan would be drawn "
+                   "once and reused at every call or step", "draw outside and pass the values "
+                   "in as an input, or pass seed= for a fixed constant")
 
 
 def _traced_copy(t, what) -> "Tensor":
@@ -381,11 +396,23 @@ class Tensor:
         """
         return _cast(self, dtype_arg("astype", dtype), "astype")
 
-    def to(self, dtype) -> "Tensor":
-        """PyTorch's ``x.to(dtype)`` (the CPU is fastgrad's only device: ``"cpu"`` is accepted)."""
-        if isinstance(dtype, str) and dtype == "cpu":
-            return self
-        return _cast(self, dtype_arg("to", dtype), "to")
+    def to(self, *args, dtype=None, device=None, **kwargs) -> "Tensor":
+        """PyTorch's ``x.to(dtype)``, ``x.to(device, dtype)``, ``x.to(other_tensor)``; the
+        CPU is fastgrad's only device (``"cpu"`` is accepted, another is refused)."""
+        if kwargs:
+            raise fail("to", f"unknown arguments {sorted(kwargs)}", "pass dtype= or device=")
+        for a in args:
+            if isinstance(a, Tensor):
+                dtype = a.dtype if dtype is None else dtype
+            elif isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda", "mps", "meta"):
+                device = a
+            elif dtype is None:
+                dtype = a
+            else:
+                raise fail("to", f"arguments {args!r}", "pass a dtype, a device or a tensor")
+        if device is not None and str(device).split(":")[0] != "cpu":
+            raise fail("to", f"device {device!r}", "fastgrad runs on the CPU: pass 'cpu'")
+        return self if dtype is None else _cast(self, dtype_arg("to", dtype), "to")
 
     def float(self) -> "Tensor":
         return _cast(self, np.dtype(np.float32), "float")
@@ -452,18 +479,24 @@ class Tensor:
 
     # ---------------------------------------------------------------- ops (one line each)
     def __add__(self, o):
+        if _both_masks(self, o):  # bool + bool is logical or, as PyTorch's
+            return self | o
         return unary(Op.ADD_SCALAR, self, o) if _scalar(o) else apply(Op.ADD, self, o)
 
     def __radd__(self, o):
         return unary(Op.ADD_SCALAR, self, o) if _scalar(o) else apply(Op.ADD, o, self)
 
     def __sub__(self, o):
+        _no_mask_subtraction(self, o)
         return unary(Op.ADD_SCALAR, self, -o) if _scalar(o) else apply(Op.SUB, self, o)
 
     def __rsub__(self, o):
+        _no_mask_subtraction(self, o)
         return unary(Op.ADD_SCALAR, -self, o) if _scalar(o) else apply(Op.SUB, o, self)
 
     def __mul__(self, o):
+        if _both_masks(self, o):  # bool * bool is logical and
+            return self & o
         return unary(Op.MUL_SCALAR, self, o) if _scalar(o) else apply(Op.MUL, self, o)
 
     def __rmul__(self, o):
@@ -482,6 +515,9 @@ class Tensor:
         return unary(Op.RPOW_SCALAR, self, o) if _scalar(o) else apply(Op.POW, o, self)
 
     def __neg__(self):
+        if self.dtype == np.bool_:
+            raise fail("neg", "negation of a bool tensor (a mask)",
+                       "use ~mask, or cast first: mask.float()")
         return apply(Op.NEG, self)
 
     def __pos__(self):
@@ -718,8 +754,9 @@ class Tensor:
     def std(self, dim=None, keepdim=False, *, correction=1, unbiased=None, ddof=None,
             axis=None, keepdims=None):
         """The square root of ``var`` (the same arguments), as ``torch.std``."""
-        return _variance("std", self, dim, keepdim, correction, unbiased, ddof, axis,
-                         keepdims).sqrt()
+        v = _variance("std", self, dim, keepdim, correction, unbiased, ddof, axis, keepdims)
+        zero = v == 0  # sqrt's slope at 0 is inf: PyTorch's std gives 0 there, not NaN
+        return where(zero, 0.0, where(zero, 1.0, v).sqrt())
 
     def norm(self, p=2, dim=None, keepdim=False):
         """The vector p-norm along ``dim`` (of every element when None), as
@@ -734,7 +771,12 @@ class Tensor:
 
     def amin(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
         """The least values along ``dim``, as ``torch.amin`` (``-(-x).amax(dim)``)."""
-        return -(-self).amax(_dim("amin", dim, axis), _keep("amin", keepdim, keepdims))
+        dim, keepdim = _dim("amin", dim, axis), _keep("amin", keepdim, keepdims)
+        if _integer_constant(self):
+            axes = None if dim is None else tuple(
+                normalize_axis("amin", d, self.ndim) for d in int_tuple("amin", "dim", dim))
+            return Tensor(np.amin(self._data, axis=axes, keepdims=keepdim))
+        return -(-self).amax(dim, keepdim)
 
     def argmax(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
         """The index of the first maximal element along ``dim`` (of the flattened tensor when
@@ -899,6 +941,10 @@ class Tensor:
 
     def index_select(self, dim, index):
         """The entries ``index`` (1-d integers) along ``dim``, as ``torch.index_select``."""
+        index = as_tensor(index)
+        if index.ndim > 1:
+            raise fail("index_select", f"index of shape {fmt(index.shape)}",
+                       "pass a 1-d index (fg.take(x, idx, axis) takes any shape)")
         return take(self, index, axis=dim)
 
     def gather(self, dim, index):
@@ -919,7 +965,7 @@ class Tensor:
             raise fail("gather", f"index shape {fmt(values.shape)} exceeds {fmt(self.shape)} "
                        f"outside dim {d}", "keep the other dims within the tensor's")
         grid = list(np.indices(values.shape, sparse=True))
-        grid[d] = checked_indices("gather", values, -self.shape[d], self.shape[d],
+        grid[d] = checked_indices("gather", values, 0, self.shape[d],
                                   f"dim {d} of shape {fmt(self.shape)}")
         flat = np.ravel_multi_index(tuple(grid), self.shape)
         return take(self.reshape(-1), flat.reshape(values.shape), axis=0)
@@ -1014,10 +1060,12 @@ _ARRAY_FUNCTIONS = {
     np.max: _np_reduction("amax"), np.amax: _np_reduction("amax"),
     np.min: _np_reduction("amin"), np.amin: _np_reduction("amin"),
     np.argmax: _np_arg("argmax"), np.argmin: _np_arg("argmin"),
-    np.reshape: lambda a, shape=None, **kw: as_tensor(a).reshape(kw.get("newshape", shape)),
+    np.reshape: lambda a, shape=None, order="C": as_tensor(a).reshape(shape) if order == "C"
+    else _np_unsupported("np.reshape", f"order={order!r}", 'order="C" (the default)'),
     np.transpose: lambda a, axes=None: transpose(a, axes),
     np.swapaxes: lambda a, axis1, axis2: swapaxes(a, axis1, axis2),
-    np.concatenate: lambda arrays, axis=0: concatenate(arrays, axis=axis),
+    np.concatenate: lambda arrays, axis=0: concatenate(arrays, axis=axis) if axis is not None
+    else concatenate([as_tensor(a).reshape(-1) for a in _tensor_list("concat", arrays)]),
     np.stack: lambda arrays, axis=0: stack(arrays, axis=axis),
     np.where: lambda cond, *ab: where(cond, *ab) if len(ab) == 2 else _np_where_one(),
     np.clip: lambda a, a_min=None, a_max=None: as_tensor(a).clip(a_min, a_max),
@@ -1026,6 +1074,10 @@ _ARRAY_FUNCTIONS = {
     if axis is not None or as_tensor(a).ndim == 1 else take(as_tensor(a).reshape(-1), indices),
     np.matmul: lambda a, b: matmul(a, b),
 }
+
+
+def _np_unsupported(name, what, fix):
+    raise fail(name, f"{what} on a tensor", f"pass {fix}")
 
 
 def _np_where_one():
@@ -1425,6 +1477,7 @@ def rand(*shape, dtype=None, requires_grad=False, seed=None) -> Tensor:
     reproducible, as in ``fg.randn``."""
     shape, dtype = _creation_args("rand", shape, dtype, requires_grad, floats_only=True)
     guard_new("rand", math.prod(shape) * 8, shape)
+    _fresh_draw("rand", seed)
     return Tensor(make_rng("rand", seed).random(shape).astype(dtype, copy=False), requires_grad)
 
 
@@ -1444,6 +1497,7 @@ def randint(low, high=None, size=(), dtype=np.int64, seed=None) -> Tensor:
     shape = shape_arg("randint", (size,))
     dtype = dtype_arg("randint", dtype)
     guard_new("randint", math.prod(shape) * 8, shape)
+    _fresh_draw("randint", seed)
     return Tensor(make_rng("randint", seed).integers(low, high, shape).astype(dtype))
 
 
@@ -1462,6 +1516,7 @@ def randn(*shape, dtype=None, requires_grad=False, seed=None) -> Tensor:
     True
     """
     shape, dtype = _creation_args("randn", shape, dtype, requires_grad, floats_only=True)
+    _fresh_draw("randn", seed)
     rng = make_rng("randn", seed)
     n = math.prod(shape)
     if dtype == np.float64:
@@ -1530,7 +1585,17 @@ def _attr_names(op):
 
 def unary(op, x, c0=0.0, c1=0.0) -> Tensor:
     """Record an elementwise op with scalar constants (x + 2, x ** 3, leaky_relu(x, 0.1))."""
+    if op in _INTEGER_SCALAR_OPS and isinstance(x, Tensor) and _integer_constant(x) and \
+            x.dtype.kind in "iu" and isinstance(c0, (int, np.integer)) and \
+            not isinstance(c0, (bool, np.bool_)) and (op != Op.POW_SCALAR or c0 >= 0):
+        # an integer tensor and an int stay integers, as PyTorch's (labels - 1, idx + 1)
+        return Tensor(_INTEGER_SCALAR_OPS[op](x._data, np.int64(c0)).astype(
+            np.result_type(x.dtype, np.int64)))
     return apply(op, x, c0=c0, c1=c1)  # the shape rule checks they are real numbers
+
+
+_INTEGER_SCALAR_OPS = {Op.ADD_SCALAR: np.add, Op.MUL_SCALAR: np.multiply,
+                       Op.POW_SCALAR: np.power}
 
 
 def import_tensor(tape, t, kind, need_values, what=None):
@@ -1805,6 +1870,21 @@ class ValuesIndices:
     def __repr__(self):
         return f"ValuesIndices(values={self.values!r}, indices={self.indices!r})"
 
+    def __getattr__(self, name):  # x.max(1).sum(): a mistake PyTorch also refuses
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise fail("max", f"(values, indices) has no attribute {name!r}",
+                   "use .values (or x.amax(dim) for the values alone)")
+
+    def _refuse(self, *other):
+        raise fail("max", "arithmetic on the (values, indices) that max or min along a dim "
+                   "returns", "use .values (or x.amax(dim) for the values alone)")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = _refuse
+    __rtruediv__ = __pow__ = __neg__ = __matmul__ = __rmatmul__ = _refuse
+    __lt__ = __le__ = __gt__ = __ge__ = _refuse
+    __array_ufunc__ = None  # NumPy hands arithmetic with arrays to the methods above
+
 
 def _extreme(name, x, dim, axis, keepdim, keepdims):
     """``x.max(...)`` / ``x.min(...)`` with PyTorch's meanings (Tensor.max)."""
@@ -1814,10 +1894,22 @@ def _extreme(name, x, dim, axis, keepdim, keepdims):
     if dim is None or isinstance(dim, (tuple, list)):
         return x.amax(dim, keepdim) if name == "max" else x.amin(dim, keepdim)
     x = as_tensor(x)
+    arg = lambda: _arg_extreme("arg" + name, x, dim, keepdim)  # noqa: E731
+    if _integer_constant(x):  # NumPy's own, exact for every integer and bool
+        ax = normalize_axis(name, dim, x.ndim)
+        pick = np.max if name == "max" else np.min
+        return ValuesIndices(Tensor(pick(x._data, axis=ax, keepdims=keepdim)), arg)
     signed = x if name == "max" else -x
     values = apply(Op.MAX, signed, axis=dim, keepdims=keepdim)
-    return ValuesIndices(values if name == "max" else -values,
-                         lambda: _arg_extreme("arg" + name, x, dim, keepdim))
+    result = ValuesIndices(values if name == "max" else -values, arg)
+    if not is_replayed():
+        result.indices  # noqa: B018 - of the values now, as PyTorch computes them with them
+    return result
+
+
+def _integer_constant(x) -> bool:
+    """An integer or bool tensor holding its own values (no tape), outside fg.compile."""
+    return x._tape is None and x.dtype.kind in "iub" and not is_replayed()
 
 
 def _arg_extreme(name, x, dim, keepdim):
@@ -1832,7 +1924,7 @@ def _arg_extreme(name, x, dim, keepdim):
     if n == 0:
         raise fail(name, f"cannot take the {name} over an empty axis of shape {fmt(x.shape)}",
                    "reduce over a non-empty axis")
-    if not is_tracing() and getattr(_state, "body_tape", None) is None:
+    if not is_replayed():
         values = x.numpy()
         idx = (np.argmax if name == "argmax" else np.argmin)(values, axis=dim, keepdims=keepdim)
         return Tensor(np.asarray(idx, np.int64))
@@ -1912,6 +2004,17 @@ def _cast(x, dtype, name):
         out._cast_of = x  # backward accumulates into x (_accumulate)
         return out
     return Tensor(x._data.astype(dtype))
+
+
+def _both_masks(a, b) -> bool:
+    return isinstance(a, Tensor) and a.dtype == np.bool_ and (
+        isinstance(b, (bool, np.bool_)) or isinstance(b, Tensor) and b.dtype == np.bool_)
+
+
+def _no_mask_subtraction(a, b):
+    if _both_masks(a, b):
+        raise fail("sub", "subtraction of bool tensors (masks)",
+                   "use ^ or ~ (logical ops), or cast first: mask.float()")
 
 
 def _mask(t, op):

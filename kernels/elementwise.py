@@ -182,10 +182,10 @@ def _unary_forward_of(op):
         elif op == ROUND:  # half to even
             for i in range(n):
                 y[i] = np.rint(x[i])
-        elif op == SIGN:  # NaN stays NaN
+        elif op == SIGN:  # NaN stays NaN; -0.0 gives 0.0, as np.sign
             for i in range(n):
                 v = x[i]
-                y[i] = 1.0 if v > 0 else (-1.0 if v < 0 else v)
+                y[i] = 1.0 if v > 0 else (-1.0 if v < 0 else (0.0 if v == 0 else v))
         elif op == GELU:
             for i in range(n):
                 y[i] = x[i] * _gelu_phi(np.float64(x[i]), c0)[0]

@@ -84,15 +84,14 @@ def _reduce_forward_of(op):
                     for k in range(n):
                         s += _exp(x[U(base + k * inner)] - shift)
                     y[U(o * inner + j)] = np.log(s) + shift
-        elif op == PROD:
+        elif op == PROD:  # in the input's dtype, as NumPy and PyTorch (float32 overflows)
             for o in range(outer):
                 for j in range(inner):
-                    base = o * n * inner + j
-                    p = 1.0
+                    at = U(o * inner + j)
+                    y[at] = 1.0
                     for k in range(n):
-                        p *= x[U(base + k * inner)]
-                    y[U(o * inner + j)] = p
-        elif op == CUMSUM:
+                        y[at] *= x[U(o * n * inner + j + k * inner)]
+        elif op == CUMSUM:  # the running sum in float64, as PyTorch's accumulator
             for o in range(outer):
                 for j in range(inner):
                     base = o * n * inner + j
@@ -126,6 +125,7 @@ reduce_forward = per_code(_reduce_forward_of)
 
 def _reduce_vjp_of(op):
     def reduce_vjp(code, x, y, gy, gx, outer, n, inner):
+        one = np.ones(1, x.dtype)[0]  # a product in the input's dtype, as NumPy's
         if op == SUM:
             for o in range(outer):
                 for k in range(n):
@@ -196,17 +196,25 @@ def _reduce_vjp_of(op):
                         for k in range(n):
                             p = base + k * inner
                             gx[p] += m / x[p] * g
-                    elif zeros == 1:
-                        rest = 1.0
+                    else:  # the others hold a zero: 0, or NaN where they hold a NaN or inf
+                        rest = one
+                        bad = 0  # non-zero elements that are NaN or inf
                         for k in range(n):
                             v = x[U(base + k * inner)]
                             if v != 0:
                                 rest *= v
+                                if not np.isfinite(v):
+                                    bad += 1
                         for k in range(n):
                             p = base + k * inner
-                            if x[p] == 0:
+                            v = x[p]
+                            if v == 0 and zeros == 1:
                                 gx[p] += rest * g
-        elif op == CUMSUM:  # the reversed running sum of g
+                            elif zeros == 1 and bad - (0 if np.isfinite(v) else 1) > 0:
+                                gx[p] += np.nan
+                            else:
+                                gx[p] += 0.0 * g
+        elif op == CUMSUM:  # the reversed running sum of g (float64)
             for o in range(outer):
                 for j in range(inner):
                     base = o * n * inner + j

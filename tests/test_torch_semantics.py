@@ -262,7 +262,7 @@ def test_integer_tensors_stay_integers():
     assert i.reshape(2, 3).dtype == np.int64 and i[1:].dtype == np.int64
     assert (i + i).dtype == np.int64 and i.sum().item() == 15
     assert fg.tensor([True, True, False]).sum().item() == 2
-    with pytest.raises(fg.FastgradError, match="neg: not defined for bool"):
+    with pytest.raises(fg.FastgradError, match="neg: negation of a bool tensor"):
         -fg.tensor([True])
 
 
@@ -692,3 +692,113 @@ def test_convolution_and_pooling_match_torch(name):
     np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a.grad, b.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- found in review
+def test_saturated_probabilities_have_finite_bce_gradients():
+    z = fg.tensor(np.float32([20.0, -20.0]), requires_grad=True)
+    fg.binary_cross_entropy(z.sigmoid(), fg.tensor(np.float32([1.0, 0.0]))).backward()
+    assert np.isfinite(z.grad).all() and z.grad[0] == 0.0
+
+
+def test_shape_mismatches_and_casts_that_pytorch_refuses_are_refused():
+    with pytest.raises(fg.FastgradError, match="binary_cross_entropy_with_logits: input"):
+        fg.binary_cross_entropy_with_logits(fg.zeros(3, 1), fg.zeros(3))
+    with pytest.raises(fg.FastgradError, match="is a cast of another tensor"):
+        fg.optim.SGD([fg.tensor([1.0], requires_grad=True).float()], lr=0.1)
+    with pytest.raises(fg.FastgradError, match="index -1 is out of range"):
+        fg.tensor(A).gather(2, -np.ones((2, 3, 1), np.int64))
+    with pytest.raises(fg.FastgradError, match="index_select: index of shape"):
+        fg.tensor(A).index_select(0, np.zeros((1, 1), np.int64))
+
+
+def test_std_of_a_constant_has_a_zero_gradient():
+    x = leaf([1.0, 1.0, 1.0])
+    x.std().backward()
+    np.testing.assert_array_equal(x.grad, 0.0)
+
+
+def test_masks_combine_as_bools_eagerly_and_compiled():
+    w = fg.tensor(np.ones(3), requires_grad=True)
+
+    def f(x):
+        v = x * w
+        masks = ((v > 0) + (v > 1)).double().sum() + ((v > 0) * (v > 1)).double().sum()
+        return masks + (v * 0.0).sum()  # a path to w, so that fg.compile has a gradient
+
+    x = np.array([-1.0, 0.5, 2.0])
+    eager = f(fg.tensor(x)).item()
+    assert eager == 2.0 + 1.0  # or, then and
+    assert fg.compile(f)(x)[0] == eager
+    m = fg.tensor(x) > 0
+    for bad in (lambda: -m, lambda: m - m,
+                lambda: fg.compile(lambda x: (-(x * w > 0)).double().sum() + (x * w).sum())(x)):
+        with pytest.raises(fg.FastgradError, match="bool"):
+            bad()
+
+
+def test_unseeded_randomness_is_refused_where_it_would_be_frozen():
+    w = fg.tensor(np.ones(2), requires_grad=True)
+    for draw in (lambda: fg.rand(2), lambda: fg.randn(2), lambda: fg.randint(3, (2,))):
+        with pytest.raises(fg.FastgradError, match="unseeded random draw"):
+            fg.compile(lambda x: (x * w + draw()).sum())(np.ones(2))
+    assert fg.compile(lambda x: (x * w + fg.randn(2, seed=0)).sum())(np.ones(2))[0] == \
+        pytest.approx(2 + fg.randn(2, seed=0).numpy().sum())
+    drop = fg.nn.Dropout(0.5, seed=0)
+    with pytest.raises(fg.FastgradError, match="dropout: inside fg.compile"):
+        fg.scan(lambda h, x: drop(h + x), fg.ones(3), fg.ones((4, 3)))
+
+
+def test_indices_are_those_of_the_values_at_the_call():
+    w = fg.tensor(np.array([[1.0, 2.0], [2.0, 1.0]]), requires_grad=True)
+    r = w.max(1)
+    w.numpy()[...] = [[3.0, 0.0], [0.0, 3.0]]  # changed after the call
+    np.testing.assert_array_equal(r.indices.numpy(), [1, 0])
+
+
+def test_integer_reductions_and_scalar_arithmetic_stay_exact_integers():
+    u = fg.tensor(np.uint8([[0, 1], [2, 3]]))
+    np.testing.assert_array_equal(u.min(1).values.numpy(), [0, 2])
+    assert fg.tensor(np.array([-(2**63), 0])).min().item() == -(2**63)
+    assert fg.tensor([True, False]).min().item() is False
+    labels = fg.tensor([1, 2, 3]) - 1
+    assert labels.dtype == np.int64 and labels.tolist() == [0, 1, 2]
+    assert (fg.tensor([2**53 + 1]) + 0).item() == 2**53 + 1
+    assert fg.tensor(A)[fg.arange(2) + 0].shape == (2, 3, 4)
+
+
+def test_float32_products_and_running_sums_accumulate_as_pytorch():
+    big = fg.tensor(np.float32([1e30, 1e30, 1e-30]))
+    assert big.prod().item() == np.inf  # float32 accumulation, as PyTorch's prod
+    run = fg.tensor(np.float32([3e38, 3e38, -3e38])).cumsum(0).numpy()
+    np.testing.assert_array_equal(run, np.float32([3e38, np.inf, 3e38]))  # float64 running sum
+    for a, want in (([0.0, 2.0, np.nan], [np.nan, np.nan, 0.0]),
+                    ([0.0, 0.0, np.nan], [0.0, 0.0, 0.0]),
+                    ([0.0, np.inf, 2.0], [np.inf, 0.0, np.nan])):
+        x = leaf(a)
+        x.prod().backward()
+        np.testing.assert_array_equal(x.grad, want)
+
+
+def test_numpy_arguments_are_followed_or_refused():
+    a = fg.tensor(np.arange(4.0).reshape(2, 2))
+    assert np.concatenate([a, a], axis=None).shape == (8,)
+    with pytest.raises(fg.FastgradError, match="order='F'"):
+        np.reshape(a, (4,), order="F")
+
+
+def test_values_indices_misuse_and_casts_with_devices():
+    r = fg.tensor(A).max(1)
+    for misuse in (lambda: r + 1, lambda: r.sum(), lambda: 1 - r, lambda: np.ones(1) * r):
+        with pytest.raises(fg.FastgradError, match="use .values"):
+            misuse()
+    x = fg.tensor([1.0])
+    assert x.to(device="cpu") is x and x.to("cpu", np.float32).dtype == np.float32
+    with pytest.raises(fg.FastgradError, match="fastgrad runs on the CPU"):
+        x.to("cuda")
+
+
+def test_kl_div_sign_and_zero_follow_pytorch():
+    assert np.isnan(fg.kl_div(fg.tensor([-1.0]), fg.tensor([-0.5]), reduction="sum").item())
+    assert fg.kl_div(fg.tensor([-1.0]), fg.tensor([0.0]), reduction="sum").item() == 0.0
+    assert str(fg.tensor([-0.0]).sign().numpy()[0]) == "0.0"

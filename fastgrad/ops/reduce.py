@@ -251,14 +251,19 @@ LOGSUMEXP = OpDef(
 
 
 # ---- prod: the gradient of each element is the product of the others (PyTorch's rule: y / x
-# without zeros; with one zero only that element's, the product of the rest; with two, none)
+# without zeros; with one zero, 0 except the zero's, the product of the rest, and NaN where
+# the others hold a NaN or an inf, as 0 times it; with two zeros, 0)
 def _others(x3):
     """The product of the other elements along axis 1, for each element."""
     zeros = (x3 == 0).sum(axis=1, keepdims=True)
     nonzero = np.where(x3 == 0, 1, x3).prod(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         no_zero = x3.prod(axis=1, keepdims=True) / x3
-    return np.where(zeros == 0, no_zero, np.where((zeros == 1) & (x3 == 0), nonzero, 0.0))
+    bad = ((x3 != 0) & ~np.isfinite(x3)).sum(axis=1, keepdims=True)
+    bad_others = bad - ((x3 != 0) & ~np.isfinite(x3))  # NaN or inf among the others
+    zero_times = np.where((bad_others > 0) & (zeros == 1), np.nan, 0.0)  # 2 zeros: all 0
+    return np.where(zeros == 0, no_zero,
+                    np.where((zeros == 1) & (x3 == 0), nonzero, zero_times))
 
 
 def _prod_vjp(xs, y, g, a):
@@ -277,15 +282,18 @@ PROD = OpDef(
     front_end="x.prod(1)", kernel="reduce")
 
 
-# ---- cumsum: running sums along the axis; the gradient is the reversed running sum of g
+# ---- cumsum: running sums along the axis, accumulated in float64 as PyTorch's (a float32 sum
+# that overflows and comes back is finite); the gradient is the reversed running sum of g
 def _cumsum_vjp(xs, y, g, a):
     g3 = _x3(g, a)
-    return [np.flip(np.flip(g3, axis=1).cumsum(axis=1), axis=1).reshape(xs[0].shape)]
+    return [np.flip(np.flip(g3, axis=1).cumsum(axis=1, dtype=np.float64), axis=1)
+            .astype(g.dtype).reshape(xs[0].shape)]
 
 
 CUMSUM = OpDef(
     "cumsum", 308, 1, softmax_rule, LAYOUT,
-    forward=lambda xs, a, out_shape: _x3(xs[0], a).cumsum(axis=1).reshape(out_shape),
+    forward=lambda xs, a, out_shape: _x3(xs[0], a).cumsum(axis=1, dtype=np.float64)
+    .astype(xs[0].dtype).reshape(out_shape),
     vjp=_cumsum_vjp,
     jvp=lambda xs, ts, y, a: _t3(ts[0], a).cumsum(axis=2).reshape((-1,) + y.shape),
     recover=axis_recover,
