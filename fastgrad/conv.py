@@ -59,7 +59,7 @@ def window_index(channels, height, width, kernel, stride, padding, dilation):
     >>> oh, ow, idx[0].tolist()
     (2, 2, [0, 1, 3, 4])
     """
-    (kh, kw), (sh, sw), ((pt, pb), (pl, pr)), (dh, dw) = kernel, stride, padding, dilation
+    (kh, kw), (sh, sw), ((pt, _), (pl, _)), (dh, dw) = kernel, stride, padding, dilation
     oh, ow = _out_size(height, width, kernel, stride, padding, dilation)
     rows = (np.arange(oh) * sh - pt)[:, None] + np.arange(kh)[None, :] * dh  # (OH, kh)
     cols = (np.arange(ow) * sw - pl)[:, None] + np.arange(kw)[None, :] * dw  # (OW, kw)
