@@ -106,7 +106,7 @@ MINIMUM = binary("minimum", 106, lambda a, b: np.minimum(a, b),
                  front_end="fg.minimum(x, v)")
 BCE_LOGITS = binary("bce_logits", 107, lambda a, b: softplus(a) - a * b,
                     lambda a, b, y, g: (g * (stable_sigmoid(a) - b), -g * a),
-                    front_end="fg.binary_cross_entropy_with_logits(x, v)")
+                    front_end="fg.binary_cross_entropy_with_logits(x, x * 0.5)")
 GT = comparison("gt", 108, np.greater, front_end="x > v")
 GE = comparison("ge", 109, np.greater_equal, front_end="x >= v")
 LT = comparison("lt", 110, np.less, front_end="x < v")
