@@ -678,6 +678,9 @@ class Tensor:
         """Whether some element along ``dim`` (every dim when None) is non-zero (True)."""
         return _mask(self != 0, "any").amax(dim, keepdim) != 0
 
+    def square(self):
+        return self * self
+
     def isnan(self):
         return self != self
 
@@ -994,6 +997,7 @@ _UFUNCS = {
     np.arccosh: ("acosh",), np.arctanh: ("atanh",), np.log2: ("log2",), np.log10: ("log10",),
     np.floor: ("floor",), np.ceil: ("ceil",), np.rint: ("round",), np.sign: ("sign",),
     np.isnan: ("isnan",), np.isinf: ("isinf",), np.isfinite: ("isfinite",),
+    np.square: ("square",),
 }
 # Not differentiable and not recorded: answered from the values eagerly (their gradient is
 # zero, so nothing is cut), refused inside fg.compile or fg.scan (the first call's values).
@@ -1073,7 +1077,24 @@ _ARRAY_FUNCTIONS = {
     np.take: lambda a, indices, axis=None: take(a, indices, 0 if axis is None else axis)
     if axis is not None or as_tensor(a).ndim == 1 else take(as_tensor(a).reshape(-1), indices),
     np.matmul: lambda a, b: matmul(a, b),
+    np.round: lambda a, decimals=0: as_tensor(a).round(decimals),
+    np.around: lambda a, decimals=0: as_tensor(a).round(decimals),
+    np.squeeze: lambda a, axis=None: as_tensor(a).squeeze(axis),
+    np.expand_dims: lambda a, axis: as_tensor(a).unsqueeze(axis),
+    np.flip: lambda a, axis=None: as_tensor(a).flip(
+        tuple(range(as_tensor(a).ndim)) if axis is None else axis),
+    np.tile: lambda a, reps: _np_tile(as_tensor(a), reps),
+    np.dot: lambda a, b: matmul(a, b) if max(as_tensor(a).ndim, as_tensor(b).ndim) <= 2
+    else _np_unsupported("np.dot", "operands of more than 2 dims", "fg.matmul (np.matmul's "
+                         "meaning) or np.tensordot outside the graph"),
 }
+
+
+def _np_tile(a, reps):
+    reps = (reps,) if isinstance(reps, (int, np.integer)) else tuple(reps)
+    if len(reps) < a.ndim:  # np.tile pads reps with leading ones
+        reps = (1,) * (a.ndim - len(reps)) + reps
+    return a.repeat(*reps)
 
 
 def _np_unsupported(name, what, fix):

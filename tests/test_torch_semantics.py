@@ -804,3 +804,25 @@ def test_kl_div_sign_and_zero_follow_pytorch():
     assert np.isnan(fg.kl_div(fg.tensor([-1.0]), fg.tensor([-0.5]), reduction="sum").item())
     assert fg.kl_div(fg.tensor([-1.0]), fg.tensor([0.0]), reduction="sum").item() == 0.0
     assert str(fg.tensor([-0.0]).sign().numpy()[0]) == "0.0"
+
+
+NUMPY_CALLS = {
+    "np.square": np.square, "np.round(x, 1)": lambda v: np.round(v, 1), "np.around": np.around,
+    "np.squeeze": lambda v: np.squeeze(v[None]), "np.expand_dims": lambda v: np.expand_dims(v, 1),
+    "np.flip": np.flip, "np.flip(x, 1)": lambda v: np.flip(v, 1), "np.tile(x, 2)":
+    lambda v: np.tile(v, 2), "np.tile(x, (2, 1, 2))": lambda v: np.tile(v, (2, 1, 2)),
+    "np.dot": lambda v: np.dot(v, v.T), "np.var": lambda v: np.var(v, axis=1),
+    "np.std(ddof=1)": lambda v: np.std(v, ddof=1), "np.prod": lambda v: np.prod(v, axis=0),
+    "np.cumsum": lambda v: np.cumsum(v, axis=1), "np.tanh": np.tanh, "np.arcsinh": np.arcsinh,
+}
+
+
+@pytest.mark.parametrize("name", NUMPY_CALLS)
+def test_numpy_calls_on_tensors_give_numpys_values_and_record_gradients(name):
+    fn, a = NUMPY_CALLS[name], np.arange(6.0).reshape(2, 3) - 2.4
+    x = leaf(a)
+    y = fn(x)
+    assert isinstance(y, fg.Tensor)
+    np.testing.assert_allclose(y.numpy(), fn(a), rtol=1e-12)
+    y.backward(np.ones(y.shape))
+    assert x.grad is not None and x.grad.shape == a.shape
