@@ -2167,8 +2167,12 @@ def getitem(x, key) -> Tensor:
     key = key if isinstance(key, tuple) else (key,)
     arrays = [i for i, k in enumerate(key) if isinstance(k, (Tensor, np.ndarray, list))]
     if len(arrays) > 1:
-        raise fail("getitem", "several index arrays in one index are not supported",
-                   "index one axis at a time, e.g. x[idx0][:, idx1], or use fg.take")
+        if len(arrays) == len(key) and all(not isinstance(k, Tensor) or k._tape is None
+                                           for k in key):
+            return _index_arrays(x, key)
+        raise fail("getitem", "several index arrays among other indices (or computed inside "
+                   "fg.compile) are not supported", "index one axis at a time, e.g. "
+                   "x[idx0][:, idx1], or use fg.take")
     if arrays:
         i = arrays[0]
         k = key[i]
@@ -2229,6 +2233,30 @@ def getitem(x, key) -> Tensor:
                        "an integer array")
         d += 1
     return apply(Op.STRIDED, x, out_shape=tuple(shape), base=base, strides=tuple(strides))
+
+
+def _index_arrays(x, key) -> Tensor:
+    """``x[i0, i1, ...]`` with only integer arrays (broadcast together), as NumPy's and
+    PyTorch's advanced indexing: one gather from x's leading dims, flattened."""
+    x = as_tensor(x)
+    arrays = [np.asarray(k.numpy() if isinstance(k, Tensor) else k) for k in key]
+    if any(a.dtype.kind not in "iu" for a in arrays):
+        raise fail("getitem", "index arrays must hold integers", "pass integer arrays")
+    if len(arrays) > x.ndim:
+        raise fail("getitem", f"{len(arrays)} index arrays for shape {fmt(x.shape)}",
+                   "use at most one per dim")
+    try:
+        arrays = np.broadcast_arrays(*arrays)
+    except ValueError:
+        raise fail("getitem", "index arrays of shapes " + ", ".join(fmt(a.shape) for a in
+                   arrays) + " do not broadcast", "pass index arrays of one shape") from None
+    lead = x.shape[: len(arrays)]
+    checked = [checked_indices("getitem", a, -n, n, f"dim {d} of shape {fmt(x.shape)}")
+               for d, (a, n) in enumerate(zip(arrays, lead))]
+    flat = np.ravel_multi_index(tuple(checked), lead) if checked[0].size else \
+        np.zeros(checked[0].shape, np.int64)
+    rows = x.reshape((math.prod(lead),) + x.shape[len(arrays) :])
+    return apply(Op.GATHER, rows, flat, axis=0)
 
 
 def _masked_select(x, mask) -> Tensor:

@@ -605,6 +605,11 @@ INDEXING = {
     "x[1, :, idx]": (lambda v: v[1, :, [3, 1]], None),
     "x[:, None, 1:, idx]": (lambda v: v[:, None, 1:, [2, 0]], None),
     "x[mask]": (lambda v: v[v > 10], A[A > 10]),
+    "x[i, j]": (lambda v: v[_index(v, np.array([1, 0, 1])), _index(v, np.array([2, 2, 0]))],
+                A[[1, 0, 1], [2, 2, 0]]),
+    "x[i, j, k] broadcast": (lambda v: v[_index(v, np.array([[1], [0]])),
+                                         _index(v, np.array([0, 2])), _index(v, np.array([3, 1]))],
+                             A[[[1], [0]], [0, 2], [3, 1]]),
     "x[row mask]": (lambda v: v[(v > 10).all(2)], A[(A > 10).all(2)]),
     "masked_fill": (lambda v: v.masked_fill(v > 5, -1.0), np.where(A > 5, -1.0, A)),
     "index_select": (lambda v: v.index_select(2, _index(v, np.array([3, 1]))), A[:, :, [3, 1]]),
@@ -636,8 +641,8 @@ def test_masks_that_would_shape_a_compiled_value_are_refused():
     w = fg.tensor(np.ones(3), requires_grad=True)
     with pytest.raises(fg.FastgradError, match="boolean mask inside fg.compile"):
         fg.compile(lambda x: (x * w)[x > 0].sum())(np.ones(3))
-    with pytest.raises(fg.FastgradError, match="several index arrays"):
-        fg.tensor(A)[[0], [1]]
+    with pytest.raises(fg.FastgradError, match="several index arrays among other indices"):
+        fg.tensor(A)[[0], :, [1]]
 
 
 # ----------------------------------------------------------------------------- convolution

@@ -605,6 +605,7 @@ PUBLIC_CALLS = {
     "index_select": lambda v: _x().index_select(v, np.array([0])),
     "masked_fill": lambda v: _x().masked_fill(_x() > 1, v),
     "getitem mixed": lambda v: _x()[:, v],
+    "getitem two arrays": lambda v: _x()[v, v],
     "gelu approximate": lambda v: fg.gelu(_x(), approximate=v),
     "elu alpha": lambda v: fg.elu(_x(), v),
     "softplus beta": lambda v: fg.softplus(_x(), beta=v),
