@@ -1685,7 +1685,7 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
                        f"of shape {fmt(ts[i].shape)}", "pass an integer array (np.int64)")
     shapes = [t.shape for t in ts]
     out_shape, ip, fp = d.rule(name, shapes, **attrs)
-    if not any_float and op in _INTEGER_OPS and all(t._tape is None for t in ts) and \
+    if not any_float and d.integers and all(t._tape is None for t in ts) and \
             not is_tracing() and getattr(_state, "body_tape", None) is None:
         # integer and bool constants stay integers, as in PyTorch (a bool sum counts)
         try:
@@ -1721,12 +1721,6 @@ def _operands(operands) -> list:
             break
     return [tensor(o, dtype=ref) if ref is not None and isinstance(o, (int, float))
             else as_tensor(o) for o in operands]
-
-
-# Ops whose NumPy forward is exact on integers (and keeps their dtype, a sum widening to int64):
-# on integer constants they give integers, as PyTorch's do.
-_INTEGER_OPS = frozenset({Op.RESHAPE, Op.STRIDED, Op.GATHER, Op.CONCAT, Op.SUM, Op.MAX, Op.AMAX,
-                          Op.ADD, Op.SUB, Op.MUL, Op.NEG, Op.ABS, Op.MAXIMUM, Op.MINIMUM})
 
 
 def _float_dtype(t):

@@ -42,9 +42,8 @@ from fastgrad.ops import BINARY, CONTROL, REDUCE, TABLE, UNARY, WHERE, Op
 from fastgrad.reference import Reference
 from fastgrad.tensor import Tensor, apply
 
-# the ops whose results on integer constants are integers (fastgrad/tensor.py, as PyTorch)
-INTEGER_OPS = {Op.RESHAPE, Op.STRIDED, Op.GATHER, Op.CONCAT, Op.SUM, Op.MAX, Op.AMAX, Op.ADD,
-               Op.SUB, Op.MUL, Op.NEG, Op.ABS, Op.MAXIMUM, Op.MINIMUM}
+# the ops whose results on integer constants are integers, as PyTorch's (OpDef.integers)
+INTEGER_OPS = {op for op, d in TABLE.items() if d.integers}
 
 _HEALTH = list(HealthCheck)
 settings.register_profile("fuzz-ci", max_examples=400, deadline=None, derandomize=True,

@@ -284,6 +284,9 @@ class OpDef:
     kernel:      the kernel family file in ``kernels/`` holding its forward and VJP.
     saves:       what its VJP reads: "inputs", "output" (exp' = y), "nothing", or "other
                  factor" (a product: each factor only for the other's gradient).
+    integers:    its NumPy forward is exact on integer and bool operands and keeps their
+                 dtype (a sum widening to int64): on integer constants the front end gives
+                 integers, as PyTorch's (reshape, sum, +).
     """
 
     name: str
@@ -304,6 +307,7 @@ class OpDef:
     np_forward: Callable | None = None  # elementwise: the plain NumPy function
     np_vjp: Callable | None = None  # elementwise: its plain local gradient(s)
     saves: str = "inputs"
+    integers: bool = False
     checked_by: str = ""  # control ops: the suite that tests them instead of samples
     op: object = field(default=None, compare=False)  # the Op member, bound by the registry
 

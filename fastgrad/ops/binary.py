@@ -54,7 +54,8 @@ def _jvp_of(vjp):
     return rule
 
 
-def binary(name, code, forward, vjp, domain="real", *, front_end, saves="inputs"):
+def binary(name, code, forward, vjp, domain="real", *, front_end, saves="inputs",
+           integers=False):
     """The whole definition of a binary elementwise op from its two NumPy functions
     (``vjp=None``: not differentiable)."""
     return OpDef(
@@ -63,7 +64,7 @@ def binary(name, code, forward, vjp, domain="real", *, front_end, saves="inputs"
         vjp=None if vjp is None else _vjp_of(vjp), jvp=None if vjp is None else _jvp_of(vjp),
         recover=no_attrs, samples=[(list(s), {}, domain) for s in BINARY_SHAPES],
         front_end=front_end, kernel="elementwise", differentiable=vjp is not None,
-        np_forward=forward, np_vjp=vjp, saves=saves)
+        np_forward=forward, np_vjp=vjp, saves=saves, integers=integers)
 
 
 def comparison(name, code, fn, *, front_end):
@@ -87,11 +88,11 @@ def _pow_vjp(a, b, y, g):
 
 # fmt: off
 ADD = binary("add", 100, lambda a, b: a + b, lambda a, b, y, g: (g, g),
-             front_end="x + v", saves="nothing")
+             front_end="x + v", saves="nothing", integers=True)
 SUB = binary("sub", 101, lambda a, b: a - b, lambda a, b, y, g: (g, -g),
-             front_end="x - v", saves="nothing")
+             front_end="x - v", saves="nothing", integers=True)
 MUL = binary("mul", 102, lambda a, b: a * b, lambda a, b, y, g: (g * b, g * a),
-             front_end="x * v", saves="other factor")
+             front_end="x * v", saves="other factor", integers=True)
 DIV = binary("div", 103, lambda a, b: a / b, lambda a, b, y, g: (g / b, -g * y / b), "nonzero",
              front_end="x / v")
 POW = binary("pow", 104, lambda a, b: a**b, lambda a, b, y, g: _pow_vjp(a, b, y, g),
@@ -99,11 +100,11 @@ POW = binary("pow", 104, lambda a, b: a**b, lambda a, b, y, g: _pow_vjp(a, b, y,
 MAXIMUM = binary("maximum", 105, lambda a, b: np.maximum(a, b),
                  lambda a, b, y, g: (g * (a > b) + 0.5 * g * (a == b) + nan_at(a),
                                      g * (b > a) + 0.5 * g * (a == b) + nan_at(b)),
-                 front_end="fg.maximum(x, v)")
+                 front_end="fg.maximum(x, v)", integers=True)
 MINIMUM = binary("minimum", 106, lambda a, b: np.minimum(a, b),
                  lambda a, b, y, g: (g * (a < b) + 0.5 * g * (a == b) + nan_at(a),
                                      g * (b < a) + 0.5 * g * (a == b) + nan_at(b)),
-                 front_end="fg.minimum(x, v)")
+                 front_end="fg.minimum(x, v)", integers=True)
 BCE_LOGITS = binary("bce_logits", 107, lambda a, b: softplus(a) - a * b,
                     lambda a, b, y, g: (g * (stable_sigmoid(a) - b), -g * a),
                     front_end="fg.binary_cross_entropy_with_logits(x, x * 0.5)")

@@ -49,7 +49,7 @@ RESHAPE = OpDef(
     recover=lambda shapes, out_shape, a: [dict(shape=out_shape)],
     samples=[([(3, 4)], {"shape": (4, 3)}, "real"), ([(2, 3, 4)], {"shape": (-1,)}, "real"),
              ([()], {"shape": (1, 1)}, "real")],
-    front_end="x.reshape(4, 3)", kernel="movement", saves="nothing")
+    front_end="x.reshape(4, 3)", kernel="movement", saves="nothing", integers=True)
 
 
 # ---- strided: out[i...] = x[base + sum(i_d * strides_d)] (slices, transposes, broadcasts)
@@ -102,7 +102,7 @@ STRIDED = OpDef(
     samples=[([(3, 4)], {"out_shape": (4, 3), "base": 0, "strides": (1, 4)}, "real"),
              ([(6,)], {"out_shape": (3,), "base": 5, "strides": (-2,)}, "real"),
              ([(4,)], {"out_shape": (3, 4), "base": 0, "strides": (0, 1)}, "real")],
-    front_end="x[1:, ::2]", kernel="movement", saves="nothing")
+    front_end="x[1:, ::2]", kernel="movement", saves="nothing", integers=True)
 
 
 # ---- gather: x (..., n, ...) indexed along one axis by an integer operand
@@ -144,7 +144,7 @@ GATHER = OpDef(
     recover=axis_recover, int_inputs=(1,), int_bound=gather_bound,
     samples=[([(5, 3), (4,)], {"axis": 0}, "real"), ([(3, 4), (2, 3)], {"axis": 1}, "real"),
              ([(6,), (6,)], {}, "real")],
-    front_end="x[np.array([2, 0])]", kernel="movement", saves="nothing")
+    front_end="x[np.array([2, 0])]", kernel="movement", saves="nothing", integers=True)
 
 
 # ---- concat: pieces side by side along one axis, each seen as (outer, width)
@@ -193,4 +193,5 @@ CONCAT = OpDef(
     samples=[([(2, 3), (4, 3)], {"axis": 0}, "real"),
              ([(2, 3), (2, 1), (2, 2)], {"axis": 1}, "real"),
              ([(3,), (3,)], {}, "real")],
-    front_end="fg.concatenate([x, x], axis=1)", kernel="movement", saves="nothing")
+    front_end="fg.concatenate([x, x], axis=1)", kernel="movement", saves="nothing",
+    integers=True)

@@ -84,7 +84,7 @@ SUM = OpDef(
     samples=[([(5,)], {}, "real"), ([(3, 4)], {"axis": 0}, "real"),
              ([(3, 4)], {"axis": 1, "keepdims": True}, "real"),
              ([(2, 3, 4)], {"axis": -2}, "real"), ([()], {}, "real")],
-    front_end="x.sum(axis=0)", kernel="reduce", saves="nothing")
+    front_end="x.sum(axis=0)", kernel="reduce", saves="nothing", integers=True)
 
 
 # ---- max: the first maximal element takes the gradient, as the values of torch.max(x, dim),
@@ -117,7 +117,7 @@ MAX = OpDef(
     vjp=_max_vjp, jvp=_max_jvp, recover=reduce_recover,
     samples=[([(5,)], {}, "distinct"), ([(3, 4)], {"axis": 0}, "distinct"),
              ([(2, 3, 4)], {"axis": 1, "keepdims": True}, "distinct")],
-    front_end="x.max(axis=1).values", kernel="reduce")
+    front_end="x.max(axis=1).values", kernel="reduce", integers=True)
 
 
 # ---- amax: every maximal element takes an equal share of the gradient, as torch.amax and the
@@ -148,7 +148,7 @@ AMAX = OpDef(
     vjp=_amax_vjp, jvp=_amax_jvp, recover=reduce_recover,
     samples=[([(5,)], {}, "distinct"), ([(3, 4)], {"axis": 0}, "distinct"),
              ([(2, 3, 4)], {"axis": 1, "keepdims": True}, "distinct")],
-    front_end="x.amax(axis=1)", kernel="reduce")
+    front_end="x.amax(axis=1)", kernel="reduce", integers=True)
 
 
 # ---- softmax and log_softmax: forward through the stable log-sum-exp; both read the output

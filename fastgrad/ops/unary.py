@@ -33,7 +33,8 @@ def unary_rule(name, shapes, c0=0.0, c1=0.0):
                                      c1=real(name, "the constant", c1))
 
 
-def unary(name, code, forward, vjp, domain="real", attrs=None, *, front_end, saves="inputs"):
+def unary(name, code, forward, vjp, domain="real", attrs=None, *, front_end, saves="inputs",
+          integers=False):
     """The whole definition of a unary elementwise op from its two NumPy functions."""
     return OpDef(
         name, code, 1, unary_rule, LAYOUT,
@@ -42,7 +43,8 @@ def unary(name, code, forward, vjp, domain="real", attrs=None, *, front_end, sav
         jvp=lambda xs, ts, y, a: vjp(xs[0], y, ts[0], a.c0, a.c1),  # diagonal: J^T t == J t
         recover=lambda shapes, out_shape, a: [dict(c0=a.c0, c1=a.c1)],
         samples=[([s], attrs or {}, domain) for s in UNARY_SHAPES],
-        front_end=front_end, kernel="elementwise", np_forward=forward, np_vjp=vjp, saves=saves)
+        front_end=front_end, kernel="elementwise", np_forward=forward, np_vjp=vjp, saves=saves,
+        integers=integers)
 
 
 def stable_sigmoid(x):
@@ -86,9 +88,9 @@ def _softplus_slope(x, beta, threshold):
 
 # fmt: off
 NEG = unary("neg", 1, lambda x, c0, c1: -x, lambda x, y, g, c0, c1: -g,
-            front_end="-x", saves="nothing")
+            front_end="-x", saves="nothing", integers=True)
 ABS = unary("abs", 2, lambda x, c0, c1: np.abs(x), lambda x, y, g, c0, c1: g * np.sign(x),
-            "nonzero", front_end="abs(x)")
+            "nonzero", front_end="abs(x)", integers=True)
 EXP = unary("exp", 3, lambda x, c0, c1: np.exp(x), lambda x, y, g, c0, c1: g * y,
             front_end="fg.exp(x)", saves="output")
 LOG = unary("log", 4, lambda x, c0, c1: np.log(x), lambda x, y, g, c0, c1: g / x,
