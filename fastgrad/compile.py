@@ -1021,7 +1021,9 @@ def _validator(step, validation_data, batch_size, dtype):
     if Xv.shape[0] != Yv.shape[0] or Xv.shape[0] == 0:
         raise fail("fit", f"validation_data has {Xv.shape[0]} and {Yv.shape[0]} rows",
                    "pass matching, non-empty X_val and Y_val")
-    twin = Compiled(step.fn, params=step.params, fuse=step.fuse)
+    twin = getattr(step, "_evaluator", None)
+    if twin is None:  # traced once per step and input shape, not per fit call
+        twin = step._evaluator = Compiled(step.fn, params=step.params, fuse=step.fuse)
 
     def evaluate():
         total = 0.0

@@ -11,6 +11,7 @@ pooling, -inf for max pooling (as PyTorch's implicit padding).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -50,6 +51,7 @@ def _padding(name, padding, kernel, dilation, stride):
     return (ph, ph), (pw, pw)
 
 
+@functools.lru_cache(maxsize=64)
 def window_index(channels, height, width, kernel, stride, padding, dilation):
     """For an image (channels, height, width) flattened, with one sentinel element appended at
     index channels * height * width: the index array (OH * OW, channels * kh * kw) of every
@@ -69,7 +71,9 @@ def window_index(channels, height, width, kernel, stride, padding, dilation):
     inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
     flat = (ch * height + r) * width + c
     idx = np.where(inside, flat, channels * height * width)
-    return idx.reshape(max(oh, 0) * max(ow, 0), channels * kh * kw).astype(np.int64), (oh, ow)
+    idx = idx.reshape(max(oh, 0) * max(ow, 0), channels * kh * kw).astype(np.int64)
+    idx.flags.writeable = False  # cached per shape (an eager model calls it every step)
+    return idx, (oh, ow)
 
 
 def _out_size(height, width, kernel, stride, padding, dilation):
@@ -159,9 +163,10 @@ def _single(what, value, minimum):
     """A 1-d size: an int or a 1-tuple of one."""
     if isinstance(value, (tuple, list)) and len(value) == 1:
         value = value[0]
-    return _pair("conv1d", what, (value, value), minimum)[0] if isinstance(
-        value, (int, np.integer)) and not isinstance(value, bool) else _pair(
-        "conv1d", what, value, minimum)[0]
+    if isinstance(value, (tuple, list)):  # _pair would take a pair's first size
+        raise fail("conv1d", f"{what} must be an int or a 1-tuple, got {value!r}",
+                   f"pass e.g. {what}=1")
+    return _pair("conv1d", what, value, minimum)[0]
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):

@@ -250,16 +250,16 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):  
     logp, labels, out_shape = _class_rows("nll_loss", input, target)
     if labels.dtype.kind == "f":
         raise fail("nll_loss", "target holds floats", "pass class indices (int64)")
-    used = _eager_ignored(labels, ignore_index, logp.shape[1])[0]
+    used, kept = _eager_ignored(labels, ignore_index, logp.shape[1])
     return _weighted_nll("nll_loss", -(logp * one_hot(used, logp.shape[1])).sum(1), logp,
-                         labels, weight, ignore_index, reduction, out_shape, 0.0)
+                         used, kept, weight, ignore_index, reduction, out_shape, 0.0)
 
 
-def _weighted_nll(name, nll, logp, labels, weight, ignore_index, reduction, out_shape,
+def _weighted_nll(name, nll, logp, labels, kept, weight, ignore_index, reduction, out_shape,
                   label_smoothing):
-    """The per-sample losses ``nll`` (M,) weighted, smoothed and reduced as PyTorch's."""
+    """The per-sample losses ``nll`` (M,) weighted, smoothed and reduced as PyTorch's;
+    ``labels, kept`` as ``_eager_ignored`` returns them."""
     classes = logp.shape[1]
-    labels, kept = _eager_ignored(labels, ignore_index, classes)
     dtype = logp.tape.dtype if logp._tape is not None else logp.dtype
     w = _sample_weights(name, weight, labels, classes, ignore_index, dtype)
     if kept is not None:
@@ -305,14 +305,13 @@ def cross_entropy(logits, labels, weight=None, ignore_index=-100, reduction="mea
         loss = per_class.sum(1)
         return loss.reshape(out_shape) if reduction == "none" else _reduce(
             loss, reduction, "cross_entropy")
-    plain = weight is None and not label_smoothing and not 0 <= ignore_index < classes
-    if plain:
-        target_used, kept = _eager_ignored(target, ignore_index, classes)
-        if kept is None:  # the fused row: log-sum-exp minus the label's logit
-            loss = apply(Op.CROSS_ENTROPY, x, target_used)
-            return loss.reshape(out_shape) if reduction == "none" else _reduce(
-                loss, reduction, "cross_entropy")
+    used, kept = _eager_ignored(target, ignore_index, classes)
+    if weight is None and not label_smoothing and not 0 <= ignore_index < classes and \
+            kept is None:  # the fused row: log-sum-exp minus the label's logit
+        loss = apply(Op.CROSS_ENTROPY, x, used)
+        return loss.reshape(out_shape) if reduction == "none" else _reduce(
+            loss, reduction, "cross_entropy")
     logp = x.log_softmax(1)
-    nll = -(logp * one_hot(_eager_ignored(target, ignore_index, classes)[0], classes)).sum(1)
-    return _weighted_nll("cross_entropy", nll, logp, target, weight, ignore_index, reduction,
-                         out_shape, label_smoothing)
+    nll = -(logp * one_hot(used, classes)).sum(1)
+    return _weighted_nll("cross_entropy", nll, logp, used, kept, weight, ignore_index,
+                         reduction, out_shape, label_smoothing)
