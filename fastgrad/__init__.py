@@ -9,85 +9,54 @@
 (4.0, 4.0, -1.0)
 """
 
-from .anomaly import AnomalyError, detect_anomaly
-from .errors import FastgradError
-from .functional import (
-    binary_cross_entropy,
-    binary_cross_entropy_with_logits,
-    cross_entropy,
-    elu,
-    gelu,
-    hardswish,
-    huber_loss,
-    kl_div,
-    l1_loss,
-    leaky_relu,
-    logsigmoid,
-    mish,
-    relu6,
-    selu,
-    silu,
-    smooth_l1_loss,
-    log_softmax,
-    mse_loss,
-    nll_loss,
-    one_hot,
-    relu,
-    sigmoid,
-    softmax,
-    softplus,
-    tanh,
-)
-from .gradcheck import GradcheckError, gradcheck
-from .ops import Op
-from .tape import Tape
-from .tensor import (
-    Tensor,
-    arange,
-    as_tensor,
-    broadcast_to,
-    concatenate,
-    empty,
-    enable_grad,
-    eye,
-    from_numpy,
-    full,
-    full_like,
-    linspace,
-    ones_like,
-    rand,
-    randint,
-    zeros_like,
-    get_default_dtype,
-    is_grad_enabled,
-    matmul,
-    no_grad,
-    permute,
-    swapaxes,
-    ones,
-    randn,
-    set_default_dtype,
-    stack,
-    take,
-    tensor,
-    transpose,
-    where,
-    zeros,
-)
+import importlib as _importlib
+import sys as _sys
 
-from . import nn, optim  # noqa: E402
-from .compile import Compiled, History, compile, fit  # noqa: E402
-from .nn import manual_seed  # noqa: E402
-from .memory import set_memory_limit  # noqa: E402
-from .scan import scan  # noqa: E402
-from .carry_norms import carry_gradient_log_norms  # noqa: E402
-from .blas_threads import get_blas_threads, set_blas_threads  # noqa: E402
-from .io import load, save  # noqa: E402
-from .scan import Binomial  # noqa: E402, F401
-from .bptt import truncated_bptt  # noqa: E402, F401
-from .jvp import jvp, linearize  # noqa: E402
-from . import study  # noqa: E402
-from . import kernel_cache as _kernel_cache  # noqa: E402
+from .core.errors import FastgradError
+from .core.memory import set_memory_limit
+from .ops import Op
+from .runtime.anomaly import AnomalyError, detect_anomaly
+from .runtime.blas_threads import get_blas_threads, set_blas_threads
+from .runtime.tape import Tape
+from .frontend.tensor import (
+    Tensor, arange, as_tensor, broadcast_to, concatenate, empty, enable_grad, eye, from_numpy,
+    full, full_like, get_default_dtype, is_grad_enabled, linspace, matmul, no_grad, ones,
+    ones_like, permute, rand, randint, randn, set_default_dtype, stack, swapaxes, take, tensor,
+    transpose, where, zeros, zeros_like,
+)
+from .frontend.functional import (
+    binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, elu, gelu, hardswish,
+    huber_loss, kl_div, l1_loss, leaky_relu, log_softmax, logsigmoid, mish, mse_loss, nll_loss,
+    one_hot, relu, relu6, selu, sigmoid, silu, smooth_l1_loss, softmax, softplus, tanh,
+)
+from .transforms.gradcheck import GradcheckError, gradcheck
+from .transforms.jvp import jvp, linearize
+from .transforms.scan import Binomial, scan
+from .training import nn, optim
+from .training.bptt import truncated_bptt
+from .training.carry_norms import carry_gradient_log_norms
+from .training.compile import Compiled, History, compile, fit
+from .training.nn import manual_seed
+from .io import load, save
+from . import study
+from .runtime import kernel_cache as _kernel_cache
+
+# The first release's import paths (one module per name at the top: `fastgrad.tape.Tape`,
+# `import fastgrad.nn`, `from fastgrad.tensor import Tensor`) keep working: each names the
+# module that holds its names now.
+for _old, _new in {
+    "errors": "core.errors", "timing": "core.timing", "memory": "core.memory",
+    "datasets": "data.digits", "tape": "runtime.tape", "kernel_cache": "runtime.kernel_cache",
+    "anomaly": "runtime.anomaly", "blas_threads": "runtime.blas_threads",
+    "tensor": "frontend.tensor", "functional": "frontend.functional",
+    "losses": "frontend.losses", "conv": "frontend.conv", "fusion": "transforms.fusion",
+    "reference": "transforms.reference", "scan": "transforms.scan", "jvp": "transforms.jvp",
+    "gradcheck": "transforms.gradcheck", "optim": "training.optim",
+    "compile": "training.compile", "bptt": "training.bptt", "nn": "training.nn",
+    "carry_norms": "training.carry_norms",
+}.items():
+    _sys.modules[f"{__name__}.{_old}"] = _importlib.import_module(f"{__name__}.{_new}")
+    globals().setdefault(_old, _sys.modules[f"{__name__}.{_old}"])  # fg.nn, fg.functional, ...
 
 _kernel_cache.install()  # a first call that compiles kernels says so (docs/kernel-cache.md)
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .timing import median_time
+from .core.timing import median_time
 
 __all__ = ["cmd_demo", "cmd_warmup", "demo_lecture", "demo_mlp", "demo_rnn", "main"]
 
@@ -41,7 +41,7 @@ def demo_lecture():
 def demo_mlp(quick, seed):
     import fastgrad as fg
     from fastgrad.benchmarks.baselines import numpy_step
-    from fastgrad.datasets import load_digits
+    from fastgrad.data.digits import load_digits
 
     Xtr, ytr, Xte, yte = load_digits(seed=seed, dtype=np.float64)
     epochs = 4 if quick else 20
@@ -90,7 +90,7 @@ def demo_mlp(quick, seed):
 
 
 def demo_rnn(quick, seed, out):
-    from . import study
+    from .study import study
 
     T = 1_000 if quick else 10_000
     radii = [0.9, 1.0, 1.1]
@@ -128,8 +128,8 @@ def cmd_demo(args):
 
 
 def cmd_warmup(args):
-    from . import kernel_cache
-    from .errors import FastgradError
+    from .runtime import kernel_cache
+    from .core.errors import FastgradError
 
     where, status = kernel_cache.cache_status()
     if where is None:
@@ -166,7 +166,7 @@ def main(argv=None):
     p.add_argument("--out", default="fastgrad-demo", help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
-    from .kernel_cache import DTYPES, FAMILIES
+    from .runtime.kernel_cache import DTYPES, FAMILIES
 
     p = sub.add_parser(
         "warmup", help="compile the kernels ahead into the kernel cache (for container images "
@@ -193,7 +193,7 @@ def main(argv=None):
                        "and Numba, and PyTorch and JAX when installed: one table, JSON, PNG")
     bench_command.add_arguments(p)
     p.set_defaults(func=bench_command.command)
-    from .study import add_parser as add_study_parser  # fastgrad study ... (fastgrad/study.py)
+    from .study.study import add_parser as add_study_parser  # fastgrad study ...
 
     add_study_parser(sub)
     args = parser.parse_args(argv)

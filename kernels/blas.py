@@ -185,7 +185,7 @@ def _bind_gemm():
 # threads, set through the library's own thread-local setter (OpenBLAS's
 # openblas_set_num_threads_local, MKL's MKL_Set_Num_Threads_Local) around the call and
 # restored after it: another thread's products, and the user's own NumPy, keep their count.
-# fastgrad/blas_threads.py chooses the count: never more than the cores that other processes
+# fastgrad/runtime/blas_threads.py chooses the count: never more than the cores that other processes
 # leave free. The kernels read it from _THREADS (a symbol, so the cached code serves any
 # process).
 _THREADS_SYMBOL = "fastgrad_blas_threads"

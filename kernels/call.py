@@ -21,7 +21,7 @@ uses Numba's own calling convention, so an exception raised in a row kernel reac
 as it would through a direct call. A context carries its float dtype, which a kernel of the
 other dtype refuses.
 
-The tape tuple (fastgrad/tape.py ``Tape.arrays``) is
+The tape tuple (fastgrad/runtime/tape.py ``Tape.arrays``) is
     (ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, node_kind,
      external, table)
 where ``table`` is the dispatch table of the tape's dtype: ``table[code]`` the address of op

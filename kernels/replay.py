@@ -1,6 +1,6 @@
 """The two replay loops: one native call walks the whole tape forward or backward.
 
-The tape arrives as a tuple of flat arrays (see fastgrad/tape.py for the format):
+The tape arrives as a tuple of flat arrays (see fastgrad/runtime/tape.py for the format):
     (ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, fparams, node_off, node_size, node_kind,
      external)
 Row r computes node outs[r] by op ops[r] from nodes in_idx[in_ptr[r]:in_ptr[r+1]], with integer
@@ -92,7 +92,7 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
 @functools.lru_cache(maxsize=None)
 def replay_entries(dtype):
     """(dispatcher, argument types) of the two replay loops as an eager tape of float
-    ``dtype`` calls them (fastgrad/tape.py): what a first ``backward()`` runs, compiled
+    ``dtype`` calls them (fastgrad/runtime/tape.py): what a first ``backward()`` runs, compiled
     alongside its ops' kernels (dispatch.py ``Table.ensure``)."""
     F = types.float64 if np.dtype(dtype) == np.float64 else types.float32
     A, I = types.Array(F, 1, "C"), types.Array(types.int64, 1, "C")

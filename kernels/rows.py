@@ -12,7 +12,7 @@ from .views import grad_view
 __all__ = ["STEP_CODE", "all_finite", "inputs_grads_finite"]
 
 # An anomaly report (replay_forward / replay_backward with ``check``) is the bad row r, or for a
-# row of a scan body at step t, r + (t + 1) * STEP_CODE (fastgrad/anomaly.py decodes it). Tape
+# row of a scan body at step t, r + (t + 1) * STEP_CODE (runtime/anomaly.py decodes it). Tape
 # rows are int64 but far fewer than 2**32 (each has an entry in several arenas).
 STEP_CODE = 1 << 32
 

@@ -1,6 +1,6 @@
 """The scan loop: a body of tape rows recorded once, run T times forward and backward natively.
 
-SCAN row integer attributes (node ids and row indices; see fastgrad/scan.py):
+SCAN row integer attributes (node ids and row indices; see fastgrad/transforms/scan.py):
 
     ip[0:HEADER]  T, begin_row, body_start, body_end, n_carry, n_stack, has_x, xs, x_slot, x_step,
               store, k, ckpt, schedule, reg_size, n_own
@@ -38,7 +38,7 @@ With ``check`` (fg.detect_anomaly) the forward sweep checks each body row's outp
 backward sweep each body row's input gradients at every step, and stops at the first NaN/Inf:
 scan_forward / scan_backward return (body row, step t), or (-1, -1). The body's nodes then hold
 step t's values (x_t copied into the x slot) for the report; the sweep is not finished, so the
-caller must run the scan's forward sweep again before using its results (fastgrad/anomaly.py).
+caller must run the scan's forward sweep again before using its results (runtime/anomaly.py).
 With ``check`` off the loops run as they would without it (one untaken branch per row).
 """
 

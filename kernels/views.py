@@ -1,13 +1,13 @@
 """Where a tape row's operands, output and attributes live: views into the arenas.
 
-The tape tuple is described in kernels/call.py and fastgrad/tape.py. Node v lives in one of
+The tape tuple is described in kernels/call.py and fastgrad/runtime/tape.py. Node v lives in one of
 four places by its kind: the value arena ``values`` (0), the integer arena ``ivalues`` (1,
 indices and labels), the optimizer's flat parameter buffer ``params`` (2, a compiled
 program's parameters; their gradients in ``pgrads``) or the caller's input array ``external``
 (3, read in place). Row r's operands are in_idx[in_ptr[r]:in_ptr[r+1]], its integer
 attributes iparams[ip_ptr[r]:ip_ptr[r+1]], its float attributes fparams[fp_ptr[r]:].
 
-A node's gradient target is its mode in ``need`` (fastgrad/tape.py ``grad_modes``): 0 none,
+A node's gradient target is its mode in ``need`` (fastgrad/runtime/tape.py ``grad_modes``): 0 none,
 ACCUMULATE (its gradient slot += the VJP), OVERWRITE (this row is its only writer: slot = the
 VJP, so nobody clears the slot first) or INTO_VALUE (the target is the node's own value, with
 the sweep's ``value_alpha``: value += value_alpha * VJP, as gemm's C = alpha A B + beta C with

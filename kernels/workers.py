@@ -30,7 +30,7 @@ MAX_WORKERS = 8
 
 class Reporting:
     """How the children's compilations reach this process's compile report (the Python side,
-    fastgrad/kernel_cache.py, installs its own; the kernels know nothing of logging)."""
+    fastgrad/runtime/kernel_cache.py, installs its own; the kernels know nothing of logging)."""
 
     def announce(self, dtype):
         """Called before forking: say once that kernels of ``dtype`` are being compiled."""

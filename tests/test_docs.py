@@ -60,7 +60,7 @@ def public_callables():
     namespaces ``fg.nn.init`` and ``fg.nn.utils`` (spelled as torch.nn.init / torch.nn.utils)
     count as public functions too."""
     out = []
-    for mod in (fg, fg.nn, fg.optim):
+    for public, mod in (("fastgrad", fg), ("fastgrad.nn", fg.nn), ("fastgrad.optim", fg.optim)):
         names = getattr(mod, "__all__", None)
         if names is None:
             names = [
@@ -71,7 +71,7 @@ def public_callables():
         for name in names:
             obj = getattr(mod, name)
             if callable(obj) and not inspect.ismodule(obj):
-                out.append((f"{mod.__name__}.{name}", obj))
+                out.append((f"{public}.{name}", obj))
     for ns in (fg.nn.init, fg.nn.utils):
         for name, attr in vars(ns).items():
             if not name.startswith("_") and isinstance(attr, staticmethod):

@@ -12,20 +12,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Layer of each top-level module or subpackage of fastgrad, lowest first (kernels/ is installed
 # as fastgrad.kernels). Modules of one layer may import each other.
 LAYERS = {
-    "errors": 1, "timing": 1, "datasets": 1,
-    "memory": 2,
-    "ops": 3,
-    "kernels": 4,
-    "anomaly": 5, "blas_threads": 5, "tape": 5, "fusion": 5, "reference": 5,
-    "kernel_cache": 5,
-    "tensor": 6, "functional": 6, "losses": 6, "conv": 6,
-    "optim": 7,
-    "compile": 8, "scan": 8, "jvp": 8, "gradcheck": 8,
-    "bptt": 9, "carry_norms": 9, "nn": 9,
-    "io": 10,
-    "study": 11, "benchmarks": 11,
-    "cli": 12,
-    "__init__": 13, "__main__": 13,  # the public names, the entry points
+    "core": 1, "data": 1,
+    "ops": 2,
+    "kernels": 3,
+    "runtime": 4,
+    "frontend": 5,
+    "transforms": 6,
+    "training": 7,
+    "io": 8,
+    "study": 9, "benchmarks": 9,
+    "cli": 10,
+    "__init__": 11, "__main__": 11,  # the public names, the entry points
 }
 
 

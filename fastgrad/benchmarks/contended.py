@@ -3,7 +3,7 @@
 A compiled 784-128-10 ReLU MLP step (batch 64, float32, plain SGD), timed in rounds that
 alternate an idle machine and one with ``busy`` processes spinning on the cores, for two
 settings of the large products' BLAS threads, also alternating: ``auto`` (fastgrad's default,
-fastgrad/blas_threads.py: never more threads than the cores the neighbours leave free) and
+fastgrad/runtime/blas_threads.py: never more threads than the cores the neighbours leave free) and
 ``all CPUs`` (a thread per CPU whatever the load: the default before). Each phase first steps
 for ``settle`` seconds (the automatic choice samples the load as the step runs), then times
 steps for ``seconds``: the mean time per step, which counts the slow steps a median hides.
@@ -56,7 +56,7 @@ def measure(rounds=DEFAULT_ROUNDS, seconds=DEFAULT_SECONDS, settle=DEFAULT_SETTL
             log=print):
     """{setting: {"idle": [µs], "contended": [µs], "ratio": [...]}} over ``rounds``."""
     import fastgrad as fg
-    from fastgrad.blas_threads import cpus
+    from fastgrad.runtime.blas_threads import cpus
 
     step = _step()
     for _ in range(20):
@@ -107,7 +107,7 @@ def table(result, busy):
 
 def command(rounds, seconds, settle, busy, out, json_path, log):
     """Run the measurement, print the table, write OUT/contended.json; returns 0."""
-    from fastgrad.blas_threads import cpus
+    from fastgrad.runtime.blas_threads import cpus
     from fastgrad.kernels.blas import describe_provider
 
     started = time.time()
@@ -117,7 +117,7 @@ def command(rounds, seconds, settle, busy, out, json_path, log):
           f"{describe_provider()}; mean time per step over {seconds:g} s after {settle:g} s "
           f"of stepping, {rounds} alternating rounds")
     print(text)
-    from fastgrad.io import atomic_write
+    from fastgrad.io.files.files import atomic_write
 
     path = pathlib.Path(json_path) if json_path else pathlib.Path(out) / "contended.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ implementation warms caches or the allocator for another. A cell:
    resets its peak (``/proc/self/clear_refs``);
 3. builds the model or step function, calls it once (the loss of that call, at the common
    initial weights, is reported so that the implementations can be checked against each other),
-   then times it with ``fastgrad.timing.median_time``;
+   then times it with ``fastgrad.core.timing.median_time``;
 4. reports the peak RSS (``getrusage`` ``ru_maxrss``) minus the RSS of step 2: the memory the
    implementation needed on top of the interpreter, its libraries and the inputs.
 
@@ -61,7 +61,7 @@ IMPL_TITLES = {
 PEERS = ("torch", "jax")
 COLUMNS = {  # the fields of a row of bench.json
     "seconds": "median seconds per training step (forward + backward + SGD update): "
-    "fastgrad.timing.median_time over `repeat` rounds; `median_us` is the same in µs",
+    "fastgrad.core.timing.median_time over `repeat` rounds; `median_us` is the same in µs",
     "us_per_unrolled_step": "RNN workloads only: the time per step divided by the unroll length T",
     "ratio_to_fastgrad": "this implementation's time / fastgrad's time on the same workload and "
     "dtype, measured in the same run (> 1 means fastgrad is faster)",
@@ -216,7 +216,7 @@ def measure_cell(name, dtype, impl, repeat=None, min_time=None):
     Run it in a fresh process (``run_cell``): the memory figure assumes nothing ran before."""
     import numpy as np
 
-    from ..timing import median_time
+    from ..core.timing import median_time
 
     w = all_workloads()[name]
     make = implementations(w)[impl]
@@ -607,7 +607,7 @@ def plot(result, path):
 
 def write_text(path, text):
     """Write ``text`` to ``path`` atomically (fastgrad.io.atomic_write), creating its folder."""
-    from ..io import atomic_write
+    from ..io.files import atomic_write
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

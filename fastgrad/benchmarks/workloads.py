@@ -34,7 +34,7 @@ class Workload:
     kind = "mlp"
     steps = 1  # steps per training step (an RNN's is its unroll length T)
     repeat = 7  # rounds of ``median_time`` by default
-    min_time = 0.2  # each round lasts about min_time / 4 (fastgrad.timing.median_time)
+    min_time = 0.2  # each round lasts about min_time / 4 (fastgrad.core.timing.median_time)
     warmup = 2  # untimed calls after the first (which traces or compiles this shape)
     dtypes = ("float32", "float64")
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import fail, flag  # noqa: F401 - flag: re-exported for the shape rules
+from ..core.errors import fail, flag  # noqa: F401 - flag: re-exported for the shape rules
 
 __all__ = ["BINARY_SHAPES", "Fusion", "Layout", "MAX_NDIM", "NO_ATTRS", "OpDef", "Tail",
            "UNARY_SHAPES", "broadcast_shapes", "broadcast_strides", "coalesce",
@@ -318,7 +318,7 @@ class OpDef:
 
 @dataclass(frozen=True)
 class Fusion:
-    """A pattern of the fusion pass (fastgrad/fusion.py), kept with the fused op it makes.
+    """A pattern of the fusion pass (transforms/fusion.py), kept with the fused op it makes.
 
     chain:  per row of the chain, first to last, the op codes that row may have; each row's
             output is read by the next row alone (and by nothing a caller sees).

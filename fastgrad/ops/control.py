@@ -1,10 +1,10 @@
 """Family 7, control: an ``fg.scan`` loop over a recorded body, as two rows.
 
 SCAN_BEGIN marks the first body row and points at its SCAN row; the replay loops skip the body
-and run it T times from the SCAN row. The interpreters (fastgrad/reference.py, jvp.py) and the
+and run it T times from the SCAN row. The interpreters (transforms/reference.py, jvp.py) and the
 kernels (kernels/scan.py) run these rows themselves, so they have no NumPy forward, VJP or JVP
-here and no samples: tests/test_scan.py checks them. fastgrad/scan.py records them (through
-these layouts) and the tape validator (fastgrad/io.py) checks every field.
+here and no samples: tests/test_scan.py checks them. transforms/scan.py records them (through
+these layouts) and the tape validator (fastgrad/io/files.py) checks every field.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def matmul_rule(name, shapes, trans_b=False):
     ba = broadcast_strides(sa[:-2], batch)
     bb = broadcast_strides(sb[:-2], batch)
     if math.prod(batch) > 1 << 16:  # the offsets below are a Python loop: refuse absurd batches
-        from ..memory import guard_memory
+        from ..core.memory import guard_memory
 
         guard_memory(name, math.prod(batch) * (72 + 8 * m * n),
                      f"shapes {fmt(sa)} @ {fmt(sb)} broadcast to {math.prod(batch)} products; "

@@ -1,4 +1,4 @@
-"""The kinds of tape nodes: where a node's values live (fastgrad/tape.py, docs/tape.md). The
+"""The kinds of tape nodes: where a node's values live (fastgrad/runtime/tape.py, docs/tape.md). The
 tape, the recorder, the compiler, the validator and the kernels name them from here.
 
 >>> from fastgrad.ops.nodes import FLOAT_NODE, INDEX_NODE, PARAM_NODE, EXTERNAL_NODE

@@ -38,7 +38,7 @@ operands is an error at record time (no silent promotion). The memory guard coun
 buffers together at the capacity they are allocated with (and, while an array grows, its old
 buffer too): growing past fg.set_memory_limit (or the available memory) is an error before the
 allocation, and a doubling that would pass the limit grows only as far as it allows.
-``fg.save`` writes these arrays, and ``fastgrad.io.validate_tape`` checks every invariant
+``fg.save`` writes these arrays, and ``fastgrad.io.files.validate_tape`` checks every invariant
 above before a loaded tape reaches a kernel.
 """
 
@@ -52,14 +52,14 @@ import weakref
 import numpy as np
 
 from . import blas_threads as _blas_threads
-from . import kernels
-from .kernels import dispatch
-from .kernels.replay import replay_entries as _replay_entries
-from .errors import FastgradError, fail
-from .memory import available_memory, guard_memory, memory_limit, needs_no_check
-from .ops import TABLE, Op, fmt
-from .ops.control import BEGIN_LAYOUT, SCAN_LAYOUT
-from .ops.nodes import EXTERNAL_NODE, FLOAT_NODE, FUSED_LABEL, INDEX_NODE, PARAM_NODE
+from .. import kernels
+from ..kernels import dispatch
+from ..kernels.replay import replay_entries as _replay_entries
+from ..core.errors import FastgradError, fail
+from ..core.memory import available_memory, guard_memory, memory_limit, needs_no_check
+from ..ops import TABLE, Op, fmt
+from ..ops.control import BEGIN_LAYOUT, SCAN_LAYOUT
+from ..ops.nodes import EXTERNAL_NODE, FLOAT_NODE, FUSED_LABEL, INDEX_NODE, PARAM_NODE
 
 __all__ = ["GrowingArray", "RECORDING", "Tape", "VJP_READS_NO_VALUES", "VJP_READS_OTHER_FACTOR",
            "same_bits"]
@@ -376,7 +376,7 @@ class Tape:
         fparams), writing the same output node; the rows in ``drop`` go, their output nodes
         stay unwritten (labelled FUSED_LABEL: no row reads them). Row numbers held in the
         tape (scan headers and markers, ``scan_rows``, ``producer``) follow the rows that stay.
-        The fusion pass (fastgrad/fusion.py) is the caller."""
+        The fusion pass (fastgrad/transforms/fusion.py) is the caller."""
         n = self.n_rows
         if not replace and not drop:
             return
@@ -516,7 +516,7 @@ class Tape:
         >>> w.numpy()[:] = 2.0  # changed after mul saved it
         >>> loss.backward()
         Traceback (most recent call last):
-        fastgrad.errors.FastgradError: backward: a variable needed for gradient computation ...
+        fastgrad.core.errors.FastgradError: backward: a variable needed for gradient computation ...
         """
         changed = {v: leaf for leaf, v in self.copies
                    if v < node and not same_bits(self.node_values(v), leaf.numpy())}
@@ -598,7 +598,7 @@ class Tape:
         return max(size, 1)
 
     def compiled_nbytes(self) -> int:
-        """Bytes a compiled program built from this tape holds (fastgrad/compile.py): its copy
+        """Bytes a compiled program built from this tape holds (training/compile.py): its copy
         of the tape, the tape's integer arrays packed (cast, then concatenated) and one float
         buffer of float attributes, gradients (as many as values) and scratch."""
         ints = sum(g.a.nbytes for g in vars(self).values()

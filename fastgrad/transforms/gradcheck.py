@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-from .errors import FastgradError, fail
-from .ops import real
-from .tensor import Tensor, real_array, tensor
+from ..core.errors import FastgradError, fail
+from ..ops import real
+from ..frontend.tensor import Tensor, real_array, tensor
 
 __all__ = ["GradcheckError", "gradcheck", "numerical_grad"]
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from .compile import compile as _compile
-from .errors import fail
-from .ops import fmt
+from ..core.errors import fail
+from ..ops import fmt
 from .optim import Optimizer
-from .tensor import Tensor, concatenate, tensor
+from ..frontend.tensor import Tensor, concatenate, tensor
 
 __all__ = ["truncated_bptt"]
 

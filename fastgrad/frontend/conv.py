@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from .errors import fail
-from .ops import Op, fmt
+from ..core.errors import fail
+from ..ops import Op, fmt
 from .tensor import apply, as_tensor, concatenate, full, guard_new, take
 
 __all__ = ["avg_pool2d", "conv1d", "conv2d", "max_pool2d", "window_index"]

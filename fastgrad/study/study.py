@@ -35,11 +35,11 @@ import zipfile
 
 import numpy as np
 
-from . import functional as F
-from .errors import FastgradError, fail
-from .io import atomic_write
-from .jvp import Linearized
-from .memory import guard_memory
+from ..frontend import functional as F
+from ..core.errors import FastgradError, fail
+from ..io.files import atomic_write
+from ..transforms.jvp import Linearized
+from ..core.memory import guard_memory
 
 __all__ = ["CELL_FORMAT", "CELL_VERSION", "CellFileError", "ClippingResult", "DataScaleResult",
            "DeadReLUResult", "RNNGradientNorms", "SCENARIOS", "SaturationResult", "StudyResult",
@@ -122,7 +122,7 @@ def _jsonable(v):
 
 
 def _atomic_write(path, data: bytes):
-    """Write ``data`` to ``path`` atomically (``fastgrad.io.atomic_write``: a crash leaves the
+    """Write ``data`` to ``path`` atomically (``fastgrad.io.files.atomic_write``: a crash leaves the
     old file or the new one, and a killed writer's temporary file is removed by the next)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +251,7 @@ def set_spectral_radius(W, radius):
     >>> round(spectral_radius(W), 12)
     0.9
     """
-    from .tensor import Tensor
+    from ..frontend.tensor import Tensor
 
     a = _array(W)
     scaled = a * (float(radius) / spectral_radius(a))
@@ -582,7 +582,7 @@ def _logs_of(norms):
 
 def _rnn_step(W, nonlinearity):
     """The map h_t = act(h_{t-1} W^T + d_t) as a step of fg.scan (and of forward mode)."""
-    from .tensor import tensor
+    from ..frontend.tensor import tensor
 
     if nonlinearity not in F.ACTIVATIONS:
         raise fail("rnn_gradient_norms", f"unknown nonlinearity {nonlinearity!r}",
@@ -631,7 +631,7 @@ def rnn_gradient_norms(hidden=64, T=1000, spectral_radius=(0.8, 0.9, 1.0, 1.1, 1
     >>> r.norms[(0.5, 0)].shape
     (400,)
     """
-    from .carry_norms import carry_gradient_log_norms
+    from ..training.carry_norms import carry_gradient_log_norms
 
     t0 = time.perf_counter()
     radii = [float(r) for r in _as_list(spectral_radius)]
@@ -761,8 +761,8 @@ def gradient_clipping(T=50, hidden=32, steps=300, batch=32, lr=0.05, max_norm=1.
     >>> [row["run"] for row in r.rows]
     ['no clipping', 'clip_grad_norm_(1)']
     """
-    from . import nn, optim
-    from .tensor import tensor
+    from ..training import nn, optim
+    from ..frontend.tensor import tensor
 
     if task != "adding":
         raise fail("gradient_clipping", f"unknown task {task!r}", "use task='adding'")
@@ -830,7 +830,7 @@ def local_gradient(activation, y, z=None):
         return np.ones_like(y)
     if z is None:
         raise fail("local_gradient", f"{activation} needs its input z", "pass z")
-    from .ops.unary import stable_sigmoid
+    from ..ops.unary import stable_sigmoid
 
     z = np.asarray(z, np.float64)
     if activation == "softplus":
@@ -844,7 +844,7 @@ def local_gradient(activation, y, z=None):
 def _probed_forward(model, X, probes=True):
     """An MLP's forward with a zero probe added to every hidden layer's output, so that after
     backward ``probe.grad`` = dL/dh_l. Returns (output, [(z_l, h_l, probe_l)])."""
-    from .tensor import as_tensor, zeros
+    from ..frontend.tensor import as_tensor, zeros
 
     act = F.ACTIVATIONS[model.activation]
     x = as_tensor(X)
@@ -878,7 +878,7 @@ def layer_gradient_stats(model, X, y, saturated_below=0.1):
     >>> row["mean_local_grad"], row["fraction_saturated"]
     (0.25, 0.0)
     """
-    from .tensor import as_tensor
+    from ..frontend.tensor import as_tensor
 
     for p in model.parameters():
         p.grad = None
@@ -928,7 +928,7 @@ class SaturationResult(StudyResult):
 def saturation(depth=10, width=64, activations=("sigmoid", "tanh"), init="default", n=256,
                weight_scale=1.0, seed=0):
     """Vanishing gradients with depth: deep MLPs (``depth`` hidden layers of ``width``) on ``n``
-    digit images (fastgrad.datasets.load_digits), one per activation, at initialisation.
+    digit images (fastgrad.data.digits.load_digits), one per activation, at initialisation.
 
     For each hidden layer: the mean local gradient (never above 0.25 for a sigmoid), the
     fraction of saturated units, and the gradient norm reaching the layer, which shrinks
@@ -942,8 +942,8 @@ def saturation(depth=10, width=64, activations=("sigmoid", "tanh"), init="defaul
     >>> max(row["mean_local_grad"] for row in r.rows if row["activation"] == "sigmoid") <= 0.25
     True
     """
-    from . import nn
-    from .datasets import load_digits
+    from ..training import nn
+    from ..data.digits import load_digits
 
     t0 = time.perf_counter()
     X, y, _, _ = load_digits(seed=seed, dtype=np.float64)
@@ -980,7 +980,7 @@ def dead_relu_fraction(model, X):
     >>> dead_relu_fraction(m, np.array([[1.0, 2.0], [3.0, 0.5]]))
     [0.5]
     """
-    from .tensor import no_grad
+    from ..frontend.tensor import no_grad
 
     if not all(np.isfinite(p.numpy()).all() for p in model.parameters()):
         return [float("nan")] * (len(model.layers) - 1)  # diverged: "dead" would be a lie
@@ -1035,11 +1035,11 @@ def dead_relus(scenarios=tuple(SCENARIOS), hidden=(64, 64, 64), epochs=5, batch=
     >>> [(row["scenario"], row["epoch"]) for row in r.rows]
     [('bad_init', 0), ('bad_init', 1)]
     """
-    from . import nn, optim
-    from .compile import compile as fg_compile
-    from .compile import fit
-    from .datasets import load_digits
-    from .tensor import no_grad
+    from ..training import nn, optim
+    from ..training.compile import compile as fg_compile
+    from ..training.compile import fit
+    from ..data.digits import load_digits
+    from ..frontend.tensor import no_grad
 
     t0 = time.perf_counter()
     Xtr, ytr, Xte, yte = load_digits(seed=seed, dtype=np.float64)
@@ -1123,11 +1123,11 @@ def data_scale(scales=(1, 10, 1000), lr=0.1, epochs=5, batch=32, seed=0):
     >>> round(raw[1] / raw[0], 6)
     1000.0
     """
-    from . import nn, optim
-    from .compile import compile as fg_compile
-    from .compile import fit
-    from .datasets import load_digits
-    from .tensor import no_grad
+    from ..training import nn, optim
+    from ..training.compile import compile as fg_compile
+    from ..training.compile import fit
+    from ..data.digits import load_digits
+    from ..frontend.tensor import no_grad
 
     t0 = time.perf_counter()
     Xtr, ytr, Xte, yte = load_digits(seed=seed, dtype=np.float64)
@@ -1652,7 +1652,7 @@ def read_cell_file(path):
     >>> read_cell_file(path)
     Traceback (most recent call last):
     ...
-    fastgrad.study.CellFileError: sweep: cell file cell.npz: unreadable (BadZipFile: ...
+    fastgrad.study.study.CellFileError: sweep: cell file cell.npz: unreadable (BadZipFile: ...
     """
     path = pathlib.Path(path)
     try:

@@ -8,7 +8,7 @@ import numpy as np
 
 __all__ = ["load_digits"]
 
-_DATA = pathlib.Path(__file__).resolve().parent / "data"
+_DATA = pathlib.Path(__file__).resolve().parent
 
 
 def load_digits(test_fraction=0.25, seed=0, dtype=np.float32):

@@ -21,15 +21,15 @@ import math
 import numpy as np
 
 from . import fusion
-from .errors import fail
-from .ops import Op
-from .ops.control import SCAN_LAYOUT
-from .ops.nodes import FLOAT_NODE, FUSED_LABEL, INDEX_NODE
-from .ops import fmt
-from .memory import check_memory, guard_memory
-from .memory import set_memory_limit  # noqa: F401 - fastgrad.scan.set_memory_limit, its old place
-from .tape import RECORDING, Tape
-from .tensor import Tensor, import_tensor, as_tensor, is_grad_enabled, recording_into
+from ..core.errors import fail
+from ..ops import Op
+from ..ops.control import SCAN_LAYOUT
+from ..ops.nodes import FLOAT_NODE, FUSED_LABEL, INDEX_NODE
+from ..ops import fmt
+from ..core.memory import check_memory, guard_memory
+from ..core.memory import set_memory_limit  # noqa: F401 - its old place
+from ..runtime.tape import RECORDING, Tape
+from ..frontend.tensor import Tensor, import_tensor, as_tensor, is_grad_enabled, recording_into
 
 __all__ = ["Binomial", "scan", "set_memory_limit"]
 
@@ -98,7 +98,7 @@ class Binomial:
         t1): recompute steps t0..t1-1 in the backward sweep; ('backward', t): the VJP of step t,
         whose values the step just run left in place. The advances add up to extra_steps(T).
         """
-        from .kernels.scan import binomial_advance
+        from ..kernels.scan import binomial_advance
 
         T = _steps("Binomial", T)
         r = self.repetitions(T)  # about (2 r + 3) T actions of about 100 bytes each
@@ -209,7 +209,7 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
             fg.Binomial(slots=s)  at most s carries, recomputing with the binomial schedule
                       (fewest recomputations for s slots; see fg.Binomial, docs/recurrence.md).
     stack:  also return the first carry component stacked over time, shape (T, ...).
-    fuse:   rewrite chains of plain rows in the body into fused rows (fastgrad/fusion.py):
+    fuse:   rewrite chains of plain rows in the body into fused rows (transforms/fusion.py):
             ``act(h @ W.T + x)`` becomes one LINEAR_ACT row. Off inside
             ``fg.compile(..., fuse=False)``. Tensors made inside ``step`` other than the carry
             it returns are not meant to be read after the loop; a fused one is not computed.
@@ -254,7 +254,7 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
     if len(floats) > 1:
         raise fail("scan", f"carries and xs mix dtypes {sorted(map(str, floats))}",
                    "cast them to one dtype")
-    from .tensor import get_default_dtype
+    from ..frontend.tensor import get_default_dtype
 
     dtype = floats.pop() if floats else get_default_dtype()
     grad_on = is_grad_enabled()

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import fail
-from .ops import Op, int_tuple
+from ..core.errors import fail
+from ..ops import Op, int_tuple
 from .conv import avg_pool2d, conv1d, conv2d, max_pool2d
 from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
                      huber_loss, kl_div, l1_loss, mse_loss, nll_loss, one_hot, smooth_l1_loss)

@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from .errors import fail
-from .ops import Op, fmt, real
+from ..core.errors import fail
+from ..ops import Op, fmt, real
 from .tensor import Tensor, apply, as_tensor, guard_new, is_replayed, real_array, take, where
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",

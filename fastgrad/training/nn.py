@@ -20,11 +20,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import functional
-from .errors import fail
-from .ops import LINEAR_ACTIVATIONS, int_tuple, real
-from .tensor import (Tensor, as_tensor, dtype_arg, get_default_dtype, guard_new, make_rng,
-                     real_array)
+from ..frontend import functional
+from ..core.errors import fail
+from ..ops import LINEAR_ACTIVATIONS, int_tuple, real
+from ..frontend.tensor import (
+    Tensor, as_tensor, dtype_arg, get_default_dtype, guard_new, make_rng, real_array,
+)
 
 __all__ = ["Activation", "AvgPool2d", "Conv1d", "Conv2d", "Dropout", "ELU", "Embedding",
            "Flatten", "GELU", "GRU", "Hardswish", "MaxPool2d",
@@ -926,7 +927,7 @@ class _Recurrent(Module):
         self.bias_hh_l0 = uniform(g) if bias else None
 
     def _inputs(self, xs):
-        from .tensor import as_tensor
+        from ..frontend.tensor import as_tensor
 
         xs = as_tensor(xs)
         unbatched = xs.ndim == 2
@@ -958,13 +959,13 @@ class _Recurrent(Module):
         return functional.linear(x, self.weight_ih_l0, self.bias_ih_l0)
 
     def _scan(self, step, init, seq):
-        from .scan import scan
+        from ..transforms.scan import scan
 
         out = scan(step, init, seq, checkpoint=self.checkpoint, stack=self.stack_outputs)
         return out if self.stack_outputs else (None, out)
 
     def _zeros(self, B):
-        from .tensor import zeros
+        from ..frontend.tensor import zeros
 
         return zeros(B, self.hidden_size, dtype=self.weight_hh_l0.dtype)
 

@@ -7,7 +7,7 @@ tangents ``ts`` (each ``None`` for "no tangent", i.e. zero, or an array of shape
 tangent, shape ``(k, *y.shape)``. tests/test_jvp.py checks every rule against central finite
 differences on the registry's own samples.
 
-The replay is a NumPy interpreter over the tape rows, like fastgrad/reference.py (whose forward
+The replay is a NumPy interpreter over the tape rows, like transforms/reference.py (whose forward
 it uses for primal values), with a leading tangent axis of size k. It suits what forward mode is
 for here: the tape of one recurrent step is a handful of rows, replayed many times with a small
 set of directions (Lyapunov exponents, Jacobian products). A ``SCAN`` row is replayed by running
@@ -20,18 +20,18 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .errors import fail
-from .ops import CONTROL, TABLE, Op, fmt
-from .ops.nodes import FLOAT_NODE
+from ..core.errors import fail
+from ..ops import CONTROL, TABLE, Op, fmt
+from ..ops.nodes import FLOAT_NODE
 from .reference import Reference
-from .tape import Tape
-from .tensor import Tensor, get_default_dtype, placeholder, real_array
+from ..runtime.tape import Tape
+from ..frontend.tensor import Tensor, get_default_dtype, placeholder, real_array
 
 RULES = MappingProxyType({op: d.jvp for op, d in TABLE.items()})
 
 
 class _Replay:
-    """Primal values (NumPy, as fastgrad.reference) and k tangents per node, row by row."""
+    """Primal values (NumPy, as transforms/reference.py) and k tangents per node, row by row."""
 
     def __init__(self, tape: Tape):
         self.tape = tape

@@ -32,9 +32,9 @@ import os
 import threading
 import time
 
-from .errors import fail
-from .kernels import blas as _blas
-from .kernels import workers as _workers
+from ..core.errors import fail
+from ..kernels import blas as _blas
+from ..kernels import workers as _workers
 
 REFRESH_SECONDS = 0.25  # at most one sample per this long
 SAMPLES = 3  # the neighbours' count is the lowest of this many recent samples

@@ -32,26 +32,28 @@ import weakref
 
 import numpy as np
 
-from . import blas_threads as _blas_threads
-from . import fusion
-from .anomaly import STATE as anomaly_state
-from .anomaly import AnomalyError, anomaly_enabled, describe_anomaly
-from .errors import FastgradError, fail
-from .kernels import dispatch as _dispatch
-from .kernels import optim as _optim_kernels
-from .kernels import train as _train
-from .kernels._jit import native_entry
-from .kernels.views import INTO_VALUE
-from .kernels.movement import load_indices
-from .ops import Op, flag, fmt
-from .ops.matmul import LAYOUT as MATMUL_LAYOUT
-from .ops.matmul import LINEAR_LAYOUT
-from .ops.nodes import EXTERNAL_NODE, FLOAT_NODE, INDEX_NODE, PARAM_NODE
-from .memory import check_memory
+from ..runtime import blas_threads as _blas_threads
+from ..transforms import fusion
+from ..runtime.anomaly import STATE as anomaly_state
+from ..runtime.anomaly import AnomalyError, anomaly_enabled, describe_anomaly
+from ..core.errors import FastgradError, fail
+from ..kernels import dispatch as _dispatch
+from ..kernels import optim as _optim_kernels
+from ..kernels import train as _train
+from ..kernels._jit import native_entry
+from ..kernels.views import INTO_VALUE
+from ..kernels.movement import load_indices
+from ..ops import Op, flag, fmt
+from ..ops.matmul import LAYOUT as MATMUL_LAYOUT
+from ..ops.matmul import LINEAR_LAYOUT
+from ..ops.nodes import EXTERNAL_NODE, FLOAT_NODE, INDEX_NODE, PARAM_NODE
+from ..core.memory import check_memory
 from .optim import Optimizer
-from .tape import RECORDING, Tape
-from .tensor import (FLOAT_DTYPES, Tensor, checked_indices, get_default_dtype, input_array,
-                     input_dtype_problem, placeholder, tracing)
+from ..runtime.tape import RECORDING, Tape
+from ..frontend.tensor import (
+    FLOAT_DTYPES, Tensor, checked_indices, get_default_dtype, input_array, input_dtype_problem,
+    placeholder, tracing,
+)
 
 __all__ = ["Compiled", "History", "Program", "as_entry", "compile", "entry_array", "fit",
            "overwritten_by_vjp", "step_lock"]
@@ -556,7 +558,7 @@ class Compiled:
     def program(self, *inputs) -> tuple[Program, list]:
         """The traced program for these inputs' shapes and dtypes (tracing if new), and the
         inputs as arrays. Inputs enter by fastgrad's one input rule
-        (``fastgrad.tensor.input_dtype_problem``), as in eager ops: a signature is traced, and
+        (``frontend.tensor.input_dtype_problem``), as in eager ops: a signature is traced, and
         so stored, only once its dtypes have passed it."""
         arrays = [input_array(x) for x in inputs]
         sig = tuple((a.shape, a.dtype) for a in arrays)
@@ -570,7 +572,7 @@ class Compiled:
                     raise fail("compile", f"input {i} (shape {fmt(a.shape)}): {problem[0]}",
                                problem[1])
             if self.programs:
-                log.info("fastgrad.compile: tracing again for new input signature %s "
+                log.info("fastgrad.training.compile: tracing again for new input signature %s "
                          "(previous: %s)", [(a.shape, a.dtype.name) for a in arrays],
                          [[(s, d.name) for s, d in k] for k in self.programs])
             prog = self._trace(arrays, dtype)
@@ -798,7 +800,7 @@ def compile(fn, optimizer=None, params=None, clip_grad_norm=None,  # noqa: A001
     the same to rounding, but ``optimizer.flat_grad`` may then hold stale values for those
     parameters. ``keep_grads=True`` writes every gradient, as PyTorch keeps ``p.grad``.
 
-    The traced tape goes through the fusion pass (fastgrad/fusion.py): a layer written with
+    The traced tape goes through the fusion pass (transforms/fusion.py): a layer written with
     plain ops, ``(x @ W.T + b).relu()``, replays as one fused LINEAR_ACT row, as ``fg.nn``'s
     layers record it; ``print(step.programs[...].tape)`` shows the rows it runs.
     ``fuse=False`` replays the rows as recorded (for debugging; results agree to rounding).
@@ -849,7 +851,7 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=_CONTI
     returning True stops training there (early stopping).
 
     X: (N, ...) inputs; Y: (N,) integer labels or (N, ...) float targets, by the input rule of
-    eager ops and compiled steps (``fastgrad.tensor.input_dtype_problem``). Integer labels are
+    eager ops and compiled steps (``frontend.tensor.input_dtype_problem``). Integer labels are
     copied once and the copy is range-checked: a loader that refills Y while fit runs does not
     reach the kernels. Ctrl-C (SIGINT, in the main thread) stops the running epoch after its
     running batch; then ``KeyboardInterrupt`` is raised with the History as ``exc.history``

@@ -41,9 +41,9 @@ import numpy as np
 from numba.core import event as _numba_event
 from numba.core import types as _nbtypes
 
-from .errors import fail
-from .kernels import _jit
-from .kernels import workers as _workers
+from ..core.errors import fail
+from ..kernels import _jit
+from ..kernels import workers as _workers
 
 __all__ = ["ALL_OPS", "Compilation", "DTYPES", "FAMILIES", "PROGRESS_SECONDS", "REPORTER",
            "cache_status", "install", "op_names", "shorten_home", "warmup"]
@@ -351,8 +351,8 @@ ALL_OPS = "all-ops"
 
 def op_names() -> tuple:
     """The names of the ops with kernels (``matmul``, ``tanh``, ...), in op-code order."""
-    from .kernels.dispatch import CODES
-    from .ops import Op
+    from ..kernels.dispatch import CODES
+    from ..ops import Op
 
     return tuple(Op(code).name.lower() for code in CODES)
 
@@ -449,15 +449,15 @@ def warmup(dtypes=DTYPES, ops=tuple(FAMILIES) + (ALL_OPS,), report=print):
 
     ``report(line)`` receives a line per row (``print`` by default, None for silence).
 
-    >>> import fastgrad.kernel_cache as kc
+    >>> import fastgrad.runtime.kernel_cache as kc
     >>> rows = kc.warmup(["float64"], ["eager", "tanh"], report=None)  # doctest: +SKIP
     """
     import numpy as np
 
     import fastgrad as fg
 
-    from .kernels import dispatch
-    from .ops import Op
+    from ..kernels import dispatch
+    from ..ops import Op
 
     names = op_names()
     dtypes = _names(dtypes, DTYPES, "dtype", "--dtype")

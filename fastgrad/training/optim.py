@@ -21,10 +21,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import kernels
-from .errors import fail
-from .kernels import optim as _k
-from .tensor import Tensor, guard_new
+from .. import kernels
+from ..core.errors import fail
+from ..kernels import optim as _k
+from ..frontend.tensor import Tensor, guard_new
 
 
 # ----------------------------------------------------------------------------- option checks

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import TABLE, Op
-from .ops.nodes import FLOAT_NODE
+from ..ops import TABLE, Op
+from ..ops.nodes import FLOAT_NODE
 
 __all__ = ["Reference"]
 
@@ -83,7 +83,7 @@ class Reference:
     def forward_row(self, d, xs, a, out_shape):
         """One row's output: the registry's NumPy forward (a hook for subclasses)."""
         if d.forward is None:
-            raise NotImplementedError(f"{d.name} rows are run by fastgrad/jvp.py's replay")
+            raise NotImplementedError(f"{d.name} rows are run by transforms/jvp.py's replay")
         return d.forward(xs, a, out_shape)
 
     def backward(self, node, seed):

@@ -20,11 +20,11 @@ import warnings
 
 import numpy as np
 
-from .errors import FastgradError, fail
-from .ops import TABLE, Op, flag, fmt, int_tuple, normalize_axis, real
-from .ops.nodes import FLOAT_NODE, INDEX_NODE
-from .memory import guard_memory
-from .tape import RECORDING, Tape, same_bits
+from ..core.errors import FastgradError, fail
+from ..ops import TABLE, Op, flag, fmt, int_tuple, normalize_axis, real
+from ..ops.nodes import FLOAT_NODE, INDEX_NODE
+from ..core.memory import guard_memory
+from ..runtime.tape import RECORDING, Tape, same_bits
 
 __all__ = ["FLOAT_DTYPES", "Tensor", "TensorSize", "ValuesIndices", "apply", "arange", "as_tensor", "broadcast_to",
            "checked_indices", "concatenate", "dtype_arg", "empty", "enable_grad", "eye",
@@ -2134,7 +2134,7 @@ def broadcast_to(x, shape) -> Tensor:
     >>> x.grad
     array([3., 3.])
     """
-    from .ops import broadcast_shapes, broadcast_strides
+    from ..ops import broadcast_shapes, broadcast_strides
 
     x = as_tensor(x)
     shape = int_tuple("broadcast_to", "shape", shape, minimum=0)
@@ -2149,7 +2149,7 @@ def broadcast_to(x, shape) -> Tensor:
 
 
 def _contig(shape):
-    from .ops import contiguous_strides
+    from ..ops import contiguous_strides
 
     return contiguous_strides(shape)
 

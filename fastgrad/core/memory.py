@@ -30,7 +30,7 @@ def set_memory_limit(nbytes):
     >>> fg.set_memory_limit(1 << 20)        # 1 MiB
     >>> fg.zeros(1 << 20)                   # 8 MiB of float64  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    fastgrad.errors.FastgradError: zeros: needs 0.01 GiB of buffers but only 0.00 GiB are ...
+    fastgrad.core.errors.FastgradError: zeros: needs 0.01 GiB of buffers but only 0.00 GiB are ...
     >>> fg.set_memory_limit(None)           # back to the available memory
     """
     if nbytes is not None and (isinstance(nbytes, (bool, np.bool_))

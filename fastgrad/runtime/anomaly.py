@@ -12,8 +12,8 @@ import threading
 
 import numpy as np
 
-from .errors import FastgradError
-from .errors import flag
+from ..core.errors import FastgradError
+from ..core.errors import flag
 
 __all__ = ["AnomalyError", "STATE", "anomaly_enabled", "describe_anomaly", "detect_anomaly",
            "locate"]
@@ -44,7 +44,7 @@ def detect_anomaly(enabled: bool = True):
     ...     y = fg.log(x).sum()
     ...     y.item()
     Traceback (most recent call last):
-    fastgrad.anomaly.AnomalyError: forward: row 0 (log) produced -inf ...
+    fastgrad.runtime.anomaly.AnomalyError: forward: row 0 (log) produced -inf ...
     """
     enabled = flag("detect_anomaly", "enabled", enabled)
     prev = anomaly_enabled()
@@ -68,7 +68,7 @@ def locate(tape, report):
     """(row, step t, scan row) of a replay kernel's anomaly report: ``report`` is the row, or
     for a row of a scan body at step t, row + (t + 1) * STEP_CODE (kernels/rows.py); step and
     scan row are -1 outside a scan body."""
-    from .kernels.rows import STEP_CODE
+    from ..kernels.rows import STEP_CODE
 
     row, t = int(report) % STEP_CODE, int(report) // STEP_CODE - 1
     if t < 0:

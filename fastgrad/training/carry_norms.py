@@ -22,10 +22,10 @@ import math
 import numpy as np
 
 from .compile import compile as compile_step
-from .errors import fail
-from .ops import fmt
-from .scan import scan
-from .tensor import Tensor, concatenate, no_grad, tensor
+from ..core.errors import fail
+from ..ops import fmt
+from ..transforms.scan import scan
+from ..frontend.tensor import Tensor, concatenate, no_grad, tensor
 
 __all__ = ["carry_gradient_log_norms", "log_norm"]
 

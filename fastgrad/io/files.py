@@ -52,12 +52,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import FastgradError, fail
-from .kernels.scan import binomial_advance
-from .ops import CONTROL, MAX_NDIM, TABLE, Op, fmt
-from .ops.control import SCAN_LAYOUT
-from .ops.nodes import FLOAT_NODE, FUSED_LABEL, INDEX_NODE, PARAM_NODE
-from .tape import Tape, GrowingArray
+from ..core.errors import FastgradError, fail
+from ..kernels.scan import binomial_advance
+from ..ops import CONTROL, MAX_NDIM, TABLE, Op, fmt
+from ..ops.control import SCAN_LAYOUT
+from ..ops.nodes import FLOAT_NODE, FUSED_LABEL, INDEX_NODE, PARAM_NODE
+from ..runtime.tape import Tape, GrowingArray
 
 __all__ = ["FORMAT", "HEADER", "VERSION", "atomic_write", "load", "save", "validate_tape"]
 
@@ -83,9 +83,9 @@ def save(obj, path) -> None:
     >>> fg.load(buf)["w"]
     array([1., 1.])
     """
-    from .nn import Module
-    from .optim import LRScheduler, Optimizer
-    from .tensor import Tensor
+    from ..training.nn import Module
+    from ..training.optim import LRScheduler, Optimizer
+    from ..frontend.tensor import Tensor
 
     target = _save_target(path)
     arrays: dict[str, np.ndarray] = {}
@@ -349,7 +349,7 @@ def _read_members(zf: zipfile.ZipFile, f, name) -> dict:
     each member stored uncompressed (as np.savez writes it), its size inside the file, all of
     them together under the memory guard, and each one exactly its .npy header plus the data
     that header's shape and dtype make. So a small file can never expand into a large load."""
-    from .memory import guard_memory
+    from ..core.memory import guard_memory
 
     end = f.seek(0, os.SEEK_END)
     infos = zf.infolist()
@@ -416,7 +416,7 @@ def _decode(tree, arrays):
                     raise fail("load", "a saved scalar is not 0-d", _FIX_DAMAGED)
                 return a[()]
             if tag == "$tensor":
-                from .tensor import Tensor
+                from ..frontend.tensor import Tensor
 
                 return Tensor(get(x[tag]), requires_grad=bool(x.get("requires_grad", False)))
             if tag in ("$dict", "$odict"):
@@ -542,7 +542,7 @@ def _scan_results(ip) -> list[int]:
 
 
 def _body_own(tape: Tape, first: int, end: int, b0: int, b1: int) -> list[int]:
-    """The body's own nodes as fastgrad/scan.py picks them from the nodes first..end-1 recorded
+    """The body's own nodes as transforms/scan.py picks them from the nodes first..end-1 recorded
     for the body: all but the captured ones (leaves and constants imported in the body, integer
     and parameter nodes, outputs of rows hoisted out of the body or fused away, reshapes of
     those or of outer nodes, which share their slot) and the empty ones."""
@@ -593,7 +593,7 @@ def _check_scans(tape: Tape, producer: dict, bad) -> list[_Scan]:
 
 
 def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
-    """Check the SCAN row ``r`` and its SCAN_BEGIN row against the layout fastgrad/scan.py
+    """Check the SCAN row ``r`` and its SCAN_BEGIN row against the layout transforms/scan.py
     records; kernels/scan.py indexes arenas with every integer checked here.
 
     ``producer`` maps each node to the row listed as writing it (node ids and operand lists are

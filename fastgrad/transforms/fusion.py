@@ -35,8 +35,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .ops import FUSIONS, TABLE, Op
-from .ops.control import SCAN_LAYOUT
+from ..ops import FUSIONS, TABLE, Op
+from ..ops.control import SCAN_LAYOUT
 
 __all__ = ["body_rows", "enabled", "fuse_body", "fuse_program", "fuse_rows", "fusion_off",
            "scan_nodes"]
