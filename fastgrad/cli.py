@@ -90,7 +90,7 @@ def demo_mlp(quick, seed):
 
 
 def demo_rnn(quick, seed, out):
-    from .study import study
+    from . import study
 
     T = 1_000 if quick else 10_000
     radii = [0.9, 1.0, 1.1]
@@ -193,7 +193,7 @@ def main(argv=None):
                        "and Numba, and PyTorch and JAX when installed: one table, JSON, PNG")
     bench_command.add_arguments(p)
     p.set_defaults(func=bench_command.command)
-    from .study.study import add_parser as add_study_parser  # fastgrad study ...
+    from .study.cli import add_parser as add_study_parser  # fastgrad study ...
 
     add_study_parser(sub)
     args = parser.parse_args(argv)

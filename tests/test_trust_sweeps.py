@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fastgrad import study
+from fastgrad import FastgradError, study
+from fastgrad.study.sweep import _cell_key
 
 FUZZ = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -71,7 +72,7 @@ def marks(tmp_path):
 
 
 def cell_file(out, x, marks):
-    return out / f"cell-{study._cell_key(marked_cell, {'marks': str(marks), 'x': x})}.npz"
+    return out / f"cell-{_cell_key(marked_cell, {'marks': str(marks), 'x': x})}.npz"
 
 
 def same(a, b):
@@ -258,9 +259,9 @@ def test_any_corruption_of_a_cell_file_is_refused_by_name_or_reads_back_unchange
 
 def test_values_a_cell_cannot_hold_are_refused_by_name_and_the_result_is_still_returned(
         tmp_path, caplog):
-    with pytest.raises(study.FastgradError, match="cannot save a range"):
+    with pytest.raises(FastgradError, match="cannot save a range"):
         study.encode_cell_value({"r": range(3)})
-    with pytest.raises(study.FastgradError, match="dtype object"):
+    with pytest.raises(FastgradError, match="dtype object"):
         study.encode_cell_value(np.array([None], dtype=object))
     with caplog.at_level(logging.WARNING, logger="fastgrad"):
         r = study.sweep(study.grid_cells, [{"grid": [{"r": range(3), "f": len}]}],
