@@ -35,7 +35,8 @@ from .transforms.scan import Binomial, scan
 from .training import nn, optim
 from .training.bptt import truncated_bptt
 from .training.carry_norms import carry_gradient_log_norms
-from .training.compile import Compiled, History, compile, fit
+from .training.compile import Compiled, compile
+from .training.fit import History, fit
 from .training.nn import manual_seed
 from .io import load, save
 from . import study

@@ -10,7 +10,8 @@ from ..data.digits import load_digits
 from ..frontend import functional as F
 from ..frontend.tensor import no_grad
 from ..training import nn, optim
-from ..training.compile import compile as fg_compile, fit
+from ..training.compile import compile as fg_compile
+from ..training.fit import fit
 from .dead_relus import standardiser
 from .results import StudyResult, as_list, pyplot_figure, save_figure
 
