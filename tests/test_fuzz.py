@@ -37,7 +37,8 @@ from test_trust_files import _relabel_consistently
 import fastgrad as fg
 from fastgrad import FastgradError
 from fastgrad.gradcheck import GradcheckError, numerical_grad
-from fastgrad.io import _tape_from, _tape_to, validate_tape
+from fastgrad.io import validate_tape
+from fastgrad.io.tapes import tape_from_arrays as _tape_from, tape_to_arrays as _tape_to
 from fastgrad.ops import BINARY, CONTROL, REDUCE, TABLE, UNARY, WHERE, Op
 from fastgrad.reference import Reference
 from fastgrad.tensor import Tensor, apply

@@ -13,7 +13,9 @@ import pytest
 import fastgrad as fg
 import fastgrad.io
 from fastgrad import FastgradError
-from fastgrad.io import _TAPE_INTS, HEADER, _digest, validate_tape
+from fastgrad.io import HEADER, validate_tape
+from fastgrad.io.files import _digest
+from fastgrad.io.tapes import _TAPE_INTS
 from fastgrad.ops import Op
 
 
@@ -481,7 +483,7 @@ def test_a_tampered_scan_header_is_refused_by_name(tmp_path, monkeypatch, what):
     with raises(r"^validate_tape: invalid tape: .*" + message):
         validate_tape(tape)
     if others_miss:
-        monkeypatch.setattr(fastgrad.io, "_check_scans", lambda tape, producer, bad: [])
+        monkeypatch.setattr(fastgrad.io.validate, "_check_scans", lambda tape, producer, bad: [])
         validate_tape(tape)
 
 

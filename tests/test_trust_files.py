@@ -36,7 +36,9 @@ from hypothesis import strategies as st
 import fastgrad as fg
 import fastgrad.io
 from fastgrad import FastgradError
-from fastgrad.io import HEADER, _body_own, _tape_from, _tape_to
+from fastgrad.io import HEADER
+from fastgrad.io.tapes import tape_from_arrays as _tape_from, tape_to_arrays as _tape_to
+from fastgrad.io.validate import _body_own
 from fastgrad.kernels.scan import HEADER as H
 from fastgrad.ops import Op
 from fastgrad.reference import Reference
@@ -133,7 +135,7 @@ def test_a_scan_body_node_relabelled_as_a_leaf_with_its_counts_adjusted_is_refus
         fg.load(path)
 
     # what the check prevents: the same file, unchecked, replays to a wrong gradient
-    monkeypatch.setattr(fastgrad.io, "validate_tape", lambda tape, what="": None)
+    monkeypatch.setattr(fastgrad.io.tapes, "validate_tape", lambda tape, what="": None)
     edited = fg.load(path)
     edited.n_done = 0
     edited.flush()
@@ -452,7 +454,7 @@ def test_a_temporary_file_left_by_a_killed_save_is_removed_by_the_next_save(tmp_
     left = [p.name for p in tmp_path.iterdir()]
     assert len(left) == 1 and left[0].startswith(".ckpt.npz.") and left[0].endswith(".tmp")
     assert (tmp_path / left[0]).stat().st_size >= 1 << 20
-    host = fastgrad.io._HOST
+    host = fastgrad.io.atomic._HOST
     live = tmp_path / f".other.npz.fgsave-{host}-{os.getppid()}-abc.tmp"
     remote = tmp_path / ".other.npz.fgsave-00000000-1-abc.tmp"
     mine = tmp_path / "notes.tmp"

@@ -117,7 +117,7 @@ def command(rounds, seconds, settle, busy, out, json_path, log):
           f"{describe_provider()}; mean time per step over {seconds:g} s after {settle:g} s "
           f"of stepping, {rounds} alternating rounds")
     print(text)
-    from fastgrad.io.files.files import atomic_write
+    from fastgrad.io import atomic_write
 
     path = pathlib.Path(json_path) if json_path else pathlib.Path(out) / "contended.json"
     path.parent.mkdir(parents=True, exist_ok=True)

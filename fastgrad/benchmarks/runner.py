@@ -607,7 +607,7 @@ def plot(result, path):
 
 def write_text(path, text):
     """Write ``text`` to ``path`` atomically (fastgrad.io.atomic_write), creating its folder."""
-    from ..io.files import atomic_write
+    from ..io import atomic_write
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ operands is an error at record time (no silent promotion). The memory guard coun
 buffers together at the capacity they are allocated with (and, while an array grows, its old
 buffer too): growing past fg.set_memory_limit (or the available memory) is an error before the
 allocation, and a doubling that would pass the limit grows only as far as it allows.
-``fg.save`` writes these arrays, and ``fastgrad.io.files.validate_tape`` checks every invariant
+``fg.save`` writes these arrays, and ``fastgrad.io.validate_tape`` checks every invariant
 above before a loaded tape reaches a kernel.
 """
 

@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 
 from ..core.errors import FastgradError, fail
-from ..io.files import atomic_write
+from ..io import atomic_write
 
 __all__ = ["public_name", "StudyResult", "Table", "as_list", "first_index", "format_table",
            "jsonable", "pyplot_figure", "save_figure", "seeds_of", "thin_points", "write_file"]
@@ -88,7 +88,7 @@ def jsonable(v):
 
 
 def write_file(path, data: bytes):
-    """Write ``data`` to ``path`` atomically (``fastgrad.io.files.atomic_write``: a crash leaves the
+    """Write ``data`` to ``path`` atomically (``fastgrad.io.atomic_write``: a crash leaves the
     old file or the new one, and a killed writer's temporary file is removed by the next)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
