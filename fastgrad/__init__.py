@@ -18,11 +18,16 @@ from .ops import Op
 from .runtime.anomaly import AnomalyError, detect_anomaly
 from .runtime.blas_threads import get_blas_threads, set_blas_threads
 from .runtime.tape import Tape
+from .frontend.modes import (
+    enable_grad, get_default_dtype, is_grad_enabled, no_grad, set_default_dtype,
+)
 from .frontend.tensor import (
-    Tensor, arange, as_tensor, broadcast_to, concatenate, empty, enable_grad, eye, from_numpy,
-    full, full_like, get_default_dtype, is_grad_enabled, linspace, matmul, no_grad, ones,
-    ones_like, permute, rand, randint, randn, set_default_dtype, stack, swapaxes, take, tensor,
-    transpose, where, zeros, zeros_like,
+    Tensor, as_tensor, broadcast_to, concatenate, matmul, permute, stack, swapaxes, take, tensor,
+    transpose, where,
+)
+from .frontend.creation import (
+    arange, empty, eye, from_numpy, full, full_like, linspace, ones, ones_like, rand, randint,
+    randn, zeros, zeros_like,
 )
 from .frontend.functional import (
     binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, elu, gelu, hardswish,
@@ -49,7 +54,7 @@ for _old, _new in {
     "errors": "core.errors", "timing": "core.timing", "memory": "core.memory",
     "datasets": "data.digits", "tape": "runtime.tape", "kernel_cache": "runtime.kernel_cache",
     "anomaly": "runtime.anomaly", "blas_threads": "runtime.blas_threads",
-    "tensor": "frontend.tensor", "functional": "frontend.functional",
+    "tensor": "frontend", "functional": "frontend.functional",
     "losses": "frontend.losses", "conv": "frontend.conv", "fusion": "transforms.fusion",
     "reference": "transforms.reference", "scan": "transforms.scan", "jvp": "transforms.jvp",
     "gradcheck": "transforms.gradcheck", "optim": "training.optim",

@@ -18,7 +18,9 @@ import numpy as np
 
 from ..core.errors import fail
 from ..ops import Op, fmt
-from .tensor import apply, as_tensor, concatenate, full, guard_new, take
+from .inputs import guard_new
+from .tensor import apply, as_tensor, concatenate, take
+from .creation import full
 
 __all__ = ["avg_pool2d", "conv1d", "conv2d", "max_pool2d", "window_index"]
 

@@ -12,7 +12,9 @@ from ..ops import Op, int_tuple
 from .conv import avg_pool2d, conv1d, conv2d, max_pool2d
 from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
                      huber_loss, kl_div, l1_loss, mse_loss, nll_loss, one_hot, smooth_l1_loss)
-from .tensor import apply, as_tensor, is_replayed, make_rng, take, where
+from .modes import is_replayed
+from .inputs import make_rng
+from .tensor import apply, as_tensor, take, where
 
 
 def linear(x, weight, bias=None):

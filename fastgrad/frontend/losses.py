@@ -15,7 +15,9 @@ import numpy as np
 
 from ..core.errors import fail
 from ..ops import Op, fmt, real
-from .tensor import Tensor, apply, as_tensor, guard_new, is_replayed, real_array, take, where
+from .modes import is_replayed
+from .inputs import guard_new
+from .tensor import Tensor, apply, as_tensor, real_array, take, where
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
            "huber_loss", "kl_div", "l1_loss", "mse_loss", "nll_loss", "one_hot",

@@ -1,112 +1,40 @@
 """Tensor: a value that records every op on it into a flat tape.
 
 A *leaf* tensor (made by ``fg.tensor``, ``fg.randn``, parameters) owns a NumPy array. An op on
-tensors records one row into a tape and returns a non-leaf tensor naming (tape, node). Forward
-values are computed lazily, in one native call per batch of rows, when something reads them
-(``.numpy()``, ``.item()``, ``print``, ``backward()``). ``backward()`` is one native call into
-``replay_backward`` and then accumulates into each leaf's ``.grad`` as PyTorch does.
+tensors records one row into a tape (recorder.py) and returns a non-leaf tensor naming (tape,
+node). Forward values are computed lazily, in one native call per batch of rows, when something
+reads them (``.numpy()``, ``.item()``, ``print``, ``backward()``). ``backward()`` is one native
+call into ``replay_backward`` and then accumulates into each leaf's ``.grad`` as PyTorch does.
 
-Every op method is one line calling ``apply`` with an op of the registry (fastgrad/ops/).
-"""
+Every op method is one line calling ``apply`` with an op of the registry (fastgrad/ops/); the
+composite ones (reductions along dims, max with indices, casts, masks, indexing, transpose,
+concatenation) and NumPy's protocols (``np.exp(t)``) follow the class, as the functions its
+methods call. Making tensors is creation.py; the recorder, recorder.py."""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import math
 import numbers
 import threading
-import warnings
 
 import numpy as np
 
 from ..core.errors import FastgradError, fail
 from ..ops import TABLE, Op, flag, fmt, int_tuple, normalize_axis, real
-from ..ops.nodes import FLOAT_NODE, INDEX_NODE
+from ..ops.nodes import FLOAT_NODE
 from ..core.memory import guard_memory
-from ..runtime.tape import RECORDING, Tape, same_bits
+from ..runtime.tape import RECORDING, Tape
+from ..ops import broadcast_shapes, broadcast_strides, contiguous_strides
+from .inputs import checked_indices, one_int
+from .modes import FLOAT_DTYPES, dtype_arg, get_default_dtype, is_replayed, is_tracing, no_grad
+from .recorder import check_attributes, float_dtype_of, record
 
-__all__ = ["FLOAT_DTYPES", "Tensor", "TensorSize", "ValuesIndices", "apply", "arange", "as_tensor", "broadcast_to",
-           "checked_indices", "concatenate", "dtype_arg", "empty", "enable_grad", "eye",
-           "from_numpy", "full", "full_like", "linspace", "ones_like", "rand", "randint",
-           "zeros_like",
-           "get_default_dtype", "getitem", "guard_new", "import_tensor", "input_array",
-           "input_dtype_problem",
-           "is_grad_enabled", "is_replayed", "is_tracing", "make_rng", "matmul", "no_grad", "ones", "permute", "placeholder",
-           "randn", "real_array", "recording_into", "set_default_dtype", "shape_arg", "stack",
-           "swapaxes", "take", "tensor", "tracing", "transpose", "unary", "where", "zeros"]
+__all__ = ["Tensor", "TensorSize", "ValuesIndices", "apply", "as_tensor", "broadcast_to",
+           "concatenate", "getitem", "input_array", "matmul", "permute", "placeholder",
+           "real_array", "stack", "swapaxes", "take", "tensor", "transpose", "unary", "where"]
+
 
 _flag = flag  # requires_grad_'s argument is named flag, as PyTorch's
-_state = threading.local()
-_DEFAULT_DTYPE = [np.dtype(np.float64)]
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def get_default_dtype():
-    """The float dtype for tensors made from Python numbers (float64, as NumPy)."""
-    return _DEFAULT_DTYPE[0]
-
-
-def set_default_dtype(dtype):
-    """Set the float dtype (float32 or float64) of tensors made from Python numbers.
-
-    It is also the dtype of ``zeros``, ``ones``, ``randn`` and new layers when none is given.
-
-    >>> import fastgrad as fg
-    >>> fg.set_default_dtype("float32")
-    >>> fg.tensor([1.0, 2.0]).dtype
-    dtype('float32')
-    >>> fg.set_default_dtype("float64")  # back to the default
-    >>> fg.get_default_dtype()
-    dtype('float64')
-    """
-    _DEFAULT_DTYPE[0] = dtype_arg("set_default_dtype", dtype, floats_only=True)
-
-
-@contextlib.contextmanager
-def recording_into(tape):
-    """Record every op inside onto ``tape`` (fg.scan uses it for the loop body)."""
-    prev = getattr(_state, "body_tape", None)
-    _state.body_tape = tape
-    try:
-        yield
-    finally:
-        _state.body_tape = prev
-
-
-@contextlib.contextmanager
-def tracing():
-    """``fg.compile`` records its function inside: the values on its tape change per call, so
-    ``fg.tensor(t)`` and ``t.detach()`` of a recorded tensor record a copy (``_traced_copy``)
-    instead of freezing the values of the call that traced."""
-    prev = getattr(_state, "tracing", False)
-    _state.tracing = True
-    try:
-        yield
-    finally:
-        _state.tracing = prev
-
-
-def is_tracing() -> bool:
-    """Whether this thread is inside ``tracing()`` (a function fg.compile records)."""
-    return getattr(_state, "tracing", False)
-
-
-def is_replayed() -> bool:
-    """Whether ops recorded now are replayed later with new values: inside a function
-    fg.compile traces, or inside an fg.scan body (then a value computed from the present
-    values, such as a random draw or a data-dependent shape, would be frozen)."""
-    return is_tracing() or getattr(_state, "body_tape", None) is not None
-
-
-def _fresh_draw(op, seed):
-    """Refuse an unseeded random draw where it would be frozen (``is_replayed``)."""
-    if seed is None and is_replayed():
-        raise fail(op, "an unseeded random draw inside fg.compile or fg.scan would be drawn "
-                   "once and reused at every call or step", "draw outside and pass the values "
-                   "in as an input, or pass seed= for a fixed constant")
-
-
 def _traced_copy(t, what) -> "Tensor":
     """``t``'s values cut from the graph, recorded (so a compiled program recomputes them, or
     reloads the leaf, per call): a new tensor naming ``t``'s node when it is recorded and no
@@ -117,88 +45,6 @@ def _traced_copy(t, what) -> "Tensor":
             return Tensor._on_tape(t.tape, t.node, False)
     with no_grad():
         return unary(Op.MUL_SCALAR, t, 1.0)
-
-
-def is_grad_enabled() -> bool:
-    """Whether ops are recorded for backward (False inside ``fg.no_grad()``).
-
-    >>> import fastgrad as fg
-    >>> fg.is_grad_enabled()
-    True
-    >>> with fg.no_grad():
-    ...     fg.is_grad_enabled()
-    False
-    """
-    return getattr(_state, "grad", True)
-
-
-@contextlib.contextmanager
-def no_grad():
-    """Ops inside compute values but record nothing for backward (like torch.no_grad)."""
-    prev = is_grad_enabled()
-    _state.grad = False
-    try:
-        yield
-    finally:
-        _state.grad = prev
-
-
-@contextlib.contextmanager
-def enable_grad():
-    """Turn recording back on inside a ``no_grad`` block (like torch.enable_grad).
-
-    >>> import fastgrad as fg
-    >>> x = fg.tensor([1.0, 2.0], requires_grad=True)
-    >>> with fg.no_grad():
-    ...     with fg.enable_grad():
-    ...         y = (x * x).sum()
-    >>> y.backward()
-    >>> x.grad
-    array([2., 4.])
-    """
-    prev = is_grad_enabled()
-    _state.grad = True
-    try:
-        yield
-    finally:
-        _state.grad = prev
-
-
-def input_dtype_problem(dtype, want):
-    """fastgrad's one rule for the dtype of an array entering a computation whose floats are
-    ``want`` (float32 or float64; None: not known yet), in eager ops (``apply``), compiled
-    steps and ``fg.fit`` alike. Returns None when the array is accepted, else ``(problem,
-    fix)`` for the caller's error message.
-
-    - bool and integer arrays are accepted: in a float position they are cast to ``want`` (as
-      NumPy), in an index or label position widened to int64 after the range check;
-    - float32 and float64 arrays are accepted when they are ``want``: fastgrad does not promote
-      or demote silently (PyTorch's Linear refuses float64 input for float32 weights too);
-    - float16, complex, string, bytes, object, datetime and structured arrays are refused:
-      a cast would lose the imaginary part or parse text.
-
-    Python data (lists, numbers) becomes an array first as ``fg.tensor`` makes it (floats in
-    the default dtype, ``input_array``). This is the one place to change when fastgrad adopts
-    PyTorch's promotion rules.
-
-    >>> import numpy as np
-    >>> input_dtype_problem(np.dtype(np.int32), np.dtype(np.float32)) is None
-    True
-    >>> input_dtype_problem(np.dtype(np.float64), np.dtype(np.float32))[1]
-    'cast it with .astype(np.float32)'
-    """
-    dtype = np.dtype(dtype)
-    if dtype.kind not in "fiub":
-        return (f"unsupported dtype {dtype}",
-                "use float32 or float64 values, or integer indices/labels")
-    if dtype.kind == "f" and dtype not in FLOAT_DTYPES:
-        return (f"unsupported dtype {dtype}", "cast it with .astype(np.float32) or "
-                ".astype(np.float64)" if want is None else f"cast it with .astype(np.{want})")
-    if dtype.kind == "f" and want is not None and dtype != want:
-        return (f"dtype {dtype} for a {want} computation", f"cast it with .astype(np.{want})")
-    return None
-
-
 def input_array(value) -> np.ndarray:
     """``value`` as the array it enters a computation as (see ``input_dtype_problem``): a
     tensor's values, an array as it is, Python data (lists, numbers) as ``fg.tensor`` makes it
@@ -214,8 +60,6 @@ def input_array(value) -> np.ndarray:
 def _scalar(x):
     return isinstance(x, numbers.Number) and not isinstance(x, bool) or (
         isinstance(x, np.generic) and x.dtype.kind in "fiu")
-
-
 class Tensor:
     """An n-dimensional array that records the ops applied to it.
 
@@ -659,7 +503,7 @@ class Tensor:
 
     def round(self, decimals=0):
         """Half to even, as torch.round (``decimals`` places, scaled by 10**decimals)."""
-        decimals = _one_int("round", "decimals", decimals, -300)
+        decimals = one_int("round", "decimals", decimals, -300)
         if decimals > 300:
             raise fail("round", f"decimals={decimals}", "pass decimals <= 300")
         if decimals == 0:
@@ -877,7 +721,7 @@ class Tensor:
 
     def chunk(self, chunks, dim=0):
         """``chunks`` pieces along ``dim`` (fewer when it does not divide), as ``torch.chunk``."""
-        chunks = _one_int("chunk", "chunks", chunks, 1)
+        chunks = one_int("chunk", "chunks", chunks, 1)
         n = self.shape[normalize_axis("chunk", dim, self.ndim)] if self.ndim else 1
         return self.split(max(-(-n // chunks), 1), dim)
 
@@ -1029,7 +873,7 @@ def _numpy_ufunc(ufunc, method, inputs, kwargs):
 
 
 def _value_query(name, fn, args, kwargs):
-    if is_tracing() or getattr(_state, "body_tape", None) is not None:
+    if is_replayed():
         raise fail(name, "inside fg.compile or fg.scan would read the first call's values",
                    "compute it on the compiled function's result, outside")
     plain = [a.numpy() if isinstance(a, Tensor) else a for a in args]
@@ -1264,7 +1108,7 @@ def _stack_nested(data, dtype):
     def first_float(d):
         for e in d:
             if isinstance(e, Tensor):
-                return _float_dtype(e)
+                return float_dtype_of(e)
             if isinstance(e, (list, tuple)):
                 found = first_float(e)
                 if found is not None:
@@ -1283,26 +1127,6 @@ def _stack_nested(data, dtype):
         return tensor(d, dtype=ref)
 
     return build(data)
-
-
-def from_numpy(array) -> Tensor:
-    """A leaf sharing ``array``'s memory (no copy), like torch.from_numpy.
-
-    ``array`` must be a NumPy array of numbers (floats, integers or booleans).
-
-    >>> import fastgrad as fg, numpy as np
-    >>> fg.from_numpy(np.arange(3.0)).shape
-    (3,)
-    """
-    if not isinstance(array, np.ndarray):
-        raise fail("from_numpy", f"expects a NumPy array, got {type(array).__name__}",
-                   "pass np.asarray(data), or use fg.tensor(data) to copy")
-    if array.dtype.kind not in "fiub":
-        raise fail("from_numpy", f"unsupported dtype {array.dtype}", "pass an array of numbers "
-                   "(float32/float64 values, integer indices or labels)")
-    return Tensor(array)
-
-
 def as_tensor(x, dtype=None) -> Tensor:
     """``x`` as a Tensor of the same shape, copying only when needed (like torch.as_tensor).
 
@@ -1326,284 +1150,6 @@ def as_tensor(x, dtype=None) -> Tensor:
         dtype = None if dtype is None else dtype_arg("as_tensor", dtype)
         return Tensor(x if dtype is None or x.dtype == dtype else x.astype(dtype))
     return tensor(x, dtype=dtype)
-
-
-def dtype_arg(op, dtype, floats_only=False) -> np.dtype:
-    """``dtype`` as a NumPy dtype fastgrad can hold (None: the default float dtype).
-
-    Floats are float32 or float64; unless ``floats_only``, integers and booleans are allowed too
-    (labels, indices, masks). Anything else (float16, complex, strings, objects, names NumPy
-    does not know) is a FastgradError naming ``op``.
-
-    >>> import fastgrad as fg, numpy as np
-    >>> dtype_arg("zeros", "float32"), dtype_arg("zeros", None)
-    (dtype('float32'), dtype('float64'))
-    """
-    if dtype is None:
-        return get_default_dtype()
-    try:
-        with warnings.catch_warnings():  # NumPy's deprecated aliases ("a") are refused below
-            warnings.simplefilter("ignore", DeprecationWarning)
-            dt = np.dtype(dtype)
-    except (TypeError, ValueError):
-        dt = None
-    allowed = "f" if floats_only else "fiub"
-    if dt is None or dt.kind not in allowed or (dt.kind == "f" and dt not in FLOAT_DTYPES):
-        raise fail(op, f"unsupported dtype {dtype!r}", "use np.float32 or np.float64" +
-                   ("" if floats_only else " (or an integer dtype for indices and labels)"))
-    return dt
-
-
-def shape_arg(op, shape) -> tuple:
-    """A creation function's ``*shape`` (ints, or one tuple/list/array of them) as a tuple of
-    non-negative Python ints; floats, bools, strings, None and negative sizes are refused.
-
-    >>> shape_arg("zeros", (2, 3)), shape_arg("zeros", ((2, 3),)), shape_arg("zeros", ())
-    ((2, 3), (2, 3), ())
-    """
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list, np.ndarray)):
-        shape = shape[0]
-    return int_tuple(op, "shape", shape, minimum=0)
-
-
-def make_rng(op, seed) -> np.random.Generator:
-    """``seed`` (None, a non-negative int or sequence of them, or a Generator) as a Generator."""
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, (bool, np.bool_, float, str, bytes)):
-        raise fail(op, f"seed must be an int, a np.random.Generator or None, got {seed!r}",
-                   "pass seed=0 (any non-negative int)")
-    try:
-        return np.random.default_rng(seed)
-    except (TypeError, ValueError) as e:
-        raise fail(op, f"seed must be an int, a np.random.Generator or None, got {seed!r} "
-                   f"({e})", "pass seed=0 (any non-negative int)") from None
-
-
-def guard_new(op, nbytes, shape):
-    """The memory guard for a new array of ``shape`` whose making holds ``nbytes``."""
-    guard_memory(op, nbytes, f"shape {fmt(tuple(shape))} does not fit; use a smaller shape "
-                 "(or raise fg.set_memory_limit)")
-
-
-def _creation_args(op, shape, dtype, requires_grad, floats_only=False):
-    flag(op, "requires_grad", requires_grad)
-    return shape_arg(op, shape), dtype_arg(op, dtype, floats_only)
-
-
-def zeros(*shape, dtype=None, requires_grad=False) -> Tensor:
-    """A leaf tensor of zeros; ``shape`` as separate ints or one tuple, default dtype unless given.
-
-    >>> import fastgrad as fg
-    >>> fg.zeros(2, 3).shape
-    (2, 3)
-    >>> fg.zeros((2,), requires_grad=True)
-    tensor([0., 0.], requires_grad=True)
-    """
-    shape, dtype = _creation_args("zeros", shape, dtype, requires_grad)
-    guard_new("zeros", math.prod(shape) * dtype.itemsize, shape)
-    return Tensor(np.zeros(shape, dtype), requires_grad)
-
-
-def ones(*shape, dtype=None, requires_grad=False) -> Tensor:
-    """A leaf tensor of ones; ``shape`` as separate ints or one tuple, default dtype unless given.
-
-    >>> import fastgrad as fg, numpy as np
-    >>> fg.ones(2, 3).shape
-    (2, 3)
-    >>> fg.ones((2,), dtype=np.float32).numpy()
-    array([1., 1.], dtype=float32)
-    """
-    shape, dtype = _creation_args("ones", shape, dtype, requires_grad)
-    guard_new("ones", math.prod(shape) * dtype.itemsize, shape)
-    return Tensor(np.ones(shape, dtype), requires_grad)
-
-
-def empty(*shape, dtype=None, requires_grad=False) -> Tensor:
-    """A leaf tensor of ``shape`` (PyTorch leaves its values undefined; these are zeros)."""
-    return zeros(*shape, dtype=dtype, requires_grad=requires_grad)
-
-
-def full(shape, fill_value, dtype=None, requires_grad=False) -> Tensor:
-    """A leaf tensor of ``shape`` filled with ``fill_value``; its dtype, unless given, is
-    int64 for an int, bool for a bool and the default float dtype for a float, as PyTorch.
-
-    >>> import fastgrad as fg
-    >>> fg.full((2,), 7).numpy(), fg.full((1, 2), 0.5).dtype
-    (array([7, 7]), dtype('float64'))
-    """
-    if dtype is None and not isinstance(fill_value, (bool, np.bool_)):
-        real("full", "fill_value", fill_value)
-        if isinstance(fill_value, (int, np.integer)) and not -(2**63) <= fill_value < 2**63:
-            raise fail("full", f"fill_value {fill_value} does not fit int64",
-                       "pass a smaller int, or a float")
-    if dtype is None:
-        dtype = np.bool_ if isinstance(fill_value, (bool, np.bool_)) else np.int64 if \
-            isinstance(fill_value, (int, np.integer)) else None
-    shape, dtype = _creation_args("full", (shape,), dtype, requires_grad)
-    guard_new("full", math.prod(shape) * dtype.itemsize, shape)
-    return Tensor(np.full(shape, fill_value, dtype), requires_grad)
-
-
-def _one_int(op, what, value, minimum) -> int:
-    """``value`` as one Python int >= ``minimum`` (bools, floats and sequences refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or \
-            value < minimum:
-        raise fail(op, f"{what} must be an int >= {minimum}, got {value!r}",
-                   f"pass an int {what}")
-    return int(value)
-
-
-def _like(op, x, dtype):
-    x = as_tensor(x)
-    return x.shape, (x.dtype if dtype is None else dtype_arg(op, dtype))
-
-
-def zeros_like(x, dtype=None, requires_grad=False) -> Tensor:
-    """Zeros of ``x``'s shape and dtype (or ``dtype``)."""
-    shape, dtype = _like("zeros_like", x, dtype)
-    return zeros(shape, dtype=dtype, requires_grad=requires_grad)
-
-
-def ones_like(x, dtype=None, requires_grad=False) -> Tensor:
-    """Ones of ``x``'s shape and dtype (or ``dtype``)."""
-    shape, dtype = _like("ones_like", x, dtype)
-    return ones(shape, dtype=dtype, requires_grad=requires_grad)
-
-
-def full_like(x, fill_value, dtype=None, requires_grad=False) -> Tensor:
-    """``fill_value`` in ``x``'s shape and dtype (or ``dtype``)."""
-    shape, dtype = _like("full_like", x, dtype)
-    return full(shape, fill_value, dtype=dtype, requires_grad=requires_grad)
-
-
-def eye(n, m=None, dtype=None, requires_grad=False) -> Tensor:
-    """The (n, m) identity matrix (m = n by default), as torch.eye."""
-    shape, dtype = _creation_args("eye", (n, n if m is None else m), dtype, requires_grad)
-    guard_new("eye", math.prod(shape) * dtype.itemsize, shape)
-    return Tensor(np.eye(*shape, dtype=dtype), requires_grad)
-
-
-def linspace(start, end, steps, dtype=None, requires_grad=False) -> Tensor:
-    """``steps`` evenly spaced values from ``start`` to ``end`` inclusive, as torch.linspace."""
-    start, end = real("linspace", "start", start), real("linspace", "end", end)
-    steps = _one_int("linspace", "steps", steps, 0)
-    dtype = dtype_arg("linspace", dtype, floats_only=True)
-    guard_new("linspace", steps * 8, (steps,))
-    return Tensor(np.linspace(start, end, steps).astype(dtype), requires_grad)
-
-
-def rand(*shape, dtype=None, requires_grad=False, seed=None) -> Tensor:
-    """Uniform samples in [0, 1); ``seed`` (int or np.random.Generator) makes them
-    reproducible, as in ``fg.randn``."""
-    shape, dtype = _creation_args("rand", shape, dtype, requires_grad, floats_only=True)
-    guard_new("rand", math.prod(shape) * 8, shape)
-    _fresh_draw("rand", seed)
-    return Tensor(make_rng("rand", seed).random(shape).astype(dtype, copy=False), requires_grad)
-
-
-def randint(low, high=None, size=(), dtype=np.int64, seed=None) -> Tensor:
-    """Integers drawn uniformly from [low, high) (from [0, low) when ``high`` is None), as
-    torch.randint; int64 unless ``dtype`` says otherwise."""
-    if isinstance(high, (tuple, list)):  # torch.randint(high, size)
-        high, size = None, high
-    low, high = (0, low) if high is None else (low, high)
-    for what, v in (("low", low), ("high", high)):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise fail("randint", f"{what} must be an int, got {v!r}", f"pass an int {what}")
-    if high <= low:
-        raise fail("randint", f"high {high} is not above low {low}", "pass low < high")
-    if not -(2**63) <= low < high <= 2**63:
-        raise fail("randint", f"bounds [{low}, {high}) do not fit int64", "pass smaller bounds")
-    shape = shape_arg("randint", (size,))
-    dtype = dtype_arg("randint", dtype)
-    guard_new("randint", math.prod(shape) * 8, shape)
-    _fresh_draw("randint", seed)
-    return Tensor(make_rng("randint", seed).integers(low, high, shape).astype(dtype))
-
-
-_RANDN_CHUNK = 1 << 16  # float64 draws per chunk when making float32 samples
-
-
-def randn(*shape, dtype=None, requires_grad=False, seed=None) -> Tensor:
-    """Standard normal samples; ``seed`` (int or np.random.Generator) makes them reproducible.
-
-    float32 samples are the float64 draws rounded, drawn in chunks so that making them holds
-    the result and one chunk, not a float64 copy of it.
-
-    >>> import fastgrad as fg, numpy as np
-    >>> a = fg.randn(3, dtype=np.float32, seed=0).numpy()
-    >>> bool(np.array_equal(a, np.random.default_rng(0).standard_normal(3).astype(np.float32)))
-    True
-    """
-    shape, dtype = _creation_args("randn", shape, dtype, requires_grad, floats_only=True)
-    _fresh_draw("randn", seed)
-    rng = make_rng("randn", seed)
-    n = math.prod(shape)
-    if dtype == np.float64:
-        guard_new("randn", n * 8, shape)
-        return Tensor(rng.standard_normal(shape), requires_grad)
-    guard_new("randn", n * dtype.itemsize + min(n, _RANDN_CHUNK) * 8, shape)
-    out = np.empty(n, dtype)
-    for i in range(0, n, _RANDN_CHUNK):  # the same stream as one float64 draw of n
-        out[i : i + _RANDN_CHUNK] = rng.standard_normal(min(_RANDN_CHUNK, n - i))
-    return Tensor(out.reshape(shape), requires_grad)
-
-
-def arange(*args, dtype=None, requires_grad=False) -> Tensor:
-    """np.arange(start, stop, step); float unless every argument is an int and no dtype is given
-    (then int64). The length is computed and checked against the memory guard first.
-
-    >>> import fastgrad as fg
-    >>> fg.arange(3).numpy(), fg.arange(0, 1, 0.5).numpy()
-    (array([0, 1, 2]), array([0. , 0.5]))
-    """
-    if not 1 <= len(args) <= 3:
-        raise fail("arange", f"takes 1 to 3 numbers (stop, or start, stop[, step]), got "
-                   f"{len(args)}", "call fg.arange(stop) or fg.arange(start, stop, step)")
-    for a in args:
-        if isinstance(a, (bool, np.bool_)) or not isinstance(a, (numbers.Real, np.integer,
-                                                                  np.floating)):
-            raise fail("arange", f"arguments must be real numbers, got {a!r}",
-                       "pass ints or floats")
-        if not math.isfinite(a):
-            raise fail("arange", f"arguments must be finite, got {a!r}", "pass finite bounds")
-    start, stop, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
-    if step == 0:
-        raise fail("arange", "step is 0", "pass a non-zero step")
-    ints = all(isinstance(a, (int, np.integer)) for a in (start, stop, step))
-    dtype = None if dtype is None else dtype_arg("arange", dtype)
-    if ints:  # ceil((stop - start) / step) exactly, for Python ints of any size
-        n = max(0, -((int(start) - int(stop)) // int(step)))
-    else:
-        q = (float(stop) - float(start)) / float(step)
-        n = max(0, math.ceil(q)) if math.isfinite(q) else 2**64
-    # NumPy makes it in int64 or float64, then a cast to another dtype holds both
-    made = np.dtype(np.int64) if ints and dtype is None else np.dtype(np.float64) if dtype is \
-        None or dtype.kind == "f" else dtype
-    final = dtype if dtype is not None else made if made.kind != "f" else get_default_dtype()
-    guard_new("arange", n * (made.itemsize + (final.itemsize if final != made else 0)), (n,))
-    try:
-        a = np.arange(start, stop, step, dtype=made)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise fail("arange", f"cannot make arange{tuple(args)} as {made} ({e})",
-                   "pass bounds that fit the dtype") from None
-    return Tensor(a.astype(final, copy=False), requires_grad)
-
-
-# -------------------------------------------------------------------------- recording
-_ATTR_NAMES: dict = {}
-
-
-def _attr_names(op):
-    """The keyword attributes op's shape rule takes (None: any, for rules taking **attrs)."""
-    if op not in _ATTR_NAMES:
-        params = list(inspect.signature(TABLE[op].rule).parameters.values())[2:]
-        _ATTR_NAMES[op] = None if any(p.kind == p.VAR_KEYWORD for p in params) else \
-            frozenset(p.name for p in params)
-    return _ATTR_NAMES[op]
-
-
 def unary(op, x, c0=0.0, c1=0.0) -> Tensor:
     """Record an elementwise op with scalar constants (x + 2, x ** 3, leaky_relu(x, 0.1))."""
     if op in _INTEGER_SCALAR_OPS and isinstance(x, Tensor) and _integer_constant(x) and \
@@ -1617,213 +1163,31 @@ def unary(op, x, c0=0.0, c1=0.0) -> Tensor:
 
 _INTEGER_SCALAR_OPS = {Op.ADD_SCALAR: np.add, Op.MUL_SCALAR: np.multiply,
                        Op.POW_SCALAR: np.power}
-
-
-def import_tensor(tape, t, kind, need_values, what=None):
-    """Node id of tensor ``t`` on ``tape``, copying a leaf's (or foreign tensor's) values in.
-
-    A leaf used again on the same tape reuses its copy only while the copy holds the leaf's
-    current values (``same_bits``): after an optimizer step, a write into its array or into a
-    NumPy array shared through ``fg.from_numpy``, the later use gets a fresh copy, as PyTorch
-    reads the current values. The old copy stays for the rows that read it; ``backward``
-    refuses to run through one that needs it (``Tape.check_saved_leaves``).
-    """
-    if t._tape is not None and not need_values and t.tape is tape:
-        return t._node
-    key = id(t)
-    if kind == FLOAT_NODE and key in tape.imported:
-        v = tape.imported[key][1]
-        # a recorded tensor's values never change; a leaf's may have since it was copied
-        if t._tape is not None or same_bits(tape.node_values(v), t.numpy()):
-            return v
-    values = t.numpy()
-    if kind == FLOAT_NODE and values.dtype != tape.dtype:
-        values = values.astype(tape.dtype)
-    need = t.requires_grad and t._tape is None and kind == FLOAT_NODE and is_grad_enabled()
-    v = tape.add_input(values, kind=kind, need=need, label="leaf" if need else "const",
-                       what=what)
-    if kind == FLOAT_NODE and (need or not t.requires_grad):
-        # not a parameter's no_grad copy: a later use with grad on must import it afresh
-        tape.imported[key] = (t, v)
-    if kind == FLOAT_NODE and t._tape is None:
-        tape.copies.append((t, v))
-    if need:
-        tape.leaves.append((t, v))
-    return v
-
-
 def apply(op: Op, *operands, **attrs) -> Tensor:
     """Validate operands with the op's shape rule, record one row, return the output tensor."""
-    d = TABLE[op]
-    name = d.name
-    allowed = _attr_names(op)
-    if allowed is not None and not allowed.issuperset(attrs):
-        raise fail(name, f"unknown attribute(s) {sorted(set(attrs) - allowed)}",
-                   f"{name} takes " + (", ".join(sorted(allowed)) or "no attributes"))
+    check_attributes(op, attrs)
     ts = _operands(operands)
-    if (d.arity >= 0 and len(ts) != d.arity) or not ts:
-        raise fail(name, f"takes {d.arity if d.arity >= 0 else 'one or more'} operand(s), got "
-                   f"{len(ts)}")
-    floats = {_float_dtype(t) for i, t in enumerate(ts) if i not in d.int_inputs} - {None}
-    for i, t in enumerate(ts):
-        problem = input_dtype_problem(t.dtype, None)
-        if problem is not None:
-            raise fail(name, f"{problem[0]} (operand {i}, shape {fmt(t.shape)})", problem[1])
-    if any(input_dtype_problem(f, next(iter(floats))) for f in floats):
-        raise fail(
-            name,
-            "operands have dtypes " + " and ".join(sorted(x.name for x in floats)) + " with shapes "
-            + ", ".join(fmt(t.shape) for t in ts),
-            "fastgrad does not promote silently: cast one side with .astype(np.float64) or "
-            ".astype(np.float32)",
-        )
-    any_float = bool(floats)
-    dtype = floats.pop() if floats else get_default_dtype()
-    for i in d.int_inputs:
-        if ts[i].dtype.kind not in "iu":
-            raise fail(name, f"operand {i} must hold integers (indices/labels), got {ts[i].dtype} "
-                       f"of shape {fmt(ts[i].shape)}", "pass an integer array (np.int64)")
-    shapes = [t.shape for t in ts]
-    out_shape, ip, fp = d.rule(name, shapes, **attrs)
-    if not any_float and d.integers and all(t._tape is None for t in ts) and \
-            not is_tracing() and getattr(_state, "body_tape", None) is None:
-        # integer and bool constants stay integers, as in PyTorch (a bool sum counts)
-        try:
-            out = d.forward([t._data for t in ts], d.layout.decode(ip, fp, name), out_shape)
-        except TypeError as e:  # -mask: NumPy and PyTorch refuse it
-            raise fail(name, f"not defined for {ts[0].dtype} operands ({e})",
-                       "cast first, e.g. x.long() or x.float()") from None
-        return Tensor(np.array(out))
-    grad_on = is_grad_enabled()
-    need = grad_on and d.differentiable and any(
-        t.requires_grad for i, t in enumerate(ts) if i not in d.int_inputs)
-    # one thread at a time changes tapes (RECORDING), and never a tape a native call is
-    # replaying (its lock): threads sharing a tensor take turns, each row whole
-    with RECORDING:
-        tape, out, folding = _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp,
-                                     dtype, grad_on, need)
+    recorded = record(op, ts, attrs)
+    if isinstance(recorded, np.ndarray):  # integer and bool constants: computed, not recorded
+        return Tensor(recorded)
+    tape, out, need, folding = recorded
     result = Tensor._on_tape(tape, out, need)
     if folding:
         return Tensor(np.array(result.numpy()))
     return result
-
-
 def _operands(operands) -> list:
     """An op's operands as tensors, Python numbers taking the float dtype of the tensors (or
     float arrays) beside them, as PyTorch's scalars do: ``x32 > 0.5`` compares in float32."""
     ref = None
     for o in operands:
         if isinstance(o, Tensor):
-            ref = _float_dtype(o)
+            ref = float_dtype_of(o)
         elif isinstance(o, np.ndarray) and o.dtype in FLOAT_DTYPES:
             ref = o.dtype
         if ref is not None:
             break
     return [tensor(o, dtype=ref) if ref is not None and isinstance(o, (int, float))
             else as_tensor(o) for o in operands]
-
-
-def _float_dtype(t):
-    """The float dtype operand ``t`` brings to an op: its own, its tape's for a mask or index
-    values held as floats on a tape, None for integer and bool constants."""
-    if t._as is not None and t._tape is not None:
-        return t.tape.dtype
-    return t.dtype if t.dtype.kind == "f" else None
-
-
-def _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp, dtype, grad_on, need):
-    """Choose the tape (merging the operands' tapes), record the row on it; returns (tape,
-    output node, whether the result is a constant to fold). The caller holds RECORDING."""
-    # Choose the tape: the operands' own (merging independent graphs), else a fresh one.
-    # While fg.compile traces, no_grad rows are recorded too (without gradients) and nothing
-    # is folded: the program recomputes them at each call from the current leaves.
-    tracing = is_tracing()
-    tapes = []
-    if grad_on or tracing:
-        for t in ts:
-            if t._tape is not None and t.tape not in tapes:
-                tapes.append(t.tape)
-    body = getattr(_state, "body_tape", None)
-    if body is not None and body not in tapes:
-        # inside a scan body every op is recorded on the scan's tape, under no_grad too: the
-        # loop replays these rows T times (without them it would return its initial carry)
-        tapes.insert(0, body)
-    folding = not tapes and not need and not tracing  # constants only: compute now, a leaf
-    if tapes:
-        tape = body if body is not None else max(
-            tapes, key=lambda tp: (bool(tp.scan_rows), tp.n_rows))
-        if tape.dtype != dtype:
-            raise fail(name, f"operands recorded in {tape.dtype} mixed with {dtype}",
-                       "cast the inputs to one dtype")
-    else:
-        tape = Tape(dtype)
-    with tape.lock:
-        for other in tapes:
-            if other is not tape:
-                tape.absorb(other)
-        return tape, _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp,
-                                 grad_on or tracing, need, body), folding
-
-
-def checked_indices(name, values, lo, hi, where) -> np.ndarray:
-    """``values`` (integers) as a new int64 array with every entry in [lo, hi) and negative
-    entries counted from the end (when lo < 0), else FastgradError naming the bad index.
-    Unsigned values are compared before the cast, so 2**64 - 1 never wraps to -1."""
-    raw = np.array(values, copy=True)  # checked values are the values used: a private copy
-    if raw.dtype.kind == "u" and raw.size and int(raw.max()) >= hi:
-        raise fail(name, f"index {int(raw.max())} is out of range [{lo}, {hi}) for {where}",
-                   "check the labels/indices against the size of the indexed axis")
-    idx = raw.astype(np.int64)
-    if idx.size and (idx.min() < lo or idx.max() >= hi):
-        bad = idx[(idx < lo) | (idx >= hi)][0]
-        raise fail(name, f"index {bad} is out of range [{lo}, {hi}) for {where}",
-                   "check the labels/indices against the size of the indexed axis")
-    return np.where(idx < 0, idx + hi, idx) if lo < 0 else idx
-
-
-def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_graph, need, body):
-    """Import the operands into ``tape`` and record the row; returns its output node.
-    ``on_graph``: an operand recorded on ``tape`` is read by node (grad on, or tracing), not
-    copied in as a constant."""
-    nodes = []
-    for i, t in enumerate(ts):
-        kind = 1 if i in d.int_inputs else 0
-        if kind and t._tape is None:
-            lo, hi = d.int_bound(shapes, **attrs)
-            where = "operand shapes " + ", ".join(fmt(s) for s in shapes)
-            v = tape.add_input(checked_indices(name, t.numpy(), lo, hi, where), kind=INDEX_NODE,
-                               label="const", what=name)
-            if is_tracing():  # fg.compile reloads it (checked again) at each call
-                tape.index_copies.append((t, v, lo, hi, f"{name}: {where}"))
-            nodes.append(v)
-        else:
-            v = import_tensor(tape, t, kind, need_values=not on_graph and body is None, what=name)
-            if tape.node_kind.a[v] == INDEX_NODE and kind == FLOAT_NODE:
-                # fg.compile traces an integer input as an index slot; it catches this error
-                # and traces again with that input cast to floats, as eager ops cast it
-                err = fail(name, f"operand {i} (shape {fmt(t.shape)}) is an integer input of a "
-                           "compiled function, used in float arithmetic",
-                           "pass that input as floats, e.g. y.astype(np.float32)")
-                err.integer_input = tape.labels.get(v)
-                raise err
-            if kind and tape.node_kind.a[v] != INDEX_NODE:
-                raise fail(name, f"operand {i} (shape {fmt(t.shape)}) holds indices computed "
-                           "inside fg.compile or fg.scan (argmax, max's indices), which "
-                           "cannot index yet", "index with an input of the function, or use "
-                           "the indices in comparisons and arithmetic")
-            if kind and t._tape is not None:
-                lo, hi = d.int_bound(shapes, **attrs)
-                old = tape.int_bounds.get(v, (0, hi))
-                tape.int_bounds[v] = (0, min(old[1], hi))
-            nodes.append(v)
-    out = tape.record(op, nodes, out_shape, ip, fp, need)
-    if body is not None and tape.recording_scan and tape.scan_marker >= 0 and \
-            all(tape.outside_body(v) for v in nodes):
-        tape.hoist_last_row()  # loop-invariant: computed once, before the loop
-    return out
-
-
-# -------------------------------------------------------------------------- composite front end
 def _reduce(op, x, axis, keepdims):
     x = as_tensor(x)
     if isinstance(axis, (tuple, list)):
@@ -1988,7 +1352,8 @@ def _norm(x, p, dim, keepdim):
     if p == -np.inf:
         return a.amin(dim, keepdim)
     if p == 0:  # how many are non-zero, in x's float dtype
-        return where(a != 0, ones_like(a), zeros_like(a)).sum(dim, keepdim)
+        ones, zeros = Tensor(np.ones(a.shape, a.dtype)), Tensor(np.zeros(a.shape, a.dtype))
+        return where(a != 0, ones, zeros).sum(dim, keepdim)
     if p < 0 or not math.isfinite(p):
         raise fail("norm", f"p={p}", "pass p = 2, 1, inf, -inf, 0 or any p > 0")
     s = (a**p).sum(dim, keepdim)
@@ -2002,7 +1367,7 @@ def _cast(x, dtype, name):
         return x
     if x._as is not None and x._tape is not None and dtype == x.tape.dtype:
         return Tensor._on_tape(x.tape, x.node, False)  # a mask's floats, as they are
-    inside = is_tracing() or getattr(_state, "body_tape", None) is not None
+    inside = is_replayed()
     if x._tape is not None:
         if x.requires_grad or inside:
             raise fail(name, f"cannot cast a recorded {x.dtype} value of shape "
@@ -2134,7 +1499,6 @@ def broadcast_to(x, shape) -> Tensor:
     >>> x.grad
     array([3., 3.])
     """
-    from ..ops import broadcast_shapes, broadcast_strides
 
     x = as_tensor(x)
     shape = int_tuple("broadcast_to", "shape", shape, minimum=0)
@@ -2149,7 +1513,6 @@ def broadcast_to(x, shape) -> Tensor:
 
 
 def _contig(shape):
-    from ..ops import contiguous_strides
 
     return contiguous_strides(shape)
 
@@ -2257,7 +1620,7 @@ def _masked_select(x, mask) -> Tensor:
     """``x[mask]`` for a bool ``mask`` of x's shape or of its leading dims: the selected
     elements (or rows) in order, as one gather; eager only."""
     x = as_tensor(x)
-    if is_tracing() or getattr(_state, "body_tape", None) is not None:
+    if is_replayed():
         raise fail("getitem", "a boolean mask inside fg.compile or fg.scan gives a shape that "
                    "depends on each call's values", "use fg.where(mask, x, 0) or "
                    "x.masked_fill(~mask, 0)")

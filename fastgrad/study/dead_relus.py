@@ -10,7 +10,7 @@ import numpy as np
 from ..core.errors import fail
 from ..data.digits import load_digits
 from ..frontend import functional as F
-from ..frontend.tensor import no_grad
+from ..frontend.modes import no_grad
 from ..training import nn, optim
 from ..training.compile import compile as fg_compile
 from ..training.fit import fit

@@ -10,7 +10,8 @@ import numpy as np
 from ..core.errors import fail
 from ..data.digits import load_digits
 from ..frontend import functional as F
-from ..frontend.tensor import as_tensor, zeros
+from ..frontend.tensor import as_tensor
+from ..frontend.creation import zeros
 from ..ops.unary import stable_sigmoid
 from ..training import nn
 from .results import StudyResult, as_list, pyplot_figure, save_figure

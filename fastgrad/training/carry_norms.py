@@ -25,7 +25,8 @@ from .compile import compile as compile_step
 from ..core.errors import fail
 from ..ops import fmt
 from ..transforms.scan import scan
-from ..frontend.tensor import Tensor, concatenate, no_grad, tensor
+from ..frontend.modes import no_grad
+from ..frontend.tensor import Tensor, concatenate, tensor
 
 __all__ = ["carry_gradient_log_norms", "log_norm"]
 

@@ -33,9 +33,9 @@ from ..runtime import blas_threads as _blas_threads
 from ..core.errors import FastgradError, fail
 from ..ops import fmt
 from .optim import Optimizer
-from ..frontend.tensor import (
-    FLOAT_DTYPES, Tensor, get_default_dtype, input_array, input_dtype_problem,
-)
+from ..frontend.modes import FLOAT_DTYPES, get_default_dtype
+from ..frontend.inputs import input_dtype_problem
+from ..frontend.tensor import Tensor, input_array
 from .program import Program
 
 __all__ = ["Compiled", "compile", "step_lock"]

@@ -17,7 +17,9 @@ from ..runtime.anomaly import AnomalyError, anomaly_enabled
 from ..core.errors import fail
 from ..kernels import train as _train
 from ..ops import flag, fmt
-from ..frontend.tensor import FLOAT_DTYPES, input_array, input_dtype_problem
+from ..frontend.modes import FLOAT_DTYPES
+from ..frontend.inputs import input_dtype_problem
+from ..frontend.tensor import input_array
 from .compile import Compiled
 from .program import EMPTY_INDEX
 

@@ -23,9 +23,9 @@ import numpy as np
 from ..frontend import functional
 from ..core.errors import fail
 from ..ops import LINEAR_ACTIVATIONS, int_tuple, real
-from ..frontend.tensor import (
-    Tensor, as_tensor, dtype_arg, get_default_dtype, guard_new, make_rng, real_array,
-)
+from ..frontend.modes import dtype_arg, get_default_dtype
+from ..frontend.inputs import guard_new, make_rng
+from ..frontend.tensor import Tensor, as_tensor, real_array
 
 __all__ = ["Activation", "AvgPool2d", "Conv1d", "Conv2d", "Dropout", "ELU", "Embedding",
            "Flatten", "GELU", "GRU", "Hardswish", "MaxPool2d",
@@ -965,7 +965,7 @@ class _Recurrent(Module):
         return out if self.stack_outputs else (None, out)
 
     def _zeros(self, B):
-        from ..frontend.tensor import zeros
+        from ..frontend.creation import zeros
 
         return zeros(B, self.hidden_size, dtype=self.weight_hh_l0.dtype)
 

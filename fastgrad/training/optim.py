@@ -24,7 +24,8 @@ import numpy as np
 from .. import kernels
 from ..core.errors import fail
 from ..kernels import optim as _k
-from ..frontend.tensor import Tensor, guard_new
+from ..frontend.inputs import guard_new
+from ..frontend.tensor import Tensor
 
 
 # ----------------------------------------------------------------------------- option checks

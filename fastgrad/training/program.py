@@ -25,7 +25,9 @@ from ..ops.matmul import LINEAR_LAYOUT
 from ..ops.nodes import EXTERNAL_NODE, FLOAT_NODE, INDEX_NODE, PARAM_NODE
 from ..core.memory import check_memory
 from ..runtime.tape import RECORDING, Tape
-from ..frontend.tensor import Tensor, checked_indices, placeholder, tracing
+from ..frontend.modes import tracing
+from ..frontend.inputs import checked_indices
+from ..frontend.tensor import Tensor, placeholder
 
 __all__ = ["EMPTY_INDEX", "Program", "as_entry", "entry_array", "index_error", "overwritten_by_vjp"]
 

@@ -25,7 +25,8 @@ from ..ops import CONTROL, TABLE, Op, fmt
 from ..ops.nodes import FLOAT_NODE
 from .reference import Reference
 from ..runtime.tape import Tape
-from ..frontend.tensor import Tensor, get_default_dtype, placeholder, real_array
+from ..frontend.modes import get_default_dtype
+from ..frontend.tensor import Tensor, placeholder, real_array
 
 RULES = MappingProxyType({op: d.jvp for op, d in TABLE.items()})
 

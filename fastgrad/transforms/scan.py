@@ -29,7 +29,9 @@ from ..ops import fmt
 from ..core.memory import check_memory, guard_memory
 from ..core.memory import set_memory_limit  # noqa: F401 - its old place
 from ..runtime.tape import RECORDING, Tape
-from ..frontend.tensor import Tensor, import_tensor, as_tensor, is_grad_enabled, recording_into
+from ..frontend.modes import is_grad_enabled, recording_into
+from ..frontend.recorder import import_tensor
+from ..frontend.tensor import Tensor, as_tensor
 
 __all__ = ["Binomial", "scan", "set_memory_limit"]
 
@@ -254,7 +256,7 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
     if len(floats) > 1:
         raise fail("scan", f"carries and xs mix dtypes {sorted(map(str, floats))}",
                    "cast them to one dtype")
-    from ..frontend.tensor import get_default_dtype
+    from ..frontend.modes import get_default_dtype
 
     dtype = floats.pop() if floats else get_default_dtype()
     grad_on = is_grad_enabled()
