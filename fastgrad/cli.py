@@ -128,8 +128,9 @@ def cmd_demo(args):
 
 
 def cmd_warmup(args):
-    from .runtime import kernel_cache
+    from . import warmup
     from .core.errors import FastgradError
+    from .runtime import kernel_cache
 
     where, status = kernel_cache.cache_status()
     if where is None:
@@ -140,9 +141,8 @@ def cmd_warmup(args):
     _say(f"fastgrad warmup: kernel cache {kernel_cache.shorten_home(where)}")
     t0 = time.perf_counter()
     try:
-        rows = kernel_cache.warmup(
-            args.dtype or kernel_cache.DTYPES,
-            args.ops or tuple(kernel_cache.FAMILIES) + (kernel_cache.ALL_OPS,), report=_say)
+        rows = warmup.warmup(args.dtype or warmup.DTYPES,
+                             args.ops or tuple(warmup.FAMILIES) + (warmup.ALL_OPS,), report=_say)
     except FastgradError as e:
         print(f"fastgrad {e}", file=sys.stderr)
         return 2
@@ -166,7 +166,7 @@ def main(argv=None):
     p.add_argument("--out", default="fastgrad-demo", help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
-    from .runtime.kernel_cache import DTYPES, FAMILIES
+    from .warmup import DTYPES, FAMILIES
 
     p = sub.add_parser(
         "warmup", help="compile the kernels ahead into the kernel cache (for container images "

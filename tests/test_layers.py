@@ -21,7 +21,7 @@ LAYERS = {
     "training": 7,
     "io": 8,
     "study": 9, "benchmarks": 9,
-    "cli": 10,
+    "cli": 10, "warmup": 10,
     "__init__": 11, "__main__": 11,  # the public names, the entry points
 }
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from fastgrad import kernel_cache
+from fastgrad import kernel_cache, warmup
 
 jit = importlib.import_module("fastgrad.kernels._jit")
 
@@ -256,7 +256,7 @@ def test_warmup_refuses_unknown_names_and_a_cache_that_keeps_nothing(tmp_path):
 def test_warmup_help_says_what_ops_names_today():
     helped = subprocess.run([sys.executable, "-m", "fastgrad.cli", "warmup", "--help"],
                             capture_output=True, text=True, timeout=300, check=True)
-    for family in kernel_cache.FAMILIES:
+    for family in warmup.FAMILIES:
         assert f"  {family} " in helped.stdout
     assert "--ops also takes op names" in " ".join(helped.stdout.split())
 

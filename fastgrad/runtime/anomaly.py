@@ -14,6 +14,7 @@ import numpy as np
 
 from ..core.errors import FastgradError
 from ..core.errors import flag
+from ..kernels.rows import STEP_CODE
 
 __all__ = ["AnomalyError", "STATE", "anomaly_enabled", "describe_anomaly", "detect_anomaly",
            "locate"]
@@ -68,8 +69,6 @@ def locate(tape, report):
     """(row, step t, scan row) of a replay kernel's anomaly report: ``report`` is the row, or
     for a row of a scan body at step t, row + (t + 1) * STEP_CODE (kernels/rows.py); step and
     scan row are -1 outside a scan body."""
-    from ..kernels.rows import STEP_CODE
-
     row, t = int(report) % STEP_CODE, int(report) // STEP_CODE - 1
     if t < 0:
         return row, -1, -1

@@ -52,6 +52,7 @@ import weakref
 import numpy as np
 
 from . import blas_threads as _blas_threads
+from .anomaly import anomaly_enabled, describe_anomaly, locate
 from .. import kernels
 from ..kernels import dispatch
 from ..kernels.replay import replay_entries as _replay_entries
@@ -461,12 +462,12 @@ class Tape:
                 entries = _replay_entries(self.dtype)[: 2 if self.leaves else 1]
                 bad = kernels.replay_forward(self.arrays(entries), self.values.a, self.ivalues.a,
                                              self.param_arena, self.n_done, self.n_rows,
-                                             check or _anomaly_on())
+                                             check or anomaly_enabled())
                 if bad >= 0:
-                    row, _, scan_row = _locate(self, bad)
+                    row, _, scan_row = locate(self, bad)
                     # a scan stopped inside its body did not finish: it runs again next flush
                     self.n_done = scan_row if scan_row >= 0 else row + 1
-                    raise _anomaly_error(self, bad, "forward")
+                    raise describe_anomaly(self, bad, "forward")
                 self.n_done = self.n_rows
 
     def backward(self, node, seed):
@@ -490,13 +491,13 @@ class Tape:
         self.grads[off : off + int(self.node_size.a[node])] = np.asarray(seed).ravel()
         bad = kernels.replay_backward(self.arrays(), self.values.a, self.ivalues.a,
                                       self.param_arena, self.grads, self.param_grads,
-                                      self.grad_modes(), self.scratch(), 0, stop, _anomaly_on(),
+                                      self.grad_modes(), self.scratch(), 0, stop, anomaly_enabled(),
                                       0.0)
         if bad >= 0:
-            _, _, scan_row = _locate(self, bad)
+            _, _, scan_row = locate(self, bad)
             if scan_row >= 0:  # the scan's slots hold a step of the aborted sweep: rerun it
                 self.n_done = min(self.n_done, scan_row)
-            raise _anomaly_error(self, bad, "backward")
+            raise describe_anomaly(self, bad, "backward")
         return self.grads
 
     def check_saved_leaves(self, node, stop):
@@ -759,22 +760,3 @@ def same_bits(copy, current) -> bool:
     if unsigned is None:
         return copy.tobytes() == current.tobytes()
     return bool((copy.view(unsigned) == current.view(unsigned)).all())
-
-
-# anomaly mode lives in autodiff; imported lazily to keep this module the format's owner
-def _anomaly_on():
-    from .anomaly import anomaly_enabled
-
-    return anomaly_enabled()
-
-
-def _locate(tape, report):
-    from .anomaly import locate
-
-    return locate(tape, report)
-
-
-def _anomaly_error(tape, row, direction):
-    from .anomaly import describe_anomaly
-
-    return describe_anomaly(tape, row, direction)

@@ -26,6 +26,8 @@ from ..ops import LINEAR_ACTIVATIONS, int_tuple, real
 from ..frontend.modes import dtype_arg, get_default_dtype
 from ..frontend.inputs import guard_new, make_rng
 from ..frontend.tensor import Tensor, as_tensor, real_array
+from ..frontend.creation import zeros
+from ..transforms.scan import scan
 
 __all__ = ["Activation", "AvgPool2d", "Conv1d", "Conv2d", "Dropout", "ELU", "Embedding",
            "Flatten", "GELU", "GRU", "Hardswish", "MaxPool2d",
@@ -927,8 +929,6 @@ class _Recurrent(Module):
         self.bias_hh_l0 = uniform(g) if bias else None
 
     def _inputs(self, xs):
-        from ..frontend.tensor import as_tensor
-
         xs = as_tensor(xs)
         unbatched = xs.ndim == 2
         if unbatched:
@@ -959,14 +959,10 @@ class _Recurrent(Module):
         return functional.linear(x, self.weight_ih_l0, self.bias_ih_l0)
 
     def _scan(self, step, init, seq):
-        from ..transforms.scan import scan
-
         out = scan(step, init, seq, checkpoint=self.checkpoint, stack=self.stack_outputs)
         return out if self.stack_outputs else (None, out)
 
     def _zeros(self, B):
-        from ..frontend.creation import zeros
-
         return zeros(B, self.hidden_size, dtype=self.weight_hh_l0.dtype)
 
     def _outputs(self, hs, final, unbatched):

@@ -28,8 +28,9 @@ from ..ops.nodes import FLOAT_NODE, FUSED_LABEL, INDEX_NODE
 from ..ops import fmt
 from ..core.memory import check_memory, guard_memory
 from ..core.memory import set_memory_limit  # noqa: F401 - its old place
+from ..kernels.scan import binomial_advance
 from ..runtime.tape import RECORDING, Tape
-from ..frontend.modes import is_grad_enabled, recording_into
+from ..frontend.modes import get_default_dtype, is_grad_enabled, recording_into
 from ..frontend.recorder import import_tensor
 from ..frontend.tensor import Tensor, as_tensor
 
@@ -100,8 +101,6 @@ class Binomial:
         t1): recompute steps t0..t1-1 in the backward sweep; ('backward', t): the VJP of step t,
         whose values the step just run left in place. The advances add up to extra_steps(T).
         """
-        from ..kernels.scan import binomial_advance
-
         T = _steps("Binomial", T)
         r = self.repetitions(T)  # about (2 r + 3) T actions of about 100 bytes each
         guard_memory("Binomial", (2 * r + 3) * T * 100, f"a schedule of {T} steps does not "
@@ -256,8 +255,6 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
     if len(floats) > 1:
         raise fail("scan", f"carries and xs mix dtypes {sorted(map(str, floats))}",
                    "cast them to one dtype")
-    from ..frontend.modes import get_default_dtype
-
     dtype = floats.pop() if floats else get_default_dtype()
     grad_on = is_grad_enabled()
     tapes = []
@@ -274,7 +271,7 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
     x_node = import_tensor(tape, x, FLOAT_NODE, not grad_on) if x is not None else -1
     tape.flush()
     # --- record the body, once; a failure on the way takes the loop back off the tape
-    marker = tape.record(Op.SCAN_BEGIN, [init_nodes[0]], (0,), [-1], [], False)
+    tape.record(Op.SCAN_BEGIN, [init_nodes[0]], (0,), [-1], [], False)
     marker_row = tape.n_rows - 1
     tape.scan_marker, tape.hoisted = marker_row, set()
     try:
