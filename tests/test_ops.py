@@ -101,7 +101,7 @@ def test_replay_backward_matches_reference_interpreter(case, rng):
     ref = Reference(y.tape)
     ref.forward()
     grads = ref.backward(y.node, seed)
-    for leaf, v in y.tape.leaves:
+    for leaf, v in y.tape.tensors.leaves:
         np.testing.assert_allclose(leaf.grad, ref.node(v, grads), rtol=1e-10, atol=1e-12)
 
 

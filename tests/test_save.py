@@ -109,7 +109,7 @@ def test_a_tape_round_trips_bit_exactly_and_replays_to_the_same_values_and_gradi
     back.flush()  # a full replay by the kernels of the loaded (validated) tape
     assert back.values.view.tobytes() == before.tobytes()
     grads = back.backward(loss.node, np.ones(()))
-    (v,) = [v for leaf, v in tape.leaves if leaf is w]
+    (v,) = [v for leaf, v in tape.tensors.leaves if leaf is w]
     off, size = int(back.node_off.a[v]), int(back.node_size.a[v])
     assert grads[off : off + size].tobytes() == w.grad.ravel().tobytes()
 
@@ -316,7 +316,7 @@ def test_a_tape_holding_a_scan_round_trips_and_replays_bit_exactly(tmp_path, mod
     assert back.grads[: back.values.n].tobytes() == tape.grads[: tape.values.n].tobytes()
     assert _state(back) == _state(tape)
     for p in params:
-        (v,) = [v for leaf, v in tape.leaves if leaf is p]
+        (v,) = [v for leaf, v in tape.tensors.leaves if leaf is p]
         assert back.node_grad(v).tobytes() == p.grad.tobytes() and np.all(p.grad != 0)
     for t in (tape, back):
         t.n_done = 0

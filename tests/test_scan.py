@@ -815,5 +815,5 @@ def test_the_numpy_reference_runs_scans_as_the_kernels_do(cell, checkpoint):
     np.testing.assert_allclose(ref.node(loss.node), loss.numpy(), rtol=1e-12)
     grads = ref.backward(loss.node, np.ones(()))
     for leaf in (w, u, xs, h0):
-        (node,) = {v for t, v in tape.leaves if t is leaf}
+        (node,) = {v for t, v in tape.tensors.leaves if t is leaf}
         np.testing.assert_allclose(ref.node(node, grads), leaf.grad, rtol=1e-10, atol=1e-12)

@@ -199,13 +199,13 @@ def test_a_vjp_writes_into_an_into_value_target_with_the_sweeps_alpha(rows, acti
     tape.flush()
     gz = np.ones((rows, 4)) if activation is None else 1 - np.tanh(x0 @ w0.T + b0) ** 2
     want_gw, want_gb = gz.T @ x0, gz.sum(0)
-    node = {id(leaf): v for leaf, v in tape.leaves}
+    node = {id(leaf): v for leaf, v in tape.tensors.leaves}
     modes = tape.grad_modes().copy()
     modes[[node[id(w)], node[id(b)]]] = INTO_VALUE
     grads = np.zeros(tape.values.a.size, tape.dtype)
     grads[tape.node_off.a[loss._node]] = 1.0
-    bad = kernels.replay_backward(tape.arrays(), tape.values.a, tape.ivalues.a, tape.param_arena,
-                                  grads, tape.param_grads, modes, tape.scratch(), 0,
+    bad = kernels.replay_backward(tape.arrays(), tape.values.a, tape.ivalues.a, tape.program.param_arena,
+                                  grads, tape.program.param_grads, modes, tape.scratch(), 0,
                                   tape.producer[loss._node] + 1, False, 0.5)
     assert bad == -1
 

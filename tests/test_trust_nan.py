@@ -93,7 +93,7 @@ def _gradient_nans_match_the_reference(op, fn, floats, rng):
         ref = Reference(y.tape)
         ref.forward()
         grads = ref.backward(y.node, seed)
-    for leaf, v in y.tape.leaves:
+    for leaf, v in y.tape.tensors.leaves:
         _same_nans(leaf.grad, ref.node(v, grads), f"{TABLE[op].name} gradient of %{v}")
 
 

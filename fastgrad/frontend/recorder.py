@@ -44,8 +44,8 @@ def import_tensor(tape, t, kind, need_values, what=None):
     if t._tape is not None and not need_values and t.tape is tape:
         return t._node
     key = id(t)
-    if kind == FLOAT_NODE and key in tape.imported:
-        v = tape.imported[key][1]
+    if kind == FLOAT_NODE and key in tape.tensors.imported:
+        v = tape.tensors.imported[key][1]
         # a recorded tensor's values never change; a leaf's may have since it was copied
         if t._tape is not None or same_bits(tape.node_values(v), t.numpy()):
             return v
@@ -57,11 +57,11 @@ def import_tensor(tape, t, kind, need_values, what=None):
                        what=what)
     if kind == FLOAT_NODE and (need or not t.requires_grad):
         # not a parameter's no_grad copy: a later use with grad on must import it afresh
-        tape.imported[key] = (t, v)
+        tape.tensors.imported[key] = (t, v)
     if kind == FLOAT_NODE and t._tape is None:
-        tape.copies.append((t, v))
+        tape.tensors.copies.append((t, v))
     if need:
-        tape.leaves.append((t, v))
+        tape.tensors.leaves.append((t, v))
     return v
 def check_attributes(op, attrs):
     """Refuse keyword attributes that op's shape rule does not take."""
@@ -172,7 +172,7 @@ def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_grap
             v = tape.add_input(checked_indices(name, t.numpy(), lo, hi, where), kind=INDEX_NODE,
                                label="const", what=name)
             if is_tracing():  # fg.compile reloads it (checked again) at each call
-                tape.index_copies.append((t, v, lo, hi, f"{name}: {where}"))
+                tape.tensors.index_copies.append((t, v, lo, hi, f"{name}: {where}"))
             nodes.append(v)
         else:
             v = import_tensor(tape, t, kind, need_values=not on_graph and body is None, what=name)
@@ -195,7 +195,7 @@ def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_grap
                 tape.int_bounds[v] = (0, min(old[1], hi))
             nodes.append(v)
     out = tape.record(op, nodes, out_shape, ip, fp, need)
-    if body is not None and tape.recording_scan and tape.scan_marker >= 0 and \
+    if body is not None and tape.body.active and tape.body.marker >= 0 and \
             all(tape.outside_body(v) for v in nodes):
         tape.hoist_last_row()  # loop-invariant: computed once, before the loop
     return out

@@ -316,7 +316,7 @@ class Tensor:
                     continue
                 node = self._node
                 tape.backward(node, seed)
-                for leaf, v in tape.leaves:
+                for leaf, v in tape.tensors.leaves:
                     if v < node and leaf.requires_grad:
                         _accumulate(leaf, tape.node_grad(v))
                 return

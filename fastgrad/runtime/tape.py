@@ -53,6 +53,7 @@ import numpy as np
 
 from . import blas_threads as _blas_threads
 from .anomaly import anomaly_enabled, describe_anomaly, locate
+from .tape_groups import BodyRecording, ProgramArrays, TensorLinks
 from .. import kernels
 from ..kernels import dispatch
 from ..kernels.replay import replay_entries as _replay_entries
@@ -162,30 +163,15 @@ class Tape:
         self.ivalues = GrowingArray(np.int64, 8)
         self.grads: np.ndarray | None = None
         self._scratch: np.ndarray | None = None
-        # the arena of kind-2 (parameter) nodes, set by fg.compile; empty for eager tapes
-        self.param_arena = np.zeros(0, self.dtype)
-        self.param_grads = np.zeros(0, self.dtype)
-        # the values of a kind-3 node: a compiled program's input, the caller's array per call
-        # (C-contiguous, 1-D or 2-D: read through reshape(-1))
-        self.external = np.zeros(0, self.dtype)
-        self.leaves: list = []  # (leaf Tensor, node) pairs that receive gradients
-        self.imported: dict[int, tuple] = {}  # id(tensor) -> (tensor, node of its latest copy)
-        # (leaf Tensor, node): every copy of a leaf's values, kept to check at backward that
-        # the rows that read a copy saved values the leaf still holds (check_saved_leaves)
-        self.copies: list = []
-        # (tensor, node, lo, hi, where): integer arrays a traced function captured as constant
-        # indices; fg.compile reloads and checks them at each call (never trace-time values)
-        self.index_copies: list = []
+        self.program = ProgramArrays.empty(self.dtype)  # fg.compile's parameters and inputs
+        self.tensors = TensorLinks()  # the tensors the nodes copy (the recorder's)
         # held by a native call on this tape (flush, backward) and by whatever changes it (with
         # RECORDING first): threads sharing a tape take turns, never interleave rows
         self.lock = threading.RLock()
         self.int_bounds: dict[int, tuple] = {}  # integer input node -> (lo, hi) valid range
         self.n_done = 0  # rows whose values are computed
         self.n_dispatched = 0  # rows whose ops' kernels are in the dispatch table
-        self.recording_scan = False  # a scan body is being recorded: no merges, no nesting
-        # while it is: the row of its SCAN_BEGIN marker, the body's first node, and the nodes of
-        # rows hoisted out of it (``hoist_last_row``)
-        self.scan_marker, self.body_first_node, self.hoisted = -1, -1, set()
+        self.body = BodyRecording()  # an fg.scan body being recorded here
         self.scan_rows: list[int] = []
         self.merged_into: Tape | None = None
         self.node_shift = 0
@@ -198,8 +184,7 @@ class Tape:
     def nbytes(self) -> int:
         """Bytes of every buffer the tape holds (arrays at their capacity, gradients, scratch;
         not the parameter arena, which belongs to the optimizer)."""
-        return sum(_nbytes(v) for k, v in vars(self).items()
-                   if k not in ("param_arena", "param_grads", "external"))
+        return sum(_nbytes(v) for v in vars(self).values())
 
     def growth_capacity(self, grow, need, cap, what, fix) -> int:
         """The capacity array ``grow`` (of this tape) may grow to: ``cap`` (doubling), less if
@@ -242,6 +227,8 @@ class Tape:
                 value = value.copy()
             elif isinstance(value, (list, dict)):
                 value = type(value)(value)
+            elif isinstance(value, (TensorLinks, BodyRecording, ProgramArrays)):
+                value = value.copy()
             new.__dict__[name] = value
         new.merged_into, new.node_shift = None, 0
         new.lock = threading.RLock()
@@ -292,10 +279,10 @@ class Tape:
     def _arena(self, v, grads=False):
         kind = self.node_kind.a[v]
         if grads:
-            return self.param_grads if kind == PARAM_NODE else self.grads
+            return self.program.param_grads if kind == PARAM_NODE else self.grads
         if kind == EXTERNAL_NODE:
-            return self.external.reshape(-1)
-        return (self.values.a, self.ivalues.a, self.param_arena)[kind]
+            return self.program.external.reshape(-1)
+        return (self.values.a, self.ivalues.a, self.program.param_arena)[kind]
 
     def node_values(self, v) -> np.ndarray:
         """The node's values as an array of its shape (a view into its arena)."""
@@ -350,7 +337,7 @@ class Tape:
         it once, not at every step, and its VJP runs once, on the gradient the steps summed
         into its output (a body reads outside nodes in mode 1, ``grad_modes``). Every later
         row moves down by one; rows are named by number only in the columns fixed here."""
-        r, pos = self.n_rows - 1, self.scan_marker
+        r, pos = self.n_rows - 1, self.body.marker
         out = int(self.outs.a[r])
         for items, ptr in ((self.in_idx, self.in_ptr), (self.iparams, self.ip_ptr),
                            (self.fparams, self.fp_ptr)):
@@ -369,8 +356,8 @@ class Tape:
         self.scan_rows = [row + (row >= pos) for row in self.scan_rows]
         self.n_done = min(self.n_done, pos)
         self.n_dispatched = min(self.n_dispatched, pos)
-        self.scan_marker += 1
-        self.hoisted.add(out)
+        self.body.marker += 1
+        self.body.hoisted.add(out)
 
     def rewrite(self, replace, drop):
         """Rewrite rows in place: ``replace`` maps a row to its new (op, inputs, iparams,
@@ -417,8 +404,8 @@ class Tape:
         self.outs.extend([row[1] for row in rows])
         self.producer = {v: new_of[r] for v, r in self.producer.items() if r in new_of}
         self.scan_rows = [new_of[r] for r in self.scan_rows]
-        if self.scan_marker >= 0:
-            self.scan_marker = new_of[self.scan_marker]
+        if self.body.marker >= 0:
+            self.body.marker = new_of[self.body.marker]
         first = min(list(replace) + list(drop))
         self.n_done = min(self.n_done, first)
         self.n_dispatched = min(self.n_dispatched, first)
@@ -426,7 +413,7 @@ class Tape:
     def outside_body(self, v) -> bool:
         """Whether node v, read by the scan body being recorded, is the same at every step:
         made before the body, a leaf or constant captured into it, or a hoisted row's."""
-        return (v < self.body_first_node or v in self.hoisted
+        return (v < self.body.first_node or v in self.body.hoisted
                 or (v not in self.producer
                     and (self.labels.get(v) in ("leaf", "const")
                          or self.node_kind.a[v] != FLOAT_NODE)))
@@ -442,7 +429,7 @@ class Tape:
         arrays = (self.ops.view, self.outs.view, self.in_ptr.view, self.in_idx.view,
                   self.ip_ptr.view, self.iparams.view, self.fp_ptr.view, self.fparams.a,
                   self.node_off.view, self.node_size.view, self.node_kind.view,
-                  self.external.reshape(-1), table.addresses)
+                  self.program.external.reshape(-1), table.addresses)
         done = getattr(self, "n_dispatched", 0)
         if dispatch_rows and done < self.n_rows:
             table.ensure(dispatch.codes_used(self.ops.a, self.ip_ptr.a, self.iparams.a, done,
@@ -459,9 +446,9 @@ class Tape:
                     return
                 # the replay loops compile with the ops' kernels; the backward one only for a
                 # tape with leaves that want gradients
-                entries = _replay_entries(self.dtype)[: 2 if self.leaves else 1]
+                entries = _replay_entries(self.dtype)[: 2 if self.tensors.leaves else 1]
                 bad = kernels.replay_forward(self.arrays(entries), self.values.a, self.ivalues.a,
-                                             self.param_arena, self.n_done, self.n_rows,
+                                             self.program.param_arena, self.n_done, self.n_rows,
                                              check or anomaly_enabled())
                 if bad >= 0:
                     row, _, scan_row = locate(self, bad)
@@ -490,7 +477,7 @@ class Tape:
         off = int(self.node_off.a[node])
         self.grads[off : off + int(self.node_size.a[node])] = np.asarray(seed).ravel()
         bad = kernels.replay_backward(self.arrays(), self.values.a, self.ivalues.a,
-                                      self.param_arena, self.grads, self.param_grads,
+                                      self.program.param_arena, self.grads, self.program.param_grads,
                                       self.grad_modes(), self.scratch(), 0, stop, anomaly_enabled(),
                                       0.0)
         if bad >= 0:
@@ -519,7 +506,7 @@ class Tape:
         Traceback (most recent call last):
         fastgrad.core.errors.FastgradError: backward: a variable needed for gradient computation ...
         """
-        changed = {v: leaf for leaf, v in self.copies
+        changed = {v: leaf for leaf, v in self.tensors.copies
                    if v < node and not same_bits(self.node_values(v), leaf.numpy())}
         if not changed:
             return
@@ -621,7 +608,7 @@ class Tape:
     def _absorb(self, other: "Tape"):
         if other.dtype != self.dtype:
             raise FastgradError("internal: cannot merge tapes of different dtypes")
-        if self.recording_scan or other.recording_scan or other.scan_rows:
+        if self.body.active or other.body.active or other.scan_rows:
             raise FastgradError(
                 "scan: the step function combines a tensor recorded on another graph (or a "
                 "graph holding a scan is being merged into another). Fix: compute such "
@@ -649,14 +636,10 @@ class Tape:
         self.labels.update({v + nshift: s for v, s in other.labels.items()})
         self.producer.update({v + nshift: r + rshift for v, r in other.producer.items()})
         self.int_bounds.update({v + nshift: b for v, b in other.int_bounds.items()})
-        self.leaves += [(leaf, v + nshift) for leaf, v in other.leaves]
-        self.copies += [(leaf, v + nshift) for leaf, v in other.copies]
-        self.index_copies += [(t, v + nshift, *rest) for t, v, *rest in other.index_copies]
-        for key, (t, v) in other.imported.items():
-            self.imported.setdefault(key, (t, v + nshift))
+        self.tensors.merge(other.tensors.shifted(nshift))
         self.n_done = self.n_rows
         other.merged_into, other.node_shift = self, nshift
-        other.leaves, other.imported, other.copies, other.index_copies = [], {}, [], []
+        other.tensors = TensorLinks()
 
     # ------------------------------------------------------------------ seeing it
     def _type(self, v):

@@ -183,9 +183,9 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=_CONTI
                     opt.t += done  # the batches completed: all, or those before a stop
                     if bad >= 0:  # fg.detect_anomaly: the batches before it are applied
                         tape = prog.tape  # the report reads the buffers this run used
-                        tape.param_arena, tape.param_grads = opt.flat, opt.flat_grad
+                        tape.program.param_arena, tape.program.param_grads = opt.flat, opt.flat_grad
                         if prog.external == 0:
-                            tape.external = arrays[11]
+                            tape.program.external = arrays[11]
                         err = prog.failure(bad, direction)
                         raise type(err)(f"fit (epoch {epoch + 1}, batch {done + 1}): {err}"
                                         ) from None

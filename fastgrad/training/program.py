@@ -73,7 +73,7 @@ class Program:
             fusion.fuse_program(tape, [self.loss_node, *self.slot_nodes])
         self.loss_off = int(tape.node_off.a[self.loss_node])
         self.params = list(params) if params is not None else list(
-            {id(leaf): leaf for leaf, _ in tape.leaves}.values())
+            {id(leaf): leaf for leaf, _ in tape.tensors.leaves}.values())
         for p in self.params:
             if getattr(p, "_cast_of", None) is not None:
                 raise fail("compile", f"a parameter of shape {fmt(p.shape)} is a cast of another "
@@ -89,13 +89,13 @@ class Program:
         # reloaded from its tensor at each call (``frozen``): never its trace-time values.
         modes = tape.grad_modes()
         seen = {}
-        for leaf, v in tape.leaves:
+        for leaf, v in tape.tensors.leaves:
             if id(leaf) in index:
                 tape.node_kind.a[v] = PARAM_NODE
                 tape.node_off.a[v] = flat_off[index[id(leaf)]]
                 seen.setdefault(id(leaf), []).append(v)
-        self.frozen = [(leaf, v) for leaf, v in tape.copies if tape.node_kind.a[v] == FLOAT_NODE]
-        self.frozen_index = list(tape.index_copies)  # captured index arrays, checked per call
+        self.frozen = [(leaf, v) for leaf, v in tape.tensors.copies if tape.node_kind.a[v] == FLOAT_NODE]
+        self.frozen_index = list(tape.tensors.index_copies)  # captured index arrays, checked per call
         # The first input is read in place from the caller's array (kind 3): no copy per step
         # (a 1024 x 784 float64 batch: 0.4 ms of each 9 ms step was that copy).
         self.external = self._external_slot(inputs)
@@ -265,7 +265,7 @@ class Program:
             if not load_indices(slot, inputs[i], lo, hi):
                 raise index_error(i, lo, hi)
         if self.external is not None:
-            self.tape.external = entry_array(inputs[self.external], self.tape.dtype, 2)
+            self.tape.program.external = entry_array(inputs[self.external], self.tape.dtype, 2)
         self.reload_frozen()
         return (self.empty_float if self.native_float is None
                 else entry_array(inputs[self.native_float], self.tape.dtype),
@@ -294,10 +294,10 @@ class Program:
         ``fast_step``. Raises on an index out of range (nothing ran) or, under
         fg.detect_anomaly, on the row that made a NaN/Inf."""
         tape = self.tape
-        tape.param_arena, tape.param_grads = buffers[0], buffers[1]
+        tape.program.param_arena, tape.program.param_grads = buffers[0], buffers[1]
         # the casts: an int max_norm seen once would type the entry int64 and truncate a later 0.5
         args = (self.ints, self.bytes, self.floats, tape.values.a, tape.ivalues.a,
-                tape.external, buffers, hyper, int(t), float(max_norm), float(max_value),
+                tape.program.external, buffers, hyper, int(t), float(max_norm), float(max_value),
                 anomaly_enabled(), finput, iinput, self.arrays[12])
         self.dispatch(_train.train_step, args)
         loss, norm, bad, direction = _train.train_step(*args)
@@ -382,8 +382,8 @@ class Program:
         f_direct, i_direct = (p is not None and p[1] and p[2] for p in (f_plan, i_plan))
         x_direct = external is not None and sig[external][1] == dtype and 1 <= len(
             sig[external][0]) <= 2
-        tape.param_arena, tape.param_grads = buffers[0], buffers[1]
-        no_external = tape.external
+        tape.program.param_arena, tape.program.param_grads = buffers[0], buffers[1]
+        no_external = tape.program.external
 
         (s0, d0), (s1, d1) = sig if n == 2 else ((None, None),) * 2
         ndarray = np.ndarray
@@ -417,7 +417,7 @@ class Program:
                     x = inputs[external]
                     if not x_direct:  # else as it is: train_step checks its layout (dir. 3)
                         x = entry_array(x, dtype, 2)
-                    tape.external = x  # what an anomaly report reads
+                    tape.program.external = x  # what an anomaly report reads
                 t = opt.t + 1
                 loss, norm, bad, direction = entry(
                     ints, bytes_, floats, values, ivalues, x, buffers, opt.hyper(), t,

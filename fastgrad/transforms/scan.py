@@ -264,7 +264,7 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
     tape = tapes[0] if tapes else Tape(dtype)
     for other in tapes[1:]:
         tape.absorb(other)
-    if tape.recording_scan:
+    if tape.body.active:
         raise fail("scan", "nested scans are not supported",
                    "unroll the inner loop or fold it into the step function")
     init_nodes = [import_tensor(tape, c, FLOAT_NODE, not grad_on) for c in carries]
@@ -273,19 +273,19 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
     # --- record the body, once; a failure on the way takes the loop back off the tape
     tape.record(Op.SCAN_BEGIN, [init_nodes[0]], (0,), [-1], [], False)
     marker_row = tape.n_rows - 1
-    tape.scan_marker, tape.hoisted = marker_row, set()
+    tape.body.marker, tape.body.hoisted = marker_row, set()
     try:
         finals, stacked, need = _record_loop(tape, step, single, carries, x, x_node,
                                              init_nodes, T, dtype, grad_on, checkpoint, stack,
                                              fuse and fusion.enabled())
     except BaseException:
-        marker_row = tape.scan_marker  # rows hoisted out of the body moved it down
+        marker_row = tape.body.marker  # rows hoisted out of the body moved it down
         if tape.n_rows > marker_row and tape.ops.a[marker_row] == Op.SCAN_BEGIN and \
                 not (tape.scan_rows and tape.scan_rows[-1] > marker_row):
             tape.remove_row(marker_row)  # the body rows stay, as plain rows on init and xs[0]
         raise
     finally:
-        tape.scan_marker, tape.body_first_node, tape.hoisted = -1, -1, set()
+        tape.body.marker, tape.body.first_node, tape.body.hoisted = -1, -1, set()
     results = [Tensor._on_tape(tape, f, need) for f in finals]
     final = results[0] if single else tuple(results)
     if stack:
@@ -295,12 +295,12 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
 
 def _record_loop(tape, step, single, carries, x, x_node, init_nodes, T, dtype, grad_on,
                  checkpoint, stack, fuse):
-    """Record the body of fg.scan after its SCAN_BEGIN row (``tape.scan_marker``), then the
+    """Record the body of fg.scan after its SCAN_BEGIN row (``tape.body.marker``), then the
     SCAN row; returns the final carries' nodes, the stacked output's node (-1 without stack)
     and whether they need gradients. Rows of the step that read only outside nodes are
     recorded before the marker instead (``Tape.hoist_last_row``): computed once."""
     first_node = tape.n_nodes
-    tape.body_first_node = first_node
+    tape.body.first_node = first_node
     slots = []
     for c, v in zip(carries, init_nodes):
         s = tape.add_node(c.shape, need=grad_on, label="carry")
@@ -310,7 +310,7 @@ def _record_loop(tape, step, single, carries, x, x_node, init_nodes, T, dtype, g
     if x is not None:
         x_slot = tape.add_node(x.shape[1:], need=grad_on and x.requires_grad, label="x_t")
         tape.node_values(x_slot)[...] = tape.node_values(x_node)[0]
-    tape.recording_scan = True
+    tape.body.active = True
     try:
         carry_in = [Tensor._on_tape(tape, s, grad_on) for s in slots]
         x_t = Tensor._on_tape(tape, x_slot, grad_on and x.requires_grad) if x is not None else None
@@ -331,13 +331,13 @@ def _record_loop(tape, step, single, carries, x, x_node, init_nodes, T, dtype, g
                     o = o + 0.0  # carry_out must be a body-owned slot of its own: copy
                 couts.append(o.node)
     finally:
-        tape.recording_scan = False
+        tape.body.active = False
     if fuse:
-        fusion.fuse_body(tape, tape.scan_marker + 1,
+        fusion.fuse_body(tape, tape.body.marker + 1,
                          set(couts) | set(slots) | ({x_slot} if x_slot >= 0 else set()))
-    marker_row = tape.scan_marker
+    marker_row = tape.body.marker
     body_start, body_end = marker_row + 1, tape.n_rows
-    captured = set(tape.hoisted)  # nodes the body reads but does not compute
+    captured = set(tape.body.hoisted)  # nodes the body reads but does not compute
     for v in range(first_node, tape.n_nodes):  # (and nodes of rows fused away: written by none)
         if tape.labels.get(v) in ("leaf", "const", FUSED_LABEL) \
                 or tape.node_kind.a[v] != FLOAT_NODE:
