@@ -1,3 +1,11 @@
-"""The data shipped with fastgrad: the digits (``load_digits``), read from this folder."""
+"""The data shipped with fastgrad (nothing is downloaded): the UCI handwritten digits.
 
-__all__ = ["digits"]  # its modules
+>>> from fastgrad.data import load_digits
+>>> Xtr, ytr, Xte, yte = load_digits()
+>>> Xtr.shape[1], int(ytr.max()) + 1
+(64, 10)
+"""
+
+from .digits import load_digits
+
+__all__ = ["load_digits"]
