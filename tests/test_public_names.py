@@ -18,6 +18,8 @@ import importlib
 import importlib.util
 import pathlib
 import pkgutil
+import subprocess
+import sys
 import types
 
 import pytest
@@ -117,3 +119,36 @@ def test_study_exports_its_analyses_not_its_imports():
                  "set_spectral_radius", "growth_rate", "log_growth_rate",
                  "jacobian_product_norms", "lyapunov_exponents", "sweep"):
         assert name in study.__all__, name
+
+
+# The first release's modules, one per name at the top of the package, and names users imported
+# from them: each path keeps working (an alias of the module that holds the names now).
+FIRST_RELEASE_PATHS = {
+    "fastgrad.tape": ["Tape", "RECORDING", "guard_memory"],
+    "fastgrad.tensor": ["Tensor", "tensor", "zeros", "no_grad", "apply", "input_dtype_problem"],
+    "fastgrad.nn": ["Linear", "MLP", "RNN", "Module"],
+    "fastgrad.optim": ["SGD", "Adam", "StepLR"],
+    "fastgrad.functional": ["relu", "cross_entropy", "softmax"],
+    "fastgrad.io": ["save", "load", "validate_tape", "atomic_write"],
+    "fastgrad.study": ["rnn_gradient_norms", "sweep", "StudyResult"],
+    "fastgrad.datasets": ["load_digits"],
+    "fastgrad.kernel_cache": ["REPORTER", "cache_status"],
+    "fastgrad.jvp": ["RULES", "jvp"],
+    "fastgrad.anomaly": ["locate"],
+    "fastgrad.timing": ["median_time"],
+    "fastgrad.errors": ["FastgradError", "fail"],
+    "fastgrad.memory": ["set_memory_limit"],
+    "fastgrad.scan": ["Binomial"],
+    "fastgrad.compile": ["Compiled"],
+}
+
+
+def test_first_release_import_paths_keep_working():
+    """``from fastgrad.tape import Tape`` and ``import fastgrad.nn`` work as in the first release,
+    in a fresh interpreter (``import fastgrad`` itself sets the old paths up)."""
+    code = "import importlib\n"
+    for path, names in FIRST_RELEASE_PATHS.items():
+        code += (f"from {path} import {', '.join(names)}\n"
+                 f"import {path}\n"
+                 f"assert all(hasattr(importlib.import_module({path!r}), n) for n in {names!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
