@@ -54,9 +54,8 @@ import numpy as np
 from . import blas_threads as _blas_threads
 from .anomaly import anomaly_enabled, describe_anomaly, locate
 from .tape_groups import BodyRecording, ProgramArrays, TensorLinks
-from .. import kernels
 from ..kernels import dispatch
-from ..kernels.replay import replay_entries as _replay_entries
+from ..kernels.replay import replay_backward, replay_entries as _replay_entries, replay_forward
 from ..core.errors import FastgradError, fail
 from ..core.memory import available_memory, guard_memory, memory_limit, needs_no_check
 from ..ops import TABLE, Op, fmt
@@ -447,7 +446,7 @@ class Tape:
                 # the replay loops compile with the ops' kernels; the backward one only for a
                 # tape with leaves that want gradients
                 entries = _replay_entries(self.dtype)[: 2 if self.tensors.leaves else 1]
-                bad = kernels.replay_forward(self.arrays(entries), self.values.a, self.ivalues.a,
+                bad = replay_forward(self.arrays(entries), self.values.a, self.ivalues.a,
                                              self.program.param_arena, self.n_done, self.n_rows,
                                              check or anomaly_enabled())
                 if bad >= 0:
@@ -476,7 +475,7 @@ class Tape:
             self.grads[: self.values.n] = 0
         off = int(self.node_off.a[node])
         self.grads[off : off + int(self.node_size.a[node])] = np.asarray(seed).ravel()
-        bad = kernels.replay_backward(self.arrays(), self.values.a, self.ivalues.a,
+        bad = replay_backward(self.arrays(), self.values.a, self.ivalues.a,
                                       self.program.param_arena, self.grads, self.program.param_grads,
                                       self.grad_modes(), self.scratch(), 0, stop, anomaly_enabled(),
                                       0.0)

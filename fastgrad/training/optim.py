@@ -21,7 +21,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import kernels
 from ..core.errors import fail
 from ..kernels import optim as _k
 from ..frontend.inputs import guard_new
@@ -625,4 +624,4 @@ class CosineAnnealingLR(LRScheduler):
 
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "LRScheduler", "StepLR",
-           "CosineAnnealingLR", "kernels"]
+           "CosineAnnealingLR"]
