@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fastgrad as fg
+from fastgrad.ops import LINEAR_ACTIVATIONS
 
 
 def sig(x):
@@ -196,10 +197,12 @@ def takes_the_single_cell_path(tape):
     return _cell_row(arrays, ip, orig, xo) >= 0
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("activation", sorted(LINEAR_ACTIVATIONS))  # every one the registry has
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("stack", [False, True])
 @pytest.mark.parametrize("wants", ["all", "weights only"])
-def test_a_one_row_cell_body_matches_the_general_loop_bit_for_bit(activation, stack, wants):
+def test_a_one_row_cell_body_matches_the_general_loop_bit_for_bit(activation, dtype, stack,
+                                                                    wants):
     """A body that is one linear_act(h, W, x_t) row (fg.nn.RNN's step once its input projection
     is hoisted out of the loop) runs without the general loop's per-step copies, in the store
     and segment modes. It must give the general loop's values and gradients bit for bit. The
@@ -207,6 +210,7 @@ def test_a_one_row_cell_body_matches_the_general_loop_bit_for_bit(activation, st
     rng = np.random.default_rng(9)
     x, h0 = rng.normal(size=(200, 3, 5)), rng.normal(size=(3, 5)) * 0.1
     W, g_hs = rng.normal(size=(5, 5)) * 0.6, rng.normal(size=(200, 3, 5))
+    x, h0, W, g_hs = (a.astype(dtype) for a in (x, h0, W, g_hs))
     runs = []
     for one_row, ck in [(True, None), (True, "sqrt"), (True, 7), (True, fg.Binomial(slots=4)),
                         (False, None), (False, 7)]:
