@@ -38,7 +38,7 @@ import fastgrad.io
 from fastgrad import FastgradError
 from fastgrad.io import HEADER
 from fastgrad.io.tapes import tape_from_arrays as _tape_from, tape_to_arrays as _tape_to
-from fastgrad.io.validate import _body_own
+from fastgrad.runtime.tape import Tape
 from fastgrad.kernels.scan import HEADER as H
 from fastgrad.ops import Op
 from fastgrad.reference import Reference
@@ -103,7 +103,7 @@ def _relabel_consistently(doc, arrays, v, label):
     first = int(arrays[doc["outs"]][begin]) + 1
     view = {name: SimpleNamespace(view=arrays[doc[name]])
             for name in ("node_kind", "node_size", "ops", "outs", "in_ptr", "in_idx")}
-    own = _body_own(SimpleNamespace(labels=labels, **view), first, store, ip[2], ip[3])
+    own, _ = Tape.body_nodes(SimpleNamespace(labels=labels, **view), first, store, ip[2], ip[3])
     sizes = arrays[doc["node_size"]]
     new = ip[:14] + [int(sum(int(sizes[n]) for n in own)), len(own)] + \
         ip[H : H + 4 * nc + 2 * ns] + own

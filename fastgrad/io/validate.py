@@ -41,25 +41,6 @@ def scan_results(ip) -> list[int]:
     return [int(c[3]) for c in a.carries] + [int(s[1]) for s in a.stacked]
 
 
-def _body_own(tape: Tape, first: int, end: int, b0: int, b1: int) -> list[int]:
-    """The body's own nodes as transforms/scan.py picks them from the nodes first..end-1 recorded
-    for the body: all but the captured ones (leaves and constants imported in the body, integer
-    and parameter nodes, outputs of rows hoisted out of the body or fused away, reshapes of
-    those or of outer nodes, which share their slot) and the empty ones."""
-    kind, size, labels = tape.node_kind.view, tape.node_size.view, tape.labels
-    ops, outs = tape.ops.view, tape.outs.view
-    in_ptr, in_idx = tape.in_ptr.view, tape.in_idx.view
-    captured = {v for v in range(first, end)
-                if labels.get(v) in ("leaf", "const", FUSED_LABEL) or kind[v]}
-    captured.update(int(v) for v in outs[: max(b0 - 1, 0)] if first <= v < end)  # hoisted
-    for r in range(b0, b1):
-        if ops[r] == Op.RESHAPE and in_ptr[r + 1] > in_ptr[r]:
-            src = int(in_idx[in_ptr[r]])
-            if src < first or src in captured:
-                captured.add(int(outs[r]))
-    return [v for v in range(first, end) if v not in captured and size[v] > 0]
-
-
 def _binomial_stores(T: int, slots: int) -> list[int]:
     """The steps whose carries the binomial forward sweep checkpoints (kernels/scan.py,
     ``_binomial_forward``): at most ``slots`` of them, so this never loops T times."""
@@ -268,7 +249,7 @@ def _check_scan(tape: Tape, r: int, producer: dict, bad) -> _Scan:
                       f"{fmt((T, *shapes[v]))}")
 
     # the body's state: the own nodes saved and restored per step, reg_size values in all
-    want_own = _body_own(tape, first, tail, b0, b1)
+    want_own, _ = tape.body_nodes(first, tail, b0, b1)
     if own != want_own:
         raise bad(f"{where}: its {n_own} own nodes are not the body's {len(want_own)} "
                   f"(%{first}..%{tail - 1} less captured and empty ones)")

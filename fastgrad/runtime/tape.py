@@ -409,6 +409,27 @@ class Tape:
         self.n_done = min(self.n_done, first)
         self.n_dispatched = min(self.n_dispatched, first)
 
+    def body_nodes(self, first: int, end: int, b0: int, b1: int) -> tuple[list[int], set]:
+        """(own, captured): the nodes first..end-1 recorded for an fg.scan body whose rows are
+        b0..b1-1, split by the one rule the loop kernels, the recorder (transforms/scan.py) and
+        the validator (io/validate.py) share. Captured: the body reads them but no step computes
+        them (leaves and constants imported in the body, integer and parameter nodes, outputs
+        of rows hoisted out of the body (before its SCAN_BEGIN row, b0 - 1) or fused away, and
+        reshapes of those or of outer nodes, which share their slot). Own: the others with a
+        size, the state a step writes and the loop saves per step."""
+        kind, size, labels = self.node_kind.view, self.node_size.view, self.labels
+        ops, outs = self.ops.view, self.outs.view
+        in_ptr, in_idx = self.in_ptr.view, self.in_idx.view
+        captured = {v for v in range(first, end)
+                    if labels.get(v) in ("leaf", "const", FUSED_LABEL) or kind[v] != FLOAT_NODE}
+        captured.update(int(v) for v in outs[: max(b0 - 1, 0)] if first <= v < end)  # hoisted
+        for r in range(b0, b1):
+            if ops[r] == Op.RESHAPE and in_ptr[r + 1] > in_ptr[r]:
+                src = int(in_idx[in_ptr[r]])
+                if src < first or src in captured:
+                    captured.add(int(outs[r]))
+        return [v for v in range(first, end) if v not in captured and size[v] > 0], captured
+
     def outside_body(self, v) -> bool:
         """Whether node v, read by the scan body being recorded, is the same at every step:
         made before the body, a leaf or constant captured into it, or a hoisted row's."""

@@ -24,7 +24,7 @@ from . import fusion
 from ..core.errors import fail
 from ..ops import Op
 from ..ops.control import SCAN_LAYOUT
-from ..ops.nodes import FLOAT_NODE, FUSED_LABEL, INDEX_NODE
+from ..ops.nodes import FLOAT_NODE, INDEX_NODE
 from ..ops import fmt
 from ..core.memory import check_memory, guard_memory
 from ..core.memory import set_memory_limit  # noqa: F401 - its old place
@@ -337,17 +337,7 @@ def _record_loop(tape, step, single, carries, x, x_node, init_nodes, T, dtype, g
                          set(couts) | set(slots) | ({x_slot} if x_slot >= 0 else set()))
     marker_row = tape.body.marker
     body_start, body_end = marker_row + 1, tape.n_rows
-    captured = set(tape.body.hoisted)  # nodes the body reads but does not compute
-    for v in range(first_node, tape.n_nodes):  # (and nodes of rows fused away: written by none)
-        if tape.labels.get(v) in ("leaf", "const", FUSED_LABEL) \
-                or tape.node_kind.a[v] != FLOAT_NODE:
-            captured.add(v)
-    for r in range(body_start, body_end):  # a RESHAPE of an outside tensor shares its slot
-        src = int(tape.in_idx.a[tape.in_ptr.a[r]])
-        if tape.ops.a[r] == Op.RESHAPE and (src < first_node or src in captured):
-            captured.add(int(tape.outs.a[r]))
-    own = [v for v in range(first_node, tape.n_nodes)
-           if v not in captured and tape.node_size.a[v] > 0]
+    own, captured = tape.body_nodes(first_node, tape.n_nodes, body_start, body_end)
     ptr, idx = tape.in_ptr.view, tape.in_idx.view
     body_inputs = set(idx[ptr[body_start] : ptr[body_end]].tolist()) if body_end > body_start \
         else set()
