@@ -31,19 +31,23 @@ from ..frontend.tensor import Tensor, placeholder, real_array
 RULES = MappingProxyType({op: d.jvp for op, d in TABLE.items()})
 
 
-class _Replay:
-    """Primal values (NumPy, as transforms/reference.py) and k tangents per node, row by row."""
+class _Replay(Reference):
+    """Primal values (NumPy, as the reference interpreter) and k tangents per node, row by row;
+    a loop runs as the reference runs it (``Reference._scan_forward``), its hooks extended to
+    move tangents too."""
 
     def __init__(self, tape: Tape):
+        super().__init__(tape)
         self.tape = tape
-        self.ref = ref = Reference(tape)
-        self.views = [ref.node(v) for v in range(tape.n_nodes)]  # fixed views into the arenas
-        self.rows = [ref.row(r) for r in range(tape.n_rows)]  # (op definition, ins, attrs, out)
+        self.views = [self.node(v) for v in range(tape.n_nodes)]  # fixed views into the arenas
+        self.rows = [self.row(r) for r in range(tape.n_rows)]  # (op definition, ins, attrs, out)
+        self.tangents, self.k = {}, 0
 
     def run(self, tangents: dict, k: int, start=0, stop=None):
         """Forward rows [start, stop) computing values and tangents (dict node -> (k, *shape))."""
+        self.tangents, self.k = tangents, k
         stop = len(self.rows) if stop is None else stop
-        views, shapes, forward = self.views, self.tape.shapes, self.ref.forward_row
+        views, shapes, forward = self.views, self.tape.shapes, self.forward_row
         r = start
         while r < stop:
             d, ins, a, out = self.rows[r]
@@ -51,7 +55,7 @@ class _Replay:
                 if d.op == Op.SCAN_BEGIN:
                     r = a.scan_row
                     continue
-                self._scan(a, tangents, k)
+                self._scan_forward(r, a)
                 r += 1
                 continue
             xs = [views[i] for i in ins]
@@ -65,44 +69,39 @@ class _Replay:
             r += 1
         return tangents
 
-    def _scan(self, a, tangents, k):
-        """Run the loop of a SCAN row with decoded attributes ``a`` (its layout:
-        fastgrad/ops/control.py)."""
-        ref = self.ref
-        T, b0, b1, has_x, x_node, x_slot = a.T, a.body_start, a.body_end, a.has_x, a.xs, a.x_slot
-        quads, stack = a.carries, a.stacked
+    # a loop's step moves tangents beside the values
+    def copy_carry(self, dst, src):
+        super().copy_carry(dst, src)
+        if src in self.tangents:
+            self.tangents[dst] = self.tangents[src].copy()
+        else:
+            self.tangents.pop(dst, None)
 
-        def carry(dst, src):  # value and tangent of node src into node dst
-            ref.node(dst)[...] = ref.node(src)
-            if src in tangents:
-                tangents[dst] = tangents[src].copy()
-            else:
-                tangents.pop(dst, None)
+    def load_step_input(self, a, t):
+        super().load_step_input(a, t)
+        txs = self.tangents.get(a.xs)
+        if txs is not None:
+            self.tangents[a.x_slot] = txs[:, t]
 
-        for init, slot, _, _ in quads:
-            carry(slot, init)
-        xs, txs = (ref.node(x_node), tangents.get(x_node)) if has_x else (None, None)
-        stacked_t = {int(s): [] for _, s in stack}
-        for t in range(T):
-            if has_x:
-                ref.node(x_slot)[...] = xs[t]
-                if txs is not None:
-                    tangents[x_slot] = txs[:, t]
-            self.run(tangents, k, b0, b1)
-            for body, s in stack:
-                ref.node(s)[t] = ref.node(body)
-                stacked_t[int(s)].append(tangents.get(int(body)))
-            for _, slot, cout, _ in quads:
-                carry(slot, cout)
-        for _, _, cout, final in quads:
-            ref.node(final)[...] = ref.node(cout)
-            if cout in tangents:
-                tangents[final] = tangents[cout]
-        for s, ts in stacked_t.items():
+    def run_rows(self, start, stop):
+        self.run(self.tangents, self.k, start, stop)
+
+    def keep_step(self, r, a, t):
+        pass  # no backward here: a long loop keeps nothing per step
+
+    def stack_output(self, body, stacked, t):
+        super().stack_output(body, stacked, t)
+        if t == 0:
+            self.stacked_tangents = {}
+        self.stacked_tangents.setdefault(int(stacked), []).append(self.tangents.get(int(body)))
+
+    def finish_loop(self, a):
+        for s, ts in getattr(self, "stacked_tangents", {}).items():
             if any(t is not None for t in ts):
                 shape = self.tape.shapes[s][1:]
-                tangents[s] = np.stack([np.zeros((k,) + shape) if t is None else t for t in ts],
-                                       axis=1)
+                self.tangents[s] = np.stack(
+                    [np.zeros((self.k,) + shape) if t is None else t for t in ts], axis=1)
+        self.stacked_tangents = {}
 
 
 def _as_tuple(x):
@@ -150,7 +149,7 @@ class Linearized:
             raise fail("jvp", f"got {len(prim)} primals and {len(tans)} tangents for a function "
                        f"recorded with {len(self.shapes)} inputs",
                        "pass one tangent per primal, in a tuple")
-        ref = self.replay.ref
+        ref = self.replay
         tangent_in, k, batched = {}, None, None
         for i, (p, t, shape, v) in enumerate(zip(prim, tans, self.shapes, self.slot_nodes)):
             p = np.asarray(p.numpy() if isinstance(p, Tensor) else p)

@@ -64,21 +64,47 @@ class Reference:
             r += 1
 
     def _scan_forward(self, r, a):
-        own, saved = [int(v) for v in a.own], []
+        """The loop of SCAN row ``r`` (attributes ``a``, ops/control.py's layout), as the
+        semantics say: the carries' initial values into their slots; per step t, x_t into its
+        slot, the body rows, the step's outputs stacked, carry_out into carry_in; the last
+        carries out. The hooks below say what a step moves; forward mode (jvp.py) extends them
+        to carry tangents, so the loop is written once."""
         for init, slot, _, _ in a.carries:
-            self.node(slot)[...] = self.node(init)
+            self.copy_carry(slot, init)
         for t in range(a.T):
             if a.has_x:
-                self.node(a.x_slot)[...] = self.node(a.xs)[t]
-            self._forward(a.body_start, a.body_end)
-            saved.append([self.node(v).copy() for v in own])
+                self.load_step_input(a, t)
+            self.run_rows(a.body_start, a.body_end)
+            self.keep_step(r, a, t)
             for body, stacked in a.stacked:
-                self.node(stacked)[t] = self.node(body)
+                self.stack_output(body, stacked, t)
             for _, slot, cout, _ in a.carries:
-                self.node(slot)[...] = self.node(cout)
+                self.copy_carry(slot, cout)
         for _, _, cout, final in a.carries:
-            self.node(final)[...] = self.node(cout)
-        self.steps[r] = saved
+            self.copy_carry(final, cout)
+        self.finish_loop(a)
+
+    # what one step of a loop moves (extended by forward mode, jvp.py)
+    def copy_carry(self, dst, src):
+        self.node(dst)[...] = self.node(src)
+
+    def load_step_input(self, a, t):
+        self.node(a.x_slot)[...] = self.node(a.xs)[t]
+
+    def run_rows(self, start, stop):
+        self._forward(start, stop)
+
+    def keep_step(self, r, a, t):
+        """Keep the body's state after step t, which the loop's backward reads."""
+        if t == 0:
+            self.steps[r] = []
+        self.steps[r].append([self.node(int(v)).copy() for v in a.own])
+
+    def stack_output(self, body, stacked, t):
+        self.node(stacked)[t] = self.node(body)
+
+    def finish_loop(self, a):
+        pass
 
     def forward_row(self, d, xs, a, out_shape):
         """One row's output: the registry's NumPy forward (a hook for subclasses)."""
