@@ -165,8 +165,8 @@ def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_grap
     copied in as a constant."""
     nodes = []
     for i, t in enumerate(ts):
-        kind = 1 if i in d.int_inputs else 0
-        if kind and t._tape is None:
+        kind = INDEX_NODE if i in d.int_inputs else FLOAT_NODE
+        if kind == INDEX_NODE and t._tape is None:
             lo, hi = d.int_bound(shapes, **attrs)
             where = "operand shapes " + ", ".join(fmt(s) for s in shapes)
             v = tape.add_input(checked_indices(name, t.numpy(), lo, hi, where), kind=INDEX_NODE,
@@ -184,12 +184,12 @@ def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_grap
                            "pass that input as floats, e.g. y.astype(np.float32)")
                 err.integer_input = tape.labels.get(v)
                 raise err
-            if kind and tape.node_kind.a[v] != INDEX_NODE:
+            if kind == INDEX_NODE and tape.node_kind.a[v] != INDEX_NODE:
                 raise fail(name, f"operand {i} (shape {fmt(t.shape)}) holds indices computed "
                            "inside fg.compile or fg.scan (argmax, max's indices), which "
                            "cannot index yet", "index with an input of the function, or use "
                            "the indices in comparisons and arithmetic")
-            if kind and t._tape is not None:
+            if kind == INDEX_NODE and t._tape is not None:
                 lo, hi = d.int_bound(shapes, **attrs)
                 old = tape.int_bounds.get(v, (0, hi))
                 tape.int_bounds[v] = (0, min(old[1], hi))

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.errors import FastgradError, fail
 from ..ops import TABLE, Op, flag, fmt, int_tuple, normalize_axis, real
-from ..ops.nodes import FLOAT_NODE
+from ..ops.nodes import FLOAT_NODE, INDEX_NODE
 from ..core.memory import guard_memory
 from ..runtime.tape import RECORDING, Tape
 from ..ops import broadcast_shapes, broadcast_strides, contiguous_strides
@@ -1702,7 +1702,7 @@ def placeholder(tape: Tape, array, label="input") -> Tensor:
     replayed after new values are written into the slot (what ``fg.compile`` does).
     """
     array = np.asarray(array)
-    kind = 1 if array.dtype.kind in "iu" else 0
-    node = tape.add_input(array if kind else array.astype(tape.dtype, copy=False), kind=kind,
-                          label=label)
+    kind = INDEX_NODE if array.dtype.kind in "iu" else FLOAT_NODE
+    node = tape.add_input(array if kind == INDEX_NODE else array.astype(tape.dtype, copy=False),
+                          kind=kind, label=label)
     return Tensor._on_tape(tape, node, False)

@@ -637,7 +637,7 @@ class Tape:
         other.flush()
         nshift, vshift, ishift = self.n_nodes, self.values.n, self.ivalues.n
         kinds = other.node_kind.view
-        self.node_off.extend(other.node_off.view + np.where(kinds == 0, vshift, ishift))
+        self.node_off.extend(other.node_off.view + np.where(kinds == FLOAT_NODE, vshift, ishift))
         self.node_size.extend(other.node_size.view)
         self.node_kind.extend(kinds)
         self.node_need.extend(other.node_need.view)

@@ -210,8 +210,8 @@ class Program:
         kinds = tape.node_kind.view
         overwritten = overwritten_by_vjp(tape, modes)
         spans = [(0, int(tape.node_off.a[v]), int(tape.node_size.a[v])) for v in
-                 np.flatnonzero((tape.node_need.view != 0) & (kinds == 0) & ~overwritten)]
-        clear = _flat_runs_without(tape, self.flat_size, (kinds == 2) & overwritten)
+                 np.flatnonzero((tape.node_need.view != 0) & (kinds == FLOAT_NODE) & ~overwritten)]
+        clear = _flat_runs_without(tape, self.flat_size, (kinds == PARAM_NODE) & overwritten)
         spans += [(1, int(a), int(size)) for a, size in clear]
         return np.array(spans, np.int64).reshape(-1, 3)
 
