@@ -42,27 +42,26 @@ def set_default_dtype(dtype):
 
 
 @contextlib.contextmanager
-def recording_into(tape):
-    """Record every op inside onto ``tape`` (fg.scan uses it for the loop body)."""
-    prev = getattr(_state, "body_tape", None)
-    _state.body_tape = tape
+def _thread_setting(name, value, default):
+    """Set this thread's ``name`` to ``value`` inside the block, restored after it."""
+    prev = getattr(_state, name, default)
+    setattr(_state, name, value)
     try:
         yield
     finally:
-        _state.body_tape = prev
+        setattr(_state, name, prev)
 
 
-@contextlib.contextmanager
+def recording_into(tape):
+    """Record every op inside onto ``tape`` (fg.scan uses it for the loop body)."""
+    return _thread_setting("body_tape", tape, None)
+
+
 def tracing():
     """``fg.compile`` records its function inside: the values on its tape change per call, so
     ``fg.tensor(t)`` and ``t.detach()`` of a recorded tensor record a copy (``_traced_copy``)
     instead of freezing the values of the call that traced."""
-    prev = getattr(_state, "tracing", False)
-    _state.tracing = True
-    try:
-        yield
-    finally:
-        _state.tracing = prev
+    return _thread_setting("tracing", True, False)
 
 
 def is_tracing() -> bool:
@@ -101,18 +100,11 @@ def is_grad_enabled() -> bool:
     return getattr(_state, "grad", True)
 
 
-@contextlib.contextmanager
 def no_grad():
     """Ops inside compute values but record nothing for backward (like torch.no_grad)."""
-    prev = is_grad_enabled()
-    _state.grad = False
-    try:
-        yield
-    finally:
-        _state.grad = prev
+    return _thread_setting("grad", False, True)
 
 
-@contextlib.contextmanager
 def enable_grad():
     """Turn recording back on inside a ``no_grad`` block (like torch.enable_grad).
 
@@ -125,12 +117,7 @@ def enable_grad():
     >>> x.grad
     array([2., 4.])
     """
-    prev = is_grad_enabled()
-    _state.grad = True
-    try:
-        yield
-    finally:
-        _state.grad = prev
+    return _thread_setting("grad", True, True)
 def dtype_arg(op, dtype, floats_only=False) -> np.dtype:
     """``dtype`` as a NumPy dtype fastgrad can hold (None: the default float dtype).
 
