@@ -1,4 +1,5 @@
-"""Data movement: strided views (transpose, slicing, broadcast_to), gather and concatenate.
+"""Data movement: strided views (transpose, slicing, broadcast_to), gather, concatenate and
+index_add.
 
 Each forward copies into the output slot; each VJP scatters-adds back, so overlapping reads
 (a broadcast, a repeated gather index) sum their gradients as they must.
@@ -7,14 +8,14 @@ Each forward copies into the output slot; each VJP scatters-adds back, so overla
 import numpy as np
 
 from ._jit import jit, jit_inline
-from .codes import CONCAT, GATHER, STRIDED
+from .codes import CONCAT, GATHER, INDEX_ADD, STRIDED
 from ..ops import movement as _layouts
 from .views import (iattrs, ioperand, n_operands, needs, operand, operand_grad, output,
                     output_grad)
 
 __all__ = ["BASE", "CONCAT_OUTER", "DIMS", "INNER", "N", "NDIM", "OUTER", "TOTAL", "WIDTHS",
-           "concat_piece", "gather_forward", "gather_vjp", "load_indices", "shape_row_forward",
-           "shape_row_vjp", "strided_copy"]
+           "concat_piece", "gather_add", "gather_forward", "gather_vjp", "load_indices",
+           "shape_row_forward", "shape_row_vjp", "strided_copy"]
 
 # Where the rows' integer attributes sit (fastgrad/ops/movement.py; Numba reads these module
 # ints as constants): strided [ndim, base, dims..., strides...], gather [outer, n, inner],
@@ -79,6 +80,19 @@ def gather_vjp(index, gy, gx, outer, n, inner):
 
 
 @jit
+def gather_add(x, index, y, outer, n, inner):
+    """y (outer, m, inner) += x (outer, n, inner) taken at index (m,): index_add's VJP for its
+    source (the gradient read back at the rows it was added to)."""
+    m = index.size
+    for o in range(outer):
+        for t in range(m):
+            src = (o * n + index[t]) * inner
+            dst = (o * m + t) * inner
+            for j in range(inner):
+                y[U(dst + j)] += x[U(src + j)]
+
+
+@jit
 def concat_piece(x, y, outer, width, total, pos, forward):
     """Copy input piece (outer, width) into columns [pos, pos+width) of y (outer, total), or back."""
     for o in range(outer):
@@ -132,6 +146,12 @@ def shape_row_forward(code, tape, values, ivalues, params, r):
             width = ip[WIDTHS + t]
             concat_piece(operand(tape, values, params, r, t), y, outer, width, total, pos, True)
             pos += width
+    elif code == INDEX_ADD:  # y = x, then src's rows added at the indices (as gather's VJP)
+        x, y = operand(tape, values, params, r, 0), output(tape, values, params, r)
+        for i in range(y.size):
+            y[i] = x[i]
+        gather_vjp(ioperand(tape, ivalues, r, 1), operand(tape, values, params, r, 2), y,
+                   ip[OUTER], ip[N], ip[INNER])
     # RESHAPE: the output aliases the input's slot; nothing to do
 
 
@@ -155,3 +175,11 @@ def shape_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scra
                 concat_piece(operand_grad(tape, grads, pgrads, r, t), gy, outer, width, total,
                              pos, False)
             pos += width
+    elif code == INDEX_ADD:
+        if needs(tape, need, r, 0):
+            gx = operand_grad(tape, grads, pgrads, r, 0)
+            for i in range(gy.size):
+                gx[i] += gy[i]
+        if needs(tape, need, r, 2):
+            gather_add(gy, ioperand(tape, ivalues, r, 1), operand_grad(tape, grads, pgrads, r, 2),
+                       ip[OUTER], ip[N], ip[INNER])

@@ -599,6 +599,20 @@ def _index(v, a):
     return torch.tensor(a) if torch is not None and isinstance(v, torch.Tensor) else a
 
 
+SCATTER_SRC = np.arange(100.0, 112.0).reshape(2, 3, 2)
+INDEX_ADD_SRC = np.arange(-18.0, 0.0).reshape(2, 3, 3)
+
+
+def _scatter_add_np(x, dim, index, src):
+    """torch.scatter_add written out: out[.., index[i], ..] += src[.., i, ..] along dim."""
+    out = x.copy()
+    for pos in np.ndindex(index.shape):
+        to = list(pos)
+        to[dim] = index[pos]
+        out[tuple(to)] += src[pos]
+    return out
+
+
 INDEXING = {
     "x[:, idx]": (lambda v: v[:, [2, 0, 2]], None),
     "x[..., idx]": (lambda v: v[..., [2, 0, 2]], None),
@@ -617,6 +631,17 @@ INDEXING = {
                   np.take_along_axis(A, GATHER_INDEX, 2)),
     "gather(0)": (lambda v: v.gather(0, _index(v, GATHER_INDEX[:1, :2] % 2)),
                   np.take_along_axis(A[:, :2, :2], GATHER_INDEX[:1, :2] % 2, 0)),
+    "scatter_add(2)": (
+        lambda v: v.scatter_add(2, _index(v, GATHER_INDEX), _index(v, SCATTER_SRC)),
+        _scatter_add_np(A, 2, GATHER_INDEX, SCATTER_SRC)),
+    "scatter_add(0), index smaller than src": (
+        lambda v: v.scatter_add(0, _index(v, GATHER_INDEX[:1, :2] % 2), _index(v, SCATTER_SRC)),
+        _scatter_add_np(A, 0, GATHER_INDEX[:1, :2] % 2, SCATTER_SRC)),
+    "index_add(2)": (
+        lambda v: v.index_add(2, _index(v, np.array([3, 0, 3])), _index(v, INDEX_ADD_SRC),
+                              alpha=2.0),
+        A + np.stack([2.0 * INDEX_ADD_SRC[..., 1], np.zeros((2, 3)), np.zeros((2, 3)),
+                      2.0 * (INDEX_ADD_SRC[..., 0] + INDEX_ADD_SRC[..., 2])], axis=-1)),
 }
 
 
@@ -635,6 +660,25 @@ def test_indexing_as_pytorch(name):
         np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
         ty.backward(torch.tensor(seed))
         np.testing.assert_array_equal(x.grad, t.grad.numpy())
+
+
+def test_scatter_add_and_index_add_read_the_source_gradient_back_where_it_was_added():
+    """The source's gradient is the output's at the places it was added to (entries added to a
+    repeated place each get that place's gradient; alpha scales it), as PyTorch's."""
+    seed = np.arange(1.0, 25.0).reshape(2, 3, 4)
+    calls = {"scatter_add": (lambda v, s: v.scatter_add(2, _index(v, GATHER_INDEX), s),
+                             SCATTER_SRC, np.take_along_axis(seed, GATHER_INDEX, 2)),
+             "index_add": (lambda v, s: v.index_add(2, _index(v, np.array([3, 0, 3])), s,
+                                                    alpha=2.0),
+                           INDEX_ADD_SRC, 2.0 * seed[..., [3, 0, 3]])}
+    for name, (call, source, want) in calls.items():
+        src = fg.tensor(source, requires_grad=True)
+        call(fg.tensor(A), src).backward(seed)
+        np.testing.assert_array_equal(src.grad, want, err_msg=name)
+        if torch is not None:
+            t = torch.tensor(source, requires_grad=True)
+            call(torch.tensor(A), t).backward(torch.tensor(seed))
+            np.testing.assert_array_equal(src.grad, t.grad.numpy(), err_msg=name)
 
 
 def test_masks_that_would_shape_a_compiled_value_are_refused():

@@ -817,6 +817,57 @@ class Tensor:
         flat = np.ravel_multi_index(tuple(grid), self.shape)
         return take(self.reshape(-1), flat.reshape(values.shape), axis=0)
 
+    def index_add(self, dim, index, source, *, alpha=1):
+        """This tensor with ``alpha * source`` added at the entries ``index`` (1-d integers)
+        along ``dim``, as ``torch.index_add``; repeated indices add up. ``source`` has this
+        tensor's shape with ``len(index)`` along ``dim``.
+
+        >>> import fastgrad as fg, numpy as np
+        >>> fg.zeros(3).index_add(0, np.array([0, 2, 0]), fg.tensor([1.0, 2.0, 3.0])).numpy()
+        array([4., 0., 2.])
+        """
+        source = as_tensor(source)
+        if alpha != 1:
+            source = source * alpha
+        return apply(Op.INDEX_ADD, self, as_tensor(index), source, axis=dim)
+
+    def scatter_add(self, dim, index, src):
+        """``out[index[i][j]][j] += src[i][j]`` along ``dim`` (``torch.scatter_add``) on a copy
+        of this tensor; repeated places add up, and ``src``'s gradient is read back from them.
+        ``index`` has this tensor's number of dims, at most ``src``'s sizes, and must be known
+        when recorded (eager, or a constant inside fg.compile).
+
+        >>> import fastgrad as fg, numpy as np
+        >>> x = fg.zeros(2, 3)
+        >>> x.scatter_add(0, np.array([[1, 0, 1]]), fg.ones(1, 3)).numpy()
+        array([[0., 1., 0.],
+               [1., 0., 1.]])
+        """
+        idx, src = as_tensor(index), as_tensor(src)
+        if idx._tape is not None:
+            raise fail("scatter_add", "index computed inside fg.compile or fg.scan",
+                       "pass an index array, or use index_add with a 1-d index")
+        values = idx.numpy()
+        d = normalize_axis("scatter_add", dim, self.ndim)
+        if values.dtype.kind not in "iu" or values.ndim != self.ndim or src.ndim != self.ndim:
+            raise fail("scatter_add", f"index of dtype {values.dtype} and shape "
+                       f"{fmt(values.shape)}, src of shape {fmt(src.shape)}, for a tensor of "
+                       f"shape {fmt(self.shape)}", "pass integers and a source with as many "
+                       "dims as the tensor")
+        if any(values.shape[a] > src.shape[a] or (a != d and values.shape[a] > self.shape[a])
+               for a in range(self.ndim)):
+            raise fail("scatter_add", f"index shape {fmt(values.shape)} exceeds src "
+                       f"{fmt(src.shape)} or, outside dim {d}, the tensor's {fmt(self.shape)}",
+                       "keep the index within both")
+        grid = list(np.indices(values.shape, sparse=True))
+        grid[d] = checked_indices("scatter_add", values, 0, self.shape[d],
+                                  f"dim {d} of shape {fmt(self.shape)}")
+        flat = np.ravel_multi_index(tuple(grid), self.shape).reshape(-1)
+        if src.shape != values.shape:  # the leading part of src that the index covers
+            src = src[tuple(slice(0, n) for n in values.shape)]
+        added = self.reshape(-1).index_add(0, flat, src.reshape(-1))
+        return added.reshape(self.shape)
+
     def __getitem__(self, key):
         return getitem(self, key)
 

@@ -13,7 +13,8 @@ from .base import (NO_ATTRS, Layout, OpDef, Tail, directions, fail, fmt, int_tup
                    normalize_axis, split_axis)
 from .reduce import axis_recover
 
-__all__ = ["AXIS_LAYOUT", "CONCAT", "CONCAT_LAYOUT", "FAMILY", "GATHER", "RESHAPE", "STRIDED",
+__all__ = ["AXIS_LAYOUT", "CONCAT", "CONCAT_LAYOUT", "FAMILY", "GATHER", "INDEX_ADD", "RESHAPE",
+           "STRIDED",
            "STRIDED_LAYOUT", "concat_rule", "gather_bound", "gather_rule", "reshape_rule",
            "strided_index", "strided_rule"]
 
@@ -194,4 +195,56 @@ CONCAT = OpDef(
              ([(2, 3), (2, 1), (2, 2)], {"axis": 1}, "real"),
              ([(3,), (3,)], {}, "real")],
     front_end="fg.concatenate([x, x], axis=1)", kernel="movement", saves="nothing",
+    integers=True)
+
+
+# ---- index_add: x (A, n, B) plus src (A, m, B) added at rows idx (m,) of its middle axis
+def index_add_rule(name, shapes, axis=0):
+    """x (A, n, B), idx (m,), src (A, m, B) -> x's shape: torch.index_add (np.add.at on a
+    copy); repeated indices add up. ``x.scatter_add`` records it over flattened positions."""
+    x, idx, src = shapes
+    if not x:
+        raise fail(name, "cannot index a 0-d tensor", "index a tensor with at least one axis")
+    ax = normalize_axis(name, axis, len(x))
+    if len(idx) != 1:
+        raise fail(name, f"index must be 1-d, got shape {fmt(idx)}", "pass a 1-d index array")
+    want = x[:ax] + idx + x[ax + 1 :]
+    if src != want:
+        raise fail(name, f"source of shape {fmt(src)} for x {fmt(x)} and {idx[0]} indices "
+                   f"along axis {ax}", f"pass a source of shape {fmt(want)}")
+    outer, n, inner = split_axis(x, ax)
+    return x, *AXIS_LAYOUT.encode(outer=outer, n=n, inner=inner)
+
+
+def _index_add_forward(xs, a, out_shape):
+    y = np.array(xs[0], copy=True).reshape(a.outer, a.n, a.inner)
+    idx = np.asarray(xs[1]).reshape(-1)
+    np.add.at(y, (slice(None), idx, slice(None)), xs[2].reshape(a.outer, idx.size, a.inner))
+    return y.reshape(out_shape)
+
+
+def _index_add_vjp(xs, y, g, a):
+    idx = np.asarray(xs[1]).reshape(-1)
+    gsrc = np.take(g.reshape(a.outer, a.n, a.inner), idx, axis=1).reshape(xs[2].shape)
+    return [g, None, gsrc]
+
+
+def _index_add_jvp(xs, ts, y, a):
+    k, idx = directions(ts), np.asarray(xs[1]).reshape(-1)
+    out = np.zeros((k, a.outer, a.n, a.inner)) if ts[0] is None else \
+        np.array(ts[0], np.float64).reshape(k, a.outer, a.n, a.inner)
+    if ts[2] is not None:
+        np.add.at(out, (slice(None), slice(None), idx, slice(None)),
+                  ts[2].reshape(k, a.outer, idx.size, a.inner))
+    return out.reshape((k,) + y.shape)
+
+
+INDEX_ADD = OpDef(
+    "index_add", 504, 3, index_add_rule, AXIS_LAYOUT,
+    forward=_index_add_forward, vjp=_index_add_vjp, jvp=_index_add_jvp,
+    recover=axis_recover, int_inputs=(1,), int_bound=gather_bound,
+    samples=[([(5, 3), (4,), (4, 3)], {"axis": 0}, "real"),
+             ([(3, 4), (6,), (3, 6)], {"axis": 1}, "real"),
+             ([(6,), (9,), (9,)], {}, "real")],
+    front_end="x.index_add(0, np.array([2, 0, 2]), x)", kernel="movement", saves="nothing",
     integers=True)
