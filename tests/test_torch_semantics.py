@@ -875,3 +875,86 @@ def test_numpy_calls_on_tensors_give_numpys_values_and_record_gradients(name):
     np.testing.assert_allclose(y.numpy(), fn(a), rtol=1e-12)
     y.backward(np.ones(y.shape))
     assert x.grad is not None and x.grad.shape == a.shape
+
+
+# ----------------------------------------------------------------------------- batch norm
+def _batch_norm_np(x, weight, bias, mean, var, momentum, eps=1e-5):
+    """torch.nn.BatchNorm's training step written out: (y, new running mean, new running var)."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    m, v = x.mean(axes), x.var(axes)
+    n = x.size // x.shape[1]
+    y = (x - m.reshape(shape)) / np.sqrt(v.reshape(shape) + eps)
+    y = y * weight.reshape(shape) + bias.reshape(shape)
+    return y, (1 - momentum) * mean + momentum * m, (1 - momentum) * var + momentum * v * n / (n - 1)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (2, 3, 4, 5)])
+def test_batch_norm_trains_on_batch_statistics_and_tracks_running_ones_as_pytorch(shape):
+    rng = np.random.default_rng(3)
+    bn = (fg.nn.BatchNorm2d if len(shape) == 4 else fg.nn.BatchNorm1d)(3, momentum=0.3)
+    w, b = rng.normal(size=3), rng.normal(size=3)
+    bn.weight.numpy()[...], bn.bias.numpy()[...] = w, b
+    mean, var = np.zeros(3), np.ones(3)
+    xs = [rng.normal(size=shape) * 3 + 1 for _ in range(3)]
+    for x in xs:
+        got = bn(x)
+        want, mean, var = _batch_norm_np(x, w, b, mean, var, 0.3)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(bn.running_mean.numpy(), mean, rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var.numpy(), var, rtol=1e-12)
+    assert bn.num_batches_tracked.item() == 3
+    bn.eval()
+    y = bn(xs[0]).numpy()
+    s = (1, -1) + (1,) * (len(shape) - 2)
+    np.testing.assert_allclose(y, (xs[0] - mean.reshape(s)) / np.sqrt(var.reshape(s) + 1e-5)
+                               * w.reshape(s) + b.reshape(s), rtol=1e-12)
+    if torch is not None:
+        t = (torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d)(
+            3, momentum=0.3, dtype=torch.float64)
+        with torch.no_grad():
+            t.weight[...], t.bias[...] = torch.tensor(w), torch.tensor(b)
+        for x in xs:
+            t(torch.tensor(x))
+        t.eval()
+        np.testing.assert_allclose(t(torch.tensor(xs[0])).detach().numpy(), y, rtol=1e-12)
+        for k, v in t.state_dict().items():
+            np.testing.assert_allclose(bn.state_dict()[k], v.numpy(), rtol=1e-12, err_msg=k)
+
+
+def test_batch_norm_gradients_match_pytorch_and_finite_differences():
+    rng = np.random.default_rng(4)
+    x0 = rng.normal(size=(5, 3))
+    bn = fg.nn.BatchNorm1d(3)
+    x = fg.tensor(x0, requires_grad=True)
+    seed = rng.normal(size=(5, 3))
+    bn(x).backward(seed)
+    if torch is not None:
+        t = torch.nn.BatchNorm1d(3, dtype=torch.float64)
+        tx = torch.tensor(x0, requires_grad=True)
+        t(tx).backward(torch.tensor(seed))
+        np.testing.assert_allclose(x.grad, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(bn.weight.grad, t.weight.grad.numpy(), rtol=1e-10)
+        np.testing.assert_allclose(bn.bias.grad, t.bias.grad.numpy(), rtol=1e-10)
+    assert fg.gradcheck(lambda v: (bn(v) * fg.tensor(seed)).sum(), [x0])
+
+
+def test_batch_norm_state_saves_loads_and_refuses_to_train_compiled():
+    bn = fg.nn.BatchNorm1d(2, momentum=None)  # a cumulative average, as PyTorch's None
+    bn(np.array([[0.0, 2.0], [2.0, 4.0]]))
+    bn(np.array([[4.0, 2.0], [6.0, 4.0]]))
+    np.testing.assert_allclose(bn.running_mean.numpy(), [3.0, 3.0])
+    model = fg.nn.Sequential(fg.nn.Linear(2, 2, seed=0), bn)
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias",
+                                        "1.running_mean", "1.running_var",
+                                        "1.num_batches_tracked"]
+    other = fg.nn.Sequential(fg.nn.Linear(2, 2, seed=1), fg.nn.BatchNorm1d(2))
+    other.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(other[1].running_var.numpy(), bn.running_var.numpy())
+    assert all(p is not bn.running_mean for p in model.parameters())
+    x = np.array([[1.0, 2.0], [3.0, 5.0]])
+    with pytest.raises(fg.FastgradError, match="running statistics once, at trace time"):
+        fg.compile(lambda v: model(v).sum())(x)
+    model.eval()
+    loss, _ = fg.compile(lambda v: model(v).sum())(x)
+    assert loss == pytest.approx(model(x).sum().item(), rel=1e-12)

@@ -23,13 +23,14 @@ import numpy as np
 from ..frontend import functional
 from ..core.errors import fail
 from ..ops import LINEAR_ACTIVATIONS, int_tuple, real
-from ..frontend.modes import dtype_arg, get_default_dtype
+from ..frontend.modes import dtype_arg, get_default_dtype, is_replayed
 from ..frontend.inputs import guard_new, make_rng
 from ..frontend.tensor import Tensor, as_tensor, real_array
 from ..frontend.creation import zeros
 from ..transforms.scan import scan
 
-__all__ = ["Activation", "AvgPool2d", "Conv1d", "Conv2d", "Dropout", "ELU", "Embedding",
+__all__ = ["Activation", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d", "Dropout",
+           "ELU", "Embedding",
            "Flatten", "GELU", "GRU", "Hardswish", "MaxPool2d",
            "INITS", "Identity", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "LogSigmoid", "MLP",
            "Mish", "Module", "Parameter", "RNN", "ReLU", "ReLU6", "SELU", "Sequential", "SiLU",
@@ -88,7 +89,29 @@ class Module:
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
+
+    def register_buffer(self, name, value):
+        """Keep ``value`` (an array) as a tensor that is state but not a parameter (BatchNorm's
+        running statistics, as torch's buffers): in ``state_dict`` and ``load_state_dict``, cast
+        by ``astype``, never given to an optimizer; read at its current values by compiled
+        steps. Returns the tensor, also set as the attribute ``name``."""
+        if not isinstance(name, str) or not name.isidentifier() or name in self._parameters:
+            raise fail("register_buffer", f"name {name!r}", "pass a new attribute name")
+        buffer = Tensor(np.array(real_array("register_buffer", name, value), copy=True))
+        self._buffers[name] = buffer
+        object.__setattr__(self, name, buffer)
+        return buffer
+
+    def named_buffers(self, prefix=""):
+        for name, b in self._buffers.items():
+            yield prefix + name, b
+        for name, m in self._modules.items():
+            yield from m.named_buffers(prefix + name + ".")
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
 
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
@@ -120,9 +143,18 @@ class Module:
         for m in self._modules.values():
             yield from m.modules()
 
+    def _state(self):
+        """Parameters and buffers by dotted name, in PyTorch's order (a module's parameters,
+        then its buffers, then its children's)."""
+        out = OrderedDict((n, p) for n, p in self._parameters.items())
+        out.update(self._buffers)
+        for name, m in self._modules.items():
+            out.update((f"{name}.{k}", v) for k, v in m._state().items())
+        return out
+
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Copies of every parameter's values, by dotted name."""
-        return OrderedDict((n, np.array(p.numpy(), copy=True)) for n, p in self.named_parameters())
+        """Copies of every parameter's and buffer's values, by dotted name."""
+        return OrderedDict((n, np.array(t.numpy(), copy=True)) for n, t in self._state().items())
 
     def load_state_dict(self, state, strict=True):
         """Copy values in place (an optimizer's flat buffer keeps seeing them).
@@ -132,7 +164,7 @@ class Module:
             raise fail("load_state_dict", f"expected the dict that state_dict() returns (arrays "
                        f"by name), got {type(state).__name__}",
                        "pass model.state_dict() or fg.load(path)[key]")
-        mine = dict(self.named_parameters())
+        mine = self._state()
         missing, unexpected = set(mine) - set(state), set(state) - set(mine)
         if strict and (missing or unexpected):
             raise fail("load_state_dict", f"missing keys {sorted(missing)}, unexpected keys "
@@ -160,10 +192,14 @@ class Module:
             p.grad = None
 
     def astype(self, dtype):
-        """Cast every parameter to ``dtype`` (before building an optimizer over them)."""
+        """Cast every parameter and float buffer to ``dtype`` (before building an optimizer
+        over them)."""
         for m in self.modules():
             for name, p in list(m._parameters.items()):
                 setattr(m, name, Parameter(p.numpy().astype(dtype)))
+            for name, b in list(m._buffers.items()):
+                if b.dtype.kind == "f":
+                    m.register_buffer(name, b.numpy().astype(dtype))
         return self
 
     def __repr__(self):
@@ -736,6 +772,105 @@ class LayerNorm(Module):
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class _BatchNorm(Module):
+    """Batch normalisation over the channel dim 1 (torch.nn.BatchNorm1d / 2d): while training,
+    (x - batch mean) / sqrt(batch variance + eps) per channel, the running statistics moved
+    toward the batch's (``momentum``; None: their cumulative average), and in ``eval()`` the
+    running statistics instead; then times ``weight`` plus ``bias``. The running statistics are
+    buffers (``state_dict`` holds them). Training updates them eagerly, from each batch's
+    values: inside fg.compile or fg.scan that would be done once, at trace time, and it is
+    refused (train eagerly, or compile the model in ``eval()``)."""
+
+    dims = ()  # the accepted input ranks
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=None):
+        super().__init__()
+        name = type(self).__name__
+        n = int_tuple(name, "num_features", (num_features,), minimum=1)[0]
+        dtype = dtype_arg(name, dtype, floats_only=True)
+        guard_weights(name, [(n,)] * 4, dtype)
+        self.num_features, self.eps = n, real(name, "eps", eps)
+        if momentum is not None and not 0.0 <= real(name, "momentum", momentum) <= 1.0:
+            raise fail(name, f"momentum={momentum}", "pass a number in [0, 1] or None")
+        self.momentum, self.affine = momentum, bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.weight = Parameter(np.ones(n, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(n, dtype)) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(n, dtype))
+            self.register_buffer("running_var", np.ones(n, dtype))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+
+    def forward(self, x):
+        name = type(self).__name__
+        x = as_tensor(x)
+        if x.ndim not in self.dims or x.shape[1] != self.num_features:
+            raise fail(name, f"input of shape {tuple(x.shape)}", "pass (N, C" +
+                       ", L" * (self.dims[-1] == 3) + ", H, W" * (self.dims[-1] == 4) +
+                       f") with C = {self.num_features}")
+        axes = (0,) + tuple(range(2, x.ndim))
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        if self.training or not self.track_running_stats:
+            count = x.size // self.num_features
+            if count < 2 and self.training:
+                raise fail(name, f"one value per channel in a batch of shape {tuple(x.shape)}",
+                           "train with batches of more than one value per channel")
+            mean = x.mean(axes, keepdim=True)
+            var = ((x - mean) ** 2).mean(axes, keepdim=True)
+            if self.training and self.track_running_stats:
+                self._track(mean, var, count)
+        else:
+            mean = self.running_mean.reshape(shape)
+            var = self.running_var.reshape(shape)
+        y = (x - mean) / (var + self.eps).sqrt()
+        if self.affine:
+            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return y
+
+    def _track(self, mean, var, count):
+        if is_replayed():
+            raise fail(type(self).__name__, "training inside fg.compile or fg.scan would "
+                       "update the running statistics once, at trace time",
+                       "train it eagerly, or call model.eval() before compiling")
+        done = self.num_batches_tracked.numpy()
+        done += 1
+        m = 1.0 / float(done) if self.momentum is None else self.momentum
+        unbiased = var.numpy().reshape(-1) * (count / (count - 1))
+        for buffer, batch in ((self.running_mean, mean.numpy().reshape(-1)),
+                              (self.running_var, unbiased)):
+            values = buffer.numpy()
+            values[...] = (1.0 - m) * values + m * batch
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, C, L) inputs over all but the channel dim, as
+    torch.nn.BatchNorm1d (see ``_BatchNorm``).
+
+    >>> import fastgrad as fg, numpy as np
+    >>> bn = fg.nn.BatchNorm1d(2)
+    >>> y = bn(np.array([[1.0, 10.0], [3.0, 30.0]]))
+    >>> y.numpy().round(3), bn.running_mean.numpy()
+    (array([[-1., -1.],
+           [ 1.,  1.]]), array([0.2, 2. ]))
+    >>> list(bn.state_dict())
+    ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+    """
+
+    dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) inputs over all but the channel dim, as
+    torch.nn.BatchNorm2d (see ``_BatchNorm``)."""
+
+    dims = (4,)
 
 
 class Dropout(Module):
