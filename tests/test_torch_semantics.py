@@ -958,3 +958,99 @@ def test_batch_norm_state_saves_loads_and_refuses_to_train_compiled():
     model.eval()
     loss, _ = fg.compile(lambda v: model(v).sum())(x)
     assert loss == pytest.approx(model(x).sum().item(), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- recurrent stacks
+def _recurrent_np(kind, x, weights, layers, directions, h0=None):
+    """torch.nn.RNN / GRU / LSTM written out in NumPy (x (T, B, I)): (outputs, h_n[, c_n])."""
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    T, B, _ = x.shape
+    finals_h, finals_c, seq = [], [], x
+    for layer in range(layers):
+        outs = []
+        for d in range(directions):
+            sfx = f"l{layer}" + ("_reverse" if d else "")
+            Wi, Wh, bi, bh = (weights[f"{w}_{sfx}"] for w in ("weight_ih", "weight_hh",
+                                                               "bias_ih", "bias_hh"))
+            H = Wh.shape[1]
+            k = layer * directions + d
+            h = np.zeros((B, H)) if h0 is None else h0[k]
+            c = np.zeros((B, H))
+            hs = np.zeros((T, B, H))
+            for t in (range(T - 1, -1, -1) if d else range(T)):
+                xi, hh = seq[t] @ Wi.T + bi, h @ Wh.T + bh
+                if kind == "RNN":
+                    h = np.tanh(xi + hh)
+                elif kind == "GRU":
+                    r, z = sig(xi[:, :H] + hh[:, :H]), sig(xi[:, H:2 * H] + hh[:, H:2 * H])
+                    n = np.tanh(xi[:, 2 * H:] + r * hh[:, 2 * H:])
+                    h = (1 - z) * n + z * h
+                else:
+                    g = xi + hh
+                    c = sig(g[:, H:2 * H]) * c + sig(g[:, :H]) * np.tanh(g[:, 2 * H:3 * H])
+                    h = sig(g[:, 3 * H:]) * np.tanh(c)
+                hs[t] = h
+            outs.append(hs)
+            finals_h.append(h)
+            finals_c.append(c)
+        seq = np.concatenate(outs, axis=2)
+    return seq, np.stack(finals_h), np.stack(finals_c)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("layers, bidirectional", [(2, False), (1, True), (3, True)])
+def test_recurrent_stacks_of_layers_and_directions_as_pytorch(kind, layers, bidirectional):
+    """num_layers and bidirectional as PyTorch's: the parameter names, the outputs (forward and
+    reverse directions concatenated), the final states (num_layers · D, B, H) in PyTorch's
+    order, and the gradients."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 2, 3))
+    layer = getattr(fg.nn, kind)(3, 4, layers, bidirectional=bidirectional, seed=0)
+    weights = {n: p.numpy() for n, p in layer.named_parameters()}
+    directions = 2 if bidirectional else 1
+    assert len(weights) == 4 * layers * directions
+    hs, final = layer(x)
+    want_hs, want_h, want_c = _recurrent_np(kind, x, weights, layers, directions)
+    np.testing.assert_allclose(hs.numpy(), want_hs, rtol=1e-12, atol=1e-12)
+    h_n, c_n = final if kind == "LSTM" else (final, None)
+    np.testing.assert_allclose(h_n.numpy(), want_h, rtol=1e-12, atol=1e-12)
+    if kind == "LSTM":
+        np.testing.assert_allclose(c_n.numpy(), want_c, rtol=1e-12, atol=1e-12)
+    (hs.sum() + (h_n * h_n).sum()).backward()
+    if torch is not None:
+        t = getattr(torch.nn, kind)(3, 4, layers, bidirectional=bidirectional).double()
+        with torch.no_grad():
+            for n, p in t.named_parameters():
+                p[...] = torch.tensor(weights[n])
+        ths, tfinal = t(torch.tensor(x))
+        th_n = tfinal[0] if kind == "LSTM" else tfinal
+        (ths.sum() + (th_n * th_n).sum()).backward()
+        np.testing.assert_allclose(hs.numpy(), ths.detach().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(h_n.numpy(), th_n.detach().numpy(), rtol=1e-10, atol=1e-12)
+        for n, p in t.named_parameters():
+            np.testing.assert_allclose(dict(layer.named_parameters())[n].grad, p.grad.numpy(),
+                                       rtol=1e-9, atol=1e-12, err_msg=n)
+
+
+def test_recurrent_initial_states_in_pytorchs_layout_and_dropout_between_layers():
+    rng = np.random.default_rng(6)
+    x, h0 = rng.normal(size=(5, 2, 3)), rng.normal(size=(4, 2, 4))
+    gru = fg.nn.GRU(3, 4, num_layers=2, bidirectional=True, seed=1)
+    weights = {n: p.numpy() for n, p in gru.named_parameters()}
+    hs, h_n = gru(x, h0)
+    want_hs, want_h, _ = _recurrent_np("GRU", x, weights, 2, 2, h0)
+    np.testing.assert_allclose(hs.numpy(), want_hs, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h_n.numpy(), want_h, rtol=1e-12, atol=1e-12)
+    one = fg.nn.RNN(3, 4, seed=1)
+    assert one(x, h0[:1])[1].shape == (1, 2, 4)  # PyTorch's (1, B, H) given, (1, B, H) back
+    assert one(x)[1].shape == (2, 4)
+    with pytest.raises(fg.FastgradError, match=r"pass \(4, 2, 4\)"):
+        gru(x, h0[:2])
+    deep = fg.nn.LSTM(3, 4, num_layers=2, dropout=0.5, seed=2)
+    a, _ = deep(x)
+    b, _ = deep(x)
+    assert not np.array_equal(a.numpy(), b.numpy())  # fresh masks between the layers
+    deep.eval()
+    np.testing.assert_array_equal(deep(x)[0].numpy(), deep(x)[0].numpy())
+    with pytest.raises(fg.FastgradError, match="dropout"):
+        fg.nn.LSTM(3, 4, num_layers=2, dropout=1.5)

@@ -628,11 +628,11 @@ class Tape:
     def _absorb(self, other: "Tape"):
         if other.dtype != self.dtype:
             raise FastgradError("internal: cannot merge tapes of different dtypes")
-        if self.body.active or other.body.active or other.scan_rows:
+        if self.body.active or other.body.active:
             raise FastgradError(
-                "scan: the step function combines a tensor recorded on another graph (or a "
-                "graph holding a scan is being merged into another). Fix: compute such "
-                "tensors before calling fg.scan on the same graph, or pass them through xs")
+                "scan: the step function combines a tensor recorded on another graph. Fix: "
+                "compute such tensors before calling fg.scan on the same graph, or pass them "
+                "through xs")
         self.flush()
         other.flush()
         nshift, vshift, ishift = self.n_nodes, self.values.n, self.ivalues.n
@@ -657,9 +657,29 @@ class Tape:
         self.producer.update({v + nshift: r + rshift for v, r in other.producer.items()})
         self.int_bounds.update({v + nshift: b for v, b in other.int_bounds.items()})
         self.tensors.merge(other.tensors.shifted(nshift))
+        for r in other.scan_rows:  # a loop's attributes name nodes and rows: they move too
+            self._shift_loop(r + rshift, nshift, rshift)
+        self.scan_rows += [r + rshift for r in other.scan_rows]
         self.n_done = self.n_rows
         other.merged_into, other.node_shift = self, nshift
         other.tensors = TensorLinks()
+
+    def _shift_loop(self, r, nshift, rshift):
+        """Move the nodes and rows that the SCAN row ``r`` and its SCAN_BEGIN row name (a
+        merged tape's loop: its rows moved by ``rshift``, its nodes by ``nshift``)."""
+        lo, hi = int(self.ip_ptr.a[r]), int(self.ip_ptr.a[r + 1])
+        a = SCAN_LAYOUT.decode(self.iparams.a[lo:hi], [], "scan")
+        fields = {f: getattr(a, f) for f in SCAN_LAYOUT.ints}
+        for f in ("begin_row", "body_start", "body_end"):
+            fields[f] += rshift
+        for f in ("xs", "x_slot", "store", "ckpt", "schedule"):
+            fields[f] += nshift if fields[f] >= 0 else 0
+        for t in SCAN_LAYOUT.tails:
+            fields[t.name] = np.asarray(getattr(a, t.name)) + nshift
+        ip, _ = SCAN_LAYOUT.encode(**fields)
+        self.iparams.a[lo:hi] = ip
+        begin = int(self.ip_ptr.a[fields["begin_row"]])
+        self.iparams.a[begin + BEGIN_LAYOUT.index("scan_row")] += rshift
 
     # ------------------------------------------------------------------ seeing it
     def _type(self, v):

@@ -25,7 +25,7 @@ from ..core.errors import fail
 from ..ops import LINEAR_ACTIVATIONS, int_tuple, real
 from ..frontend.modes import dtype_arg, get_default_dtype, is_replayed
 from ..frontend.inputs import guard_new, make_rng
-from ..frontend.tensor import Tensor, as_tensor, real_array
+from ..frontend.tensor import Tensor, as_tensor, concatenate, real_array, stack
 from ..frontend.creation import zeros
 from ..transforms.scan import scan
 
@@ -1025,45 +1025,102 @@ class utils:  # noqa: N801 - spelled as torch.nn.utils
 
 # ----------------------------------------------------------------------------- recurrent layers
 class _Recurrent(Module):
-    """Shared by RNN, LSTM, GRU: PyTorch's parameter names, layout and default init
+    """Shared by RNN, LSTM, GRU: PyTorch's parameter names (``weight_ih_l{k}``, ...,
+    ``_reverse`` for the second direction), layout, argument order and default init
     U(-1/sqrt(H), 1/sqrt(H)); input (T, B, I) or (B, T, I) with batch_first, or unbatched (T, I).
 
-    forward(xs, h0=None) -> (outputs (T, B, H), final state). The loop is one ``fg.scan``: the
-    step is recorded once, and the input projection x W_ih^T for all T steps is one matrix
-    product outside the loop. With ``checkpoint`` ("sqrt" keeps ~sqrt(T) states,
-    fg.Binomial(slots=s) keeps s carries; see fg.scan) the projection moves inside the loop, so
-    no buffer grows with T but the input itself; with ``stack_outputs=False`` the outputs are
-    not kept either (returned as None): this is how a 10^7-step unroll fits in memory. To train
-    on a stream in windows (truncated BPTT), pass the layer to fg.truncated_bptt.
+    forward(xs, h0=None) -> (outputs (T, B, D·H), final state). Each layer and direction is one
+    ``fg.scan``: the step is recorded once, and the input projection x W_ih^T for all T steps
+    is one matrix product outside the loop. With ``num_layers`` > 1 each layer reads the
+    outputs of the one below (``dropout`` on them while training, eagerly: as
+    ``nn.Dropout``); with ``bidirectional`` a second scan runs over the reversed sequence and
+    the outputs are concatenated (forward, then reverse), as PyTorch's. The final state of one
+    layer in one direction is (B, H) (PyTorch: (1, B, H); pass h0 as (1, B, H) to get that
+    shape back); with several it is (num_layers · D, B, H), as PyTorch's. With ``checkpoint``
+    ("sqrt" keeps ~sqrt(T) states, fg.Binomial(slots=s) keeps s carries; see fg.scan) the
+    projection moves inside the loop, so no buffer grows with T but the input itself; with
+    ``stack_outputs=False`` the last layer's outputs are not kept either (returned as None):
+    this is how a 10^7-step unroll fits in memory. To train on a stream in windows
+    (truncated BPTT), pass the layer to fg.truncated_bptt.
     """
 
     gates = 1
     fold_hh_bias = False  # b_hh can join b_ih outside the loop only where it is added to x W_ih
 
-    def __init__(self, input_size, hidden_size, bias=True, batch_first=False, checkpoint=None,
-                 seed=None, dtype=None, stack_outputs=True):
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, checkpoint=None, seed=None, dtype=None,
+                 stack_outputs=True):
         super().__init__()
         self.stack_outputs = stack_outputs
         op = type(self).__name__
-        input_size, hidden_size = layer_sizes(op, input_size=input_size, hidden_size=hidden_size)
+        input_size, hidden_size, num_layers = layer_sizes(
+            op, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        dropout = real(op, "dropout", dropout)
+        if not 0.0 <= dropout <= 1.0:
+            raise fail(op, f"dropout={dropout}", "pass a probability in [0, 1]")
         dtype = dtype_arg(op, dtype, floats_only=True)
+        directions = 2 if bidirectional else 1
         bound = 1.0 / math.sqrt(hidden_size)
         g = self.gates * hidden_size
-        guard_weights(op, [(g, input_size), (g, hidden_size)] + [(g,)] * (2 if bias else 0),
-                      dtype)
+        sizes = [input_size] + [hidden_size * directions] * (num_layers - 1)
+        per_cell = [(g, hidden_size)] + [(g,)] * (2 if bias else 0)
+        guard_weights(op, [shape for n_in in sizes for _ in range(directions)
+                           for shape in [(g, n_in)] + per_cell], dtype)
         rng = _rng(seed, op)
 
         def uniform(*shape):
             return Parameter(rng.uniform(-bound, bound, shape).astype(dtype))
 
-        self.input_size, self.hidden_size = input_size, hidden_size
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bidirectional, self.dropout = bool(bidirectional), dropout
         self.batch_first, self.checkpoint = batch_first, checkpoint
-        self.weight_ih_l0 = uniform(g, input_size)
-        self.weight_hh_l0 = uniform(g, hidden_size)
-        self.bias_ih_l0 = uniform(g) if bias else None
-        self.bias_hh_l0 = uniform(g) if bias else None
+        for layer, n_in in enumerate(sizes):
+            for sfx in ("", "_reverse")[:directions]:
+                name = f"l{layer}{sfx}"
+                setattr(self, "weight_ih_" + name, uniform(g, n_in))
+                setattr(self, "weight_hh_" + name, uniform(g, hidden_size))
+                setattr(self, "bias_ih_" + name, uniform(g) if bias else None)
+                setattr(self, "bias_hh_" + name, uniform(g) if bias else None)
+        if dropout and num_layers > 1:
+            self.rng = np.random.default_rng(rng.integers(2**63))
 
-    def _inputs(self, xs):
+    # ------------------------------------------------------------------ one layer, one direction
+    def _cell(self, layer, reverse):
+        """(W_ih, W_hh, b_ih, b_hh) of one layer and direction."""
+        name = f"l{layer}" + ("_reverse" if reverse else "")
+        return tuple(getattr(self, f"{w}_{name}")
+                     for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+    def _hh_bias(self, cell):
+        """b_hh inside the loop, unless it was folded into the projection outside."""
+        return None if self.fold_hh_bias and self.checkpoint is None else cell[3]
+
+    def _project(self, x, cell):
+        """The input projection of one step when it runs inside the loop, else x itself."""
+        if self.checkpoint is None:
+            return x
+        return functional.linear(x, cell[0], cell[2])
+
+    def _layer(self, seq, cell, init, reverse, stack):
+        """(outputs (T, B, H) or None, final carry) of one layer in one direction over ``seq``."""
+        if reverse:
+            seq = seq.flip(0)
+        T, B, n_in = seq.shape
+        if self.checkpoint is None:  # project outside the loop: one product for all T steps
+            bias = cell[2]
+            if self.fold_hh_bias and bias is not None:  # one bias add outside the loop, not T
+                bias = bias + cell[3]
+            seq = functional.linear(seq.reshape(T * B, n_in), cell[0], bias).reshape(
+                T, B, self.gates * self.hidden_size)
+        out = scan(self._step(cell), init, seq, checkpoint=self.checkpoint, stack=stack)
+        hs, final = out if stack else (None, out)
+        return (hs.flip(0) if reverse and hs is not None else hs), final
+
+    def _step(self, cell):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the whole stack
+    def _sequence(self, xs):
         xs = as_tensor(xs)
         unbatched = xs.ndim == 2
         if unbatched:
@@ -1074,46 +1131,85 @@ class _Recurrent(Module):
             raise fail(type(self).__name__, f"expects input (T, B, {self.input_size}) "
                        f"{'(batch_first: (B, T, I))' if self.batch_first else ''}, got "
                        f"{tuple(xs.shape)}", "reshape the input sequence")
-        T, B, _ = xs.shape
-        if self.checkpoint is not None:  # project inside the loop: nothing of size T x H kept
-            return xs, B, unbatched
-        bias = self.bias_ih_l0
-        if self.fold_hh_bias and bias is not None:  # one bias add outside the loop, not T
-            bias = bias + self.bias_hh_l0
-        proj = functional.linear(xs.reshape(T * B, self.input_size), self.weight_ih_l0, bias)
-        return proj.reshape(T, B, self.gates * self.hidden_size), B, unbatched
-
-    def _hh_bias(self):
-        """b_hh inside the loop, unless it was folded into the projection outside."""
-        return None if self.fold_hh_bias and self.checkpoint is None else self.bias_hh_l0
-
-    def _project(self, x):
-        """The input projection of one step when it runs inside the loop, else x itself."""
-        if self.checkpoint is None:
-            return x
-        return functional.linear(x, self.weight_ih_l0, self.bias_ih_l0)
-
-    def _scan(self, step, init, seq):
-        out = scan(step, init, seq, checkpoint=self.checkpoint, stack=self.stack_outputs)
-        return out if self.stack_outputs else (None, out)
+        return xs, unbatched
 
     def _zeros(self, B):
         return zeros(B, self.hidden_size, dtype=self.weight_hh_l0.dtype)
 
-    def _outputs(self, hs, final, unbatched):
+    def _initial(self, state, B, unbatched):
+        """Per layer and direction, the initial carry; and whether the caller gave the states
+        stacked (PyTorch's (num_layers · D, B, H))."""
+        count = self.num_layers * (1 + self.bidirectional)
+        parts = 2 if self.gates == 4 else 1  # an LSTM's carry is (h, c)
+        if state is None:
+            carries = [self._zeros(B) for _ in range(count * parts)]
+            stacked = count > 1
+        else:
+            given = list(state) if parts == 2 else [state]
+            if parts == 2 and len(given) != 2:
+                raise fail(type(self).__name__, f"state of {len(given)} tensors",
+                           "pass (h0, c0)")
+            given = [as_tensor(t) for t in given]
+            want = (B, self.hidden_size)
+            stacked = count > 1 or given[0].ndim == 3 - unbatched
+            carries = []
+            for t in given:
+                shape = ((count,) if stacked else ()) + ((self.hidden_size,) if unbatched
+                                                         else want)
+                if tuple(t.shape) != shape:
+                    raise fail(type(self).__name__, f"initial state of shape {tuple(t.shape)}",
+                               f"pass {shape} (num_layers · directions = {count})")
+                t = t.reshape((count,) + want) if stacked else t.reshape(want)
+                carries += [t[k] for k in range(count)] if stacked else [t]
+        if parts == 2:
+            return [(carries[k], carries[count + k]) for k in range(count)], stacked
+        return carries, stacked
+
+    def forward(self, xs, state=None):
+        seq, unbatched = self._sequence(xs)
+        B = seq.shape[1]
+        inits, stacked = self._initial(state, B, unbatched)
+        directions = 1 + self.bidirectional
+        finals = []
+        for layer in range(self.num_layers):
+            last = layer == self.num_layers - 1
+            outs = []
+            for d in range(directions):
+                hs, final = self._layer(seq, self._cell(layer, d == 1),
+                                        inits[layer * directions + d], d == 1,
+                                        not last or self.stack_outputs)
+                outs.append(hs)
+                finals.append(final)
+            seq = outs[0] if directions == 1 or outs[0] is None else concatenate(outs, axis=2)
+            if not last and self.dropout and self.training:
+                seq = functional.dropout(seq, self.dropout, True, self.rng)
+        return self._outputs(seq, finals, stacked, unbatched)
+
+    def _outputs(self, hs, finals, stacked, unbatched):
+        width = self.hidden_size * (1 + self.bidirectional)
         if hs is None:
             pass
         elif unbatched:
-            hs = hs.reshape(hs.shape[0], self.hidden_size)
+            hs = hs.reshape(hs.shape[0], width)
         elif self.batch_first:
             hs = hs.transpose(1, 0, 2)
-        if unbatched:
-            final = tuple(f.reshape(self.hidden_size) for f in final) if isinstance(
-                final, tuple) else final.reshape(self.hidden_size)
-        return hs, final
+        shape = (self.hidden_size,) if unbatched else tuple(finals[0][0].shape if isinstance(
+            finals[0], tuple) else finals[0].shape)
+
+        def gather(ts):
+            if not stacked:
+                return ts[0].reshape(shape)
+            return stack(ts).reshape((len(ts),) + shape)
+
+        if isinstance(finals[0], tuple):  # an LSTM: (h, c)
+            return hs, (gather([f[0] for f in finals]), gather([f[1] for f in finals]))
+        return hs, gather(finals)
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}"
+        extra = "".join(f", {k}={v}" for k, v, default in (
+            ("num_layers", self.num_layers, 1), ("dropout", self.dropout, 0.0),
+            ("bidirectional", self.bidirectional, False)) if v != default)
+        return f"{self.input_size}, {self.hidden_size}{extra}"
 
 
 class RNN(_Recurrent):
@@ -1124,29 +1220,32 @@ class RNN(_Recurrent):
     >>> hs, h_T = rnn(np.ones((5, 2, 3)))
     >>> hs.shape, h_T.shape
     ((5, 2, 4), (2, 4))
+    >>> deep = fg.nn.RNN(3, 4, num_layers=2, bidirectional=True, seed=0)
+    >>> hs, h_n = deep(np.ones((5, 2, 3)))
+    >>> hs.shape, h_n.shape
+    ((5, 2, 8), (4, 2, 4))
     """
 
     fold_hh_bias = True
 
-    def __init__(self, input_size, hidden_size, nonlinearity="tanh", bias=True,
-                 batch_first=False, checkpoint=None, seed=None, dtype=None, stack_outputs=True):
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, *, checkpoint=None,
+                 seed=None, dtype=None, stack_outputs=True):
         if nonlinearity not in ("tanh", "relu"):
             raise fail("RNN", f"unknown nonlinearity {nonlinearity!r}", "use 'tanh' or 'relu'")
-        super().__init__(input_size, hidden_size, bias, batch_first, checkpoint, seed, dtype,
-                         stack_outputs)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, checkpoint=checkpoint, seed=seed, dtype=dtype,
+                         stack_outputs=stack_outputs)
         self.nonlinearity = nonlinearity
 
-    def forward(self, xs, h0=None):
-        proj, B, unbatched = self._inputs(xs)
-        W, b = self.weight_hh_l0, self._hh_bias()
+    def _step(self, cell):
+        W, b = cell[1], self._hh_bias(cell)
 
         def step(h, xp):  # one LINEAR_ACT row: act(h W_hh^T + (x_t W_ih^T + biases))
-            c = self._project(xp)
+            c = self._project(xp, cell)
             return functional.linear_act(h, W, c if b is None else c + b, self.nonlinearity)
 
-        h0 = self._zeros(B) if h0 is None else h0
-        hs, h_T = self._scan(step, h0, proj)
-        return self._outputs(hs, h_T, unbatched)
+        return step
 
 
 class LSTM(_Recurrent):
@@ -1156,21 +1255,18 @@ class LSTM(_Recurrent):
     gates = 4
     fold_hh_bias = True
 
-    def forward(self, xs, state=None):
-        proj, B, unbatched = self._inputs(xs)
-        H, W, b = self.hidden_size, self.weight_hh_l0, self._hh_bias()
+    def _step(self, cell):
+        H, W, b = self.hidden_size, cell[1], self._hh_bias(cell)
 
         def step(carry, xp):
             h, c = carry
-            z = self._project(xp) + functional.linear(h, W, b)
+            z = self._project(xp, cell) + functional.linear(h, W, b)
             i, f = z[:, 0:H].sigmoid(), z[:, H : 2 * H].sigmoid()
             g, o = z[:, 2 * H : 3 * H].tanh(), z[:, 3 * H : 4 * H].sigmoid()
             c = f * c + i * g
             return o * c.tanh(), c
 
-        state = (self._zeros(B), self._zeros(B)) if state is None else tuple(state)
-        hs, final = self._scan(step, state, proj)
-        return self._outputs(hs, final, unbatched)
+        return step
 
 
 class GRU(_Recurrent):
@@ -1179,18 +1275,15 @@ class GRU(_Recurrent):
 
     gates = 3
 
-    def forward(self, xs, h0=None):
-        proj, B, unbatched = self._inputs(xs)
-        H, W, b = self.hidden_size, self.weight_hh_l0, self.bias_hh_l0
+    def _step(self, cell):
+        H, W, b = self.hidden_size, cell[1], cell[3]
 
         def step(h, xp):
-            xp = self._project(xp)
+            xp = self._project(xp, cell)
             hp = functional.linear(h, W, b)
             r = (xp[:, 0:H] + hp[:, 0:H]).sigmoid()
             z = (xp[:, H : 2 * H] + hp[:, H : 2 * H]).sigmoid()
             n = (xp[:, 2 * H :] + r * hp[:, 2 * H :]).tanh()
             return n + z * (h - n)
 
-        h0 = self._zeros(B) if h0 is None else h0
-        hs, h_T = self._scan(step, h0, proj)
-        return self._outputs(hs, h_T, unbatched)
+        return step
