@@ -5,7 +5,7 @@ of hidden H, batch B, float32 or float64, T steps:
 
   fused      fg.nn.RNN(H, H): one LINEAR_ACT row, run by the single-cell scan kernel
   plain_T    fg.scan over (h @ Wh.T + x).tanh(): matmul, add, tanh rows, which the fusion
-             pass (fastgrad/fusion.py) makes one LINEAR_ACT row, as fused
+             pass (fastgrad/transforms/fusion.py) makes one LINEAR_ACT row, as fused
   plain      fg.scan over (h @ Wh + x).tanh() (weight stored (in, out)): the same, the product
              on the weight as it is stored (trans_b=0)
   unfused_T  plain_T with fg.compile(..., fuse=False): the three rows by the general path

@@ -11,6 +11,7 @@
 
 import importlib as _importlib
 import sys as _sys
+import types as _types
 
 from .core.errors import FastgradError
 from .core.memory import set_memory_limit
@@ -49,7 +50,17 @@ from .runtime import kernel_cache as _kernel_cache
 
 # The first release's import paths (one module per name at the top: `fastgrad.tape.Tape`,
 # `import fastgrad.nn`, `from fastgrad.tensor import Tensor`) keep working: each names the
-# module that holds its names now.
+# module that holds its names now, or, for `fastgrad.compile` (whose names now live in three
+# modules), a module holding them all.
+def _first_release_module(name, *modules):
+    merged = _types.ModuleType(f"{__name__}.{name}", f"fastgrad.{name} of the first release: "
+                               f"the names of {', '.join(m.__name__ for m in modules)}.")
+    merged.__all__ = sorted({n for m in modules for n in m.__all__})
+    for m in reversed(modules):
+        vars(merged).update({n: getattr(m, n) for n in m.__all__})
+    return merged
+
+
 for _old, _new in {
     "errors": "core.errors", "timing": "core.timing", "memory": "core.memory",
     "datasets": "data.digits", "tape": "runtime.tape", "kernel_cache": "runtime.kernel_cache",
@@ -58,11 +69,21 @@ for _old, _new in {
     "losses": "frontend.losses", "conv": "frontend.conv", "fusion": "transforms.fusion",
     "reference": "transforms.reference", "scan": "transforms.scan", "jvp": "transforms.jvp",
     "gradcheck": "transforms.gradcheck", "optim": "training.optim",
-    "compile": "training.compile", "bptt": "training.bptt", "nn": "training.nn",
-    "carry_norms": "training.carry_norms",
+    "compile": ("training.compile", "training.fit", "training.program"),
+    "bptt": "training.bptt", "nn": "training.nn", "carry_norms": "training.carry_norms",
 }.items():
-    _sys.modules[f"{__name__}.{_old}"] = _importlib.import_module(f"{__name__}.{_new}")
-    globals().setdefault(_old, _sys.modules[f"{__name__}.{_old}"])  # fg.nn, fg.functional, ...
+    if isinstance(_new, tuple):
+        _module = _first_release_module(
+            _old, *(_importlib.import_module(f"{__name__}.{n}") for n in _new))
+    else:
+        _module = _importlib.import_module(f"{__name__}.{_new}")
+    _sys.modules[f"{__name__}.{_old}"] = _module
+    globals().setdefault(_old, _module)  # fg.nn, fg.functional, ...
+# `fastgrad.kernel_cache.warmup` (and its families) of the first release is fastgrad.warmup's
+from . import warmup as _warmup  # noqa: E402
+
+vars(_kernel_cache).update({n: getattr(_warmup, n) for n in _warmup.__all__})
+del _old, _new, _module
 
 _kernel_cache.install()  # a first call that compiles kernels says so (docs/kernel-cache.md)
 

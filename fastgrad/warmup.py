@@ -32,10 +32,10 @@ __all__ = ["ALL_OPS", "DTYPES", "FAMILIES", "op_names", "warmup"]
 FAMILIES = {
     "eager": "x.backward() and opt.step(): the forward and backward replay of a recorded tape "
              "(fg.scan loops run inside it) and the optimizer update",
-    "step": "compile_step(loss_fn, optimizer=opt): the compiled training step, for an input "
+    "step": "fg.compile(loss_fn, optimizer=opt): the compiled training step, for an input "
             "of rows (batch, features) and for any other (a sequence (T, batch, features))",
     "fit": "fg.fit: the native epoch loop",
-    "scan": "fg.scan loops (nn.RNN, LSTM, GRU, checkpointed or not), eager and in a "
+    "scan": "fg.scan loops (fg.nn.RNN, LSTM, GRU, checkpointed or not), eager and in a "
             "compiled step: the kernels above that they run in",
 }
 DTYPES = ("float32", "float64")
@@ -83,7 +83,7 @@ def _warm_step(dtype):
 
 def _warm_fit(dtype):
     fit(_tiny_step(dtype), np.ones((4, 2), dtype), np.array([0, 1, 1, 0]),
-           batch_size=2, drop_last=True, progress=False)
+        batch_size=2, drop_last=True, progress=False)
 
 
 def _warm_scan(dtype):

@@ -217,7 +217,7 @@ def matmul_vjp(A, B, gC, gA, na, gB, nb_, ip, scratch, value_alpha):
 
     na / nb_ are gradient modes: 0 none, 1 accumulate, 2 this row is the only consumer: with a
     single (unbatched) product the gradient is then overwritten, not added to, on both paths, so
-    a training step skips clearing it (training/compile.py, ``overwritten_by_vjp``). The BLAS
+    a training step skips clearing it (training/program.py, ``overwritten_by_vjp``). The BLAS
     path accumulates with gemm's beta = 1 (kernels/blas.py): no scratch, no second pass.
     nb_ = INTO_VALUE (a single product): B += value_alpha * (A^T @ gC), after gA has read B;
     gB is then work space (the loop path).

@@ -66,7 +66,7 @@ def _step(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, ke
     return loss, norm, -1, 0
 
 
-# The layout of ``train_step``'s packed arguments: header entries of ``ints`` (training/compile.py
+# The layout of ``train_step``'s packed arguments: header entries of ``ints`` (training/program.py
 # packs them). ints[H_SEGMENTS + k] is where the k-th int64 segment starts (k = 0..10: the
 # tape's ops, outs, in_ptr, in_idx, ip_ptr, iparams, fp_ptr, node_off, node_size, then the
 # zero_spans rows and the keep_spans rows), ints[H_SEGMENTS + 11] where the last one ends.

@@ -1,5 +1,5 @@
 """The large matrix products never run on more BLAS threads than the cores other processes leave
-free (fastgrad/blas_threads.py, kernels/blas.py); a training step beside a busy process slows by
+free (runtime/blas_threads.py, kernels/blas.py); a training step beside a busy process slows by
 the CPU share it loses, not by a thread pool waiting for a descheduled thread."""
 
 import json

@@ -1,4 +1,4 @@
-"""The fusion pass (fastgrad/fusion.py): plain rows as people write them replay as the fused
+"""The fusion pass (transforms/fusion.py): plain rows as people write them replay as the fused
 rows of the registry, with the same results to rounding, and only where nothing else reads
 what a fused row no longer writes."""
 

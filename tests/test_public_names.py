@@ -132,14 +132,14 @@ FIRST_RELEASE_PATHS = {
     "fastgrad.io": ["save", "load", "validate_tape", "atomic_write"],
     "fastgrad.study": ["rnn_gradient_norms", "sweep", "StudyResult"],
     "fastgrad.datasets": ["load_digits"],
-    "fastgrad.kernel_cache": ["REPORTER", "cache_status"],
+    "fastgrad.kernel_cache": ["REPORTER", "cache_status", "warmup", "FAMILIES"],
     "fastgrad.jvp": ["RULES", "jvp"],
     "fastgrad.anomaly": ["locate"],
     "fastgrad.timing": ["median_time"],
     "fastgrad.errors": ["FastgradError", "fail"],
     "fastgrad.memory": ["set_memory_limit"],
     "fastgrad.scan": ["Binomial"],
-    "fastgrad.compile": ["Compiled"],
+    "fastgrad.compile": ["Compiled", "compile", "fit", "History", "Program", "step_lock"],
 }
 
 

@@ -722,7 +722,7 @@ def test_the_compiled_functions_input_as_a_scans_sequence_or_carry_matches_eager
 
 def _transposed_cell_loop(w0, xs, compiled=False):
     """((h @ w.T) + x).tanh() over xs; returns (h_T, w's gradient, the ops before the loop's
-    SCAN_BEGIN row, the ops of its body). The eager loop is not fused (fastgrad/fusion.py),
+    SCAN_BEGIN row, the ops of its body). The eager loop is not fused (transforms/fusion.py),
     so that its body keeps the rows as recorded; the compiled one is."""
     w = fg.tensor(w0, requires_grad=True)
 

@@ -204,8 +204,9 @@ def test_a_vjp_writes_into_an_into_value_target_with_the_sweeps_alpha(rows, acti
     modes[[node[id(w)], node[id(b)]]] = INTO_VALUE
     grads = np.zeros(tape.values.a.size, tape.dtype)
     grads[tape.node_off.a[loss._node]] = 1.0
-    bad = kernels.replay_backward(tape.arrays(), tape.values.a, tape.ivalues.a, tape.program.param_arena,
-                                  grads, tape.program.param_grads, modes, tape.scratch(), 0,
+    arrays = tape.program_arrays
+    bad = kernels.replay_backward(tape.arrays(), tape.values.a, tape.ivalues.a, arrays.param_arena,
+                                  grads, arrays.param_grads, modes, tape.scratch(), 0,
                                   tape.producer[loss._node] + 1, False, 0.5)
     assert bad == -1
 

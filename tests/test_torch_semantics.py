@@ -662,6 +662,13 @@ def test_indexing_as_pytorch(name):
         np.testing.assert_array_equal(x.grad, t.grad.numpy())
 
 
+def test_index_add_and_scatter_add_refuse_negative_indices_as_pytorch():
+    for call in (lambda: fg.zeros(3).index_add(0, np.array([-1]), fg.ones(1)),
+                 lambda: fg.zeros(3).scatter_add(0, np.array([-1]), fg.ones(1))):
+        with pytest.raises(fg.FastgradError, match=r"index -1 is out of range \[0, 3\)"):
+            call()
+
+
 def test_scatter_add_and_index_add_read_the_source_gradient_back_where_it_was_added():
     """The source's gradient is the output's at the places it was added to (entries added to a
     repeated place each get that place's gradient; alpha scales it), as PyTorch's."""
@@ -952,6 +959,8 @@ def test_batch_norm_state_saves_loads_and_refuses_to_train_compiled():
     other.load_state_dict(model.state_dict())
     np.testing.assert_array_equal(other[1].running_var.numpy(), bn.running_var.numpy())
     assert all(p is not bn.running_mean for p in model.parameters())
+    bn.running_mean = np.array([5.0, 5.0])  # a buffer assigned anew stays the buffer
+    np.testing.assert_array_equal(model.state_dict()["1.running_mean"], [5.0, 5.0])
     x = np.array([[1.0, 2.0], [3.0, 5.0]])
     with pytest.raises(fg.FastgradError, match="running statistics once, at trace time"):
         fg.compile(lambda v: model(v).sum())(x)

@@ -35,6 +35,8 @@ def from_numpy(array) -> Tensor:
         raise fail("from_numpy", f"unsupported dtype {array.dtype}", "pass an array of numbers "
                    "(float32/float64 values, integer indices or labels)")
     return Tensor(array)
+
+
 def _creation_args(op, shape, dtype, requires_grad, floats_only=False):
     flag(op, "requires_grad", requires_grad)
     return shape_arg(op, shape), dtype_arg(op, dtype, floats_only)
@@ -92,6 +94,8 @@ def full(shape, fill_value, dtype=None, requires_grad=False) -> Tensor:
     shape, dtype = _creation_args("full", (shape,), dtype, requires_grad)
     guard_new("full", math.prod(shape) * dtype.itemsize, shape)
     return Tensor(np.full(shape, fill_value, dtype), requires_grad)
+
+
 def _like(op, x, dtype):
     x = as_tensor(x)
     return x.shape, (x.dtype if dtype is None else dtype_arg(op, dtype))

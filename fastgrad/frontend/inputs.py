@@ -48,6 +48,8 @@ def input_dtype_problem(dtype, want):
     if dtype.kind == "f" and want is not None and dtype != want:
         return (f"dtype {dtype} for a {want} computation", f"cast it with .astype(np.{want})")
     return None
+
+
 def shape_arg(op, shape) -> tuple:
     """A creation function's ``*shape`` (ints, or one tuple/list/array of them) as a tuple of
     non-negative Python ints; floats, bools, strings, None and negative sizes are refused.
@@ -78,6 +80,8 @@ def guard_new(op, nbytes, shape):
     """The memory guard for a new array of ``shape`` whose making holds ``nbytes``."""
     guard_memory(op, nbytes, f"shape {fmt(tuple(shape))} does not fit; use a smaller shape "
                  "(or raise fg.set_memory_limit)")
+
+
 def one_int(op, what, value, minimum) -> int:
     """``value`` as one Python int >= ``minimum`` (bools, floats and sequences refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or \
@@ -85,6 +89,8 @@ def one_int(op, what, value, minimum) -> int:
         raise fail(op, f"{what} must be an int >= {minimum}, got {value!r}",
                    f"pass an int {what}")
     return int(value)
+
+
 def checked_indices(name, values, lo, hi, where) -> np.ndarray:
     """``values`` (integers) as a new int64 array with every entry in [lo, hi) and negative
     entries counted from the end (when lo < 0), else FastgradError naming the bad index.

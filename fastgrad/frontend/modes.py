@@ -20,6 +20,8 @@ __all__ = ["FLOAT_DTYPES", "dtype_arg", "enable_grad", "get_default_dtype", "is_
 _state = threading.local()
 _DEFAULT_DTYPE = [np.dtype(np.float64)]
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def get_default_dtype():
     """The float dtype for tensors made from Python numbers (float64, as NumPy)."""
     return _DEFAULT_DTYPE[0]
@@ -87,6 +89,8 @@ def refuse_frozen_draw(op, seed):
         raise fail(op, "an unseeded random draw inside fg.compile or fg.scan would be drawn "
                    "once and reused at every call or step", "draw outside and pass the values "
                    "in as an input, or pass seed= for a fixed constant")
+
+
 def is_grad_enabled() -> bool:
     """Whether ops are recorded for backward (False inside ``fg.no_grad()``).
 
@@ -118,6 +122,8 @@ def enable_grad():
     array([2., 4.])
     """
     return _thread_setting("grad", True, True)
+
+
 def dtype_arg(op, dtype, floats_only=False) -> np.dtype:
     """``dtype`` as a NumPy dtype fastgrad can hold (None: the default float dtype).
 

@@ -32,6 +32,8 @@ def _attr_names(op):
         _ATTR_NAMES[op] = None if any(p.kind == p.VAR_KEYWORD for p in params) else \
             frozenset(p.name for p in params)
     return _ATTR_NAMES[op]
+
+
 def import_tensor(tape, t, kind, need_values, what=None):
     """Node id of tensor ``t`` on ``tape``, copying a leaf's (or foreign tensor's) values in.
 
@@ -63,6 +65,8 @@ def import_tensor(tape, t, kind, need_values, what=None):
     if need:
         tape.tensors.leaves.append((t, v))
     return v
+
+
 def check_attributes(op, attrs):
     """Refuse keyword attributes that op's shape rule does not take."""
     allowed = _attr_names(op)
@@ -121,12 +125,16 @@ def record(op: Op, ts, attrs):
         tape, out, folding = _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp,
                                      dtype, grad_on, need)
     return tape, out, need, folding
+
+
 def float_dtype_of(t):
     """The float dtype operand ``t`` brings to an op: its own, its tape's for a mask or index
     values held as floats on a tape, None for integer and bool constants."""
     if t._as is not None and t._tape is not None:
         return t.tape.dtype
     return t.dtype if t.dtype.kind == "f" else None
+
+
 def _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp, dtype, grad_on, need):
     """Choose the tape (merging the operands' tapes), record the row on it; returns (tape,
     output node, whether the result is a constant to fold). The caller holds RECORDING."""
@@ -159,6 +167,8 @@ def _record(op, name, d, ts, shapes, attrs, out_shape, ip, fp, dtype, grad_on, n
                 tape.absorb(other)
         return tape, _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp,
                                  grad_on or tracing, need, body), folding
+
+
 def _record_row(tape, op, name, d, ts, shapes, attrs, out_shape, ip, fp, on_graph, need, body):
     """Import the operands into ``tape`` and record the row; returns its output node.
     ``on_graph``: an operand recorded on ``tape`` is read by node (grad on, or tracing), not

@@ -35,6 +35,8 @@ __all__ = ["Tensor", "TensorSize", "ValuesIndices", "apply", "as_tensor", "broad
 
 
 _flag = flag  # requires_grad_'s argument is named flag, as PyTorch's
+
+
 def _traced_copy(t, what) -> "Tensor":
     """``t``'s values cut from the graph, recorded (so a compiled program recomputes them, or
     reloads the leaf, per call): a new tensor naming ``t``'s node when it is recorded and no
@@ -45,6 +47,8 @@ def _traced_copy(t, what) -> "Tensor":
             return Tensor._on_tape(t.tape, t.node, False)
     with no_grad():
         return unary(Op.MUL_SCALAR, t, 1.0)
+
+
 def input_array(value) -> np.ndarray:
     """``value`` as the array it enters a computation as (see ``input_dtype_problem``): a
     tensor's values, an array as it is, Python data (lists, numbers) as ``fg.tensor`` makes it
@@ -60,6 +64,8 @@ def input_array(value) -> np.ndarray:
 def _scalar(x):
     return isinstance(x, numbers.Number) and not isinstance(x, bool) or (
         isinstance(x, np.generic) and x.dtype.kind in "fiu")
+
+
 class Tensor:
     """An n-dimensional array that records the ops applied to it.
 
@@ -1178,6 +1184,8 @@ def _stack_nested(data, dtype):
         return tensor(d, dtype=ref)
 
     return build(data)
+
+
 def as_tensor(x, dtype=None) -> Tensor:
     """``x`` as a Tensor of the same shape, copying only when needed (like torch.as_tensor).
 
@@ -1201,6 +1209,8 @@ def as_tensor(x, dtype=None) -> Tensor:
         dtype = None if dtype is None else dtype_arg("as_tensor", dtype)
         return Tensor(x if dtype is None or x.dtype == dtype else x.astype(dtype))
     return tensor(x, dtype=dtype)
+
+
 def unary(op, x, c0=0.0, c1=0.0) -> Tensor:
     """Record an elementwise op with scalar constants (x + 2, x ** 3, leaky_relu(x, 0.1))."""
     if op in _INTEGER_SCALAR_OPS and isinstance(x, Tensor) and _integer_constant(x) and \
@@ -1214,6 +1224,8 @@ def unary(op, x, c0=0.0, c1=0.0) -> Tensor:
 
 _INTEGER_SCALAR_OPS = {Op.ADD_SCALAR: np.add, Op.MUL_SCALAR: np.multiply,
                        Op.POW_SCALAR: np.power}
+
+
 def apply(op: Op, *operands, **attrs) -> Tensor:
     """Validate operands with the op's shape rule, record one row, return the output tensor."""
     check_attributes(op, attrs)
@@ -1226,6 +1238,8 @@ def apply(op: Op, *operands, **attrs) -> Tensor:
     if folding:
         return Tensor(np.array(result.numpy()))
     return result
+
+
 def _operands(operands) -> list:
     """An op's operands as tensors, Python numbers taking the float dtype of the tensors (or
     float arrays) beside them, as PyTorch's scalars do: ``x32 > 0.5`` compares in float32."""
@@ -1239,6 +1253,8 @@ def _operands(operands) -> list:
             break
     return [tensor(o, dtype=ref) if ref is not None and isinstance(o, (int, float))
             else as_tensor(o) for o in operands]
+
+
 def _reduce(op, x, axis, keepdims):
     x = as_tensor(x)
     if isinstance(axis, (tuple, list)):

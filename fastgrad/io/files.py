@@ -63,6 +63,8 @@ __all__ = ["FORMAT", "HEADER", "VERSION", "load", "save"]
 
 FORMAT, VERSION = "fastgrad", 1
 HEADER = "__fastgrad__"
+
+
 # ----------------------------------------------------------------------------- save
 def save(obj, path) -> None:
     """Write ``obj`` to ``path`` (an ``.npz`` file) atomically: temp file, fsync, rename.

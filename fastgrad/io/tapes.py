@@ -39,7 +39,7 @@ def tape_to_arrays(tape: Tape, put) -> dict:
            "node_need": put(tape.node_need.view.copy()),
            "values": put(tape.values.view.copy()),
            "ivalues": put(tape.ivalues.view.copy()),
-           "param_arena": put(np.array(tape.program.param_arena, copy=True))}
+           "param_arena": put(np.array(tape.program_arrays.param_arena, copy=True))}
     for name in _TAPE_INTS:
         doc[name] = put(getattr(tape, name).view.copy())
     return doc
@@ -72,8 +72,8 @@ def tape_from_arrays(doc, get) -> Tape:
     tape.node_need = _grow(arr("node_need", np.int8), np.int8)
     tape.values = _grow(arr("values", dtype), dtype)
     tape.ivalues = _grow(arr("ivalues", np.int64), np.int64)
-    tape.program.param_arena = np.array(arr("param_arena", dtype), copy=True)
-    tape.program.param_grads = np.zeros_like(tape.program.param_arena)
+    tape.program_arrays.param_arena = np.array(arr("param_arena", dtype), copy=True)
+    tape.program_arrays.param_grads = np.zeros_like(tape.program_arrays.param_arena)
     ptr, dims = arr("shape_ptr", np.int64), arr("shape_dims", np.int64)
     n = tape.node_off.n
     if ptr.size != n + 1 or not partitions(ptr, dims.size):

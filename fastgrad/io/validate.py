@@ -336,7 +336,7 @@ def validate_tape(tape: Tape, what: str = "validate_tape") -> None:
         if not isinstance(g, GrowingArray) or g.a.ndim != 1 or g.a.dtype != want or \
                 not 0 <= g.n <= g.a.size:
             raise bad(f"array {name} is not a 1-D {np.dtype(want)} buffer")
-    params = tape.program.param_arena
+    params = tape.program_arrays.param_arena
     if not isinstance(params, np.ndarray) or params.ndim != 1 or params.dtype != dtype:
         raise bad("the parameter arena is not a 1-D array of the tape dtype")
     R, N = tape.ops.n, tape.node_off.n

@@ -4,7 +4,7 @@ SCAN_BEGIN marks the first body row and points at its SCAN row; the replay loops
 and run it T times from the SCAN row. The interpreters (transforms/reference.py, jvp.py) and the
 kernels (kernels/scan.py) run these rows themselves, so they have no NumPy forward, VJP or JVP
 here and no samples: tests/test_scan.py checks them. transforms/scan.py records them (through
-these layouts) and the tape validator (fastgrad/io/files.py) checks every field.
+these layouts) and the tape validator (fastgrad/io/validate.py) checks every field.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def control_rule(name, shapes, **attrs):
 
 
 def _by_scan(shapes, out_shape, a):
-    return None  # the validator checks control rows with their whole loop (io._check_scan)
+    return None  # the validator checks control rows with their whole loop (io/validate.py)
 
 
 SCAN_BEGIN = OpDef(

@@ -216,6 +216,12 @@ def index_add_rule(name, shapes, axis=0):
     return x, *AXIS_LAYOUT.encode(outer=outer, n=n, inner=inner)
 
 
+def index_add_bound(shapes, axis=0):
+    """The indices index_add accepts: [0, n) along its axis (PyTorch's: no negative index)."""
+    x = shapes[0]
+    return 0, x[normalize_axis("index_add", axis, len(x))]
+
+
 def _index_add_forward(xs, a, out_shape):
     y = np.array(xs[0], copy=True).reshape(a.outer, a.n, a.inner)
     idx = np.asarray(xs[1]).reshape(-1)
@@ -242,7 +248,7 @@ def _index_add_jvp(xs, ts, y, a):
 INDEX_ADD = OpDef(
     "index_add", 504, 3, index_add_rule, AXIS_LAYOUT,
     forward=_index_add_forward, vjp=_index_add_vjp, jvp=_index_add_jvp,
-    recover=axis_recover, int_inputs=(1,), int_bound=gather_bound,
+    recover=axis_recover, int_inputs=(1,), int_bound=index_add_bound,
     samples=[([(5, 3), (4,), (4, 3)], {"axis": 0}, "real"),
              ([(3, 4), (6,), (3, 6)], {"axis": 1}, "real"),
              ([(6,), (9,), (9,)], {}, "real")],

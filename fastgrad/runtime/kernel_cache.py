@@ -1,5 +1,5 @@
-"""The kernel cache from the user's side: a first call that compiles says so, and
-``fastgrad warmup`` compiles ahead (docs/kernel-cache.md).
+"""The kernel cache from the user's side: a first call that compiles says so, and where the
+cache lives (docs/kernel-cache.md; ``fastgrad warmup`` compiles ahead: fastgrad/warmup.py).
 
 What a user sees on a cache miss (no machine code cached for a kernel and its argument types in
 the digest-keyed directory that ``kernels/_jit.py`` chose), on stderr unless they configured

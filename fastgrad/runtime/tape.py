@@ -162,7 +162,7 @@ class Tape:
         self.ivalues = GrowingArray(np.int64, 8)
         self.grads: np.ndarray | None = None
         self._scratch: np.ndarray | None = None
-        self.program = ProgramArrays.empty(self.dtype)  # fg.compile's parameters and inputs
+        self.program_arrays = ProgramArrays.empty(self.dtype)  # fg.compile's parameters, inputs
         self.tensors = TensorLinks()  # the tensors the nodes copy (the recorder's)
         # held by a native call on this tape (flush, backward) and by whatever changes it (with
         # RECORDING first): threads sharing a tape take turns, never interleave rows
@@ -278,10 +278,10 @@ class Tape:
     def _arena(self, v, grads=False):
         kind = self.node_kind.a[v]
         if grads:
-            return self.program.param_grads if kind == PARAM_NODE else self.grads
+            return self.program_arrays.param_grads if kind == PARAM_NODE else self.grads
         if kind == EXTERNAL_NODE:
-            return self.program.external.reshape(-1)
-        return (self.values.a, self.ivalues.a, self.program.param_arena)[kind]
+            return self.program_arrays.external.reshape(-1)
+        return (self.values.a, self.ivalues.a, self.program_arrays.param_arena)[kind]
 
     def node_values(self, v) -> np.ndarray:
         """The node's values as an array of its shape (a view into its arena)."""
@@ -449,7 +449,7 @@ class Tape:
         arrays = (self.ops.view, self.outs.view, self.in_ptr.view, self.in_idx.view,
                   self.ip_ptr.view, self.iparams.view, self.fp_ptr.view, self.fparams.a,
                   self.node_off.view, self.node_size.view, self.node_kind.view,
-                  self.program.external.reshape(-1), table.addresses)
+                  self.program_arrays.external.reshape(-1), table.addresses)
         done = getattr(self, "n_dispatched", 0)
         if dispatch_rows and done < self.n_rows:
             table.ensure(dispatch.codes_used(self.ops.a, self.ip_ptr.a, self.iparams.a, done,
@@ -468,8 +468,8 @@ class Tape:
                 # tape with leaves that want gradients
                 entries = _replay_entries(self.dtype)[: 2 if self.tensors.leaves else 1]
                 bad = replay_forward(self.arrays(entries), self.values.a, self.ivalues.a,
-                                             self.program.param_arena, self.n_done, self.n_rows,
-                                             check or anomaly_enabled())
+                                     self.program_arrays.param_arena, self.n_done, self.n_rows,
+                                     check or anomaly_enabled())
                 if bad >= 0:
                     row, _, scan_row = locate(self, bad)
                     # a scan stopped inside its body did not finish: it runs again next flush
@@ -496,10 +496,10 @@ class Tape:
             self.grads[: self.values.n] = 0
         off = int(self.node_off.a[node])
         self.grads[off : off + int(self.node_size.a[node])] = np.asarray(seed).ravel()
-        bad = replay_backward(self.arrays(), self.values.a, self.ivalues.a,
-                                      self.program.param_arena, self.grads, self.program.param_grads,
-                                      self.grad_modes(), self.scratch(), 0, stop, anomaly_enabled(),
-                                      0.0)
+        arrays = self.program_arrays
+        bad = replay_backward(self.arrays(), self.values.a, self.ivalues.a, arrays.param_arena,
+                              self.grads, arrays.param_grads, self.grad_modes(), self.scratch(),
+                              0, stop, anomaly_enabled(), 0.0)
         if bad >= 0:
             _, _, scan_row = locate(self, bad)
             if scan_row >= 0:  # the scan's slots hold a step of the aborted sweep: rerun it
@@ -606,7 +606,7 @@ class Tape:
         return max(size, 1)
 
     def compiled_nbytes(self) -> int:
-        """Bytes a compiled program built from this tape holds (training/compile.py): its copy
+        """Bytes a compiled program built from this tape holds (training/program.py): its copy
         of the tape, the tape's integer arrays packed (cast, then concatenated) and one float
         buffer of float attributes, gradients (as many as values) and scratch."""
         ints = sum(g.a.nbytes for g in vars(self).values()

@@ -105,7 +105,7 @@ class Compiled:
     def program(self, *inputs) -> tuple[Program, list]:
         """The traced program for these inputs' shapes and dtypes (tracing if new), and the
         inputs as arrays. Inputs enter by fastgrad's one input rule
-        (``frontend.tensor.input_dtype_problem``), as in eager ops: a signature is traced, and
+        (``frontend.inputs.input_dtype_problem``), as in eager ops: a signature is traced, and
         so stored, only once its dtypes have passed it."""
         arrays = [input_array(x) for x in inputs]
         sig = tuple((a.shape, a.dtype) for a in arrays)
@@ -119,7 +119,7 @@ class Compiled:
                     raise fail("compile", f"input {i} (shape {fmt(a.shape)}): {problem[0]}",
                                problem[1])
             if self.programs:
-                log.info("fastgrad.training.compile: tracing again for new input signature %s "
+                log.info("fastgrad.compile: tracing again for new input signature %s "
                          "(previous: %s)", [(a.shape, a.dtype.name) for a in arrays],
                          [[(s, d.name) for s, d in k] for k in self.programs])
             prog = self._trace(arrays, dtype)

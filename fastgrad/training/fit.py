@@ -74,7 +74,7 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=_CONTI
     returning True stops training there (early stopping).
 
     X: (N, ...) inputs; Y: (N,) integer labels or (N, ...) float targets, by the input rule of
-    eager ops and compiled steps (``frontend.tensor.input_dtype_problem``). Integer labels are
+    eager ops and compiled steps (``frontend.inputs.input_dtype_problem``). Integer labels are
     copied once and the copy is range-checked: a loader that refills Y while fit runs does not
     reach the kernels. Ctrl-C (SIGINT, in the main thread) stops the running epoch after its
     running batch; then ``KeyboardInterrupt`` is raised with the History as ``exc.history``
@@ -183,9 +183,10 @@ def fit(step: Compiled, X, Y, epochs=1, batch_size=32, shuffle=True, seed=_CONTI
                     opt.t += done  # the batches completed: all, or those before a stop
                     if bad >= 0:  # fg.detect_anomaly: the batches before it are applied
                         tape = prog.tape  # the report reads the buffers this run used
-                        tape.program.param_arena, tape.program.param_grads = opt.flat, opt.flat_grad
+                        arrays_of = tape.program_arrays
+                        arrays_of.param_arena, arrays_of.param_grads = opt.flat, opt.flat_grad
                         if prog.external == 0:
-                            tape.program.external = arrays[11]
+                            tape.program_arrays.external = arrays[11]
                         err = prog.failure(bad, direction)
                         raise type(err)(f"fit (epoch {epoch + 1}, batch {done + 1}): {err}"
                                         ) from None

@@ -121,6 +121,10 @@ class Module:
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
+        elif name in self._buffers:  # a buffer assigned anew stays a buffer, as PyTorch's
+            value = value if isinstance(value, Tensor) and value._tape is None else \
+                Tensor(np.array(real_array(type(self).__name__, name, value), copy=True))
+            self._buffers[name] = value
         object.__setattr__(self, name, value)
 
     def forward(self, *args):

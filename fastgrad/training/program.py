@@ -265,7 +265,8 @@ class Program:
             if not load_indices(slot, inputs[i], lo, hi):
                 raise index_error(i, lo, hi)
         if self.external is not None:
-            self.tape.program.external = entry_array(inputs[self.external], self.tape.dtype, 2)
+            self.tape.program_arrays.external = entry_array(inputs[self.external],
+                                                            self.tape.dtype, 2)
         self.reload_frozen()
         return (self.empty_float if self.native_float is None
                 else entry_array(inputs[self.native_float], self.tape.dtype),
@@ -294,11 +295,12 @@ class Program:
         ``fast_step``. Raises on an index out of range (nothing ran) or, under
         fg.detect_anomaly, on the row that made a NaN/Inf."""
         tape = self.tape
-        tape.program.param_arena, tape.program.param_grads = buffers[0], buffers[1]
+        tape.program_arrays.param_arena = buffers[0]
+        tape.program_arrays.param_grads = buffers[1]
         # the casts: an int max_norm seen once would type the entry int64 and truncate a later 0.5
         args = (self.ints, self.bytes, self.floats, tape.values.a, tape.ivalues.a,
-                tape.program.external, buffers, hyper, int(t), float(max_norm), float(max_value),
-                anomaly_enabled(), finput, iinput, self.arrays[12])
+                tape.program_arrays.external, buffers, hyper, int(t), float(max_norm),
+                float(max_value), anomaly_enabled(), finput, iinput, self.arrays[12])
         self.dispatch(_train.train_step, args)
         loss, norm, bad, direction = _train.train_step(*args)
         if reuse and self._entry is None:
@@ -382,8 +384,9 @@ class Program:
         f_direct, i_direct = (p is not None and p[1] and p[2] for p in (f_plan, i_plan))
         x_direct = external is not None and sig[external][1] == dtype and 1 <= len(
             sig[external][0]) <= 2
-        tape.program.param_arena, tape.program.param_grads = buffers[0], buffers[1]
-        no_external = tape.program.external
+        tape.program_arrays.param_arena = buffers[0]
+        tape.program_arrays.param_grads = buffers[1]
+        no_external = tape.program_arrays.external
 
         (s0, d0), (s1, d1) = sig if n == 2 else ((None, None),) * 2
         ndarray = np.ndarray
@@ -417,7 +420,7 @@ class Program:
                     x = inputs[external]
                     if not x_direct:  # else as it is: train_step checks its layout (dir. 3)
                         x = entry_array(x, dtype, 2)
-                    tape.program.external = x  # what an anomaly report reads
+                    tape.program_arrays.external = x  # what an anomaly report reads
                 t = opt.t + 1
                 loss, norm, bad, direction = entry(
                     ints, bytes_, floats, values, ivalues, x, buffers, opt.hyper(), t,

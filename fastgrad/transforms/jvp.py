@@ -89,19 +89,19 @@ class _Replay(Reference):
     def keep_step(self, r, a, t):
         pass  # no backward here: a long loop keeps nothing per step
 
+    def begin_loop(self, a):
+        self.stacked_tangents = {int(s): [] for _, s in a.stacked}
+
     def stack_output(self, body, stacked, t):
         super().stack_output(body, stacked, t)
-        if t == 0:
-            self.stacked_tangents = {}
-        self.stacked_tangents.setdefault(int(stacked), []).append(self.tangents.get(int(body)))
+        self.stacked_tangents[int(stacked)].append(self.tangents.get(int(body)))
 
     def finish_loop(self, a):
-        for s, ts in getattr(self, "stacked_tangents", {}).items():
+        for s, ts in self.stacked_tangents.items():
             if any(t is not None for t in ts):
                 shape = self.tape.shapes[s][1:]
                 self.tangents[s] = np.stack(
                     [np.zeros((self.k,) + shape) if t is None else t for t in ts], axis=1)
-        self.stacked_tangents = {}
 
 
 def _as_tuple(x):

@@ -69,6 +69,7 @@ class Reference:
         slot, the body rows, the step's outputs stacked, carry_out into carry_in; the last
         carries out. The hooks below say what a step moves; forward mode (jvp.py) extends them
         to carry tangents, so the loop is written once."""
+        self.begin_loop(a)
         for init, slot, _, _ in a.carries:
             self.copy_carry(slot, init)
         for t in range(a.T):
@@ -85,6 +86,9 @@ class Reference:
         self.finish_loop(a)
 
     # what one step of a loop moves (extended by forward mode, jvp.py)
+    def begin_loop(self, a):
+        pass
+
     def copy_carry(self, dst, src):
         self.node(dst)[...] = self.node(src)
 
