@@ -289,7 +289,7 @@ class Graph:
             # integer constants stay integers under the ops exact on them, as PyTorch's
             assert op in INTEGER_OPS, f"{d.name} gave {y.dtype} for integer operands"
             xs = [self.values(r).astype(np.float64) for r in refs]
-            want = oracle(op, xs, attrs, np.float64)
+            want = oracle(op, xs, attrs, np.dtype(np.float64))
             if want is not None:
                 np.testing.assert_array_equal(y.numpy(), want, f"{d.name} on integers")
             return
