@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import time
 import numpy as np
 
 from .core.timing import median_time
+from .io import atomic_write
 
 __all__ = ["cmd_demo", "cmd_warmup", "demo_lecture", "demo_mlp", "demo_rnn", "main"]
 
@@ -117,10 +117,8 @@ def cmd_demo(args):
     results = {"lecture": demo_lecture(), "mlp": demo_mlp(args.quick, args.seed),
                "rnn": demo_rnn(args.quick, args.seed, out)}
     results["seconds"] = time.perf_counter() - t0
-    path = out / "demo.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, path)
+    text = json.dumps(results, indent=2).encode()
+    atomic_write(str(out / "demo.json"), lambda f: f.write(text))
     _say(f"\n4. Outputs ({results['seconds']:.1f} s in all), in {out.resolve()}:")
     for f in sorted(out.iterdir()):
         _say(f"   {f.name}")
