@@ -1586,17 +1586,19 @@ def _contig(shape):
 
 def getitem(x, key) -> Tensor:
     """Basic indexing (ints, slices, None, ...) as a strided view; one integer array among
-    them gathers along its axis (``x[:, idx]``, as NumPy and PyTorch); a boolean mask selects
-    eagerly (``x[mask]``: its shape depends on the values, so not inside fg.compile)."""
+    them gathers along its axis (``x[:, idx]``, as NumPy and PyTorch), several as NumPy's
+    advanced indexing (``x[i0, :, i1]``); a boolean mask selects eagerly (``x[mask]``: its
+    shape depends on the values, so not inside fg.compile)."""
     key = key if isinstance(key, tuple) else (key,)
     arrays = [i for i, k in enumerate(key) if isinstance(k, (Tensor, np.ndarray, list))]
     if len(arrays) > 1:
-        if len(arrays) == len(key) and all(not isinstance(k, Tensor) or k._tape is None
-                                           for k in key):
+        if any(isinstance(key[i], Tensor) and key[i]._tape is not None for i in arrays):
+            raise fail("getitem", "several index arrays, one computed inside fg.compile or "
+                       "fg.scan, are not supported", "index one axis at a time, e.g. "
+                       "x[idx0][:, idx1], or use fg.take")
+        if len(arrays) == len(key):
             return _index_arrays(x, key)
-        raise fail("getitem", "several index arrays among other indices (or computed inside "
-                   "fg.compile) are not supported", "index one axis at a time, e.g. "
-                   "x[idx0][:, idx1], or use fg.take")
+        return _index_mixed(x, key)
     if arrays:
         i = arrays[0]
         k = key[i]
@@ -1681,6 +1683,32 @@ def _index_arrays(x, key) -> Tensor:
         np.zeros(checked[0].shape, np.int64)
     rows = x.reshape((math.prod(lead),) + x.shape[len(arrays) :])
     return apply(Op.GATHER, rows, flat, axis=0)
+
+
+def _index_mixed(x, key) -> Tensor:
+    """``x[i0, :, i1]``: index arrays (and masks) among ints, slices, None and ``...``, with
+    NumPy's and PyTorch's rules (the broadcast index dims replace the indexed ones in place
+    when the arrays are adjacent, else they come first): the flat positions are NumPy's own
+    indexing of each axis's coordinate (a broadcast view, nothing of x's size is made), then
+    one gather; the gradient is added back at the positions."""
+    x = as_tensor(x)
+    plain = tuple(np.asarray(k.numpy() if isinstance(k, Tensor) else k)
+                  if isinstance(k, (Tensor, np.ndarray, list)) else k for k in key)
+    for k in plain:
+        if isinstance(k, np.ndarray) and k.dtype.kind not in "iub":
+            raise fail("getitem", f"an index array of dtype {k.dtype}",
+                       "pass integer (or boolean) index arrays")
+    cs = _contig(x.shape)
+    positions = None
+    try:
+        for d, n in enumerate(x.shape):
+            coord = np.arange(n, dtype=np.int64).reshape((1,) * d + (n,) + (1,) * (x.ndim - d - 1))
+            part = np.broadcast_to(coord, x.shape)[plain] * cs[d]
+            positions = part if positions is None else positions + part
+    except IndexError as e:
+        raise fail("getitem", f"{e} (indexing a tensor of shape {fmt(x.shape)})",
+                   "use indices within each axis, one per axis at most") from None
+    return apply(Op.GATHER, x.reshape(-1), np.ascontiguousarray(positions), axis=0)
 
 
 def _masked_select(x, mask) -> Tensor:
