@@ -696,6 +696,25 @@ def test_scatter_add_and_index_add_read_the_source_gradient_back_where_it_was_ad
             np.testing.assert_array_equal(src.grad, t.grad.numpy(), err_msg=name)
 
 
+def test_an_int_among_index_arrays_selects_first_as_pytorch():
+    """PyTorch applies an int index before the index arrays; NumPy broadcasts it with them,
+    which moves the indexed dims to the front when a slice separates them. PyTorch's order."""
+    x = np.arange(120.0).reshape(2, 3, 4, 5)
+    i0, i1 = np.array([1, 0, -1]), np.array([[2], [-3]])
+    for key, want in (((0, slice(None), i0, i1), x[0][:, i0, i1]),
+                      ((slice(None), i0, i1, 0), x[..., 0][:, i0, i1])):
+        v = fg.tensor(x, requires_grad=True)
+        y = v[key]
+        np.testing.assert_array_equal(y.numpy(), want)
+        y.backward(np.ones(y.shape))
+        if torch is not None:
+            t = torch.tensor(x, requires_grad=True)
+            ty = t[tuple(torch.tensor(k) if isinstance(k, np.ndarray) else k for k in key)]
+            np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
+            ty.backward(torch.ones(ty.shape, dtype=torch.float64))
+            np.testing.assert_array_equal(v.grad, t.grad.numpy())
+
+
 def test_masks_that_would_shape_a_compiled_value_are_refused():
     w = fg.tensor(np.ones(3), requires_grad=True)
     with pytest.raises(fg.FastgradError, match="boolean mask inside fg.compile"):

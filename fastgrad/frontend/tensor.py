@@ -1692,6 +1692,14 @@ def _index_mixed(x, key) -> Tensor:
     indexing of each axis's coordinate (a broadcast view, nothing of x's size is made), then
     one gather; the gradient is added back at the positions."""
     x = as_tensor(x)
+    ints = [isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) for k in key]
+    if any(ints):  # PyTorch selects with the ints first (NumPy would broadcast them with the
+        # arrays, which moves the indexed dims to the front when a slice separates them)
+        arrays = [isinstance(k, (Tensor, np.ndarray, list)) for k in key]
+        base = getitem(x, tuple(slice(None) if a else k for k, a in zip(key, arrays)))
+        rest = tuple(k if a or k is Ellipsis else slice(None)
+                     for k, a, i in zip(key, arrays, ints) if not i)
+        return getitem(base, rest)
     plain = tuple(np.asarray(k.numpy() if isinstance(k, Tensor) else k)
                   if isinstance(k, (Tensor, np.ndarray, list)) else k for k in key)
     for k in plain:
