@@ -42,13 +42,9 @@ def grid_cells(grid):
     return cells
 
 
-def _fn_name(fn):
-    return public_name(fn)
-
-
 def _cell_text(fn, kwargs):
     """The canonical text of one cell's call (function and arguments): its identity."""
-    return json.dumps({"fn": _fn_name(fn), "kwargs": jsonable(kwargs)}, sort_keys=True,
+    return json.dumps({"fn": public_name(fn), "kwargs": jsonable(kwargs)}, sort_keys=True,
                       default=repr)
 
 
@@ -331,7 +327,7 @@ def sweep(fn, grid, executor=None, out=None, retries=1, max_workers=None, **fixe
     """
     cells = grid_cells(grid)
     kwargs = [{**fixed, **c} for c in cells]
-    fn_name = _fn_name(fn)
+    fn_name = public_name(fn)
     texts = [_cell_text(fn, k) for k in kwargs]
     keys = [_key_of(t) for t in texts]
     folder = pathlib.Path(out) if out is not None else None

@@ -1201,8 +1201,8 @@ class _Recurrent(Module):
             finals[0], tuple) else finals[0].shape)
 
         def gather(ts):
-            if not stacked:
-                return ts[0].reshape(shape)
+            if not stacked:  # as recorded; unbatched, without its batch dim of one
+                return ts[0].reshape(shape) if unbatched else ts[0]
             return stack(ts).reshape((len(ts),) + shape)
 
         if isinstance(finals[0], tuple):  # an LSTM: (h, c)

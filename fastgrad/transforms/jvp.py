@@ -38,7 +38,6 @@ class _Replay(Reference):
 
     def __init__(self, tape: Tape):
         super().__init__(tape)
-        self.tape = tape
         self.views = [self.node(v) for v in range(tape.n_nodes)]  # fixed views into the arenas
         self.rows = [self.row(r) for r in range(tape.n_rows)]  # (op definition, ins, attrs, out)
         self.tangents, self.k = {}, 0
@@ -47,7 +46,7 @@ class _Replay(Reference):
         """Forward rows [start, stop) computing values and tangents (dict node -> (k, *shape))."""
         self.tangents, self.k = tangents, k
         stop = len(self.rows) if stop is None else stop
-        views, shapes, forward = self.views, self.tape.shapes, self.forward_row
+        views, shapes, forward = self.views, self.t.shapes, self.forward_row
         r = start
         while r < stop:
             d, ins, a, out = self.rows[r]
@@ -99,7 +98,7 @@ class _Replay(Reference):
     def finish_loop(self, a):
         for s, ts in self.stacked_tangents.items():
             if any(t is not None for t in ts):
-                shape = self.tape.shapes[s][1:]
+                shape = self.t.shapes[s][1:]
                 self.tangents[s] = np.stack(
                     [np.zeros((self.k,) + shape) if t is None else t for t in ts], axis=1)
 
