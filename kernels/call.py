@@ -34,6 +34,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from ..ops import Op
 from ._jit import jit, jit_inline
 from .vecmath import bits_from_f64, f64_from_bits
 
@@ -114,6 +115,14 @@ def context(tape, values, ivalues, params, grads, pgrads, need, scratch, value_a
     ctx[ITEMSIZE] = values.itemsize
     ctx[VALUE_ALPHA] = bits_from_f64(np.float64(value_alpha))
     return ctx
+
+
+@jit_inline
+def has_kernel(code):
+    """Whether a row of op ``code`` runs a kernel: not SCAN_BEGIN (it marks where a loop's
+    body starts) nor RESHAPE (its output aliases its input's slot, values and gradients
+    alike, so it has nothing to compute either way). dispatch.NO_KERNEL is the same list."""
+    return code != Op.SCAN_BEGIN and code != Op.RESHAPE
 
 
 @jit_inline
@@ -252,5 +261,6 @@ def call_vjp(typingctx, addr, ctx, r, check):
 
 
 __all__ = ["CONTEXT_SIZE", "FORWARD_SIGNATURE", "SCAN_BINOMIAL", "SCAN_CELL", "SCAN_STEPS",
-           "SLOTS", "VJP_SIGNATURE", "call_forward", "call_vjp", "context", "row_kernel",
+           "SLOTS", "VJP_SIGNATURE", "call_forward", "call_vjp", "context", "has_kernel",
+           "row_kernel",
            "tape_type", "unpack", "value_alpha"]

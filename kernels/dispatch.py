@@ -34,8 +34,8 @@ from .scan import (scan_backward, scan_binomial_backward, scan_binomial_forward,
                    scan_steps_forward)
 from .workers import compile_units, compiled
 
-__all__ = ["CODES", "ENTRY_WEIGHTS", "KERNEL_OF", "STRATEGY_NAMES", "Table", "codes_used",
-           "row_kernels", "table"]
+__all__ = ["CODES", "ENTRY_WEIGHTS", "KERNEL_OF", "NO_KERNEL", "STRATEGY_NAMES", "Table",
+           "codes_used", "row_kernels", "table"]
 
 
 def row_kernels(code, dtype):
@@ -189,9 +189,11 @@ def _strategies(ops, ip, tape, need):
     return {SCAN_CELL} if need[ip[_scan.HEADER + _scan.CARRY_OUT]] else {SCAN_CELL, general}
 
 
-# Codes with row kernels: every op but SCAN_BEGIN, which the loops skip (the scan strategies'
-# slots are not ops: ``codes_used`` adds them).
-CODES = tuple(int(op) for op in Op if op != Op.SCAN_BEGIN)
+# Ops without row kernels, whose rows the loops skip (call.py ``has_kernel``): SCAN_BEGIN marks
+# where a loop's body starts; a RESHAPE's output aliases its input's slot.
+NO_KERNEL = frozenset((int(Op.SCAN_BEGIN), int(Op.RESHAPE)))
+# Codes with row kernels (the scan strategies' slots are not ops: ``codes_used`` adds them).
+CODES = tuple(int(op) for op in Op if op not in NO_KERNEL)
 
 
 class Table:
@@ -222,7 +224,7 @@ class Table:
             fwd_sig, vjp_sig = self.signatures()
             todo, runs = [], {}
             for code in sorted(set(codes.tolist())):
-                if self.ready[code] or code == Op.SCAN_BEGIN:
+                if self.ready[code] or code in NO_KERNEL:
                     self.ready[code] = True
                     continue
                 if code not in CODES and code not in STRATEGY_NAMES:
@@ -270,8 +272,8 @@ def _family(code):
 
 
 def _weight(code, vjp):
-    if code == SCAN_CELL:  # the single-cell loops: the fused cell's forward and VJP inlined
-        return 4.0 if vjp else 2.5
+    if code == SCAN_CELL:  # the single-cell loops (the cell's own kernels through the table)
+        return 2.2 if vjp else 1.6
     if code >= Op.SCAN:  # the scan row, and the loops of the other strategies
         return 2.5 if code > Op.SCAN else (1.0 if vjp else 1.8)
     if MATMUL <= code < RESHAPE:

@@ -22,7 +22,7 @@ from numba import types
 
 from ..ops import Op
 from ._jit import jit
-from .call import SLOTS, call_forward, call_vjp, context, row_kernel, tape_type
+from .call import SLOTS, call_forward, call_vjp, context, has_kernel, row_kernel, tape_type
 from .scan import BEGIN_ROW
 from .rows import all_finite, inputs_grads_finite
 from .views import view
@@ -47,6 +47,9 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
         if code == Op.SCAN_BEGIN:
             target = iparams[ip_ptr[r]]
             r = target if target >= 0 else r + 1  # -1: body still being recorded, run it inline
+            continue
+        if not has_kernel(code):
+            r += 1
             continue
         bad = call_forward(row_kernel(table, code), ctx, r, check)
         if bad >= 0:  # a scan body's row, at a step (scan.py)
@@ -77,7 +80,7 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
     r = stop - 1
     while r >= start:
         code = ops[r]
-        if need[outs[r]] and code != Op.SCAN_BEGIN:
+        if need[outs[r]] and has_kernel(code):
             bad = call_vjp(row_kernel(table, SLOTS + code), ctx, r, check)
             if bad >= 0:  # a scan body's row, at a step (scan.py)
                 return bad
