@@ -278,6 +278,31 @@ def test_tape_length_does_not_depend_on_T():
     assert lengths[0] == lengths[1]
 
 
+def test_a_loop_over_rows_not_yet_computed_records_without_computing_them():
+    """fg.scan computes nothing while it records (the rows before the loop run with the loop,
+    in one sweep, so their kernels compile in one go); a value read inside the step still
+    sees the initial carry and xs[0]."""
+    w = fg.tensor([1.0, 2.0], requires_grad=True)
+    h0, xs = w * 3.0, fg.tensor(np.arange(8.0).reshape(4, 2)) * 2.0
+    seen = []
+
+    def step(h, x):
+        if not seen:
+            seen.append((h.numpy().tolist(), x.numpy().tolist()))
+        return h * 0.5 + x
+
+    quiet = fg.scan(lambda h, x: h * 0.5 + x, h0, xs)
+    assert quiet.tape.n_done == 0  # nothing ran: not the rows before the loop either
+    h_T = fg.scan(step, h0, xs)
+    assert seen == [([3.0, 6.0], [0.0, 2.0])]  # read inside the step: init and xs[0]
+    expected = np.array([3.0, 6.0])
+    for x in np.arange(8.0).reshape(4, 2) * 2.0:
+        expected = expected * 0.5 + x
+    assert h_T.numpy().tolist() == quiet.numpy().tolist() == expected.tolist()
+    (h_T.sum() + quiet.sum()).backward()
+    assert w.grad.tolist() == [2 * 3 * 0.5**4] * 2
+
+
 def test_scan_supports_tuple_carries_and_no_xs():
     a = fg.tensor(2.0, requires_grad=True)
     x, y = fg.scan(lambda c, _: (c[0] * a, c[1] + c[0]), (fg.tensor(1.0), fg.tensor(0.0)),

@@ -48,6 +48,26 @@ def test_a_leaf_used_again_after_an_optimizer_step_is_read_at_its_new_values():
     assert base_leaf.grad[0] == 2.0 and w.grad[0] == 1.0
 
 
+@pytest.mark.parametrize("computed", ["neither", "first", "second", "both"])
+def test_an_op_joining_two_graphs_computes_each_row_once_whatever_had_run(computed):
+    """Joining two graphs keeps rows not yet computed waiting (they run with the rest, at the
+    first read), runs nothing twice, and gives the values and gradients of one graph."""
+    a = fg.tensor([1.0, 2.0], requires_grad=True)
+    b = fg.tensor([10.0, 20.0], requires_grad=True)
+    u, v = a * 2.0, b * 3.0
+    if computed in ("first", "both"):
+        u.numpy()
+    if computed in ("second", "both"):
+        v.numpy()
+    both = u * v
+    if computed == "neither":
+        assert both.tape.n_done == 0  # nothing ran on the way
+    assert both.numpy().tolist() == [60.0, 240.0]
+    assert both.tape.n_done == both.tape.n_rows
+    both.sum().backward()
+    assert a.grad.tolist() == [60.0, 120.0] and b.grad.tolist() == [6.0, 12.0]
+
+
 def test_a_state_carried_across_steps_reads_the_new_weight_and_backward_refuses_the_old_one():
     """h = h * w without detach: the forward uses each step's w; a backward through the row
     that saved the first w (changed since) raises PyTorch's in-place error, never a value."""

@@ -459,23 +459,44 @@ class Tape:
         return arrays
 
     def flush(self, check=False):
-        """Compute every row not yet computed (one native call)."""
+        """Compute every row not yet computed (one native call; two while an fg.scan body
+        waits for its slots' values: ``fill_body_slots``)."""
         if self.n_done < self.n_rows:
             with self.lock:
-                if self.n_done >= self.n_rows:  # another thread computed them meanwhile
-                    return
-                # the replay loops compile with the ops' kernels; the backward one only for a
-                # tape with leaves that want gradients
-                entries = _replay_entries(self.dtype)[: 2 if self.tensors.leaves else 1]
-                bad = replay_forward(self.arrays(entries), self.values.a, self.ivalues.a,
-                                     self.program_arrays.param_arena, self.n_done, self.n_rows,
-                                     check or anomaly_enabled())
-                if bad >= 0:
-                    row, _, scan_row = locate(self, bad)
-                    # a scan stopped inside its body did not finish: it runs again next flush
-                    self.n_done = scan_row if scan_row >= 0 else row + 1
-                    raise describe_anomaly(self, bad, "forward")
-                self.n_done = self.n_rows
+                self.fill_body_slots(check)
+                self._run_rows(self.n_rows, check)
+
+    def fill_body_slots(self, check=False):
+        """Give the carry and x_t slots of the fg.scan body being recorded their values (the
+        initial carries', xs[0]), running the rows before its marker first. fg.scan records
+        without computing anything, so that the kernels of the rows before a loop compile
+        with the loop's; the slots get their values when something reads a value (``flush``)
+        or the recording fails (its rows then stay, as plain rows on the slots)."""
+        if not self.body.slot_sources:
+            return
+        with self.lock:
+            self._run_rows(self.body.marker, check)
+            for slot, source, first in self.body.slot_sources:
+                values = self.node_values(source)
+                self.node_values(slot)[...] = values[0] if first else values
+            self.body.slot_sources = []
+
+    def _run_rows(self, stop, check):
+        """Run rows n_done .. stop-1 (the caller holds the lock)."""
+        if self.n_done >= stop:
+            return
+        # the replay loops compile with the ops' kernels; the backward one only for a tape
+        # with leaves that want gradients
+        entries = _replay_entries(self.dtype)[: 2 if self.tensors.leaves else 1]
+        bad = replay_forward(self.arrays(entries), self.values.a, self.ivalues.a,
+                             self.program_arrays.param_arena, self.n_done, stop,
+                             check or anomaly_enabled())
+        if bad >= 0:
+            row, _, scan_row = locate(self, bad)
+            # a scan stopped inside its body did not finish: it runs again next flush
+            self.n_done = scan_row if scan_row >= 0 else row + 1
+            raise describe_anomaly(self, bad, "forward")
+        self.n_done = stop
 
     def backward(self, node, seed):
         """Reverse sweep from ``node`` seeded with ``seed``; returns the gradient arena.
@@ -633,8 +654,13 @@ class Tape:
                 "scan: the step function combines a tensor recorded on another graph. Fix: "
                 "compute such tensors before calling fg.scan on the same graph, or pass them "
                 "through xs")
-        self.flush()
-        other.flush()
+        # Rows run in one range from n_done: rows not yet computed stay so (their kernels
+        # compile with the rest, not in a wave of their own) unless ours would come before
+        # rows of ``other`` already computed, which must not run again (a leaf may have
+        # changed since: a later op sees current values, an earlier one keeps its own).
+        if self.n_done < self.n_rows and other.n_done > 0:
+            self.flush()
+        pending = self.n_done if self.n_done < self.n_rows else self.n_rows + other.n_done
         nshift, vshift, ishift = self.n_nodes, self.values.n, self.ivalues.n
         kinds = other.node_kind.view
         self.node_off.extend(other.node_off.view + np.where(kinds == FLOAT_NODE, vshift, ishift))
@@ -660,7 +686,7 @@ class Tape:
         for r in other.scan_rows:  # a loop's attributes name nodes and rows: they move too
             self._shift_loop(r + rshift, nshift, rshift)
         self.scan_rows += [r + rshift for r in other.scan_rows]
-        self.n_done = self.n_rows
+        self.n_done = pending
         other.merged_into, other.node_shift = self, nshift
         other.tensors = TensorLinks()
 

@@ -62,15 +62,20 @@ class TensorLinks:
 class BodyRecording:
     """An ``fg.scan`` body being recorded on the tape: while ``active``, no merges and no
     nesting; ``marker`` is the row of its SCAN_BEGIN marker, ``first_node`` the body's first
-    node, ``hoisted`` the nodes of rows moved out of it (``Tape.hoist_last_row``)."""
+    node, ``hoisted`` the nodes of rows moved out of it (``Tape.hoist_last_row``).
+    ``slot_sources``: (slot, source node, first) for the body's carry and x_t slots whose
+    values (init's; xs[0]'s with ``first``) wait for the rows before the marker to run
+    (``Tape.fill_body_slots``)."""
 
     active: bool = False
     marker: int = -1
     first_node: int = -1
     hoisted: set = field(default_factory=set)
+    slot_sources: list = field(default_factory=list)
 
     def copy(self) -> "BodyRecording":
-        return BodyRecording(self.active, self.marker, self.first_node, set(self.hoisted))
+        return BodyRecording(self.active, self.marker, self.first_node, set(self.hoisted),
+                             list(self.slot_sources))
 
 
 @dataclass

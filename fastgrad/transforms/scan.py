@@ -269,7 +269,6 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
                    "unroll the inner loop or fold it into the step function")
     init_nodes = [import_tensor(tape, c, FLOAT_NODE, not grad_on) for c in carries]
     x_node = import_tensor(tape, x, FLOAT_NODE, not grad_on) if x is not None else -1
-    tape.flush()
     # --- record the body, once; a failure on the way takes the loop back off the tape
     tape.record(Op.SCAN_BEGIN, [init_nodes[0]], (0,), [-1], [], False)
     marker_row = tape.n_rows - 1
@@ -279,6 +278,7 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
                                              init_nodes, T, dtype, grad_on, checkpoint, stack,
                                              fuse and fusion.enabled())
     except BaseException:
+        tape.fill_body_slots()  # the step's rows stay, as plain rows on init and xs[0]
         marker_row = tape.body.marker  # rows hoisted out of the body moved it down
         if tape.n_rows > marker_row and tape.ops.a[marker_row] == Op.SCAN_BEGIN and \
                 not (tape.scan_rows and tape.scan_rows[-1] > marker_row):
@@ -286,6 +286,7 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
         raise
     finally:
         tape.body.marker, tape.body.first_node, tape.body.hoisted = -1, -1, set()
+        tape.body.slot_sources = []  # a recorded loop loads its slots itself (kernels/scan.py)
     results = [Tensor._on_tape(tape, f, need) for f in finals]
     final = results[0] if single else tuple(results)
     if stack:
@@ -304,12 +305,14 @@ def _record_loop(tape, step, single, carries, x, x_node, init_nodes, T, dtype, g
     slots = []
     for c, v in zip(carries, init_nodes):
         s = tape.add_node(c.shape, need=grad_on, label="carry")
-        tape.node_values(s)[...] = tape.node_values(v)
+        tape.body.slot_sources.append((s, v, False))
         slots.append(s)
     x_slot = -1
     if x is not None:
         x_slot = tape.add_node(x.shape[1:], need=grad_on and x.requires_grad, label="x_t")
-        tape.node_values(x_slot)[...] = tape.node_values(x_node)[0]
+        tape.body.slot_sources.append((x_slot, x_node, True))
+    if tape.n_done >= tape.body.marker:  # nothing before the loop waits to run
+        tape.fill_body_slots()
     tape.body.active = True
     try:
         carry_in = [Tensor._on_tape(tape, s, grad_on) for s in slots]
