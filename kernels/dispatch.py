@@ -19,7 +19,6 @@ import threading
 import numpy as np
 
 from ..ops import Op
-from ..ops.nodes import FLOAT_NODE
 from .call import (FORWARD_SIGNATURE, SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS,
                    VJP_SIGNATURE, unpack, value_alpha)
 from .codes import ADD, CROSS_ENTROPY, MATMUL, RESHAPE, SUM, WHERE
@@ -180,11 +179,7 @@ def _strategies(ops, ip, tape, need):
         return {general}  # _cell_row's first tests
     if tape is None or need is None:
         return {general, SCAN_CELL}
-    node_off, kind = tape[8], tape[10]
-    own0 = _scan.HEADER + _scan.CARRY * ip[_scan.N_CARRY] + _scan.STACKED * ip[_scan.N_STACK]
-    orig = node_off[ip[own0 : own0 + ip[_scan.N_OWN]]]  # as scan.py _layout: the body's offsets
-    xo = node_off[ip[_scan.X_SLOT]] if ip[_scan.HAS_X] and kind[ip[_scan.XS]] == FLOAT_NODE else -1
-    if _scan._cell_row.py_func(tape, ip, orig, xo) < 0:
+    if _scan._cell_row.py_func(tape, ip, _scan._x_offset.py_func(tape, ip)) < 0:
         return {general}
     return {SCAN_CELL} if need[ip[_scan.HEADER + _scan.CARRY_OUT]] else {SCAN_CELL, general}
 

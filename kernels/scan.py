@@ -196,8 +196,14 @@ def _layout(tape, ip):
                     break
             if rel[i] == pos:
                 pos += node_size[ip[own0 + i]]
-    xo = xso if ip[HAS_X] and kind[ip[XS]] == FLOAT_NODE else -1
-    return orig, rel, pos, xo
+    return orig, rel, pos, _x_offset(tape, ip)
+
+
+@jit
+def _x_offset(tape, ip):
+    """The x slot's offset (xo), or -1 when there are no xs or they are not in the value
+    arena (x_t is then always copied)."""
+    return tape[8][ip[X_SLOT]] if ip[HAS_X] and tape[10][ip[XS]] == FLOAT_NODE else -1
 
 
 @jit
@@ -349,7 +355,7 @@ def _binomial_forward(ctx, tape, values, ivalues, params, ip, stack, orig, xo, c
 
 
 @jit
-def _cell_row(tape, ip, orig, xo):
+def _cell_row(tape, ip, xo):
     """The body's row if the body is a single cell (see above) run in a store or segment mode,
     else -1: one LINEAR_ACT row from carry_in to carry_out whose addend is the x slot itself,
     a weight that is not a body node, and nothing stacked but the carry."""
@@ -369,9 +375,10 @@ def _cell_row(tape, ip, orig, xo):
     if ip[N_STACK] > 1 or (ip[N_STACK] == 1 and ip[HEADER + CARRY + STACKED_BODY] != cout):
         return -1
     w = in_idx[i0 + 1]
-    if kind[w] == FLOAT_NODE:
+    if kind[w] == FLOAT_NODE:  # a body node, or a RESHAPE sharing one's slot
+        own0 = HEADER + CARRY * ip[N_CARRY] + STACKED * ip[N_STACK]
         for i in range(ip[N_OWN]):
-            if orig[i] == node_off[w]:
+            if node_off[ip[own0 + i]] == node_off[w]:
                 return -1
     return r
 
@@ -488,11 +495,11 @@ def _cell_backward(ctx, tape, values, grads, pgrads, need, ip, r, t0, t1, base, 
 
 
 @jit
-def _strategy(tape, ip, orig, xo, cell_ok):
+def _strategy(tape, ip, xo, cell_ok):
     """The dispatch table's slot of the way this scan runs (call.py): SCAN_CELL for a
     single-cell body (``cell_ok``: its backward also needs the carry's gradient), SCAN_BINOMIAL
     for binomial checkpoints, else SCAN_STEPS (every step stored, or segments)."""
-    if cell_ok and _cell_row(tape, ip, orig, xo) >= 0:
+    if cell_ok and _cell_row(tape, ip, xo) >= 0:
         return SCAN_CELL
     return SCAN_BINOMIAL if ip[CKPT_EVERY] < 0 else SCAN_STEPS
 
@@ -509,8 +516,7 @@ def scan_forward(ctx, tape, values, ivalues, params, r, check):
     first has such a scan: dispatch.py). Returns -1, or with ``check`` the body row and step of
     the first NaN/Inf as one report (_report; see the module docstring)."""
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
-    orig, rel, size, xo = _layout(tape, ip)
-    slot = _strategy(tape, ip, orig, xo, True)
+    slot = _strategy(tape, ip, _x_offset(tape, ip), True)
     return call_forward(row_kernel(tape[12], slot), ctx, r, check)
 
 
@@ -521,9 +527,8 @@ def scan_cell_forward(ctx, tape, values, ivalues, params, r, check):
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
     T, k = ip[N_STEPS], ip[CKPT_EVERY]
     store, ckpt = node_off[ip[STORE]], node_off[ip[CKPT]]
-    orig, rel, size, xo = _layout(tape, ip)
     _load_init(tape, values, params, ip)
-    cell = _cell_row(tape, ip, orig, xo)
+    cell = _cell_row(tape, ip, _x_offset(tape, ip))
     cin, final = ip[HEADER + CARRY_IN], ip[HEADER + FINAL]
     n = node_size[cin]
     if k == 0:
@@ -685,8 +690,7 @@ def scan_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scrat
     Returns -1, or with ``check`` the body row and step of the first NaN/Inf gradient as one
     report (_report)."""
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
-    orig, rel, size, xo = _layout(tape, ip)
-    slot = _strategy(tape, ip, orig, xo, need[ip[HEADER + CARRY_OUT]] != 0)
+    slot = _strategy(tape, ip, _x_offset(tape, ip), need[ip[HEADER + CARRY_OUT]] != 0)
     return call_vjp(row_kernel(tape[12], SLOTS + slot), ctx, r, check)
 
 
@@ -701,8 +705,15 @@ def _x_in_place(ip, xo, need):
 def _backward_done(tape, grads, pgrads, need, ip, orig, xo):
     """After the first step is reversed: the x slot back in place, and the gradient that
     reached the first carry_in added to the initial carry's."""
+    _unload_x(ip, tape[8], orig, xo)
+    _add_init_grads(tape, grads, pgrads, need, ip)
+
+
+@jit
+def _add_init_grads(tape, grads, pgrads, need, ip):
+    """The gradient that reached the first carry_in (kept in the final node's slot) added to
+    the initial carry's."""
     node_off, node_size = tape[8], tape[9]
-    _unload_x(ip, node_off, orig, xo)
     for c in range(ip[N_CARRY]):
         init, final = ip[HEADER + CARRY * c + INIT], ip[HEADER + CARRY * c + FINAL]
         if need[init]:
@@ -717,9 +728,9 @@ def scan_cell_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, 
     ip = tape[5][tape[4][r] : tape[4][r + 1]]
     T, k = ip[N_STEPS], ip[CKPT_EVERY]
     store, ckpt = node_off[ip[STORE]], node_off[ip[CKPT]]
-    orig, rel, size, xo = _layout(tape, ip)
+    xo = _x_offset(tape, ip)
     xb = _x_in_place(ip, xo, need)
-    cell = _cell_row(tape, ip, orig, xo)
+    cell = _cell_row(tape, ip, xo)
     n = node_size[ip[HEADER + CARRY_IN]]
     if k == 0:
         bad = _cell_backward(ctx, tape, values, grads, pgrads, need, ip, cell, 0, T, store, xb,
@@ -735,7 +746,7 @@ def scan_cell_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, 
                                  xb, check)
             if bad >= 0:
                 return _report(cell, bad)
-    _backward_done(tape, grads, pgrads, need, ip, orig, xo)
+    _add_init_grads(tape, grads, pgrads, need, ip)  # the cell loops leave the x slot in place
     return -1
 
 
