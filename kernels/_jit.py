@@ -26,9 +26,11 @@ import threading
 
 import numba
 from numba.core import caching
+from numba.core.registry import CPUDispatcher
 
 __all__ = ["CACHE_DIR", "CACHE_ENABLED", "CacheDamaged", "CheckedFunctionCache", "OPTIONS",
-           "REDUCE_OPTIONS", "jit", "jit_inline", "jit_reduce", "native_entry", "njit_with",
+           "REDUCE_OPTIONS", "jit", "jit_entry", "jit_inline", "jit_reduce", "native_entry",
+           "njit_with",
            "per_code", "registry_files", "unwritable_dirs"]
 
 log = logging.getLogger("fastgrad")
@@ -217,11 +219,35 @@ class CheckedFunctionCache(caching.FunctionCache):
             _cache_fault(self._cache_path, "written", exc, unwritable=True)
 
 
-def njit_with(fn, options):
-    """``numba.njit`` with ``options``, caching through ``CheckedFunctionCache``."""
+# A kernel that only other kernels call is compiled without Numba's CPython and C wrappers:
+# a wrapper unboxes every argument from its Python object, which for the tape's tuple of
+# thirteen arrays is a large piece of code to compile (about 0.1 s of each helper's compile
+# measured; a compiled RNN step compiles dozens of helpers). Only the entry kernels, which
+# Python calls, keep it (``jit_entry``).
+_NO_WRAPPERS = dict(no_cpython_wrapper=True, no_cfunc_wrapper=True)
+
+
+class _KernelOnlyDispatcher(CPUDispatcher):
+    """A dispatcher whose compiled code has no Python entry: called from Python it raises,
+    where Numba would jump through the missing wrapper (a crash)."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"fastgrad internal error: the kernel {self.py_func.__qualname__} is "
+                        "called from Python, but only kernels call it (decorate it with "
+                        "jit_entry to call it from Python, or call its .py_func)")
+
+
+def njit_with(fn, options, entry=False):
+    """``numba.njit`` with ``options``, caching through ``CheckedFunctionCache``; without
+    Python wrappers unless ``entry`` (or inlined, where there is nothing to wrap)."""
     options = dict(options)
     cache = options.pop("cache", False)
-    dispatcher = numba.njit(**options)(fn)
+    if entry or options.get("inline") == "always":
+        dispatcher = numba.njit(**options)(fn)
+    else:
+        dispatcher = _KernelOnlyDispatcher(py_func=fn, locals={},
+                                           targetoptions=dict(options, nopython=True,
+                                                              **_NO_WRAPPERS))
     if cache:
         # what numba.njit(cache=True) does (Dispatcher.enable_caching), with the checked cache
         try:
@@ -256,8 +282,15 @@ OPTIONS = dict(cache=CACHE_ENABLED, nogil=True, error_model="numpy", fastmath=Fa
 
 
 def jit(fn):
-    """Compile ``fn`` with fastgrad's Numba options (cached, nogil, numpy error model)."""
+    """Compile ``fn`` with fastgrad's Numba options (cached, nogil, numpy error model), for
+    calls from other kernels only (no Python wrapper: see ``_NO_WRAPPERS``)."""
     return njit_with(fn, OPTIONS)
+
+
+def jit_entry(fn):
+    """``jit`` for a kernel that Python calls (an entry: the replay loops, the training step,
+    the optimizer update, ...): compiled with Numba's Python wrapper."""
+    return njit_with(fn, OPTIONS, entry=True)
 
 
 # Reassociation lets LLVM vectorise a dot-product reduction (it must reorder the sum to use
@@ -334,6 +367,7 @@ def per_code(factory):
     scope = {"typed": typed}
     exec(f"def {name}({params}):\n    raise TypeError('{name}: call it from a Numba-compiled "
          f"function')\n\ndef typed_{name}({params}):\n    return typed({params})\n", scope)
-    overload(scope[name], prefer_literal=True, jit_options=dict(OPTIONS, cache=False))(
+    overload(scope[name], prefer_literal=True,
+             jit_options=dict(OPTIONS, cache=False, **_NO_WRAPPERS))(
         scope[f"typed_{name}"])
     return scope[name]

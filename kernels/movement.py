@@ -7,7 +7,7 @@ Each forward copies into the output slot; each VJP scatters-adds back, so overla
 
 import numpy as np
 
-from ._jit import jit, jit_inline
+from ._jit import jit, jit_entry, jit_inline
 from .codes import CONCAT, GATHER, INDEX_ADD, STRIDED
 from ..ops import movement as _layouts
 from .views import (iattrs, ioperand, n_operands, needs, operand, operand_grad, output,
@@ -103,7 +103,7 @@ def concat_piece(x, y, outer, width, total, pos, forward):
                 x[U(o * width + t)] += y[U(o * total + pos + t)]
 
 
-@jit
+@jit_entry
 def load_indices(dst, src, lo, hi):
     """Copy the integer array ``src`` (any shape and integer dtype, ``dst.size`` entries) into
     the int64 slot ``dst``; True when every entry lies in [lo, hi). A compiled step loads its

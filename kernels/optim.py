@@ -15,7 +15,7 @@ are per-parameter state buffers laid out like the parameters:
 
 import numpy as np
 
-from ._jit import jit, jit_inline
+from ._jit import jit, jit_entry, jit_inline
 
 __all__ = ["ADAGRAD", "ADAM", "RMSPROP", "SGD", "clip_gradients", "folds_sgd", "optimizer_update",
            "sgd_plain"]
@@ -42,7 +42,7 @@ def folds_sgd(kind, hyper, max_norm, max_value, check):
             and max_value <= 0.0 and not check)
 
 
-@jit
+@jit_entry
 def optimizer_update(kind, p, g, s1, s2, s3, hyper, t):
     lr = hyper[0]
     n = p.size

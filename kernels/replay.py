@@ -21,7 +21,7 @@ import numpy as np
 from numba import types
 
 from ..ops import Op
-from ._jit import jit
+from ._jit import jit_entry
 from .call import SLOTS, call_forward, call_vjp, context, has_kernel, row_kernel, tape_type
 from .scan import BEGIN_ROW
 from .rows import all_finite, inputs_grads_finite
@@ -30,7 +30,7 @@ from .views import view
 __all__ = ["replay_backward", "replay_entries", "replay_forward"]
 
 
-@jit
+@jit_entry
 def replay_forward(tape, values, ivalues, params, start, stop, check):
     """Compute rows [start, stop) into ``values``.
 
@@ -61,7 +61,7 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
     return -1
 
 
-@jit
+@jit_entry
 def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch, start, stop,
                     check, value_alpha):
     """Accumulate vector-Jacobian products for rows [stop-1 .. start] into ``grads``.

@@ -47,7 +47,7 @@ import numpy as np
 from ..ops import MATMUL, SHAPE, Op
 from ..ops import control as _control
 from ..ops.nodes import FLOAT_NODE
-from ._jit import jit, jit_inline
+from ._jit import jit, jit_entry, jit_inline
 from .linalg import C_FULL
 from .call import (SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS, call_forward, call_vjp,
                    has_kernel, row_kernel)
@@ -117,7 +117,7 @@ def _zero(a, off, n):
         a[U(off + i)] = 0.0
 
 
-@jit
+@jit_entry
 def binomial_advance(n, slots):
     """Steps to advance from a checkpointed state before storing the next checkpoint, when the
     n >= 2 steps from it are still to be reversed and ``slots`` checkpoints (counting the one

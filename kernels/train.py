@@ -15,7 +15,7 @@ rows (offset, size) of ``flat``. Their ``flat_grad`` entries are not written the
 module is the only place that turns a learning rate into a gradient target.
 """
 
-from ._jit import jit, jit_inline
+from ._jit import jit, jit_entry, jit_inline
 from .optim import clip_gradients, folds_sgd, optimizer_update, sgd_plain
 from .replay import replay_backward, replay_forward
 
@@ -109,7 +109,7 @@ def c_contiguous_aligned(x):
     return True
 
 
-@jit
+@jit_entry
 def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_norm,
                max_value, check, finput, iinput, table):
     """One compiled step from packed arguments: load one float and one integer input, then
@@ -174,7 +174,7 @@ def train_step(ints, bytes_, floats, values, ivalues, x, buffers, hyper, t, max_
                  ints[H_KIND], s1, s2, s3, hyper, t, max_norm, max_value, check)
 
 
-@jit
+@jit_entry
 def fit_epoch(tape, values, ivalues, grads, need, fold_need, scratch, zero_spans, keep_spans,
               loss_off, flat, flat_grad,
               kind, s1, s2, s3, hyper, t0, max_norm, max_value,

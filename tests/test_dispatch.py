@@ -234,10 +234,21 @@ def test_a_linear_row_runs_on_the_linear_act_kernels_compiled_once_for_both():
     np.testing.assert_allclose(x.grad, np.ones((3, 5)) @ w.numpy())
 
 
+def test_a_kernel_that_only_kernels_call_refuses_a_call_from_python_rather_than_crash():
+    """Helpers and row kernels are compiled without Numba's Python wrapper (kernels/_jit.py):
+    called from Python, Numba would jump through the wrapper that is not there. It raises,
+    naming the kernel; its Python function stays callable, and entries keep their wrapper."""
+    from fastgrad.kernels import scan
+
+    with pytest.raises(TypeError, match="_x_offset is called from Python"):
+        scan._x_offset((), np.zeros(3, np.int64))
+    assert scan.binomial_advance(10, 3) == scan.binomial_advance.py_func(10, 3)  # an entry
+
+
 def test_a_kernel_called_with_a_constant_and_with_a_variable_compiles_once():
     """Calls between kernels are typed by their arguments' plain types: a literal 0 or True
     does not compile a second copy of the callee (_jit._one_specialisation_per_type)."""
-    from fastgrad.kernels._jit import jit
+    from fastgrad.kernels._jit import jit, jit_entry
 
     def scale(a, k, flag):
         return a * k if flag else a
@@ -247,6 +258,6 @@ def test_a_kernel_called_with_a_constant_and_with_a_variable_compiles_once():
     def twice(a, k, flag):
         return callee(a, 0, True) + callee(a, k, flag)
 
-    caller = jit(twice)
+    caller = jit_entry(twice)  # Python calls it
     assert caller(2.0, 3, False) == 2.0
     assert len(callee.signatures) == 1

@@ -188,12 +188,12 @@ def test_a_fused_cell_gives_bit_identical_gradients_in_every_checkpoint_mode(act
 
 def takes_the_single_cell_path(tape):
     """Whether the tape's scan runs on the single-cell path (kernels/scan.py, _cell_row)."""
-    from fastgrad.kernels.scan import _cell_row, _x_offset
+    from fastgrad.kernels.scan import _cell_row, _x_offset  # kernels only kernels call
 
     arrays = tape.arrays()
     (r,) = [r for r, name, _, _ in tape.rows() if name == "scan"]
     ip = arrays[5][arrays[4][r] : arrays[4][r + 1]]
-    return _cell_row(arrays, ip, _x_offset(arrays, ip)) >= 0
+    return _cell_row.py_func(arrays, ip, _x_offset.py_func(arrays, ip)) >= 0
 
 
 @pytest.mark.parametrize("activation", sorted(LINEAR_ACTIVATIONS))  # every one the registry has
