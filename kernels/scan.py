@@ -48,7 +48,7 @@ from ..ops import MATMUL, SHAPE, Op
 from ..ops import control as _control
 from ..ops.nodes import FLOAT_NODE
 from ._jit import jit, jit_entry, jit_inline
-from .linalg import C_FULL
+from .linalg import C_FULL, linear_act_forward, linear_act_vjp
 from .call import (SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS, SLOTS, call_forward, call_vjp,
                    has_kernel, row_kernel)
 from .rows import STEP_CODE, all_finite, inputs_grads_finite
@@ -345,13 +345,11 @@ def _binomial_forward(ctx, tape, values, ivalues, params, ip, stack, orig, xo, c
 
 # A body that is one recurrent cell, h_t = act(h_{t-1} @ W.T + x_t) (one LINEAR_ACT row: an
 # Elman RNN after its input projection is hoisted out of the loop), runs without the general
-# per-step glue: h_t is written straight to row t of the store and read back from there (its
-# gradient likewise, in the gradient arena's rows of the store), so nothing is saved, restored
-# or moved. Each step calls the body row's own kernel through the table with the row's nodes
-# pointed at those rows: the same kernel on the same values as the general path, so results
-# are bit-identical, and the cell's product code is compiled once, in its op's kernel, not
-# again in these loops. Why a path of its own: at 64 units and batch 1 the general glue took
-# about half of a step (perf: reference counting of per-step slices, copies, row dispatch).
+# per-step glue: h_t is written straight to row t of the store and read back from there, so
+# nothing is saved, restored or moved, and nothing is dispatched per row. The arithmetic is the
+# same calls on the same values (linear_act_forward / linear_act_vjp), so results are
+# bit-identical to the general path. Why: at 64 units and batch 1 the glue took about half of a
+# step (perf: reference counting of per-step slices, copies, row dispatch).
 
 
 @jit
@@ -384,20 +382,15 @@ def _cell_row(tape, ip, xo):
 
 
 @jit
-def _cell_report(values, grads, ip, node_off, n, prev, cur, x, gx, backward):
+def _cell_report(values, grads, ip, node_off, n, prev, cur, x, gx):
     """For an anomaly report at one step of a single-cell body: that step's h_{t-1}, h_t, x_t
     and x_t's gradient (at ``gx``) into the carry_in, carry_out and x slots, where the body row's
-    nodes live (the cell loop keeps them in the store and xs instead); ``backward``: the
-    gradients of h_{t-1} and h_t too (kept at the same places in the gradient arena)."""
+    nodes live (the cell loop keeps them in the store and xs instead)."""
     cin, cout, xslot, step = node_off[ip[HEADER + CARRY_IN]], node_off[ip[HEADER + CARRY_OUT]], \
         node_off[ip[X_SLOT]], ip[X_STEP]
     if prev != cin:
         _copy_within(values, cin, prev, n)
-        if backward:
-            _copy_within(grads, cin, prev, n)
     _copy_within(values, cout, cur, n)
-    if backward:
-        _copy_within(grads, cout, cur, n)
     if x != xslot:
         _copy_within(values, xslot, x, step)
     if gx != xslot:
@@ -405,92 +398,79 @@ def _cell_report(values, grads, ip, node_off, n, prev, cur, x, gx, backward):
 
 
 @jit
-def _cell_forward(ctx, tape, values, ip, r, t0, t1, base, stack, check):
+def _cell_forward(tape, values, params, ip, r, t0, t1, base, stack, check):
     """Steps t0 .. t1-1 of a single-cell body: h_t to row t - t0 of the store at ``base`` (rows of
     the carry's size), from h_{t0-1} in the carry_in slot; with ``stack`` also to the stacked
-    output. Each step runs the body row's own kernel (through the table) with the row's
-    carry_in, carry_out and x nodes pointed at h_{t-1}, h_t and x_t where they lie. Returns -1,
-    or with ``check`` the first step whose h_t holds a NaN/Inf (its h_{t-1}, h_t and x_t are
-    then copied to the carry_in, carry_out and x slots for the report)."""
-    outs, in_idx, node_off, node_size = tape[1], tape[3], tape[8], tape[9]
+    output. Returns -1, or with ``check`` the first step whose h_t holds a NaN/Inf (its h_{t-1},
+    h_t and x_t are then copied to the carry_in, carry_out and x slots for the report)."""
+    node_off, node_size, kind = tape[8], tape[9], tape[10]
     i0 = tape[2][r]
-    cin, cout, xslot = in_idx[i0], outs[r], in_idx[i0 + 2]
+    cin, w = tape[3][i0], tape[3][i0 + 1]
     n = node_size[cin]
-    ocin, ocout, oslot = node_off[cin], node_off[cout], node_off[xslot]
+    W = view(w, values, params, kind, node_off, node_size, tape[11])
+    rip = tape[5][tape[4][r] : tape[4][r + 1]]
     ox, step = node_off[ip[XS]], ip[X_STEP]
     out = node_off[ip[HEADER + CARRY + STACKED_OUT]] if ip[N_STACK] == 1 else 0
-    kernel = row_kernel(tape[12], tape[0][r])
-    prev, cur, x = ocin, base, ox
-    bad = -1
+    prev = node_off[cin]
     for t in range(t0, t1):
         cur = base + (t - t0) * n
         x = ox + t * step
-        node_off[cin], node_off[cout], node_off[xslot] = prev, cur, x
-        call_forward(kernel, ctx, r, False)
+        linear_act_forward(values[prev : prev + n], W, values[x : x + step],
+                           values[cur : cur + n], rip)
         if check and not all_finite(values[cur : cur + n]):
-            bad = t
-            break
+            _cell_report(values, values, ip, node_off, n, prev, cur, x, node_off[ip[X_SLOT]])
+            return t
         if stack and ip[N_STACK] == 1:
             _copy_within(values, out + t * n, cur, n)
         prev = cur
-    node_off[cin], node_off[cout], node_off[xslot] = ocin, ocout, oslot
-    if bad >= 0:
-        _cell_report(values, values, ip, node_off, n, prev, cur, x, oslot, False)
-    return bad
+    return -1
 
 
 @jit
-def _cell_backward(ctx, tape, values, grads, pgrads, need, ip, r, t0, t1, base, xb, check):
+def _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, r, t0, t1, base, xb,
+                   check):
     """Reverse steps t1-1 .. t0 of a single-cell body whose h_t are in the store rows written by
-    _cell_forward: the general path's _body_backward for this body, call for call (the body
-    row's VJP kernel, its nodes pointed as in _cell_forward). The gradient of h_t lives in the
-    gradient arena's row of the store where h_t's value is (the store itself wants no
-    gradient), so the carried gradient moves by no copy: step t's VJP writes h_{t-1}'s where
-    step t-1 reads it. Returns -1, or with ``check`` the first step (walking back) whose VJP
-    wrote a NaN/Inf gradient (its values then in the body row's slots, as _cell_forward's
-    report)."""
-    outs, in_idx, node_off, node_size, kind = tape[1], tape[3], tape[8], tape[9], tape[10]
+    _cell_forward: the general path's _body_backward for this body, call for call. Returns -1,
+    or with ``check`` the first step (walking back) whose VJP wrote a NaN/Inf gradient (its
+    values then in the body row's slots, as _cell_forward's report)."""
+    node_off, node_size, kind = tape[8], tape[9], tape[10]
     i0 = tape[2][r]
-    cin, w, c, cout = in_idx[i0], in_idx[i0 + 1], in_idx[i0 + 2], outs[r]
-    final = ip[HEADER + FINAL]
+    cin, w, c = tape[3][i0], tape[3][i0 + 1], tape[3][i0 + 2]
+    cout, final = ip[HEADER + CARRY_OUT], ip[HEADER + FINAL]
     n = node_size[cin]
+    W = view(w, values, params, kind, node_off, node_size, tape[11])
     gW = grad_view(w, grads, pgrads, kind, node_off, node_size)
+    rip = tape[5][tape[4][r] : tape[4][r + 1]]
     ocin, ocout, ofinal, oc = node_off[cin], node_off[cout], node_off[final], node_off[c]
     na, nw, nc = need[cin], need[w], need[c]
     ox, step = node_off[ip[XS]], ip[X_STEP]
     addx = not xb and need[ip[XS]] != 0
     stacked = ip[N_STACK] == 1 and need[ip[HEADER + CARRY + STACKED_OUT]] != 0
     out = node_off[ip[HEADER + CARRY + STACKED_OUT]] if ip[N_STACK] == 1 else 0
-    kernel = row_kernel(tape[12], SLOTS + tape[0][r])
-    _copy_within(grads, base + (t1 - 1 - t0) * n, ofinal, n)  # the carried gradient
-    prev, cur, gx = ocin, base, oc
-    bad = -1
     for t in range(t1 - 1, t0 - 1, -1):
         cur = base + (t - t0) * n
         prev = ocin if t == t0 else cur - n
+        _copy_within(grads, ocout, ofinal, n)  # the carried gradient (+ the stacked one)
         if stacked:
-            _add_within(grads, cur, out + t * n, n)
+            _add_within(grads, ocout, out + t * n, n)
         if na != 2:
-            _zero(grads, prev, n)
+            _zero(grads, ocin, n)
         gx = ox + t * step if xb else oc
         if not xb and nc != 2:
             _zero(grads, oc, step)
         # c's values are read only for an INTO_VALUE target (kernels/views.py), and nothing a
-        # loop body reads is ever one (Tape.grad_modes: mode 1 at most)
-        node_off[cin], node_off[cout], node_off[c] = prev, cur, gx
-        call_vjp(kernel, ctx, r, False)
-        if check and not ((na == 0 or all_finite(grads[prev : prev + n]))
+        # loop body reads is ever one (Tape.grad_modes: mode 1 at most): the slot stands in for c
+        linear_act_vjp(values[prev : prev + n], W, grads[gx : gx + step], values[cur : cur + n],
+                       grads[ocout : ocout + n], grads[ocin : ocin + n], na, gW, nw,
+                       grads[gx : gx + step], nc, rip, scratch, 0.0)
+        if check and not ((na == 0 or all_finite(grads[ocin : ocin + n]))
                           and (nw == 0 or all_finite(gW))
                           and (nc == 0 or all_finite(grads[gx : gx + step]))):
-            bad = t
-            break
+            _cell_report(values, grads, ip, node_off, n, prev, cur, ox + t * step, gx)
+            return t
+        _copy_within(grads, ofinal, ocin, n)
         if addx:
             _add_within(grads, ox + t * step, oc, step)
-    node_off[cin], node_off[cout], node_off[c] = ocin, ocout, oc
-    if bad >= 0:
-        _cell_report(values, grads, ip, node_off, n, prev, cur, ox + bad * step, gx, True)
-        return bad
-    _copy_within(grads, ofinal, ocin, n)  # what reached h_{t0-1}, for the segment before
     return -1
 
 
@@ -532,7 +512,7 @@ def scan_cell_forward(ctx, tape, values, ivalues, params, r, check):
     cin, final = ip[HEADER + CARRY_IN], ip[HEADER + FINAL]
     n = node_size[cin]
     if k == 0:
-        bad = _cell_forward(ctx, tape, values, ip, cell, 0, T, store, True, check)
+        bad = _cell_forward(tape, values, params, ip, cell, 0, T, store, True, check)
         if bad >= 0:
             return _report(cell, bad)
         _copy_within(values, node_off[final], store + (T - 1) * n, n)
@@ -540,7 +520,7 @@ def scan_cell_forward(ctx, tape, values, ivalues, params, r, check):
         for t0 in range(0, T, k):
             t1 = min(T, t0 + k)
             _copy_within(values, ckpt + (t0 // k) * n, node_off[cin], n)
-            bad = _cell_forward(ctx, tape, values, ip, cell, t0, t1, store, True, check)
+            bad = _cell_forward(tape, values, params, ip, cell, t0, t1, store, True, check)
             if bad >= 0:
                 return _report(cell, bad)
             _copy_within(values, node_off[cin], store + (t1 - 1 - t0) * n, n)
@@ -733,17 +713,17 @@ def scan_cell_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, 
     cell = _cell_row(tape, ip, xo)
     n = node_size[ip[HEADER + CARRY_IN]]
     if k == 0:
-        bad = _cell_backward(ctx, tape, values, grads, pgrads, need, ip, cell, 0, T, store, xb,
-                             check)
+        bad = _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell, 0, T,
+                             store, xb, check)
         if bad >= 0:
             return _report(cell, bad)
     else:
         for t0 in range(((T - 1) // k) * k, -1, -k):
             t1 = min(T, t0 + k)
             _copy_within(values, node_off[ip[HEADER + CARRY_IN]], ckpt + (t0 // k) * n, n)
-            _cell_forward(ctx, tape, values, ip, cell, t0, t1, store, False, False)
-            bad = _cell_backward(ctx, tape, values, grads, pgrads, need, ip, cell, t0, t1, store,
-                                 xb, check)
+            _cell_forward(tape, values, params, ip, cell, t0, t1, store, False, False)
+            bad = _cell_backward(tape, values, params, grads, pgrads, need, scratch, ip, cell,
+                                 t0, t1, store, xb, check)
             if bad >= 0:
                 return _report(cell, bad)
     _add_init_grads(tape, grads, pgrads, need, ip)  # the cell loops leave the x slot in place
