@@ -48,12 +48,10 @@ def replay_forward(tape, values, ivalues, params, start, stop, check):
             target = iparams[ip_ptr[r]]
             r = target if target >= 0 else r + 1  # -1: body still being recorded, run it inline
             continue
-        if not has_kernel(code):
-            r += 1
-            continue
-        bad = call_forward(row_kernel(table, code), ctx, r, check)
-        if bad >= 0:  # a scan body's row, at a step (scan.py)
-            return bad
+        if has_kernel(code):
+            bad = call_forward(row_kernel(table, code), ctx, r, check)
+            if bad >= 0:  # a scan body's row, at a step (scan.py)
+                return bad
         if check and not all_finite(view(outs[r], values, params, kind, node_off, node_size,
                                          tape[11])):
             return r
@@ -80,10 +78,11 @@ def replay_backward(tape, values, ivalues, params, grads, pgrads, need, scratch,
     r = stop - 1
     while r >= start:
         code = ops[r]
-        if need[outs[r]] and has_kernel(code):
-            bad = call_vjp(row_kernel(table, SLOTS + code), ctx, r, check)
-            if bad >= 0:  # a scan body's row, at a step (scan.py)
-                return bad
+        if need[outs[r]] and code != Op.SCAN_BEGIN:
+            if has_kernel(code):
+                bad = call_vjp(row_kernel(table, SLOTS + code), ctx, r, check)
+                if bad >= 0:  # a scan body's row, at a step (scan.py)
+                    return bad
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
                 return r
         if code == Op.SCAN:

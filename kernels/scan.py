@@ -251,9 +251,8 @@ def _body_forward(ctx, tape, values, ivalues, params, ip, t, orig, xo, alias, ch
     first row whose output holds a NaN/Inf (the rows after it are not run)."""
     _load_x(values, ip, tape[8], orig, xo, t, alias)
     for r in range(ip[BODY_START], ip[BODY_END]):
-        if not has_kernel(tape[0][r]):
-            continue
-        call_forward(row_kernel(tape[12], tape[0][r]), ctx, r, False)
+        if has_kernel(tape[0][r]):
+            call_forward(row_kernel(tape[12], tape[0][r]), ctx, r, False)
         if check and not all_finite(view(tape[1][r], values, params, tape[10], tape[8], tape[9],
                                          tape[11])):
             return r
@@ -600,8 +599,9 @@ def _body_backward(ctx, tape, values, ivalues, params, grads, pgrads, need, scra
         if need[out]:
             _add_within(grads, node_off[v], node_off[out] + t * n, n)
     for r in range(ip[BODY_END] - 1, ip[BODY_START] - 1, -1):
-        if need[outs[r]] and has_kernel(tape[0][r]):
-            call_vjp(row_kernel(tape[12], SLOTS + tape[0][r]), ctx, r, False)
+        if need[outs[r]]:
+            if has_kernel(tape[0][r]):
+                call_vjp(row_kernel(tape[12], SLOTS + tape[0][r]), ctx, r, False)
             if check and not inputs_grads_finite(tape, grads, pgrads, need, r):
                 return r
     for c in range(nc):

@@ -411,6 +411,25 @@ def test_a_failed_scan_step_leaves_the_graph_usable_saved_and_differentiated(fai
     assert h_T.numpy().tolist() == [7.0, 10.0]
 
 
+def test_an_anomaly_before_a_loop_found_inside_its_step_names_its_row_and_leaves_the_graph():
+    """fg.scan computes nothing while it records: a step that reads a value runs the rows
+    before the loop then, under fg.detect_anomaly too. A NaN made there is reported at the row
+    that made it; the failed loop leaves no marker, and the step's rows read init and xs[0]."""
+    w = fg.tensor([1.0, -1.0], requires_grad=True)
+    h0 = w.log() * 1.0  # NaN at index 1
+    kept = []
+
+    def step(h, x):
+        kept.append(h * 2.0 + x)
+        kept[-1].numpy()
+        return kept[-1]
+
+    with fg.detect_anomaly(), pytest.raises(FastgradError, match=r"row 0 \(log\)"):
+        fg.scan(step, h0, fg.tensor(np.ones((3, 2))))
+    assert "scan_begin" not in [name for _, name, _, _ in h0.tape.rows()]
+    np.testing.assert_array_equal(kept[0].numpy(), [1.0, np.nan])
+
+
 # ============================================================================ the audit
 BAD_VALUES = [2.5, -1, -3.0, 0, "a", None, float("nan"), float("inf"), -float("inf"), True,
               1 + 2j, [], (), [1, "a"], {}, object(), 10**20, -(10**20), np.int64(-2),

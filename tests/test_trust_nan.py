@@ -53,6 +53,14 @@ def _same_nans(got, want, what):
     assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}:\n got {got}\nwant {want}"
 
 
+
+def test_detect_anomaly_checks_a_reshape_though_it_runs_no_kernel():
+    """A RESHAPE row computes nothing (its output aliases its input), but under
+    fg.detect_anomaly its output is checked as every row's is: a NaN leaf reshaped is found."""
+    x = fg.tensor([1.0, np.nan])
+    with fg.detect_anomaly(), pytest.raises(fg.FastgradError, match="reshape"):
+        x.reshape(2, 1).numpy()
+
 def test_the_generated_nan_cases_cover_every_op_with_samples():
     """Every op with samples in the table gets a NaN in each of its float inputs."""
     covered = {op for op, _, _ in NAN_CASES}

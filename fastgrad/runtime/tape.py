@@ -467,19 +467,26 @@ class Tape:
                 self._run_rows(self.n_rows, check)
 
     def fill_body_slots(self, check=False):
-        """Give the carry and x_t slots of the fg.scan body being recorded their values (the
-        initial carries', xs[0]), running the rows before its marker first. fg.scan records
-        without computing anything, so that the kernels of the rows before a loop compile
-        with the loop's; the slots get their values when something reads a value (``flush``)
-        or the recording fails (its rows then stay, as plain rows on the slots)."""
-        if not self.body.slot_sources:
-            return
+        """Give the carry and x_t slots of fg.scan bodies their values (the initial carries',
+        xs[0]), each once the rows before its body have run (running them first). fg.scan
+        records without computing anything, so that the kernels of the rows before a loop
+        compile with the loop's; the slots get their values when something reads a value
+        (``flush``), also after a failed recording has left the step's rows on the tape."""
         with self.lock:
-            self._run_rows(self.body.marker, check)
-            for slot, source, first in self.body.slot_sources:
-                values = self.node_values(source)
-                self.node_values(slot)[...] = values[0] if first else values
-            self.body.slot_sources = []
+            while self.body.slot_sources:
+                at = min(self._slots_row(row) for row, *_ in self.body.slot_sources)
+                self._run_rows(at, check)
+                waiting = []
+                for row, slot, source, first in self.body.slot_sources:
+                    if self._slots_row(row) == at:
+                        values = self.node_values(source)
+                        self.node_values(slot)[...] = values[0] if first else values
+                    else:
+                        waiting.append((row, slot, source, first))
+                self.body.slot_sources = waiting
+
+    def _slots_row(self, row):
+        return self.body.marker if row < 0 else row
 
     def _run_rows(self, stop, check):
         """Run rows n_done .. stop-1 (the caller holds the lock)."""
@@ -658,6 +665,9 @@ class Tape:
         # compile with the rest, not in a wave of their own) unless ours would come before
         # rows of ``other`` already computed, which must not run again (a leaf may have
         # changed since: a later op sees current values, an earlier one keeps its own).
+        if self.body.slot_sources or other.body.slot_sources:  # rows of a failed fg.scan step
+            self.flush()
+            other.flush()
         if self.n_done < self.n_rows and other.n_done > 0:
             self.flush()
         pending = self.n_done if self.n_done < self.n_rows else self.n_rows + other.n_done

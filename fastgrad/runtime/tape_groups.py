@@ -63,9 +63,10 @@ class BodyRecording:
     """An ``fg.scan`` body being recorded on the tape: while ``active``, no merges and no
     nesting; ``marker`` is the row of its SCAN_BEGIN marker, ``first_node`` the body's first
     node, ``hoisted`` the nodes of rows moved out of it (``Tape.hoist_last_row``).
-    ``slot_sources``: (slot, source node, first) for the body's carry and x_t slots whose
-    values (init's; xs[0]'s with ``first``) wait for the rows before the marker to run
-    (``Tape.fill_body_slots``)."""
+    ``slot_sources``: (row, slot, source node, first) for carry and x_t slots whose values
+    (init's; xs[0]'s with ``first``) wait for the rows before ``row`` to run (-1: the marker
+    of the body being recorded; a failed recording leaves its step's rows on the tape, their
+    slots waiting so: ``Tape.fill_body_slots``)."""
 
     active: bool = False
     marker: int = -1

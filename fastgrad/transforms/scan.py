@@ -278,15 +278,18 @@ def scan(step, init, xs=None, length=None, checkpoint=None, stack=False, fuse=Tr
                                              init_nodes, T, dtype, grad_on, checkpoint, stack,
                                              fuse and fusion.enabled())
     except BaseException:
-        tape.fill_body_slots()  # the step's rows stay, as plain rows on init and xs[0]
         marker_row = tape.body.marker  # rows hoisted out of the body moved it down
         if tape.n_rows > marker_row and tape.ops.a[marker_row] == Op.SCAN_BEGIN and \
                 not (tape.scan_rows and tape.scan_rows[-1] > marker_row):
             tape.remove_row(marker_row)  # the body rows stay, as plain rows on init and xs[0]
+        # ... whose slots get those values once the rows before them have run (next read)
+        tape.body.slot_sources = [(marker_row if row < 0 else row, *rest)
+                                  for row, *rest in tape.body.slot_sources]
         raise
     finally:
         tape.body.marker, tape.body.first_node, tape.body.hoisted = -1, -1, set()
-        tape.body.slot_sources = []  # a recorded loop loads its slots itself (kernels/scan.py)
+        # a recorded loop loads its slots itself (kernels/scan.py)
+        tape.body.slot_sources = [e for e in tape.body.slot_sources if e[0] >= 0]
     results = [Tensor._on_tape(tape, f, need) for f in finals]
     final = results[0] if single else tuple(results)
     if stack:
@@ -305,12 +308,12 @@ def _record_loop(tape, step, single, carries, x, x_node, init_nodes, T, dtype, g
     slots = []
     for c, v in zip(carries, init_nodes):
         s = tape.add_node(c.shape, need=grad_on, label="carry")
-        tape.body.slot_sources.append((s, v, False))
+        tape.body.slot_sources.append((-1, s, v, False))
         slots.append(s)
     x_slot = -1
     if x is not None:
         x_slot = tape.add_node(x.shape[1:], need=grad_on and x.requires_grad, label="x_t")
-        tape.body.slot_sources.append((x_slot, x_node, True))
+        tape.body.slot_sources.append((-1, x_slot, x_node, True))
     if tape.n_done >= tape.body.marker:  # nothing before the loop waits to run
         tape.fill_body_slots()
     tape.body.active = True
