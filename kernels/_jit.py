@@ -187,15 +187,22 @@ class _DigestDirCacheImpl(caching.CompileResultCacheImpl):
 
 class CheckedFunctionCache(caching.FunctionCache):
     """Numba's per-function cache with sealed files, and no exception out of a load or a save:
-    a fault is logged once (``_cache_fault``) and the function compiled instead."""
+    a fault is logged once (``_cache_fault``) and the function compiled instead. ``entry``:
+    the function is compiled with its Python wrapper (``jit_entry``); it is part of the key,
+    which Numba's own does not cover (a wrapperless compile loaded for a Python call would
+    jump through a wrapper that is not there)."""
 
     _impl_class = _DigestDirCacheImpl
 
-    def __init__(self, py_func):
+    def __init__(self, py_func, entry=True):
         super().__init__(py_func)
+        self._entry = bool(entry)
         self._cache_file = _CheckedCacheFile(
             cache_path=self._cache_path, filename_base=self._impl.filename_base,
             source_stamp=self._impl.locator.get_source_stamp())
+
+    def _index_key(self, sig, codegen):
+        return (*super()._index_key(sig, codegen), "entry" if self._entry else "kernel")
 
     def load_overload(self, sig, target_context):
         try:
@@ -251,7 +258,8 @@ def njit_with(fn, options, entry=False):
     if cache:
         # what numba.njit(cache=True) does (Dispatcher.enable_caching), with the checked cache
         try:
-            dispatcher._cache = CheckedFunctionCache(dispatcher.py_func)
+            dispatcher._cache = CheckedFunctionCache(
+                dispatcher.py_func, entry=not isinstance(dispatcher, _KernelOnlyDispatcher))
         except Exception as exc:  # noqa: BLE001 - no usable directory: compile in memory
             _cache_fault(CACHE_DIR, "used", exc, unwritable=True)
     if options.get("inline") != "always":

@@ -245,6 +245,34 @@ def test_a_kernel_that_only_kernels_call_refuses_a_call_from_python_rather_than_
     assert scan.binomial_advance(10, 3) == scan.binomial_advance.py_func(10, 3)  # an entry
 
 
+def test_a_kernel_and_an_entry_over_one_function_never_share_a_cache_entry(tmp_path):
+    """Numba's cache key does not say whether a function was compiled with its Python wrapper:
+    fastgrad's does, so an entry never loads a kernel's wrapperless code from the cache (a
+    Python call would jump through the missing wrapper: a crash)."""
+    module = tmp_path / "twin.py"
+    module.write_text(textwrap.dedent("""
+        import json, sys
+        from fastgrad.kernels._jit import jit, jit_entry
+
+        def add_one(x):
+            return x + 1.0
+
+        kernel, entry = jit(add_one), jit_entry(add_one)
+
+        @jit_entry
+        def caller(x):
+            return kernel(x)
+
+        print(json.dumps(caller(1.0) if sys.argv[1] == "kernel" else entry(1.0)))
+    """))
+    env = dict(os.environ, FASTGRAD_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(tmp_path))
+    env.pop("NUMBA_CACHE_DIR", None)
+    for which in ("kernel", "entry"):  # the kernel's code is cached first
+        out = subprocess.run([sys.executable, str(module), which], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0 and json.loads(out.stdout) == 2.0, out.stderr
+
+
 def test_a_kernel_called_with_a_constant_and_with_a_variable_compiles_once():
     """Calls between kernels are typed by their arguments' plain types: a literal 0 or True
     does not compile a second copy of the callee (_jit._one_specialisation_per_type)."""
