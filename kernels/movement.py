@@ -14,7 +14,7 @@ from .views import (iattrs, ioperand, n_operands, needs, operand, operand_grad, 
                     output_grad)
 
 __all__ = ["BASE", "CONCAT_OUTER", "DIMS", "INNER", "N", "NDIM", "OUTER", "TOTAL", "WIDTHS",
-           "concat_piece", "gather_add", "gather_forward", "gather_vjp", "load_indices",
+           "concat_piece", "gather_forward", "gather_vjp", "load_indices",
            "shape_row_forward", "shape_row_vjp", "strided_copy"]
 
 # Where the rows' integer attributes sit (fastgrad/ops/movement.py; Numba reads these module
@@ -57,15 +57,21 @@ def strided_copy(x, y, ip, forward):
 
 
 @jit
-def gather_forward(x, index, y, outer, n, inner):
-    """y (outer, m, inner) = x (outer, n, inner) taken at index (m,) along the middle axis."""
+def gather_forward(x, index, y, outer, n, inner, add):
+    """y (outer, m, inner) = x (outer, n, inner) taken at index (m,) along the middle axis;
+    with ``add``, y += those rows (index_add's VJP for its source: the gradient read back at
+    the rows it was added to)."""
     m = index.size
     for o in range(outer):
         for t in range(m):
             src = (o * n + index[t]) * inner
             dst = (o * m + t) * inner
-            for j in range(inner):
-                y[U(dst + j)] = x[U(src + j)]
+            if add:
+                for j in range(inner):
+                    y[U(dst + j)] += x[U(src + j)]
+            else:
+                for j in range(inner):
+                    y[U(dst + j)] = x[U(src + j)]
 
 
 @jit
@@ -77,19 +83,6 @@ def gather_vjp(index, gy, gx, outer, n, inner):
             dst = (o * m + t) * inner
             for j in range(inner):
                 gx[U(src + j)] += gy[U(dst + j)]
-
-
-@jit
-def gather_add(x, index, y, outer, n, inner):
-    """y (outer, m, inner) += x (outer, n, inner) taken at index (m,): index_add's VJP for its
-    source (the gradient read back at the rows it was added to)."""
-    m = index.size
-    for o in range(outer):
-        for t in range(m):
-            src = (o * n + index[t]) * inner
-            dst = (o * m + t) * inner
-            for j in range(inner):
-                y[U(dst + j)] += x[U(src + j)]
 
 
 @jit
@@ -137,7 +130,7 @@ def shape_row_forward(code, tape, values, ivalues, params, r):
                      True)
     elif code == GATHER:
         gather_forward(operand(tape, values, params, r, 0), ioperand(tape, ivalues, r, 1),
-                       output(tape, values, params, r), ip[OUTER], ip[N], ip[INNER])
+                       output(tape, values, params, r), ip[OUTER], ip[N], ip[INNER], False)
     elif code == CONCAT:
         y = output(tape, values, params, r)
         outer, total = ip[CONCAT_OUTER], ip[TOTAL]
@@ -181,5 +174,6 @@ def shape_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scra
             for i in range(gy.size):
                 gx[i] += gy[i]
         if needs(tape, need, r, 2):
-            gather_add(gy, ioperand(tape, ivalues, r, 1), operand_grad(tape, grads, pgrads, r, 2),
-                       ip[OUTER], ip[N], ip[INNER])
+            gather_forward(gy, ioperand(tape, ivalues, r, 1),
+                           operand_grad(tape, grads, pgrads, r, 2), ip[OUTER], ip[N], ip[INNER],
+                           True)

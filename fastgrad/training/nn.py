@@ -104,11 +104,16 @@ class Module:
         object.__setattr__(self, name, buffer)
         return buffer
 
-    def named_buffers(self, prefix=""):
-        for name, b in self._buffers.items():
-            yield prefix + name, b
+    def _named(self, table, prefix):
+        """(dotted name, tensor) of ``table`` (``_parameters`` or ``_buffers``), then of each
+        submodule's, as PyTorch's named_parameters / named_buffers order them."""
+        for name, t in getattr(self, table).items():
+            yield prefix + name, t
         for name, m in self._modules.items():
-            yield from m.named_buffers(prefix + name + ".")
+            yield from m._named(table, prefix + name + ".")
+
+    def named_buffers(self, prefix=""):
+        return self._named("_buffers", prefix)
 
     def buffers(self):
         return [b for _, b in self.named_buffers()]
@@ -134,10 +139,7 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def named_parameters(self, prefix=""):
-        for name, p in self._parameters.items():
-            yield prefix + name, p
-        for name, m in self._modules.items():
-            yield from m.named_parameters(prefix + name + ".")
+        return self._named("_parameters", prefix)
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
