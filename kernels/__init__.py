@@ -6,7 +6,11 @@ call each row's forward or vector-Jacobian-product kernel through the dispatch t
 (``dispatch.py``), which compiles an op's kernels when a tape first uses it.
 """
 
-from ._jit import CACHE_DIR, CACHE_ENABLED
+from . import _codegen
+
+_codegen.install()  # before any kernel compiles: helpers get no machine code of their own
+
+from ._jit import CACHE_DIR, CACHE_ENABLED  # noqa: E402
 from .replay import replay_backward, replay_forward
 
 __all__ = ["replay_forward", "replay_backward", "CACHE_DIR", "CACHE_ENABLED"]

@@ -194,9 +194,10 @@ class CheckedFunctionCache(caching.FunctionCache):
 
     _impl_class = _DigestDirCacheImpl
 
-    def __init__(self, py_func, entry=True):
+    def __init__(self, py_func, entry=True, addressed=False):
         super().__init__(py_func)
         self._entry = bool(entry)
+        self._link_only = not (entry or addressed)
         self._cache_file = _CheckedCacheFile(
             cache_path=self._cache_path, filename_base=self._impl.filename_base,
             source_stamp=self._impl.locator.get_source_stamp())
@@ -215,6 +216,9 @@ class CheckedFunctionCache(caching.FunctionCache):
         if str(self._cache_path) in unwritable_dirs:
             return
         try:
+            # a helper's library is saved without machine code (_codegen.py); an entry's or a
+            # row kernel's with it, so that loading one runs no compiler
+            data.library.link_only_allowed = self._link_only
             super().save_overload(sig, data)
         except Exception as exc:  # noqa: BLE001 - disk full, read-only, ...: stay in memory
             _cache_fault(self._cache_path, "written", exc, unwritable=True)
@@ -244,9 +248,10 @@ class _KernelOnlyDispatcher(CPUDispatcher):
                         "jit_entry to call it from Python, or call its .py_func)")
 
 
-def njit_with(fn, options, entry=False):
+def njit_with(fn, options, entry=False, addressed=False):
     """``numba.njit`` with ``options``, caching through ``CheckedFunctionCache``; without
-    Python wrappers unless ``entry`` (or inlined, where there is nothing to wrap)."""
+    Python wrappers unless ``entry`` (or inlined, where there is nothing to wrap).
+    ``addressed``: called through its address (a row kernel), so cached with machine code."""
     options = dict(options)
     cache = options.pop("cache", False)
     if entry or options.get("inline") == "always":
@@ -259,7 +264,8 @@ def njit_with(fn, options, entry=False):
         # what numba.njit(cache=True) does (Dispatcher.enable_caching), with the checked cache
         try:
             dispatcher._cache = CheckedFunctionCache(
-                dispatcher.py_func, entry=not isinstance(dispatcher, _KernelOnlyDispatcher))
+                dispatcher.py_func, entry=not isinstance(dispatcher, _KernelOnlyDispatcher),
+                addressed=addressed)
         except Exception as exc:  # noqa: BLE001 - no usable directory: compile in memory
             _cache_fault(CACHE_DIR, "used", exc, unwritable=True)
     if options.get("inline") != "always":
@@ -314,11 +320,12 @@ def jit_reduce(fn):
 
 
 def jit_inline(fn):
-    """``jit`` inlined into each caller at Numba IR level (inline='always').
+    """``jit`` inlined into each caller at Numba IR level (inline='always'): for accessors
+    called with constants (an operand's number, an op code) that a caller's branches prune on.
 
-    Why: Numba links every callee's LLVM module into each caller and re-optimises and re-emits
-    the whole linked tree there. A function that calls the row dispatchers would cost a full
-    copy of that work (about 4 s per layer, measured); inlined, it costs its own few lines.
+    Each call site types and lowers the callee's code again, so a function of any size that
+    several kernels call is a ``jit`` helper instead: compiled once, linked into each caller
+    (without machine code of its own, _codegen.py).
     """
     return njit_with(fn, dict(OPTIONS, inline="always"))
 

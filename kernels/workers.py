@@ -72,7 +72,7 @@ def usable_cpus() -> int:
 def compiled(py_func, signature):
     """``py_func`` compiled (or loaded from the checked cache) for ``signature``: the
     dispatcher, which owns the machine code, and the address of the compiled function."""
-    dispatcher = njit_with(py_func, OPTIONS)
+    dispatcher = njit_with(py_func, OPTIONS, addressed=True)
     dispatcher.compile(signature)
     cres = dispatcher.overloads[signature.args]
     address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
@@ -90,7 +90,7 @@ def is_cached(target, signature) -> bool:
             return True
         dispatcher = target
     else:
-        dispatcher = njit_with(target, OPTIONS)
+        dispatcher = njit_with(target, OPTIONS, addressed=True)
     cache = getattr(dispatcher, "_cache", None)
     if not isinstance(cache, CheckedFunctionCache):
         return False
