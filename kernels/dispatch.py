@@ -149,10 +149,16 @@ def _scan_kernels(code, F, itemsize):
 # Ops whose rows another op's kernels run: a LINEAR row is a LINEAR_ACT row without the
 # activation (kernels/linalg.py), and one kernel for both links the product's code once (a
 # model with both, an MLP or an RNN with a readout, compiled about 4 s less on one core).
-KERNEL_OF = {int(Op.LINEAR): int(Op.LINEAR_ACT)}
+# The four arithmetic ops share ADD's kernels, which branch on the row's op once per run
+# (elementwise.py): nearly every program uses two or more of them, and each kernel of its
+# own cost about 0.5 s of fixed compile (docs/benchmarks.md, "Machine code only for what
+# runs").
+KERNEL_OF = {int(Op.LINEAR): int(Op.LINEAR_ACT), int(Op.SUB): int(Op.ADD),
+             int(Op.MUL): int(Op.ADD), int(Op.DIV): int(Op.ADD)}
 
+# The names of the kernels that are not one op's: the compile log's and the kernel cache's.
 STRATEGY_NAMES = {SCAN_CELL: "scan_cell", SCAN_STEPS: "scan_steps",
-                  SCAN_BINOMIAL: "scan_binomial"}
+                  SCAN_BINOMIAL: "scan_binomial", int(Op.ADD): "arithmetic"}
 
 
 def codes_used(ops, ip_ptr, iparams, start, stop, tape=None, need=None):
@@ -229,8 +235,8 @@ class Table:
                     todo.append((owner, *row_kernels(owner, self.dtype)))
                 runs.setdefault(owner, []).append(code)
             # on several cores where that helps: the rest below then loads from the cache
-            units = [(f, fwd_sig, (_family(code), 0), _weight(code, 0)) for code, f, _ in todo]
-            units += [(v, vjp_sig, (_family(code), 1), _weight(code, 1)) for code, _, v in todo]
+            units = [(f, fwd_sig, _family(code), _weight(code, 0)) for code, f, _ in todo]
+            units += [(v, vjp_sig, _family(code), _weight(code, 1)) for code, _, v in todo]
             units += [(entry, types, entry, _entry_weight(entry)) for entry, types in entries]
             done = compile_units(units if todo else [], self.dtype)
             for owner, forward, vjp in todo:
@@ -250,9 +256,9 @@ class Table:
 
 
 # Rough compile costs in seconds on one core, measured cold (docs/benchmarks.md, "Cold start"):
-# what compile_units balances its processes with. The first kernel of a family pays for the
-# family's shared helpers; the weights spread that over its members.
-ENTRY_WEIGHTS = {"train_step": 4.5, "fit_epoch": 4.5, "replay_forward": 1.0,
+# what compile_units balances its processes with. The first kernel of a group pays for the
+# helpers its members share; the weights spread that over them.
+ENTRY_WEIGHTS = {"train_step": 3.8, "fit_epoch": 3.8, "replay_forward": 1.0,
                  "replay_backward": 0.8}
 
 
@@ -261,21 +267,28 @@ def _entry_weight(entry):
 
 
 def _family(code):
-    """The family of an op code (the hundreds), whose kernels link the same helpers; a scan
-    strategy is its own (each is several seconds: one process each balances better)."""
-    return code if code >= SCAN_CELL else code // 100
+    """The group of an op code's kernels, which one process compiles: its family (the
+    hundreds), whose forward and VJP kernels link the same helpers. The single-cell scan loops
+    call the fused cell's own kernels (linalg.py), forward ones in the VJP too (it recomputes
+    checkpointed steps), so they go with the matmul family; the other scan strategies are each
+    their own group."""
+    if code == SCAN_CELL:
+        return MATMUL // 100
+    return code if code > SCAN_CELL else code // 100
 
 
 def _weight(code, vjp):
-    if code == SCAN_CELL:  # the single-cell loops: the fused cell's forward and VJP inlined
-        return 4.0 if vjp else 2.5
+    if code == SCAN_CELL:  # the loops alone: the cell's kernels come with its family
+        return 3.3 if vjp else 1.0
     if code >= Op.SCAN:  # the scan row, and the loops of the other strategies
-        return 2.5 if code > Op.SCAN else (1.0 if vjp else 1.8)
+        return 2.5 if code > Op.SCAN else 0.2
     if MATMUL <= code < RESHAPE:
-        return 2.5 if vjp else 1.8
+        return 2.1 if vjp else 1.2
     if code >= CROSS_ENTROPY:
         return 1.0 if vjp else 1.2
-    return 0.7 if vjp else 0.5
+    if code == ADD:  # the arithmetic kernels (KERNEL_OF)
+        return 1.1 if vjp else 0.7
+    return 0.55 if vjp else 0.4
 
 
 _tables = {}

@@ -10,7 +10,7 @@ import numpy as np
 
 from .codes import (
     NEG, ABS, EXP, LOG, SQRT, TANH, SIGMOID, RELU, LEAKY_RELU, SOFTPLUS, CLIP, ADD_SCALAR,
-    MUL_SCALAR, DIV_SCALAR, RDIV_SCALAR, POW_SCALAR, RPOW_SCALAR, ADD, SUB, MUL, DIV, POW,
+    MUL_SCALAR, DIV_SCALAR, RDIV_SCALAR, POW_SCALAR, RPOW_SCALAR, ADD, SUB, MUL, POW,
     MAXIMUM, MINIMUM, BCE_LOGITS, GT, GE, LT, LE, EQ, NE, SIN, COS, LOG1P, EXPM1,
     TAN, ASIN, ACOS, ATAN, SINH, COSH, ASINH, ACOSH, ATANH, LOG2, LOG10, RSQRT, FLOOR, CEIL,
     ROUND, SIGN, GELU, SILU, ELU, SELU, MISH, HARDSWISH, RELU6, LOGSIGMOID,
@@ -393,19 +393,23 @@ unary_vjp = per_code(_unary_vjp_of)
 
 
 def _binary_run_forward_of(op):
-    def binary_run_forward(code, a, oa, sa, b, ob, sb, y, oy, n):
+    def binary_run_forward(code, row_op, a, oa, sa, b, ob, sb, y, oy, n):
+        """y[oy:oy+n] = op(a, b) over one run. ``row_op``: the row's own op, read by the
+        arithmetic kernel (code ADD), which runs the rows of the four arithmetic ops
+        (dispatch.py KERNEL_OF): one branch per run, outside its loop."""
         if op == ADD:
-            for i in range(n):
-                y[U(oy + i)] = a[U(oa + i * sa)] + b[U(ob + i * sb)]
-        elif op == SUB:
-            for i in range(n):
-                y[U(oy + i)] = a[U(oa + i * sa)] - b[U(ob + i * sb)]
-        elif op == MUL:
-            for i in range(n):
-                y[U(oy + i)] = a[U(oa + i * sa)] * b[U(ob + i * sb)]
-        elif op == DIV:
-            for i in range(n):
-                y[U(oy + i)] = a[U(oa + i * sa)] / b[U(ob + i * sb)]
+            if row_op == ADD:
+                for i in range(n):
+                    y[U(oy + i)] = a[U(oa + i * sa)] + b[U(ob + i * sb)]
+            elif row_op == SUB:
+                for i in range(n):
+                    y[U(oy + i)] = a[U(oa + i * sa)] - b[U(ob + i * sb)]
+            elif row_op == MUL:
+                for i in range(n):
+                    y[U(oy + i)] = a[U(oa + i * sa)] * b[U(ob + i * sb)]
+            else:  # DIV
+                for i in range(n):
+                    y[U(oy + i)] = a[U(oa + i * sa)] / b[U(ob + i * sb)]
         elif op == POW:
             for i in range(n):
                 y[U(oy + i)] = a[U(oa + i * sa)] ** b[U(ob + i * sb)]
@@ -449,35 +453,37 @@ binary_run_forward = per_code(_binary_run_forward_of)
 
 
 def _binary_run_vjp_of(op):
-    def binary_run_vjp(code, a, oa, sa, ga, na, b, ob, sb, gb, nb, y, gy, oy, n):
+    def binary_run_vjp(code, row_op, a, oa, sa, ga, na, b, ob, sb, gb, nb, y, gy, oy, n):
         """Add this run's contribution to ga (if na) and gb (if nb); broadcast strides sum back.
+        ``row_op`` as in binary_run_forward.
 
         One loop per operand, so each loop is branch-free and vectorises."""
-        if op == ADD or op == SUB:
-            if na:
-                for i in range(n):
-                    ga[U(oa + i * sa)] += gy[U(oy + i)]
-            if nb:
-                if op == ADD:
+        if op == ADD:
+            if row_op == ADD or row_op == SUB:
+                if na:
                     for i in range(n):
-                        gb[U(ob + i * sb)] += gy[U(oy + i)]
-                else:
+                        ga[U(oa + i * sa)] += gy[U(oy + i)]
+                if nb:
+                    if row_op == ADD:
+                        for i in range(n):
+                            gb[U(ob + i * sb)] += gy[U(oy + i)]
+                    else:
+                        for i in range(n):
+                            gb[U(ob + i * sb)] -= gy[U(oy + i)]
+            elif row_op == MUL:
+                if na:
                     for i in range(n):
-                        gb[U(ob + i * sb)] -= gy[U(oy + i)]
-        elif op == MUL:
-            if na:
-                for i in range(n):
-                    ga[U(oa + i * sa)] += gy[U(oy + i)] * b[U(ob + i * sb)]
-            if nb:
-                for i in range(n):
-                    gb[U(ob + i * sb)] += gy[U(oy + i)] * a[U(oa + i * sa)]
-        elif op == DIV:
-            if na:
-                for i in range(n):
-                    ga[U(oa + i * sa)] += gy[U(oy + i)] / b[U(ob + i * sb)]
-            if nb:
-                for i in range(n):
-                    gb[U(ob + i * sb)] -= gy[U(oy + i)] * y[U(oy + i)] / b[U(ob + i * sb)]
+                        ga[U(oa + i * sa)] += gy[U(oy + i)] * b[U(ob + i * sb)]
+                if nb:
+                    for i in range(n):
+                        gb[U(ob + i * sb)] += gy[U(oy + i)] * a[U(oa + i * sa)]
+            else:  # DIV
+                if na:
+                    for i in range(n):
+                        ga[U(oa + i * sa)] += gy[U(oy + i)] / b[U(ob + i * sb)]
+                if nb:
+                    for i in range(n):
+                        gb[U(ob + i * sb)] -= gy[U(oy + i)] * y[U(oy + i)] / b[U(ob + i * sb)]
         elif op == POW:
             for i in range(n):
                 g = gy[U(oy + i)]
@@ -614,15 +620,16 @@ def binary_row_forward(code, tape, values, ivalues, params, r):
     sa_in = ip[U(DIMS + 2 * nd - 1)]
     sb_in = ip[U(DIMS + 3 * nd - 1)]
     runs = y.size // inner if inner > 0 else 0
+    row_op = tape[0][r]
     if runs == 1:  # equal shapes, a scalar operand: one run, no odometer (nor its allocation)
         o = np.int64(0)  # not a literal 0, which would compile another copy of each run kernel
-        binary_run_forward(code, a, o, sa_in, b, o, sb_in, y, o, inner)
+        binary_run_forward(code, row_op, a, o, sa_in, b, o, sb_in, y, o, inner)
         return
     idx = np.zeros(nd, np.int64)
     oa = np.int64(0)
     ob = np.int64(0)
     for k in range(runs):
-        binary_run_forward(code, a, oa, sa_in, b, ob, sb_in, y, k * inner, inner)
+        binary_run_forward(code, row_op, a, oa, sa_in, b, ob, sb_in, y, k * inner, inner)
         oa, ob = _next_run(ip, nd, idx, oa, ob)
 
 
@@ -644,15 +651,17 @@ def binary_row_vjp(code, tape, values, ivalues, params, grads, pgrads, need, scr
     sa_in = ip[U(DIMS + 2 * nd - 1)]
     sb_in = ip[U(DIMS + 3 * nd - 1)]
     runs = y.size // inner if inner > 0 else 0
+    row_op = tape[0][r]
     if runs == 1:
         o = np.int64(0)
-        binary_run_vjp(code, a, o, sa_in, ga, na, b, o, sb_in, gb, nb, y, gy, o, inner)
+        binary_run_vjp(code, row_op, a, o, sa_in, ga, na, b, o, sb_in, gb, nb, y, gy, o, inner)
         return
     idx = np.zeros(nd, np.int64)
     oa = np.int64(0)
     ob = np.int64(0)
     for k in range(runs):
-        binary_run_vjp(code, a, oa, sa_in, ga, na, b, ob, sb_in, gb, nb, y, gy, k * inner, inner)
+        binary_run_vjp(code, row_op, a, oa, sa_in, ga, na, b, ob, sb_in, gb, nb, y, gy,
+                       k * inner, inner)
         oa, ob = _next_run(ip, nd, idx, oa, ob)
 
 

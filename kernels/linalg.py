@@ -315,7 +315,11 @@ def _small_matmul_vjp(A, ao, B, bo, gC, co, gA, na, gB, nb_, m, k, n, tb, single
                     gB[U(bo + p * n + j)] += a * gC[U(co + i * n + j)]
 
 
-@jit_inline
+# The fused layer's forward and VJP: helpers of LINEAR_ACT's row kernels and of the single-cell
+# scan loops (scan.py) alike, each compiled once (inlined, each caller typed them again).
+
+
+@jit
 def linear_forward(X, W, b, Y, ip):
     """Y (m, n) = X (m, k) @ W.T + b: the matmul, then the bias row added while Y is hot."""
     matmul_forward(X, W, Y, ip)
@@ -325,7 +329,7 @@ def linear_forward(X, W, b, Y, ip):
             Y[U(i * n + j)] += b[j]
 
 
-@jit_inline
+@jit
 def linear_vjp(X, W, b, gY, gX, nx, gW, nw, gb, nbias, ip, scratch, value_alpha):
     """The matmul VJPs, and gb (+)= column sums of gY (overwritten in mode 2, as matmul; then
     b += value_alpha gb for an INTO_VALUE target)."""
@@ -341,7 +345,7 @@ def linear_vjp(X, W, b, gY, gX, nx, gW, nw, gb, nbias, ip, scratch, value_alpha)
             add_scaled(b, value_alpha, gb)
 
 
-@jit_inline
+@jit
 def linear_act_forward(X, W, c, Y, ip):
     """Y (m, n) = act(X (m, k) @ W.T + c), c a bias (n,) or (m, n): the product, then the add
     and the activation in one pass while Y is hot (ip[ACTIVATION]: the activation's unary op
@@ -375,7 +379,7 @@ def _add_activate(act, Y, c, m, n):
                 Y[U(o + j)] = 0.0 if v <= 0 else v  # NaN passes through, as np.maximum
 
 
-@jit_inline
+@jit
 def linear_act_vjp(X, W, c, Y, gY, gX, nx, gW, nw, gc, nc, ip, scratch, value_alpha):
     """gZ = gY * act'(Z), read off the output (tanh: 1 - Y^2, sigmoid: Y (1 - Y), relu: Y > 0,
     NaN where Y is: relu's slope at a NaN, as the unary RELU row),

@@ -43,7 +43,7 @@ def run_fresh(cache, workers_env, setup=""):
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
 
 
-ROW_KERNELS = {"add_forward", "add_vjp", "mul_forward", "mul_vjp"}
+ROW_KERNELS = {"arithmetic_forward", "arithmetic_vjp"}  # ADD's kernels run MUL rows too
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers fork: Linux only")

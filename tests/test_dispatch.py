@@ -60,7 +60,8 @@ def test_a_tape_compiles_the_kernels_of_its_own_ops_only_and_a_second_process_lo
     cold, log = run_fresh(FIRST_EXAMPLE, tmp_path)
     assert cold["grads"] == [4.0, 4.0, -1.0]
     assert cold["ops"] == ["ADD", "MUL"]  # not the other ops of the table
-    assert {"add_forward", "add_vjp", "mul_forward", "mul_vjp"} <= set(cold["compiled"])
+    # one pair of kernels runs the four arithmetic ops (dispatch.KERNEL_OF)
+    assert {"arithmetic_forward", "arithmetic_vjp"} <= set(cold["compiled"])
     assert not any(name.startswith(("tanh", "matmul", "scan")) for name in cold["compiled"])
     assert "compiling kernels for float64" in log
     warm, log = run_fresh(FIRST_EXAMPLE, tmp_path)
@@ -217,6 +218,24 @@ def test_a_scan_compiles_only_the_strategy_it_runs_and_runs_with_only_that_one(k
     assert np.isfinite(loss.item())
 
 
+def test_the_arithmetic_ops_run_on_one_pair_of_kernels_each_row_by_its_own_op():
+    """ADD's kernels run SUB, MUL and DIV rows too, branching on the row's op
+    (dispatch.KERNEL_OF): one tape mixing all four, broadcasting, gets each op's values and
+    gradients."""
+    rng = np.random.default_rng(1)
+    a = fg.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    b = fg.tensor(rng.uniform(1.0, 2.0, 4), requires_grad=True)
+    y = ((a + b) * b - a) / b
+    y.sum().backward()
+    table = dispatch.table(np.float64)
+    ops = [Op.ADD, Op.SUB, Op.MUL, Op.DIV]
+    assert all(table.kernels[int(op)] is table.kernels[int(Op.ADD)] for op in ops)
+    A, B = a.numpy(), b.numpy()
+    np.testing.assert_allclose(y.numpy(), ((A + B) * B - A) / B, rtol=1e-15)
+    np.testing.assert_allclose(a.grad, np.broadcast_to(1.0 - 1.0 / B, A.shape), rtol=1e-14)
+    np.testing.assert_allclose(b.grad, (1.0 + A / B**2).sum(axis=0), rtol=1e-14)
+
+
 def test_a_linear_row_runs_on_the_linear_act_kernels_compiled_once_for_both():
     """A LINEAR row is a LINEAR_ACT row without the activation: one pair of kernels, filled
     into both slots, computes both (dispatch.KERNEL_OF)."""
@@ -289,3 +308,70 @@ def test_a_kernel_called_with_a_constant_and_with_a_variable_compiles_once():
     caller = jit_entry(twice)  # Python calls it
     assert caller(2.0, 3, False) == 2.0
     assert len(callee.signatures) == 1
+
+
+LINKED_HELPERS = """
+    import json
+    import numpy as np
+    import fastgrad as fg
+    from fastgrad.kernels import linalg
+    from fastgrad.reference import Reference
+
+    def machine_code(dispatcher):
+        (cres,) = dispatcher.overloads.values()
+        return {"has": cres.library._has_machine_code,
+                "cached": cres.library._loaded_link_only}
+
+    rng = np.random.default_rng(3)
+    w = fg.tensor(rng.standard_normal((4, 4)) * 0.5, requires_grad=True)
+    xs = fg.tensor(rng.standard_normal((6, 2, 4)), requires_grad=True)
+    h0 = fg.tensor(rng.standard_normal((2, 4)) * 0.3, requires_grad=True)
+    if STAGE == "layer":  # a fused layer: the LINEAR_ACT row kernels and their helpers
+        loss = (fg.nn.functional.linear(xs[0], w, h0[0]).tanh() ** 2).sum()
+    else:  # the single-cell scan loops, which link the same helpers
+        hs, h = fg.scan(lambda h, x: (h @ w.T + x).tanh(), h0, xs, checkpoint=3,
+                        stack=True, fuse=True)
+        loss = (hs * hs).sum() + (h * h).sum()
+    loss.backward()
+    ref = Reference(loss.tape)
+    ref.forward()
+    grads = ref.backward(loss.node, np.ones(()))
+    error = 0.0
+    for leaf in (w, xs, h0):
+        for t, v in loss.tape.tensors.leaves:
+            if t is leaf:
+                error = max(error, float(np.abs(ref.node(v, grads) - leaf.grad).max()))
+    table = fg.kernels.dispatch.table(np.float64)
+    (row_kernel, _) = table.kernels[int(fg.ops.Op.LINEAR_ACT)]
+    report = {"error": error, "helper": machine_code(linalg.linear_act_vjp),
+              "row_kernel": machine_code(row_kernel)}
+    # asked for its address (nothing in fastgrad does), a helper emits its code then
+    (cres,) = linalg.linear_act_vjp.overloads.values()
+    report["address"] = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name) != 0
+    print(json.dumps(report))
+"""
+
+
+def test_a_helper_gets_no_machine_code_and_a_later_process_links_it_from_the_cache(tmp_path):
+    """A helper only kernels call is linked into each caller and never runs on its own: its
+    library gets no machine code (kernels/_codegen.py); a row kernel's does. Cached as linkable
+    IR alone, the helper loads in a second process and links into the new kernels compiled
+    there (the single-cell scan loops), whose gradients are the NumPy reference's."""
+    env = dict(os.environ, FASTGRAD_CACHE_DIR=str(tmp_path), FASTGRAD_COMPILE_WORKERS="1")
+    env.pop("NUMBA_CACHE_DIR", None)
+    results = []
+    for stage in ("layer", "scan"):
+        code = f"STAGE = {stage!r}\n" + textwrap.dedent(LINKED_HELPERS)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    layer, scan = results
+    assert layer["error"] < 1e-12 and scan["error"] < 1e-12
+    # the first process compiled the helper without machine code and the row kernel with it
+    assert layer["helper"] == {"has": False, "cached": False}
+    assert layer["row_kernel"]["has"]
+    # the second loaded both from the cache: the helper as linkable IR, linked into the loops
+    assert scan["helper"] == {"has": False, "cached": True}
+    assert scan["row_kernel"]["has"]
+    assert layer["address"] and scan["address"]
