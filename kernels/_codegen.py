@@ -23,6 +23,7 @@ the new kind.
 
 import llvmlite.binding as ll
 from numba.core import codegen as _numba_codegen
+from numba.core.environment import lookup_environment
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import cpu_target
 
@@ -52,6 +53,9 @@ class LazyLibrary(_numba_codegen.JITCodeLibrary):
                 self._reload_init.update(library._reload_init)
                 seen.add(library)
                 self._final_module.link_in(library._get_module_for_linking(), preserve=True)
+        # Numba's cache refuses a function whose code holds a process's addresses: the test
+        # reads these, which Numba collects when it emits
+        self._finalize_dynamic_globals()
         self._finalized = True
 
     def _emit(self):
@@ -60,6 +64,7 @@ class LazyLibrary(_numba_codegen.JITCodeLibrary):
         with global_compiler_lock:
             if self._has_machine_code:
                 return
+            self._has_machine_code = True  # Numba's finalize may ask for the assembly (below)
             if self._loaded_link_only:  # loaded as linkable IR: the engine gets a copy (the
                 # shared module stays for linking) compiled as it is, its unused functions kept
                 self._final_module = self._shared_module.clone()
@@ -67,8 +72,18 @@ class LazyLibrary(_numba_codegen.JITCodeLibrary):
                 self._optimize_final_module()
             self._final_module.verify()
             self._finalize_final_module()
-            self._has_machine_code = True
+            self._set_environments()
 
+    def _set_environments(self):
+        """Numba points each function's environment global at its Environment when it
+        compiles it; a helper's is set here, in the module that runs it (each caller's copy
+        of the global included), for a helper that reads it (``print``, a raise with runtime
+        values, ``objmode``)."""
+        for gv in self._final_module.global_variables:
+            if gv.name.startswith("_ZN08NumbaEnv") and not gv.is_declaration:
+                env = lookup_environment(gv.name)
+                if env is not None:
+                    self._codegen.set_env(gv.name, env)
     def _defines(self, name):
         try:
             function = self._final_module.get_function(name)
@@ -79,17 +94,24 @@ class LazyLibrary(_numba_codegen.JITCodeLibrary):
     def get_pointer_to_function(self, name):
         """The address of ``name``, compiling the library's machine code first; 0 (and nothing
         compiled) when the library does not define ``name``."""
-        self._ensure_finalized()
-        if not self._has_machine_code:
-            if not self._defines(name):
-                return 0
+        with global_compiler_lock:
+            self._ensure_finalized()
+            if not self._has_machine_code:
+                if not self._defines(name):
+                    return 0
+                self._emit()
+            return super().get_pointer_to_function(name)
+
+    def emit(self):
+        """Compile the library's machine code now (a row kernel's, before the cache saves
+        it), if it has none."""
+        with global_compiler_lock:
+            self._ensure_finalized()
             self._emit()
-        return super().get_pointer_to_function(name)
 
     def serialize_using_object_code(self):
         if self._has_machine_code or not self.link_only_allowed:
-            self._ensure_finalized()
-            self._emit()
+            self.emit()
             return super().serialize_using_object_code()
         return (self.name, LINK_ONLY, self._get_module_for_linking().as_bitcode())
 
@@ -107,9 +129,10 @@ class LazyLibrary(_numba_codegen.JITCodeLibrary):
         self._finalized = True
         return self
 
-    # what Numba's CPUCodeLibrary does with a finalized library, for one that has no code yet
+    # Numba's inspection of a finalized library, for one that has no code yet (a helper's
+    # ``inspect_llvm`` shows its IR before the module passes: its callers run them)
     def get_asm_str(self):
-        self._emit()
+        self.emit()
         return super().get_asm_str()
 
 

@@ -203,7 +203,9 @@ class CheckedFunctionCache(caching.FunctionCache):
             source_stamp=self._impl.locator.get_source_stamp())
 
     def _index_key(self, sig, codegen):
-        return (*super()._index_key(sig, codegen), "entry" if self._entry else "kernel")
+        # a helper's entry holds IR only (_codegen.py): never loaded where code must run
+        role = "entry" if self._entry else ("linkonly" if self._link_only else "kernel")
+        return (*super()._index_key(sig, codegen), role)
 
     def load_overload(self, sig, target_context):
         try:
@@ -215,10 +217,13 @@ class CheckedFunctionCache(caching.FunctionCache):
     def save_overload(self, sig, data):
         if str(self._cache_path) in unwritable_dirs:
             return
+        # a helper's library is saved without machine code (_codegen.py); an entry's or a row
+        # kernel's with it, so that loading one runs no compiler (emitted here, so that a
+        # compiler fault is not taken for a cache fault)
+        data.library.link_only_allowed = self._link_only
+        if not self._link_only and hasattr(data.library, "emit"):
+            data.library.emit()
         try:
-            # a helper's library is saved without machine code (_codegen.py); an entry's or a
-            # row kernel's with it, so that loading one runs no compiler
-            data.library.link_only_allowed = self._link_only
             super().save_overload(sig, data)
         except Exception as exc:  # noqa: BLE001 - disk full, read-only, ...: stay in memory
             _cache_fault(self._cache_path, "written", exc, unwritable=True)

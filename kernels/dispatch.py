@@ -4,8 +4,9 @@ addresses in one int64 array per float dtype, which the entry kernels call throu
 Per op code and dtype there are two kernels, ``forward`` and ``vjp`` (signatures in call.py),
 made by ``row_kernels(code)``: closures over the code, so that Numba compiles and caches one
 machine-code function per op (the code is part of the cache key, as a closure variable) and
-prunes every other op's branches from it (rows.py). A SCAN row's kernels run the scan loops of
-scan.py, which reach the body's ops through the same table.
+prunes every other op's branches from it (rows.py); a few ops run on another op's kernels
+(``KERNEL_OF``: LINEAR on LINEAR_ACT's, the arithmetic ops on ADD's). A SCAN row's kernels run
+the scan loops of scan.py, which reach the body's ops through the same table.
 
 ``Table.ensure(codes)`` compiles (or loads from the cache) the kernels of the codes not yet in
 the table, under a lock, before any entry kernel may run a row of them: a slot not yet filled
@@ -39,8 +40,9 @@ __all__ = ["CODES", "ENTRY_WEIGHTS", "KERNEL_OF", "NO_KERNEL", "STRATEGY_NAMES",
 
 def row_kernels(code, dtype):
     """The Python functions of op ``code``'s forward and VJP row kernels for float ``dtype``
-    (see call.py), named after the op (``tanh_forward``, ``tanh_vjp``): the names the compile
-    log shows, and each op's own files in the kernel cache."""
+    (see call.py), named after the op (``tanh_forward``, ``tanh_vjp``; ``STRATEGY_NAMES`` names
+    the kernels that are not one op's): the names the compile log shows, and the kernels' own
+    files in the kernel cache."""
     forward, vjp = _row_kernels(code, np.dtype(dtype).type, np.dtype(dtype).itemsize)
     name = STRATEGY_NAMES.get(code) or Op(code).name.lower()
     forward.__name__ = forward.__qualname__ = f"{name}_forward"

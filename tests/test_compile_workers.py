@@ -13,13 +13,13 @@ import textwrap
 
 import pytest
 
-from fastgrad.kernels import workers
+from fastgrad.kernels import dispatch, workers
 
 FIRST_EXAMPLE = """
     import json, os
     import fastgrad as fg
     from fastgrad import kernel_cache
-    from fastgrad.kernels import workers
+    from fastgrad.kernels import dispatch, workers
     {setup}
     x = fg.tensor(2.0, requires_grad=True)
     y = fg.tensor(-3.0, requires_grad=True)
@@ -116,20 +116,21 @@ def test_shares_keep_groups_whole_balance_the_weights_and_give_this_process_the_
             return "entry"
 
     entry = Entry()
-    units = [("linear_vjp", "s", "linalg-vjp", 3.0), ("linear_act_vjp", "s", "linalg-vjp", 3.0),
-             ("add_forward", "s", "binary-fwd", 1.0), ("mul_forward", "s", "binary-fwd", 1.0),
-             ("tanh_forward", "s", "unary-fwd", 1.0), (entry, "t", entry, 5.0)]
+    units = [("linear_act_forward", "s", "matmul", 3.0), ("linear_act_vjp", "s", "matmul", 3.0),
+             ("arithmetic_forward", "s", "binary", 1.0), ("arithmetic_vjp", "s", "binary", 1.0),
+             ("tanh_forward", "s", "unary", 1.0), (entry, "t", entry, 5.0)]
     shares = workers._balanced(units, 2)
     assert len(shares) == 2
     names = [{t if isinstance(t, str) else "entry" for t, _ in s} for s in shares]
     assert "entry" in names[0]
     # each group lies in one share
-    for group in ({"linear_vjp", "linear_act_vjp"}, {"add_forward", "mul_forward"}):
+    for group in ({"linear_act_forward", "linear_act_vjp"},
+                  {"arithmetic_forward", "arithmetic_vjp"}):
         assert any(group <= n for n in names)
-    # longest-processing-time: 6 (linalg) | 5 (entry), + 2 (binary) on the lighter: 6 | 7,
+    # longest-processing-time: 6 (matmul) | 5 (entry), + 2 (binary) on the lighter: 6 | 7,
     # + 1 (unary) on the lighter: 7 | 7
-    assert names[0] == {"entry", "add_forward", "mul_forward"}
-    assert names[1] == {"linear_vjp", "linear_act_vjp", "tanh_forward"}
+    assert names[0] == {"entry", "arithmetic_forward", "arithmetic_vjp"}
+    assert names[1] == {"linear_act_forward", "linear_act_vjp", "tanh_forward"}
     (whole,) = workers._balanced(units, 1)
     assert sorted(id(t) for t, _ in whole) == sorted(id(t) for t, _, _, _ in units)
 
@@ -144,3 +145,17 @@ def test_a_fork_that_fails_leaves_the_work_to_this_process(tmp_path):
     cold, _ = run_fresh(tmp_path, "2", setup)
     assert cold["grads"] == [4.0, 4.0, -1.0]
     assert ROW_KERNELS | {"replay_forward", "replay_backward"} <= set(cold["compiled"])
+
+
+def test_a_familys_forward_and_vjp_kernels_and_the_loops_that_call_them_are_one_group():
+    """Kernels that link the same helpers compile in one process (the helpers once): an op
+    family's forward and VJP kernels, and the single-cell scan loops with the matmul family,
+    whose fused-layer helpers they call; each other scan strategy is its own group."""
+    from fastgrad.kernels.call import SCAN_BINOMIAL, SCAN_CELL, SCAN_STEPS
+    from fastgrad.ops import Op
+
+    family = dispatch._family
+    assert family(Op.ADD) == family(Op.SUB) == family(Op.MAXIMUM) != family(Op.TANH)
+    assert family(SCAN_CELL) == family(Op.LINEAR_ACT) == family(Op.MATMUL)
+    assert len({family(Op.SCAN), family(SCAN_STEPS), family(SCAN_BINOMIAL),
+                family(Op.LINEAR_ACT), family(Op.ADD), family(Op.TANH)}) == 6

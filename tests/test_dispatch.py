@@ -375,3 +375,44 @@ def test_a_helper_gets_no_machine_code_and_a_later_process_links_it_from_the_cac
     assert scan["helper"] == {"has": False, "cached": True}
     assert scan["row_kernel"]["has"]
     assert layer["address"] and scan["address"]
+
+
+def test_a_helper_that_prints_or_raises_a_runtime_value_runs_as_in_numba(tmp_path):
+    """A helper without machine code of its own still gets its environment (which Numba's
+    ``print`` and a raise with runtime values read) in the code of the kernel that links it,
+    and Numba code beside fastgrad's compiles as it would without it (_codegen.py)."""
+    module = tmp_path / "noisy.py"
+    module.write_text(textwrap.dedent("""
+        import numba
+        from fastgrad.kernels._jit import jit, jit_entry
+
+        def check(x):
+            print("checking", x)
+            if x < 0.0:
+                raise ValueError("negative:", x)
+            return x + 1.0
+
+        helper = jit(check)
+
+        @jit_entry
+        def caller(x):
+            return helper(x)
+
+        @numba.njit
+        def theirs(x):
+            return x * 2.0
+
+        print(caller(1.5), theirs(2.0))
+        try:
+            caller(-2.0)
+        except ValueError as exc:
+            print("raised", exc.args)
+    """))
+    env = dict(os.environ, FASTGRAD_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(tmp_path))
+    env.pop("NUMBA_CACHE_DIR", None)
+    for _ in range(2):  # compiled, then loaded from the cache
+        out = subprocess.run([sys.executable, str(module)], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split("\n")[:4] == ["checking 1.5", "2.5 4.0", "checking -2.0",
+                                              "raised ('negative:', -2.0)"], out.stdout

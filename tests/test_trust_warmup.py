@@ -275,6 +275,14 @@ def test_warmup_of_named_ops_compiles_their_kernels_alone(tmp_path):
     assert all("already cached" in line for line in again.stdout.splitlines()[1:3])
 
 
+def test_warmup_names_a_kernel_shared_by_several_ops_as_ops_not_as_an_entry():
+    """SUB, MUL and DIV rows run on ADD's kernels (``arithmetic_*``), the single-cell loops on
+    ``scan_cell_*``: a warmup line lists them with the ops, the entries by name."""
+    summary = warmup._compiled_summary(["arithmetic_forward", "arithmetic_vjp",
+                                        "scan_cell_forward", "train_step"])
+    assert summary == "compiled train_step; ops arithmetic, scan_cell (3 kernels)"
+
+
 README_EXAMPLE = textwrap.dedent("""
     import numpy as np
     import fastgrad as fg
