@@ -38,6 +38,32 @@ def test_compiled_step_equals_eager_engine_over_several_steps():
             np.testing.assert_allclose(pc.numpy(), pe.numpy(), rtol=1e-12, atol=1e-14)
 
 
+def test_an_eager_loop_records_each_step_into_an_arena_sized_by_the_last_step():
+    """Each eager step records a new tape; it starts with the value arena the last backward
+    sweep's tape needed (fastgrad/runtime/tape.py ``_start_capacity``), so an unchanged loop
+    grows no buffer, and a step that records more still grows as it needs; the losses are the
+    loop's."""
+    rng = np.random.default_rng(0)
+    model = fg.nn.MLP([5, 7, 3], seed=0)
+    opt = fg.optim.SGD(model.parameters(), lr=0.1)
+    x, y = rng.standard_normal((4, 5)), rng.integers(0, 3, 4)
+    tapes, losses = [], []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = fg.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        tapes.append(loss.tape)
+        losses.append(loss.item())
+    needed = tapes[0].values.n
+    assert [t.values.n for t in tapes] == [needed] * 3
+    assert [t.values.a.size for t in tapes[1:]] == [needed, needed]  # one buffer, never grown
+    assert losses[2] < losses[0]
+    bigger = fg.cross_entropy(model(np.concatenate([x, x])), np.concatenate([y, y]))
+    assert bigger.tape.values.n > needed  # grown past the hint as it needed
+    np.testing.assert_allclose(bigger.item(), fg.cross_entropy(model(x), y).item(), rtol=1e-12)
+
+
 def test_value_and_grad_without_optimizer_matches_backward():
     X, Y = small_problem(1)
     model = fg.nn.MLP([5, 4, 2], activation="sigmoid", seed=2)

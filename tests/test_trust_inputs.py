@@ -681,3 +681,13 @@ def test_a_tensor_copied_from_a_huge_broadcast_view_is_refused_by_the_guard():
     view = np.broadcast_to(np.ones(1), (2**40,))
     with pytest.raises(fg.FastgradError, match="tensor: needs .* GiB"):
         fg.tensor(view)
+
+
+@pytest.mark.parametrize("dtype", [2.5, "int64", object])
+def test_a_tape_of_anything_but_float32_or_float64_is_refused(dtype):
+    """NumPy compares a dtype equal to None (its default, float64): the check does not let a
+    number that is no dtype through as a tape without one."""
+    from fastgrad.runtime.tape import Tape
+
+    with pytest.raises(fg.FastgradError, match="a tape holds float32 or float64 values"):
+        Tape(dtype)

@@ -128,6 +128,19 @@ def _nbytes(value) -> int:
     return value.nbytes if isinstance(value, np.ndarray) else 0
 
 
+# The size of the value arena of the last tape swept backward, per dtype: a new tape starts with
+# that capacity. An eager training loop records the same graph every step, and its arena grew
+# from 64 values by doubling, a new buffer and a copy each time (half of a 784-128-10 step's
+# time; docs/benchmarks.md, "Where the eager step's time goes"). A hint only: any tape still
+# grows as it needs, and a start that would need a memory check starts small.
+_LAST_ARENA = {}
+
+
+def _start_capacity(dtype) -> int:
+    n = _LAST_ARENA.get(dtype, 64)
+    return n if needs_no_check(n * dtype.itemsize) else 64
+
+
 class Tape:
     """A recorded computation in flat arrays. See the module docstring for the format."""
 
@@ -138,7 +151,8 @@ class Tape:
                 self.dtype = np.dtype(dtype)
         except (TypeError, ValueError):
             self.dtype = None
-        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        # (not "in": NumPy compares a dtype equal to None, its default float64)
+        if self.dtype is None or self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise FastgradError(f"Tape: unsupported dtype {dtype!r}. Fix: a tape holds "
                                 "float32 or float64 values")
         self.ops = GrowingArray(np.int64)
@@ -158,7 +172,7 @@ class Tape:
         self.shapes: list[tuple] = []
         self.labels: dict[int, str] = {}  # node -> "leaf", "const", "input 0", ...
         self.producer: dict[int, int] = {}  # node -> row
-        self.values = GrowingArray(self.dtype, 64)
+        self.values = GrowingArray(self.dtype, _start_capacity(self.dtype))
         self.ivalues = GrowingArray(np.int64, 8)
         self.grads: np.ndarray | None = None
         self._scratch: np.ndarray | None = None
@@ -513,6 +527,7 @@ class Tape:
         row it runs reads a leaf copy whose leaf has been changed since (check_saved_leaves)."""
         _blas_threads.refresh()
         self.flush()
+        _LAST_ARENA[self.dtype] = max(64, self.values.n)
         stop = self.producer.get(node, -1) + 1
         self.check_saved_leaves(node, stop)
         if self.grads is None or self.grads.size < self.values.a.size:
