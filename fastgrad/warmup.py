@@ -119,7 +119,7 @@ def _compiled_summary(kernels) -> str:
     specialisation counted, not repeated), then the ops whose kernels it compiled."""
     if not kernels:
         return "already cached"
-    names = set(op_names()) | set(dispatch.STRATEGY_NAMES.values())  # scan strategies, ...
+    names = set(op_names()) | set(dispatch.KERNEL_NAMES.values())  # kernels not one op's
     op_kernels = [k for k in kernels if k.rsplit("_", 1)[0] in names]
     entries = [k for k in kernels if k not in op_kernels]
     parts = [", ".join(f"{k} (x{entries.count(k)})" if entries.count(k) > 1 else k

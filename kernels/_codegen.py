@@ -84,6 +84,7 @@ class LazyLibrary(_numba_codegen.JITCodeLibrary):
                 env = lookup_environment(gv.name)
                 if env is not None:
                     self._codegen.set_env(gv.name, env)
+
     def _defines(self, name):
         try:
             function = self._final_module.get_function(name)

@@ -196,16 +196,16 @@ class CheckedFunctionCache(caching.FunctionCache):
 
     def __init__(self, py_func, entry=True, addressed=False):
         super().__init__(py_func)
-        self._entry = bool(entry)
-        self._link_only = not (entry or addressed)
+        # a helper's entry holds IR only (_codegen.py's LINK_ONLY, spelled here: this module
+        # loads without the package), never loaded where code must run
+        self._role = "entry" if entry else ("kernel" if addressed else "linkonly")
+        self._link_only = self._role == "linkonly"
         self._cache_file = _CheckedCacheFile(
             cache_path=self._cache_path, filename_base=self._impl.filename_base,
             source_stamp=self._impl.locator.get_source_stamp())
 
     def _index_key(self, sig, codegen):
-        # a helper's entry holds IR only (_codegen.py): never loaded where code must run
-        role = "entry" if self._entry else ("linkonly" if self._link_only else "kernel")
-        return (*super()._index_key(sig, codegen), role)
+        return (*super()._index_key(sig, codegen), self._role)
 
     def load_overload(self, sig, target_context):
         try:
@@ -259,7 +259,8 @@ def njit_with(fn, options, entry=False, addressed=False):
     ``addressed``: called through its address (a row kernel), so cached with machine code."""
     options = dict(options)
     cache = options.pop("cache", False)
-    if entry or options.get("inline") == "always":
+    wrapped = entry or options.get("inline") == "always"
+    if wrapped:
         dispatcher = numba.njit(**options)(fn)
     else:
         dispatcher = _KernelOnlyDispatcher(py_func=fn, locals={},
@@ -269,8 +270,7 @@ def njit_with(fn, options, entry=False, addressed=False):
         # what numba.njit(cache=True) does (Dispatcher.enable_caching), with the checked cache
         try:
             dispatcher._cache = CheckedFunctionCache(
-                dispatcher.py_func, entry=not isinstance(dispatcher, _KernelOnlyDispatcher),
-                addressed=addressed)
+                dispatcher.py_func, entry=wrapped, addressed=addressed)
         except Exception as exc:  # noqa: BLE001 - no usable directory: compile in memory
             _cache_fault(CACHE_DIR, "used", exc, unwritable=True)
     if options.get("inline") != "always":

@@ -34,17 +34,17 @@ from .scan import (scan_backward, scan_binomial_backward, scan_binomial_forward,
                    scan_steps_forward)
 from .workers import compile_units, compiled
 
-__all__ = ["CODES", "ENTRY_WEIGHTS", "KERNEL_OF", "NO_KERNEL", "STRATEGY_NAMES", "Table",
+__all__ = ["CODES", "ENTRY_WEIGHTS", "KERNEL_OF", "NO_KERNEL", "KERNEL_NAMES", "Table",
            "codes_used", "row_kernels", "table"]
 
 
 def row_kernels(code, dtype):
     """The Python functions of op ``code``'s forward and VJP row kernels for float ``dtype``
-    (see call.py), named after the op (``tanh_forward``, ``tanh_vjp``; ``STRATEGY_NAMES`` names
+    (see call.py), named after the op (``tanh_forward``, ``tanh_vjp``; ``KERNEL_NAMES`` names
     the kernels that are not one op's): the names the compile log shows, and the kernels' own
     files in the kernel cache."""
     forward, vjp = _row_kernels(code, np.dtype(dtype).type, np.dtype(dtype).itemsize)
-    name = STRATEGY_NAMES.get(code) or Op(code).name.lower()
+    name = KERNEL_NAMES.get(code) or Op(code).name.lower()
     forward.__name__ = forward.__qualname__ = f"{name}_forward"
     vjp.__name__ = vjp.__qualname__ = f"{name}_vjp"
     return forward, vjp
@@ -159,7 +159,7 @@ KERNEL_OF = {int(Op.LINEAR): int(Op.LINEAR_ACT), int(Op.SUB): int(Op.ADD),
              int(Op.MUL): int(Op.ADD), int(Op.DIV): int(Op.ADD)}
 
 # The names of the kernels that are not one op's: the compile log's and the kernel cache's.
-STRATEGY_NAMES = {SCAN_CELL: "scan_cell", SCAN_STEPS: "scan_steps",
+KERNEL_NAMES = {SCAN_CELL: "scan_cell", SCAN_STEPS: "scan_steps",
                   SCAN_BINOMIAL: "scan_binomial", int(Op.ADD): "arithmetic"}
 
 
@@ -230,7 +230,7 @@ class Table:
                 if self.ready[code] or code in NO_KERNEL:
                     self.ready[code] = True
                     continue
-                if code not in CODES and code not in STRATEGY_NAMES:
+                if code not in CODES and code not in KERNEL_NAMES:
                     raise ValueError(f"fastgrad internal error: no op has code {code}")
                 owner = KERNEL_OF.get(code, code)
                 if owner not in runs and not self.ready[owner]:

@@ -150,9 +150,9 @@ class Tape:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.dtype = np.dtype(dtype)
         except (TypeError, ValueError):
-            self.dtype = None
-        # (not "in": NumPy compares a dtype equal to None, its default float64)
+            self.dtype = None  # no dtype at all: refused below
         if self.dtype is None or self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            # (tested for None first: NumPy compares a dtype equal to None, its default float64)
             raise FastgradError(f"Tape: unsupported dtype {dtype!r}. Fix: a tape holds "
                                 "float32 or float64 values")
         self.ops = GrowingArray(np.int64)
@@ -473,8 +473,8 @@ class Tape:
         return arrays
 
     def flush(self, check=False):
-        """Compute every row not yet computed (one native call; two while an fg.scan body
-        waits for its slots' values: ``fill_body_slots``)."""
+        """Compute every row not yet computed (one native call, and one more per fg.scan body
+        or failed step whose slots wait for their values: ``fill_body_slots``)."""
         if self.n_done < self.n_rows:
             with self.lock:
                 self.fill_body_slots(check)
